@@ -1,0 +1,31 @@
+"""Shared test fixtures: paths to the parity fixture sets and a CUDA skip marker."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures"
+MANIFESTS = SHARED / "spec" / "manifests"
+OFFICIAL_CONFIG = SHARED / "spec" / "config.official.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests are skipped (with the reason) where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on the GPU device; see docs/gpu.md)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def official_config() -> Path:
+    return OFFICIAL_CONFIG

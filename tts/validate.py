@@ -1,0 +1,157 @@
+"""`tts validate`: strictly load every component of a checkpoint set without running it.
+
+Module components go through :func:`tts.components.load_component` (strict, every tensor named).
+The others are checked by what they are: the emotion matrices by shape against the config, the
+SentencePiece model by loading it and comparing its vocabulary with the GPT's text vocabulary,
+the Qwen emotion folder by strictly comparing its safetensors with the architecture its
+config.json describes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tts.checkpoints import CheckpointSet, describe_source
+from tts.components import MODULE_COMPONENTS, load_component
+from tts.loading import CheckpointError, compare_state, read_tensor_file
+from tts.weight_report import TensorStats, state_report
+
+COMPONENT_NAMES = (
+    "gpt",
+    "s2mel",
+    "semantic_codec",
+    "w2v_bert",
+    "campplus",
+    "bigvgan",
+    "emotion_matrices",
+    "bpe",
+    "qwen_emotion",
+)
+
+
+@dataclass
+class ComponentResult:
+    """Outcome of validating one component."""
+
+    name: str
+    file: str
+    ok: bool
+    message: str
+    tensors: int = 0
+    computed: list[str] = field(default_factory=list)
+    stats: list[TensorStats] = field(default_factory=list)
+
+
+def parse_only(only: str | None) -> list[str]:
+    """Component names from a comma-separated ``--only`` value (all of them when None)."""
+    if not only:
+        return list(COMPONENT_NAMES)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPONENT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {', '.join(COMPONENT_NAMES)}")
+    return names
+
+
+def validate_set(root: str | Path, names: Iterable[str], with_stats: bool = False) -> list[ComponentResult]:
+    """Validate the named components of the set at ``root``; never raises for a bad file."""
+    cs = CheckpointSet.open(root)
+    return [_validate_one(cs, name, with_stats) for name in names]
+
+
+def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentResult:
+    try:
+        if name in MODULE_COMPONENTS:
+            path = MODULE_COMPONENTS[name].file(cs)
+            if not path.exists():
+                raise CheckpointError(f"{path}: missing. {describe_source(MODULE_COMPONENTS[name].file_key)}")
+            module, report = load_component(name, cs)
+            state = module.state_dict()
+            stats = state_report(path.name, state) if with_stats else []
+            msg = f"{report.loaded} tensors loaded strictly"
+            if report.computed:
+                msg += f"; {len(report.computed)} deterministic buffer(s) computed: {', '.join(report.computed)}"
+            del module
+            return ComponentResult(name, str(path), True, msg, report.loaded, report.computed, stats)
+        check = {"emotion_matrices": _check_emotion_matrices, "bpe": _check_bpe, "qwen_emotion": _check_qwen}[name]
+        file, msg, stats = check(cs, with_stats)
+        return ComponentResult(name, file, True, msg, len(stats), stats=stats)
+    except (CheckpointError, ValueError, OSError, KeyError, RuntimeError) as exc:
+        text = str(exc) if not isinstance(exc, KeyError) else f"config key missing: {exc}"
+        return ComponentResult(name, "", False, text)
+
+
+def _check_emotion_matrices(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
+    emo_num = cs.config.get("emo_num")
+    if not emo_num:
+        raise ValueError(f"{cs.path('config')}: emo_num is missing")
+    rows = sum(int(n) for n in emo_num)
+    widths = {"spk_matrix": 192, "emo_matrix": int(cs.config["gpt"]["model_dim"])}
+    stats: list[TensorStats] = []
+    for key, width in widths.items():
+        path = cs.path(key)
+        obj = read_tensor_file(path)
+        if not isinstance(obj, torch.Tensor):
+            raise CheckpointError(f"{path}: expected one tensor, found {type(obj).__name__}")
+        if not obj.is_floating_point():
+            raise CheckpointError(f"{path}: expected a float tensor, found {obj.dtype}")
+        compare_state({key: ((rows, width), torch.float32)}, {key: obj}, str(path))
+        if with_stats:
+            stats += state_report(path.name, {key: obj})
+    return str(cs.path("emo_matrix")), f"feat1/feat2 match emo_num (sum {rows}) and widths {widths}", stats
+
+
+def _check_bpe(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
+    import sentencepiece as spm
+
+    path = cs.path("bpe")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing. {describe_source('bpe')}")
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.Load(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a SentencePiece model ({str(exc).splitlines()[0]})") from None
+    vocab = sp.GetPieceSize()
+    expected = int(cs.config["gpt"]["number_text_tokens"])
+    if vocab > expected:
+        raise CheckpointError(f"{path}: vocabulary of {vocab} pieces exceeds gpt.number_text_tokens {expected}")
+    return str(path), f"SentencePiece model with {vocab} pieces (text embedding has {expected} rows)", []
+
+
+def _check_qwen(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
+    folder = cs.path("qwen_emotion")
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{folder}: missing (needed only for emotion from text). {describe_source('qwen_emotion')}"
+        )
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    expected = expected_qwen_tensors(config)
+    provided: dict[str, torch.Tensor] = {}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors weight files")
+    for f in files:
+        provided.update(read_tensor_file(f))
+    computed = compare_state(expected, provided, str(folder), computed_ok=("lm_head.weight",))
+    note = " (lm_head tied to the embedding)" if computed else ""
+    stats = state_report(folder.name, provided) if with_stats else []
+    return str(folder), f"{len(provided)} tensors match the {config.get('model_type')} architecture{note}", stats
+
+
+def expected_qwen_tensors(config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names and shapes of the causal LM that ``config`` (a config.json dict) describes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
