@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tts import __version__
 
-OFFICIAL_CONFIG = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "config.official.yaml"
+# The official IndexTeam/IndexTTS-2 config.yaml, shipped with the package.
+OFFICIAL_CONFIG = Path(__file__).resolve().parent / "data" / "config.official.yaml"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
