@@ -124,7 +124,9 @@ def test_cli_names_the_damaged_tensor(tmp_path, capsys, root, name, op):
     keys = []
     _rewrite(path, name, lambda sd: keys.extend(sd.keys()))
     prefix = "cfm." if name == "s2mel" else ""  # _rewrite edits the cfm part of s2mel.pth
-    learned = [k for k in keys if not any(fnmatch.fnmatchcase(prefix + k, p) for p in comp.computed_ok)]
+    learned = [
+        k for k in keys if not any(fnmatch.fnmatchcase(prefix + k, p) for p in comp.computed_ok)
+    ]
     key = random.Random(f"{root.name}/{name}/{op}").choice(learned)
 
     def mutate(sd):

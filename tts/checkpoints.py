@@ -53,11 +53,22 @@ FILES: dict[str, FileSpec] = {
             kind="dir",
             optional=True,
         ),
-        FileSpec("w2v_bert", "w2v-bert-2.0 speech encoder", "facebook/w2v-bert-2.0", "(whole repo)", "dir"),
         FileSpec(
-            "semantic_codec", "MaskGCT semantic codec", "amphion/MaskGCT", "semantic_codec/model.safetensors"
+            "w2v_bert",
+            "w2v-bert-2.0 speech encoder",
+            "facebook/w2v-bert-2.0",
+            "(whole repo)",
+            "dir",
         ),
-        FileSpec("campplus", "CAMPPlus speaker encoder", "funasr/campplus", "campplus_cn_common.bin"),
+        FileSpec(
+            "semantic_codec",
+            "MaskGCT semantic codec",
+            "amphion/MaskGCT",
+            "semantic_codec/model.safetensors",
+        ),
+        FileSpec(
+            "campplus", "CAMPPlus speaker encoder", "funasr/campplus", "campplus_cn_common.bin"
+        ),
         FileSpec(
             "bigvgan",
             "BigVGAN vocoder (config.json + bigvgan_generator.pt)",
@@ -71,7 +82,10 @@ FILES: dict[str, FileSpec] = {
 # Where each auxiliary model sits: (flat layout, hf_cache layout), relative to the model dir.
 _AUX = {
     "w2v_bert": ("w2v-bert-2.0", "hf_cache/w2v-bert-2.0"),
-    "semantic_codec": ("semantic_codec/model.safetensors", "hf_cache/semantic_codec_model.safetensors"),
+    "semantic_codec": (
+        "semantic_codec/model.safetensors",
+        "hf_cache/semantic_codec_model.safetensors",
+    ),
     "campplus": ("campplus_cn_common.bin", "hf_cache/campplus_cn_common.bin"),
     "bigvgan": ("bigvgan", "hf_cache/bigvgan"),
 }
@@ -124,9 +138,7 @@ class CheckpointSet:
         root = Path(root)
         cfg_path = root / "config.yaml"
         if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{cfg_path}: missing. {describe_source('config')}"
-            )
+            raise FileNotFoundError(f"{cfg_path}: missing. {describe_source('config')}")
         return cls(root=root, config=load_config(cfg_path))
 
     @property

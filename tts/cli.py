@@ -54,8 +54,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{status} {r.name:16s} {r.message}")
     if args.report:
         per_file = {f"{r.name}: {Path(r.file).name}": r.stats for r in results if r.ok}
-        extra = {"components": [{"name": r.name, "file": r.file, "ok": r.ok, "message": r.message,
-                                 "computed": r.computed} for r in results]}
+        extra = {
+            "components": [
+                {
+                    "name": r.name,
+                    "file": r.file,
+                    "ok": r.ok,
+                    "message": r.message,
+                    "computed": r.computed,
+                }
+                for r in results
+            ]
+        }
         write_report(args.report, per_file, extra)
         print(f"weight report written to {args.report} (+ .tsv)")
     bad = [r.name for r in results if not r.ok]
@@ -112,8 +122,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return 1
     write_wav(Path(args.out), result.value["wav"], engine.sample_rate)
     label = " [DEMO checkpoints: random weights, not speech]" if engine.is_demo else ""
-    print(json.dumps({"out": args.out, "seconds": result.value["wav"].numel() / engine.sample_rate,
-                      "timings": result.timings}) + label)
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "seconds": result.value["wav"].numel() / engine.sample_rate,
+                "timings": result.timings,
+            }
+        )
+        + label
+    )
     return 0
 
 
@@ -123,7 +141,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     from tts import parity
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype
+    ]
     opts = parity.RunOptions(device=args.device, dtype=dtype)
     failed = 0
     rows = []
@@ -147,7 +167,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tts", description="IndexTTS2 re-implementation: checks, synthesis, scoring, benchmarks.")
+    p = argparse.ArgumentParser(
+        prog="tts",
+        description="IndexTTS2 re-implementation: checks, synthesis, scoring, benchmarks.",
+    )
     p.add_argument("--version", action="version", version=f"tts {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -162,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", help="write the weight report here (JSON, plus a .tsv beside it)")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("manifest", help="every tensor our modules expect (file, tensor, shape, dtype)")
+    s = sub.add_parser(
+        "manifest", help="every tensor our modules expect (file, tensor, shape, dtype)"
+    )
     s.add_argument("--config", help="config.yaml (default: the official full-size config)")
     s.add_argument("--only", help="comma-separated module components")
     s.set_defaults(func=cmd_manifest)

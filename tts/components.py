@@ -97,7 +97,11 @@ def _build_w2v_bert(cs: CheckpointSet) -> nn.Module:
 
 def _read_gpt(path: Path) -> dict[str, torch.Tensor]:
     obj = read_tensor_file(path)
-    nesting = ["model"] if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) else []
+    nesting = (
+        ["model"]
+        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict)
+        else []
+    )
     return flatten_state(obj, path, nesting)
 
 
@@ -108,7 +112,9 @@ def _read_s2mel(path: Path) -> dict[str, torch.Tensor]:
     obj = read_tensor_file(path)
     if not isinstance(obj, dict) or "net" not in obj:
         found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: expected a top-level key 'net' (s2mel checkpoint); found {found}")
+        raise CheckpointError(
+            f"{path}: expected a top-level key 'net' (s2mel checkpoint); found {found}"
+        )
     out: dict[str, torch.Tensor] = {}
     missing_parts = [p for p in S2MEL_PARTS if p not in obj["net"]]
     if missing_parts:
@@ -160,7 +166,10 @@ MODULE_COMPONENTS: dict[str, Component] = {
             "gpt.pth",
             _build_gpt,
             _read_gpt,
-            computed_ok=("conditioning_encoder.embed.pos_enc.pe", "emo_conditioning_encoder.embed.pos_enc.pe"),
+            computed_ok=(
+                "conditioning_encoder.embed.pos_enc.pe",
+                "emo_conditioning_encoder.embed.pos_enc.pe",
+            ),
         ),
         Component(
             "s2mel",
@@ -176,7 +185,11 @@ MODULE_COMPONENTS: dict[str, Component] = {
             ),
         ),
         Component(
-            "semantic_codec", "semantic_codec", "semantic_codec_model.safetensors", _build_codec, _read_flat
+            "semantic_codec",
+            "semantic_codec",
+            "semantic_codec_model.safetensors",
+            _build_codec,
+            _read_flat,
         ),
         Component(
             "campplus",
@@ -234,5 +247,12 @@ def manifest_rows(name: str, cs: CheckpointSet) -> list[tuple[str, str, str, str
     rows = []
     for key, t in module.state_dict(keep_vars=True).items():
         shape = "[" + ", ".join(str(d) for d in t.shape) + "]"
-        rows.append((comp.manifest_name, comp.manifest_prefix(key), shape, str(t.dtype).removeprefix("torch.")))
+        rows.append(
+            (
+                comp.manifest_name,
+                comp.manifest_prefix(key),
+                shape,
+                str(t.dtype).removeprefix("torch."),
+            )
+        )
     return rows

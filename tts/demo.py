@@ -24,12 +24,28 @@ from tts.components import MODULE_COMPONENTS, S2MEL_PARTS
 # Shrunk sizes; everything the reference hard-codes (1024-wide semantic features, 80 mels,
 # 192-wide style, 1280-wide gpt_layer input) keeps its official value.
 _GPT = {
-    "model_dim": 64, "heads": 4, "layers": 2, "max_mel_tokens": 1815, "max_text_tokens": 600,
+    "model_dim": 64,
+    "heads": 4,
+    "layers": 2,
+    "max_mel_tokens": 1815,
+    "max_text_tokens": 600,
     "number_text_tokens": 512,
-    "condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2,
-                         "num_blocks": 1, "input_layer": "conv2d2", "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2,
-                             "num_blocks": 1, "input_layer": "conv2d2", "perceiver_mult": 0.375},
+    "condition_module": {
+        "output_size": 32,
+        "linear_units": 64,
+        "attention_heads": 2,
+        "num_blocks": 1,
+        "input_layer": "conv2d2",
+        "perceiver_mult": 2,
+    },
+    "emo_condition_module": {
+        "output_size": 32,
+        "linear_units": 64,
+        "attention_heads": 2,
+        "num_blocks": 1,
+        "input_layer": "conv2d2",
+        "perceiver_mult": 0.375,
+    },
 }
 _S2MEL = {
     "DiT": {"hidden_dim": 64, "num_heads": 4, "depth": 4, "content_dim": 64},
@@ -37,11 +53,25 @@ _S2MEL = {
     "length_regulator": {"channels": 64},
 }
 _CODEC = {"vocos_dim": 32, "vocos_intermediate_dim": 64, "vocos_num_layers": 2}
-_CAMPPLUS = {"feat_dim": 80, "embedding_size": 192, "growth_rate": 8, "bn_size": 2, "init_channels": 32}
-_BIGVGAN = {"upsample_initial_channel": 64, "resblock_kernel_sizes": [3, 7],
-            "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]]}
-_W2V = {"hidden_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 16,
-        "intermediate_size": 64, "output_hidden_size": 1024}
+_CAMPPLUS = {
+    "feat_dim": 80,
+    "embedding_size": 192,
+    "growth_rate": 8,
+    "bn_size": 2,
+    "init_channels": 32,
+}
+_BIGVGAN = {
+    "upsample_initial_channel": 64,
+    "resblock_kernel_sizes": [3, 7],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+}
+_W2V = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 16,
+    "intermediate_size": 64,
+    "output_hidden_size": 1024,
+}
 W2V_DEMO_LAYER = 2  # the demo encoder has 2 layers; the official model uses hidden state 17
 
 _CORPUS = """\
@@ -59,7 +89,11 @@ Please call Stella and ask her to bring these things with her from the store.
 def _merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -93,9 +127,17 @@ def _train_bpe(out: Path, vocab: int) -> None:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text(_CORPUS.upper() * 4, encoding="utf-8")
         spm.SentencePieceTrainer.Train(
-            input=str(corpus), model_prefix=str(Path(tmp) / "bpe"), model_type="bpe",
-            vocab_size=vocab, character_coverage=1.0, bos_id=0, eos_id=1, unk_id=2, pad_id=-1,
-            hard_vocab_limit=False, minloglevel=2,
+            input=str(corpus),
+            model_prefix=str(Path(tmp) / "bpe"),
+            model_type="bpe",
+            vocab_size=vocab,
+            character_coverage=1.0,
+            bos_id=0,
+            eos_id=1,
+            unk_id=2,
+            pad_id=-1,
+            hard_vocab_limit=False,
+            minloglevel=2,
         )
         shutil.copy(Path(tmp) / "bpe.model", out)
 
@@ -108,12 +150,19 @@ def write_demo_checkpoints(out: Path, seed: int = 0) -> Path:
     official = load_config(OFFICIAL_CONFIG)
     cfg = demo_config(official)
     (out / "bigvgan").mkdir(exist_ok=True)
-    bigvgan_cfg = {**json.loads(resources.files("tts.data").joinpath("bigvgan_v2_22khz_80band_256x.json").read_text()),
-                   **_BIGVGAN}
+    bigvgan_cfg = {
+        **json.loads(
+            resources.files("tts.data").joinpath("bigvgan_v2_22khz_80band_256x.json").read_text()
+        ),
+        **_BIGVGAN,
+    }
     (out / "bigvgan" / "config.json").write_text(json.dumps(bigvgan_cfg, indent=2))
     w2v_dir = out / "w2v-bert-2.0"
     w2v_dir.mkdir(exist_ok=True)
-    w2v_cfg = {**json.loads(resources.files("tts.data").joinpath("w2v-bert-2.0.config.json").read_text()), **_W2V}
+    w2v_cfg = {
+        **json.loads(resources.files("tts.data").joinpath("w2v-bert-2.0.config.json").read_text()),
+        **_W2V,
+    }
     (w2v_dir / "config.json").write_text(json.dumps(w2v_cfg, indent=2))
     (w2v_dir / "preprocessor_config.json").write_text(
         resources.files("tts.data").joinpath("w2v-bert-2.0.preprocessor_config.json").read_text()
@@ -132,10 +181,17 @@ def write_demo_checkpoints(out: Path, seed: int = 0) -> Path:
         _perturb(state, gen, comp.computed_ok)
         _save_component(name, comp.file(cs), state)
     torch.save(torch.rand(sum(cfg["emo_num"]), 192, generator=gen) - 0.5, out / "feat1.pt")
-    torch.save((torch.rand(sum(cfg["emo_num"]), cfg["gpt"]["model_dim"], generator=gen) - 0.5) * 0.2,
-               out / "feat2.pt")
-    torch.save({"mean": torch.randn(1024, generator=gen) * 0.1, "var": torch.rand(1024, generator=gen) + 0.5},
-               out / "wav2vec2bert_stats.pt")
+    torch.save(
+        (torch.rand(sum(cfg["emo_num"]), cfg["gpt"]["model_dim"], generator=gen) - 0.5) * 0.2,
+        out / "feat2.pt",
+    )
+    torch.save(
+        {
+            "mean": torch.randn(1024, generator=gen) * 0.1,
+            "var": torch.rand(1024, generator=gen) + 0.5,
+        },
+        out / "wav2vec2bert_stats.pt",
+    )
     _train_bpe(out / "bpe.model", cfg["gpt"]["number_text_tokens"])
     return out
 
@@ -145,8 +201,10 @@ def _save_component(name: str, path: Path, state: dict[str, torch.Tensor]) -> No
     if name == "gpt":
         torch.save(state, path)
     elif name == "s2mel":
-        net = {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-               for part in S2MEL_PARTS}
+        net = {
+            part: {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+            for part in S2MEL_PARTS
+        }
         torch.save({"net": net}, path)
     elif name == "bigvgan":
         torch.save({"generator": state}, path)
@@ -154,4 +212,3 @@ def _save_component(name: str, path: Path, state: dict[str, torch.Tensor]) -> No
         save_file(state, str(path))
     else:
         torch.save(state, path)
-

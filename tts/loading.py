@@ -87,14 +87,18 @@ def _read_torch_pickle(path: Path) -> object:
         raise CheckpointError(f"{path}: corrupt pickle ({_short(first)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_short(first)})") from None
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({_short(first)})"
+        ) from None
 
 
 def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def flatten_state(obj: object, path: Path | str, nesting: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+def flatten_state(
+    obj: object, path: Path | str, nesting: Iterable[str] = ()
+) -> dict[str, torch.Tensor]:
     """Walk the official nesting (e.g. ``['generator']``) down to a flat name -> tensor dict."""
     for key in nesting:
         if not isinstance(obj, Mapping) or key not in obj:

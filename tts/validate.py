@@ -54,11 +54,15 @@ def parse_only(only: str | None) -> list[str]:
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in COMPONENT_NAMES]
     if unknown:
-        raise ValueError(f"unknown component(s) {unknown}; choose from {', '.join(COMPONENT_NAMES)}")
+        raise ValueError(
+            f"unknown component(s) {unknown}; choose from {', '.join(COMPONENT_NAMES)}"
+        )
     return names
 
 
-def validate_set(root: str | Path, names: Iterable[str], with_stats: bool = False) -> list[ComponentResult]:
+def validate_set(
+    root: str | Path, names: Iterable[str], with_stats: bool = False
+) -> list[ComponentResult]:
     """Validate the named components of the set at ``root``; never raises for a bad file."""
     cs = CheckpointSet.open(root)
     return [_validate_one(cs, name, with_stats) for name in names]
@@ -69,7 +73,9 @@ def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentRe
         if name in MODULE_COMPONENTS:
             path = MODULE_COMPONENTS[name].file(cs)
             if not path.exists():
-                raise CheckpointError(f"{path}: missing. {describe_source(MODULE_COMPONENTS[name].file_key)}")
+                raise CheckpointError(
+                    f"{path}: missing. {describe_source(MODULE_COMPONENTS[name].file_key)}"
+                )
             module, report = load_component(name, cs)
             state = module.state_dict()
             stats = state_report(path.name, state) if with_stats else []
@@ -77,8 +83,14 @@ def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentRe
             if report.computed:
                 msg += f"; {len(report.computed)} deterministic buffer(s) computed: {', '.join(report.computed)}"
             del module
-            return ComponentResult(name, str(path), True, msg, report.loaded, report.computed, stats)
-        check = {"emotion_matrices": _check_emotion_matrices, "bpe": _check_bpe, "qwen_emotion": _check_qwen}[name]
+            return ComponentResult(
+                name, str(path), True, msg, report.loaded, report.computed, stats
+            )
+        check = {
+            "emotion_matrices": _check_emotion_matrices,
+            "bpe": _check_bpe,
+            "qwen_emotion": _check_qwen,
+        }[name]
         file, msg, stats = check(cs, with_stats)
         return ComponentResult(name, file, True, msg, len(stats), stats=stats)
     except (CheckpointError, ValueError, OSError, KeyError, RuntimeError) as exc:
@@ -86,24 +98,22 @@ def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentRe
         return ComponentResult(name, "", False, text)
 
 
-def _check_emotion_matrices(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
-    emo_num = cs.config.get("emo_num")
-    if not emo_num:
-        raise ValueError(f"{cs.path('config')}: emo_num is missing")
-    rows = sum(int(n) for n in emo_num)
-    widths = {"spk_matrix": 192, "emo_matrix": int(cs.config["gpt"]["model_dim"])}
+def _check_emotion_matrices(
+    cs: CheckpointSet, with_stats: bool
+) -> tuple[str, str, list[TensorStats]]:
+    from tts.emotion import EmotionMatrices
+
+    mats = EmotionMatrices.from_config(cs.root, cs.config)
     stats: list[TensorStats] = []
-    for key, width in widths.items():
-        path = cs.path(key)
-        obj = read_tensor_file(path)
-        if not isinstance(obj, torch.Tensor):
-            raise CheckpointError(f"{path}: expected one tensor, found {type(obj).__name__}")
-        if not obj.is_floating_point():
-            raise CheckpointError(f"{path}: expected a float tensor, found {obj.dtype}")
-        compare_state({key: ((rows, width), torch.float32)}, {key: obj}, str(path))
-        if with_stats:
-            stats += state_report(path.name, {key: obj})
-    return str(cs.path("emo_matrix")), f"feat1/feat2 match emo_num (sum {rows}) and widths {widths}", stats
+    if with_stats:
+        stats += state_report(cs.path("spk_matrix").name, {"spk_matrix": torch.cat(mats.spk)})
+        stats += state_report(cs.path("emo_matrix").name, {"emo_matrix": torch.cat(mats.emo)})
+    rows = sum(mats.emo_num)
+    return (
+        str(cs.path("emo_matrix")),
+        f"feat1/feat2 match emo_num ({rows} rows) and model_dim",
+        stats,
+    )
 
 
 def _check_bpe(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
@@ -116,12 +126,20 @@ def _check_bpe(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[Tens
     try:
         sp.Load(str(path))
     except (OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a SentencePiece model ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: not a SentencePiece model ({str(exc).splitlines()[0]})"
+        ) from None
     vocab = sp.GetPieceSize()
     expected = int(cs.config["gpt"]["number_text_tokens"])
     if vocab > expected:
-        raise CheckpointError(f"{path}: vocabulary of {vocab} pieces exceeds gpt.number_text_tokens {expected}")
-    return str(path), f"SentencePiece model with {vocab} pieces (text embedding has {expected} rows)", []
+        raise CheckpointError(
+            f"{path}: vocabulary of {vocab} pieces exceeds gpt.number_text_tokens {expected}"
+        )
+    return (
+        str(path),
+        f"SentencePiece model with {vocab} pieces (text embedding has {expected} rows)",
+        [],
+    )
 
 
 def _check_qwen(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
@@ -144,7 +162,11 @@ def _check_qwen(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[Ten
     computed = compare_state(expected, provided, str(folder), computed_ok=("lm_head.weight",))
     note = " (lm_head tied to the embedding)" if computed else ""
     stats = state_report(folder.name, provided) if with_stats else []
-    return str(folder), f"{len(provided)} tensors match the {config.get('model_type')} architecture{note}", stats
+    return (
+        str(folder),
+        f"{len(provided)} tensors match the {config.get('model_type')} architecture{note}",
+        stats,
+    )
 
 
 def expected_qwen_tensors(config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -50,7 +50,11 @@ def _default_init_flag(name: str, t: torch.Tensor, std: float, lo: float, hi: fl
         inside = lo >= -bound * 1.0001 and hi <= bound * 1.0001
         if inside and abs(std - uniform_std) < 0.03 * uniform_std and hi > 0.95 * bound:
             return f"looks like default uniform init U(+-{bound:.3g})"
-        if name.endswith("weight") and abs(std - 1.0) < 0.01 and abs(float(t.float().mean())) < 0.01:
+        if (
+            name.endswith("weight")
+            and abs(std - 1.0) < 0.01
+            and abs(float(t.float().mean())) < 0.01
+        ):
             if t.numel() >= 10_000:
                 return "looks like default N(0,1) embedding init"
     return None
@@ -85,8 +89,18 @@ def tensor_stats(file: str, name: str, t: torch.Tensor) -> TensorStats:
             init = _default_init_flag(name, x, std, lo, hi)
             if init:
                 flags.append(init)
-    return TensorStats(file, name, list(x.shape), str(x.dtype).removeprefix("torch."),
-                       mean, std, lo, hi, nan, flags)
+    return TensorStats(
+        file,
+        name,
+        list(x.shape),
+        str(x.dtype).removeprefix("torch."),
+        mean,
+        std,
+        lo,
+        hi,
+        nan,
+        flags,
+    )
 
 
 def state_report(file: str, state: Mapping[str, torch.Tensor]) -> list[TensorStats]:
@@ -105,7 +119,9 @@ def file_verdict(stats: list[TensorStats]) -> dict:
     }
 
 
-def write_report(path: str | Path, per_file: dict[str, list[TensorStats]], extra: dict | None = None) -> None:
+def write_report(
+    path: str | Path, per_file: dict[str, list[TensorStats]], extra: dict | None = None
+) -> None:
     """Write ``<path>`` as JSON (verdicts + stats) and ``<path minus .json>.tsv`` (one row a tensor)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,9 +137,23 @@ def write_report(path: str | Path, per_file: dict[str, list[TensorStats]], extra
     tmp = tsv.with_name(f".{tsv.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(["file", "tensor", "shape", "dtype", "mean", "std", "min", "max", "nan", "flags"])
+        w.writerow(
+            ["file", "tensor", "shape", "dtype", "mean", "std", "min", "max", "nan", "flags"]
+        )
         for stats in per_file.values():
             for s in stats:
-                w.writerow([s.file, s.name, s.shape, s.dtype, f"{s.mean:.6g}", f"{s.std:.6g}",
-                            f"{s.min:.6g}", f"{s.max:.6g}", s.nan, "; ".join(s.flags)])
+                w.writerow(
+                    [
+                        s.file,
+                        s.name,
+                        s.shape,
+                        s.dtype,
+                        f"{s.mean:.6g}",
+                        f"{s.std:.6g}",
+                        f"{s.min:.6g}",
+                        f"{s.max:.6g}",
+                        s.nan,
+                        "; ".join(s.flags),
+                    ]
+                )
     tmp.replace(tsv)

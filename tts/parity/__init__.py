@@ -128,7 +128,9 @@ class FixtureSet:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def compare(self, case: dict, key: str, actual: torch.Tensor, chain: bool = False) -> Comparison:
+    def compare(
+        self, case: dict, key: str, actual: torch.Tensor, chain: bool = False
+    ) -> Comparison:
         """Build the comparison of ``actual`` with golden ``key`` using the case's tolerance.
 
         ``chain=True`` uses ``atol_chain`` where the case gives one (end-to-end chains).
