@@ -1,0 +1,174 @@
+"""Semantic side: MaskGCT codec and w2v-bert-2.0 (structure, strict loading, truncation, batching)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from tts.checkpoints import CheckpointSet
+from tts.components import MODULE_COMPONENTS, load_component, manifest_rows
+from tts.loading import CheckpointError
+from tts.parity import SHARED_FIXTURES
+
+SPEC = SHARED_FIXTURES.parent / "spec"
+SMALL = SHARED_FIXTURES / "s2mel-small"
+
+needs_spec = pytest.mark.skipif(not (SPEC / "manifests").is_dir(), reason="no spec manifests")
+needs_small = pytest.mark.skipif(not (SMALL / "cases.json").is_file(), reason="no s2mel-small set")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def _manifest(name: str) -> list[tuple[str, str, str]]:
+    lines = (SPEC / "manifests" / name).read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split("\t")) for line in lines[1:] if line.strip()]
+
+
+def _official_set(tmp_path: Path) -> CheckpointSet:
+    """A set with the official config and no files: w2v-bert falls back to the packaged config."""
+    config = yaml.safe_load((SPEC / "config.official.yaml").read_text(encoding="utf-8"))
+    return CheckpointSet(root=tmp_path, config=config)
+
+
+def _small_set() -> CheckpointSet:
+    return CheckpointSet.open(SMALL)
+
+
+@needs_spec
+@pytest.mark.parametrize(
+    "component, manifest",
+    [
+        ("semantic_codec", "semantic_codec_model.safetensors.tsv"),
+        ("w2v_bert", "w2v-bert-2.0.model.safetensors.tsv"),
+    ],
+)
+def test_manifest_equality_official(tmp_path, component, manifest):
+    rows = [
+        (key, shape, dtype)
+        for _, key, shape, dtype in manifest_rows(component, _official_set(tmp_path))
+    ]
+    assert rows == _manifest(manifest)  # names, shapes, dtypes and order
+
+
+@needs_small
+@pytest.mark.parametrize("component", ["semantic_codec", "w2v_bert"])
+def test_strict_load_small(component):
+    cs = _small_set()
+    model, report = load_component(component, cs)
+    file_keys = load_file(str(MODULE_COMPONENTS[component].file(cs)))
+    assert report.loaded == len(file_keys) == len(model.state_dict())
+    assert not report.computed
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, file_keys[key]), key
+
+
+def _small_w2v_copy(tmp_path: Path, edit) -> CheckpointSet:
+    shutil.copytree(SMALL / "w2v-bert-2.0", tmp_path / "w2v-bert-2.0")
+    path = tmp_path / "w2v-bert-2.0" / "model.safetensors"
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path))
+    return CheckpointSet(root=tmp_path, config=_small_set().config)
+
+
+NAME = "encoder.layers.3.self_attn.linear_k.weight"
+
+
+@needs_small
+def test_w2v_missing_tensor_named(tmp_path):
+    cs = _small_w2v_copy(tmp_path, lambda s: s.pop(NAME))
+    with pytest.raises(CheckpointError, match=rf"missing tensor {NAME.replace('.', '[.]')}"):
+        load_component("w2v_bert", cs)
+
+
+@needs_small
+def test_w2v_renamed_tensor_named(tmp_path):
+    renamed = NAME.replace("linear_k", "linear_key")
+    cs = _small_w2v_copy(tmp_path, lambda s: s.__setitem__(renamed, s.pop(NAME)))
+    with pytest.raises(CheckpointError) as err:
+        load_component("w2v_bert", cs)
+    msg = str(err.value)
+    assert f"missing tensor {NAME}" in msg
+    assert f"unexpected tensor {renamed}" in msg and f"closest expected name: {NAME}" in msg
+
+
+@needs_small
+def test_truncated_layers_equal_full_hidden17():
+    from tts.models.w2v_bert import (
+        HIDDEN_STATE_INDEX,
+        SemanticFeatures,
+        load_feature_extractor,
+        load_stats,
+    )
+
+    cs = _small_set()
+    golden = load_file(str(SMALL / "golden.safetensors"))
+    full, _ = load_component("w2v_bert", cs)
+    n_full = len(full.encoder.layers)
+    assert n_full > HIDDEN_STATE_INDEX  # otherwise the test proves nothing
+    mean, std = load_stats(cs.path("w2v_stats"))
+    sem = SemanticFeatures(
+        load_component("w2v_bert", cs)[0], load_feature_extractor(cs.path("w2v_bert")), mean, std
+    )
+    assert len(sem.model.encoder.layers) == HIDDEN_STATE_INDEX
+    for prefix in ("w2v.", "w2v.even."):
+        feats, mask = golden[prefix + "input_features"], golden[prefix + "attention_mask"]
+        with torch.no_grad():
+            ref = full(input_features=feats, attention_mask=mask, output_hidden_states=True)
+            last, hs = sem.hidden(feats, mask, output_hidden_states=True)
+        assert len(ref.hidden_states) == n_full + 1
+        assert torch.equal(last, ref.hidden_states[HIDDEN_STATE_INDEX])
+        assert len(hs) == HIDDEN_STATE_INDEX + 1
+        for a, b in zip(hs, ref.hidden_states[: HIDDEN_STATE_INDEX + 1], strict=True):
+            assert torch.equal(a, b)
+
+
+@needs_small
+def test_semantic_features_from_waveform():
+    from tts.models.w2v_bert import SemanticFeatures
+
+    golden = load_file(str(SMALL / "golden.safetensors"))
+    sem = SemanticFeatures.from_checkpoints(_small_set())
+    for wave, feat in (
+        ("resample.wave_16k", "w2v.feat_normalized"),
+        ("w2v.even.wave_16k", "w2v.even.feat_normalized"),
+    ):
+        out = sem(golden[wave])
+        assert out.shape == golden[feat].shape
+        torch.testing.assert_close(out, golden[feat], atol=2e-4, rtol=1e-4)
+
+
+@needs_small
+def test_codec_batching():
+    codec, _ = load_component("semantic_codec", _small_set())
+    golden = load_file(str(SMALL / "golden.safetensors"))
+    x = golden["codec.quantize.features"]
+    x2 = torch.cat([x, x.flip(1)])
+    with torch.no_grad():
+        codes, quantized = codec.quantize(x2)
+        assert codes.shape == x2.shape[:2] and codes.dtype == torch.int64
+        for b in range(2):
+            c1, q1 = codec.quantize(x2[b : b + 1])
+            assert torch.equal(codes[b : b + 1], c1)
+            torch.testing.assert_close(quantized[b : b + 1], q1, atol=1e-6, rtol=0)
+        # vq2emb: the B=1 reference call is unchanged, and B>1 is now the batch it looks like.
+        vq = golden["codec.vq2emb.codes"]  # [1, 1, T]
+        one = codec.quantizer.vq2emb(vq)
+        assert one.shape == (1, codec.hidden_size, vq.shape[-1])
+        two = codec.quantizer.vq2emb(torch.cat([vq, vq.flip(-1)]))  # [2, 1, T]
+        assert torch.equal(two[:1], one)
+        assert torch.equal(two[1:], codec.quantizer.vq2emb(vq.flip(-1)))
+        # RepCodec.vq2emb: codes [B, T] -> [B, T, hidden], the layout quantize() returns.
+        assert torch.equal(
+            codec.vq2emb(codes), codec.quantizer.vq2emb(codes.unsqueeze(1)).transpose(1, 2)
+        )
+        torch.testing.assert_close(codec.vq2emb(codes), quantized, atol=1e-6, rtol=0)
