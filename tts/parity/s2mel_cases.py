@@ -147,3 +147,88 @@ def _run_cfm(
 def cfm_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]:
     _, actual = _run_cfm(fs, case, opts)
     return _compare_outputs(fs, case, actual)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole s2mel chain: prompt audio + generated codes/latents -> waveform
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _aux(root: str, name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    model, _ = load_component(name, CheckpointSet.open(Path(root)))
+    if name == "bigvgan":
+        model.remove_weight_norm()  # the reference vocodes with weight norm removed
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _set_tolerances(fs: FixtureSet, case: dict) -> dict:
+    """The case with tolerances of keys it shares with the set's per-module cases merged in.
+
+    The chain case carries tolerances only for its own ``chain.*`` keys; every other output is
+    a golden of another case, whose entry (with its ``atol_chain``) applies.
+    """
+    merged: dict[str, dict] = {}
+    for other in fs.cases:
+        merged.update(other.get("tolerance", {}))
+    merged.update(case.get("tolerance", {}))
+    return {**case, "tolerance": merged}
+
+
+def _key(spec: str) -> str:
+    """Golden key of an input description such as ``'codec.vq2emb.codes (squeeze(1) = [1,T])'``."""
+    return spec.strip().split()[0]
+
+
+@register("s2mel_chain")
+def s2mel_chain_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]:
+    from tts import audio
+
+    root = str(fs.root.resolve())
+    s2mel = _model(fs, opts)
+    codec = _aux(root, "semantic_codec", opts.device, opts.dtype)
+    campplus = _aux(root, "campplus", opts.device, opts.dtype)
+    vocoder = _aux(root, "bigvgan", opts.device, opts.dtype)
+    inputs = {_key(name): _to(fs.tensor(_key(spec)), opts) for name, spec in case["inputs"].items()}
+    hard = fs.meta.get("hard_coded", {})
+    sr = int(fs.config["s2mel"]["preprocess_params"]["sr"])
+    sr_w2v = int(hard.get("sr_w2v", 16000))
+
+    wave_22k = inputs["wave_22k"]
+    got: dict[str, torch.Tensor] = {}
+    # Prompt side
+    got["wave_16k"] = wave_16k = audio.resample(wave_22k, sr, sr_w2v)
+    got["ref_mel"] = ref_mel = audio.mel_spectrogram(
+        wave_22k, **audio.mel_kwargs(fs.config["s2mel"])
+    )
+    _, got["S_ref"] = codec.quantize(inputs["prompt_features"])
+    got["fbank_cmn"] = fbank_cmn = audio.campplus_features(wave_16k)
+    got["style"] = style = campplus(fbank_cmn.unsqueeze(0))
+    ylens = torch.tensor([ref_mel.size(2)], device=opts.device)
+    got["prompt_condition"] = prompt_condition = s2mel.regulate(got["S_ref"], ylens)
+    # Generated side
+    codes = inputs["codes"]
+    codes = codes.squeeze(1) if codes.dim() == 3 else codes  # [1, T]
+    got["latent"] = s2mel.gpt_layer(inputs["gpt_latent"])
+    got["vq2emb"] = codec.quantizer.vq2emb(codes.unsqueeze(1))  # [1, 1024, T], B=1 call
+    got["S_infer"] = s_infer = got["vq2emb"].transpose(1, 2) + got["latent"]
+    code_lens = torch.tensor([codes.size(-1)], device=opts.device)
+    got["target_lengths"] = lens = target_lengths(code_lens)
+    got["cond"] = cond = s2mel.regulate(s_infer, lens)
+    got["cat_condition"] = cat = torch.cat([prompt_condition, cond], dim=1)
+    x_lens = torch.tensor([cat.size(1)], device=opts.device)
+    got["vc_full"] = vc = s2mel.cfm.inference(
+        cat,
+        x_lens,
+        ref_mel,
+        style,
+        n_timesteps=int(hard.get("cfm_steps", 25)),
+        cfg_rate=float(hard.get("cfg_rate", 0.7)),
+        noise=inputs["noise"],
+    )
+    got["vc_target"] = vc_target = vc[:, :, ref_mel.size(-1) :]
+    got["wav"] = wav = vocoder(vc_target).squeeze().unsqueeze(0)
+    got["wav_int16_scale"] = torch.clamp(32767 * wav, -32767.0, 32767.0)
+
+    full = _set_tolerances(fs, case)
+    return _compare_outputs(fs, full, got, chain=True)
