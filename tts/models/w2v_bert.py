@@ -29,7 +29,7 @@ SAMPLING_RATE = 16000
 DEFAULT_ATTENTION = "sdpa"
 
 
-def w2v_bert_config(
+def hf_config(
     config: dict, attn_implementation: str = DEFAULT_ATTENTION
 ) -> Wav2Vec2BertConfig:
     """A ``Wav2Vec2BertConfig`` from a config.json dict (bookkeeping keys are ignored)."""
@@ -48,7 +48,7 @@ def build_w2v_bert(config: dict, attn_implementation: str = DEFAULT_ATTENTION) -
     config alone, so they stay real. We still check that no buffer ended up on meta, because a
     silently-meta buffer would only fail at the first forward.
     """
-    model = Wav2Vec2BertModel(w2v_bert_config(config, attn_implementation))
+    model = Wav2Vec2BertModel(hf_config(config, attn_implementation))
     meta_buffers = [n for n, b in model.named_buffers() if b.device.type == "meta"]
     if meta_buffers:
         raise RuntimeError(f"w2v-bert: buffers left on the meta device: {meta_buffers}")
