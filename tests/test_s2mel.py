@@ -129,3 +129,22 @@ def test_reflect_pad_short_input():
     torch.testing.assert_close(
         reflect_pad1d(long, 2, 2), torch.nn.functional.pad(long, (2, 2), mode="reflect")
     )
+
+
+@needs_small
+def test_generate_matches_chain_golden(small_model):
+    """S2Mel.generate from the chain's golden intermediates reproduces the golden mel."""
+    from safetensors.torch import load_file
+
+    model, _ = small_model
+    g = load_file(str(SMALL / "golden.safetensors"))
+    with torch.no_grad():
+        mel = model.generate(
+            semantic=g["codec.vq2emb.out"].transpose(1, 2),
+            gpt_latent=g["gpt_layer.in"],
+            prompt_condition=g["lr.prompt.out"],
+            ref_mel=g["mel.out"],
+            style=g["campplus.style"],
+            noise=g["cfm25.noise"],
+        )
+    torch.testing.assert_close(mel, g["chain.vc_target"], rtol=1e-4, atol=4e-5)
