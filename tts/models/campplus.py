@@ -1,0 +1,303 @@
+"""CAMPPlus (3D-Speaker CAM++) speaker encoder: Kaldi fbank ``[B, T, 80]`` -> style ``[B, 192]``.
+
+IndexTTS2 uses its embedding as the global "style" vector of the DiT and to pick emotion-matrix
+rows. Layout (attribute names equal the checkpoint keys of ``campplus_cn_common.bin``):
+
+* ``head``: FCM, a small 2-D ResNet over (frequency, time) that halves the frequency axis three
+  times and flattens channels x frequency into ``32 * feat_dim // 8`` channels;
+* ``xvector``: TDNN (k5, stride 2), three densely connected CAM blocks (12/24/16 layers) each
+  followed by a transit layer that halves the channels, BN-ReLU, mean+std statistics pooling,
+  and a 1x1 dense layer with a non-affine BatchNorm.
+
+Every BatchNorm runs on its stored running statistics (the module is used in eval mode).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Fixed by the reference architecture (not configurable there either).
+FCM_CHANNELS = 32
+BLOCK_LAYERS = (12, 24, 16)
+BLOCK_KERNELS = (3, 3, 3)
+BLOCK_DILATIONS = (1, 2, 2)
+CAM_SEGMENT = 100  # frames per segment of the context-aware mask's segment pooling
+
+
+class BNReLU(nn.Module):
+    """``batchnorm`` then ReLU (the reference's "batchnorm-relu" nonlinearity)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.batchnorm = nn.BatchNorm1d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.batchnorm(x))
+
+
+class BNOnly(nn.Module):
+    """A BatchNorm without scale/shift (the reference's "batchnorm_" nonlinearity)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.batchnorm = nn.BatchNorm1d(channels, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.batchnorm(x)
+
+
+class BasicResBlock(nn.Module):
+    """2-D residual block; the first block of a stage strides 2 along frequency only."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=(stride, 1), padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=(stride, 1), bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class FCM(nn.Module):
+    """Front-end convolution module: ``[B, F, T] -> [B, 32 * (F // 8), T]``."""
+
+    def __init__(
+        self, feat_dim: int = 80, channels: int = FCM_CHANNELS, blocks: tuple = (2, 2)
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.layer1 = nn.Sequential(
+            *[BasicResBlock(channels, channels, 2 if i == 0 else 1) for i in range(blocks[0])]
+        )
+        self.layer2 = nn.Sequential(
+            *[BasicResBlock(channels, channels, 2 if i == 0 else 1) for i in range(blocks[1])]
+        )
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=(2, 1), padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.out_channels = channels * (feat_dim // 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x.unsqueeze(1))))
+        out = self.layer2(self.layer1(out))
+        out = F.relu(self.bn2(self.conv2(out)))
+        b, c, f, t = out.shape
+        return out.reshape(b, c * f, t)
+
+
+class TDNNLayer(nn.Module):
+    """Conv1d ("same" padding for odd kernels) then BN-ReLU."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            bias=False,
+        )
+        self.nonlinear = BNReLU(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nonlinear(self.linear(x))
+
+
+class CAMLayer(nn.Module):
+    """Context-aware masking: a local conv gated by a sigmoid mask from global + segment context."""
+
+    def __init__(
+        self,
+        bn_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int,
+        reduction: int = 2,
+    ) -> None:
+        super().__init__()
+        self.linear_local = nn.Conv1d(
+            bn_channels,
+            out_channels,
+            kernel_size,
+            padding=(kernel_size - 1) // 2 * dilation,
+            dilation=dilation,
+            bias=False,
+        )
+        self.linear1 = nn.Conv1d(bn_channels, bn_channels // reduction, 1)
+        self.linear2 = nn.Conv1d(bn_channels // reduction, out_channels, 1)
+
+    @staticmethod
+    def segment_mean(x: torch.Tensor, seg_len: int = CAM_SEGMENT) -> torch.Tensor:
+        """Mean of each ``seg_len``-frame segment (last one partial), broadcast to its frames."""
+        seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
+        return seg.repeat_interleave(seg_len, dim=-1)[..., : x.shape[-1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.linear_local(x)
+        context = x.mean(-1, keepdim=True) + self.segment_mean(x)
+        mask = torch.sigmoid(self.linear2(F.relu(self.linear1(context))))
+        return local * mask
+
+
+class CAMDenseTDNNLayer(nn.Module):
+    """BN-ReLU -> 1x1 bottleneck -> BN-ReLU -> CAM layer producing ``growth`` new channels."""
+
+    def __init__(
+        self, in_channels: int, growth: int, bn_channels: int, kernel_size: int, dilation: int
+    ) -> None:
+        super().__init__()
+        self.nonlinear1 = BNReLU(in_channels)
+        self.linear1 = nn.Conv1d(in_channels, bn_channels, 1, bias=False)
+        self.nonlinear2 = BNReLU(bn_channels)
+        self.cam_layer = CAMLayer(bn_channels, growth, kernel_size, dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))))
+
+
+class CAMDenseTDNNBlock(nn.Module):
+    """Dense block: each layer's output is concatenated to its input (``tdnnd1`` ... ``tdnndN``)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        in_channels: int,
+        growth: int,
+        bn_channels: int,
+        kernel_size: int,
+        dilation: int,
+    ) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        for i in range(num_layers):
+            layer = CAMDenseTDNNLayer(
+                in_channels + i * growth, growth, bn_channels, kernel_size, dilation
+            )
+            self.add_module(f"tdnnd{i + 1}", layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.num_layers):
+            x = torch.cat([x, getattr(self, f"tdnnd{i + 1}")(x)], dim=1)
+        return x
+
+
+class TransitLayer(nn.Module):
+    """BN-ReLU then a bias-free 1x1 conv (halves the channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.nonlinear = BNReLU(in_channels)
+        self.linear = nn.Conv1d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.nonlinear(x))
+
+
+class DenseLayer(nn.Module):
+    """1x1 conv on the pooled vector ``[B, C]``, then a non-affine BatchNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Conv1d(in_channels, out_channels, 1, bias=False)
+        self.nonlinear = BNOnly(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nonlinear(self.linear(x.unsqueeze(-1)).squeeze(-1))
+
+
+def statistics_pooling(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T] -> [B, 2C]``: mean and unbiased standard deviation over time."""
+    return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=True)], dim=-1)
+
+
+class XVector(nn.Module):
+    """Everything after the FCM head, named like the reference's ``xvector`` Sequential."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        embedding_size: int,
+        growth_rate: int,
+        bn_size: int,
+        init_channels: int,
+    ) -> None:
+        super().__init__()
+        self.tdnn = TDNNLayer(in_channels, init_channels, 5, stride=2)
+        channels = init_channels
+        for i, (layers, kernel, dilation) in enumerate(
+            zip(BLOCK_LAYERS, BLOCK_KERNELS, BLOCK_DILATIONS, strict=True)
+        ):
+            block = CAMDenseTDNNBlock(
+                layers, channels, growth_rate, bn_size * growth_rate, kernel, dilation
+            )
+            self.add_module(f"block{i + 1}", block)
+            channels += layers * growth_rate
+            self.add_module(f"transit{i + 1}", TransitLayer(channels, channels // 2))
+            channels //= 2
+        self.out_nonlinear = BNReLU(channels)
+        self.dense = DenseLayer(channels * 2, embedding_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tdnn(x)
+        for i in range(len(BLOCK_LAYERS)):
+            x = getattr(self, f"transit{i + 1}")(getattr(self, f"block{i + 1}")(x))
+        x = self.out_nonlinear(x)
+        return self.dense(statistics_pooling(x))
+
+
+class CAMPPlus(nn.Module):
+    """Speaker encoder: ``[B, T, feat_dim]`` mean-normalised fbank -> ``[B, embedding_size]``."""
+
+    # The configuration IndexTTS2 builds (CAMPPlus(feat_dim=80, embedding_size=192), 3D-Speaker
+    # defaults for the rest).
+    DEFAULTS = {
+        "feat_dim": 80,
+        "embedding_size": 192,
+        "growth_rate": 32,
+        "bn_size": 4,
+        "init_channels": 128,
+    }
+
+    def __init__(
+        self,
+        feat_dim: int = 80,
+        embedding_size: int = 192,
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        init_channels: int = 128,
+    ) -> None:
+        super().__init__()
+        self.head = FCM(feat_dim=feat_dim)
+        self.xvector = XVector(
+            self.head.out_channels, embedding_size, growth_rate, bn_size, init_channels
+        )
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> CAMPPlus:
+        """Build from constructor kwargs (``feat_dim``, ``embedding_size``, ``growth_rate``,
+        ``bn_size``, ``init_channels``); missing keys take the official values."""
+        cfg = dict(cfg or {})
+        unknown = sorted(set(cfg) - set(cls.DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"CAMPPlus config: unknown key(s) {unknown}; known: {sorted(cls.DEFAULTS)}"
+            )
+        return cls(**{**cls.DEFAULTS, **{k: int(v) for k, v in cfg.items()}})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.xvector(self.head(x.transpose(1, 2)))
