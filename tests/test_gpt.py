@@ -122,6 +122,45 @@ def test_kv_cached_decoding_equals_full_recomputation(gpt, golden, batch2):
 
 
 @needs_small
+def test_beam_cache_reordering_equals_full_recomputation(gpt, golden):
+    # At step t the returned sequence came from cache row beam_indices[t], whose history was
+    # codes[:t]: that row's logits must equal a cache-free pass over codes[:t].
+    prefix, valid = _prefix(gpt, golden, batch2=True)
+    cfg = GenerationConfig(do_sample=False, num_beams=3, max_mel_tokens=10, warn_on_limit=False)
+    with torch.no_grad():
+        out = generate(gpt, prefix, valid, cfg, output_logits=True)
+        for b in range(prefix.size(0)):
+            n = int((out.beam_indices[b] >= 0).sum())
+            expected = _full_recompute_logits(gpt, prefix[b:b + 1], valid[b:b + 1],
+                                              out.codes[b:b + 1, :n])[:, 0]
+            actual = out.logits[torch.arange(n), out.beam_indices[b, :n]]
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_small
+def test_beam_sampling_follows_the_reference_rng_stream(gpt, golden):
+    # The traced infer_v2 runs drew their codes from torch's global RNG right after
+    # torch.manual_seed(seed) (informational fixture outputs): the same draws give the same codes.
+    import json
+
+    cases = {c["id"]: c for c in json.loads((SMALL / "cases.json").read_text())["cases"]}
+    for name in ("trace_emoaudio", "trace_emovector"):
+        key = f"{name}.codes_sampled"
+        if name not in cases or key not in golden:
+            pytest.skip("trace cases absent")
+        args = cases[name]["args"]
+        torch.manual_seed(int(args["torch_manual_seed"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out, _ = gpt.inference_speech(
+                golden["b1.spk_feat"], golden[f"{name}.text_tokens"].int().reshape(1, -1),
+                emo_vec=golden[f"{name}.emo_vec_final"],
+                max_generate_length=int(args["max_mel_tokens"]),
+            )
+        assert torch.equal(out.codes, golden[key])
+
+
+@needs_small
 def test_seeded_sampling_is_reproducible(gpt, golden):
     prefix, valid = _prefix(gpt, golden)
     for cfg in (
