@@ -21,7 +21,7 @@ from tts.components import MODULE_COMPONENTS, build_empty
 from tts.loading import CheckpointError, compare_state, expected_tensors
 from tts.validate import COMPONENT_NAMES
 
-from .conftest import FIXTURES
+from conftest import FIXTURES
 
 SETS = sorted(p for p in FIXTURES.iterdir() if (p / "config.yaml").is_file())
 

@@ -323,3 +323,16 @@ def save_wav(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_wav(
+    path: str | os.PathLike, wav: torch.Tensor, sample_rate: int = SPEAKER_SAMPLE_RATE
+) -> Path:
+    """Write a float waveform in [-1, 1] (``[N]``) as 16-bit PCM WAV, atomically.
+
+    The pipeline keeps audio in [-1, 1]; this applies the reference's PCM scaling
+    (clamp(32767 * x)) and then :func:`save_wav`.
+    """
+    return save_wav(
+        path, torch.clamp(32767.0 * wav.detach().float(), -PCM16_MAX, PCM16_MAX), sample_rate
+    )

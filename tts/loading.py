@@ -207,8 +207,6 @@ def compare_state(
                 f"dtype mismatch for {name}: file has {str(tensor.dtype).removeprefix('torch.')}, "
                 f"model expects {str(dtype).removeprefix('torch.')}"
             )
-        elif tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
-            problems.append(f"non-finite values (NaN/inf) in {name}")
     if problems:
         head = f"{source}: {len(problems)} problem(s) against the expected {len(expected)} tensors:"
         raise CheckpointError("\n  ".join([head, *problems]))
@@ -230,6 +228,15 @@ def load_strict(
     expected = module.state_dict(keep_vars=True)
     spec = {k: (tuple(v.shape), v.dtype) for k, v in expected.items()}
     computed = compare_state(spec, provided, source, computed_ok)
+    bad = [
+        k
+        for k in spec
+        if k in provided
+        and provided[k].is_floating_point()
+        and not torch.isfinite(provided[k]).all()
+    ]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite values (NaN/inf) in {', '.join(bad)}")
     report = LoadReport(source=source, computed=computed)
     state: dict[str, torch.Tensor] = {}
     for name, ref in expected.items():

@@ -14,10 +14,17 @@ Intermediate results are plain ``dict[str, torch.Tensor]`` saved with safetensor
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from tts.checkpoints import CheckpointSet, missing_files, sha256
+from tts.loading import CheckpointError
 
 SAMPLE_RATE = 22050
 
@@ -67,3 +74,343 @@ class RowResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (e.g. CUDA asked for on a machine without it)."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cuda``/``cuda:N``/``cpu`` -> torch.device, with a clear error when CUDA is missing."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r} was requested but CUDA is not available on this machine; "
+            "run on the CPU instead: `--device cpu` for the tts command, "
+            "`--config device=cpu` for the workflow (or set device: cpu in config/config.yaml)"
+        )
+    if dev.type not in ("cuda", "cpu"):
+        raise DeviceError(f"unsupported device {device!r}; use cuda, cuda:N or cpu")
+    return dev
+
+
+def default_seed(request: SynthesisRequest) -> int:
+    """A stable per-row seed (from id and text) so that reruns reproduce the same audio."""
+    digest = hashlib.sha256(f"{request.id}\0{request.text}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Write tensors as safetensors atomically (temporary name, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    try:
+        save_file(cpu, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file written by :func:`save_tensors`."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _check_finite(stage: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise FloatingPointError(f"NaN or inf in the {stage} output; nothing was written for this row")
+
+
+class Engine:
+    """The loaded model set on one device. Components load lazily, once, on first use.
+
+    The GPT runs in the chosen dtype (float32, bfloat16 or float16); everything else runs in
+    float32, as the reference does (s2mel and BigVGAN never run in half precision there).
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, cs: CheckpointSet, device: torch.device, dtype: torch.dtype):
+        self.cs = cs
+        self.device = device
+        self.dtype = dtype
+        self._parts: dict[str, object] = {}
+        self.load_seconds: dict[str, float] = {}
+
+    @classmethod
+    def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32") -> Engine:
+        """Open a checkpoint set for inference; fails early on a missing file or device."""
+        dev = resolve_device(device)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if DTYPES[dtype] != torch.float32 and dev.type == "cpu":
+            raise ValueError(f"dtype {dtype} needs CUDA; use float32 on the CPU")
+        missing = missing_files(checkpoints)
+        if missing:
+            lines = [f"{key}: {path} ({source})" for key, path, source in missing]
+            raise CheckpointError(
+                f"{checkpoints}: {len(missing)} checkpoint file(s) missing:\n  " + "\n  ".join(lines)
+            )
+        if dev.type == "cuda":
+            torch.backends.cudnn.enabled = True
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
+            torch.backends.cudnn.allow_tf32 = False
+        return cls(CheckpointSet.open(checkpoints), dev, DTYPES[dtype])
+
+    @property
+    def is_demo(self) -> bool:
+        """True when the set was written by `tts demo-checkpoints` (random weights)."""
+        return self.cs.is_demo
+
+    # -- components ---------------------------------------------------------------------------
+
+    def part(self, name: str):
+        """The loaded component ``name`` (gpt, s2mel, semantic_codec, campplus, bigvgan,
+        features, tokenizer, matrices, qwen), loading it on first use."""
+        if name not in self._parts:
+            start = time.perf_counter()
+            self._parts[name] = self._load(name)
+            self.load_seconds[name] = time.perf_counter() - start
+        return self._parts[name]
+
+    def _load(self, name: str):
+        from tts.components import load_component
+
+        if name in ("gpt", "s2mel", "semantic_codec", "campplus", "bigvgan"):
+            module, _ = load_component(name, self.cs)
+            dtype = self.dtype if name == "gpt" else torch.float32
+            module = module.to(device=self.device, dtype=dtype).eval()
+            if name == "bigvgan":
+                module.remove_weight_norm()
+            return module
+        if name == "features":
+            from tts.models.w2v_bert import SemanticFeatures
+
+            layer = int(self.cs.config.get("w2v_bert_layer", 17))
+            return SemanticFeatures.from_checkpoints(self.cs, device=self.device, layer=layer)
+        if name == "tokenizer":
+            from tts.text.tokenizer import TextTokenizer
+
+            return TextTokenizer(self.cs.path("bpe"))
+        if name == "matrices":
+            from tts.emotion import EmotionMatrices
+
+            return EmotionMatrices.from_config(self.cs.root, self.cs.config).to(self.device)
+        if name == "qwen":
+            from tts.emotion import QwenEmotion
+
+            folder = self.cs.path("qwen_emotion")
+            if not folder.is_dir():
+                raise CheckpointError(
+                    f"{folder}: missing; emotion from text needs the Qwen emotion model "
+                    "(qwen0.6bemo4-merge/ from the Hugging Face repo IndexTeam/IndexTTS-2)"
+                )
+            return QwenEmotion(folder, device=self.device)
+        raise KeyError(f"unknown engine part {name!r}")
+
+    def provenance(self) -> dict:
+        """What produced the audio: code, checkpoints, device, dtype, cuDNN, library versions."""
+        import tts
+
+        info = {
+            "code_version": tts.__version__,
+            "git": _git_describe(),
+            "checkpoints": str(self.cs.root),
+            "demo_checkpoints": self.is_demo,
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "gpt_dtype": str(self.dtype).removeprefix("torch."),
+            "other_dtype": "float32",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn_enabled": torch.backends.cudnn.enabled,
+            "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        }
+        return info
+
+    def checkpoint_hashes(self) -> dict[str, str]:
+        """SHA-256 of every checkpoint file of the set (slow on real weights: hashes GBs)."""
+        return {k: sha256(p) for k, p in self.cs.required_paths().items() if p.is_file()}
+
+    # -- stage 1: speaker prompt ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
+        """Speaker prompt file -> features every later stage needs (spec 2.2), on the CPU.
+
+        ``spk_cond_emb`` [1, T, 1024] normalised w2v-bert features, ``style`` [1, 192] CAMPPlus
+        embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C].
+        """
+        from tts.audio import campplus_features, load_prompt, mel_kwargs, mel_spectrogram, resample
+
+        wav22, sr = load_prompt(audio_path, SAMPLE_RATE)
+        wav16 = resample(wav22, sr, 16000)
+        dev = self.device
+        spk_cond_emb = self.part("features")(wav16)
+        _, s_ref = self.part("semantic_codec").quantize(spk_cond_emb)
+        ref_mel = mel_spectrogram(wav22.to(dev), **mel_kwargs(self.cs.config["s2mel"]))
+        style = self.part("campplus")(campplus_features(wav16).unsqueeze(0).to(dev))
+        ylens = torch.tensor([ref_mel.size(2)], device=dev)
+        prompt_condition = self.part("s2mel").regulate(s_ref, ylens)
+        out = {
+            "spk_cond_emb": spk_cond_emb,
+            "style": style,
+            "ref_mel": ref_mel,
+            "prompt_condition": prompt_condition,
+        }
+        for name, t in out.items():
+            _check_finite(f"speaker conditioning ({name})", t)
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    # -- stage 2: emotion -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def emotion_conditioning(self, request: SynthesisRequest, speaker: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The row's emotion vector ``emovec`` [1, model_dim] (spec 2.1, 2.3, 2.4, 2.6a).
+
+        Precedence as the reference: emotion text or an emotion vector disable the emotion
+        audio; without emotion audio the speaker prompt (through the 16 kHz emotion chain) is the
+        emotion prompt.
+        """
+        from tts.audio import load_prompt
+        from tts.emotion import plan_emotion, resolve_emotion
+
+        use_text = request.emo_text is not None
+        plan = plan_emotion(
+            request.text,
+            emo_audio_prompt=request.emo_audio,
+            emo_alpha=request.emo_alpha,
+            emo_vector=request.emo_vector,
+            use_emo_text=use_text,
+            emo_text=request.emo_text or None,
+            text_model=self.part("qwen") if use_text else None,
+        )
+        wav16, _ = load_prompt(plan.emo_audio or request.speaker, 16000)
+        emo_cond = self.part("features")(wav16)
+        gpt = self.part("gpt")
+        gen = torch.Generator(device="cpu").manual_seed(_seed(request))
+        with self._gpt_autocast():
+            result = resolve_emotion(
+                gpt,
+                speaker["spk_cond_emb"].to(self.device, self.dtype),
+                emo_cond.to(self.dtype),
+                plan,
+                style=speaker["style"].to(self.device),
+                matrices=self.part("matrices") if plan.emo_vector is not None else None,
+                use_random=request.use_random,
+                generator=gen,
+            )
+        _check_finite("emotion conditioning", result.emovec)
+        out = {"emovec": result.emovec.float().cpu()}
+        if plan.emo_vector is not None:
+            out["emo_vector"] = torch.tensor(plan.emo_vector)
+        return out
+
+    def _gpt_autocast(self):
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+    # -- stage 4: s2mel + vocoder ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def render(
+        self,
+        requests: list[SynthesisRequest],
+        speakers: list[dict[str, torch.Tensor]],
+        tokens: list[dict[str, torch.Tensor]],
+    ) -> list[RowResult]:
+        """Codes + latents + speaker features -> waveform ``wav`` float32 [N] in [-1, 1]."""
+        results = []
+        for req, spk, tok in zip(requests, speakers, tokens, strict=True):
+            results.append(self._row(req.id, lambda r=req, s=spk, t=tok: self._render_one(r, s, t)))
+        return results
+
+    def _render_one(self, req: SynthesisRequest, spk: dict, tok: dict) -> tuple[dict, dict]:
+        dev = self.device
+        opts = req.sampling_options()
+        s2mel = self.part("s2mel")
+        codec = self.part("semantic_codec")
+        vocoder = self.part("bigvgan")
+        gen = torch.Generator(device=dev).manual_seed(_seed(req) + 1)
+        silence = torch.zeros(int(SAMPLE_RATE * float(opts["interval_silence_ms"]) / 1000))
+        pieces: list[torch.Tensor] = []
+        timings = {"s2mel": 0.0, "vocoder": 0.0}
+        for i in range(_segments(tok)):
+            codes = tok[f"codes_{i}"].to(dev).unsqueeze(0)
+            latent = tok[f"latent_{i}"].to(dev, torch.float32).unsqueeze(0)
+            start = _tick(dev)
+            semantic = codec.vq2emb(codes)
+            mel = s2mel.generate(
+                semantic, latent, spk["prompt_condition"].to(dev), spk["ref_mel"].to(dev),
+                spk["style"].to(dev), n_timesteps=int(opts.get("diffusion_steps", 25)),
+                cfg_rate=float(opts.get("cfg_rate", 0.7)), generator=gen,
+            )
+            _check_finite("s2mel (mel spectrogram)", mel)
+            timings["s2mel"] += _tock(dev, start)
+            start = _tick(dev)
+            wav = vocoder(mel.float()).reshape(-1)
+            _check_finite("vocoder (waveform)", wav)
+            timings["vocoder"] += _tock(dev, start)
+            if pieces:
+                pieces.append(silence)
+            pieces.append(wav.cpu())
+        wav = torch.cat(pieces) if pieces else torch.zeros(0)
+        return {"wav": wav.float().clamp(-1.0, 1.0)}, timings
+
+    def _row(self, row_id: str, work) -> RowResult:
+        """Run one row's work; a row-level failure becomes the row's error, not an exception."""
+        from tts.audio import AudioError
+
+        try:
+            value, timings = work()
+            return RowResult(row_id, value=value, timings=timings)
+        except torch.OutOfMemoryError:
+            raise  # the caller retries with a smaller batch, then fails the rows
+        except (AudioError, ValueError, FloatingPointError, CheckpointError, RuntimeError, KeyError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return RowResult(row_id, error=f"{type(exc).__name__}: {text}")
+
+
+def _git_describe() -> str | None:
+    """``git describe`` of the source tree, when running from a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _seed(request: SynthesisRequest) -> int:
+    return int(request.seed) if request.seed is not None else default_seed(request)
+
+
+def _segments(tokens: dict[str, torch.Tensor]) -> int:
+    return sum(1 for k in tokens if k.startswith("codes_"))
+
+
+def _tick(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _tock(device: torch.device, start: float) -> float:
+    return _tick(device) - start
