@@ -628,9 +628,9 @@ def resolve_emotion(
     indices = matrices.pick(style, use_random=use_random, generator=generator)
     mat = matrices.mix(plan.emo_vector, indices)
     w = torch.tensor(plan.emo_vector, dtype=torch.float32, device=merged.device)
-    # In float32 this is the reference's expression; the cast keeps a half-precision GPT's
-    # dtype (the reference relies on autocast for that).
-    emovec = (mat + (1 - torch.sum(w)) * merged).to(merged.dtype)
+    # As the reference: the mix stays float32 even when merge_emovec ran in half precision
+    # under autocast (type promotion), so the result is float32 in vector mode.
+    emovec = mat + (1 - torch.sum(w)) * merged
     return EmotionResult(
         emovec=emovec, merged=merged, emovec_mat=mat, indices=indices, weights=plan.emo_vector
     )
