@@ -197,7 +197,10 @@ def trace_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]
                              observed["picked_indices"], torch.int64))
 
     # Text: the production front end; the traces have one segment.
-    plan_text = _frontend(fs.path(fs.config["dataset"]["bpe_model"])).process(args["text"])
+    from tts.checkpoints import CheckpointSet
+
+    bpe = CheckpointSet(root=fs.root, config=fs.config).path("bpe")
+    plan_text = _frontend(bpe).process(args["text"])
     text_tokens = torch.tensor(plan_text.segment_ids[0], dtype=torch.int32, device=dev)[None]
 
     gen_kw = calls.get("inference_speech_call", {}).get("keyword", {})
