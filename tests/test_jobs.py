@@ -1,0 +1,273 @@
+"""tts.jobs: the texts table, row specs, batch planning, fingerprints, and the bad-input corpus."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tts import jobs
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "tests" / "bad_inputs"
+CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text(encoding="utf-8"))
+CONFIG_SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+TEXTS_SCHEMA = REPO / "workflow" / "schemas" / "texts.schema.yaml"
+
+
+def _base_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _validate_config(cfg: dict) -> None:
+    from snakemake.utils import validate
+
+    validate(cfg, str(CONFIG_SCHEMA))
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus of bad inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_corpus_is_big_enough():
+    assert len(CASES) >= 40
+    assert {c["kind"] for c in CASES} == {"table", "row", "config"}
+    listed = {c["file"] for c in CASES}
+    on_disk = {f"{p.parent.name}/{p.name}" for p in CORPUS.glob("*/*.tsv")}
+    on_disk |= {f"configs/{p.name}" for p in (CORPUS / "configs").glob("*.yaml")}
+    assert on_disk <= listed, f"corpus files without an expected error: {on_disk - listed}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[Path(c["file"]).stem for c in CASES])
+def test_bad_input(case):
+    path = CORPUS / case["file"]
+    if case["kind"] == "table":
+        with pytest.raises(jobs.TableError) as err:
+            jobs.read_table(path)
+        assert case["error"] in str(err.value)
+        assert str(path) in str(err.value)  # the message names the file
+    elif case["kind"] == "row":
+        table = jobs.read_table(path)
+        by_id = {r.id: r for r in table.rows}
+        bad = by_id.pop(case["row"])
+        assert bad.error is not None and case["error"] in bad.error, bad.error
+        assert all(r.ok for r in by_id.values()), [(r.id, r.error) for r in by_id.values()]
+    else:
+        from snakemake.exceptions import WorkflowError
+
+        cfg = _merge(_base_config(), yaml.safe_load(path.read_text(encoding="utf-8")))
+        with pytest.raises(WorkflowError) as err:
+            _validate_config(cfg)
+        assert case["error"] in str(err.value) + str(err.value.__cause__ or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Good tables
+# ---------------------------------------------------------------------------------------------
+
+
+def test_example_table_is_valid():
+    table = jobs.read_table(REPO / "config" / "texts.tsv")
+    assert len(table.rows) >= 3
+    assert all(r.ok for r in table.rows), [(r.id, r.error) for r in table.rows]
+    happy = {r.id: r for r in table.rows}["happy_news"]
+    assert happy.spec["emo_vector"] == [0.8, 0, 0, 0, 0, 0, 0, 0.2]
+    assert happy.spec["emo_alpha"] == 0.9
+
+
+def test_example_config_is_valid():
+    cfg = _base_config()
+    _validate_config(cfg)
+    assert cfg["scoring"]["thresholds"]["max_wer"] == 0.5
+
+
+def test_texts_schema_accepts_example_and_rejects_unknown_column():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    frame, _ = jobs.read_frame(REPO / "config" / "texts.tsv")
+    validate(frame, str(TEXTS_SCHEMA), set_default=False)
+    frame["voice"] = "x"
+    with pytest.raises(WorkflowError):
+        validate(frame, str(TEXTS_SCHEMA), set_default=False)
+
+
+def test_relative_speaker_is_resolved_against_the_table_folder(tmp_path, monkeypatch):
+    (tmp_path / "sub" / "voices").mkdir(parents=True)
+    shutil.copy(REPO / "config/speakers/flite_slt_female.wav", tmp_path / "sub/voices/v.wav")
+    tsv = tmp_path / "sub" / "t.tsv"
+    tsv.write_text("id\ttext\tspeaker\na\tHello.\tvoices/v.wav\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    row = jobs.read_table(tsv).rows[0]
+    assert row.ok, row.error
+    assert row.spec["speaker"] == os.path.join("sub", "voices", "v.wav")  # relative to the cwd
+
+
+def test_quotes_bom_blank_lines_and_short_rows(tmp_path):
+    speaker = REPO / "config/speakers/flite_slt_female.wav"
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text(
+        "\ufeffid\ttext\tspeaker\tseed\n\n"
+        f'q\tHe said "hi" -- twice.\t{speaker}\n'  # short row: seed missing
+        f"s\t  Spaces around.  \t{speaker}\t7\n",
+        encoding="utf-8",
+    )
+    rows = jobs.read_table(tsv).rows
+    assert [r.id for r in rows] == ["q", "s"]
+    assert [r.line for r in rows] == [3, 4]
+    assert rows[0].spec["text"] == 'He said "hi" -- twice.'
+    assert rows[1].spec["text"] == "Spaces around."
+    assert rows[1].spec["seed"] == 7 and rows[0].spec["seed"] is None
+
+
+def test_sampling_defaults_and_row_overrides():
+    table = jobs.read_table(CORPUS / "tables" / "row_top_p_zero.tsv", {"top_p": 0.8, "top_k": 30})
+    good = {r.id: r for r in table.rows}["good"]
+    assert good.spec["sampling"] == {"top_k": 30, "top_p": 0.8}
+    assert jobs.parse_sampling_value("num_beams", "3") == 3
+    assert jobs.parse_sampling_value("do_sample", "False") is False
+
+
+def test_emotion_text_modes(tmp_path):
+    speaker = REPO / "config/speakers/flite_slt_female.wav"
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text(
+        "id\ttext\tspeaker\tuse_emo_text\temo_text\n"
+        f"a\tHello.\t{speaker}\ttrue\t\n"
+        f"b\tHello.\t{speaker}\t\tI am so angry!\n"
+        f"c\tHello.\t{speaker}\tfalse\t\n",
+        encoding="utf-8",
+    )
+    specs = {r.id: r.spec for r in jobs.read_table(tsv).rows}
+    assert specs["a"]["emo_text"] == ""  # use the row's own text
+    assert specs["b"]["emo_text"] == "I am so angry!"
+    assert specs["c"]["emo_text"] is None
+
+
+def test_schema_sampling_limits_match_jobs():
+    schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
+    props = schema["properties"]["sampling"]["properties"]
+    assert set(props) == set(jobs.SAMPLING_COLUMNS)
+    for name, (kind, lo, hi, _) in jobs.SAMPLING_COLUMNS.items():
+        if kind is bool:
+            assert props[name]["type"] == "boolean"
+            continue
+        low = props[name].get("minimum", props[name].get("exclusiveMinimum"))
+        assert (low, props[name]["maximum"]) == (lo, hi), name
+        assert ("exclusiveMinimum" in props[name]) == (name in jobs._EXCLUSIVE_LOW), name
+    texts = yaml.safe_load(TEXTS_SCHEMA.read_text(encoding="utf-8"))
+    assert set(texts["properties"]) == set(jobs.COLUMNS)
+    assert texts["properties"]["id"]["pattern"] == jobs.ID_PATTERN.pattern
+
+
+def test_request_from_spec_round_trip():
+    row = jobs.read_table(REPO / "config" / "texts.tsv", {"top_k": 5}).rows[2]
+    req = jobs.request_from_spec(row.spec)
+    assert req.id == row.id and req.emo_vector == row.spec["emo_vector"]
+    assert req.sampling_options()["top_k"] == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and batches
+# ---------------------------------------------------------------------------------------------
+
+
+def test_write_if_changed_keeps_mtime(tmp_path):
+    p = tmp_path / "spec.json"
+    assert jobs.write_if_changed(p, {"a": 1})
+    old = p.stat().st_mtime_ns
+    time.sleep(0.02)
+    assert not jobs.write_if_changed(p, {"a": 1})
+    assert p.stat().st_mtime_ns == old
+    assert jobs.write_if_changed(p, {"a": 2})
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_plan_batches_never_reforms_started_batches():
+    ids = [f"r{i}" for i in range(7)]
+    plan = jobs.plan_batches(ids, {}, lambda b: False, 3)
+    assert sorted(len(m) for m in plan.values()) == [1, 3, 3]
+    # Same rows, nothing started: the same plan again (names are deterministic).
+    assert jobs.plan_batches(ids, plan, lambda b: False, 3) == plan
+    # All started; two rows added (one in the middle of the table): only a new batch appears.
+    sealed = set(plan)
+    more = ids[:3] + ["new1"] + ids[3:] + ["new2"]
+    plan2 = jobs.plan_batches(more, plan, lambda b: b in sealed, 3)
+    assert {k: v for k, v in plan2.items() if k in plan} == plan
+    assert [v for k, v in plan2.items() if k not in plan] == [["new1", "new2"]]
+    # A row removed from a started batch keeps the batch intact (nothing reruns).
+    plan3 = jobs.plan_batches([i for i in more if i != "r1"], plan2, lambda b: b in plan2, 3)
+    assert plan3 == plan2
+    # A batch that never started is re-formed together with new rows.
+    half = {k for k in plan if "r0" in plan[k]}
+    plan4 = jobs.plan_batches(ids + ["x"], plan, lambda b: b in half, 3)
+    assert sorted(sum(plan4.values(), [])) == sorted(ids + ["x"])
+    assert all(plan4[k] == plan[k] for k in half)
+
+
+def test_checkpoint_fingerprint_caches_hashes(tmp_path, monkeypatch):
+    from tts import checkpoints
+
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    (root / "config.yaml").write_text("gpt: {}\n")
+    (root / "gpt.pth").write_bytes(b"weights-1")
+    calls = []
+    real = checkpoints.sha256
+    monkeypatch.setattr(checkpoints, "sha256", lambda p: calls.append(p) or real(p))
+    cache = tmp_path / "cache.json"
+    fp1 = jobs.checkpoint_fingerprint(root, cache)
+    assert "s2mel" in fp1["missing"] and fp1["files"]["gpt"]["sha256"]
+    n = len(calls)
+    fp2 = jobs.checkpoint_fingerprint(root, cache)
+    assert len(calls) == n and fp2["hash"] == fp1["hash"]  # nothing re-hashed
+    os.utime(root / "gpt.pth")  # touched, same content: re-hashed, same fingerprint
+    assert jobs.checkpoint_fingerprint(root, cache)["hash"] == fp1["hash"]
+    (root / "gpt.pth").write_bytes(b"weights-2")
+    assert jobs.checkpoint_fingerprint(root, cache)["hash"] != fp1["hash"]
+
+
+def test_prepare_writes_specs_only_when_changed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    cfg = _base_config()
+    cfg["checkpoints"] = str(tmp_path / "no-checkpoints")
+    _validate_config(cfg)
+    plan = jobs.prepare(cfg)
+    assert len(plan.batches) == 1 and plan.fingerprint["missing"]
+    spec = tmp_path / "results/specs/weather.json"
+    old = spec.stat().st_mtime_ns
+    time.sleep(0.02)
+    tsv = tmp_path / "config/texts.tsv"
+    tsv.write_text(tsv.read_text().replace("lovely", "rainy"), encoding="utf-8")
+    plan = jobs.prepare(cfg)
+    assert spec.stat().st_mtime_ns > old
+    assert (tmp_path / "results/specs/welcome.json").stat().st_mtime_ns < spec.stat().st_mtime_ns
+    assert set(plan.speakers) == {plan.specs[r]["speaker_key"] for r in plan.specs}
+
+
+def test_print_summary_lists_failed_rows(tmp_path):
+    import io
+
+    metrics = tmp_path / "metrics.tsv"
+    metrics.write_text("id\tstatus\terror\tverdict\na\tok\t\tpass\nb\tfailed\ttext is empty\tfail\n")
+    out = io.StringIO()
+    jobs.print_summary(metrics, out=out)
+    assert "2 row(s): 1 ok (1 pass the thresholds), 1 failed" in out.getvalue()
+    assert "FAILED b: text is empty" in out.getvalue()

@@ -1,0 +1,1083 @@
+"""Batch jobs for the Snakemake workflow: the texts table, per-row specs, batches and stages.
+
+The workflow (``Snakefile``) stays thin; everything it decides or runs lives here:
+
+* :func:`read_table` parses ``texts.tsv`` (pandas, every cell a string) into one :class:`Row`
+  per line. Faults of the whole table (bad bytes, duplicate or unsafe ids, missing or unknown
+  columns) raise :class:`TableError` naming every problem; faults of one row (empty text, a
+  missing or silent speaker file, a bad emotion vector, ...) become that row's ``error`` and
+  never stop the other rows.
+* :func:`prepare` is the workflow's parse-time step: it writes one spec file per row (the row's
+  normalised settings as JSON) *only when its content changed*, so untouched rows keep their
+  modification time and Snakemake leaves their outputs alone; it assigns rows to batches
+  (:func:`plan_batches`) so that finished batches are never re-formed; and it fingerprints the
+  checkpoint set by file hashes (cached by size and mtime).
+* ``run_*`` are the stage jobs the rule scripts call. Each opens the engine once per job and
+  processes its batch; a failing row gets a status with its error, never an exception.
+
+Every file written here goes to a temporary name first and is renamed into place, so a killed
+run never leaves a half-written file at an output path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import difflib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("tts.jobs")
+
+# ---------------------------------------------------------------------------------------------
+# The texts table
+# ---------------------------------------------------------------------------------------------
+
+REQUIRED_COLUMNS = ("id", "text", "speaker")
+
+# Sampling overrides a row may carry: column -> (type, lower bound, upper bound, description).
+# Bounds are inclusive except where the description says otherwise; the config schema
+# (workflow/schemas/config.schema.yaml) uses the same limits for the defaults.
+SAMPLING_COLUMNS: dict[str, tuple[type, float | None, float | None, str]] = {
+    "do_sample": (bool, None, None, "sample (true) or decode greedily/beam only (false)"),
+    "top_k": (int, 0, 100000, "keep the k most likely GPT tokens (0 disables top-k)"),
+    "top_p": (float, 0.0, 1.0, "nucleus sampling mass, in (0, 1]"),
+    "temperature": (float, 0.0, 10.0, "GPT sampling temperature, > 0"),
+    "num_beams": (int, 1, 64, "beam search width"),
+    "repetition_penalty": (float, 0.0, 100.0, "penalty on repeated tokens, > 0"),
+    "length_penalty": (float, -100.0, 100.0, "beam length penalty"),
+    "max_mel_tokens": (int, 1, 100000, "most semantic tokens per segment"),
+    "max_text_tokens_per_segment": (int, 1, 10000, "text tokens per segment"),
+    "interval_silence_ms": (int, 0, 60000, "silence between segments, ms"),
+    "diffusion_steps": (int, 1, 1000, "s2mel flow-matching steps"),
+    "cfg_rate": (float, 0.0, 100.0, "s2mel classifier-free guidance rate"),
+}
+_EXCLUSIVE_LOW = {"top_p", "temperature", "repetition_penalty"}
+
+COLUMNS: dict[str, str] = {
+    "id": "unique row name, used for file names: letters, digits, '.', '_', '-' (max 100)",
+    "text": "the text to speak (required, not empty, at most config limits.max_text_chars)",
+    "speaker": "speaker prompt audio file; a relative path is relative to the table's folder",
+    "emo_audio": "emotion prompt audio file (relative to the table's folder); empty: none",
+    "emo_alpha": "emotion strength in [0, 1] (default 1)",
+    "emo_vector": "8 comma-separated weights in [0, 1.2]: happy, angry, sad, afraid, disgusted, "
+    "melancholic, surprised, calm",
+    "use_emo_text": "true: derive the emotion from text with the Qwen emotion model",
+    "emo_text": "text to derive the emotion from (implies use_emo_text; empty: the row's text)",
+    "use_random": "true: pick emotion-matrix rows at random instead of by speaker similarity",
+    "seed": "random seed, an integer in [0, 2**32 - 1] (empty: config seed, else a stable seed "
+    "from id and text)",
+    **{k: v[3] for k, v in SAMPLING_COLUMNS.items()},
+}
+
+# Ids become file names on every platform: no separators, no leading dot, no reserved names.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+_TRUE = {"true", "yes", "1", "y", "on"}
+_FALSE = {"false", "no", "0", "n", "off"}
+
+DEFAULT_LIMITS = {"max_text_chars": 2000, "min_prompt_seconds": 0.5}
+
+
+class TableError(ValueError):
+    """The texts table as a whole cannot be used; the message names every problem."""
+
+
+class StageError(RuntimeError):
+    """A whole stage job cannot run (missing checkpoints, broken weights, no CUDA)."""
+
+
+@dataclass
+class Row:
+    """One line of the table: its spec (normalised settings) or the reason it cannot run."""
+
+    id: str
+    line: int
+    spec: dict
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Table:
+    path: Path
+    rows: list[Row]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.rows]
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        bad = []
+        for n, line in enumerate(raw.split(b"\n"), start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad.append(f"line {n} (byte {exc.start + 1}: {line[exc.start:exc.start + 1]!r})")
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise TableError(
+            f"{path}: not valid UTF-8 text at {shown}; save the table as UTF-8 "
+            "(e.g. 'iconv -f latin1 -t utf-8')"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _check_header(path: Path, header: list[str], first_line: str) -> None:
+    if len(header) == 1 and ("," in first_line or ";" in first_line):
+        raise TableError(
+            f"{path}: the header has no tab characters; the table must be tab-separated "
+            f"(found {first_line[:60]!r})"
+        )
+    problems = []
+    seen: set[str] = set()
+    dups = sorted({h for h in header if h in seen or seen.add(h)})
+    if dups:
+        problems.append(f"duplicate column(s): {', '.join(dups)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        problems.append(f"missing required column(s): {', '.join(missing)}")
+    unknown = [h for h in header if h not in COLUMNS]
+    for h in unknown:
+        near = difflib.get_close_matches(h, list(COLUMNS), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        problems.append(f"unknown column {h!r}{hint}")
+    if problems:
+        raise TableError(
+            f"{path}: " + "; ".join(problems) + f". Known columns: {', '.join(COLUMNS)} "
+            "(see docs/workflow.md)"
+        )
+
+
+def _check_ids(path: Path, ids: list[str], lines: list[int]) -> None:
+    problems = []
+    seen: dict[str, int] = {}
+    for rid, line in zip(ids, lines, strict=True):
+        if not rid:
+            problems.append(f"line {line}: empty id")
+        elif not ID_PATTERN.match(rid) or rid.endswith("."):
+            problems.append(
+                f"line {line}: id {rid!r} is not safe as a file name (use letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit, at most 100 characters)"
+            )
+        elif _RESERVED.match(rid):
+            problems.append(f"line {line}: id {rid!r} is a reserved file name on Windows")
+        key = rid.lower()
+        if rid and key in seen:
+            problems.append(
+                f"line {line}: duplicate id {rid!r} (first on line {seen[key]}; ids must be "
+                "unique, ignoring case)"
+            )
+        else:
+            seen.setdefault(key, line)
+    if problems:
+        raise TableError(f"{path}: " + "; ".join(problems))
+
+
+def read_frame(path: str | Path):
+    """The table as a pandas DataFrame of strings, plus each row's line number.
+
+    Raises :class:`TableError` for every table-wide fault.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise TableError(f"{path}: texts table {what}; set texts in config/config.yaml or "
+                         "pass --config texts=PATH")
+    text = _decode(path, path.read_bytes())
+    physical = text.splitlines()
+    numbered = [(n, line) for n, line in enumerate(physical, start=1) if line.strip()]
+    if not numbered:
+        raise TableError(f"{path}: the table is empty (it needs a header line and rows)")
+    header_line, header_text = numbered[0]
+    header = [h.strip() for h in header_text.split("\t")]
+    _check_header(path, header, header_text)
+    lines = [n for n, _ in numbered[1:]]
+    if not lines:
+        raise TableError(f"{path}: the table has a header but no rows")
+    try:
+        frame = pd.read_csv(
+            io.StringIO("\n".join(line for _, line in numbered)),
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            quoting=csv.QUOTE_NONE,
+            skip_blank_lines=True,
+            engine="python",
+        )
+    except pd.errors.ParserError as exc:
+        msg = str(exc).strip().splitlines()[0]
+        match = re.search(r"line (\d+)", msg)
+        if match:  # pandas counts the lines it was given; map back to the file's lines
+            k = int(match.group(1))
+            real = numbered[k - 1][0] if 0 < k <= len(numbered) else k
+            msg = f"line {real}: " + re.sub(r"\s*in line \d+", "", msg)
+        raise TableError(f"{path}: {msg} (more fields than the header has columns?)") from None
+    frame.columns = header
+    frame = frame.fillna("").astype(str).apply(lambda col: col.str.strip())
+    if len(frame) != len(lines):  # cannot happen with QUOTE_NONE; guard the line mapping
+        raise TableError(f"{path}: could not map rows to lines ({len(frame)} rows, {len(lines)} lines)")
+    _check_ids(path, list(frame["id"]), lines)
+    return frame, lines
+
+
+def _parse_bool(value: str, column: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"{column} = {value!r} is not true/false")
+
+
+def parse_sampling_value(column: str, value: object) -> int | float | bool:
+    """Parse and range-check one sampling option (from the table or the config)."""
+    kind, lo, hi, _ = SAMPLING_COLUMNS[column]
+    if kind is bool:
+        return value if isinstance(value, bool) else _parse_bool(str(value), column)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column} = {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{column} = {value!r} is not finite")
+    if kind is int:
+        if x != int(x):
+            raise ValueError(f"{column} = {value!r} is not a whole number")
+        x = int(x)
+    low_ok = x > lo if column in _EXCLUSIVE_LOW else x >= lo
+    if not low_ok or x > hi:
+        bracket = "(" if column in _EXCLUSIVE_LOW else "["
+        raise ValueError(f"{column} = {value!r} is outside {bracket}{lo:g}, {hi:g}]")
+    return x
+
+
+def _display_path(path: Path) -> str:
+    """A path relative to the working directory when inside it (so moving a project keeps
+    specs unchanged), else absolute."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def file_key(path: str | Path) -> str:
+    """A file-name-safe key for an audio file: its stem plus a short hash of its path."""
+    path = str(path)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem)[:40] or "audio"
+    return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
+
+
+_AUDIO_CHECKS: dict[tuple, str | None] = {}
+
+
+def check_audio(path: Path, what: str, min_seconds: float) -> str | None:
+    """Why ``path`` cannot be used as a prompt, or None. Cached by path, size and mtime."""
+    if not path.exists():
+        return f"{what} file not found: {path}"
+    if path.is_dir():
+        return f"{what} path is a folder, not an audio file: {path}"
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, min_seconds, what)
+    if key not in _AUDIO_CHECKS:
+        _AUDIO_CHECKS[key] = _check_audio_uncached(path, what, min_seconds)
+    return _AUDIO_CHECKS[key]
+
+
+def _check_audio_uncached(path: Path, what: str, min_seconds: float) -> str | None:
+    from tts.audio import AudioError, load_audio
+
+    try:
+        wave, sr = load_audio(path, sr=None)
+    except AudioError as exc:
+        return f"{what}: {exc}"
+    seconds = wave.shape[-1] / sr
+    if seconds < min_seconds:
+        return (f"{what}: {path}: too short ({seconds:.2f} s; a prompt needs at least "
+                f"{min_seconds:g} s, config limits.min_prompt_seconds)")
+    return None
+
+
+def _row_spec(
+    record: dict[str, str],
+    base: Path,
+    sampling_defaults: dict,
+    limits: dict,
+    default_seed: int | None,
+    check_files: bool,
+) -> tuple[dict, str | None]:
+    """Normalise one row; return (spec, error). The spec holds only what affects the audio."""
+    errors: list[str] = []
+    rid = record["id"]
+    text = record.get("text", "")
+    spec: dict = {"id": rid, "text": text}
+    max_chars = int(limits["max_text_chars"])
+    if not text:
+        errors.append("text is empty")
+    elif len(text) > max_chars:
+        errors.append(f"text has {len(text)} characters, more than the maximum {max_chars} "
+                      "(config limits.max_text_chars)")
+    min_seconds = float(limits["min_prompt_seconds"])
+
+    def audio(column: str, what: str) -> str | None:
+        value = record.get(column, "")
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        path = Path(os.path.normpath(path if path.is_absolute() else base / path))
+        if check_files:
+            problem = check_audio(path, what, min_seconds)
+            if problem:
+                errors.append(problem)
+        return _display_path(path)
+
+    if not record.get("speaker", ""):
+        errors.append("speaker is empty (a speaker prompt audio file is required)")
+    spec["speaker"] = audio("speaker", "speaker")
+    spec["emo_audio"] = audio("emo_audio", "emo_audio")
+
+    from tts.emotion import validate_emo_alpha, validate_emo_vector
+
+    spec["emo_alpha"] = 1.0
+    if record.get("emo_alpha", ""):
+        try:
+            spec["emo_alpha"] = validate_emo_alpha(record["emo_alpha"])
+        except ValueError as exc:
+            errors.append(str(exc))
+    spec["emo_vector"] = None
+    if record.get("emo_vector", ""):
+        parts = [p.strip() for p in re.split(r"[,\s]+", record["emo_vector"].strip()) if p.strip()]
+        try:
+            values = []
+            for p in parts:
+                try:
+                    values.append(float(p))
+                except ValueError:
+                    raise ValueError(f"emotion vector: {p!r} is not a number") from None
+            vec = validate_emo_vector(values)
+            if not any(vec):
+                raise ValueError("emotion vector is all zero; leave emo_vector empty for none")
+            spec["emo_vector"] = vec
+        except ValueError as exc:
+            errors.append(f"emo_vector {record['emo_vector']!r}: {exc}")
+    use_text = False
+    if record.get("use_emo_text", ""):
+        try:
+            use_text = _parse_bool(record["use_emo_text"], "use_emo_text")
+        except ValueError as exc:
+            errors.append(str(exc))
+    emo_text = record.get("emo_text", "")
+    spec["emo_text"] = emo_text if emo_text else ("" if use_text else None)
+    modes = [name for name, on in (("emo_audio", spec["emo_audio"] is not None),
+                                   ("emo_vector", bool(record.get("emo_vector", ""))),
+                                   ("emo_text/use_emo_text", spec["emo_text"] is not None)) if on]
+    if len(modes) > 1:
+        errors.append(f"give only one emotion source, not {' and '.join(modes)}")
+    spec["use_random"] = False
+    if record.get("use_random", ""):
+        try:
+            spec["use_random"] = _parse_bool(record["use_random"], "use_random")
+        except ValueError as exc:
+            errors.append(str(exc))
+    spec["seed"] = default_seed
+    if record.get("seed", ""):
+        try:
+            seed = float(record["seed"])
+            if seed != int(seed) or not 0 <= seed <= 2**32 - 1:
+                raise ValueError
+            spec["seed"] = int(seed)
+        except (ValueError, OverflowError):
+            errors.append(f"seed = {record['seed']!r} is not an integer in [0, 4294967295]")
+    sampling = dict(sampling_defaults)
+    for column in SAMPLING_COLUMNS:
+        if record.get(column, ""):
+            try:
+                sampling[column] = parse_sampling_value(column, record[column])
+            except ValueError as exc:
+                errors.append(str(exc))
+    spec["sampling"] = dict(sorted(sampling.items()))
+    return spec, ("; ".join(errors) if errors else None)
+
+
+def read_table(
+    path: str | Path,
+    sampling_defaults: dict | None = None,
+    limits: dict | None = None,
+    seed: int | None = None,
+    check_files: bool = True,
+) -> Table:
+    """Parse and validate the texts table.
+
+    Raises :class:`TableError` for table-wide faults. Row faults are returned as
+    ``Row.error``; such rows are never synthesised.
+    """
+    path = Path(path)
+    frame, lines = read_frame(path)
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    base = path.resolve().parent
+    rows = []
+    for record, line in zip(frame.to_dict("records"), lines, strict=True):
+        spec, error = _row_spec(record, base, sampling_defaults or {}, limits, seed, check_files)
+        rows.append(Row(record["id"], line, spec, error))
+    return Table(path, rows)
+
+
+def request_from_spec(spec: dict):
+    """The engine request for a row spec."""
+    from tts.pipeline import SynthesisRequest
+
+    return SynthesisRequest(
+        id=spec["id"],
+        text=spec["text"],
+        speaker=Path(spec["speaker"]),
+        emo_audio=Path(spec["emo_audio"]) if spec.get("emo_audio") else None,
+        emo_alpha=float(spec.get("emo_alpha", 1.0)),
+        emo_vector=list(spec["emo_vector"]) if spec.get("emo_vector") else None,
+        emo_text=spec.get("emo_text"),
+        use_random=bool(spec.get("use_random", False)),
+        seed=spec.get("seed"),
+        sampling=dict(spec.get("sampling", {})),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes, write-if-changed
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` under a temporary name in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=True) + "\n"
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    atomic_write_text(path, dumps(obj))
+
+
+def write_if_changed(path: str | Path, obj: object) -> bool:
+    """Write JSON only when the content differs, so an unchanged file keeps its mtime."""
+    path = Path(path)
+    text = dumps(obj)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_name(ids: Iterable[str]) -> str:
+    """A deterministic batch name from its members, so re-planning the same rows agrees."""
+    return "b" + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+
+
+def plan_batches(
+    ids: list[str],
+    previous: dict[str, list[str]],
+    sealed: Callable[[str], bool],
+    batch_size: int,
+) -> dict[str, list[str]]:
+    """Assign rows to batches without ever re-forming a batch that has started.
+
+    ``previous`` is the last plan; a batch for which ``sealed(name)`` is true (its first stage
+    has output) keeps exactly its members, even rows that were since removed or edited, so its
+    inputs and outputs stay the same and Snakemake does not rerun it. Every other row of
+    ``ids`` (new rows, rows of batches that never started) is chunked in table order into
+    batches of ``batch_size``. Adding rows therefore only ever creates new batches, and editing
+    a row reruns at most the batch it is in.
+    """
+    batch_size = max(1, int(batch_size))
+    plan = {name: list(members) for name, members in previous.items() if sealed(name)}
+    done = {rid for members in plan.values() for rid in members}
+    pending = [rid for rid in ids if rid not in done]
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start:start + batch_size]
+        plan[batch_name(chunk)] = chunk
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint fingerprint (file hashes, cached by size and mtime)
+# ---------------------------------------------------------------------------------------------
+
+
+def _checkpoint_files(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """(key -> existing file, key -> 'where to get it' for missing files) of a set."""
+    from tts.checkpoints import FILES, CheckpointSet, missing_files
+
+    try:
+        cs = CheckpointSet.open(root)
+    except (FileNotFoundError, ValueError, OSError):
+        cs = CheckpointSet(root=root, config={})
+    except Exception:  # noqa: BLE001 - a broken config.yaml is reported by the validate rule
+        cs = CheckpointSet(root=root, config={})
+    missing = {key: f"{path} ({where})" for key, path, where in missing_files(root)}
+    files: dict[str, Path] = {}
+    for key, path in cs.required_paths().items():
+        if key in missing:
+            continue
+        if path.is_dir():
+            spec = FILES[key.split("/")[0]]
+            if spec.optional or spec.kind == "dir":
+                for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                    files[f"{key}/{f.relative_to(path)}"] = f
+        elif path.is_file():
+            files[key] = path
+    return files, missing
+
+
+def checkpoint_fingerprint(root: str | Path, cache_path: str | Path | None = None) -> dict:
+    """SHA-256 of every file of the set and one short hash of them all.
+
+    Hashes are cached in ``cache_path`` keyed by (path, size, mtime), so only new or changed
+    files are read again. Missing files are recorded (the check rule reports them).
+    """
+    from tts.checkpoints import sha256
+
+    root = Path(root)
+    cache: dict = {}
+    if cache_path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            cache = read_json(cache_path)
+    files, missing = _checkpoint_files(root)
+    out: dict[str, dict] = {}
+    new_cache: dict = {}
+    for key, path in sorted(files.items()):
+        st = path.stat()
+        ck = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = cache.get(ck) or sha256(path)
+        new_cache[ck] = digest
+        out[key] = {"path": str(path), "size": st.st_size, "sha256": digest}
+    for key, where in sorted(missing.items()):
+        out[key] = {"missing": where}
+    summary = json.dumps({k: v.get("sha256", "missing") for k, v in out.items()}, sort_keys=True)
+    if cache_path is not None and new_cache != cache:
+        write_json(cache_path, new_cache)
+    return {
+        "root": str(root),
+        "files": out,
+        "missing": sorted(missing),
+        "hash": hashlib.sha256(summary.encode()).hexdigest()[:16],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parse-time preparation (called by the Snakefile)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What the Snakefile needs to declare its jobs."""
+
+    results: str
+    table: Table
+    batches: dict[str, list[str]]
+    specs: dict[str, dict]  # every batch member (current rows and retained removed rows)
+    speakers: dict[str, str]  # speaker key -> audio path
+    fingerprint: dict
+    batch_of: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def set_hash(self) -> str:
+        return self.fingerprint["hash"]
+
+    def spec_path(self, rid: str) -> str:
+        return f"{self.results}/specs/{rid}.json"
+
+    def batch_specs(self, batch: str) -> list[str]:
+        return [self.spec_path(r) for r in self.batches[batch]]
+
+    def batch_speakers(self, batch: str, suffix: str = ".safetensors") -> list[str]:
+        keys = {self.specs[r].get("speaker_key") for r in self.batches[batch]}
+        return [f"{self.results}/speakers/{k}{suffix}" for k in sorted(k for k in keys if k)]
+
+    def batch_emo_audio(self, batch: str) -> list[str]:
+        paths = {self.specs[r].get("emo_audio") for r in self.batches[batch]
+                 if not self.specs[r].get("error")}
+        return sorted(p for p in paths if p and Path(p).is_file())
+
+    def needed_batches(self) -> list[str]:
+        """Batches holding at least one current, valid row."""
+        return sorted({self.batch_of[r.id] for r in self.table.rows if r.id in self.batch_of})
+
+
+def _sealed(results: str, batch: str) -> bool:
+    return Path(results, "batches", batch, "emotion.json").exists()
+
+
+def prepare(config: dict) -> Plan:
+    """Parse-time work: read the table, write changed specs, plan batches, fingerprint weights.
+
+    Raises :class:`TableError` for table-wide faults (nothing runs then).
+    """
+    results = results_dir(config)
+    sampling = {k: parse_sampling_value(k, v) for k, v in config.get("sampling", {}).items()}
+    table = read_table(config["texts"], sampling, config.get("limits"), config.get("seed"))
+    dtype = config.get("dtype", "float32")
+    specs: dict[str, dict] = {}
+    for row in table.rows:
+        spec = dict(row.spec, dtype=dtype, error=row.error)
+        if row.ok:
+            spec["speaker_key"] = file_key(spec["speaker"])
+        specs[row.id] = spec
+        write_if_changed(f"{results}/specs/{row.id}.json", spec)
+    plan_path = Path(results, "batches", "plan.json")
+    previous: dict[str, list[str]] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        previous = read_json(plan_path)["batches"]
+    good = [r.id for r in table.rows if r.ok]
+    batches = plan_batches(good, previous, lambda b: _sealed(results, b),
+                           int(config.get("batch_size", 4)))
+    write_if_changed(plan_path, {"batches": batches})
+    batch_of = {rid: name for name, members in batches.items() for rid in members}
+    for rid in batch_of:  # members of sealed batches that left the table keep their old spec
+        if rid not in specs:
+            try:
+                specs[rid] = read_json(f"{results}/specs/{rid}.json")
+            except (OSError, ValueError):
+                specs[rid] = {"id": rid, "error": "row removed from the table"}
+    speakers = {s["speaker_key"]: s["speaker"] for s in specs.values() if s.get("speaker_key")}
+    write_if_changed(f"{results}/table.json", {
+        "texts": str(table.path),
+        "rows": [{"id": r.id, "line": r.line, "batch": batch_of.get(r.id), "error": r.error}
+                 for r in table.rows],
+    })
+    write_if_changed(f"{results}/settings.json", {"dtype": dtype})
+    write_if_changed(f"{results}/scoring.json", config.get("scoring", {}))
+    fingerprint = checkpoint_fingerprint(config["checkpoints"],
+                                         Path(results, "checkpoints", "hash-cache.json"))
+    return Plan(results, table, batches, specs, speakers, fingerprint, batch_of)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage jobs
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def job_log(path: str | Path | None) -> Iterator[logging.Logger]:
+    """Send logging, stdout and stderr of a job to its log file (and keep tracebacks there)."""
+    if path is None:
+        yield log
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8", buffering=1) as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = fh
+        try:
+            yield log
+        except BaseException as exc:
+            if not isinstance(exc, StageError):
+                traceback.print_exc(file=fh)
+            log.error("%s", exc)
+            raise
+        finally:
+            sys.stdout, sys.stderr = old
+            root.removeHandler(handler)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def open_engine(config: dict):
+    """Open the engine; a missing device or checkpoint becomes a :class:`StageError`."""
+    from tts.loading import CheckpointError
+    from tts.pipeline import DeviceError, Engine
+
+    device = str(config.get("device", "cuda"))
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        start = time.perf_counter()
+        engine = Engine.open(Path(config["checkpoints"]), device=device,
+                             dtype=str(config.get("dtype", "float32")))
+        log.info("engine opened in %.2f s (device %s, demo=%s)", time.perf_counter() - start,
+                 device, engine.is_demo)
+        return engine
+    except (DeviceError, CheckpointError, ValueError) as exc:
+        raise StageError(str(exc)) from None
+
+
+def run_check(config: dict, out: str | Path) -> None:
+    """First rule: every checkpoint file present, else stop with the list and sources."""
+    from tts.checkpoints import missing_files
+
+    root = Path(config["checkpoints"])
+    missing = missing_files(root)
+    if missing:
+        lines = "\n".join(f"  - {key}: {path}\n      get it: {where}" for key, path, where in missing)
+        raise StageError(
+            f"checkpoint set {root}: {len(missing)} required file(s) missing:\n{lines}\n"
+            "Download them (IndexTeam/IndexTTS-2 on Hugging Face, see docs/workflow.md), or run "
+            "`tts demo-checkpoints DIR` for a small random DEMO set, and pass "
+            "--config checkpoints=DIR."
+        )
+    cache = Path(out).parent.parent / "hash-cache.json"
+    write_json(out, checkpoint_fingerprint(root, cache))
+
+
+def run_validate(config: dict, out: str | Path) -> None:
+    """Strictly load every component once per checkpoint set; stop on any broken file."""
+    from tts.checkpoints import CheckpointSet
+    from tts.validate import COMPONENT_NAMES, validate_set
+    from tts.weight_report import file_verdict
+
+    root = Path(config["checkpoints"])
+    names = [n for n in COMPONENT_NAMES
+             if n != "qwen_emotion" or CheckpointSet.open(root).path("qwen_emotion").is_dir()]
+    start = time.perf_counter()
+    results = validate_set(root, names, with_stats=True)
+    comps = []
+    for r in results:
+        log.info("%s %s: %s", "ok  " if r.ok else "FAIL", r.name, r.message)
+        verdict = file_verdict(r.stats) if r.ok and r.stats else {}
+        comps.append({"name": r.name, "file": r.file, "ok": r.ok, "message": r.message,
+                      "tensors": r.tensors, "computed": r.computed,
+                      "verdict": verdict.get("verdict", "ok" if r.ok else "failed"),
+                      "flagged": verdict.get("flagged", [])[:20]})
+    bad = [c for c in comps if not c["ok"]]
+    if bad:
+        raise StageError("weight validation failed:\n" + "\n".join(
+            f"  - {c['name']}: {c['message']}" for c in bad))
+    write_json(out, {"components": comps, "seconds": time.perf_counter() - start,
+                     "demo": CheckpointSet.open(root).is_demo})
+
+
+def _save(path: str | Path, tensors: dict) -> None:
+    from tts.pipeline import save_tensors
+
+    save_tensors(path, tensors)
+
+
+def _load(path: str | Path) -> dict:
+    from tts.pipeline import load_tensors
+
+    return load_tensors(path)
+
+
+def _prefixed(rid: str, tensors: dict) -> dict:
+    return {f"{rid}/{k}": v for k, v in tensors.items()}
+
+
+def _unprefixed(rid: str, tensors: dict) -> dict:
+    p = f"{rid}/"
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def run_speaker(config: dict, audio: str, out_tensors: str, out_status: str, threads: int = 1) -> None:
+    """Speaker conditioning for one prompt file (shared by every row that uses it)."""
+    from tts.audio import AudioError
+
+    _set_threads(threads)
+    engine = open_engine(config)
+    start = time.perf_counter()
+    status: dict = {"audio": audio, "ok": True, "error": None}
+    try:
+        tensors = engine.speaker_conditioning(Path(audio))
+    except (AudioError, ValueError, FloatingPointError) as exc:
+        tensors = {}
+        status.update(ok=False, error=f"speaker {audio}: {_first_line(exc)}")
+        log.error("%s", status["error"])
+    status["seconds"] = time.perf_counter() - start
+    log.info("speaker %s: %s in %.2f s", audio, "ok" if status["ok"] else "FAILED",
+             status["seconds"])
+    _save(out_tensors, tensors)
+    write_json(out_status, status)
+
+
+def _batch_inputs(spec_paths: Iterable[str], results: str):
+    """(specs, speakers-by-key status/tensors loader) for a batch job."""
+    specs = [read_json(p) for p in spec_paths]
+
+    def speaker(key: str) -> tuple[dict | None, str | None]:
+        status = read_json(f"{results}/speakers/{key}.json")
+        if not status.get("ok"):
+            return None, status.get("error") or "speaker conditioning failed"
+        return _load(f"{results}/speakers/{key}.safetensors"), None
+
+    return specs, speaker
+
+
+def _progress(stage: str, i: int, n: int, rid: str, ok: bool, seconds: float, error: str | None) -> None:
+    state = "ok" if ok else f"FAILED: {error}"
+    log.info("[%s] row %d/%d %s: %s (%.2f s)", stage, i, n, rid, state, seconds)
+
+
+def run_emotion(config: dict, spec_paths: list[str], results: str, out_tensors: str,
+                out_status: str, threads: int = 1) -> None:
+    """Emotion conditioning for every row of a batch."""
+    _set_threads(threads)
+    specs, speaker = _batch_inputs(spec_paths, results)
+    engine = open_engine(config)
+    tensors: dict = {}
+    rows: dict = {}
+    speakers: dict[str, tuple] = {}
+    for i, spec in enumerate(specs, start=1):
+        rid = spec["id"]
+        start = time.perf_counter()
+        error = spec.get("error")
+        if not error:
+            key = spec["speaker_key"]
+            if key not in speakers:
+                speakers[key] = speaker(key)
+            spk, error = speakers[key]
+        if not error:
+            try:
+                value = engine.emotion_conditioning(request_from_spec(spec), spk)
+                tensors.update(_prefixed(rid, value))
+            except Exception as exc:  # noqa: BLE001 - a row's failure must not stop the batch
+                error = f"emotion: {_first_line(exc)}"
+        seconds = time.perf_counter() - start
+        rows[rid] = {"ok": error is None, "error": error, "timings": {"emotion": seconds}}
+        _progress("emotion", i, len(specs), rid, error is None, seconds, error)
+    _save(out_tensors, tensors)
+    write_json(out_status, {"rows": rows})
+
+
+def _stage_rows(status_path: str) -> dict:
+    return read_json(status_path)["rows"]
+
+
+def run_tokens(config: dict, spec_paths: list[str], results: str, emotion_tensors: str,
+               emotion_status: str, out_tensors: str, out_status: str, threads: int = 1) -> None:
+    """GPT semantic tokens for the rows of a batch that are still ok, in one engine call."""
+    _set_threads(threads)
+    specs, speaker = _batch_inputs(spec_paths, results)
+    previous = _stage_rows(emotion_status)
+    emo_all = _load(emotion_tensors)
+    engine = open_engine(config)
+    rows = {s["id"]: dict(previous[s["id"]]) for s in specs}
+    todo = [s for s in specs if rows[s["id"]]["ok"]]
+    tensors: dict = {}
+    if todo:
+        reqs = [request_from_spec(s) for s in todo]
+        spks = [speaker(s["speaker_key"])[0] for s in todo]
+        emos = [_unprefixed(s["id"], emo_all) for s in todo]
+        start = time.perf_counter()
+        results_ = _engine_call(engine.semantic_tokens, reqs, spks, emos)
+        wall = time.perf_counter() - start
+        for i, (s, res) in enumerate(zip(todo, results_, strict=True), start=1):
+            row = rows[s["id"]]
+            row["timings"] = {**row["timings"], **{f"tokens.{k}": v for k, v in res.timings.items()},
+                              "tokens": wall / len(todo)}
+            if res.ok:
+                tensors.update(_prefixed(s["id"], res.value))
+            else:
+                row.update(ok=False, error=f"semantic tokens: {res.error}")
+            _progress("tokens", i, len(todo), s["id"], res.ok, wall / len(todo), res.error)
+    _save(out_tensors, tensors)
+    write_json(out_status, {"rows": rows})
+
+
+def _engine_call(fn, requests, *lists):
+    """Call a batched engine stage; an exception fails every row of the call, not the job."""
+    from tts.pipeline import RowResult
+
+    try:
+        out = fn(requests, *lists)
+        if len(out) != len(requests):
+            raise RuntimeError(f"engine returned {len(out)} results for {len(requests)} rows")
+        return out
+    except Exception as exc:  # noqa: BLE001
+        log.error("batch call failed: %s", traceback.format_exc())
+        return [RowResult(r.id, error=_first_line(exc)) for r in requests]
+
+
+def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors: str,
+               tokens_status: str, out_dir: str, out_status: str, threads: int = 1) -> None:
+    """DiT + vocoder for the rows of a batch; one WAV per ok row, written atomically."""
+    import torch
+
+    from tts.pipeline import SAMPLE_RATE
+
+    _set_threads(threads)
+    specs, speaker = _batch_inputs(spec_paths, results)
+    rows = {s["id"]: dict(r) for s, r in zip(specs, (_stage_rows(tokens_status)[s["id"]]
+                                                     for s in specs), strict=True)}
+    tok_all = _load(tokens_tensors)
+    engine = open_engine(config)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    todo = [s for s in specs if rows[s["id"]]["ok"]]
+    if todo:
+        reqs = [request_from_spec(s) for s in todo]
+        spks = [speaker(s["speaker_key"])[0] for s in todo]
+        toks = [_unprefixed(s["id"], tok_all) for s in todo]
+        start = time.perf_counter()
+        results_ = _engine_call(engine.render, reqs, spks, toks)
+        wall = time.perf_counter() - start
+        for i, (s, res) in enumerate(zip(todo, results_, strict=True), start=1):
+            row = rows[s["id"]]
+            row["timings"] = {**row["timings"], **{f"render.{k}": v for k, v in res.timings.items()},
+                              "render": wall / len(todo)}
+            error = res.error
+            if res.ok:
+                wav = res.value["wav"].detach().float().reshape(-1).cpu()
+                if wav.numel() == 0:
+                    error = "empty waveform"
+                elif not bool(torch.isfinite(wav).all()):
+                    error = "NaN or inf in the waveform"
+                else:
+                    name = f"{s['id']}.wav"
+                    write_wav(Path(out_dir) / name, wav, SAMPLE_RATE)
+                    row.update(wav=name, duration=wav.numel() / SAMPLE_RATE,
+                               sample_rate=SAMPLE_RATE)
+            if error:
+                row.update(ok=False, error=f"render: {error}")
+            _progress("render", i, len(todo), s["id"], error is None, wall / len(todo), error)
+    write_json(out_status, {"rows": rows, "demo": engine.is_demo,
+                            "provenance": _safe_provenance(engine)})
+
+
+def _safe_provenance(engine) -> dict:
+    try:
+        return engine.provenance()
+    except Exception as exc:  # noqa: BLE001 - provenance must never fail a render
+        return {"error": _first_line(exc)}
+
+
+def write_wav(path: Path, wav, sample_rate: int) -> None:
+    """Write a float waveform in [-1, 1] as 16-bit PCM WAV, atomically."""
+    from tts import audio
+
+    if hasattr(audio, "write_wav"):
+        audio.write_wav(path, wav, sample_rate)
+    else:  # older tts.audio: save_wav takes the reference's PCM-scale waveform
+        audio.save_wav(path, wav * audio.PCM16_MAX, sample_rate)
+
+
+def scoring_config(config: dict) -> dict:
+    """The ``scoring`` section for :class:`tts.scoring.Scorer`, with the run's checkpoints and
+    device filled in (the campplus similarity backend uses them)."""
+    cfg = dict(config.get("scoring") or {})
+    cfg.setdefault("checkpoints", str(config["checkpoints"]))
+    device = str(config.get("device", "cpu"))
+    if device == "auto" or device.startswith("cuda"):
+        import torch
+
+        device = device if device != "auto" and torch.cuda.is_available() else "cpu"
+    cfg.setdefault("device", device)
+    return cfg
+
+
+def run_score(config: dict, spec_paths: list[str], render_status: str, wav_dir: str,
+              out_status: str, threads: int = 1) -> None:
+    """Intelligibility (ASR WER/CER) and speaker similarity for the ok rows of a batch."""
+    from tts.scoring import Scorer, ScoreRequest
+
+    _set_threads(threads)
+    specs = [read_json(p) for p in spec_paths]
+    rows = _stage_rows(render_status)
+    todo = [s for s in specs if rows[s["id"]]["ok"]]
+    out: dict = {}
+    if todo:
+        try:
+            scorer = Scorer(scoring_config(config))
+        except ValueError as exc:
+            raise StageError(f"scoring configuration: {exc}") from None
+        start = time.perf_counter()
+        requests = [ScoreRequest(audio=Path(wav_dir) / rows[s["id"]]["wav"], text=s["text"],
+                                 speaker=s["speaker"], id=s["id"]) for s in todo]
+        try:
+            scored = scorer.score_rows(requests)
+        except Exception as exc:  # noqa: BLE001 - scoring never fails the rows' audio
+            log.error("scoring failed: %s", traceback.format_exc())
+            scored = [{"verdict": "unchecked", "reasons": f"scoring failed: {_first_line(exc)}"}
+                      for _ in todo]
+        each = (time.perf_counter() - start) / len(todo)
+        for i, (s, res) in enumerate(zip(todo, scored, strict=True), start=1):
+            out[s["id"]] = {**res, "score_seconds": each}
+            _progress("score", i, len(todo), s["id"], True, each, None)
+            log.info("[score] %s: verdict %s %s", s["id"], res.get("verdict"),
+                     res.get("reasons") or "")
+    write_json(out_status, {"rows": out})
+
+
+def results_dir(config: dict) -> str:
+    """The results folder named by the config (``results``), without a trailing slash."""
+    return str(config.get("results", "results")).rstrip("/") or "results"
+
+
+def print_summary(metrics: str | Path, failed_run: bool = False, out=None) -> None:
+    """The run's closing summary: counts, and every failed row with its error."""
+    out = out or sys.stderr
+    if failed_run:
+        print("\nThe run stopped with an error (see the messages and log files above); "
+              "rerun the same command to resume.", file=out)
+        return
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(metrics, sep="\t", dtype=str, keep_default_na=False,
+                            quoting=csv.QUOTE_NONE)
+    except (OSError, ValueError):
+        return
+    ok = table[table["status"] == "ok"]
+    failed = table[table["status"] != "ok"]
+    passed = (ok["verdict"] == "pass").sum() if "verdict" in ok else 0
+    lines = [f"\nSummary: {len(table)} row(s): {len(ok)} ok ({passed} pass the thresholds), "
+             f"{len(failed)} failed. Report: {Path(metrics).parent / 'report.html'}"]
+    for _, row in failed.iterrows():
+        lines.append(f"  FAILED {row['id']}: {row['error']}")
+    print("\n".join(lines), file=out)

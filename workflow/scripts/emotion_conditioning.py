@@ -1,0 +1,14 @@
+# ruff: noqa: F821 - `snakemake` is injected by Snakemake
+"""Emotion conditioning for the rows of one batch."""
+
+from tts import jobs
+
+with jobs.job_log(snakemake.log[0]):
+    jobs.run_emotion(
+        snakemake.config,
+        list(snakemake.input.specs),
+        jobs.results_dir(snakemake.config),
+        snakemake.output.tensors,
+        snakemake.output.status,
+        snakemake.threads,
+    )

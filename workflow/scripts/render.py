@@ -1,0 +1,16 @@
+# ruff: noqa: F821 - `snakemake` is injected by Snakemake
+"""DiT + vocoder for the rows of one batch: one WAV per row that is still ok."""
+
+from tts import jobs
+
+with jobs.job_log(snakemake.log[0]):
+    jobs.run_render(
+        snakemake.config,
+        list(snakemake.input.specs),
+        jobs.results_dir(snakemake.config),
+        snakemake.input.tokens,
+        snakemake.input.tokens_status,
+        snakemake.output.wav,
+        snakemake.output.status,
+        snakemake.threads,
+    )

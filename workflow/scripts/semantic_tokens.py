@@ -1,0 +1,16 @@
+# ruff: noqa: F821 - `snakemake` is injected by Snakemake
+"""GPT semantic tokens for the rows of one batch."""
+
+from tts import jobs
+
+with jobs.job_log(snakemake.log[0]):
+    jobs.run_tokens(
+        snakemake.config,
+        list(snakemake.input.specs),
+        jobs.results_dir(snakemake.config),
+        snakemake.input.emotion,
+        snakemake.input.emotion_status,
+        snakemake.output.tensors,
+        snakemake.output.status,
+        snakemake.threads,
+    )
