@@ -198,6 +198,10 @@ def _zh_cache_dir() -> Path:
     return cache_root() / tag / "zh_tn_keep-interjections_keep-erhua"
 
 
+def _zh_ready(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _ZH_FILES)
+
+
 def _load_zh(remove_interjections: bool = False, remove_erhua: bool = False) -> object:
     """The Chinese normaliser, compiling its grammar into the cache on first use.
 
@@ -208,15 +212,25 @@ def _load_zh(remove_interjections: bool = False, remove_erhua: bool = False) -> 
 
     options = {"remove_interjections": remove_interjections, "remove_erhua": remove_erhua}
     final = _zh_cache_dir()
-    if not all((final / name).is_file() for name in _ZH_FILES):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    if not _zh_ready(final):
         try:
-            log.info("compiling the Chinese text-normalisation grammar into %s", final)
-            Normalizer(cache_dir=str(work), overwrite_cache=True, **options)
-            final.mkdir(exist_ok=True)
-            for name in _ZH_FILES:
-                os.replace(work / name, final / name)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+        except OSError:  # read-only cache: use the temporary folder instead
+            final = (
+                Path(tempfile.gettempdir())
+                / "indextts2-pipeline-text"
+                / final.relative_to(final.parents[1])
+            )
+            final.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+        try:
+            if not _zh_ready(final):
+                log.info("compiling the Chinese text-normalisation grammar into %s", final)
+                Normalizer(cache_dir=str(work), overwrite_cache=True, **options)
+                final.mkdir(exist_ok=True)
+                for name in _ZH_FILES:
+                    os.replace(work / name, final / name)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return Normalizer(cache_dir=str(final), overwrite_cache=False, **options)
