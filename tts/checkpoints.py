@@ -163,6 +163,10 @@ class CheckpointSet:
             return hub if hub is not None else cached
         raise KeyError(f"unknown checkpoint file key {key!r}")
 
+    def flat_path(self, key: str) -> Path:
+        """Where an auxiliary model goes in the flat layout (used when writing a set)."""
+        return self.root / _AUX[key][0] if key in _AUX else self.path(key)
+
     def _hub_snapshot(self, key: str) -> Path | None:
         repo, inner = _HUB[key]
         snaps = self.root / "hf_cache" / f"models--{repo.replace('/', '--')}" / "snapshots"

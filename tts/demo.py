@@ -101,7 +101,7 @@ def demo_config(official: dict) -> dict:
     """The official config with shrunk model sizes and ``demo: true``."""
     cfg = copy.deepcopy(official)
     cfg["gpt"] = _merge(cfg["gpt"], _GPT)
-    cfg["s2mel"] = _merge(cfg["s2mel"], _S2MEL)
+    cfg["s2mel"] = _merge(cfg["s2mel"], {**_S2MEL, "gpt_latent_dim": _GPT["model_dim"]})
     cfg["semantic_codec"] = _merge(cfg["semantic_codec"], _CODEC)
     cfg["campplus"] = dict(_CAMPPLUS)
     cfg["w2v_bert_layer"] = W2V_DEMO_LAYER
@@ -109,14 +109,38 @@ def demo_config(official: dict) -> dict:
     return cfg
 
 
-def _perturb(state: dict[str, torch.Tensor], gen: torch.Generator, keep: tuple[str, ...]) -> None:
-    """Nudge every float tensor off its default init (deterministic buffers excepted)."""
+def _init_state(
+    state: dict[str, torch.Tensor], gen: torch.Generator, keep: tuple[str, ...]
+) -> None:
+    """Give every learned tensor a sane random value (modules may leave theirs uninitialised).
+
+    Norm scales start near one, biases and Snake log-scales near zero, weights at
+    N(0, 1/fan_in); weight-norm magnitudes equal the norm of their direction, so the effective
+    weights keep that scale. Deterministic buffers (``keep``) and integer tensors are untouched.
+    """
     import fnmatch
 
     for name, t in state.items():
         if not t.is_floating_point() or any(fnmatch.fnmatchcase(name, p) for p in keep):
             continue
-        t.add_(torch.randn(t.shape, generator=gen) * 0.02)
+        leaf = name.rsplit(".", 1)[-1]
+        noise = torch.randn(t.shape, generator=gen)
+        if "running_var" in leaf:
+            t.copy_(1.0 + 0.1 * noise.abs())
+        elif "running_mean" in leaf or leaf in ("bias", "alpha", "beta") or t.dim() == 0:
+            t.copy_(0.02 * noise)
+        elif t.dim() == 1 or leaf in ("gamma", "scale"):
+            t.copy_(1.0 + 0.02 * noise) if "norm" in name or leaf in (
+                "weight",
+                "gamma",
+            ) else t.copy_(0.02 * noise)
+        else:
+            fan_in = max(1, t[0].numel())
+            t.copy_(noise / fan_in**0.5)
+    for name, t in state.items():
+        if name.endswith("weight_g"):
+            v = state[name[: -len("weight_g")] + "weight_v"]
+            t.copy_(v.flatten(1).norm(dim=1).reshape(t.shape))
 
 
 def _train_bpe(out: Path, vocab: int) -> None:
@@ -178,8 +202,9 @@ def write_demo_checkpoints(out: Path, seed: int = 0) -> Path:
     for name, comp in MODULE_COMPONENTS.items():
         module = comp.build(cs)
         state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
-        _perturb(state, gen, comp.computed_ok)
-        _save_component(name, comp.file(cs), state)
+        _init_state(state, gen, comp.computed_ok)
+        path = cs.flat_path(comp.file_key)
+        _save_component(name, path / comp.inner_path if comp.inner_path else path, state)
     torch.save(torch.rand(sum(cfg["emo_num"]), 192, generator=gen) - 0.5, out / "feat1.pt")
     torch.save(
         (torch.rand(sum(cfg["emo_num"]), cfg["gpt"]["model_dim"], generator=gen) - 0.5) * 0.2,

@@ -70,6 +70,7 @@ class RowResult:
     value: dict[str, torch.Tensor] | None = None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per sub-stage
+    warnings: list[str] = field(default_factory=list)  # e.g. unknown characters, token limit hit
 
     @property
     def ok(self) -> bool:
@@ -103,7 +104,9 @@ def default_seed(request: SynthesisRequest) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> None:
     """Write tensors as safetensors atomically (temporary name, then rename)."""
     from safetensors.torch import save_file
 
@@ -128,7 +131,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _check_finite(stage: str, t: torch.Tensor) -> None:
     if not torch.isfinite(t).all():
-        raise FloatingPointError(f"NaN or inf in the {stage} output; nothing was written for this row")
+        raise FloatingPointError(
+            f"NaN or inf in the {stage} output; nothing was written for this row"
+        )
 
 
 class Engine:
@@ -159,7 +164,8 @@ class Engine:
         if missing:
             lines = [f"{key}: {path} ({source})" for key, path, source in missing]
             raise CheckpointError(
-                f"{checkpoints}: {len(missing)} checkpoint file(s) missing:\n  " + "\n  ".join(lines)
+                f"{checkpoints}: {len(missing)} checkpoint file(s) missing:\n  "
+                + "\n  ".join(lines)
             )
         if dev.type == "cuda":
             torch.backends.cudnn.enabled = True
@@ -229,13 +235,17 @@ class Engine:
             "checkpoints": str(self.cs.root),
             "demo_checkpoints": self.is_demo,
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "gpt_dtype": str(self.dtype).removeprefix("torch."),
             "other_dtype": "float32",
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "cudnn_enabled": torch.backends.cudnn.enabled,
-            "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cudnn_version": torch.backends.cudnn.version()
+            if torch.backends.cudnn.is_available()
+            else None,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
         }
         return info
@@ -277,7 +287,9 @@ class Engine:
     # -- stage 2: emotion -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def emotion_conditioning(self, request: SynthesisRequest, speaker: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def emotion_conditioning(
+        self, request: SynthesisRequest, speaker: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """The row's emotion vector ``emovec`` [1, model_dim] (spec 2.1, 2.3, 2.4, 2.6a).
 
         Precedence as the reference: emotion text or an emotion vector disable the emotion
@@ -322,6 +334,128 @@ class Engine:
         enabled = self.dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
+    # -- stage 3: GPT -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def semantic_tokens(
+        self,
+        requests: list[SynthesisRequest],
+        speakers: list[dict[str, torch.Tensor]],
+        emotions: list[dict[str, torch.Tensor]],
+    ) -> list[RowResult]:
+        """Text -> semantic codes and GPT latents per segment (spec 2.5, 2.6).
+
+        Value per row: ``codes_<i>`` [T_i] int64 and ``latent_<i>`` [T_i, model_dim] float32 for
+        each text segment ``i``, plus ``text_ids_<i>``.
+        """
+        results = []
+        for req, spk, emo in zip(requests, speakers, emotions, strict=True):
+            results.append(self._row(req.id, lambda r=req, s=spk, e=emo: self._tokens_one(r, s, e)))
+        return results
+
+    def frontend(self, max_text_tokens_per_segment: int = 120):
+        """The text front-end (normaliser, tokenizer, segmentation) for this checkpoint set."""
+        from tts.text.frontend import TextFrontend
+
+        key = f"frontend_{max_text_tokens_per_segment}"
+        if key not in self._parts:
+            glossary = self.cs.root / "glossary.yaml"
+            self._parts[key] = TextFrontend(
+                self.cs.path("bpe"),
+                glossary=glossary if glossary.is_file() else None,
+                max_text_tokens_per_segment=max_text_tokens_per_segment,
+            )
+        return self._parts[key]
+
+    def _tokens_one(self, req: SynthesisRequest, spk: dict, emo: dict) -> tuple[dict, dict]:
+        from tts.generation import GenerationConfig
+
+        opts = req.sampling_options()
+        plan = self.frontend(int(opts["max_text_tokens_per_segment"])).process(req.text)
+        gpt = self.part("gpt")
+        dev = self.device
+        cfg = GenerationConfig(
+            do_sample=bool(opts["do_sample"]),
+            top_k=int(opts["top_k"]),
+            top_p=float(opts["top_p"]),
+            temperature=float(opts["temperature"]),
+            repetition_penalty=float(opts["repetition_penalty"]),
+            num_beams=int(opts["num_beams"]),
+            length_penalty=float(opts["length_penalty"]),
+            max_mel_tokens=int(opts["max_mel_tokens"]),
+            warn_on_limit=False,
+        )
+        gen = torch.Generator(device=dev).manual_seed(_seed(req))
+        spk_cond = spk["spk_cond_emb"].to(dev, self.dtype)
+        emovec = emo["emovec"].to(dev, self.dtype)
+        value: dict[str, torch.Tensor] = {}
+        timings = {"gpt_generate": 0.0, "gpt_forward": 0.0}
+        warnings: list[str] = []
+        if plan.unknown_message():
+            warnings.append(plan.unknown_message())
+        for i, ids in enumerate(plan.segment_ids):
+            text = torch.tensor([ids], dtype=torch.int64, device=dev)
+            start = _tick(dev)
+            with self._gpt_autocast():
+                out, speech_latent = gpt.inference_speech(
+                    spk_cond, text, emo_vec=emovec, config=cfg, generator=gen
+                )
+            timings["gpt_generate"] += _tock(dev, start)
+            codes = out.codes[0]
+            stops = (codes == gpt.stop_mel_token).nonzero()
+            n = int(stops[0, 0]) if stops.numel() else codes.numel()
+            if bool(out.hit_limit[0]):
+                warnings.append(
+                    f"segment {i}: generation stopped at max_mel_tokens ({cfg.max_mel_tokens}) "
+                    "before the stop token; the audio may be cut"
+                )
+            if n == 0:
+                raise ValueError(f"segment {i}: the GPT produced no semantic codes")
+            codes = codes[:n].unsqueeze(0)
+            start = _tick(dev)
+            with self._gpt_autocast():
+                latent = gpt(
+                    speech_latent,
+                    text,
+                    torch.tensor([text.size(1)], device=dev),
+                    codes,
+                    torch.tensor([n], device=dev),
+                    None,
+                    emo_vec=emovec,
+                    use_speed=torch.zeros(1, dtype=torch.long, device=dev),
+                )
+            timings["gpt_forward"] += _tock(dev, start)
+            _check_finite(f"GPT latent (segment {i})", latent)
+            value[f"codes_{i}"] = codes[0].cpu()
+            value[f"latent_{i}"] = latent[0].float().cpu()
+            value[f"text_ids_{i}"] = text[0].cpu()
+        return value, timings, warnings
+
+    # -- everything, for single jobs -------------------------------------------------------------
+
+    def synthesize(self, requests: list[SynthesisRequest]) -> list[RowResult]:
+        """All stages for each request (the `tts synth` command); one RowResult per request."""
+        results = []
+        for req in requests:
+            timings: dict[str, float] = {}
+            try:
+                start = time.perf_counter()
+                spk = self.speaker_conditioning(req.speaker)
+                emo = self.emotion_conditioning(req, spk)
+                timings["conditioning"] = time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001 - reported as this row's error
+                results.append(RowResult(req.id, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            tok = self.semantic_tokens([req], [spk], [emo])[0]
+            if not tok.ok:
+                results.append(tok)
+                continue
+            wav = self.render([req], [spk], [tok.value])[0]
+            wav.timings = {**timings, **tok.timings, **wav.timings}
+            wav.warnings = tok.warnings + wav.warnings
+            results.append(wav)
+        return results
+
     # -- stage 4: s2mel + vocoder ---------------------------------------------------------------
 
     @torch.no_grad()
@@ -353,9 +487,14 @@ class Engine:
             start = _tick(dev)
             semantic = codec.vq2emb(codes)
             mel = s2mel.generate(
-                semantic, latent, spk["prompt_condition"].to(dev), spk["ref_mel"].to(dev),
-                spk["style"].to(dev), n_timesteps=int(opts.get("diffusion_steps", 25)),
-                cfg_rate=float(opts.get("cfg_rate", 0.7)), generator=gen,
+                semantic,
+                latent,
+                spk["prompt_condition"].to(dev),
+                spk["ref_mel"].to(dev),
+                spk["style"].to(dev),
+                n_timesteps=int(opts.get("diffusion_steps", 25)),
+                cfg_rate=float(opts.get("cfg_rate", 0.7)),
+                generator=gen,
             )
             _check_finite("s2mel (mel spectrogram)", mel)
             timings["s2mel"] += _tock(dev, start)
@@ -374,11 +513,18 @@ class Engine:
         from tts.audio import AudioError
 
         try:
-            value, timings = work()
-            return RowResult(row_id, value=value, timings=timings)
+            value, timings, *rest = work()
+            return RowResult(row_id, value=value, timings=timings, warnings=rest[0] if rest else [])
         except torch.OutOfMemoryError:
             raise  # the caller retries with a smaller batch, then fails the rows
-        except (AudioError, ValueError, FloatingPointError, CheckpointError, RuntimeError, KeyError) as exc:
+        except (
+            AudioError,
+            ValueError,
+            FloatingPointError,
+            CheckpointError,
+            RuntimeError,
+            KeyError,
+        ) as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return RowResult(row_id, error=f"{type(exc).__name__}: {text}")
 
@@ -391,7 +537,10 @@ def _git_describe() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -40,7 +40,13 @@ class S2Mel(nn.Module):
     @classmethod
     def from_config(cls, cfg: dict) -> S2Mel:
         """Build from the ``s2mel`` section of config.yaml (a plain dict)."""
-        return cls(CFM.from_config(cfg), LengthRegulator.from_config(cfg["length_regulator"]))
+        # ``gpt_latent_dim`` is our extension (the reference hard-codes 1280, the GPT width):
+        # a smaller GPT, as in the demo set, needs a matching gpt_layer input.
+        return cls(
+            CFM.from_config(cfg),
+            LengthRegulator.from_config(cfg["length_regulator"]),
+            gpt_latent_dim=int(cfg.get("gpt_latent_dim", GPT_LATENT_DIM)),
+        )
 
     def regulate(self, semantic: torch.Tensor, ylens: torch.Tensor) -> torch.Tensor:
         """Length-regulate ``[B, T_codes, 1024]`` to ``[B, max(ylens), C]`` (masked)."""
