@@ -40,6 +40,8 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
     "max_mel_tokens": 1500,
     "max_text_tokens_per_segment": 120,
     "interval_silence_ms": 200,
+    "diffusion_steps": 25,
+    "cfg_rate": 0.7,
 }
 
 
@@ -154,14 +156,23 @@ class Engine:
 
     @classmethod
     def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32") -> Engine:
-        """Open a checkpoint set for inference; fails early on a missing file or device."""
+        """Open a checkpoint set for inference; fails early on a missing file or device.
+
+        Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
+        without loading tensors: an IndexTTS 1.x set, config.yaml problems, empty, text,
+        truncated, unreadable or wrong-container files, a pickle that would run code. Tensor
+        problems (names, shapes, dtypes, NaN) raise :class:`CheckpointError` when the component
+        loads.
+        """
+        from tts.preflight import check_set
+
         dev = resolve_device(device)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if DTYPES[dtype] != torch.float32 and dev.type == "cpu":
             raise ValueError(f"dtype {dtype} needs CUDA; use float32 on the CPU")
         missing = missing_files(checkpoints)
-        if missing:
+        if any(key == "config" for key, _, _ in missing):
             lines = [f"{key}: {path} ({source})" for key, path, source in missing]
             raise CheckpointError(
                 f"{checkpoints}: {len(missing)} checkpoint file(s) missing:\n  "
@@ -169,10 +180,13 @@ class Engine:
             )
         if dev.type == "cuda":
             torch.backends.cudnn.enabled = True
-            torch.backends.cudnn.benchmark = True
+            # No autotuning: it picks convolution kernels by timing each new shape, so two jobs
+            # (or two GPUs) could pick different kernels and a row's audio would change bits.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
             torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
             torch.backends.cudnn.allow_tf32 = False
-        return cls(CheckpointSet.open(checkpoints), dev, DTYPES[dtype])
+        return cls(check_set(checkpoints), dev, DTYPES[dtype])
 
     @property
     def is_demo(self) -> bool:
@@ -492,8 +506,8 @@ class Engine:
                 spk["prompt_condition"].to(dev),
                 spk["ref_mel"].to(dev),
                 spk["style"].to(dev),
-                n_timesteps=int(opts.get("diffusion_steps", 25)),
-                cfg_rate=float(opts.get("cfg_rate", 0.7)),
+                n_timesteps=int(opts["diffusion_steps"]),
+                cfg_rate=float(opts["cfg_rate"]),
                 generator=gen,
             )
             _check_finite("s2mel (mel spectrogram)", mel)

@@ -1,0 +1,167 @@
+"""The Engine end to end on a DEMO checkpoint set, on the CPU.
+
+Random weights make noise, not speech: these tests check the plumbing (every stage runs, shapes,
+files, reproducibility, per-row failures), never the sound.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tts import cli
+from tts.demo import write_demo_checkpoints
+from tts.loading import CheckpointError
+from tts.pipeline import DeviceError, Engine, SynthesisRequest, load_tensors, save_tensors
+
+SPEAKERS = Path(__file__).resolve().parents[1] / "config" / "speakers"
+FAST = {"max_mel_tokens": 24, "num_beams": 1, "diffusion_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return write_demo_checkpoints(tmp_path_factory.mktemp("demo"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def engine(demo) -> Engine:
+    torch.set_num_threads(2)
+    return Engine.open(demo, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def speaker_wav() -> Path:
+    wavs = sorted(SPEAKERS.glob("*.wav"))
+    assert wavs, f"no example speaker prompts in {SPEAKERS}"
+    return wavs[0]
+
+
+def _request(speaker, **kw) -> SynthesisRequest:
+    base = {
+        "id": "r1",
+        "text": "Hello world.",
+        "speaker": speaker,
+        "seed": 7,
+        "sampling": dict(FAST),
+    }
+    return SynthesisRequest(**{**base, **kw})
+
+
+def test_engine_reports_demo_and_provenance(engine):
+    assert engine.is_demo
+    prov = engine.provenance()
+    assert prov["demo_checkpoints"] is True and prov["device"] == "cpu"
+    assert prov["gpt_dtype"] == "float32" and "cudnn_enabled" in prov
+
+
+def test_all_stages_and_reproducibility(engine, speaker_wav):
+    req = _request(speaker_wav)
+    first = engine.synthesize([req])[0]
+    assert first.ok, first.error
+    wav = first.value["wav"]
+    assert wav.ndim == 1 and wav.numel() > 0 and torch.isfinite(wav).all()
+    assert float(wav.abs().max()) <= 1.0
+    # codes -> mel frames (x1.72) -> 256 samples per frame, per segment
+    assert {"gpt_generate", "gpt_forward", "s2mel", "vocoder"} <= set(first.timings)
+    again = engine.synthesize([req])[0]
+    assert torch.equal(first.value["wav"], again.value["wav"]), "same seed must give the same audio"
+    other = engine.synthesize([_request(speaker_wav, seed=8)])[0]
+    assert not torch.equal(first.value["wav"], other.value["wav"])
+
+
+def test_stage_outputs_roundtrip_through_files(engine, speaker_wav, tmp_path):
+    req = _request(speaker_wav)
+    spk = engine.speaker_conditioning(speaker_wav)
+    save_tensors(tmp_path / "spk.safetensors", spk)
+    spk2 = load_tensors(tmp_path / "spk.safetensors")
+    assert spk.keys() == spk2.keys() and all(torch.equal(spk[k], spk2[k]) for k in spk)
+    emo = engine.emotion_conditioning(req, spk2)
+    tok = engine.semantic_tokens([req], [spk2], [emo])[0]
+    assert tok.ok, tok.error
+    assert tok.value["codes_0"].dtype == torch.int64
+    assert tok.value["latent_0"].shape[0] == tok.value["codes_0"].shape[0]
+    out = engine.render([req], [spk2], [tok.value])[0]
+    direct = engine.synthesize([req])[0]
+    assert torch.equal(out.value["wav"], direct.value["wav"]), (
+        "file-staged run differs from direct run"
+    )
+
+
+def test_row_failures_do_not_stop_other_rows(engine, speaker_wav, tmp_path):
+    good = _request(speaker_wav, id="good")
+    empty = _request(speaker_wav, id="empty", text="   ")
+    missing = _request(tmp_path / "nope.wav", id="missing")
+    results = {r.id: r for r in engine.synthesize([empty, good, missing])}
+    assert results["good"].ok
+    assert not results["empty"].ok and "empty" in results["empty"].error
+    assert not results["missing"].ok and "nope.wav" in results["missing"].error
+
+
+def test_emotion_vector_and_audio_modes(engine, speaker_wav):
+    spk = engine.speaker_conditioning(speaker_wav)
+    plain = engine.emotion_conditioning(_request(speaker_wav), spk)["emovec"]
+    vec = engine.emotion_conditioning(
+        _request(speaker_wav, emo_vector=[0, 0, 0.6, 0, 0, 0, 0, 0.2]), spk
+    )
+    assert vec["emovec"].shape == plain.shape and not torch.equal(vec["emovec"], plain)
+    with pytest.raises(ValueError, match="emo"):
+        engine.emotion_conditioning(_request(speaker_wav, emo_vector=[0.5] * 7), spk)
+    with pytest.raises(CheckpointError, match="qwen"):
+        engine.emotion_conditioning(_request(speaker_wav, emo_text="so happy"), spk)
+
+
+def test_nan_in_a_stage_fails_the_row_not_the_batch(engine, speaker_wav, monkeypatch):
+    vocoder = engine.part("bigvgan")
+    real_forward = vocoder.forward
+
+    def poisoned(mel):
+        out = real_forward(mel)
+        return out * float("nan")
+
+    monkeypatch.setattr(vocoder, "forward", poisoned)
+    res = engine.synthesize([_request(speaker_wav)])[0]
+    assert not res.ok and "NaN or inf in the vocoder" in res.error
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(demo):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(DeviceError, match="--device cpu"):
+        Engine.open(demo, device="cuda")
+
+
+def test_missing_files_are_listed_with_sources(tmp_path):
+    (tmp_path / "config.yaml").write_text("gpt: {model_dim: 8}\n")
+    with pytest.raises(CheckpointError, match="Hugging Face repo IndexTeam/IndexTTS-2"):
+        Engine.open(tmp_path, device="cpu")
+
+
+def test_synth_command_writes_a_22050_hz_wav(demo, speaker_wav, tmp_path, capsys):
+    out = tmp_path / "o.wav"
+    rc = cli.main(
+        [
+            "synth",
+            "--checkpoints",
+            str(demo),
+            "--text",
+            "Hi there.",
+            "--speaker",
+            str(speaker_wav),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--max-mel-tokens",
+            "16",
+            "--seed",
+            "1",
+        ]
+    )
+    assert rc == 0
+    assert "DEMO" in capsys.readouterr().out
+    data, sr = sf.read(out, dtype="int16")
+    assert sr == 22050 and data.ndim == 1 and data.size > 0
+    assert np.abs(data).max() > 0
+    assert not list(tmp_path.glob(".*.tmp")), "temporary file left behind"
