@@ -271,3 +271,57 @@ def test_print_summary_lists_failed_rows(tmp_path):
     jobs.print_summary(metrics, out=out)
     assert "2 row(s): 1 ok (1 pass the thresholds), 1 failed" in out.getvalue()
     assert "FAILED b: text is empty" in out.getvalue()
+
+
+def test_engine_call_splits_batches_on_out_of_memory():
+    import torch
+
+    from tts.pipeline import RowResult
+
+    calls = []
+
+    def stage(requests, values):
+        calls.append([r.id for r in requests])
+        if len(requests) > 1 or requests[0].id == "huge":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return [RowResult(r.id, value={"x": torch.tensor(v)}) for r, v in zip(requests, values, strict=True)]
+
+    reqs = [jobs.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"})
+            for i in ("a", "b", "huge", "c")]
+    out = jobs._engine_call(stage, reqs, [1, 2, 3, 4])
+    assert [r.id for r in out] == ["a", "b", "huge", "c"]
+    assert [r.ok for r in out] == [True, True, False, True]
+    assert "out of GPU memory" in out[2].error
+    assert calls[0] == ["a", "b", "huge", "c"]
+
+
+def test_engine_call_turns_a_crash_into_row_errors():
+    reqs = [jobs.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"}) for i in "ab"]
+
+    def stage(requests):
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    out = jobs._engine_call(stage, reqs)
+    assert [r.error for r in out] == ["RuntimeError: kernel exploded"] * 2
+
+
+def test_stale_locks_of_a_dead_run_are_cleared(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    state = tmp_path / ".snakemake"
+    (state / "locks").mkdir(parents=True)
+    lock = state / "locks" / "0.input.lock"
+    lock.write_text("x")
+    jobs.record_run(state)  # this (live) process holds the locks
+    assert not jobs.clear_stale_locks(state) and lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    jobs.write_json(state / jobs.RUN_RECORD,
+                    {"pid": int(dead.stdout), "host": socket.gethostname(), "start": "1"})
+    assert jobs.clear_stale_locks(state) and not lock.exists()
+    assert not (state / jobs.RUN_RECORD).exists()
+    lock.write_text("x")  # a run on another machine is never touched
+    jobs.write_json(state / jobs.RUN_RECORD, {"pid": 1, "host": "elsewhere", "start": "1"})
+    assert not jobs.clear_stale_locks(state) and lock.exists()

@@ -697,6 +697,77 @@ def prepare(config: dict) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------
+# Resuming after a killed run
+# ---------------------------------------------------------------------------------------------
+
+RUN_RECORD = "tts-run.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (guards against PID reuse), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "?"
+        return "?"
+
+
+def record_run(state_dir: str | Path = ".snakemake") -> None:
+    """Called when a real run starts (onstart): remember which process holds the locks."""
+    import socket
+
+    pid = os.getpid()
+    write_json(Path(state_dir, RUN_RECORD),
+               {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid)})
+
+
+def forget_run(state_dir: str | Path = ".snakemake") -> None:
+    """Called when a run ends (onsuccess/onerror)."""
+    with contextlib.suppress(OSError):
+        Path(state_dir, RUN_RECORD).unlink()
+
+
+def clear_stale_locks(state_dir: str | Path = ".snakemake") -> bool:
+    """Remove Snakemake's locks when the run that took them was killed on this machine.
+
+    A run killed with SIGKILL (or by a power cut) cannot release its locks, and Snakemake would
+    refuse to start until ``snakemake --unlock``. The run records its process in
+    ``.snakemake/tts-run.json`` when it starts; if that process no longer exists on this host,
+    its locks are stale and are removed so the next run simply resumes. Locks of a live run, or
+    of a run on another host, are never touched.
+    """
+    import socket
+
+    state_dir = Path(state_dir)
+    record_path = state_dir / RUN_RECORD
+    try:
+        record = read_json(record_path)
+    except (OSError, ValueError):
+        return False
+    if record.get("host") != socket.gethostname():
+        return False
+    start = _start_time(int(record.get("pid", -1)))
+    if start is not None and (start == "?" or start == record.get("start")):
+        return False  # that run is still going
+    locks = list((state_dir / "locks").glob("*.lock"))
+    for lock in locks:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    with contextlib.suppress(OSError):
+        record_path.unlink()
+    if locks:
+        print(f"Removed {len(locks)} stale lock(s) of a killed run (process {record.get('pid')} "
+              "is gone); resuming.", file=sys.stderr)
+    return bool(locks)
+
+
+# ---------------------------------------------------------------------------------------------
 # Stage jobs
 # ---------------------------------------------------------------------------------------------
 
@@ -805,6 +876,11 @@ def run_validate(config: dict, out: str | Path) -> None:
                      "demo": CheckpointSet.open(root).is_demo})
 
 
+def _loaded(engine) -> float:
+    """Seconds the engine has spent loading models so far (it loads lazily, on first use)."""
+    return float(sum(getattr(engine, "load_seconds", {}).values()))
+
+
 def _save(path: str | Path, tensors: dict) -> None:
     from tts.pipeline import save_tensors
 
@@ -832,7 +908,7 @@ def run_speaker(config: dict, audio: str, out_tensors: str, out_status: str, thr
 
     _set_threads(threads)
     engine = open_engine(config)
-    start = time.perf_counter()
+    start, load0 = time.perf_counter(), _loaded(engine)
     status: dict = {"audio": audio, "ok": True, "error": None}
     try:
         tensors = engine.speaker_conditioning(Path(audio))
@@ -840,9 +916,10 @@ def run_speaker(config: dict, audio: str, out_tensors: str, out_status: str, thr
         tensors = {}
         status.update(ok=False, error=f"speaker {audio}: {_first_line(exc)}")
         log.error("%s", status["error"])
-    status["seconds"] = time.perf_counter() - start
-    log.info("speaker %s: %s in %.2f s", audio, "ok" if status["ok"] else "FAILED",
-             status["seconds"])
+    status["load_seconds"] = _loaded(engine) - load0
+    status["seconds"] = time.perf_counter() - start - status["load_seconds"]
+    log.info("speaker %s: %s in %.2f s (+%.2f s loading models)", audio,
+             "ok" if status["ok"] else "FAILED", status["seconds"], status["load_seconds"])
     _save(out_tensors, tensors)
     write_json(out_status, status)
 
@@ -874,9 +951,10 @@ def run_emotion(config: dict, spec_paths: list[str], results: str, out_tensors: 
     tensors: dict = {}
     rows: dict = {}
     speakers: dict[str, tuple] = {}
+    load_total = 0.0
     for i, spec in enumerate(specs, start=1):
         rid = spec["id"]
-        start = time.perf_counter()
+        start, load0 = time.perf_counter(), _loaded(engine)
         error = spec.get("error")
         if not error:
             key = spec["speaker_key"]
@@ -889,11 +967,13 @@ def run_emotion(config: dict, spec_paths: list[str], results: str, out_tensors: 
                 tensors.update(_prefixed(rid, value))
             except Exception as exc:  # noqa: BLE001 - a row's failure must not stop the batch
                 error = f"emotion: {_first_line(exc)}"
-        seconds = time.perf_counter() - start
+        loading = _loaded(engine) - load0
+        seconds = time.perf_counter() - start - loading
         rows[rid] = {"ok": error is None, "error": error, "timings": {"emotion": seconds}}
+        load_total += loading
         _progress("emotion", i, len(specs), rid, error is None, seconds, error)
     _save(out_tensors, tensors)
-    write_json(out_status, {"rows": rows})
+    write_json(out_status, {"rows": rows, "load_seconds": load_total})
 
 
 def _stage_rows(status_path: str) -> dict:
@@ -915,9 +995,10 @@ def run_tokens(config: dict, spec_paths: list[str], results: str, emotion_tensor
         reqs = [request_from_spec(s) for s in todo]
         spks = [speaker(s["speaker_key"])[0] for s in todo]
         emos = [_unprefixed(s["id"], emo_all) for s in todo]
-        start = time.perf_counter()
+        start, load0 = time.perf_counter(), _loaded(engine)
         results_ = _engine_call(engine.semantic_tokens, reqs, spks, emos)
-        wall = time.perf_counter() - start
+        loading = _loaded(engine) - load0
+        wall = time.perf_counter() - start - loading
         for i, (s, res) in enumerate(zip(todo, results_, strict=True), start=1):
             row = rows[s["id"]]
             row["timings"] = {**row["timings"], **{f"tokens.{k}": v for k, v in res.timings.items()},
@@ -928,11 +1009,15 @@ def run_tokens(config: dict, spec_paths: list[str], results: str, emotion_tensor
                 row.update(ok=False, error=f"semantic tokens: {res.error}")
             _progress("tokens", i, len(todo), s["id"], res.ok, wall / len(todo), res.error)
     _save(out_tensors, tensors)
-    write_json(out_status, {"rows": rows})
+    write_json(out_status, {"rows": rows, "load_seconds": _loaded(engine)})
 
 
 def _engine_call(fn, requests, *lists):
-    """Call a batched engine stage; an exception fails every row of the call, not the job."""
+    """Call a batched engine stage. Out of GPU memory: retry in halves, down to single rows (a
+    row that still does not fit fails alone). Any other exception fails the rows of that call,
+    never the job."""
+    import torch
+
     from tts.pipeline import RowResult
 
     try:
@@ -940,6 +1025,17 @@ def _engine_call(fn, requests, *lists):
         if len(out) != len(requests):
             raise RuntimeError(f"engine returned {len(out)} results for {len(requests)} rows")
         return out
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(requests) == 1:
+            log.error("row %s: out of GPU memory even alone", requests[0].id)
+            return [RowResult(requests[0].id, error="out of GPU memory (even as a batch of one; "
+                              "try a shorter text, a lower max_mel_tokens or dtype float16)")]
+        half = len(requests) // 2
+        log.warning("out of GPU memory with %d rows; retrying in halves", len(requests))
+        return (_engine_call(fn, requests[:half], *[x[:half] for x in lists])
+                + _engine_call(fn, requests[half:], *[x[half:] for x in lists]))
     except Exception as exc:  # noqa: BLE001
         log.error("batch call failed: %s", traceback.format_exc())
         return [RowResult(r.id, error=_first_line(exc)) for r in requests]
@@ -964,9 +1060,10 @@ def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors
         reqs = [request_from_spec(s) for s in todo]
         spks = [speaker(s["speaker_key"])[0] for s in todo]
         toks = [_unprefixed(s["id"], tok_all) for s in todo]
-        start = time.perf_counter()
+        start, load0 = time.perf_counter(), _loaded(engine)
         results_ = _engine_call(engine.render, reqs, spks, toks)
-        wall = time.perf_counter() - start
+        loading = _loaded(engine) - load0
+        wall = time.perf_counter() - start - loading
         for i, (s, res) in enumerate(zip(todo, results_, strict=True), start=1):
             row = rows[s["id"]]
             row["timings"] = {**row["timings"], **{f"render.{k}": v for k, v in res.timings.items()},
@@ -986,7 +1083,7 @@ def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors
             if error:
                 row.update(ok=False, error=f"render: {error}")
             _progress("render", i, len(todo), s["id"], error is None, wall / len(todo), error)
-    write_json(out_status, {"rows": rows, "demo": engine.is_demo,
+    write_json(out_status, {"rows": rows, "demo": engine.is_demo, "load_seconds": _loaded(engine),
                             "provenance": _safe_provenance(engine)})
 
 

@@ -78,6 +78,8 @@ def collect(
         timings: dict = {}
         if not error and batch:
             render_rows = stage(batch, "render")
+            for name in ("emotion", "tokens"):  # read once, for the model-loading total
+                stage(batch, name)
             row = render_rows.get(rid)
             if row is None:
                 error = "no result (the render stage has not produced this row)"
@@ -121,7 +123,12 @@ def collect(
     check = _maybe(Path(check_path)) if check_path else None
     validation = _maybe(Path(validation_path)) if validation_path else None
     demo = demo or bool(validation and validation.get("demo"))
+    loading = sum(float(doc.get("load_seconds") or 0.0) for doc in stage_cache.values() if doc)
+    for key in speaker_counts:
+        spk = _maybe(results / "speakers" / f"{key}.json") or {}
+        loading += float(spk.get("load_seconds") or 0.0)
     context = {
+        "load_seconds": loading,
         "texts": table.get("texts"),
         "validation": validation,
         "check": check,
@@ -305,6 +312,8 @@ def render_html(records: list[dict], context: dict, config: dict, mel_images: bo
         ("mean speaker similarity", mean("similarity")),
         ("total audio", f"{total_audio:.2f} s"), ("synthesis time", f"{total_synth:.2f} s"),
         ("overall real-time factor", _fmt(total_synth / total_audio) if total_audio else ""),
+        ("model loading (once per job, not in the times above)",
+         f"{context.get('load_seconds') or 0.0:.2f} s"),
     ]:
         parts.append(f"<tr><th>{_e(label)}</th><td>{_e(value)}</td></tr>")
     parts.append("</table>")

@@ -2,6 +2,10 @@
 
 from tts import jobs
 
+# A run killed on this machine (SIGKILL, power cut) left its locks: remove them so the same
+# command resumes. Locks of a live run are kept (see tts.jobs.clear_stale_locks).
+jobs.clear_stale_locks()
+
 try:
     _frame, _ = jobs.read_frame(config["texts"])
 except jobs.TableError as exc:
@@ -35,9 +39,15 @@ def needed(name):
     return [f"{R}/batches/{b}/{name}" for b in PLAN.needed_batches()]
 
 
+onstart:
+    jobs.record_run()
+
+
 onsuccess:
+    jobs.forget_run()
     jobs.print_summary(f"{R}/metrics.tsv")
 
 
 onerror:
+    jobs.forget_run()
     jobs.print_summary(f"{R}/metrics.tsv", failed_run=True)
