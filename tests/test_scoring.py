@@ -296,6 +296,14 @@ def test_bad_audio_rows_never_crash(tmp_path, corpus):
     assert bad_prompt["wer"] is not None
 
 
+def test_asr_and_similarity_switched_off(corpus):
+    row = Scorer({"asr": "none", "similarity": "none"}).score(
+        corpus[0]["audio"], corpus[0]["text"], corpus[1]["audio"]
+    )
+    assert row["verdict"] == "pass" and row["asr"] == "none", row
+    assert row["wer"] is None and row["similarity"] is None and row["transcript"] is None
+
+
 def test_pocketsphinx_refuses_chinese_with_a_clear_row(corpus):
     row = Scorer({}).score(corpus[0]["audio"], "今天天气很好。")
     assert row["language"] == "zh" and row["verdict"] == "unchecked"
@@ -404,6 +412,7 @@ def test_real_speech_wer_and_similarity(corpus, scored):
             assert r["similarity"] >= 0.75, (r, c)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the package's scipy/audioread imports
 def test_resemblyzer_reimplementation_matches_the_package(corpus):
     """Our torch GE2E pipeline gives the embedding of resemblyzer's own (librosa) code."""
     pytest.importorskip("librosa")

@@ -8,7 +8,7 @@ short) yields a row with ``verdict == "fail"`` and the reasons, never an excepti
 
 Config (``scoring`` section; every key optional)::
 
-    asr: pocketsphinx            # or whisper, or {en: whisper, zh: whisper, default: ...}
+    asr: pocketsphinx            # or whisper, none, or {en: whisper, zh: whisper, default: ...}
     whisper_dir: /models/whisper-large-v3   # or {en: ..., zh: ...}
     whisper_dtype: float32       # float16 / bfloat16 on a GPU
     whisper_batch_size: 8
@@ -259,6 +259,10 @@ class Scorer:
             if w is not None:
                 by_lang.setdefault(res["language"], []).append(i)
         for language, idx in by_lang.items():
+            if asr_name_for(self.cfg, language) == "none":
+                for i in idx:
+                    results[i]["asr"] = "none"
+                continue
             try:
                 backend = self.asr(language)
             except Exception as exc:

@@ -156,7 +156,7 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-ASR_BACKENDS = ("pocketsphinx", "whisper")
+ASR_BACKENDS = ("pocketsphinx", "whisper", "none")  # none: no intelligibility scores
 
 
 @lru_cache(maxsize=1)
@@ -169,7 +169,8 @@ def asr_name_for(cfg: dict, language: str) -> str:
     """The backend that the ``scoring`` config names for ``language``.
 
     ``scoring.asr`` is a backend name for every language or a mapping ``{language: name}``
-    (``default`` key as fallback); the built-in default is ``pocketsphinx``.
+    (``default`` key as fallback); the built-in default is ``pocketsphinx``; ``none`` turns
+    intelligibility scoring off.
     """
     choice = cfg.get("asr") or "pocketsphinx"
     if isinstance(choice, dict):
@@ -207,4 +208,4 @@ def make_asr(name: str, cfg: dict | None = None, language: str = "en") -> ASRBac
             dtype=str(cfg.get("whisper_dtype", "float32")),
             batch_size=int(cfg.get("whisper_batch_size", 8)),
         )
-    raise ValueError(f"unknown ASR backend {name!r}; choose from {list(ASR_BACKENDS)}")
+    raise ValueError(f"unknown ASR backend {name!r}; choose from {list(ASR_BACKENDS[:-1])}")

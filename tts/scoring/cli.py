@@ -41,7 +41,7 @@ def add_score_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     s.add_argument("--text", required=True, help="the text the audio should say")
     s.add_argument("--speaker", help="speaker prompt audio (enables similarity)")
     s.add_argument(
-        "--asr", choices=["pocketsphinx", "whisper"], help="ASR backend (overrides config)"
+        "--asr", choices=["pocketsphinx", "whisper", "none"], help="ASR backend (overrides config)"
     )
     s.add_argument("--whisper-dir", help="local Whisper model directory (for --asr whisper)")
     s.add_argument(

@@ -274,7 +274,8 @@ def verdict(row: dict, t: Thresholds, min_similarity: float | None = None) -> di
         if not math.isfinite(value) or value > limit:
             reasons.append(f"{key} {_fmt(value)} > {limit:g}")
             failed = True
-    if row.get("wer") is None and row.get("cer") is None and not failed:
+    asr_off = row.get("asr") == "none"  # intelligibility switched off by the config
+    if row.get("wer") is None and row.get("cer") is None and not failed and not asr_off:
         unchecked.append("intelligibility not measured")
     floor = t.min_similarity if t.min_similarity is not None else min_similarity
     sim = row.get("similarity")
