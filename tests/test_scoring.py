@@ -289,11 +289,20 @@ def test_bad_audio_rows_never_crash(tmp_path, corpus):
     for row in rows:
         assert row["verdict"] == "fail", row
         assert expect[row["id"]] in row["reasons"], row
-        json.dumps(row)  # every value is plain JSON
+        json.dumps(row, allow_nan=False)  # every value is plain JSON
     # a bad speaker prompt costs the similarity only
     bad_prompt = scorer.score(corpus[0]["audio"], corpus[0]["text"], paths["silent"])
     assert bad_prompt["similarity"] is None and "speaker prompt is silent" in bad_prompt["reasons"]
     assert bad_prompt["wer"] is not None
+
+
+def test_undefined_similarity_is_a_clear_row(corpus, monkeypatch):
+    scorer = Scorer({"asr": "none"})
+    monkeypatch.setattr(scorer.encoder(), "embed", lambda wave: torch.zeros(256))
+    row = scorer.score(corpus[0]["audio"], corpus[0]["text"], corpus[1]["audio"])
+    assert row["similarity"] is None and row["verdict"] == "unchecked", row
+    assert "similarity undefined" in row["reasons"]
+    json.dumps(row, allow_nan=False)
 
 
 def test_asr_and_similarity_switched_off(corpus):

@@ -112,9 +112,10 @@ class ScoreRequest:
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
-    if x is None:
+    """Rounded for the report; ``None`` for a missing or non-finite value (plain JSON)."""
+    if x is None or not math.isfinite(x):
         return None
-    return round(x, digits) if math.isfinite(x) else x
+    return round(x, digits)
 
 
 class Scorer:
@@ -309,7 +310,13 @@ class Scorer:
                 enc = self.encoder()
                 res["similarity_backend"] = enc.name
                 spk = self.speaker_embedding(row.speaker)
-                res["similarity"] = _round(cosine_similarity(spk, enc.embed(wave)))
+                sim = cosine_similarity(spk, enc.embed(wave))
+                if math.isfinite(sim):
+                    res["similarity"] = _round(sim)
+                else:  # an all-zero embedding: nothing voice-like in one of the two files
+                    res["errors"].append(
+                        "similarity undefined (an embedding is zero or not finite)"
+                    )
             except Exception as exc:
                 res["errors"].append(f"similarity failed: {type(exc).__name__}: {exc}")
 
