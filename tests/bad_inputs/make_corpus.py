@@ -29,9 +29,8 @@ def audio() -> None:
     nan = (0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 8000)).astype(np.float32)
     nan[100:200] = np.nan
     sf.write(AUDIO / "nan.wav", nan, 8000, subtype="FLOAT")
-    # A valid RIFF header that promises 16000 data bytes, then nothing.
-    header = bytearray(open(HERE.parents[1] / "config/speakers/flite_slt_female.wav", "rb").read(44))
-    (AUDIO / "truncated.wav").write_bytes(bytes(header[:12]))
+    # The first 12 bytes of a WAV file ("RIFF", size, "WAVE"), cut off before any chunk.
+    (AUDIO / "truncated.wav").write_bytes(_wav_header(16000)[:12])
     (AUDIO / "zero_samples.wav").write_bytes(_wav_header(0))
     folder = AUDIO / "folder.wav"
     folder.mkdir(exist_ok=True)
