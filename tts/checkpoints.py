@@ -14,12 +14,25 @@ Two layouts are understood, both resolved from ``config.yaml``:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 MAIN_REPO = "IndexTeam/IndexTTS-2"
+
+
+class CheckpointError(Exception):
+    """A checkpoint file cannot be used. The message names the file and every bad tensor.
+
+    Defined here (torch-free) so that `tts check` can raise it without importing torch;
+    :mod:`tts.loading` re-exports it.
+    """
+
+
+class ConfigError(CheckpointError, ValueError):
+    """config.yaml (or a model's config.json) cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +122,107 @@ _CONFIG_KEYS = {
 
 
 def load_config(path: str | Path) -> dict:
-    """Read an official-format ``config.yaml`` (plain YAML; OmegaConf is not needed)."""
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    """Read an official-format ``config.yaml`` (plain YAML; OmegaConf is not needed).
+
+    Raises :class:`ConfigError` (one line, naming the file) for a file that is not text, not
+    YAML, or not a mapping (e.g. an HTML error page saved in its place).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (config.yaml must be YAML)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot be read (permission denied)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
+        shown = repr(data)[:60] if data is not None else "nothing"
+        raise ConfigError(
+            f"{path}: not a YAML mapping (found {shown}); is it a text file or a download "
+            "error page?"
+        )
     return data
+
+
+REQUIRED_SECTIONS = ("gpt", "s2mel", "semantic_codec")
+
+
+def config_problems(config: Mapping) -> list[str]:
+    """What keeps an IndexTTS2 ``config.yaml`` from building the models (empty when fine)."""
+    problems = []
+    for section in REQUIRED_SECTIONS:
+        if section not in config:
+            problems.append(f"section '{section}' is missing")
+        elif not isinstance(config[section], Mapping):
+            problems.append(f"section '{section}' is not a mapping")
+    return problems
+
+
+# Tensors only IndexTTS2's gpt.pth has (emotion conditioning, speed embedding).
+V2_ONLY_GPT_PREFIXES = ("emo_conditioning_encoder.", "emovec_layer.", "speed_emb.")
+
+
+def indextts1_evidence(
+    config: Mapping | None = None, gpt_tensors: Mapping[str, object] | None = None
+) -> list[str]:
+    """Reasons to think a set is IndexTTS 1.0/1.5 rather than IndexTTS2 (empty: no reason).
+
+    IndexTTS 1.x (reference ``indextts/infer.py`` + ``indextts/gpt/model.py``) ships a
+    config.yaml with ``version: 1.5`` (1.0 has no ``version``), ``vqvae``/``bigvgan`` sections and
+    no ``s2mel``/``semantic_codec``; its gpt.pth has no emotion conditioning
+    (``emo_conditioning_encoder.*``, ``emovec_layer.*``) and no ``speed_emb``, and its speaker
+    conditioning encoder reads 100-band mels where IndexTTS2's reads 1024-wide w2v-bert features.
+    Such a set must be named as what it is, not reported as hundreds of missing tensors.
+
+    ``config`` is the parsed config.yaml; ``gpt_tensors`` maps gpt.pth's tensor names to their
+    shapes (a value may be None where only the names are known). Either may be omitted.
+    """
+    evidence: list[str] = []
+    if config is not None:
+        version = config.get("version")
+        if version is not None:
+            try:
+                if float(version) < 2:
+                    evidence.append(f"config.yaml says version {version}")
+            except (TypeError, ValueError):
+                pass
+        elif "s2mel" not in config and any(
+            k in config for k in ("vqvae", "bigvgan", "dvae_checkpoint", "bigvgan_checkpoint")
+        ):
+            evidence.append(
+                "config.yaml has no version and no s2mel section, but 1.x vqvae/bigvgan entries"
+            )
+    if gpt_tensors is not None:
+        names = list(gpt_tensors)
+        if any(n.startswith("conditioning_encoder.") for n in names) and not any(
+            n.startswith(V2_ONLY_GPT_PREFIXES) for n in names
+        ):
+            evidence.append(
+                "gpt.pth has no emo_conditioning_encoder/emovec_layer/speed_emb tensors"
+            )
+            shape = gpt_tensors.get("conditioning_encoder.embed.out.0.weight")
+            if shape is not None and len(shape) == 2 and shape[0] and shape[1] % shape[0] == 0:
+                width = 2 * (shape[1] // shape[0]) + 1  # conv2d2 subsampling: (in - 1) // 2
+                if width < 512:
+                    evidence.append(
+                        f"its speaker conditioning reads ~{width}-wide input (mel bands), not "
+                        "1024-wide w2v-bert features"
+                    )
+    return evidence
+
+
+def indextts1_message(where: str | Path, evidence: list[str]) -> str:
+    """The one-line error for :func:`indextts1_evidence`."""
+    return (
+        f"{where}: this looks like an IndexTTS 1.x checkpoint ({'; '.join(evidence)}); "
+        f"IndexTTS2 needs the files of the Hugging Face repo {MAIN_REPO} (config.yaml "
+        "version 2.0, gpt.pth with emotion conditioning, s2mel.pth, feat1.pt, feat2.pt, "
+        "wav2vec2bert_stats.pt) plus its auxiliary models; run `tts check DIR` for the list"
+    )
 
 
 def _dig(cfg: dict, keys: tuple[str, ...]) -> object:
@@ -208,8 +316,8 @@ def missing_files(root: str | Path) -> list[tuple[str, Path, str]]:
     root = Path(root)
     try:
         cs = CheckpointSet.open(root)
-    except FileNotFoundError:
-        # Without config.yaml every path takes the official default names.
+    except (FileNotFoundError, ConfigError):
+        # Without a usable config.yaml every path takes the official default names.
         cs = CheckpointSet(root=root, config={})
     missing = []
     for key, path in cs.required_paths().items():

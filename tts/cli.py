@@ -17,26 +17,76 @@ OFFICIAL_CONFIG = Path(__file__).resolve().parent / "data" / "config.official.ya
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Files present and readable, with sizes and SHA-256."""
-    from tts.checkpoints import CheckpointSet, missing_files, sha256
+    """Files present and readable, with sizes and SHA-256; broken files named one per line.
+
+    Cheap checks only (no unpickling, no tensor data read): see :mod:`tts.preflight`. An
+    IndexTTS 1.x set is named as such instead of listing what it lacks.
+    """
+    from tts.checkpoints import (
+        FILES,
+        CheckpointError,
+        CheckpointSet,
+        ConfigError,
+        config_problems,
+        indextts1_evidence,
+        indextts1_message,
+        missing_files,
+        sha256,
+    )
+    from tts.preflight import check_file, gpt_tensor_names
 
     root = Path(args.dir)
+    if not root.is_dir():
+        print(f"error: {root}: not a directory", file=sys.stderr)
+        return 1
     missing = missing_files(root)
+    bad: list[str] = []
+    cs = CheckpointSet(root=root, config={})
+    if (root / "config.yaml").is_file():
+        try:
+            cs = CheckpointSet.open(root)
+        except ConfigError as exc:
+            bad.append(str(exc))
+            print(f"BAD      {'config':32s} {exc}")
+    if cs.config:
+        evidence = indextts1_evidence(cs.config) + indextts1_evidence(
+            gpt_tensors=gpt_tensor_names(cs)
+        )
+        if evidence:
+            label, where = (
+                ("set", root) if indextts1_evidence(cs.config) else ("gpt", cs.path("gpt"))
+            )
+            print(f"BAD      {label:32s} {indextts1_message(where, evidence)}")
+            print(f"{root} is not an IndexTTS2 checkpoint set")
+            return 1
+        for problem in config_problems(cs.config):
+            bad.append(problem)
+            print(f"BAD      {'config':32s} {cs.path('config')}: {problem}")
+
+    def one_file(key: str) -> bool:
+        return "/" in key or FILES[key].kind == "file"
+
+    # A directory where a file belongs is reported as such below, not as missing.
+    missing = [m for m in missing if not (one_file(m[0]) and m[1].is_dir())]
     for key, path, source in missing:
         print(f"MISSING  {key:32s} {path}\n         -> {source}")
-    if (root / "config.yaml").is_file():
-        cs = CheckpointSet.open(root)
-        for key, path in cs.required_paths().items():
-            if path.is_file():
-                try:
-                    digest = sha256(path) if not args.no_hash else "-"
-                except OSError as exc:
-                    print(f"UNREADABLE {key:30s} {path}: {exc}")
-                    missing.append((key, path, "unreadable"))
-                    continue
-                print(f"ok       {key:32s} {path.stat().st_size:>14,d} B  {digest}")
-    if missing:
-        print(f"{len(missing)} file(s) missing or unreadable in {root}")
+    missing_keys = {m[0] for m in missing}
+    for key, path in cs.required_paths().items():
+        if FILES[key.split("/")[0]].optional or not one_file(key) or key in missing_keys:
+            continue
+        if key == "config" and not cs.config:
+            continue  # reported above
+        try:
+            if key != "config":
+                check_file(path)
+            digest = sha256(path) if not args.no_hash else "-"
+        except (CheckpointError, OSError) as exc:
+            bad.append(str(exc))
+            print(f"BAD      {key:32s} {exc}")
+            continue
+        print(f"ok       {key:32s} {path.stat().st_size:>14,d} B  {digest}")
+    if missing or bad:
+        print(f"{len(missing)} file(s) missing, {len(bad)} unusable in {root}")
         return 1
     print(f"all checkpoint files present in {root}")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tts.checkpoints import CheckpointSet
+from tts.checkpoints import CheckpointSet, ConfigError, indextts1_evidence, indextts1_message
 from tts.loading import (
     CheckpointError,
     LoadReport,
@@ -33,11 +33,21 @@ def _data_json(name: str) -> dict:
     return json.loads(resources.files("tts.data").joinpath(name).read_text(encoding="utf-8"))
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def bigvgan_config(cs: CheckpointSet) -> dict:
     """The vocoder's config.json from the set, or the official one shipped with the package."""
     path = cs.path("bigvgan") / "config.json"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _read_json(path)
     return _data_json("bigvgan_v2_22khz_80band_256x.json")
 
 
@@ -45,7 +55,7 @@ def w2v_bert_config(cs: CheckpointSet) -> dict:
     """w2v-bert-2.0's config.json from the set, or the official one shipped with the package."""
     path = cs.path("w2v_bert") / "config.json"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _read_json(path)
     return _data_json("w2v-bert-2.0.config.json")
 
 
@@ -102,7 +112,11 @@ def _read_gpt(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict)
         else []
     )
-    return flatten_state(obj, path, nesting)
+    state = flatten_state(obj, path, nesting)
+    evidence = indextts1_evidence(gpt_tensors={k: tuple(v.shape) for k, v in state.items()})
+    if evidence:  # name the model generation instead of listing every emotion tensor missing
+        raise CheckpointError(indextts1_message(path, evidence))
+    return state
 
 
 S2MEL_PARTS = ("cfm", "length_regulator", "gpt_layer")
@@ -132,7 +146,15 @@ def _read_flat(path: Path) -> dict[str, torch.Tensor]:
 def _read_bigvgan(path: Path) -> dict[str, torch.Tensor]:
     from tts.models.bigvgan import to_weight_norm_form
 
-    return to_weight_norm_form(flatten_state(read_tensor_file(path), path, ["generator"]))
+    obj = read_tensor_file(path)
+    if isinstance(obj, dict) and "generator" not in obj and obj:
+        tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
+        if len(tensors) == len(obj):
+            raise CheckpointError(
+                f"{path}: expected {{'generator': state_dict}} (the official BigVGAN file); "
+                f"found a bare state dict of {len(obj)} tensors ({', '.join(sorted(obj)[:3])}, ...)"
+            )
+    return to_weight_norm_form(flatten_state(obj, path, ["generator"]))
 
 
 @dataclass(frozen=True)
@@ -221,9 +243,26 @@ MODULE_COMPONENTS: dict[str, Component] = {
 
 
 def build_empty(name: str, cs: CheckpointSet) -> nn.Module:
-    """Build component ``name`` with parameters on meta (nothing initialised), in eval mode."""
-    with params_on_meta():
-        module = MODULE_COMPONENTS[name].build(cs)
+    """Build component ``name`` with parameters on meta (nothing initialised), in eval mode.
+
+    A config that cannot describe the module (a missing section or key, a value of the wrong
+    type) is a :class:`ConfigError` naming config.yaml, not a ``KeyError`` traceback.
+    """
+    source = cs.path("config")
+    if name in ("bigvgan", "w2v_bert") and (cs.path(name) / "config.json").is_file():
+        source = cs.path(name) / "config.json"
+    try:
+        with params_on_meta():
+            module = MODULE_COMPONENTS[name].build(cs)
+    except KeyError as exc:
+        raise ConfigError(f"{source}: key {exc} missing (needed to build {name})") from None
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(
+            f"{source}: cannot build {name} from it "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     return module.eval()
 
 

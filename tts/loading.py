@@ -27,10 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-class CheckpointError(Exception):
-    """A checkpoint file cannot be used. The message names the file and every bad tensor."""
-
+from tts.checkpoints import CheckpointError  # defined there (torch-free), re-exported here
 
 # --------------------------------------------------------------------------------------------
 # Reading files
@@ -43,15 +40,12 @@ def read_tensor_file(path: str | Path) -> object:
     Torch pickles are opened with ``weights_only=True``: a pickle that would run code is rejected
     before anything runs. Errors are re-raised as :class:`CheckpointError` with a one-line reason.
     """
+    from tts.preflight import check_file
+
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: file not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: file is empty (0 bytes)")
-    if path.suffix == ".safetensors":
+    # Missing, directory, empty, unreadable, text, LFS pointer, truncated, wrong container,
+    # a zip that is not a torch checkpoint, a zip pickle importing code: one line, nothing run.
+    if check_file(path) == "safetensors":
         return _read_safetensors(path)
     return _read_torch_pickle(path)
 
@@ -170,6 +164,20 @@ def _closest(name: str, candidates: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
+MAX_LISTED = 40  # problems listed one per line; the rest are counted
+
+
+def _extra_prefix(unexpected: list[str], missing: list[str]) -> str | None:
+    """``'module.'`` when every unexpected name is a missing name with that prefix added."""
+    if not unexpected or not missing or "." not in unexpected[0]:
+        return None
+    prefix = unexpected[0].split(".", 1)[0] + "."
+    wanted = set(missing)
+    if all(n.startswith(prefix) and n[len(prefix) :] in wanted for n in unexpected):
+        return prefix
+    return None
+
+
 def compare_state(
     expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
     provided: Mapping[str, torch.Tensor],
@@ -190,8 +198,20 @@ def compare_state(
             computed.append(name)
         else:
             problems.append(f"missing tensor {name} {list(expected[name][0])}")
+    hints = []
+    prefix = _extra_prefix(unexpected, missing)
+    if prefix:
+        hints.append(
+            f"(every unexpected name is an expected one with the extra prefix {prefix!r}, as "
+            "saved from a wrapped model; strip it)"
+        )
     for name in unexpected:
-        near = _closest(name, missing or expected)
+        if prefix:
+            near = name[len(prefix) :]
+        elif len(problems) < MAX_LISTED:  # difflib is quadratic: only for names that are shown
+            near = _closest(name, missing or expected)
+        else:
+            near = None
         hint = f" (closest expected name: {near})" if near else ""
         problems.append(f"unexpected tensor {name} {list(provided[name].shape)}{hint}")
     for name, (shape, dtype) in expected.items():
@@ -209,7 +229,12 @@ def compare_state(
             )
     if problems:
         head = f"{source}: {len(problems)} problem(s) against the expected {len(expected)} tensors:"
-        raise CheckpointError("\n  ".join([head, *problems]))
+        if len(problems) > 1 and all(p.startswith("shape mismatch") for p in problems):
+            hints.append("(all are shape mismatches: do config.yaml's sizes belong to this file?)")
+        shown = problems[:MAX_LISTED]
+        if len(problems) > MAX_LISTED:
+            shown.append(f"... and {len(problems) - MAX_LISTED} more")
+        raise CheckpointError("\n  ".join([head, *hints, *shown]))
     return computed
 
 
@@ -236,7 +261,10 @@ def load_strict(
         and not torch.isfinite(provided[k]).all()
     ]
     if bad:
-        raise CheckpointError(f"{source}: non-finite values (NaN/inf) in {', '.join(bad)}")
+        more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise CheckpointError(
+            f"{source}: non-finite values (NaN/inf) in {', '.join(bad[:MAX_LISTED])}{more}"
+        )
     report = LoadReport(source=source, computed=computed)
     state: dict[str, torch.Tensor] = {}
     for name, ref in expected.items():

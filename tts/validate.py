@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-from tts.checkpoints import CheckpointSet, describe_source
+from tts.checkpoints import (
+    CheckpointSet,
+    config_problems,
+    describe_source,
+    indextts1_evidence,
+    indextts1_message,
+)
 from tts.components import MODULE_COMPONENTS, load_component
 from tts.loading import CheckpointError, compare_state, read_tensor_file
 from tts.weight_report import TensorStats, state_report
@@ -63,8 +69,16 @@ def parse_only(only: str | None) -> list[str]:
 def validate_set(
     root: str | Path, names: Iterable[str], with_stats: bool = False
 ) -> list[ComponentResult]:
-    """Validate the named components of the set at ``root``; never raises for a bad file."""
+    """Validate the named components of the set at ``root``; never raises for a bad file.
+
+    An IndexTTS 1.x set or a config.yaml without the IndexTTS2 sections is reported up front as
+    one failed ``set``/``config`` result, instead of one failure per component. A missing or
+    unparsable config.yaml raises (FileNotFoundError / ConfigError, one line naming the file).
+    """
     cs = CheckpointSet.open(root)
+    early = set_problem(cs)
+    if early is not None:
+        return [early]
     names = list(names)
     results = []
     for name in names:
@@ -83,6 +97,27 @@ def validate_set(
     return results
 
 
+def set_problem(cs: CheckpointSet) -> ComponentResult | None:
+    """A failed ``set`` (IndexTTS 1.x) or ``config`` (sections missing) result, else None.
+
+    The 1.x test (:func:`tts.checkpoints.indextts1_evidence`) uses config.yaml and gpt.pth's
+    tensor names, read from its pickle without executing it.
+    """
+    from tts.preflight import gpt_tensor_names
+
+    from_config = indextts1_evidence(cs.config)
+    from_gpt = indextts1_evidence(gpt_tensors=gpt_tensor_names(cs))
+    config = str(cs.path("config"))
+    if from_config or from_gpt:
+        where = cs.root if from_config else cs.path("gpt")
+        message = indextts1_message(where, from_config + from_gpt)
+        return ComponentResult("set", str(where), False, message)
+    problems = config_problems(cs.config)
+    if problems:
+        return ComponentResult("config", config, False, f"{config}: {'; '.join(problems)}")
+    return None
+
+
 def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentResult:
     try:
         if name in MODULE_COMPONENTS:
@@ -91,10 +126,16 @@ def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentRe
                 raise CheckpointError(
                     f"{path}: missing. {describe_source(MODULE_COMPONENTS[name].file_key)}"
                 )
+            if name == "w2v_bert":
+                _check_w2v_stats(cs)  # the features' normalisation: fails fast, before the model
             module, report = load_component(name, cs)
             state = module.state_dict()
             stats = state_report(path.name, state) if with_stats else []
             msg = f"{report.loaded} tensors loaded strictly"
+            if report.cast:
+                stored = {c.split("->")[0].removeprefix("torch.") for c in report.cast.values()}
+                msg += f"; {len(report.cast)} tensor(s) stored as {'/'.join(sorted(stored))}"
+                msg += ", cast to float32"
             if report.computed:
                 msg += f"; {len(report.computed)} deterministic buffer(s) computed: {', '.join(report.computed)}"
             del module
@@ -111,6 +152,33 @@ def _validate_one(cs: CheckpointSet, name: str, with_stats: bool) -> ComponentRe
     except (CheckpointError, ValueError, OSError, KeyError, RuntimeError) as exc:
         text = str(exc) if not isinstance(exc, KeyError) else f"config key missing: {exc}"
         return ComponentResult(name, "", False, text)
+
+
+def _check_w2v_stats(cs: CheckpointSet) -> None:
+    """wav2vec2bert_stats.pt: ``{'mean', 'var'}`` float vectors of the encoder's width, finite,
+    ``var`` >= 0 (its square root scales every feature)."""
+    from tts.components import w2v_bert_config
+
+    path = cs.path("w2v_stats")
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing. {describe_source('w2v_stats')}")
+    obj = read_tensor_file(path)
+    if not isinstance(obj, dict) or not {"mean", "var"} <= set(obj):
+        found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: expected a dict with 'mean' and 'var'; found {found}")
+    width = int(w2v_bert_config(cs).get("hidden_size", 1024))
+    for key in ("mean", "var"):
+        t = obj[key]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise CheckpointError(f"{path}: {key!r} is not a float tensor")
+        if tuple(t.shape) != (width,):
+            raise CheckpointError(
+                f"{path}: {key!r} has shape {list(t.shape)}, expected [{width}] (w2v-bert width)"
+            )
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: non-finite values (NaN/inf) in {key!r}")
+    if (obj["var"] < 0).any():
+        raise CheckpointError(f"{path}: 'var' has negative entries")
 
 
 def _check_emotion_matrices(
@@ -134,9 +202,12 @@ def _check_emotion_matrices(
 def _check_bpe(cs: CheckpointSet, with_stats: bool) -> tuple[str, str, list[TensorStats]]:
     import sentencepiece as spm
 
+    from tts.preflight import sniff
+
     path = cs.path("bpe")
     if not path.is_file():
         raise CheckpointError(f"{path}: missing. {describe_source('bpe')}")
+    sniff(path)  # empty, text (an error page), Git LFS pointer, unreadable: one clear line
     sp = spm.SentencePieceProcessor()
     try:
         sp.Load(str(path))
