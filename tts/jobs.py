@@ -681,8 +681,9 @@ def prepare(config: dict) -> Plan:
         if rid not in specs:
             try:
                 specs[rid] = read_json(f"{results}/specs/{rid}.json")
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # its spec was deleted too: record why it is skipped
                 specs[rid] = {"id": rid, "error": "row removed from the table"}
+                write_if_changed(f"{results}/specs/{rid}.json", specs[rid])
     speakers = {s["speaker_key"]: s["speaker"] for s in specs.values() if s.get("speaker_key")}
     write_if_changed(f"{results}/table.json", {
         "texts": str(table.path),
@@ -1095,13 +1096,10 @@ def _safe_provenance(engine) -> dict:
 
 
 def write_wav(path: Path, wav, sample_rate: int) -> None:
-    """Write a float waveform in [-1, 1] as 16-bit PCM WAV, atomically."""
-    from tts import audio
+    """Write a float waveform in [-1, 1] as 16-bit PCM WAV, atomically (tts.audio)."""
+    from tts.audio import write_wav as _write_wav
 
-    if hasattr(audio, "write_wav"):
-        audio.write_wav(path, wav, sample_rate)
-    else:  # older tts.audio: save_wav takes the reference's PCM-scale waveform
-        audio.save_wav(path, wav * audio.PCM16_MAX, sample_rate)
+    _write_wav(path, wav, sample_rate)
 
 
 def scoring_config(config: dict) -> dict:
