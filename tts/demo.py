@@ -141,6 +141,8 @@ def _init_state(
         if name.endswith("weight_g"):
             v = state[name[: -len("weight_g")] + "weight_v"]
             t.copy_(v.flatten(1).norm(dim=1).reshape(t.shape))
+    if "conv_post.weight_g" in state:  # keep the random vocoder's output mostly inside [-1, 1]
+        state["conv_post.weight_g"].mul_(0.001)
 
 
 def _train_bpe(out: Path, vocab: int) -> None:
