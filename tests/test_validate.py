@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES
 
 from tts import cli
 from tts.checkpoints import FILES, CheckpointSet, missing_files
 from tts.components import MODULE_COMPONENTS, build_empty
 from tts.loading import CheckpointError, compare_state, expected_tensors
 from tts.validate import COMPONENT_NAMES
-
-from conftest import FIXTURES
 
 SETS = sorted(p for p in FIXTURES.iterdir() if (p / "config.yaml").is_file())
 
