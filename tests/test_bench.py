@@ -1,0 +1,77 @@
+"""`tts bench` end to end on the CPU with the tiny config (speed numbers are not checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tts.bench import Variant, randomize_
+from tts.cli import build_parser
+
+
+def test_variant_parse():
+    assert Variant.parse("float32").name == "float32:float32:float32"
+    assert Variant.parse("bfloat16:tf32").name == "bfloat16:tf32:tf32"
+    assert Variant.parse("bfloat16:bfloat16:float32").vocoder == "float32"
+    v = Variant.parse("bfloat16:bfloat16+compile:tf32@1,16")
+    assert v.s2mel_compile and v.s2mel == "bfloat16" and v.batches == (1, 16)
+    assert v.name == "bfloat16:bfloat16+compile:tf32"
+    assert Variant.parse("float32@1#graph,graphc").decoders == ("graph", "graphc")
+    with pytest.raises(ValueError):
+        Variant.parse("float32#fast")
+    for bad in ("int8", "float32:half", "a:b:c:d", "", "float32@x"):
+        with pytest.raises(ValueError):
+            Variant.parse(bad)
+
+
+def test_randomize_is_deterministic_and_finite():
+    from tts.models.bigvgan import BigVGAN
+
+    def build():
+        torch.manual_seed(0)
+        return randomize_(BigVGAN(upsample_initial_channel=16, resblock_kernel_sizes=[3],
+                                  resblock_dilation_sizes=[[1]]), seed=5)
+
+    a, b = build().state_dict(), build().state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        assert torch.isfinite(a[k]).all(), k
+    # weight norm: the effective weight is v itself (g = ||v||)
+    g, v = a["conv_pre.weight_g"], a["conv_pre.weight_v"]
+    torch.testing.assert_close(g, torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
+
+
+def test_bench_tiny_cpu(tmp_path, capsys):
+    torch.set_num_threads(1)
+    out = tmp_path / "bench.json"
+    args = build_parser().parse_args([
+        "bench", "--tiny", "--device", "cpu", "--batch", "1,2", "--tokens", "3",
+        "--text-tokens", "4", "--prompt-seconds", "1", "--diffusion-steps", "2",
+        "--warmup", "0", "--repeats", "1", "--gpt-decoder", "graph,eager",
+        "--write-checkpoints", str(tmp_path / "ckpt"), "--json", str(out),
+    ])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "ours (medians" in text and "RTF" in text
+    data = json.loads(out.read_text())
+    results = data["results"]
+    assert {(r["batch"], r["decoder"]) for r in results} == {
+        (1, "graph"), (2, "graph"), (1, "eager"), (2, "eager")}
+    for r in results:
+        s = r["summary"]
+        assert s["generated_tokens"] == 3  # the stop code is disabled: exactly --tokens
+        assert s["all_finite"]
+        assert s["audio_s_per_row"] > 0 and s["rtf"] > 0
+        assert set(s["stages_median_s"]) >= {"spk_cond", "gpt_generate", "s2mel", "vocoder"}
+    assert (tmp_path / "ckpt" / "gpt.pth").is_file()
+    assert "(TINY)" in data["what"]
+
+
+def test_bench_refuses_half_on_cpu(tmp_path):
+    args = build_parser().parse_args(["bench", "--tiny", "--device", "cpu", "--precision",
+                                      "bfloat16", "--json", str(tmp_path / "x.json")])
+    with pytest.raises(ValueError, match="need CUDA"):
+        args.func(args)

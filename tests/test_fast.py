@@ -1,0 +1,217 @@
+"""The fast paths (tts.fast) compute the same functions as the plain ones (CPU checks).
+
+* the static-cache decoder, run through the unchanged parity handlers (greedy / beam fixture
+  cases), and against tts.generation with the same generator for sampling and beam sampling;
+* the fused-weight-norm DiT and the fast CFM solve against the fixture goldens;
+* the fused BigVGAN activation (Triton interpreter) against Activation1d.
+
+tests/test_gpu.py repeats the fixture checks on CUDA, where the CUDA graphs are used.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from tts import parity
+from tts.fast import patched
+
+CASES = list(parity.all_cases())
+
+
+def _cases(prefixes: tuple[str, ...]):
+    return [(fs, c) for fs, c in CASES if parity.case_id(c).startswith(prefixes)]
+
+
+def _id(item):
+    fs, case = item
+    return f"{fs.name}/{parity.case_id(case)}"
+
+
+GEN = _cases(("gen_",))
+CFM = _cases(("cfm_inference_cfm4",))
+DIT = _cases(("dit_estimator",))
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compiled_logic"])
+@pytest.mark.parametrize("item", GEN, ids=[_id(c) for c in GEN])
+def test_generation_cases_through_static_decoder(item, compiled, monkeypatch):
+    from tts.fast import decode
+
+    calls = []
+    original = decode.generate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "generate", counting)
+    fs, case = item
+    from tts import fast
+
+    before = len(fast.FALLBACKS)
+    with patched(gpt=True, s2mel=False, bigvgan=False, gpt_compile=compiled):
+        failures = parity.check_case(fs, case)
+    assert calls, "the parity handler did not go through the fast decoder"
+    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    assert not failures, "\n".join(failures)
+
+
+def _gpt_small():
+    from tts.checkpoints import CheckpointSet
+    from tts.components import load_component
+
+    root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
+    if root is None:
+        pytest.skip("gpt-small fixture set not found")
+    model, _ = load_component("gpt", CheckpointSet.open(root))
+    return model.eval()
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_sampling_matches_plain_generation(beams):
+    """Same generator, same draws: identical codes (sampling and beam sampling, B = 2 padded)."""
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    torch.manual_seed(0)
+    d = model.model_dim
+    spk = torch.randn(2, 40, 1024)
+    text = torch.randint(2, 200, (2, 7))
+    text[1, :2] = 1  # dropped ids: row 1 is shorter, so it is left-padded
+    with torch.no_grad():
+        latent = model.get_conditioning(spk.transpose(1, 2), torch.tensor([40, 33]))
+        conds = model.conditioning_prefix(latent, torch.randn(2, d) * 0.1, 2)
+        prefix, valid = model.prepare_gpt_inputs(conds, text)
+    assert not bool(valid.all())
+    cfg = GenerationConfig(num_beams=beams, max_mel_tokens=24, warn_on_limit=False,
+                           repetition_penalty=2.0)
+    outs = []
+    for fn in (plain_generate, fast_generate):
+        gen = torch.Generator().manual_seed(123)
+        outs.append(fn(model, prefix, valid, cfg, generator=gen, output_scores=True))
+    plain, fast = outs
+    assert torch.equal(plain.codes, fast.codes)
+    assert plain.steps == fast.steps
+    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-5, atol=1e-5)
+    if beams > 1:
+        assert torch.equal(plain.beam_indices, fast.beam_indices)
+        torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores)
+
+
+def test_static_decoder_stops_like_plain():
+    """Rows that finish early: same codes and step count with any check interval."""
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    torch.manual_seed(1)
+    prefix = torch.randn(3, 20, model.model_dim) * 0.5
+    with torch.no_grad():
+        model.mel_head.bias[model.stop_mel_token] += 6.0  # make the stop code likely
+        try:
+            for beams in (1, 2):
+                cfg = GenerationConfig(num_beams=beams, do_sample=False, max_mel_tokens=30,
+                                       warn_on_limit=False)
+                plain = plain_generate(model, prefix, None, cfg)
+                for every in (1, 4):
+                    fast = fast_generate(model, prefix, None, cfg, check_every=every)
+                    assert torch.equal(plain.codes, fast.codes), (beams, every)
+                    assert plain.steps == fast.steps
+        finally:
+            model.mel_head.bias[model.stop_mel_token] -= 6.0
+
+
+@pytest.mark.parametrize("item", CFM, ids=[_id(c) for c in CFM])
+def test_cfm_cases_through_fast_solve(item):
+    fs, case = item
+    with patched(gpt=False, s2mel=True, bigvgan=False, s2mel_graphs=False):
+        failures = parity.check_case(fs, case)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("item", CFM, ids=[_id(c) for c in CFM])
+def test_fast_solve_without_trace(item):
+    """The untraced path (the one CUDA graphs capture) gives the golden output."""
+    from tts.fast.s2mel import solve
+    from tts.parity import s2mel_cases as sc
+
+    fs, case = item
+    opts = parity.RunOptions()
+    model = sc._model(fs, opts)
+    args = case["args"]
+    noise = sc._inp(fs, case, "noise_z", opts)
+    t_span = torch.linspace(0, 1, int(args["n_timesteps"]) + 1)
+    out = solve(model.cfm, noise, sc._inp(fs, case, "x_lens", opts),
+                sc._inp(fs, case, "prompt", opts), sc._inp(fs, case, "mu", opts),
+                sc._inp(fs, case, "style", opts), t_span, float(args["inference_cfg_rate"]),
+                graphs=False)
+    comparison = fs.compare(case, case["outputs"]["out"], out)
+    assert comparison.failure() is None, comparison.failure()
+
+
+@pytest.mark.parametrize("item", DIT, ids=[_id(c) for c in DIT])
+def test_fused_estimator_matches_golden(item):
+    from tts.fast.s2mel import fused
+    from tts.parity import s2mel_cases as sc
+
+    fs, case = item
+    opts = parity.RunOptions()
+    model = sc._model(fs, opts)
+    names = ("x", "prompt_x", "x_lens", "t", "style", "cond")
+    x, prompt_x, x_lens, t, style, cond = (sc._inp(fs, case, n, opts) for n in names)
+    est = fused(model.cfm.estimator).estimator
+    est.transformer.drop = bool((x_lens >= x.size(-1)).all())
+    with torch.no_grad():
+        out = est(x, prompt_x, x_lens, t, style, cond)
+    comparison = fs.compare(case, case["outputs"]["out"], out)
+    assert comparison.failure() is None, comparison.failure()
+
+
+def test_fused_activation_interpreted():
+    """The Triton kernel (run by Triton's CPU interpreter) equals Activation1d."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent(
+        """
+        import torch
+        from tts.models.bigvgan import Activation1d, Snake, SnakeBeta
+        from tts.fast.bigvgan import fused_activation
+        torch.manual_seed(0)
+        worst = 0.0
+        for cls in (SnakeBeta, Snake):
+            for length in (1, 2, 7, 40):
+                act = cls(5, logscale=True)
+                with torch.no_grad():
+                    act.alpha.normal_(0, 0.3)
+                    if hasattr(act, "beta"):
+                        act.beta.normal_(0, 0.3)
+                m = Activation1d(act)
+                x = torch.randn(2, 5, length) * 2
+                with torch.no_grad():
+                    ref = m(x)
+                out = fused_activation(m, x, block=16)
+                assert out.shape == ref.shape
+                worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
+        assert worst < 1e-5, worst
+        print("ok", worst)
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,77 @@
+"""Fast inference paths: the same functions as the plain modules, built for GPU speed.
+
+* :mod:`tts.fast.decode` - GPT decoding on a static, preallocated KV cache; on CUDA every step
+  (forward, logits processors, sampling / beam bookkeeping) is one CUDA-graph replay, with no
+  host synchronisation except an "all finished?" test every few steps.
+* :mod:`tts.fast.s2mel` - the flow-matching decoder with weight norm fused once, no attention
+  mask when no row is padded (flash attention), a selectable precision and the whole Euler loop
+  (both classifier-free-guidance branches in one batch) captured as one CUDA graph per shape.
+* :mod:`tts.fast.bigvgan` - BigVGAN's anti-aliased activation (upsample x2, Snake/SnakeBeta,
+  low-pass + downsample x2) fused into one Triton kernel (or one torch.compile region).
+
+Each fast path computes the same function as the reference path and is checked against the
+parity fixtures: :func:`patched` swaps them in for the plain entry points, so the unchanged
+parity handlers run the fixture cases through them (tests/test_fast.py on CPU, tests/test_gpu.py
+on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator
+
+# Every time a fast path could not be used and the plain path ran instead (e.g. a CUDA graph
+# capture or a Triton compile failed): (where, reason). Tests assert that it stays empty.
+FALLBACKS: list[tuple[str, str]] = []
+
+
+def fallback(where: str, exc: BaseException) -> None:
+    """Record (and warn about) a fast path that fell back to the plain one."""
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    FALLBACKS.append((where, reason))
+    warnings.warn(f"tts.fast: {where} fell back to the plain path ({reason})", RuntimeWarning,
+                  stacklevel=3)
+
+
+@contextlib.contextmanager
+def patched(gpt: bool = True, s2mel: bool = True, bigvgan: bool = True,
+            s2mel_graphs: bool | None = None, bigvgan_mode: str = "auto",
+            s2mel_compile: bool = False, gpt_compile: bool = False) -> Iterator[None]:
+    """Route the plain entry points through the fast paths while the block runs.
+
+    * ``gpt``: :func:`tts.generation.generate` -> :func:`tts.fast.decode.generate`
+      (``gpt_compile``: with the per-step decision logic compiled);
+    * ``s2mel``: :meth:`tts.models.cfm.CFM.solve` -> :func:`tts.fast.s2mel.solve`;
+    * ``bigvgan``: :class:`tts.models.bigvgan.Activation1d` forward -> the fused activation.
+    """
+    import tts.generation
+    from tts.fast import bigvgan as fast_bigvgan
+    from tts.fast import decode as fast_decode
+    from tts.fast import s2mel as fast_s2mel
+    from tts.models import bigvgan as plain_bigvgan
+    from tts.models import cfm as plain_cfm
+
+    saved = (
+        tts.generation.generate,
+        plain_cfm.CFM.solve,
+        plain_bigvgan.Activation1d.forward,
+    )
+    try:
+        if gpt:
+            tts.generation.generate = (
+                functools.partial(fast_decode.generate, compile_logic=True) if gpt_compile
+                else fast_decode.generate)
+        if s2mel:
+            plain_cfm.CFM.solve = fast_s2mel.patched_solve(graphs=s2mel_graphs,
+                                                           compile=s2mel_compile)
+        if bigvgan:
+            plain_bigvgan.Activation1d.forward = fast_bigvgan.patched_forward(bigvgan_mode)
+        yield
+    finally:
+        (
+            tts.generation.generate,
+            plain_cfm.CFM.solve,
+            plain_bigvgan.Activation1d.forward,
+        ) = saved

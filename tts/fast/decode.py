@@ -1,0 +1,548 @@
+"""GPT decoding on a static KV cache, one CUDA graph per step (same results as tts.generation).
+
+:func:`generate` takes the arguments of :func:`tts.generation.generate` and returns the same
+:class:`~tts.generation.GenerationOutput`. What differs is how a step runs:
+
+* every tensor a step touches is preallocated once (KV cache with room for every position,
+  token / history / hypothesis buffers, the step counter itself lives on the device), and a
+  step updates them in place, so the step is a fixed sequence of kernels;
+* the new token's key/value is written at a device-side position and attention runs over a
+  fixed window of the cache with a mask (positions not yet written are hidden), so no shape
+  depends on the step;
+* on CUDA that fixed sequence is captured as a CUDA graph and replayed, which removes the
+  per-kernel launch cost (a full-size bf16 beam-3 step is ~800 small kernels: 20 ms/step
+  eagerly, 3.4 ms/step replayed on an H100). The cache window grows in buckets of ``bucket``
+  positions, one graph per bucket, so attention and beam reordering only touch the part of
+  the cache in use;
+* beam reordering moves only the generated part of the cache (the prompt part is the same for
+  every beam of an item).
+
+The host synchronises only to test "is every row finished?" every ``check_every`` steps and to
+assemble the result. On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the
+same generator it draws the same random numbers in the same order as tts.generation, so both give
+identical codes (tests/test_fast.py), and on CUDA the greedy / beam parity fixtures are checked
+through it (tests/test_gpu.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from contextlib import nullcontext as _nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from tts.generation import (
+    FAKE_PROMPT_ID,
+    GenerationConfig,
+    GenerationOutput,
+    _BeamState,
+    process_scores,
+)
+from tts.models.gpt import prefix_attention_mask
+
+DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "128"))
+DEFAULT_CHECK_EVERY = 32
+# Attention of a decode step: "sdpa" (F.scaled_dot_product_attention) or "math".
+ATTENTION = os.environ.get("TTS_DECODE_ATTN", "sdpa")
+# Half-precision GPT under autocast: run the layer stack without autocast (see _feed).
+NATIVE_HALF = os.environ.get("TTS_DECODE_NATIVE", "0") == "1"
+
+
+@torch.compiler.disable
+def _draw(probs: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``torch.multinomial`` without replacement, kept out of torch.compile (its generator
+    would otherwise be guarded on, and every call brings a new one)."""
+    return torch.multinomial(probs, n, generator=generator)
+
+
+def _select(dec: StaticDecoder, processed: torch.Tensor):
+    return dec._select(processed)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_select():
+    """``torch.compile`` of the token choice and its bookkeeping (sampling, beam hypotheses:
+    ~150 small kernels that Inductor fuses into a few). The logits processors stay outside
+    (Inductor 2.11 fails to generate the top-p cumulative sum on CUDA). Shared by every
+    decoder: guards are on shapes and settings, so a new call with the same shapes reuses it."""
+    fn = _COMPILED.get("select")
+    if fn is None:
+        fn = _COMPILED["select"] = torch.compile(_select, dynamic=False)
+    return fn
+
+
+class DecodeWeights:
+    """The GPT-2 matrices in ``[out, in]`` layout for ``F.linear``, made once per model.
+
+    HF's Conv1D stores ``[in, out]`` for ``addmm(b, x, W)``. A decode step multiplies only a
+    few rows (batch x beams), and this layout was expected to take cuBLAS's matrix-vector
+    path; on the H100 it did not matter: both layouts run at about half the weight-read
+    bandwidth (docs/benchmarks.md, run 1 vs run 3 and the profile). It is kept because the
+    recorded numbers use it; it costs one extra copy of the stack's weights.
+    """
+
+    def __init__(self, model) -> None:
+        self.versions = _versions(model.gpt)
+        self.layers = []
+        with torch.no_grad():
+            for block in model.gpt.h:
+                self.layers.append(tuple(
+                    t.detach().t().contiguous() if t.dim() == 2 else t.detach()
+                    for t in (block.attn.c_attn.weight, block.attn.c_attn.bias,
+                              block.attn.c_proj.weight, block.attn.c_proj.bias,
+                              block.mlp.c_fc.weight, block.mlp.c_fc.bias,
+                              block.mlp.c_proj.weight, block.mlp.c_proj.bias)))
+
+
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _versions(module) -> tuple:
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+
+
+def decode_weights(model) -> DecodeWeights:
+    """The cached :class:`DecodeWeights` of ``model`` (remade if its weights changed)."""
+    entry = _WEIGHTS.get(model)
+    if entry is None or entry.versions != _versions(model.gpt):
+        entry = _WEIGHTS[model] = DecodeWeights(model)
+    return entry
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prefix: torch.Tensor,
+    valid: torch.Tensor | None,
+    cfg: GenerationConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    output_scores: bool = False,
+    output_logits: bool = False,
+    check_every: int | None = None,
+    use_graph: bool | None = None,
+    bucket: int = DEFAULT_BUCKET,
+    stats: dict | None = None,
+    compile_logic: bool = False,
+) -> GenerationOutput:
+    """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
+
+    ``use_graph`` (default: on CUDA) replays one CUDA graph per step; ``check_every`` (default
+    32 with graphs, else 1) is the number of steps between "all finished?" host checks (more
+    steps only run past the end, they never change the result). ``stats``, if given, receives
+    ``loop_s`` (time of the decode loop after the prefill) and ``steps``. ``compile_logic``
+    runs the per-step decision logic through torch.compile (falls back to plain on failure).
+    """
+    cfg = cfg or GenerationConfig()
+    cfg.validate()
+    if use_graph is None:
+        use_graph = prefix.device.type == "cuda"
+    if check_every is None:
+        check_every = DEFAULT_CHECK_EVERY if use_graph else 1
+    dec = StaticDecoder(model, prefix, valid, cfg, generator=generator,
+                        output_scores=output_scores, output_logits=output_logits,
+                        use_graph=use_graph, bucket=bucket, compile_logic=compile_logic)
+    return dec.run(check_every=max(1, int(check_every)), stats=stats)
+
+
+class StaticDecoder:
+    """One generation call: static buffers, the in-place step, and the graphs that replay it."""
+
+    def __init__(self, model, prefix: torch.Tensor, valid: torch.Tensor | None,
+                 cfg: GenerationConfig, *, generator: torch.Generator | None = None,
+                 output_scores: bool = False, output_logits: bool = False,
+                 use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
+                 compile_logic: bool = False):
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.compile_logic = compile_logic
+        self.weights = decode_weights(model)
+        self.use_graph = use_graph
+        self.output_scores, self.output_logits = output_scores, output_logits
+        self.stop = model.stop_mel_token
+        self.pad = model.stop_mel_token
+        start = model.start_mel_token
+        beams = self.beams = cfg.num_beams
+        max_new = self.max_new = cfg.max_mel_tokens
+        device = self.device = prefix.device
+        if valid is None:
+            valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device)
+        if beams == 1 and cfg.num_return_sequences > 1:
+            prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
+            valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
+        batch, s_len, _ = prefix.shape
+        self.batch, self.s_len = batch, s_len
+        rows = self.rows = batch * beams
+        has_padding = not bool(valid.all())  # one host sync, before the loop (as upstream)
+
+        # Room for the prompt, the start code and every generated token (the last step also
+        # feeds its token, whose key is never read), rounded to whole buckets.
+        need = s_len + 1 + max_new
+        self.bucket = max(16, -(-int(bucket) // 16) * 16)  # whole multiples of 16 keys
+        cap = self.capacity = -(-need // self.bucket) * self.bucket
+
+        # Step 0, eagerly: the prefix plus the start code (mel position 0), once per item.
+        valid_all = F.pad(valid, (0, cap - s_len), value=True)
+        start_tokens = torch.full((batch,), start, dtype=torch.int64, device=device)
+        emb = torch.cat((prefix, model.mel_input_embedding(start_tokens, 0)), dim=1)
+        mask = prefix_attention_mask(valid_all, s_len + 1) if has_padding else None
+        self.cache = model.new_cache(rows, cap, device=device, dtype=prefix.dtype)
+        if beams == 1:
+            logits = model.decode(emb, self.cache, mask)
+        else:
+            first = model.new_cache(batch, s_len + 1, device=device, dtype=prefix.dtype)
+            logits = model.decode(emb, first, mask).repeat_interleave(beams, dim=0)
+            self.cache.fill_repeated(first, beams)
+            valid_all = valid_all.repeat_interleave(beams, dim=0)
+            del first
+        self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
+        self.key_pos = torch.arange(cap, device=device)
+
+        vocab = self.vocab = logits.size(-1)
+        self.logits = logits.float().contiguous()
+        self.step_t = torch.zeros((), dtype=torch.int64, device=device)  # step being decided
+        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+        self.seen[:, FAKE_PROMPT_ID] = True
+        self.seen[:, start] = True
+        self.tokens = torch.full((rows, max_new), self.pad, dtype=torch.int64, device=device)
+        self.rec_scores = (torch.zeros(max_new, rows, vocab, device=device)
+                           if output_scores else None)
+        self.rec_logits = (torch.zeros(max_new, rows, vocab, device=device)
+                           if output_logits else None)
+        if beams == 1:
+            self.unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+            self.finished_at = torch.full((rows,), max_new, dtype=torch.int64, device=device)
+        else:
+            # The eager bookkeeping object: its tensors are our static buffers, updated in
+            # place by _beam_step; its finalize() assembles the result after the loop.
+            self.beam = _BeamState(batch, beams, max_new, cfg, self.pad, device)
+            self.beam.beam_scores = self.beam.beam_scores.clone()
+            self.slots = torch.arange(beams, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+        self.stream = torch.cuda.Stream(device) if use_graph else None
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def _window(self, step: int) -> int:
+        """Cache positions the graph of ``step``'s bucket covers (enough for its last step)."""
+        b = step // self.bucket
+        end = self.s_len + 2 + (b + 1) * self.bucket
+        return min(self.capacity, -(-end // 16) * 16)  # 16-aligned mask rows for SDPA
+
+    def _step(self, end: int) -> None:
+        """Decide the token of step ``step_t`` from ``logits``, then feed it (in place)."""
+        chosen, rows_from = self._decide()
+        if rows_from is not None:
+            self._reorder_cache(rows_from, end)
+        # Feed the new token: generated token j sits at mel position j + 2 (reference quirk),
+        # cache position s_len + 1 + j.
+        self._feed(chosen, self.step_t, end)
+        self.step_t.add_(1)
+
+    def _decide(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits processors and the token choice of step ``step_t``; updates the token, history
+        and hypothesis buffers. Returns (tokens [rows], beam source rows or None)."""
+        j = self.step_t
+        if self.output_logits:
+            self.rec_logits.index_copy_(0, j.view(1), self.logits.unsqueeze(0))
+        if self.beams == 1:
+            processed = process_scores(self.logits, self.seen, self.cfg, 1)
+        else:
+            processed = process_scores(F.log_softmax(self.logits, dim=-1), self.seen, self.cfg, 2)
+        if self.output_scores:
+            self.rec_scores.index_copy_(0, j.view(1), processed.unsqueeze(0))
+        if self.compile_logic and not _COMPILED.get("failed"):
+            try:
+                return _compiled_select()(self, processed)
+            except Exception as exc:  # noqa: BLE001 - compiled code failed: plain path
+                from tts.fast import fallback
+
+                fallback("GPT decision logic torch.compile", exc)
+                _COMPILED["failed"] = True  # once per process: do not pay the attempt again
+        return self._select(processed)
+
+    def _select(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Choose the tokens from the processed scores; update token / beam buffers."""
+        j = self.step_t
+        rows_from = None
+        if self.beams == 1:
+            chosen = self._greedy_step(processed, j)
+        else:
+            chosen, rows_from = self._beam_step(processed, j)
+            self.tokens.copy_(self.tokens.index_select(0, rows_from))
+            self.seen.copy_(self.seen.index_select(0, rows_from))
+        self.tokens.scatter_(1, j.view(1, 1).expand(self.rows, 1), chosen.unsqueeze(1))
+        self.seen.scatter_(1, chosen.unsqueeze(1), True)
+        return chosen, rows_from
+
+    def _greedy_step(self, scores: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        if self.cfg.do_sample:
+            probs = scores.softmax(dim=-1)
+            chosen = _draw(probs, 1, self.generator).squeeze(1)
+        else:
+            chosen = scores.argmax(dim=-1)
+        chosen = torch.where(self.unfinished, chosen, self.pad)
+        ends = self.unfinished & (chosen == self.stop)
+        self.finished_at.copy_(torch.where(ends, j, self.finished_at))
+        self.unfinished.copy_(self.unfinished & ~ends)
+        return chosen
+
+    def _beam_step(self, processed: torch.Tensor, j: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tts.generation._BeamState.step with the step index on the device."""
+        st, cfg = self.beam, self.cfg
+        k, b, vocab = self.beams, self.batch, self.vocab
+        total = (processed + st.beam_scores.unsqueeze(1)).view(b, k * vocab)
+        n_cand = 2 * k
+        if cfg.do_sample:
+            cand = _draw(total.softmax(dim=-1), n_cand, self.generator)
+            cand_scores = total.gather(1, cand)
+            cand_scores, order = torch.sort(cand_scores, dim=1, descending=True)
+            cand = cand.gather(1, order)
+        else:
+            cand_scores, cand = torch.topk(total, n_cand, dim=1, largest=True, sorted=True)
+        cand_beam = torch.div(cand, vocab, rounding_mode="floor")
+        cand_tok = cand % vocab
+        cand_row = cand_beam + st.row0
+        is_stop = cand_tok == self.stop
+        active = ~st.done
+        generated = j + 1
+        denom = generated.double().pow(cfg.length_penalty)
+        col = j.view(1, 1).expand(b, 1)
+        for rank in range(k):
+            parent = cand_row[:, rank]
+            hist = st.history.index_select(0, parent)
+            hist.scatter_(1, col, parent.unsqueeze(1))
+            self._hyp_add(
+                is_stop[:, rank] & active,
+                cand_scores[:, rank].double() / denom,
+                self.tokens.index_select(0, parent),
+                j,
+                hist,
+                generated,
+                j * k + rank,
+            )
+        keep = torch.sort(is_stop.to(torch.uint8), dim=1, stable=True).indices[:, :k]
+        next_scores = cand_scores.gather(1, keep)
+        next_tok = cand_tok.gather(1, keep)
+        next_row = cand_row.gather(1, keep)
+        hyps = st.hyps
+        full = hyps.valid.sum(dim=1) >= k
+        if cfg.early_stopping:
+            newly_done = full
+        else:
+            newly_done = full & (self._worst() >= cand_scores.amax(dim=1).double() / denom)
+        was_done = st.done.unsqueeze(1)
+        next_scores = torch.where(was_done, 0.0, next_scores)
+        next_tok = torch.where(was_done, self.pad, next_tok)
+        next_row = torch.where(was_done, 0, next_row)
+        st.done.copy_(st.done | (active & newly_done))
+        st.done_at.copy_(torch.where(st.done & (st.done_at == self.max_new), j, st.done_at))
+        rows_from = next_row.view(-1)
+        st.beam_scores.copy_(next_scores.view(-1))
+        st.history.copy_(st.history.index_select(0, rows_from))
+        st.history.scatter_(1, j.view(1, 1).expand(self.rows, 1), rows_from.unsqueeze(1))
+        return next_tok.view(-1), rows_from
+
+    def _worst(self) -> torch.Tensor:
+        h = self.beam.hyps
+        return torch.where(h.valid, h.score, torch.inf).amin(dim=1)
+
+    def _hyp_add(self, accept, score, tokens, length, beams, beams_len, stamp) -> None:
+        """BeamHypotheses.add with device-side length / stamp (same rules, in place)."""
+        h = self.beam.hyps
+        count = h.valid.sum(dim=1)
+        worst = self._worst()
+        has_room = count < self.beams
+        take = accept & (has_room | (score > worst))
+        first_empty = (~h.valid).to(torch.uint8).argmax(dim=1)
+        ties = h.valid & (h.score == worst.unsqueeze(1))
+        oldest_worst = torch.where(ties, h.stamp, torch.iinfo(torch.int64).max).argmin(dim=1)
+        slot = torch.where(has_room, first_empty, oldest_worst)
+        hit = (self.slots.unsqueeze(0) == slot.unsqueeze(1)) & take.unsqueeze(1)
+        h.score.copy_(torch.where(hit, score.unsqueeze(1), h.score))
+        h.valid.copy_(h.valid | hit)
+        h.stamp.copy_(torch.where(hit, stamp, h.stamp))
+        h.length.copy_(torch.where(hit, length, h.length))
+        h.beams_len.copy_(torch.where(hit, beams_len, h.beams_len))
+        h.tokens.copy_(torch.where(hit.unsqueeze(2), tokens.unsqueeze(1), h.tokens))
+        h.beams.copy_(torch.where(hit.unsqueeze(2), beams.unsqueeze(1), h.beams))
+
+    def _reorder_cache(self, rows_from: torch.Tensor, end: int) -> None:
+        """Gather the beams' cache rows; only the generated part differs between beams."""
+        lo = self.s_len
+        for buf in (self.cache.k, self.cache.v):
+            part = buf[:, :, :, lo:end]
+            part.copy_(part.index_select(1, rows_from))
+
+    def _feed(self, tokens: torch.Tensor, j: torch.Tensor, end: int) -> None:
+        """One GPT step for ``tokens`` [rows] at cache position ``s_len + 1 + j``."""
+        model = self.model
+        pos = (j + (self.s_len + 1)).view(1)
+        table = model.mel_pos_embedding.emb.weight
+        # The last step feeds a token nobody reads; keep its position inside the table.
+        x = model.mel_embedding(tokens) + table.index_select(0, (j.view(1) + 2).clamp_max(
+            table.size(0) - 1))
+        x = x.unsqueeze(1)
+        keys = (self.key_pos[:end] <= pos) & self.valid_all[:, :end]
+        cache = self.cache
+        rows = self.rows
+        weights = self.weights.layers
+        dtype = model.mel_head.weight.dtype
+        dev = tokens.device.type
+        # With half-precision weights under autocast (how the Engine runs a bf16/fp16 GPT),
+        # autocast only adds casts: LayerNorm runs in float32 on up-cast copies (the H100
+        # profile: ~200 of a step's ~800 kernels, ~0.5 ms). NATIVE_HALF runs the stack in the
+        # weights' dtype instead: the same math, but the half LayerNorm kernel need not round
+        # exactly like float32-then-cast (1-ulp differences on the CPU), and its speed-up is not
+        # measured yet, so it is off unless TTS_DECODE_NATIVE=1.
+        native = NATIVE_HALF and dtype in (torch.bfloat16, torch.float16) \
+            and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == dtype
+        with torch.autocast(dev, enabled=False) if native else _nullcontext():
+            self._layers(x, pos, keys, end, weights, cache, rows)
+
+    def _layers(self, x, pos, keys, end, weights, cache, rows) -> None:
+        model = self.model
+        gpt = model.gpt
+        mask = None  # additive, in the query dtype, built once per step (not per layer)
+        for i, block in enumerate(gpt.h):
+            attn = block.attn
+            w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights[i]
+            h = block.ln_1(x)
+            q, k, v = F.linear(h, w_qkv, b_qkv).split(model.model_dim, dim=2)
+            q = q.view(rows, 1, attn.heads, attn.head_dim).transpose(1, 2)
+            k = k.view(rows, 1, attn.heads, attn.head_dim).transpose(1, 2)
+            v = v.view(rows, 1, attn.heads, attn.head_dim).transpose(1, 2)
+            kc, vc = cache.k[i], cache.v[i]
+            kc.index_copy_(2, pos, k.to(kc.dtype))
+            vc.index_copy_(2, pos, v.to(vc.dtype))
+            if mask is None:
+                mask = torch.zeros(keys.shape, dtype=q.dtype, device=q.device)
+                mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
+            if ATTENTION == "math":  # one query: two small batched products and a softmax
+                scores = torch.matmul(q, kc[:, :, :end].transpose(-1, -2)) * attn.head_dim**-0.5
+                probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
+                out = torch.matmul(probs, vc[:, :, :end])
+            else:
+                out = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end],
+                                                     attn_mask=mask)
+            x = x + F.linear(out.transpose(1, 2).reshape(rows, 1, model.model_dim), w_o, b_o)
+            h = F.gelu(F.linear(block.ln_2(x), w_fc, b_fc), approximate="tanh")
+            x = x + F.linear(h, w_proj, b_proj)
+        last = x[:, -1]
+        if last.dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(
+                last.device.type):
+            # Native half stack: the two final norms in float32, as autocast runs them.
+            h = last.float()
+            for norm in (gpt.ln_f, model.final_norm):
+                h = F.layer_norm(h, norm.normalized_shape, norm.weight.float(),
+                                 norm.bias.float(), norm.eps)
+            logits = F.linear(h.to(last.dtype), model.mel_head.weight, model.mel_head.bias)
+        else:
+            logits = model.mel_head(model.final_norm(gpt.ln_f(last)))
+        self.logits.copy_(logits.float())
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run_step(self, step: int) -> None:
+        end = self._window(step)
+        if not self.use_graph:
+            self._step(end)
+            return
+        b = step // self.bucket
+        graph = self.graphs.get(b)
+        if graph is not None:
+            graph.replay()
+            return
+        # First step of a bucket: run it eagerly (this is the real step, and the warm-up that
+        # capture needs), then capture the same step for the rest of the bucket.
+        stream = self.stream
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._step(end)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if (step + 1) // self.bucket != b or step + 1 >= self.max_new:
+            return  # the bucket holds a single step: nothing to replay
+        graph = torch.cuda.CUDAGraph()
+        saved = self.step_t.clone()
+        try:
+            if self.generator is not None and self.generator.device.type == "cuda":
+                graph.register_generator_state(self.generator)
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                self._step(end)
+        except Exception as exc:  # noqa: BLE001 - keep generating, eagerly
+            from tts.fast import fallback
+
+            fallback("GPT decode step CUDA graph capture", exc)
+            self.use_graph = False
+            self.step_t.copy_(saved)
+            return
+        self.step_t.copy_(saved)  # capture records kernels only; keep the counter exact
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.graphs[b] = graph
+
+    def _all_finished(self) -> bool:
+        if self.beams == 1:
+            return not bool(self.unfinished.any())
+        return bool(self.beam.done.all())
+
+    def run(self, check_every: int = 1, stats: dict | None = None) -> GenerationOutput:
+        cuda = self.device.type == "cuda"
+        if stats is not None:
+            if cuda:
+                begin = torch.cuda.Event(enable_timing=True)
+                begin.record()
+            else:
+                begin = time.perf_counter()
+        step = 0
+        while True:
+            self._run_step(step)
+            step += 1
+            if step >= self.max_new or (step % check_every == 0 and self._all_finished()):
+                break
+        if stats is not None:
+            if cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                end.synchronize()
+                stats["loop_s"] = begin.elapsed_time(end) / 1e3
+            else:
+                stats["loop_s"] = time.perf_counter() - begin
+            stats["steps"] = step
+            stats["graphs"] = len(self.graphs)
+        return self._result(step)
+
+    def _result(self, steps_run: int) -> GenerationOutput:
+        cfg = self.cfg
+        if self.beams == 1:
+            steps = min(int(self.finished_at.max()) + 1, steps_run)
+            codes = self.tokens[:, :steps].clone()
+            out = GenerationOutput(codes=codes, hit_limit=codes[:, -1] != self.stop, steps=steps)
+        else:
+            st = self.beam
+            st.hyps._added = steps_run * self.beams  # what the eager stamps would have reached
+            out = st.finalize(self.tokens, steps_run, cfg.num_return_sequences, self.stop,
+                              self.pad)
+            steps = st.steps_needed(steps_run)
+            out.steps = steps
+        if self.output_scores:
+            out.scores = self.rec_scores[:steps].clone()
+        if self.output_logits:
+            out.logits = self.rec_logits[:steps].clone()
+        if cfg.warn_on_limit and bool(out.hit_limit.any()):
+            import warnings
+
+            warnings.warn(
+                f"generation stopped at max_mel_tokens ({self.max_new}) before the stop code for "
+                f"{int(out.hit_limit.sum())} of {out.hit_limit.numel()} sequence(s); the speech is "
+                "probably cut. Use shorter text segments or a larger max_mel_tokens.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return out

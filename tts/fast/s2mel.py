@@ -1,0 +1,277 @@
+"""Fast flow-matching decoder: fused weight norm, flash attention, precision choice, CUDA graph.
+
+The Euler loop of :meth:`tts.models.cfm.CFM.solve` is reused unchanged (it already runs both
+classifier-free-guidance branches as one batch of 2B); what changes is the estimator it calls and
+how the loop is launched:
+
+* a private inference copy of the DiT with every weight-normed layer (``weight_g``/``weight_v``)
+  replaced by a plain layer holding ``g * v / ||v||`` computed once (the reference recomputes it
+  in every call, 25 x 2 x ~20 times per utterance);
+* when no row is padded (every ``x_lens`` covers the whole sequence, as in single-segment
+  inference) the all-true key mask is dropped, so SDPA can pick flash attention;
+* ``precision``: ``float32`` (the reference), ``tf32`` (float32 tensors, TF32 matrix units) or
+  ``bfloat16`` / ``float16`` (autocast); parity bounds for each are in docs/gpu.md;
+* on CUDA the whole loop (25 steps x 13 DiT layers + WaveNet, ~10k kernels) is captured as one
+  CUDA graph per input shape and replayed; the host never waits inside the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import types
+import weakref
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tts.models import cfm as _cfm
+from tts.models import dit as _dit
+
+# The plain solver, kept before tts.fast.patched() can replace CFM.solve.
+PLAIN_SOLVE = _cfm.CFM.solve
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+MAX_GRAPHS = 8
+
+
+class _FusedConv1d(nn.Module):
+    """A Conv1d with a fixed (already weight-normalised) weight and no padding of its own."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.dilation = dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
+
+
+class _MaskSwitch(nn.Module):
+    """Wraps the DiT transformer; passes no key mask when ``drop`` is set (no padded row)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.drop = False
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.inner(x, c, None if self.drop else mask)
+
+
+class FusedEstimator:
+    """The inference copy of one DiT and the graphs captured for it."""
+
+    def __init__(self, dit: nn.Module) -> None:
+        with torch.no_grad():
+            est = copy.deepcopy(dit).eval()
+            for module in list(est.modules()):
+                for name, child in list(module.named_children()):
+                    if isinstance(child, _dit.WNLinear):
+                        w = _dit.fuse_weight_norm(child.weight_g, child.weight_v)
+                        lin = nn.Linear(w.size(1), w.size(0), device=w.device, dtype=w.dtype)
+                        lin.weight.copy_(w)
+                        lin.bias.copy_(child.bias)
+                        setattr(module, name, lin)
+                    elif isinstance(child, _dit.WNConv1d):
+                        w = _dit.fuse_weight_norm(child.weight_g, child.weight_v)
+                        setattr(module, name, _FusedConv1d(w.clone(), child.bias.clone(),
+                                                           child.dilation))
+            est.transformer = _MaskSwitch(est.transformer)
+            for p in est.parameters():
+                p.requires_grad_(False)
+        self.estimator = est
+        self.versions = _versions(dit)
+        self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
+        self.pool = None
+        self._compiled = None
+        self.compile_failed = False
+
+    def compiled(self) -> nn.Module:
+        """``torch.compile`` of the fused estimator (Inductor fuses the norm / RoPE / gating
+        elementwise work between the matrix products); built on first use."""
+        if self._compiled is None:
+            self._compiled = torch.compile(self.estimator, dynamic=False)
+        return self._compiled
+
+
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _versions(module: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+
+
+def fused(dit: nn.Module) -> FusedEstimator:
+    """The fused copy of ``dit`` (made on first use; remade if its weights changed)."""
+    entry = _FUSED.get(dit)
+    if entry is None or entry.versions != _versions(dit):
+        entry = _FUSED[dit] = FusedEstimator(dit)
+    return entry
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device):
+    """Autocast / TF32 settings for one solve (restored afterwards)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"s2mel precision {precision!r} is not one of {PRECISIONS}")
+    if precision in ("bfloat16", "float16"):
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+        # No autocast weight cache: a CUDA graph must not keep pointers to cached casts.
+        with torch.autocast(device.type, dtype=dtype, cache_enabled=False):
+            yield
+        return
+    if precision == "tf32" and device.type == "cuda":
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return
+    yield
+
+
+@torch.no_grad()
+def solve(
+    cfm: nn.Module,
+    z: torch.Tensor,
+    x_lens: torch.Tensor,
+    prompt: torch.Tensor,
+    mu: torch.Tensor,
+    style: torch.Tensor,
+    t_span: torch.Tensor,
+    cfg_rate: float = 0.7,
+    trace: dict | None = None,
+    *,
+    precision: str = "float32",
+    graphs: bool | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """:meth:`CFM.solve` through the fused estimator (same arguments, same result).
+
+    ``compile``: run the estimator through ``torch.compile`` (falls back to the uncompiled
+    one, recorded in :data:`tts.fast.FALLBACKS`, if compiling fails).
+    """
+    entry = fused(cfm.estimator)
+    est = entry.estimator
+    # One host check before the loop: is any row padded? (x_lens lives on the device.)
+    est.transformer.drop = bool((x_lens >= z.size(-1)).all())
+    use_compiled = compile and not entry.compile_failed
+    proxy = types.SimpleNamespace(estimator=entry.compiled() if use_compiled else est,
+                                  zero_prompt_speech_token=cfm.zero_prompt_speech_token)
+    if graphs is None:
+        graphs = z.device.type == "cuda"
+    try:
+        if trace is not None or not graphs:
+            with precision_context(precision, z.device):
+                return PLAIN_SOLVE(proxy, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace)
+        return _graph_solve(entry, proxy, (z, x_lens, prompt, mu, style, t_span), cfg_rate,
+                            precision, use_compiled)
+    except Exception as exc:
+        if not use_compiled:
+            raise
+        from tts.fast import fallback
+
+        fallback("s2mel estimator torch.compile", exc)
+        entry.compile_failed = True
+        return solve(cfm, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace,
+                     precision=precision, graphs=graphs, compile=False)
+
+
+def _graph_solve(entry: FusedEstimator, proxy, inputs: tuple, cfg_rate: float,
+                 precision: str, compiled: bool = False) -> torch.Tensor:
+    device = inputs[0].device
+    key = (tuple((tuple(t.shape), t.dtype) for t in inputs), float(cfg_rate), precision,
+           entry.estimator.transformer.drop, compiled)
+    if key in entry.graphs and entry.graphs[key] is None:  # capture failed before: eager
+        with precision_context(precision, device):
+            return PLAIN_SOLVE(proxy, *inputs, cfg_rate, None)
+    hit = entry.graphs.get(key)
+    if hit is not None:
+        entry.graphs.move_to_end(key)
+        graph, static_in, static_out = hit
+        for dst, src in zip(static_in, inputs, strict=True):
+            dst.copy_(src)
+        graph.replay()
+        return static_out.clone()
+    static_in = tuple(t.clone() for t in inputs)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), precision_context(precision, device):
+        result = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)  # warm-up, and this call's result
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, pool=entry.pool, stream=stream), \
+                precision_context(precision, device):
+            static_out = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)
+    except Exception as exc:  # noqa: BLE001 - this call's result is already computed
+        from tts.fast import fallback
+
+        fallback("CFM solve CUDA graph capture", exc)
+        entry.graphs[key] = None
+        return result
+    if entry.pool is None:
+        entry.pool = graph.pool()
+    entry.graphs[key] = (graph, static_in, static_out)
+    while len(entry.graphs) > MAX_GRAPHS:
+        entry.graphs.popitem(last=False)
+    return result
+
+
+def patched_solve(graphs: bool | None = None, precision: str = "float32",
+                  compile: bool = False):
+    """A replacement for ``CFM.solve`` that routes through :func:`solve`."""
+
+    def fast_solve(self, z, x_lens, prompt, mu, style, t_span, cfg_rate=0.7, trace=None):
+        return solve(self, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace,
+                     precision=precision, graphs=graphs, compile=compile)
+
+    return fast_solve
+
+
+@torch.no_grad()
+def generate_batch(
+    s2mel: nn.Module,
+    semantic: torch.Tensor,
+    gpt_latent: torch.Tensor,
+    prompt_condition: torch.Tensor,
+    ref_mel: torch.Tensor,
+    style: torch.Tensor,
+    n_timesteps: int = 25,
+    cfg_rate: float = 0.7,
+    temperature: float = 1.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    precision: str = "float32",
+    graphs: bool | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """:meth:`S2Mel.generate` for B rows of equal code length, in one CFM batch (2B with CFG).
+
+    Shapes as S2Mel.generate with B rows: ``semantic [B, T, 1024]``, ``gpt_latent [B, T, 1280]``,
+    ``prompt_condition [B, T_ref, C]``, ``ref_mel [B, 80, T_ref]``, ``style [B, 192]``;
+    returns ``[B, 80, T_gen]``.
+    """
+    from tts.models.s2mel import target_lengths
+
+    cfm = s2mel.cfm
+    b = semantic.size(0)
+    s_infer = semantic + s2mel.gpt_layer(gpt_latent)
+    code_lens = torch.full((b,), s_infer.size(1), device=s_infer.device)
+    cond = s2mel.regulate(s_infer, target_lengths(code_lens))
+    cat = torch.cat([prompt_condition, cond], dim=1)
+    x_lens = torch.full((b,), cat.size(1), device=cat.device)
+    frames = cat.size(1)
+    if noise is None:
+        device = generator.device if generator is not None else cat.device
+        noise = torch.randn([b, cfm.in_channels, frames], device=device, generator=generator)
+        noise = noise.to(cat.device, cat.dtype) * temperature
+    t_span = torch.linspace(0, 1, n_timesteps + 1, device=cat.device)
+    mel = solve(cfm, noise, x_lens, ref_mel, cat, style, t_span, cfg_rate,
+                precision=precision, graphs=graphs, compile=compile)
+    return mel[:, :, ref_mel.size(-1):]
