@@ -150,8 +150,16 @@ class BeamHypotheses:
     (python floats upstream). ``stamp`` orders additions, which breaks ties at selection.
     """
 
-    def __init__(self, batch: int, num_beams: int, max_len: int, length_penalty: float,
-                 early_stopping: bool, pad: int, device: torch.device):
+    def __init__(
+        self,
+        batch: int,
+        num_beams: int,
+        max_len: int,
+        length_penalty: float,
+        early_stopping: bool,
+        pad: int,
+        device: torch.device,
+    ):
         self.num_beams = num_beams
         self.length_penalty = length_penalty
         self.early_stopping = early_stopping
@@ -173,8 +181,15 @@ class BeamHypotheses:
     def worst(self) -> torch.Tensor:
         return torch.where(self.valid, self.score, torch.inf).amin(dim=1)
 
-    def add(self, accept: torch.Tensor, score: torch.Tensor, tokens: torch.Tensor, length: int,
-            beams: torch.Tensor, beams_len: int) -> None:
+    def add(
+        self,
+        accept: torch.Tensor,
+        score: torch.Tensor,
+        tokens: torch.Tensor,
+        length: int,
+        beams: torch.Tensor,
+        beams_len: int,
+    ) -> None:
         """Offer one hypothesis per batch item (where ``accept``); ``score`` is already divided."""
         count = self.valid.sum(dim=1)
         worst = self.worst()
@@ -332,8 +347,15 @@ class _GreedyState:
         self.unfinished = torch.ones(rows, dtype=torch.bool, device=device)
         self.finished_at = torch.full((rows,), max_new, dtype=torch.int64, device=device)
 
-    def step(self, scores: torch.Tensor, step: int, cfg: GenerationConfig, stop: int, pad: int,
-             generator: torch.Generator | None) -> torch.Tensor:
+    def step(
+        self,
+        scores: torch.Tensor,
+        step: int,
+        cfg: GenerationConfig,
+        stop: int,
+        pad: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         if cfg.do_sample:
             probs = scores.softmax(dim=-1)
             chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -355,8 +377,15 @@ class _GreedyState:
 class _BeamState:
     """Running beams and finished hypotheses (HF ``_beam_search`` + ``BeamSearchScorer``)."""
 
-    def __init__(self, batch: int, beams: int, max_new: int, cfg: GenerationConfig, pad: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        batch: int,
+        beams: int,
+        max_new: int,
+        cfg: GenerationConfig,
+        pad: int,
+        device: torch.device,
+    ):
         self.batch, self.beams, self.max_new = batch, beams, max_new
         scores = torch.zeros(batch, beams, dtype=torch.float32, device=device)
         scores[:, 1:] = -1e9
@@ -364,13 +393,21 @@ class _BeamState:
         self.history = torch.full((batch * beams, max_new), -1, dtype=torch.int64, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.done_at = torch.full((batch,), max_new, dtype=torch.int64, device=device)
-        self.hyps = BeamHypotheses(batch, beams, max_new, cfg.length_penalty, cfg.early_stopping,
-                                   pad, device)
+        self.hyps = BeamHypotheses(
+            batch, beams, max_new, cfg.length_penalty, cfg.early_stopping, pad, device
+        )
         self.row0 = torch.arange(batch, device=device).unsqueeze(1) * beams  # [B, 1]
 
-    def step(self, processed: torch.Tensor, tokens: torch.Tensor, step: int,
-             cfg: GenerationConfig, stop: int, pad: int, generator: torch.Generator | None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self,
+        processed: torch.Tensor,
+        tokens: torch.Tensor,
+        step: int,
+        cfg: GenerationConfig,
+        stop: int,
+        pad: int,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose the next beams; returns (their new tokens [rows], source rows [rows])."""
         k, b = self.beams, self.batch
         vocab = processed.size(-1)
@@ -430,8 +467,9 @@ class _BeamState:
     def steps_needed(self, steps_run: int) -> int:
         return min(int(self.done_at.max()) + 1, steps_run)
 
-    def finalize(self, tokens: torch.Tensor, steps_run: int, n_return: int, stop: int, pad: int
-                 ) -> GenerationOutput:
+    def finalize(
+        self, tokens: torch.Tensor, steps_run: int, n_return: int, stop: int, pad: int
+    ) -> GenerationOutput:
         """Add the open beams of unfinished items, pick the best ``n_return`` per item."""
         k, b = self.beams, self.batch
         denom = self.hyps.denominator(steps_run)
@@ -467,3 +505,13 @@ class _BeamState:
             beam_indices=beam_indices,
             sequences_scores=scores,
         )
+
+
+def trim_at_stop(codes: torch.Tensor, stop: int) -> tuple[torch.Tensor, list[int]]:
+    """infer's code trimming: each row's length is the index of its first ``stop`` code (or its
+    full length); the batch keeps the longest such length. Returns (codes, lengths)."""
+    lengths = []
+    for row in codes:
+        hits = (row == stop).nonzero()
+        lengths.append(int(hits[0, 0]) if hits.numel() else row.numel())
+    return codes[:, : max(lengths)], lengths

@@ -382,7 +382,7 @@ class Engine:
         return self._parts[key]
 
     def _tokens_one(self, req: SynthesisRequest, spk: dict, emo: dict) -> tuple[dict, dict]:
-        from tts.generation import GenerationConfig
+        from tts.generation import GenerationConfig, trim_at_stop
 
         opts = req.sampling_options()
         plan = self.frontend(int(opts["max_text_tokens_per_segment"])).process(req.text)
@@ -415,9 +415,7 @@ class Engine:
                     spk_cond, text, emo_vec=emovec, config=cfg, generator=gen
                 )
             timings["gpt_generate"] += _tock(dev, start)
-            codes = out.codes[0]
-            stops = (codes == gpt.stop_mel_token).nonzero()
-            n = int(stops[0, 0]) if stops.numel() else codes.numel()
+            codes, (n,) = trim_at_stop(out.codes[:1], gpt.stop_mel_token)
             if bool(out.hit_limit[0]):
                 warnings.append(
                     f"segment {i}: generation stopped at max_mel_tokens ({cfg.max_mel_tokens}) "
@@ -425,7 +423,6 @@ class Engine:
                 )
             if n == 0:
                 raise ValueError(f"segment {i}: the GPT produced no semantic codes")
-            codes = codes[:n].unsqueeze(0)
             start = _tick(dev)
             with self._gpt_autocast():
                 latent = gpt(

@@ -20,11 +20,13 @@ from tts.emotion import (
     find_most_similar_cosine,
     normalize_emo_vec,
 )
+from tts.generation import trim_at_stop
 from tts.parity import Comparison, FixtureSet, RunOptions, register
 
 
-def _values_comparison(key: str, actual: list[float], expected: list[float], case: dict
-                       ) -> Comparison:
+def _values_comparison(
+    key: str, actual: list[float], expected: list[float], case: dict
+) -> Comparison:
     tol = case.get("tolerance", {})
     return Comparison(
         key,
@@ -73,8 +75,14 @@ def cosine_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison
 
 _CACHED = re.compile(r"(cache_\w+)\s*=\s*([A-Za-z_]\w*(?:\.\w+)+)")
 _GEN_KWARGS = (
-    "do_sample", "top_p", "top_k", "temperature", "num_return_sequences", "length_penalty",
-    "num_beams", "repetition_penalty",
+    "do_sample",
+    "top_p",
+    "top_k",
+    "temperature",
+    "num_return_sequences",
+    "length_penalty",
+    "num_beams",
+    "repetition_penalty",
 )
 
 
@@ -116,16 +124,6 @@ def _golden_key_in(fs: FixtureSet, text: object) -> str | None:
         if token in fs.golden:
             return token
     return None
-
-
-def _cut_at_stop(codes: torch.Tensor, stop: int) -> torch.Tensor:
-    """infer's code trimming: each row's length is its first stop code (or its full length);
-    the batch keeps the longest such length."""
-    lengths = []
-    for row in codes:
-        hits = (row == stop).nonzero()
-        lengths.append(int(hits[0, 0]) if hits.numel() else row.numel())
-    return codes[:, : max(lengths)]
 
 
 def _exact(key: str, actual: list, expected: list, dtype: torch.dtype) -> Comparison:
@@ -176,25 +174,49 @@ def trace_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]
     result: list[Comparison] = []
     before = args.get("emo_vector_before_normalize_emo_vec")
     if before is not None:
-        result.append(_values_comparison(
-            "args.emo_vector (normalize_emo_vec)", normalize_emo_vec(before), args["emo_vector"],
-            {"tolerance": {"rtol": 0.0, "atol": 1e-12}},
-        ))
+        result.append(
+            _values_comparison(
+                "args.emo_vector (normalize_emo_vec)",
+                normalize_emo_vec(before),
+                args["emo_vector"],
+                {"tolerance": {"rtol": 0.0, "atol": 1e-12}},
+            )
+        )
     if "scaled_emo_vector" in observed:
-        result.append(_exact("observed.scaled_emo_vector", list(plan.emo_vector or []),
-                             observed["scaled_emo_vector"], torch.float64))
+        result.append(
+            _exact(
+                "observed.scaled_emo_vector",
+                list(plan.emo_vector or []),
+                observed["scaled_emo_vector"],
+                torch.float64,
+            )
+        )
     merge_kw = calls.get("merge_emovec_call", {}).get("keyword", {})
     alpha_seen = observed.get("emo_alpha_used_in_merge", merge_kw.get("alpha"))
     if alpha_seen is not None:
-        result.append(_exact("observed.merge alpha", [plan.merge_alpha], [alpha_seen],
-                             torch.float64))
+        result.append(
+            _exact("observed.merge alpha", [plan.merge_alpha], [alpha_seen], torch.float64)
+        )
 
     matrices = _matrices(fs.root).to(dev)
-    emo = resolve_emotion(gpt, spk_cond, emo_cond, plan, style=style, matrices=matrices,
-                          use_random=bool(args.get("use_random", False)))
+    emo = resolve_emotion(
+        gpt,
+        spk_cond,
+        emo_cond,
+        plan,
+        style=style,
+        matrices=matrices,
+        use_random=bool(args.get("use_random", False)),
+    )
     if "picked_indices" in observed:
-        result.append(_exact("observed.picked_indices", emo.indices or [],
-                             observed["picked_indices"], torch.int64))
+        result.append(
+            _exact(
+                "observed.picked_indices",
+                emo.indices or [],
+                observed["picked_indices"],
+                torch.int64,
+            )
+        )
 
     # Text: the production front end; the traces have one segment.
     from tts.checkpoints import CheckpointSet
@@ -212,15 +234,22 @@ def trace_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]
     width = torch.tensor([spk_cond.shape[-1]], device=dev)
     emo_width = torch.tensor([emo_cond.shape[-1]], device=dev)
     out, cond_latent = gpt.inference_speech(
-        spk_cond, text_tokens, emo_speech_condition=emo_cond, cond_lengths=width,
-        emo_cond_lengths=emo_width, emo_vec=emo.emovec, max_generate_length=max_new,
-        generator=generator, warn_on_limit=False, **options,
+        spk_cond,
+        text_tokens,
+        emo_speech_condition=emo_cond,
+        cond_lengths=width,
+        emo_cond_lengths=emo_width,
+        emo_vec=emo.emovec,
+        max_generate_length=max_new,
+        generator=generator,
+        warn_on_limit=False,
+        **options,
     )
 
     prefix = case["id"]
     codes = None
     for key in case["outputs"]:
-        name = key[len(prefix) + 1:] if key.startswith(prefix + ".") else key.rsplit(".", 1)[-1]
+        name = key[len(prefix) + 1 :] if key.startswith(prefix + ".") else key.rsplit(".", 1)[-1]
         if name == "text_tokens":
             result.append(fs.compare(case, key, text_tokens.long()))
         elif name == "merge_emovec_out":
@@ -238,19 +267,26 @@ def trace_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]
             # like the reference's torch.manual_seed draws the same numbers, so the beam
             # sampling must then give the same codes. Other devices have other streams.
             if torch.device(dev).type == "cpu":
-                result.append(_exact(key, out.codes.tolist(), fs.tensor(key).tolist(),
-                                     torch.int64))
+                result.append(_exact(key, out.codes.tolist(), fs.tensor(key).tolist(), torch.int64))
             else:
                 assert out.codes.shape[0] == text_tokens.shape[0]
         elif name == "forward_codes":
-            codes = _cut_at_stop(fs.tensor(f"{prefix}.codes_sampled").to(dev), gpt.stop_mel_token)
+            codes, _ = trim_at_stop(
+                fs.tensor(f"{prefix}.codes_sampled").to(dev), gpt.stop_mel_token
+            )
             result.append(fs.compare(case, key, codes))
         elif name == "forward_latent":
             fwd = fs.tensor(f"{prefix}.forward_codes").to(dev) if codes is None else codes
             latent = gpt(
-                cond_latent, text_tokens, torch.tensor([text_tokens.shape[-1]], device=dev),
-                fwd, torch.tensor([fwd.shape[-1]], device=dev), emo_cond,
-                cond_mel_lengths=width, emo_cond_mel_lengths=emo_width, emo_vec=emo.emovec,
+                cond_latent,
+                text_tokens,
+                torch.tensor([text_tokens.shape[-1]], device=dev),
+                fwd,
+                torch.tensor([fwd.shape[-1]], device=dev),
+                emo_cond,
+                cond_mel_lengths=width,
+                emo_cond_mel_lengths=emo_width,
+                emo_vec=emo.emovec,
                 use_speed=torch.zeros(spk_cond.size(0), dtype=torch.long, device=dev),
             )
             result.append(fs.compare(case, key, latent))
