@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import time
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from tts import jobs
+from tts.checkpoints import merge_config
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "bad_inputs"
@@ -22,16 +22,6 @@ TEXTS_SCHEMA = REPO / "workflow" / "schemas" / "texts.schema.yaml"
 
 def _base_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _validate_config(cfg: dict) -> None:
@@ -71,7 +61,7 @@ def test_bad_input(case):
     else:
         from snakemake.exceptions import WorkflowError
 
-        cfg = _merge(_base_config(), yaml.safe_load(path.read_text(encoding="utf-8")))
+        cfg = merge_config(_base_config(), yaml.safe_load(path.read_text(encoding="utf-8")))
         with pytest.raises(WorkflowError) as err:
             _validate_config(cfg)
         assert case["error"] in str(err.value) + str(err.value.__cause__ or "")

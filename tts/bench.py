@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tts.checkpoints import merge_config
+
 SAMPLE_RATE = 22050
 HOP = 256  # BigVGAN samples per mel frame
 STAGES = ("spk_cond", "emo_cond", "gpt_generate", "gpt_latent", "s2mel", "vocoder", "post")
@@ -88,16 +90,6 @@ FLAT_FILES = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def bench_config(tiny: bool) -> tuple[dict, dict, dict]:
     """(config.yaml dict, BigVGAN config.json dict, w2v-bert config.json dict)."""
     from importlib import resources
@@ -110,9 +102,9 @@ def bench_config(tiny: bool) -> tuple[dict, dict, dict]:
     bigvgan = json.loads(data.joinpath("bigvgan_v2_22khz_80band_256x.json").read_text())
     w2v = json.loads(data.joinpath("w2v-bert-2.0.config.json").read_text())
     if tiny:
-        cfg["gpt"] = _merge(cfg["gpt"], TINY_GPT)
-        cfg["s2mel"] = _merge(cfg["s2mel"], TINY_S2MEL)
-        cfg["semantic_codec"] = _merge(cfg["semantic_codec"], TINY_CODEC)
+        cfg["gpt"] = merge_config(cfg["gpt"], TINY_GPT)
+        cfg["s2mel"] = merge_config(cfg["s2mel"], TINY_S2MEL)
+        cfg["semantic_codec"] = merge_config(cfg["semantic_codec"], TINY_CODEC)
         cfg["w2v_bert_layer"] = TINY_W2V_LAYER
         bigvgan = {**bigvgan, **TINY_BIGVGAN}
         w2v = {**w2v, **TINY_W2V}

@@ -225,6 +225,19 @@ def indextts1_message(where: str | Path, evidence: list[str]) -> str:
     )
 
 
+def merge_config(base: dict, extra: dict) -> dict:
+    """A deep copy of ``base`` with ``extra`` merged in, nested mappings key by key."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _dig(cfg: dict, keys: tuple[str, ...]) -> object:
     for k in keys:
         if not isinstance(cfg, dict) or k not in cfg:

@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from tts.checkpoints import CheckpointSet, load_config
+from tts.checkpoints import CheckpointSet, load_config, merge_config
 from tts.components import MODULE_COMPONENTS, S2MEL_PARTS
 
 # Shrunk sizes; everything the reference hard-codes (1024-wide semantic features, 80 mels,
@@ -86,23 +86,12 @@ Please call Stella and ask her to bring these things with her from the store.
 """
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = (
-            _merge(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
-
-
 def demo_config(official: dict) -> dict:
     """The official config with shrunk model sizes and ``demo: true``."""
     cfg = copy.deepcopy(official)
-    cfg["gpt"] = _merge(cfg["gpt"], _GPT)
-    cfg["s2mel"] = _merge(cfg["s2mel"], {**_S2MEL, "gpt_latent_dim": _GPT["model_dim"]})
-    cfg["semantic_codec"] = _merge(cfg["semantic_codec"], _CODEC)
+    cfg["gpt"] = merge_config(cfg["gpt"], _GPT)
+    cfg["s2mel"] = merge_config(cfg["s2mel"], {**_S2MEL, "gpt_latent_dim": _GPT["model_dim"]})
+    cfg["semantic_codec"] = merge_config(cfg["semantic_codec"], _CODEC)
     cfg["campplus"] = dict(_CAMPPLUS)
     cfg["w2v_bert_layer"] = W2V_DEMO_LAYER
     cfg["demo"] = True
