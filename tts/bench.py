@@ -171,6 +171,7 @@ def write_random_set(out: Path, tiny: bool = False, seed: int = 1234,
     from tts.components import MODULE_COMPONENTS, S2MEL_PARTS
 
     cfg, bigvgan_cfg, w2v_cfg = bench_config(tiny)
+    cfg = {**cfg, "demo": True}  # random weights: every output made from this set says DEMO
     out.mkdir(parents=True, exist_ok=True)
     (out / "bigvgan").mkdir(exist_ok=True)
     (out / "bigvgan" / "config.json").write_text(json.dumps(bigvgan_cfg, indent=1))
