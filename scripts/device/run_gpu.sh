@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The GPU runs of issue 8 (benchmark, official comparison, GPU tests) on the lent device.
+# Here first: bash scripts/device/prepare.sh (fills the ignored .bench/). Then through the device
+# tool, from the repo root, with carry [".bench"]: bash scripts/device/run_gpu.sh
+# (docs/benchmarks.md, "Reproducing the GPU runs").
+#
+# SECTIONS (default "set bench official compare tests profile", run in that order):
+#   set       write the full-size random checkpoint set to $CK on cuda (tts.bench.write_random_set;
+#             kept if a complete one is there already); bench and official add it when missing
+#   bench     python3 -m tts.cli bench --device cuda --checkpoints $CK $BENCH_ARGS
+#             (default BENCH_ARGS: run 3 of docs/benchmarks.md)
+#   official  the official harness on the same set and inputs (official_same_weights.py), with
+#             $OFFICIAL_ARGS (default: fp16, 3 beams, 500 tokens, warm-up 1, 2 timed passes)
+#   compare   speed-up of ours over the official at batch 1 (tts.bench.compare_files)
+#   tests     python3 -m pytest -q tests/test_gpu.py (fixtures unpacked from .bench/shared.tar.xz)
+#   profile   scripts/device/decode_profile.py $PROFILE_ARGS (GPT decode-step kernels and times of
+#             each decoder variant; no checkpoints), if that script exists
+# Every section runs under its own timeout (T_SET, T_BENCH, ... seconds), capped by what is left of
+# BUDGET (default 540 s, the device allows 600 per call), and writes $OUT/<section>.log and
+# $OUT/<section>.json. The device returns at most 8 files, so at the end everything but run.log,
+# summary.json (sections, exit codes, times) and bench/official/compare/tests/profile.json is
+# packed into $OUT/logs.tar.gz.
+# Other knobs: CK (/tmp/bench_ckpt), SEED (1234), PY and PY_OFFICIAL (python3: the carried wheels
+# are for CPython 3.12, another Python runs with its own packages), DEVICE (cuda) and TINY=1 (a
+# tiny set, --tiny for both benchmarks: a dry run of this script on a CPU).
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+SECTIONS="${SECTIONS:-set bench official compare tests profile}"
+BUDGET="${BUDGET:-540}"
+RESERVE=15  # seconds kept for packing $OUT
+CK="${CK:-/tmp/bench_ckpt}"
+SEED="${SEED:-1234}"
+BENCH_ARGS="${BENCH_ARGS:---precision float32@1#graph --precision bfloat16:bfloat16+compile:bfloat16@1#graph,graphc --precision bfloat16:bfloat16:bfloat16@16#graph --eager-baseline}"
+OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
+PROFILE_ARGS="${PROFILE_ARGS:-}"
+T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
+T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-200}" T_PROFILE="${T_PROFILE:-120}"
+PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
+SITE_OURS=/tmp/site_ours
+SITE_OFFICIAL=/tmp/site_official
+SIZE_ARG=""
+[ "$TINY" = 1 ] && SIZE_ARG="--tiny"
+export PYTHONUNBUFFERED=1 PYTHONNOUSERSITE=1 MPLBACKEND=Agg
+T0=$SECONDS
+TABLE="$(mktemp)"  # section, status, exit code, seconds, timeout
+
+want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+drop() { local n; for n in "$@"; do SECTIONS=" $SECTIONS "; SECTIONS="${SECTIONS// $n / }"; done; }
+is312() { [ "$("$1" -c 'import sys; print(sys.version_info[:2] == (3, 12))')" = True ]; }
+
+# section NAME TIMEOUT COMMAND...: run with the time left, log to $OUT/NAME.log, note the result.
+section() {
+  local name=$1 limit=$2 start=$SECONDS rc status
+  shift 2
+  local left=$((BUDGET - (SECONDS - T0) - RESERVE))
+  [ "$limit" -le "$left" ] || limit=$left
+  if [ "$limit" -lt 10 ]; then
+    echo "=== $name: SKIPPED, only $left s of the $BUDGET s budget left"
+    printf '%s\tskipped\t\t0\t0\n' "$name" >> "$TABLE"
+    return 1
+  fi
+  echo
+  echo "=== $name (timeout $limit s; t=$((SECONDS - T0)) s)"
+  timeout -k 10 "$limit" "$@" 2>&1 | grep --line-buffered -v -E 'it/s\]|s/it\]' | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  case $rc in 0) status=ok ;; 124 | 137) status=timeout ;; *) status=failed ;; esac
+  echo "=== $name: $status (exit $rc) in $((SECONDS - start)) s (t=$((SECONDS - T0)) s)"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$((SECONDS - start))" "$limit" >> "$TABLE"
+  return "$rc"
+}
+
+setup() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda, "| gpu", torch.cuda.is_available())'
+  [ -d .bench ] || { echo "ERROR: .bench missing: run scripts/device/prepare.sh and carry .bench"; return 1; }
+  rm -rf "$SITE_OURS" && mkdir -p "$SITE_OURS"
+  if is312 "$PY"; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE_OURS" \
+      .bench/whl/*.whl || return 1
+  else
+    echo ">> $PY is not CPython 3.12: .bench/whl left out, its own packages used"
+  fi
+  if want tests; then
+    if [ -d .bench/shared/fixtures ]; then
+      export TTS_SHARED="$PWD/.bench/shared"
+    else
+      export TTS_SHARED=/tmp/tts_shared
+      rm -rf "$TTS_SHARED" && mkdir -p "$TTS_SHARED" && tar -xJf .bench/shared.tar.xz -C "$TTS_SHARED" || return 1
+    fi
+    export TTS_PARITY_FIXTURES="$TTS_SHARED/fixtures"
+  fi
+  rm -rf "$SITE_OFFICIAL" && mkdir -p "$SITE_OFFICIAL"
+  if want official && is312 "$PY_OFFICIAL"; then
+    tar -xJf .bench/official/bundle/site-cp312.tar.xz -C "$SITE_OFFICIAL" || return 1
+  elif want official; then
+    echo ">> $PY_OFFICIAL is not CPython 3.12: the official bundle left out, its own packages used"
+  fi
+  echo ">> set up in $((SECONDS - T0)) s; sections: $SECTIONS"
+}
+
+# write_set and compare run through `bash -c` (timeout needs a command), hence exported below.
+# shellcheck disable=SC2317
+# The full-size random set, written to a temporary folder first so that a cut run leaves none.
+write_set() {
+  if [ -f "$CK/.complete" ] && [ "$(cat "$CK/.complete")" = "seed $SEED tiny $TINY" ]; then
+    echo ">> $CK is complete (seed $SEED, tiny $TINY): kept"
+    cp "$CK/set.json" "$OUT/set.json" 2>/dev/null
+    return 0
+  fi
+  rm -rf "$CK" "$CK.tmp"
+  PYTHONPATH="$SITE_OURS:$PWD" "$PY" - "$CK.tmp" "$SEED" "$OUT/set.json" "$DEVICE" "$TINY" <<'PY' || return 1
+import json, sys, time
+from pathlib import Path
+from tts.bench import write_random_set
+out, seed = Path(sys.argv[1]), int(sys.argv[2])
+start = time.perf_counter()
+write_random_set(out, tiny=sys.argv[5] == "1", seed=seed, device=sys.argv[4])
+took = time.perf_counter() - start
+files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+print(f">> wrote {len(files)} files, {sum(files.values()) / 2**30:.2f} GiB, in {took:.1f} s")
+info = {"path": sys.argv[1].removesuffix(".tmp"), "seed": seed, "device": sys.argv[4],
+        "tiny": sys.argv[5] == "1", "write_s": took, "files": files}
+Path(sys.argv[3]).write_text(json.dumps(info, indent=1))
+PY
+  cp "$OUT/set.json" "$CK.tmp/set.json" && echo "seed $SEED tiny $TINY" > "$CK.tmp/.complete" && mv "$CK.tmp" "$CK"
+}
+
+# shellcheck disable=SC2317
+compare() {
+  for f in bench official; do
+    [ -s "$OUT/$f.json" ] || { echo "no $OUT/$f.json: run the $f section in the same call"; return 1; }
+  done
+  PYTHONPATH="$SITE_OURS:$PWD" "$PY" - "$OUT/bench.json" "$OUT/official.json" "$OUT/compare.json" <<'PY'
+import json, sys
+from pathlib import Path
+from tts.bench import compare_files
+Path(sys.argv[3]).write_text(json.dumps(compare_files(sys.argv[1], sys.argv[2]), indent=1))
+PY
+}
+
+finish() {
+  "$PY" - "$TABLE" "$OUT" "$((SECONDS - T0))" <<'PY'
+import json, sys
+from pathlib import Path
+table, out, total = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+rows = [line.rstrip("\n").split("\t") for line in open(table) if line.strip()]
+sections = {r[0]: {"status": r[1], "exit": int(r[2]) if r[2] else None, "seconds": int(r[3]),
+                   "timeout_s": int(r[4])} for r in rows}
+summary = {"sections": sections, "total_s": total}
+if (out / "set.json").is_file():
+    summary["set"] = json.loads((out / "set.json").read_text())
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+print("\n== run_gpu.sh summary")
+for name, s in sections.items():
+    print(f"   {name:9s} {s['status']:8s} exit {s['exit']!s:5s} {s['seconds']:4d} s (limit {s['timeout_s']} s)")
+print(f"   total {total} s")
+PY
+  # At most 8 files come back from the device: pack the rest.
+  local keep="run.log summary.json bench.json official.json compare.json tests.json profile.json"
+  local rest=()
+  while IFS= read -r f; do
+    case " $keep " in *" $f "*) ;; *) rest+=("$f") ;; esac
+  done < <(cd "$OUT" && find . -mindepth 1 -maxdepth 1 -printf '%P\n' | sort)
+  if [ "${#rest[@]}" -gt 0 ]; then
+    tar -C "$OUT" -czf "$OUT/logs.tar.gz.part" "${rest[@]}" && rm -rf "${rest[@]/#/$OUT/}"
+    mv "$OUT/logs.tar.gz.part" "$OUT/logs.tar.gz"
+    echo ">> packed into logs.tar.gz: ${rest[*]}"
+  fi
+}
+
+main() {
+  local s
+  setup || { echo "setup failed"; return 1; }
+  if ! want set && { want bench || want official; } && [ ! -f "$CK/.complete" ]; then
+    SECTIONS="set $SECTIONS"
+  fi
+  if want set && ! section set "$T_SET" bash -c write_set; then
+    echo ">> no checkpoint set: bench, official and compare left out"
+    drop bench official compare
+  fi
+  # shellcheck disable=SC2086
+  want bench && section bench "$T_BENCH" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" -m tts.cli bench \
+    --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $BENCH_ARGS --json "$OUT/bench.json"
+  # shellcheck disable=SC2086
+  want official && section official "$T_OFFICIAL" env PYTHONPATH= "$PY_OFFICIAL" \
+    scripts/device/official_same_weights.py --site "$SITE_OFFICIAL" --harness .bench/official \
+    --weights "$CK" --device "$DEVICE" $SIZE_ARG $OFFICIAL_ARGS --out "$OUT/official.json"
+  want compare && section compare "$T_COMPARE" bash -c compare
+  want tests && section tests "$T_TESTS" env PYTHONPATH="$SITE_OURS:$PWD" \
+    TTS_GPU_REPORT="$OUT/tests.json" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+  if want profile; then
+    if [ -f scripts/device/decode_profile.py ]; then
+      # shellcheck disable=SC2086
+      section profile "$T_PROFILE" env PYTHONPATH="$SITE_OURS:$PWD" \
+        "$PY" scripts/device/decode_profile.py --device "$DEVICE" $SIZE_ARG $PROFILE_ARGS \
+        --json "$OUT/profile.json"
+    else
+      echo "=== profile: SKIPPED, scripts/device/decode_profile.py does not exist"
+      printf 'profile\tskipped\t\t0\t0\n' >> "$TABLE"
+    fi
+  fi
+  finish
+  s=$(cut -f2 "$TABLE" | grep -cv -E '^(ok|skipped)$')
+  rm -f "$TABLE"
+  return $((s > 0))
+}
+
+export -f write_set compare
+export CK SEED OUT SITE_OURS PY DEVICE TINY
+main 2>&1 | tee "$OUT/run.log"
+exit "${PIPESTATUS[0]}"
