@@ -10,6 +10,7 @@ tests/test_gpu.py repeats the fixture checks on CUDA, where the CUDA graphs are 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from tts import parity
-from tts.fast import patched
+from tts.fast import decode, patched
 
 CASES = list(parity.all_cases())
 
@@ -44,11 +45,15 @@ def _threads():
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compiled_logic"])
-@pytest.mark.parametrize("item", GEN, ids=[_id(c) for c in GEN])
-def test_generation_cases_through_static_decoder(item, compiled, monkeypatch):
-    from tts.fast import decode
+# Decoder options for the parity cases: plain, compiled token choice, and the fused variant
+# (compiled fused layers, swap reorder, compiled processors and token choice).
+DECODER_OPTIONS = {"plain": {}, "compiled_logic": {"compile_logic": True},
+                   "fused": {**decode.VARIANTS["graphf"]}}
 
+
+@pytest.mark.parametrize("variant", list(DECODER_OPTIONS))
+@pytest.mark.parametrize("item", GEN, ids=[_id(c) for c in GEN])
+def test_generation_cases_through_static_decoder(item, variant, monkeypatch):
     calls = []
     original = decode.generate
 
@@ -61,7 +66,7 @@ def test_generation_cases_through_static_decoder(item, compiled, monkeypatch):
     from tts import fast
 
     before = len(fast.FALLBACKS)
-    with patched(gpt=True, s2mel=False, bigvgan=False, gpt_compile=compiled):
+    with patched(gpt=True, s2mel=False, bigvgan=False, gpt_options=DECODER_OPTIONS[variant]):
         failures = parity.check_case(fs, case)
     assert calls, "the parity handler did not go through the fast decoder"
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
@@ -134,6 +139,149 @@ def test_static_decoder_stops_like_plain():
                     assert plain.steps == fast.steps
         finally:
             model.mel_head.bias[model.stop_mel_token] -= 6.0
+
+
+def _padded_prefix(model, length: int = 20):
+    """A batch of 2 prefixes, the second left-padded by 3 positions."""
+    gen = torch.Generator().manual_seed(length)
+    prefix = torch.randn(2, length, model.model_dim, generator=gen) * 0.5
+    valid = torch.ones(2, length, dtype=torch.bool)
+    valid[1, :3] = False
+    return prefix, valid
+
+
+SEARCHES = {"greedy": (1, False), "sampling": (1, True), "beam_search": (3, False),
+            "beam_sampling": (3, True)}
+
+
+@pytest.mark.parametrize("search", list(SEARCHES))
+def test_fused_decoder_matches_plain_generation(search):
+    """The fused variant (compiled layer pieces in float32, swap reorder, compiled processors
+    and token choice) gives the codes of tts.generation; scores agree to float32 rounding
+    (Inductor's LayerNorm / GELU and sums round in another order than ATen's)."""
+    from tts import fast
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model)
+    beams, sample = SEARCHES[search]
+    cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=24,
+                           warn_on_limit=False, repetition_penalty=2.0)
+    before = len(fast.FALLBACKS)
+    plain = plain_generate(model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9),
+                           output_scores=True)
+    stats: dict = {}
+    fused = decode.generate(model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9),
+                            output_scores=True, stats=stats, **decode.VARIANTS["graphf"])
+    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    assert stats["fused"] and stats["reorder"] == ("swap" if beams > 1 else "copy")
+    assert torch.equal(plain.codes, fused.codes)
+    assert plain.steps == fused.steps
+    torch.testing.assert_close(fused.scores, plain.scores, rtol=1e-5, atol=1e-5)
+    if beams > 1:
+        assert torch.equal(plain.beam_indices, fused.beam_indices)
+        torch.testing.assert_close(fused.sequences_scores, plain.sequences_scores)
+
+
+def test_fused_reduce_matmul_matches_plain_generation():
+    """matmul="reduce" (projections as Inductor reductions): same codes in beam search."""
+    from tts import fast
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model)
+    cfg = GenerationConfig(num_beams=3, do_sample=False, max_mel_tokens=24, warn_on_limit=False,
+                           repetition_penalty=2.0)
+    before = len(fast.FALLBACKS)
+    plain = plain_generate(model, prefix, valid, cfg, output_scores=True)
+    stats: dict = {}
+    fused = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
+                            fused=True, matmul="reduce")
+    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    assert stats["fused"]
+    assert torch.equal(plain.codes, fused.codes)
+    torch.testing.assert_close(fused.scores, plain.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_code_is_shared_across_cache_sizes():
+    """Another prompt length (another cache capacity) reuses the compiled layer pieces: the
+    capacity is the one dynamic dimension, so Dynamo does not recompile."""
+    from tts import fast
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small()
+    cfg = GenerationConfig(num_beams=3, do_sample=False, max_mel_tokens=6, warn_on_limit=False)
+    before = len(fast.FALLBACKS)
+    for length in (20, 37):  # capacities 32 and 48 with 16-position buckets
+        prefix, valid = _padded_prefix(model, length)
+        stats: dict = {}
+        with torch._dynamo.config.patch(error_on_recompile=length != 20):
+            decode.generate(model, prefix, valid, cfg, fused=True, bucket=16, stats=stats)
+        assert stats["fused"], fast.FALLBACKS[before:]
+    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+
+
+def test_swap_reorder_is_exact():
+    """reorder="swap" (gather into the second cache, swap) leaves bit-identical scores, codes
+    and cache contents to the in-place reorder (beam sampling, plain layers)."""
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model)
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=20, warn_on_limit=False,
+                           repetition_penalty=2.0)
+    runs = []
+    for reorder in ("copy", "swap"):
+        with torch.no_grad():
+            dec = StaticDecoder(model, prefix, valid, cfg, output_scores=True, reorder=reorder,
+                                generator=torch.Generator().manual_seed(4), bucket=16)
+            runs.append((dec, dec.run()))
+    (copy_dec, copy_out), (swap_dec, swap_out) = runs
+    assert swap_dec.swap and not copy_dec.swap
+    assert torch.equal(copy_out.codes, swap_out.codes)
+    assert torch.equal(copy_out.scores, swap_out.scores)
+    assert torch.equal(copy_out.beam_indices, swap_out.beam_indices)
+    assert torch.equal(copy_dec.cache.k, swap_dec.cache.k)
+    assert torch.equal(copy_dec.cache.v, swap_dec.cache.v)
+
+
+def test_decode_profile_script_runs_on_cpu(tmp_path):
+    """scripts/device/decode_profile.py (the GPU measurement) runs: tiny GPT, CPU, two variants
+    that compile nothing (the fused ones are checked above)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, str(root / "scripts" / "device" / "decode_profile.py"), "--tiny",
+           "--device", "cpu", "--dtype", "float32", "--steps", "6", "--runs", "1",
+           "--batches", "1", "--variants", "graphr,graph", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["graph", "graphr"]
+    assert rows[1]["swap"] and rows[1]["agreement"] == 1.0
+    assert all(r["ms_per_step"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("sample", [False, True])
+def test_processors_equal_process_scores(beams, sample):
+    """The decoder's own copy of the logits processors (compilable around an eager cumulative
+    sum) computes exactly tts.generation.process_scores."""
+    from tts.fast.decode import _processors
+    from tts.generation import GenerationConfig, process_scores
+
+    gen = torch.Generator().manual_seed(beams + 2 * sample)
+    logits = torch.randn(6, 300, generator=gen) * 3
+    seen = torch.rand(6, 300, generator=gen) < 0.1
+    for top_p, top_k, temperature in ((0.8, 30, 0.8), (None, None, None), (0.5, 0, 1.0)):
+        cfg = GenerationConfig(num_beams=beams, do_sample=sample, top_p=top_p, top_k=top_k,
+                               temperature=temperature, repetition_penalty=3.0)
+        scores = torch.log_softmax(logits, dim=-1) if beams > 1 else logits
+        expected = process_scores(scores, seen, cfg, 2 if beams > 1 else 1)
+        assert torch.equal(_processors(logits, seen, cfg, beams > 1), expected)
 
 
 @pytest.mark.parametrize("item", CFM, ids=[_id(c) for c in CFM])

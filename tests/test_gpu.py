@@ -181,6 +181,94 @@ def test_graph_decoder_matches_eager_cuda():
         assert agree == 1.0, f"beams {beams}: only {agree:.3f} of the sampled codes agree"
 
 
+# The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
+# compiled layers, Inductor-reduction projections), through CUDA graphs.
+NEW_VARIANTS = ("graphr", "graphf", "graphfr")
+GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
+
+
+@pytest.mark.parametrize("variant", NEW_VARIANTS)
+@pytest.mark.parametrize("item", GEN, ids=[_id(c) for c in GEN])
+def test_decoder_variant_cases_cuda(item, variant):
+    """The greedy / beam parity fixtures through each decoder variant (float32, TF32 off)."""
+    from tts import fast
+    from tts.fast import patched
+    from tts.fast.decode import VARIANTS
+
+    fs, case = item
+    before = len(fast.FALLBACKS)
+    with patched(gpt=True, s2mel=False, bigvgan=False, gpt_options=VARIANTS[variant]):
+        comparisons = parity.run_case(fs, case, parity.RunOptions(device="cuda"))
+    _record(item, f"fast-float32-{variant}", comparisons)
+    failures = [f for c in comparisons if (f := c.failure())]
+    assert comparisons and not failures, "\n".join(failures)
+    assert len(fast.FALLBACKS) == before, f"fast path fell back: {fast.FALLBACKS[before:]}"
+
+
+def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The first step where two code matrices differ (their common length if none)."""
+    n = min(a.size(1), b.size(1))
+    diff = (a[:, :n] != b[:, :n]).any(dim=0).nonzero()
+    return int(diff[0, 0]) if diff.numel() else n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("variant", NEW_VARIANTS)
+def test_decoder_variant_matches_graph_cuda(variant, dtype):
+    """Each variant against the graph decoder, same seed, 160 codes in 32-position buckets
+    (graphs for 5 buckets, and both cache parities with the swap reorder), beams 1 and 3,
+    sampling and greedy / beam search. graphr moves the same values as graph: identical codes
+    and scores. The fused variants round differently (Inductor's float32 LayerNorm / GELU /
+    sums; in bf16 no autocast casts): in float32 the first two steps' scores (the second is
+    the fused stack's first) must agree to 1e-4 and greedy / beam-search codes must be equal (a
+    sampled code may flip where a draw falls within rounding of a boundary: reported); in bf16
+    the agreement is only reported. The fused stack must really run (no fallback)."""
+    from tts import fast
+    from tts.checkpoints import CheckpointSet
+    from tts.components import load_component
+    from tts.fast.decode import VARIANTS
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+
+    root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
+    if root is None:
+        pytest.skip("gpt-small fixture set not found")
+    model = load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
+    torch.manual_seed(0)
+    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
+    options = VARIANTS[variant]
+    autocast = torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32)
+    before = len(fast.FALLBACKS)
+    for beams in (1, 3):
+        for sample in (False, True):
+            cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=160,
+                                   warn_on_limit=False)
+            outs, stats = [], {}
+            for kwargs in ({}, {**options, "stats": stats}):
+                gen = torch.Generator(device="cuda").manual_seed(7)
+                with autocast:
+                    outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
+                                              output_scores=True, bucket=32, **kwargs))
+            ref, out = outs
+            assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+            assert stats["fused"] == bool(options.get("fused"))
+            same = ref.codes.shape == out.codes.shape
+            agree = float((ref.codes == out.codes).float().mean()) if same else 0.0
+            first = _first_difference(ref.codes, out.codes)
+            REPORT.append({"case": f"{variant}_vs_graph_{str(dtype)[6:]}_beams{beams}_"
+                           f"{'sample' if sample else 'greedy'}", "agreement": agree,
+                           "first_difference": first})
+            _write_report()
+            if variant == "graphr":
+                assert same and torch.equal(ref.codes, out.codes)
+                assert torch.equal(ref.scores, out.scores)
+            elif dtype == torch.float32:
+                assert first >= 2, f"{variant} beams {beams}: codes differ at step {first}"
+                torch.testing.assert_close(out.scores[:2], ref.scores[:2], rtol=1e-4, atol=1e-4)
+                if not sample:
+                    assert same and agree == 1.0, f"{variant} beams {beams}: {agree:.3f}"
+
+
 @pytest.mark.parametrize("item", CASES, ids=[_id(c) for c in CASES])
 def test_case_cuda_float32(item):
     try:

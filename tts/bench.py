@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from tts.checkpoints import merge_config
+from tts.fast.decode import VARIANTS
 
 SAMPLE_RATE = 22050
 HOP = 256  # BigVGAN samples per mel frame
@@ -56,8 +57,10 @@ COND_STAGES = ("spk_cond", "emo_cond")
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 GPT_DTYPES = ("float32", "bfloat16", "float16")
 # graph: static cache + CUDA graphs; graphc: the same with the per-step decision logic
-# compiled (torch.compile); eager: the plain tts.generation loop.
-DECODERS = ("graph", "graphc", "eager")
+# compiled (torch.compile); graphr, graphl, graphf, graphfr: the variants of
+# tts.fast.decode.VARIANTS (cheap beam reorder, fused compiled layers, both, Inductor-reduction
+# projections); eager: the plain tts.generation loop.
+DECODERS = (*VARIANTS, "eager")
 
 # --tiny: shrunk sizes (everything the reference hard-codes - 1024-wide semantic features, 80
 # mels, 192-wide style, the 1280-wide gpt_layer input, hence the GPT width - keeps its value).
@@ -455,10 +458,9 @@ class Bench:
         import tts.generation as generation_module
 
         stats: dict = {}
-        if decoder in ("graph", "graphc"):
+        if decoder in VARIANTS:
             def chosen(*a, **k):  # the graph decoder, reporting its loop time
-                return fast_decode.generate(*a, stats=stats, compile_logic=decoder == "graphc",
-                                            **k)
+                return fast_decode.generate(*a, stats=stats, **VARIANTS[decoder], **k)
         else:
             chosen = plain_generate
         saved = generation_module.generate
@@ -745,7 +747,10 @@ def add_bench_parser(subparsers) -> None:
     s.add_argument("--beams", type=int, default=3, help="beams (official default 3)")
     s.add_argument("--gpt-decoder", default="graph",
                    help="graph (static cache + CUDA graphs), graphc (the same with the decision "
-                        "logic torch.compiled) and/or eager (plain loop), comma-separated")
+                        "logic torch.compiled), graphr / graphl / graphf / graphfr (cheap beam "
+                        "reorder / fused compiled layers / both + compiled processors / the same "
+                        "with Inductor-reduction projections: tts.fast.decode.VARIANTS) and/or "
+                        "eager (plain loop), comma-separated")
     s.add_argument("--text-tokens", type=int, help="random text ids per row (default 60)")
     s.add_argument("--prompt-seconds", type=float, help="synthetic prompt length (default 10)")
     s.add_argument("--diffusion-steps", type=int, default=25)

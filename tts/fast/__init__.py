@@ -38,11 +38,13 @@ def fallback(where: str, exc: BaseException) -> None:
 @contextlib.contextmanager
 def patched(gpt: bool = True, s2mel: bool = True, bigvgan: bool = True,
             s2mel_graphs: bool | None = None, bigvgan_mode: str = "auto",
-            s2mel_compile: bool = False, gpt_compile: bool = False) -> Iterator[None]:
+            s2mel_compile: bool = False, gpt_compile: bool = False,
+            gpt_options: dict | None = None) -> Iterator[None]:
     """Route the plain entry points through the fast paths while the block runs.
 
     * ``gpt``: :func:`tts.generation.generate` -> :func:`tts.fast.decode.generate`
-      (``gpt_compile``: with the per-step decision logic compiled);
+      (``gpt_compile``: with the per-step decision logic compiled; ``gpt_options``: keyword
+      arguments for it, e.g. ``tts.fast.decode.VARIANTS["graphf"]``);
     * ``s2mel``: :meth:`tts.models.cfm.CFM.solve` -> :func:`tts.fast.s2mel.solve`;
     * ``bigvgan``: :class:`tts.models.bigvgan.Activation1d` forward -> the fused activation.
     """
@@ -60,8 +62,11 @@ def patched(gpt: bool = True, s2mel: bool = True, bigvgan: bool = True,
     )
     try:
         if gpt:
+            options = dict(gpt_options or {})
+            if gpt_compile:
+                options["compile_logic"] = True
             tts.generation.generate = (
-                functools.partial(fast_decode.generate, compile_logic=True) if gpt_compile
+                functools.partial(fast_decode.generate, **options) if options
                 else fast_decode.generate)
         if s2mel:
             plain_cfm.CFM.solve = fast_s2mel.patched_solve(graphs=s2mel_graphs,

@@ -22,6 +22,20 @@ assemble the result. On the CPU (or with ``use_graph=False``) the same step runs
 same generator it draws the same random numbers in the same order as tts.generation, so both give
 identical codes (tests/test_fast.py), and on CUDA the greedy / beam parity fixtures are checked
 through it (tests/test_gpu.py).
+
+Variants (keyword arguments of :func:`generate`, all off by default; :data:`VARIANTS` names the
+combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.py measure):
+
+* ``compile_logic``: the token choice and its bookkeeping through torch.compile;
+* ``compile_processors``: the logits processors through torch.compile too (top-p's cumulative
+  sum stays eager: Inductor 2.11 fails to generate that scan on CUDA);
+* ``fused``: the layer stack as compiled pieces shared by all layers (:mod:`tts.fast.fused`),
+  run in the weights' dtype without autocast; ``matmul="reduce"`` makes its projections
+  Inductor reductions instead of cuBLAS GEMMs;
+* ``reorder="swap"``: beam reordering gathers the generated window into a second cache and the
+  two caches swap roles every step (one graph per bucket and parity) instead of gathering into
+  a temporary and copying it back: one kernel and half the memory traffic, for twice the cache
+  memory. Exact (the same values move).
 """
 
 from __future__ import annotations
@@ -74,6 +88,93 @@ def _compiled_select():
     if fn is None:
         fn = _COMPILED["select"] = torch.compile(_select, dynamic=False)
     return fn
+
+
+# Named decoder variants: the keyword arguments of generate() each one sets (graph = defaults).
+VARIANTS: dict[str, dict] = {
+    "graph": {},
+    "graphc": {"compile_logic": True},
+    "graphr": {"reorder": "swap"},
+    "graphl": {"fused": True, "compile_logic": True},
+    "graphf": {"fused": True, "reorder": "swap", "compile_logic": True,
+               "compile_processors": True},
+    "graphfr": {"fused": True, "matmul": "reduce", "reorder": "swap", "compile_logic": True,
+                "compile_processors": True},
+}
+REORDERS = ("copy", "swap")
+
+
+@torch.compiler.disable
+def _cumulative(sorted_scores: torch.Tensor) -> torch.Tensor:
+    """Top-p's cumulative probabilities, eager (Inductor 2.11 fails on this scan on CUDA)."""
+    return sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+
+
+def _processors(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig,
+                beams: bool) -> torch.Tensor:
+    """:func:`tts.generation.process_scores` (after log_softmax with beams), the same operations
+    in the same order, written out so that torch.compile can fuse them around the eager
+    cumulative sum (tests/test_fast.py checks it against process_scores)."""
+    scores = F.log_softmax(logits, dim=-1) if beams else logits
+    keep = 2 if beams else 1
+    if cfg.repetition_penalty != 1.0:
+        p = cfg.repetition_penalty
+        scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
+    if not cfg.do_sample:
+        return scores
+    if cfg.temperature is not None and cfg.temperature != 1.0:
+        scores = scores / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k != 0:
+        k = min(max(cfg.top_k, keep), scores.size(-1))
+        kth = torch.topk(scores, k).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        drop_sorted = _cumulative(sorted_scores) <= (1 - cfg.top_p)
+        drop_sorted[..., -keep:] = False
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+def _compiled_processors(key: tuple):
+    """``torch.compile`` of :func:`_processors`, one per (rows, vocab, settings)."""
+    from tts.fast.fused import _own_code
+
+    fn = _COMPILED.get(("processors", key))
+    if fn is None:
+        fn = _COMPILED[("processors", key)] = torch.compile(_own_code(_processors),
+                                                            dynamic=False)
+    return fn
+
+
+# Compiled pieces whose compile or first run failed: ("processors", key) / ("fused", key).
+_FAILED: set[tuple] = set()
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+            ) -> torch.Tensor:
+    """Attention of the step's queries over a cache window (additive ``mask``)."""
+    if ATTENTION == "math":  # one query: two small batched products and a softmax
+        scores = torch.matmul(q, k.transpose(-1, -2)) * q.size(-1) ** -0.5
+        probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
+        return torch.matmul(probs, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _joint_cache(model, rows: int, capacity: int, device, dtype):
+    """A KVCache whose keys and values are the halves of one tensor
+    ``[layers, 2, rows, heads, capacity, head_dim]`` (so one gather moves both); returns
+    (cache, tensor)."""
+    cache = model.new_cache(rows, 0, device=device, dtype=dtype)
+    layers, _, heads, _, head_dim = cache.k.shape
+    kv = torch.zeros((layers, 2, rows, heads, capacity, head_dim), device=device, dtype=dtype)
+    cache.k, cache.v = kv[:, 0], kv[:, 1]
+    return cache, kv
 
 
 class DecodeWeights:
@@ -129,6 +230,10 @@ def generate(
     bucket: int = DEFAULT_BUCKET,
     stats: dict | None = None,
     compile_logic: bool = False,
+    compile_processors: bool = False,
+    fused: bool = False,
+    matmul: str = "mm",
+    reorder: str = "copy",
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
@@ -137,7 +242,20 @@ def generate(
     steps only run past the end, they never change the result). ``stats``, if given, receives
     ``loop_s`` (time of the decode loop after the prefill) and ``steps``. ``compile_logic``
     runs the per-step decision logic through torch.compile (falls back to plain on failure).
+
+    Speed variants (module notes; each falls back to the plain path, recorded in
+    ``tts.fast.FALLBACKS``, if it cannot be used): ``compile_processors`` compiles the logits
+    processors; ``fused`` runs the layer stack as compiled fused pieces in the weights' dtype
+    (``matmul``: "mm" = cuBLAS GEMMs, "reduce" = Inductor reductions); ``reorder``: "copy"
+    (gather the beams' cache window into a temporary and copy it back) or "swap" (gather into
+    a second cache and swap the two). ``VARIANTS[name]`` gives the named combinations.
     """
+    if reorder not in REORDERS:
+        raise ValueError(f"reorder {reorder!r} is not one of {REORDERS}")
+    from tts.fast.fused import MATMULS
+
+    if matmul not in MATMULS:
+        raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
     cfg = cfg or GenerationConfig()
     cfg.validate()
     if use_graph is None:
@@ -146,7 +264,9 @@ def generate(
         check_every = DEFAULT_CHECK_EVERY if use_graph else 1
     dec = StaticDecoder(model, prefix, valid, cfg, generator=generator,
                         output_scores=output_scores, output_logits=output_logits,
-                        use_graph=use_graph, bucket=bucket, compile_logic=compile_logic)
+                        use_graph=use_graph, bucket=bucket, compile_logic=compile_logic,
+                        compile_processors=compile_processors, fused=fused, matmul=matmul,
+                        reorder=reorder)
     return dec.run(check_every=max(1, int(check_every)), stats=stats)
 
 
@@ -157,9 +277,11 @@ class StaticDecoder:
                  cfg: GenerationConfig, *, generator: torch.Generator | None = None,
                  output_scores: bool = False, output_logits: bool = False,
                  use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
-                 compile_logic: bool = False):
+                 compile_logic: bool = False, compile_processors: bool = False,
+                 fused: bool = False, matmul: str = "mm", reorder: str = "copy"):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.compile_logic = compile_logic
+        self.compile_processors = compile_processors
         self.weights = decode_weights(model)
         self.use_graph = use_graph
         self.output_scores, self.output_logits = output_scores, output_logits
@@ -190,7 +312,14 @@ class StaticDecoder:
         start_tokens = torch.full((batch,), start, dtype=torch.int64, device=device)
         emb = torch.cat((prefix, model.mel_input_embedding(start_tokens, 0)), dim=1)
         mask = prefix_attention_mask(valid_all, s_len + 1) if has_padding else None
-        self.cache = model.new_cache(rows, cap, device=device, dtype=prefix.dtype)
+        # reorder="swap": two caches (one tensor each, keys and values together), the one in
+        # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
+        self.swap = reorder == "swap" and beams > 1
+        if self.swap:
+            self.cache, kv = _joint_cache(model, rows, cap, device, prefix.dtype)
+            self.kv = [kv]
+        else:
+            self.cache = model.new_cache(rows, cap, device=device, dtype=prefix.dtype)
         if beams == 1:
             logits = model.decode(emb, self.cache, mask)
         else:
@@ -199,6 +328,14 @@ class StaticDecoder:
             self.cache.fill_repeated(first, beams)
             valid_all = valid_all.repeat_interleave(beams, dim=0)
             del first
+        self.caches = [self.cache]
+        if self.swap:  # the second cache starts with the same prompt (+ start code) part
+            other, kv = _joint_cache(model, rows, cap, device, prefix.dtype)
+            kv[..., :s_len + 1, :].copy_(self.kv[0][..., :s_len + 1, :])
+            self.caches.append(other)
+            self.kv.append(kv)
+        self.cur = 0  # index of the cache in use
+        self.fused = self._fused_stack(fused, matmul, prefix.dtype)
         self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
         self.key_pos = torch.arange(cap, device=device)
 
@@ -222,7 +359,8 @@ class StaticDecoder:
             self.beam = _BeamState(batch, beams, max_new, cfg, self.pad, device)
             self.beam.beam_scores = self.beam.beam_scores.clone()
             self.slots = torch.arange(beams, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # One graph per (bucket, index of the cache in use before the step).
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.pool = None
         self.stream = torch.cuda.Stream(device) if use_graph else None
 
@@ -250,10 +388,7 @@ class StaticDecoder:
         j = self.step_t
         if self.output_logits:
             self.rec_logits.index_copy_(0, j.view(1), self.logits.unsqueeze(0))
-        if self.beams == 1:
-            processed = process_scores(self.logits, self.seen, self.cfg, 1)
-        else:
-            processed = process_scores(F.log_softmax(self.logits, dim=-1), self.seen, self.cfg, 2)
+        processed = self._process()
         if self.output_scores:
             self.rec_scores.index_copy_(0, j.view(1), processed.unsqueeze(0))
         if self.compile_logic and not _COMPILED.get("failed"):
@@ -265,6 +400,24 @@ class StaticDecoder:
                 fallback("GPT decision logic torch.compile", exc)
                 _COMPILED["failed"] = True  # once per process: do not pay the attempt again
         return self._select(processed)
+
+    def _process(self) -> torch.Tensor:
+        """The logits processors of the step (after log_softmax with beams)."""
+        beams = self.beams > 1
+        key = (self.rows, self.vocab, beams, self.cfg, self.device.type)
+        if self.compile_processors and ("processors", key) not in _FAILED:
+            try:
+                return _compiled_processors(key)(self.logits, self.seen, self.cfg, beams)
+            except Exception as exc:  # noqa: BLE001 - compiled code failed: plain path
+                if _capturing(self.device):
+                    raise
+                from tts.fast import fallback
+
+                fallback("GPT logits processors torch.compile", exc)
+                _FAILED.add(("processors", key))
+        if not beams:
+            return process_scores(self.logits, self.seen, self.cfg, 1)
+        return process_scores(F.log_softmax(self.logits, dim=-1), self.seen, self.cfg, 2)
 
     def _select(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Choose the tokens from the processed scores; update token / beam buffers."""
@@ -376,12 +529,19 @@ class StaticDecoder:
     def _reorder_cache(self, rows_from: torch.Tensor, end: int) -> None:
         """Gather the beams' cache rows; only the generated part differs between beams."""
         lo = self.s_len
+        if self.swap:  # into the other cache (keys and values at once), which becomes current
+            src, dst = self.kv[self.cur], self.kv[1 - self.cur]
+            torch.index_select(src[..., lo:end, :], 2, rows_from, out=dst[..., lo:end, :])
+            self._use(1 - self.cur)
+            return
         for buf in (self.cache.k, self.cache.v):
             part = buf[:, :, :, lo:end]
             part.copy_(part.index_select(1, rows_from))
 
     def _feed(self, tokens: torch.Tensor, j: torch.Tensor, end: int) -> None:
         """One GPT step for ``tokens`` [rows] at cache position ``s_len + 1 + j``."""
+        if self.fused is not None and self._feed_fused(tokens, j, end):
+            return
         model = self.model
         pos = (j + (self.s_len + 1)).view(1)
         table = model.mel_pos_embedding.emb.weight
@@ -405,6 +565,62 @@ class StaticDecoder:
             and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == dtype
         with torch.autocast(dev, enabled=False) if native else _nullcontext():
             self._layers(x, pos, keys, end, weights, cache, rows)
+
+    def _use(self, index: int) -> None:
+        """Make cache ``index`` the one in use (reorder="swap")."""
+        self.cur = index
+        self.cache = self.caches[index]
+
+    def _fused_stack(self, fused: bool, matmul: str, cache_dtype: torch.dtype):
+        """The :class:`tts.fast.fused.FusedStack` of this decoder, or None (not asked for,
+        not applicable, or its compile failed before in this process)."""
+        if not fused:
+            return None
+        from tts.fast import fallback
+        from tts.fast.fused import FusedStack
+
+        model = self.model
+        try:
+            used = (model.gpt, model.mel_embedding, model.mel_pos_embedding, model.final_norm,
+                    model.mel_head)
+            mixed = {p.dtype for m in used for p in m.parameters()} | {cache_dtype}
+            if len(mixed) > 1:
+                raise TypeError(f"one dtype needed, got {sorted(map(str, mixed))}")
+            stack = FusedStack(model, self.weights.layers, self.rows, matmul)
+        except Exception as exc:  # noqa: BLE001 - not applicable: plain layers
+            fallback("GPT fused decode layers", exc)
+            return None
+        if ("fused", stack.key) in _FAILED:
+            return None
+        layers = range(len(model.gpt.h))
+        self.layer_views = [([c.k[i] for i in layers], [c.v[i] for i in layers])
+                            for c in self.caches]
+        for ks, vs in self.layer_views:
+            stack.mark_cache(ks + vs)
+        return stack
+
+    def _feed_fused(self, tokens: torch.Tensor, j: torch.Tensor, end: int) -> bool:
+        """The step through the fused stack; False (recorded in tts.fast.FALLBACKS) if its
+        compile or first run failed, and the plain layers must run."""
+        stack = self.fused
+        pos = (j + (self.s_len + 1)).view(1)
+        keys = (self.key_pos[:end] <= pos) & self.valid_all[:, :end]
+        mask = torch.zeros(keys.shape, dtype=stack.dtype, device=keys.device)
+        mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
+        ks, vs = self.layer_views[self.cur]
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, _attend)
+        except Exception as exc:  # noqa: BLE001 - compiled code failed: plain layers
+            if _capturing(self.device):
+                raise
+            from tts.fast import fallback
+
+            fallback("GPT fused decode layers torch.compile", exc)
+            _FAILED.add(("fused", stack.key))  # once per process and shape
+            self.fused = None
+            return False
+        return True
 
     def _layers(self, x, pos, keys, end, weights, cache, rows) -> None:
         model = self.model
@@ -455,19 +671,35 @@ class StaticDecoder:
             self._step(end)
             return
         b = step // self.bucket
-        graph = self.graphs.get(b)
+        cur = self.cur
+        graph = self.graphs.get((b, cur))
         if graph is not None:
             graph.replay()
+            if self.swap:
+                self._use(1 - cur)  # what the replayed step did on the device
             return
         # First step of a bucket: run it eagerly (this is the real step, and the warm-up that
-        # capture needs), then capture the same step for the rest of the bucket.
+        # capture needs), then capture the same step for the rest of the bucket: once, or with
+        # reorder="swap" once per cache in use before the step (they alternate).
         stream = self.stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             self._step(end)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        if (step + 1) // self.bucket != b or step + 1 >= self.max_new:
-            return  # the bucket holds a single step: nothing to replay
+        left = min((b + 1) * self.bucket, self.max_new) - 1 - step  # steps left in the bucket
+        now = self.cur
+        for cur in ((now, 1 - now) if self.swap else (now,))[:left]:
+            self._use(cur)
+            captured = self._capture(b, end)
+            self._use(now)
+            if not captured:
+                return
+
+    def _capture(self, b: int, end: int) -> bool:
+        """Capture the step of bucket ``b`` for the cache in use; False if capture failed (the
+        decoder then runs eagerly)."""
+        stream = self.stream
+        key = (b, self.cur)
         graph = torch.cuda.CUDAGraph()
         saved = self.step_t.clone()
         try:
@@ -481,11 +713,12 @@ class StaticDecoder:
             fallback("GPT decode step CUDA graph capture", exc)
             self.use_graph = False
             self.step_t.copy_(saved)
-            return
+            return False
         self.step_t.copy_(saved)  # capture records kernels only; keep the counter exact
         if self.pool is None:
             self.pool = graph.pool()
-        self.graphs[b] = graph
+        self.graphs[key] = graph
+        return True
 
     def _all_finished(self) -> bool:
         if self.beams == 1:
@@ -516,6 +749,8 @@ class StaticDecoder:
                 stats["loop_s"] = time.perf_counter() - begin
             stats["steps"] = step
             stats["graphs"] = len(self.graphs)
+            stats["fused"] = self.fused is not None  # False: not asked for, or fell back
+            stats["reorder"] = "swap" if self.swap else "copy"
         return self._result(step)
 
     def _result(self, steps_run: int) -> GenerationOutput:
