@@ -21,6 +21,12 @@ cache, with every per-step decision made on the device:
 
 The only host synchronisations are one before the loop (is there any prompt padding?), the
 "is everything finished?" test every ``check_every`` steps, and the final assembly.
+
+Random numbers: ``generator`` is one ``torch.Generator`` (or None: torch's global RNG) that draws
+for the whole batch, as the reference does, or a list with one Generator per batch item; with a
+list, the draws of item ``i`` (its ``num_return_sequences`` rows when sampling, its one row of
+beam candidates with beams) come from generator ``i`` only, so an item's codes do not depend on
+which other items share the batch (see :func:`multinomial_rows`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ if TYPE_CHECKING:
 
 # The reference's fake prompt is ``torch.ones``: this id is in every row's history.
 FAKE_PROMPT_ID = 1
+
+# One Generator for the whole batch, one per batch item, or None (torch's global RNG).
+Generators = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...] | None
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,43 @@ class BeamHypotheses:
 
 
 # ---------------------------------------------------------------------------------------------
+# Random draws, one generator per batch item
+# ---------------------------------------------------------------------------------------------
+
+
+def check_generators(generator: Generators, items: int) -> None:
+    """A list of generators must hold exactly one Generator per batch item."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != items:
+            raise ValueError(
+                f"{len(generator)} generators for a batch of {items} items; pass one "
+                "torch.Generator per item (or a single one for the whole batch)"
+            )
+        if not all(isinstance(g, torch.Generator) for g in generator):
+            raise TypeError("every entry of the generator list must be a torch.Generator")
+
+
+def multinomial_rows(probs: torch.Tensor, n: int, generator: Generators) -> torch.Tensor:
+    """``torch.multinomial(probs, n)`` (without replacement) with per-item generators.
+
+    A single Generator (or None) draws for all rows in one call. With a list of ``G``
+    generators the rows split into ``G`` equal consecutive groups and group ``i`` is drawn by
+    generator ``i`` alone (one call per group), so what group ``i`` gets depends only on its own
+    probabilities and generator. A one-element list is the same call as that single Generator.
+    """
+    if not isinstance(generator, (list, tuple)):
+        return torch.multinomial(probs, n, generator=generator)
+    groups = len(generator)
+    if groups == 0 or probs.size(0) % groups:
+        raise ValueError(f"{probs.size(0)} rows do not split over {groups} generators")
+    size = probs.size(0) // groups
+    return torch.cat([
+        torch.multinomial(probs[i * size:(i + 1) * size], n, generator=g)
+        for i, g in enumerate(generator)
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -237,7 +283,7 @@ def generate(
     valid: torch.Tensor | None,
     cfg: GenerationConfig | None = None,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     output_scores: bool = False,
     output_logits: bool = False,
     check_every: int = 1,
@@ -245,12 +291,14 @@ def generate(
     """Generate codes after ``prefix`` [B, S, d] (from ``UnifiedVoice.prepare_gpt_inputs``).
 
     ``valid`` [B, S] marks real (non left-pad) prefix positions (None: all real).
-    ``generator`` seeds sampling (None: torch's global RNG, like the reference).
+    ``generator`` seeds sampling (None: torch's global RNG, like the reference): one Generator
+    for the batch, or a list of B generators, item ``i`` drawing from generator ``i`` only.
     ``check_every`` = how many steps between "all finished?" host checks (1 = stop exactly
     when done, as the reference; larger values only add wasted steps, never change results).
     """
     cfg = cfg or GenerationConfig()
     cfg.validate()
+    check_generators(generator, prefix.size(0))
     stop, start, pad = model.stop_mel_token, model.start_mel_token, model.stop_mel_token
     beams = cfg.num_beams
     max_new = cfg.max_mel_tokens
@@ -354,11 +402,11 @@ class _GreedyState:
         cfg: GenerationConfig,
         stop: int,
         pad: int,
-        generator: torch.Generator | None,
+        generator: Generators,
     ) -> torch.Tensor:
         if cfg.do_sample:
             probs = scores.softmax(dim=-1)
-            chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            chosen = multinomial_rows(probs, 1, generator).squeeze(1)
         else:
             chosen = scores.argmax(dim=-1)
         chosen = torch.where(self.unfinished, chosen, pad)
@@ -406,7 +454,7 @@ class _BeamState:
         cfg: GenerationConfig,
         stop: int,
         pad: int,
-        generator: torch.Generator | None,
+        generator: Generators,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose the next beams; returns (their new tokens [rows], source rows [rows])."""
         k, b = self.beams, self.batch
@@ -414,7 +462,7 @@ class _BeamState:
         total = (processed + self.beam_scores.unsqueeze(1)).view(b, k * vocab)
         n_cand = 2 * k  # at least one non-stop continuation per beam (one stop id)
         if cfg.do_sample:
-            cand = torch.multinomial(total.softmax(dim=-1), n_cand, generator=generator)
+            cand = multinomial_rows(total.softmax(dim=-1), n_cand, generator)
             cand_scores = total.gather(1, cand)
             cand_scores, order = torch.sort(cand_scores, dim=1, descending=True)
             cand = cand.gather(1, order)

@@ -52,7 +52,10 @@ from tts.generation import (
     FAKE_PROMPT_ID,
     GenerationConfig,
     GenerationOutput,
+    Generators,
     _BeamState,
+    check_generators,
+    multinomial_rows,
     process_scores,
 )
 from tts.models.gpt import prefix_attention_mask
@@ -66,10 +69,11 @@ NATIVE_HALF = os.environ.get("TTS_DECODE_NATIVE", "0") == "1"
 
 
 @torch.compiler.disable
-def _draw(probs: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(probs: torch.Tensor, n: int, generator: Generators) -> torch.Tensor:
     """``torch.multinomial`` without replacement, kept out of torch.compile (its generator
-    would otherwise be guarded on, and every call brings a new one)."""
-    return torch.multinomial(probs, n, generator=generator)
+    would otherwise be guarded on, and every call brings a new one). ``generator``: one
+    Generator, or one per batch item (tts.generation.multinomial_rows)."""
+    return multinomial_rows(probs, n, generator)
 
 
 def _select(dec: StaticDecoder, processed: torch.Tensor):
@@ -222,7 +226,7 @@ def generate(
     valid: torch.Tensor | None,
     cfg: GenerationConfig | None = None,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     output_scores: bool = False,
     output_logits: bool = False,
     check_every: int | None = None,
@@ -258,6 +262,7 @@ def generate(
         raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
     cfg = cfg or GenerationConfig()
     cfg.validate()
+    check_generators(generator, prefix.size(0))
     if use_graph is None:
         use_graph = prefix.device.type == "cuda"
     if check_every is None:
@@ -274,7 +279,7 @@ class StaticDecoder:
     """One generation call: static buffers, the in-place step, and the graphs that replay it."""
 
     def __init__(self, model, prefix: torch.Tensor, valid: torch.Tensor | None,
-                 cfg: GenerationConfig, *, generator: torch.Generator | None = None,
+                 cfg: GenerationConfig, *, generator: Generators = None,
                  output_scores: bool = False, output_logits: bool = False,
                  use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
                  compile_logic: bool = False, compile_processors: bool = False,
@@ -703,8 +708,11 @@ class StaticDecoder:
         graph = torch.cuda.CUDAGraph()
         saved = self.step_t.clone()
         try:
-            if self.generator is not None and self.generator.device.type == "cuda":
-                graph.register_generator_state(self.generator)
+            gens = self.generator if isinstance(self.generator, (list, tuple)) else [
+                self.generator]
+            for gen in {id(g): g for g in gens if g is not None}.values():  # each one once
+                if gen.device.type == "cuda":
+                    graph.register_generator_state(gen)
             with torch.cuda.graph(graph, pool=self.pool, stream=stream):
                 self._step(end)
         except Exception as exc:  # noqa: BLE001 - keep generating, eagerly
