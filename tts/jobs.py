@@ -824,9 +824,12 @@ def open_engine(config: dict):
     try:
         start = time.perf_counter()
         engine = Engine.open(Path(config["checkpoints"]), device=device,
-                             dtype=str(config.get("dtype", "float32")))
-        log.info("engine opened in %.2f s (device %s, demo=%s)", time.perf_counter() - start,
-                 device, engine.is_demo)
+                             dtype=str(config.get("dtype", "float32")),
+                             fast=bool(config.get("fast", True)),
+                             gpt_batch_items=int(config.get("gpt_batch_items", 16)))
+        log.info("engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
+                 time.perf_counter() - start, device, engine.is_demo,
+                 "on" if engine.fast else "off")
         return engine
     except (DeviceError, CheckpointError, ValueError) as exc:
         raise StageError(str(exc)) from None

@@ -4,8 +4,13 @@ Stages (each a method of :class:`Engine`, each batched over rows):
 
 1. :meth:`Engine.speaker_conditioning` - one speaker prompt file -> features (cached per file).
 2. :meth:`Engine.emotion_conditioning` - one request's emotion settings -> emotion vector.
-3. :meth:`Engine.semantic_tokens` - text + conditioning -> semantic codes and GPT latents (GPU).
+3. :meth:`Engine.semantic_tokens` - text + conditioning -> semantic codes and GPT latents (GPU);
+   the text segments of all rows run through the GPT together, in batches of equal settings.
 4. :meth:`Engine.render` - codes + latents + speaker features -> 22.05 kHz waveform (GPU).
+
+On CUDA the Engine uses the fast paths of :mod:`tts.fast` (static-cache CUDA-graph GPT decoder,
+fused s2mel solve, fused BigVGAN activation) unless it was opened with ``fast=False``; on the CPU
+it always runs the plain reference paths.
 
 Every stage returns one :class:`RowResult` per input row: a failing row (bad text, NaN in a
 tensor, out of memory after retries) never takes the other rows of its batch down with it.
@@ -143,20 +148,36 @@ class Engine:
 
     The GPT runs in the chosen dtype (float32, bfloat16 or float16); everything else runs in
     float32, as the reference does (s2mel and BigVGAN never run in half precision there).
+
+    ``fast`` (used on CUDA only): GPT generation through :func:`tts.fast.decode.generate`, the
+    s2mel flow-matching solve through :func:`tts.fast.s2mel.generate_batch` (fused weight norm,
+    eager loop: a CUDA graph per shape would rarely be replayed, segments differ in length) and
+    BigVGAN's activation through the fused kernel. ``gpt_batch_items``: the most (row, segment)
+    items one GPT generation call takes (see :meth:`semantic_tokens`).
     """
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, cs: CheckpointSet, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cs: CheckpointSet, device: torch.device, dtype: torch.dtype,
+                 fast: bool = True, gpt_batch_items: int = 16):
         self.cs = cs
         self.device = device
         self.dtype = dtype
+        self.fast = bool(fast) and device.type == "cuda"
+        if int(gpt_batch_items) < 1:
+            raise ValueError(f"gpt_batch_items must be >= 1, got {gpt_batch_items}")
+        self.gpt_batch_items = int(gpt_batch_items)
         self._parts: dict[str, object] = {}
+        self._vocoder_fused = False
         self.load_seconds: dict[str, float] = {}
 
     @classmethod
-    def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32") -> Engine:
+    def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32",
+             fast: bool = True, gpt_batch_items: int = 16) -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
+
+        ``fast``: use the fast CUDA paths (ignored on the CPU, which runs the plain paths);
+        ``gpt_batch_items``: most generation items per GPT call.
 
         Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
         without loading tensors: an IndexTTS 1.x set, config.yaml problems, empty, text,
@@ -186,7 +207,8 @@ class Engine:
             torch.backends.cudnn.deterministic = True
             torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
             torch.backends.cudnn.allow_tf32 = False
-        return cls(check_set(checkpoints), dev, DTYPES[dtype])
+        return cls(check_set(checkpoints), dev, DTYPES[dtype], fast=fast,
+                   gpt_batch_items=gpt_batch_items)
 
     @property
     def is_demo(self) -> bool:
@@ -254,6 +276,8 @@ class Engine:
             else platform.processor() or platform.machine(),
             "gpt_dtype": str(self.dtype).removeprefix("torch."),
             "other_dtype": "float32",
+            "fast": self.fast,
+            "gpt_batch_items": self.gpt_batch_items,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "cudnn_enabled": torch.backends.cudnn.enabled,
@@ -357,15 +381,67 @@ class Engine:
         speakers: list[dict[str, torch.Tensor]],
         emotions: list[dict[str, torch.Tensor]],
     ) -> list[RowResult]:
-        """Text -> semantic codes and GPT latents per segment (spec 2.5, 2.6).
+        """Text -> semantic codes and GPT latents per segment (spec 2.5, 2.6), for many rows.
 
         Value per row: ``codes_<i>`` [T_i] int64 and ``latent_<i>`` [T_i, model_dim] float32 for
         each text segment ``i``, plus ``text_ids_<i>``.
+
+        Every (row, segment) is one generation item. Items with equal
+        :class:`~tts.generation.GenerationConfig` go through the GPT together, at most
+        ``gpt_batch_items`` per call (sorted by text length, shorter texts left-padded under a
+        mask); the teacher-forced latent pass of a call's items is one batch too
+        (:meth:`UnifiedVoice.forward_packed`). Each row's speaker latent is computed alone,
+        exactly as the single-row path does (the conditioning encoder sees the row's whole
+        prompt: rows are not padded to a common prompt length). Each item samples from its own
+        generator (:func:`segment_seed`), so what it draws does not depend on the other items of
+        its call; only float rounding of the batched kernels can differ (see
+        tests/test_batching.py for what holds exactly).
+
+        Failures stay per row: a text the front-end rejects, a segment without codes, NaN. If a
+        batched call raises anything but out-of-memory (which propagates, so that the caller
+        retries with fewer rows), its items are rerun one by one and only the rows whose item
+        fails alone fail.
+
+        Timings per row: ``gpt_generate`` and ``gpt_forward`` are the row's share of the batched
+        calls its items ran in (each call's time split equally over its items), plus the row's
+        own conditioning encoder time in ``gpt_generate``.
         """
-        results = []
-        for req, spk, emo in zip(requests, speakers, emotions, strict=True):
-            results.append(self._row(req.id, lambda r=req, s=spk, e=emo: self._tokens_one(r, s, e)))
-        return results
+        n_rows = len(requests)
+        if len(speakers) != n_rows or len(emotions) != n_rows:
+            raise ValueError(
+                f"{n_rows} requests, {len(speakers)} speakers and {len(emotions)} emotions"
+            )
+        batch = _TokenBatch(n_rows)
+        items: list[_Item] = []
+        for r, req in enumerate(requests):
+            try:
+                items.extend(self._plan_items(r, req, batch.warnings[r]))
+            except torch.OutOfMemoryError:
+                raise
+            except _row_errors() as exc:
+                batch.fail(r, exc)
+        conds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for r in sorted({it.row for it in items}):
+            start = _tick(self.device)
+            try:
+                conds[r] = self._gpt_conditioning(speakers[r], emotions[r])
+            except torch.OutOfMemoryError:
+                raise
+            except _row_errors() as exc:
+                batch.fail(r, exc)
+            batch.timings[r]["gpt_generate"] += _tock(self.device, start)
+        groups: dict[object, list[_Item]] = {}
+        for it in items:
+            groups.setdefault(it.config, []).append(it)
+        for group in groups.values():
+            pending = sorted(group, key=lambda it: len(it.ids))  # stable: ties keep row order
+            while pending:
+                live = [it for it in pending if it.row not in batch.errors]
+                chunk, pending = live[: self.gpt_batch_items], live[self.gpt_batch_items :]
+                if chunk:
+                    for it, outcome in zip(chunk, self._run_chunk(chunk, conds), strict=True):
+                        batch.record(it, outcome)
+        return batch.results(requests)
 
     def frontend(self, max_text_tokens_per_segment: int = 120):
         """The text front-end (normaliser, tokenizer, segmentation) for this checkpoint set."""
@@ -381,14 +457,14 @@ class Engine:
             )
         return self._parts[key]
 
-    def _tokens_one(self, req: SynthesisRequest, spk: dict, emo: dict) -> tuple[dict, dict]:
-        from tts.generation import GenerationConfig, trim_at_stop
+    def _plan_items(self, row: int, req: SynthesisRequest, warnings: list[str]) -> list[_Item]:
+        """The row's text segments as generation items (raises on a text the front-end
+        rejects or sampling options generation would refuse)."""
+        from tts.generation import GenerationConfig
 
         opts = req.sampling_options()
         plan = self.frontend(int(opts["max_text_tokens_per_segment"])).process(req.text)
-        gpt = self.part("gpt")
-        dev = self.device
-        cfg = GenerationConfig(
+        config = GenerationConfig(
             do_sample=bool(opts["do_sample"]),
             top_k=int(opts["top_k"]),
             top_p=float(opts["top_p"]),
@@ -399,48 +475,130 @@ class Engine:
             max_mel_tokens=int(opts["max_mel_tokens"]),
             warn_on_limit=False,
         )
-        gen = torch.Generator(device=dev).manual_seed(_seed(req))
-        spk_cond = spk["spk_cond_emb"].to(dev, self.dtype)
-        emovec = emo["emovec"].to(dev, self.dtype)
-        value: dict[str, torch.Tensor] = {}
-        timings = {"gpt_generate": 0.0, "gpt_forward": 0.0}
-        warnings: list[str] = []
+        config.validate()
         if plan.unknown_message():
             warnings.append(plan.unknown_message())
-        for i, ids in enumerate(plan.segment_ids):
-            text = torch.tensor([ids], dtype=torch.int64, device=dev)
-            start = _tick(dev)
-            with self._gpt_autocast():
-                out, speech_latent = gpt.inference_speech(
-                    spk_cond, text, emo_vec=emovec, config=cfg, generator=gen
-                )
-            timings["gpt_generate"] += _tock(dev, start)
-            codes, (n,) = trim_at_stop(out.codes[:1], gpt.stop_mel_token)
-            if bool(out.hit_limit[0]):
-                warnings.append(
-                    f"segment {i}: generation stopped at max_mel_tokens ({cfg.max_mel_tokens}) "
-                    "before the stop token; the audio may be cut"
+        seed = _seed(req)
+        return [
+            _Item(
+                row,
+                i,
+                config,
+                [int(t) for t in ids],
+                torch.Generator(device=self.device).manual_seed(segment_seed(seed, i)),
+            )
+            for i, ids in enumerate(plan.segment_ids)
+        ]
+
+    def _gpt_conditioning(self, spk: dict, emo: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row's speaker latent [1, 32, d] and emotion vector [1, d], as
+        ``UnifiedVoice.inference_speech`` computes them for a batch of one (the prompt's
+        lengths default to its feature width: nothing is masked)."""
+        gpt = self.part("gpt")
+        dev = self.device
+        spk_cond = spk["spk_cond_emb"].to(dev, self.dtype)
+        emovec = emo["emovec"].to(dev, self.dtype)
+        with self._gpt_autocast():
+            lengths = torch.tensor([spk_cond.shape[-1]], device=dev)
+            latent = gpt.get_conditioning(spk_cond.transpose(1, 2), lengths)
+        return latent, emovec
+
+    def _run_chunk(self, chunk: list[_Item], conds: dict) -> list[_Outcome]:
+        """One batched GPT call for ``chunk``; if it raises (not out of memory), each item
+        again alone, so that only the items that fail alone fail."""
+        try:
+            return self._generate_items(chunk, conds)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if len(chunk) == 1:
+                if isinstance(exc, _row_errors()):
+                    return [_Outcome(error=exc)]
+                raise
+        outcomes = []
+        for it in chunk:
+            try:
+                outcomes.extend(self._generate_items([it], conds))
+            except torch.OutOfMemoryError:
+                raise
+            except _row_errors() as exc:
+                outcomes.append(_Outcome(error=exc))
+        return outcomes
+
+    def _generate(self, gpt, prefix, valid, config, generators):
+        if self.fast:
+            from tts.fast.decode import generate
+        else:
+            from tts.generation import generate
+        return generate(gpt, prefix, valid, config, generator=generators)
+
+    def _generate_items(self, chunk: list[_Item], conds: dict) -> list[_Outcome]:
+        """Generate codes for the items of ``chunk`` (same config) in one call, then their
+        latents in one teacher-forced pass. Item-level problems (no codes, NaN) are returned
+        as that item's error; anything else raises."""
+        from tts.generation import trim_at_stop
+
+        gpt = self.part("gpt")
+        dev = self.device
+        config = chunk[0].config
+        b = len(chunk)
+        start = _tick(dev)
+        latent = torch.cat([conds[it.row][0] for it in chunk])
+        emovec = torch.cat([conds[it.row][1] for it in chunk])
+        width = max(len(it.ids) for it in chunk)
+        # Padding ids are the stop text id, which prepare_gpt_inputs drops (then left-pads).
+        text = torch.full((b, width), gpt.stop_text_token, dtype=torch.int64)
+        for j, it in enumerate(chunk):
+            text[j, : len(it.ids)] = torch.tensor(it.ids, dtype=torch.int64)
+        text = text.to(dev)
+        with self._gpt_autocast():
+            prefix, valid = gpt.prepare_gpt_inputs(
+                gpt.conditioning_prefix(latent, emovec, b), text
+            )
+            out = self._generate(gpt, prefix, valid, config, [it.generator for it in chunk])
+        gen_share = _tock(dev, start) / b
+
+        outcomes: list[_Outcome | None] = [None] * b
+        keep: list[tuple[int, torch.Tensor, list[str]]] = []
+        for j, it in enumerate(chunk):
+            codes, (n,) = trim_at_stop(out.codes[j : j + 1], gpt.stop_mel_token)
+            warns = []
+            if bool(out.hit_limit[j]):
+                warns.append(
+                    f"segment {it.segment}: generation stopped at max_mel_tokens "
+                    f"({config.max_mel_tokens}) before the stop token; the audio may be cut"
                 )
             if n == 0:
-                raise ValueError(f"segment {i}: the GPT produced no semantic codes")
+                error = ValueError("the GPT produced no semantic codes")
+                outcomes[j] = _Outcome(error=error, generate_s=gen_share)
+            else:
+                keep.append((j, codes[0, :n], warns))
+        if keep:
+            idx = [j for j, _, _ in keep]
             start = _tick(dev)
             with self._gpt_autocast():
-                latent = gpt(
-                    speech_latent,
-                    text,
-                    torch.tensor([text.size(1)], device=dev),
-                    codes,
-                    torch.tensor([n], device=dev),
-                    None,
-                    emo_vec=emovec,
-                    use_speed=torch.zeros(1, dtype=torch.long, device=dev),
+                latents = gpt.forward_packed(
+                    latent[idx],
+                    emovec[idx],
+                    [text[j, : len(chunk[j].ids)] for j in idx],
+                    [codes for _, codes, _ in keep],
                 )
-            timings["gpt_forward"] += _tock(dev, start)
-            _check_finite(f"GPT latent (segment {i})", latent)
-            value[f"codes_{i}"] = codes[0].cpu()
-            value[f"latent_{i}"] = latent[0].float().cpu()
-            value[f"text_ids_{i}"] = text[0].cpu()
-        return value, timings, warnings
+            fwd_share = _tock(dev, start) / len(keep)
+            for (j, codes, warns), lat in zip(keep, latents, strict=True):
+                seg = chunk[j].segment
+                if not bool(torch.isfinite(lat).all()):
+                    error = FloatingPointError(
+                        "NaN or inf in the GPT latent output; nothing was written for this row"
+                    )
+                    outcomes[j] = _Outcome(error=error, generate_s=gen_share, forward_s=fwd_share)
+                    continue
+                value = {
+                    f"codes_{seg}": codes.cpu(),
+                    f"latent_{seg}": lat.float().cpu(),
+                    f"text_ids_{seg}": torch.tensor(chunk[j].ids, dtype=torch.int64),
+                }
+                outcomes[j] = _Outcome(value, None, warns, gen_share, fwd_share)
+        return outcomes  # type: ignore[return-value]
 
     # -- everything, for single jobs -------------------------------------------------------------
 
@@ -476,7 +634,11 @@ class Engine:
         speakers: list[dict[str, torch.Tensor]],
         tokens: list[dict[str, torch.Tensor]],
     ) -> list[RowResult]:
-        """Codes + latents + speaker features -> waveform ``wav`` float32 [N] in [-1, 1]."""
+        """Codes + latents + speaker features -> waveform ``wav`` float32 [N] in [-1, 1].
+
+        One s2mel solve and one vocoder call per segment (s2mel is a few percent of the time
+        next to the GPT; segments differ in length, so they would not batch without padding).
+        """
         results = []
         for req, spk, tok in zip(requests, speakers, tokens, strict=True):
             results.append(self._row(req.id, lambda r=req, s=spk, t=tok: self._render_one(r, s, t)))
@@ -487,7 +649,7 @@ class Engine:
         opts = req.sampling_options()
         s2mel = self.part("s2mel")
         codec = self.part("semantic_codec")
-        vocoder = self.part("bigvgan")
+        vocoder = self._vocoder()
         gen = torch.Generator(device=dev).manual_seed(_seed(req) + 1)
         silence = torch.zeros(int(SAMPLE_RATE * float(opts["interval_silence_ms"]) / 1000))
         pieces: list[torch.Tensor] = []
@@ -497,16 +659,23 @@ class Engine:
             latent = tok[f"latent_{i}"].to(dev, torch.float32).unsqueeze(0)
             start = _tick(dev)
             semantic = codec.vq2emb(codes)
-            mel = s2mel.generate(
+            args = (
                 semantic,
                 latent,
                 spk["prompt_condition"].to(dev),
                 spk["ref_mel"].to(dev),
                 spk["style"].to(dev),
-                n_timesteps=int(opts["diffusion_steps"]),
-                cfg_rate=float(opts["cfg_rate"]),
-                generator=gen,
             )
+            steps, cfg_rate = int(opts["diffusion_steps"]), float(opts["cfg_rate"])
+            if self.fast:
+                from tts.fast.s2mel import generate_batch
+
+                # S2Mel.generate for one row, through the fused estimator; no CUDA graph: it
+                # would be captured for this segment's shape and hardly ever replayed.
+                mel = generate_batch(s2mel, *args, n_timesteps=steps, cfg_rate=cfg_rate,
+                                     generator=gen, graphs=False)
+            else:
+                mel = s2mel.generate(*args, n_timesteps=steps, cfg_rate=cfg_rate, generator=gen)
             _check_finite("s2mel (mel spectrogram)", mel)
             timings["s2mel"] += _tock(dev, start)
             start = _tick(dev)
@@ -518,6 +687,17 @@ class Engine:
             pieces.append(wav.cpu())
         wav = torch.cat(pieces) if pieces else torch.zeros(0)
         return {"wav": wav.float().clamp(-1.0, 1.0)}, timings
+
+    def _vocoder(self):
+        """BigVGAN; with ``fast``, its anti-aliased activations use the fused kernel (this
+        instance only, set on first use)."""
+        vocoder = self.part("bigvgan")
+        if self.fast and not self._vocoder_fused:
+            from tts.fast.bigvgan import fuse_activations
+
+            fuse_activations(vocoder, "auto")
+            self._vocoder_fused = True
+        return vocoder
 
     def _row(self, row_id: str, work) -> RowResult:
         """Run one row's work; a row-level failure becomes the row's error, not an exception."""
@@ -574,3 +754,95 @@ def _tick(device: torch.device) -> float:
 
 def _tock(device: torch.device, start: float) -> float:
     return _tick(device) - start
+
+
+def segment_seed(seed: int, segment: int) -> int:
+    """The seed of the generator that samples text segment ``segment`` of a row with ``seed``.
+
+    Segment 0 uses the row seed itself (a one-segment row draws what it always drew); segment
+    ``i > 0`` uses the first 8 bytes (little-endian) of SHA-256 of ``"<seed>/<i>"``, top bit
+    cleared. Every segment thus has its own random stream, fixed by the row's seed and the
+    segment's index alone: not by the other rows or segments generated in the same GPT call.
+    """
+    if segment == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"{int(seed)}/{int(segment)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _row_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that fail one row (anything else is a bug and propagates)."""
+    from tts.audio import AudioError
+
+    return (AudioError, ValueError, FloatingPointError, CheckpointError, RuntimeError, KeyError)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+@dataclass
+class _Item:
+    """One generation item: text segment ``segment`` of row ``row``."""
+
+    row: int
+    segment: int
+    config: object  # tts.generation.GenerationConfig (hashable: items group by it)
+    ids: list[int]
+    generator: torch.Generator
+
+
+@dataclass
+class _Outcome:
+    """What one item produced: its tensors, or the error that fails its row."""
+
+    value: dict[str, torch.Tensor] | None = None
+    error: BaseException | None = None
+    warnings: list[str] = field(default_factory=list)
+    generate_s: float = 0.0
+    forward_s: float = 0.0
+
+
+class _TokenBatch:
+    """Per-row bookkeeping of :meth:`Engine.semantic_tokens`: segment tensors, the first
+    error, warnings and time shares."""
+
+    def __init__(self, rows: int):
+        self.values: list[dict[int, dict[str, torch.Tensor]]] = [{} for _ in range(rows)]
+        self.errors: dict[int, str] = {}
+        self.warnings: list[list[str]] = [[] for _ in range(rows)]
+        self.timings = [{"gpt_generate": 0.0, "gpt_forward": 0.0} for _ in range(rows)]
+
+    def fail(self, row: int, exc: BaseException, segment: int | None = None) -> None:
+        if row in self.errors:
+            return  # the row's first error is the one reported
+        text = _error_text(exc)
+        if segment is not None:
+            name, _, message = text.partition(": ")
+            text = f"{name}: segment {segment}: {message}"
+        self.errors[row] = text
+
+    def record(self, item: _Item, outcome: _Outcome) -> None:
+        t = self.timings[item.row]
+        t["gpt_generate"] += outcome.generate_s
+        t["gpt_forward"] += outcome.forward_s
+        self.warnings[item.row].extend(outcome.warnings)
+        if outcome.error is not None:
+            self.fail(item.row, outcome.error, item.segment)
+        elif outcome.value is not None:
+            self.values[item.row][item.segment] = outcome.value
+
+    def results(self, requests: list[SynthesisRequest]) -> list[RowResult]:
+        out = []
+        for r, req in enumerate(requests):
+            if r in self.errors:
+                out.append(RowResult(req.id, error=self.errors[r], timings=self.timings[r],
+                                     warnings=self.warnings[r]))
+                continue
+            value: dict[str, torch.Tensor] = {}
+            for seg in sorted(self.values[r]):
+                value.update(self.values[r][seg])
+            out.append(RowResult(req.id, value=value, timings=self.timings[r],
+                                 warnings=self.warnings[r]))
+        return out

@@ -458,6 +458,47 @@ class UnifiedVoice(nn.Module):
         latent = self.final_norm(hidden[:, -mel.size(1):])
         return latent[:, :-2]
 
+    def forward_packed(
+        self,
+        speech_conditioning_latent: torch.Tensor,
+        emo_vec: torch.Tensor,
+        texts: list[torch.Tensor],
+        codes: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """:meth:`forward` for items of different text and code lengths in one GPT pass.
+
+        ``speech_conditioning_latent`` [B, 32, d] and ``emo_vec`` [B, d] per item, ``texts[i]``
+        [L_i] text ids and ``codes[i]`` [n_i] codes (true lengths). Returns ``[n_i, d]`` per item,
+        what ``forward`` gives for that item alone (batch 1, lengths ``L_i`` and ``n_i``).
+
+        ``forward`` pads text and codes in place inside the sequence: with B > 1 a shorter text
+        gets stop ids between its text and its mel part, which every later position attends to,
+        so a batched item would not equal the item alone. Here each item's batch-1 sequence
+        ``[conds ; start text stop ; start codes stop]`` starts at position 0 and only the tail
+        after it is padded (zeros): under causal attention every real position sees exactly the
+        keys of the batch-1 pass. (The stack has no position embedding of its own, so a row's
+        position in the batch tensor only matters through causality.)
+        """
+        b = len(texts)
+        if len(codes) != b or speech_conditioning_latent.size(0) != b or emo_vec.size(0) != b:
+            raise ValueError("forward_packed: one latent, emotion vector, text and code per item")
+        conds = self.conditioning_prefix(speech_conditioning_latent, emo_vec, b)
+        rows, spans = [], []
+        for i in range(b):
+            text = F.pad(texts[i].long().flatten(), (1, 0), value=self.start_text_token)
+            text = F.pad(text, (0, 1), value=self.stop_text_token)
+            mel = F.pad(codes[i].long().flatten(), (1, 0), value=self.start_mel_token)
+            mel = F.pad(mel, (0, 1), value=self.stop_mel_token)
+            text_emb = self.text_embedding(text) + self.text_pos_embedding(text.size(0))
+            mel_emb = self.mel_embedding(mel) + self.mel_pos_embedding(mel.size(0))
+            rows.append(torch.cat((conds[i], text_emb, mel_emb)))
+            start = conds.size(1) + text.size(0)
+            spans.append((start, start + mel.size(0) - 2))  # the last two mel positions dropped
+        total = max(r.size(0) for r in rows)
+        x = torch.stack([F.pad(r, (0, 0, 0, total - r.size(0))) for r in rows])
+        hidden = self.gpt(x)
+        return [self.final_norm(hidden[i, lo:hi]) for i, (lo, hi) in enumerate(spans)]
+
     # -- generation ------------------------------------------------------------------------
 
     def prepare_gpt_inputs(
