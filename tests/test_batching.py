@@ -397,3 +397,30 @@ def test_fast_paths_are_off_on_the_cpu(engine):
     assert engine.fast is False
     prov = engine.provenance()
     assert prov["fast"] is False and prov["gpt_batch_items"] == 16
+
+
+def test_a_precomputed_text_plan_replaces_the_front_end(engine, rows, monkeypatch):
+    """Rows planned by the workflow's CPU text stage (a JSON round trip of the plan) give the
+    same codes and latents, and the Engine never runs the front-end for them."""
+    import json
+    from dataclasses import replace
+
+    from tts.text.frontend import TextPlan
+
+    reqs, spks, emos = rows
+    reqs = _with(reqs, **MODES["greedy"])
+    expected = engine.semantic_tokens(reqs, spks, emos)
+    planned = []
+    for r in reqs:
+        n = int(r.sampling_options()["max_text_tokens_per_segment"])
+        plan = json.loads(json.dumps(engine.frontend(n).process(r.text).to_dict()))
+        planned.append(replace(r, text_plan=TextPlan.from_dict(plan)))
+
+    def no_front_end(*args, **kwargs):
+        raise AssertionError("the Engine ran the text front-end for a planned row")
+
+    monkeypatch.setattr(Engine, "frontend", no_front_end)
+    out = engine.semantic_tokens(planned, spks, emos)
+    for a, b in zip(expected, out, strict=True):
+        assert b.ok, b.error
+        _assert_same_row(a.value, b.value, f"planned row {a.id}")

@@ -166,6 +166,18 @@ def test_schema_sampling_limits_match_jobs():
     assert texts["properties"]["id"]["pattern"] == jobs.ID_PATTERN.pattern
 
 
+def test_schema_decoder_names_match_the_decoder_variants():
+    from tts.fast.decode import VARIANTS
+    from tts.pipeline import DEFAULT_DECODER
+
+    schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
+    prop = schema["properties"]["gpt_decoder"]
+    assert set(prop["enum"]) == set(VARIANTS)
+    assert prop["default"] == DEFAULT_DECODER
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    assert config["gpt_decoder"] == DEFAULT_DECODER
+
+
 def test_request_from_spec_round_trip():
     row = jobs.read_table(REPO / "config" / "texts.tsv", {"top_k": 5}).rows[2]
     req = jobs.request_from_spec(row.spec)
@@ -315,3 +327,33 @@ def test_stale_locks_of_a_dead_run_are_cleared(tmp_path):
     lock.write_text("x")  # a run on another machine is never touched
     jobs.write_json(state / jobs.RUN_RECORD, {"pid": 1, "host": "elsewhere", "start": "1"})
     assert not jobs.clear_stale_locks(state) and lock.exists()
+
+
+def test_text_stage_plans_each_row_and_fails_a_bad_one_alone(tmp_path):
+    """The CPU text stage writes each row's front-end plan (what the GPU stage consumes) and
+    fails only the row whose text the front-end rejects."""
+    import json
+
+    from tts.checkpoints import CheckpointSet
+    from tts.demo import write_demo_checkpoints
+    from tts.text.frontend import TextFrontend, TextPlan
+
+    root = write_demo_checkpoints(tmp_path / "ckpt", seed=1)
+    texts = {"a": "Hello world.", "b": "   ", "c": "A second, longer row of text."}
+    specs = []
+    for rid, text in texts.items():
+        path = tmp_path / f"{rid}.json"
+        path.write_text(json.dumps({"id": rid, "text": text, "speaker": "x.wav",
+                                    "sampling": {"max_text_tokens_per_segment": 8}}))
+        specs.append(str(path))
+    out = tmp_path / "text.json"
+    jobs.run_text({"checkpoints": str(root)}, specs, str(out))
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert rows["a"]["ok"] and rows["c"]["ok"]
+    assert not rows["b"]["ok"] and rows["b"]["plan"] is None
+    assert rows["b"]["error"].startswith("text: ") and "text is empty" in rows["b"]["error"]
+    frontend = TextFrontend.for_checkpoints(CheckpointSet.open(root), 8)
+    for rid in ("a", "c"):
+        assert TextPlan.from_dict(rows[rid]["plan"]) == frontend.process(texts[rid])
+        assert rows[rid]["timings"]["text"] >= 0
+    assert len(rows["c"]["plan"]["segment_ids"]) > 1  # the row's own segment length was used

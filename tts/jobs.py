@@ -826,7 +826,8 @@ def open_engine(config: dict):
         engine = Engine.open(Path(config["checkpoints"]), device=device,
                              dtype=str(config.get("dtype", "float32")),
                              fast=bool(config.get("fast", True)),
-                             gpt_batch_items=int(config.get("gpt_batch_items", 16)))
+                             gpt_batch_items=int(config.get("gpt_batch_items", 16)),
+                             gpt_decoder=str(config.get("gpt_decoder", "graphf")))
         log.info("engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
                  time.perf_counter() - start, device, engine.is_demo,
                  "on" if engine.fast else "off")
@@ -984,19 +985,71 @@ def _stage_rows(status_path: str) -> dict:
     return read_json(status_path)["rows"]
 
 
+def run_text(config: dict, spec_paths: list[str], out_status: str, threads: int = 1) -> None:
+    """The text front-end (normalise, tokenize, segment) for every row of a batch, on the CPU.
+
+    A job of its own so that GPU jobs never run the normaliser: no GPU time is spent on it (the
+    Chinese grammar takes 20-35 s to compile on a new machine) and GPU machines need no
+    normaliser installed. A row whose text the front-end rejects fails here, with the reason;
+    the other rows go on. The result per row is the :class:`tts.text.frontend.TextPlan`.
+    """
+    from tts.checkpoints import CheckpointSet
+    from tts.text.frontend import TextFrontend
+
+    _set_threads(threads)
+    specs = [read_json(p) for p in spec_paths]
+    cs = CheckpointSet.open(Path(config["checkpoints"]))
+    frontends: dict[int, TextFrontend] = {}
+    rows: dict = {}
+    for i, spec in enumerate(specs, start=1):
+        rid, start = spec["id"], time.perf_counter()
+        error, plan = spec.get("error"), None
+        if not error:
+            try:
+                opts = request_from_spec(spec).sampling_options()
+                n = int(opts["max_text_tokens_per_segment"])
+                if n not in frontends:
+                    frontends[n] = TextFrontend.for_checkpoints(cs, n)
+                plan = frontends[n].process(spec["text"]).to_dict()
+            except Exception as exc:  # noqa: BLE001 - a row's failure must not stop the batch
+                error = f"text: {_first_line(exc)}"
+        seconds = time.perf_counter() - start
+        rows[rid] = {"ok": error is None, "error": error, "plan": plan,
+                     "timings": {"text": seconds}}
+        _progress("text", i, len(specs), rid, error is None, seconds, error)
+    write_json(out_status, {"rows": rows})
+
+
 def run_tokens(config: dict, spec_paths: list[str], results: str, emotion_tensors: str,
-               emotion_status: str, out_tensors: str, out_status: str, threads: int = 1) -> None:
-    """GPT semantic tokens for the rows of a batch that are still ok, in one engine call."""
+               emotion_status: str, out_tensors: str, out_status: str, threads: int = 1,
+               text_status: str | None = None) -> None:
+    """GPT semantic tokens for the rows of a batch that are still ok, in one engine call.
+
+    ``text_status``: the batch's text stage output (:func:`run_text`); without it the engine
+    runs the text front-end itself."""
+    from tts.text.frontend import TextPlan
+
     _set_threads(threads)
     specs, speaker = _batch_inputs(spec_paths, results)
     previous = _stage_rows(emotion_status)
+    texts = _stage_rows(text_status) if text_status else {}
     emo_all = _load(emotion_tensors)
     engine = open_engine(config)
     rows = {s["id"]: dict(previous[s["id"]]) for s in specs}
+    for rid, text in texts.items():
+        row = rows.get(rid)
+        if row is None:
+            continue
+        row["timings"] = {**row["timings"], **text["timings"]}
+        if row["ok"] and not text["ok"]:
+            row.update(ok=False, error=text["error"])
     todo = [s for s in specs if rows[s["id"]]["ok"]]
     tensors: dict = {}
     if todo:
         reqs = [request_from_spec(s) for s in todo]
+        for req in reqs:
+            if req.id in texts:
+                req.text_plan = TextPlan.from_dict(texts[req.id]["plan"])
         spks = [speaker(s["speaker_key"])[0] for s in todo]
         emos = [_unprefixed(s["id"], emo_all) for s in todo]
         start, load0 = time.perf_counter(), _loaded(engine)

@@ -30,6 +30,7 @@ import torch
 
 from tts.checkpoints import CheckpointSet, missing_files, sha256
 from tts.loading import CheckpointError
+from tts.text.frontend import TextPlan
 
 SAMPLE_RATE = 22050
 
@@ -50,6 +51,10 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 }
 
 
+# The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
+DEFAULT_DECODER = "graphf"
+
+
 @dataclass
 class SynthesisRequest:
     """One row of work: what to say, in which voice, with which emotion and sampling."""
@@ -64,6 +69,9 @@ class SynthesisRequest:
     use_random: bool = False
     seed: int | None = None
     sampling: dict = field(default_factory=dict)  # overrides of DEFAULT_SAMPLING
+    # The text front-end's result for ``text`` when it ran elsewhere (the workflow's CPU text
+    # stage); None: the Engine runs the front-end itself.
+    text_plan: TextPlan | None = None
 
     def sampling_options(self) -> dict:
         return {**DEFAULT_SAMPLING, **self.sampling}
@@ -152,14 +160,17 @@ class Engine:
     ``fast`` (used on CUDA only): GPT generation through :func:`tts.fast.decode.generate`, the
     s2mel flow-matching solve through :func:`tts.fast.s2mel.generate_batch` (fused weight norm,
     eager loop: a CUDA graph per shape would rarely be replayed, segments differ in length) and
-    BigVGAN's activation through the fused kernel. ``gpt_batch_items``: the most (row, segment)
-    items one GPT generation call takes (see :meth:`semantic_tokens`).
+    BigVGAN's activation through the fused kernel. ``gpt_decoder`` names the fast decoder's
+    variant (:data:`tts.fast.decode.VARIANTS`; default ``graphf``: compiled fused layer pieces,
+    swap beam reordering, compiled token choice; docs/benchmarks.md has the measurements).
+    ``gpt_batch_items``: the most (row, segment) items one GPT generation call takes (see
+    :meth:`semantic_tokens`).
     """
 
     sample_rate = SAMPLE_RATE
 
     def __init__(self, cs: CheckpointSet, device: torch.device, dtype: torch.dtype,
-                 fast: bool = True, gpt_batch_items: int = 16):
+                 fast: bool = True, gpt_batch_items: int = 16, gpt_decoder: str = DEFAULT_DECODER):
         self.cs = cs
         self.device = device
         self.dtype = dtype
@@ -167,17 +178,24 @@ class Engine:
         if int(gpt_batch_items) < 1:
             raise ValueError(f"gpt_batch_items must be >= 1, got {gpt_batch_items}")
         self.gpt_batch_items = int(gpt_batch_items)
+        from tts.fast.decode import VARIANTS
+
+        if gpt_decoder not in VARIANTS:
+            raise ValueError(f"gpt_decoder {gpt_decoder!r} is not one of {', '.join(VARIANTS)}")
+        self.gpt_decoder = gpt_decoder
         self._parts: dict[str, object] = {}
         self._vocoder_fused = False
         self.load_seconds: dict[str, float] = {}
 
     @classmethod
     def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32",
-             fast: bool = True, gpt_batch_items: int = 16) -> Engine:
+             fast: bool = True, gpt_batch_items: int = 16,
+             gpt_decoder: str = DEFAULT_DECODER) -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
 
         ``fast``: use the fast CUDA paths (ignored on the CPU, which runs the plain paths);
-        ``gpt_batch_items``: most generation items per GPT call.
+        ``gpt_batch_items``: most generation items per GPT call; ``gpt_decoder``: the fast
+        decoder's variant.
 
         Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
         without loading tensors: an IndexTTS 1.x set, config.yaml problems, empty, text,
@@ -208,7 +226,7 @@ class Engine:
             torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
             torch.backends.cudnn.allow_tf32 = False
         return cls(check_set(checkpoints), dev, DTYPES[dtype], fast=fast,
-                   gpt_batch_items=gpt_batch_items)
+                   gpt_batch_items=gpt_batch_items, gpt_decoder=gpt_decoder)
 
     @property
     def is_demo(self) -> bool:
@@ -277,6 +295,7 @@ class Engine:
             "gpt_dtype": str(self.dtype).removeprefix("torch."),
             "other_dtype": "float32",
             "fast": self.fast,
+            "gpt_decoder": self.gpt_decoder if self.fast else "tts.generation (plain)",
             "gpt_batch_items": self.gpt_batch_items,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
@@ -449,12 +468,7 @@ class Engine:
 
         key = f"frontend_{max_text_tokens_per_segment}"
         if key not in self._parts:
-            glossary = self.cs.root / "glossary.yaml"
-            self._parts[key] = TextFrontend(
-                self.cs.path("bpe"),
-                glossary=glossary if glossary.is_file() else None,
-                max_text_tokens_per_segment=max_text_tokens_per_segment,
-            )
+            self._parts[key] = TextFrontend.for_checkpoints(self.cs, max_text_tokens_per_segment)
         return self._parts[key]
 
     def _plan_items(self, row: int, req: SynthesisRequest, warnings: list[str]) -> list[_Item]:
@@ -463,7 +477,9 @@ class Engine:
         from tts.generation import GenerationConfig
 
         opts = req.sampling_options()
-        plan = self.frontend(int(opts["max_text_tokens_per_segment"])).process(req.text)
+        plan = req.text_plan
+        if plan is None:
+            plan = self.frontend(int(opts["max_text_tokens_per_segment"])).process(req.text)
         config = GenerationConfig(
             do_sample=bool(opts["do_sample"]),
             top_k=int(opts["top_k"]),
@@ -527,9 +543,12 @@ class Engine:
 
     def _generate(self, gpt, prefix, valid, config, generators):
         if self.fast:
-            from tts.fast.decode import generate
-        else:
-            from tts.generation import generate
+            from tts.fast.decode import VARIANTS, generate
+
+            return generate(gpt, prefix, valid, config, generator=generators,
+                            **VARIANTS[self.gpt_decoder])
+        from tts.generation import generate
+
         return generate(gpt, prefix, valid, config, generator=generators)
 
     def _generate_items(self, chunk: list[_Item], conds: dict) -> list[_Outcome]:

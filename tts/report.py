@@ -26,10 +26,11 @@ from tts.jobs import atomic_write_text, read_json
 METRIC_COLUMNS = [
     "id", "status", "error", "verdict", "reasons", "text", "transcript", "wer", "cer",
     "similarity", "similarity_backend", "asr", "language", "duration_s", "rtf",
-    "t_speaker_s", "t_emotion_s", "t_tokens_s", "t_render_s", "t_score_s", "rms_dbfs",
+    "t_speaker_s", "t_text_s", "t_emotion_s", "t_tokens_s", "t_render_s", "t_score_s",
+    "rms_dbfs",
     "clip_fraction", "batch", "audio", "seed", "speaker",
 ]
-STAGES = ("speaker", "emotion", "tokens", "render", "score")
+STAGES = ("speaker", "text", "emotion", "tokens", "render", "score")
 
 
 def _maybe(path: Path) -> dict | None:
@@ -106,10 +107,12 @@ def collect(
         if spk and spk.get("seconds") is not None:
             # A speaker prompt is conditioned once; each of its rows carries an equal share.
             rec["t_speaker_s"] = spk["seconds"] / max(1, speaker_counts.get(key, 1))
+        rec["t_text_s"] = timings.get("text")
         rec["t_emotion_s"] = timings.get("emotion")
         rec["t_tokens_s"] = timings.get("tokens")
         rec["t_render_s"] = timings.get("render")
-        synth = [rec[k] for k in ("t_emotion_s", "t_tokens_s", "t_render_s") if rec[k] is not None]
+        synth = [rec[k] for k in ("t_text_s", "t_emotion_s", "t_tokens_s", "t_render_s")
+                 if rec[k] is not None]
         if rec["duration_s"] and synth:
             rec["rtf"] = sum(synth) / rec["duration_s"]
         rec["status"] = "failed" if error else "ok"
@@ -288,7 +291,8 @@ def render_html(records: list[dict], context: dict, config: dict, mel_images: bo
     failed = [r for r in records if r["status"] != "ok"]
     passed = [r for r in ok if r.get("verdict") == "pass"]
     total_audio = sum(r["duration_s"] or 0.0 for r in ok)
-    total_synth = sum(sum(r.get(f"t_{s}_s") or 0.0 for s in ("emotion", "tokens", "render"))
+    total_synth = sum(sum(r.get(f"t_{s}_s") or 0.0
+                          for s in ("text", "emotion", "tokens", "render"))
                       for r in ok)
 
     def mean(key: str) -> str:

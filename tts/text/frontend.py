@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from tts.text.errors import TextError
 from tts.text.normalizer import TextNormalizer
@@ -41,9 +41,27 @@ class TextPlan:
         chars = " ".join(repr(c) for c in self.unknown)
         return f"{self.unknown_count} token(s) not in the vocabulary: {chars}"
 
+    def to_dict(self) -> dict:
+        """Plain JSON-able form (the workflow's text stage writes it for the GPU stage)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TextPlan:
+        """The inverse of :meth:`to_dict`; a missing or unknown field is an error."""
+        return cls(**data)
+
 
 class TextFrontend:
     """Normaliser + tokenizer + segmentation for the rows of a batch."""
+
+    @classmethod
+    def for_checkpoints(cls, cs, max_text_tokens_per_segment: int = DEFAULT_MAX_TOKENS
+                        ) -> TextFrontend:
+        """The front-end of checkpoint set ``cs``: its ``bpe.model`` and, when the set has
+        one, its ``glossary.yaml`` (as the reference reads them)."""
+        glossary = cs.root / "glossary.yaml"
+        return cls(cs.path("bpe"), glossary=glossary if glossary.is_file() else None,
+                   max_text_tokens_per_segment=max_text_tokens_per_segment)
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ rule semantic_tokens:
         speaker_status=lambda w: PLAN.batch_speakers(w.batch, ".json"),
         emotion=batch_file("emotion.safetensors"),
         emotion_status=batch_file("emotion.json"),
+        text=batch_file("text.json"),
     output:
         tensors=batch_file("tokens.safetensors"),
         status=batch_file("tokens.json"),

@@ -14,4 +14,5 @@ with jobs.job_log(snakemake.log[0]):
         snakemake.output.tensors,
         snakemake.output.status,
         snakemake.threads,
+        text_status=snakemake.input.text,
     )
