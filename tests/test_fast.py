@@ -363,3 +363,36 @@ def test_fused_activation_interpreted():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_triton_window_gather_equals_index_select_interpreted():
+    """The beam-reorder copy kernel (Triton's CPU interpreter) moves exactly what
+    ``index_select`` moves, for several windows, row orders and dtypes, and nothing else."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent(
+        """
+        import torch
+        from tts.fast import gather
+        assert gather.available(torch.zeros(1))
+        torch.manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            src = torch.randn(2, 2, 6, 3, 40, 8).to(dtype)
+            for lo, end in ((0, 40), (7, 19), (12, 13), (39, 40)):
+                for rows_from in ([0, 0, 0, 3, 3, 3], [5, 4, 3, 2, 1, 0], [2, 2, 5, 0, 1, 1]):
+                    idx = torch.tensor(rows_from)
+                    dst = torch.full_like(src, 7.0)
+                    gather.BLOCK = 32  # several blocks per run
+                    gather.gather_window(src, dst, idx, lo, end)
+                    want = torch.full_like(src, 7.0)
+                    want[..., lo:end, :] = src[..., lo:end, :].index_select(2, idx)
+                    assert torch.equal(dst, want), (dtype, lo, end, rows_from)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+

@@ -323,3 +323,141 @@ def test_case_cuda_half(item, dtype):
         if rel > bound:
             bad.append(f"{c.key}: relative L2 error {rel:.3g} > {bound:g}")
     assert not bad, "\n".join(bad)
+
+
+# -- the Engine as the workflow runs it: batched rows, fast paths vs the plain paths ----------
+
+
+@pytest.fixture(scope="module")
+def demo_engines(tmp_path_factory):
+    """The DEMO set opened twice on CUDA in float32: fast paths (default decoder) and plain."""
+    from tts.demo import write_demo_checkpoints
+    from tts.pipeline import Engine
+
+    root = write_demo_checkpoints(tmp_path_factory.mktemp("demo_gpu"), seed=3)
+    return (Engine.open(root, device="cuda", fast=True),
+            Engine.open(root, device="cuda", fast=False))
+
+
+def _planned_rows(engine):
+    """Three rows with different speakers, text lengths and segment counts. Their text plans
+    are built from token ids directly (the GPU machine has no text normaliser; the workflow's
+    CPU text stage makes these plans there)."""
+    from pathlib import Path
+
+    from tts.pipeline import SynthesisRequest
+    from tts.text.frontend import TextPlan
+
+    vocab = engine.part("gpt").text_embedding.num_embeddings - 2
+    speakers = sorted((Path(__file__).resolve().parents[1] / "config" / "speakers").glob("*.wav"))
+    segments = [[[5, 9, 11, 40, 7]], [[12, 3, 3, 8, 60, 2, 17]], [[30, 31, 32], [33, 34, 35, 36]]]
+    reqs = []
+    for i, segs in enumerate(segments):
+        segs = [[t % vocab for t in s] for s in segs]
+        ids = [t for s in segs for t in s]
+        plan = TextPlan(text=f"row {i}", normalized=f"row {i}", tokens=[str(t) for t in ids],
+                        ids=ids, segments=[[str(t) for t in s] for s in segs], segment_ids=segs)
+        reqs.append(SynthesisRequest(
+            id=f"r{i}", text=f"row {i}", speaker=speakers[i % len(speakers)], seed=7 + i,
+            sampling={"max_mel_tokens": 40, "diffusion_steps": 4, "num_beams": 3,
+                      "do_sample": True}, text_plan=plan))
+    return reqs
+
+
+def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines):
+    """float32: the batched GPT stage through the default fast decoder gives the plain path's
+    codes and (within float32 rounding) latents, and the fast render the same waveform."""
+    fast, plain = demo_engines
+    assert fast.fast and not plain.fast
+    reqs = _planned_rows(fast)
+    spks = [fast.speaker_conditioning(r.speaker) for r in reqs]
+    emos = [fast.emotion_conditioning(r, s) for r, s in zip(reqs, spks, strict=True)]
+    tok_fast = fast.semantic_tokens(reqs, spks, emos)
+    tok_plain = plain.semantic_tokens(reqs, spks, emos)
+    worst = {"latent": 0.0, "wav": 0.0}
+    for a, b in zip(tok_fast, tok_plain, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.value.keys() == b.value.keys()
+        for key in a.value:
+            if key.startswith("latent_"):
+                torch.testing.assert_close(a.value[key], b.value[key], rtol=1e-4, atol=1e-4)
+                worst["latent"] = max(worst["latent"],
+                                      float((a.value[key] - b.value[key]).abs().max()))
+            else:
+                assert torch.equal(a.value[key], b.value[key]), (a.id, key)
+    wav_fast = fast.render(reqs, spks, [t.value for t in tok_plain])
+    wav_plain = plain.render(reqs, spks, [t.value for t in tok_plain])
+    for a, b in zip(wav_fast, wav_plain, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.value["wav"].shape == b.value["wav"].shape
+        torch.testing.assert_close(a.value["wav"], b.value["wav"], rtol=1e-3, atol=1e-3)
+        worst["wav"] = max(worst["wav"], float((a.value["wav"] - b.value["wav"]).abs().max()))
+    REPORT.append({"case": "engine_fast_batched_vs_plain_float32", "worst_abs": worst})
+    _write_report()
+
+
+def test_triton_window_gather_equals_index_select_cuda():
+    """The beam-reorder copy kernel on CUDA, full-size layout (24 layers, 20 heads, 64 dims)."""
+    from tts.fast import gather
+
+    if not gather.available(torch.zeros(1, device="cuda")):
+        pytest.skip("Triton is not available")
+    torch.manual_seed(0)
+    src = torch.randn(24, 2, 9, 20, 300, 64, device="cuda", dtype=torch.bfloat16)
+    idx = torch.tensor([2, 2, 0, 5, 4, 4, 8, 6, 6], device="cuda")
+    for lo, end in ((0, 300), (117, 245), (200, 201)):
+        dst = torch.zeros_like(src)
+        gather.gather_window(src, dst, idx, lo, end)
+        want = torch.zeros_like(src)
+        want[..., lo:end, :] = src[..., lo:end, :].index_select(2, idx)
+        assert torch.equal(dst, want), (lo, end)
+
+
+def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
+    """How the Engine runs a bf16 GPT: weights cast, autocast on, a float32 prefix (autocast's
+    LayerNorms return float32). The static cache is then in the weights' dtype (every key and
+    value is a bf16 product, so nothing is rounded): the plain graph step gives the eager
+    generation's codes, and the fused variant runs without falling back."""
+    import copy
+
+    from tts import fast
+    from tts.checkpoints import CheckpointSet
+    from tts.components import load_component
+    from tts.fast import decode
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
+    if root is None:
+        pytest.skip("gpt-small fixture set not found")
+    model, _ = load_component("gpt", CheckpointSet.open(root))
+    model = copy.deepcopy(model.eval()).to("cuda", torch.bfloat16)
+    gen = torch.Generator().manual_seed(20)
+    prefix = (torch.randn(2, 20, model.model_dim, generator=gen) * 0.5).cuda()
+    valid = torch.ones(2, 20, dtype=torch.bool, device="cuda")
+    valid[1, :3] = False
+    cfg = GenerationConfig(num_beams=3, do_sample=False, max_mel_tokens=40,
+                           warn_on_limit=False, repetition_penalty=2.0)
+    before = len(fast.FALLBACKS)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        # The keys / values autocast produces are bf16 values: a float32 cache holds nothing
+        # a bf16 cache cannot (checked on the prefill, which writes every prompt position).
+        wide = model.new_cache(2, 20, device="cuda", dtype=torch.float32)
+        model.decode(prefix, wide, None)
+        assert torch.equal(wide.k, wide.k.to(torch.bfloat16).float())
+        assert torch.equal(wide.v, wide.v.to(torch.bfloat16).float())
+        dec = decode.StaticDecoder(model, prefix, valid, cfg, reorder="swap", use_graph=True)
+        assert dec.cache.k.dtype == torch.bfloat16
+        graph = dec.run(check_every=8)
+        stats: dict = {}
+        fused = decode.generate(model, prefix, valid, cfg, stats=stats,
+                                **decode.VARIANTS["graphf"])
+        plain = plain_generate(model, prefix, valid, cfg)
+    assert stats["fused"] and len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    def agree(a, b):
+        return float((a == b).float().mean()) if a.shape == b.shape else None
+
+    REPORT.append({"case": "bf16_autocast_codes_agreement",
+                   "graph_vs_plain": agree(graph.codes, plain.codes),
+                   "graphf_vs_plain": agree(fused.codes, plain.codes)})
+    _write_report()

@@ -94,8 +94,15 @@ def count_kernels(dec: StaticDecoder, step: int) -> dict:
             events = json.load(fh).get("traceEvents", [])
     kernels = [e for e in events if e.get("cat") == "kernel"]
     copies = [e for e in events if e.get("cat") in ("gpu_memcpy", "gpu_memset")]
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = by_name.setdefault(str(e.get("name", "?"))[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += float(e.get("dur", 0.0))
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:15]
     return {"kernels": len(kernels), "copies": len(copies),
-            "kernel_us": sum(float(e.get("dur", 0.0)) for e in kernels)}
+            "kernel_us": sum(float(e.get("dur", 0.0)) for e in kernels),
+            "top": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in top]}
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ SEED="${SEED:-1234}"
 BENCH_ARGS="${BENCH_ARGS:---precision float32@1#graph --precision bfloat16:bfloat16+compile:bfloat16@1#graph,graphc --precision bfloat16:bfloat16:bfloat16@16#graph --eager-baseline}"
 OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
 PROFILE_ARGS="${PROFILE_ARGS:-}"
+TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-200}" T_PROFILE="${T_PROFILE:-120}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
@@ -189,7 +190,8 @@ main() {
     --weights "$CK" --device "$DEVICE" $SIZE_ARG $OFFICIAL_ARGS --out "$OUT/official.json"
   want compare && section compare "$T_COMPARE" bash -c compare
   want tests && section tests "$T_TESTS" env PYTHONPATH="$SITE_OURS:$PWD" \
-    TTS_GPU_REPORT="$OUT/tests.json" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+    TTS_GPU_REPORT="$OUT/tests.json" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+    -rs ${TESTS_K:+-k "$TESTS_K"}
   if want profile; then
     if [ -f scripts/device/decode_profile.py ]; then
       # shellcheck disable=SC2086

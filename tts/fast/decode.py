@@ -33,7 +33,8 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   run in the weights' dtype without autocast; ``matmul="reduce"`` makes its projections
   Inductor reductions instead of cuBLAS GEMMs;
 * ``reorder="swap"``: beam reordering gathers the generated window into a second cache and the
-  two caches swap roles every step (one graph per bucket and parity) instead of gathering into
+  two caches swap roles every step (one graph per bucket and parity; on CUDA the gather is the
+  contiguous-run Triton copy of :mod:`tts.fast.gather`) instead of gathering into
   a temporary and copying it back: one kernel and half the memory traffic, for twice the cache
   memory. Exact (the same values move).
 """
@@ -103,6 +104,8 @@ VARIANTS: dict[str, dict] = {
     "graphf": {"fused": True, "reorder": "swap", "compile_logic": True,
                "compile_processors": True},
     "graphfr": {"fused": True, "matmul": "reduce", "reorder": "swap", "compile_logic": True,
+                "compile_processors": True},
+    "graphfa": {"fused": True, "matmul": "autotune", "reorder": "swap", "compile_logic": True,
                 "compile_processors": True},
 }
 REORDERS = ("copy", "swap")
@@ -317,14 +320,20 @@ class StaticDecoder:
         start_tokens = torch.full((batch,), start, dtype=torch.int64, device=device)
         emb = torch.cat((prefix, model.mel_input_embedding(start_tokens, 0)), dim=1)
         mask = prefix_attention_mask(valid_all, s_len + 1) if has_padding else None
+        # A half-precision GPT run under autocast gets a float32 prefix (autocast's LayerNorms
+        # return float32), but every key / value is the output of a half-precision product:
+        # a cache in the weights' dtype holds exactly the same values, in half the memory.
+        weight_dtype = model.mel_head.weight.dtype
+        cache_dtype = weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) \
+            else prefix.dtype
         # reorder="swap": two caches (one tensor each, keys and values together), the one in
         # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
         self.swap = reorder == "swap" and beams > 1
         if self.swap:
-            self.cache, kv = _joint_cache(model, rows, cap, device, prefix.dtype)
+            self.cache, kv = _joint_cache(model, rows, cap, device, cache_dtype)
             self.kv = [kv]
         else:
-            self.cache = model.new_cache(rows, cap, device=device, dtype=prefix.dtype)
+            self.cache = model.new_cache(rows, cap, device=device, dtype=cache_dtype)
         if beams == 1:
             logits = model.decode(emb, self.cache, mask)
         else:
@@ -335,12 +344,12 @@ class StaticDecoder:
             del first
         self.caches = [self.cache]
         if self.swap:  # the second cache starts with the same prompt (+ start code) part
-            other, kv = _joint_cache(model, rows, cap, device, prefix.dtype)
+            other, kv = _joint_cache(model, rows, cap, device, cache_dtype)
             kv[..., :s_len + 1, :].copy_(self.kv[0][..., :s_len + 1, :])
             self.caches.append(other)
             self.kv.append(kv)
         self.cur = 0  # index of the cache in use
-        self.fused = self._fused_stack(fused, matmul, prefix.dtype)
+        self.fused = self._fused_stack(fused, matmul, cache_dtype)
         self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
         self.key_pos = torch.arange(cap, device=device)
 
@@ -536,7 +545,8 @@ class StaticDecoder:
         lo = self.s_len
         if self.swap:  # into the other cache (keys and values at once), which becomes current
             src, dst = self.kv[self.cur], self.kv[1 - self.cur]
-            torch.index_select(src[..., lo:end, :], 2, rows_from, out=dst[..., lo:end, :])
+            if not self._gather_window(src, dst, rows_from, lo, end):
+                torch.index_select(src[..., lo:end, :], 2, rows_from, out=dst[..., lo:end, :])
             self._use(1 - self.cur)
             return
         for buf in (self.cache.k, self.cache.v):
@@ -570,6 +580,23 @@ class StaticDecoder:
             and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == dtype
         with torch.autocast(dev, enabled=False) if native else _nullcontext():
             self._layers(x, pos, keys, end, weights, cache, rows)
+
+    def _gather_window(self, src, dst, rows_from, lo: int, end: int) -> bool:
+        """The swap reorder through the Triton copy kernel (tts.fast.gather) where it runs;
+        False: use ``index_select`` (CPU, no Triton, or the kernel failed once)."""
+        from tts.fast import gather
+
+        if _COMPILED.get("gather_failed") or not gather.available(src):
+            return False
+        try:
+            gather.gather_window(src, dst, rows_from, lo, end)
+            return True
+        except Exception as exc:  # noqa: BLE001 - keep decoding with index_select
+            from tts.fast import fallback
+
+            fallback("beam reorder Triton gather", exc)
+            _COMPILED["gather_failed"] = True
+            return False
 
     def _use(self, index: int) -> None:
         """Make cache ``index`` the one in use (reorder="swap")."""

@@ -33,6 +33,10 @@ projection is a matrix-vector product whose cost is reading the weights once. It
 output-major (``[out, rows]``), so the rows sharing a weight row are computed by one program.
 Products and sums are float32, like cuBLAS's accumulation. Whether it beats cuBLAS is for the
 GPU measurement to say (scripts/device/decode_profile.py).
+
+``matmul="autotune"`` keeps the GEMMs but compiles with Inductor's max-autotune: per shape it
+times its Triton GEMM templates (epilogues fused) against cuBLAS and keeps the fastest. The
+first compile takes minutes; Inductor caches the choice on disk for later processes.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-MATMULS = ("mm", "reduce")
+MATMULS = ("mm", "reduce", "autotune")
 
 
 def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -111,8 +115,11 @@ def compiled(name: str, key: tuple) -> Callable:
     """The compiled function ``name`` for step shape ``key`` (made once per process)."""
     fn = _COMPILED.get((name, key))
     if fn is None:
+        # key[-1] is the matmul mode: "autotune" lets Inductor time Triton GEMM templates
+        # (with bias / GELU / residual fused into their epilogues) against cuBLAS per shape.
+        mode = "max-autotune-no-cudagraphs" if key[-1] == "autotune" else None
         fn = _COMPILED[(name, key)] = torch.compile(
-            _own_code(_FUNCTIONS[name]), dynamic=False, fullgraph=True)
+            _own_code(_FUNCTIONS[name]), dynamic=False, fullgraph=True, mode=mode)
     return fn
 
 
