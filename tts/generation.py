@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from tts.models.gpt import prefix_attention_mask
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tts.models.gpt import UnifiedVoice
 
 # The reference's fake prompt is ``torch.ones``: this id is in every row's history.
@@ -117,13 +119,20 @@ class GenerationOutput:
 # ---------------------------------------------------------------------------------------------
 
 
+def cumulative_probs(sorted_scores: torch.Tensor) -> torch.Tensor:
+    """Top-p's cumulative probabilities of scores sorted in ascending order."""
+    return sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+
+
 def process_scores(
-    scores: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, min_tokens_to_keep: int
+    scores: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, min_tokens_to_keep: int,
+    cumulative: Callable[[torch.Tensor], torch.Tensor] = cumulative_probs,
 ) -> torch.Tensor:
     """Repetition penalty, then (sampling only) temperature, top-k, top-p.
 
     ``seen`` [rows, vocab] bool marks every id in the row's history (prompt ids included).
-    The penalty multiplies negative scores and divides positive ones.
+    The penalty multiplies negative scores and divides positive ones. ``cumulative`` computes
+    top-p's cumulative probabilities (the compiled decoder passes one kept out of Inductor).
     """
     if cfg.repetition_penalty != 1.0:
         p = cfg.repetition_penalty
@@ -138,8 +147,7 @@ def process_scores(
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if cfg.top_p is not None and cfg.top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= (1 - cfg.top_p)
+        drop_sorted = cumulative(sorted_scores) <= (1 - cfg.top_p)
         drop_sorted[..., -min_tokens_to_keep:] = False
         drop = drop_sorted.scatter(1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))

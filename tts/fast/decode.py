@@ -56,6 +56,7 @@ from tts.generation import (
     Generators,
     _BeamState,
     check_generators,
+    cumulative_probs,
     multinomial_rows,
     process_scores,
 )
@@ -114,34 +115,16 @@ REORDERS = ("copy", "swap")
 @torch.compiler.disable
 def _cumulative(sorted_scores: torch.Tensor) -> torch.Tensor:
     """Top-p's cumulative probabilities, eager (Inductor 2.11 fails on this scan on CUDA)."""
-    return sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    return cumulative_probs(sorted_scores)
 
 
 def _processors(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig,
                 beams: bool) -> torch.Tensor:
-    """:func:`tts.generation.process_scores` (after log_softmax with beams), the same operations
-    in the same order, written out so that torch.compile can fuse them around the eager
-    cumulative sum (tests/test_fast.py checks it against process_scores)."""
+    """:func:`tts.generation.process_scores` (after log_softmax with beams) with the top-p
+    scan kept eager, so that torch.compile fuses everything around it (tests/test_fast.py
+    checks it against process_scores)."""
     scores = F.log_softmax(logits, dim=-1) if beams else logits
-    keep = 2 if beams else 1
-    if cfg.repetition_penalty != 1.0:
-        p = cfg.repetition_penalty
-        scores = torch.where(seen, torch.where(scores < 0, scores * p, scores / p), scores)
-    if not cfg.do_sample:
-        return scores
-    if cfg.temperature is not None and cfg.temperature != 1.0:
-        scores = scores / cfg.temperature
-    if cfg.top_k is not None and cfg.top_k != 0:
-        k = min(max(cfg.top_k, keep), scores.size(-1))
-        kth = torch.topk(scores, k).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        drop_sorted = _cumulative(sorted_scores) <= (1 - cfg.top_p)
-        drop_sorted[..., -keep:] = False
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    return scores
+    return process_scores(scores, seen, cfg, 2 if beams else 1, cumulative=_cumulative)
 
 
 def _compiled_processors(key: tuple):
