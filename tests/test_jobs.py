@@ -357,3 +357,20 @@ def test_text_stage_plans_each_row_and_fails_a_bad_one_alone(tmp_path):
         assert TextPlan.from_dict(rows[rid]["plan"]) == frontend.process(texts[rid])
         assert rows[rid]["timings"]["text"] >= 0
     assert len(rows["c"]["plan"]["segment_ids"]) > 1  # the row's own segment length was used
+
+
+
+def test_render_precision_is_checked_and_needs_cuda():
+    import torch
+
+    from tts.fast.s2mel import PRECISIONS
+    from tts.pipeline import Engine
+
+    schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
+    assert set(schema["properties"]["render_precision"]["enum"]) == set(PRECISIONS)
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="needs CUDA and fast: true"):
+        Engine(None, cpu, torch.float32, render_precision="bfloat16")
+    with pytest.raises(ValueError, match="is not one of"):
+        Engine(None, cpu, torch.float32, render_precision="int8")
+    assert Engine(None, cpu, torch.float32).render_precision == "float32"

@@ -184,6 +184,20 @@ def test_nothing_reruns_after_a_finished_run(finished):
     assert job_counts(wd) == {}
 
 
+def test_settings_rerun_only_the_stages_they_affect(finished):
+    """A finished run: nothing to do; another render precision: render, score and report only
+    (per batch); another GPT dtype: every row stage (dtype is part of each row's spec), not the
+    checkpoint checks."""
+    wd, _ = finished
+    assert job_counts(wd) == {}
+    assert job_counts(wd, render_precision="bfloat16") == {
+        "render": 1, "score": 1, "report": 1, "all": 1}
+    counts = job_counts(wd, dtype="bfloat16")
+    assert "validate_weights" not in counts and "check_checkpoints" not in counts, counts
+    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1),
+                      "speaker_conditioning": 1, "report": 1, "all": 1}, counts
+
+
 def test_only_new_and_edited_rows_rerun(finished):
     src, _ = finished
     wd = src.parent / "incremental"  # beside ckpt/, like the original

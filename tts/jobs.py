@@ -691,6 +691,9 @@ def prepare(config: dict) -> Plan:
                  for r in table.rows],
     })
     write_if_changed(f"{results}/settings.json", {"dtype": dtype})
+    # Only the render stage (and what follows it) depends on its precision.
+    write_if_changed(f"{results}/render_settings.json",
+                     {"render_precision": str(config.get("render_precision", "float32"))})
     write_if_changed(f"{results}/scoring.json", config.get("scoring", {}))
     fingerprint = checkpoint_fingerprint(config["checkpoints"],
                                          Path(results, "checkpoints", "hash-cache.json"))
@@ -827,7 +830,8 @@ def open_engine(config: dict):
                              dtype=str(config.get("dtype", "float32")),
                              fast=bool(config.get("fast", True)),
                              gpt_batch_items=int(config.get("gpt_batch_items", 16)),
-                             gpt_decoder=str(config.get("gpt_decoder", "graphf")))
+                             gpt_decoder=str(config.get("gpt_decoder", "graphf")),
+                             render_precision=str(config.get("render_precision", "float32")))
         log.info("engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
                  time.perf_counter() - start, device, engine.is_demo,
                  "on" if engine.fast else "off")

@@ -164,13 +164,17 @@ class Engine:
     variant (:data:`tts.fast.decode.VARIANTS`; default ``graphf``: compiled fused layer pieces,
     swap beam reordering, compiled token choice; docs/benchmarks.md has the measurements).
     ``gpt_batch_items``: the most (row, segment) items one GPT generation call takes (see
-    :meth:`semantic_tokens`).
+    :meth:`semantic_tokens`). ``render_precision`` (CUDA with ``fast`` only): the precision of
+    the flow-matching solve and of BigVGAN, as ``tts bench``'s s2mel/vocoder precisions
+    (float32 = the reference; tf32, bfloat16, float16 trade exactness for speed: docs/gpu.md
+    lists the measured bounds of the half-precision cases).
     """
 
     sample_rate = SAMPLE_RATE
 
     def __init__(self, cs: CheckpointSet, device: torch.device, dtype: torch.dtype,
-                 fast: bool = True, gpt_batch_items: int = 16, gpt_decoder: str = DEFAULT_DECODER):
+                 fast: bool = True, gpt_batch_items: int = 16, gpt_decoder: str = DEFAULT_DECODER,
+                 render_precision: str = "float32"):
         self.cs = cs
         self.device = device
         self.dtype = dtype
@@ -183,6 +187,15 @@ class Engine:
         if gpt_decoder not in VARIANTS:
             raise ValueError(f"gpt_decoder {gpt_decoder!r} is not one of {', '.join(VARIANTS)}")
         self.gpt_decoder = gpt_decoder
+        from tts.fast.s2mel import PRECISIONS
+
+        if render_precision not in PRECISIONS:
+            raise ValueError(f"render_precision {render_precision!r} is not one of "
+                             f"{', '.join(PRECISIONS)}")
+        if render_precision != "float32" and not self.fast:
+            raise ValueError(f"render_precision {render_precision} needs CUDA and fast: true; "
+                             "use float32")
+        self.render_precision = render_precision
         self._parts: dict[str, object] = {}
         self._vocoder_fused = False
         self.load_seconds: dict[str, float] = {}
@@ -190,12 +203,12 @@ class Engine:
     @classmethod
     def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32",
              fast: bool = True, gpt_batch_items: int = 16,
-             gpt_decoder: str = DEFAULT_DECODER) -> Engine:
+             gpt_decoder: str = DEFAULT_DECODER, render_precision: str = "float32") -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
 
         ``fast``: use the fast CUDA paths (ignored on the CPU, which runs the plain paths);
         ``gpt_batch_items``: most generation items per GPT call; ``gpt_decoder``: the fast
-        decoder's variant.
+        decoder's variant; ``render_precision``: s2mel solve and vocoder precision.
 
         Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
         without loading tensors: an IndexTTS 1.x set, config.yaml problems, empty, text,
@@ -226,7 +239,8 @@ class Engine:
             torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
             torch.backends.cudnn.allow_tf32 = False
         return cls(check_set(checkpoints), dev, DTYPES[dtype], fast=fast,
-                   gpt_batch_items=gpt_batch_items, gpt_decoder=gpt_decoder)
+                   gpt_batch_items=gpt_batch_items, gpt_decoder=gpt_decoder,
+                   render_precision=render_precision)
 
     @property
     def is_demo(self) -> bool:
@@ -293,7 +307,7 @@ class Engine:
             if self.device.type == "cuda"
             else platform.processor() or platform.machine(),
             "gpt_dtype": str(self.dtype).removeprefix("torch."),
-            "other_dtype": "float32",
+            "render_precision": self.render_precision,
             "fast": self.fast,
             "gpt_decoder": self.gpt_decoder if self.fast else "tts.generation (plain)",
             "gpt_batch_items": self.gpt_batch_items,
@@ -692,13 +706,15 @@ class Engine:
                 # S2Mel.generate for one row, through the fused estimator; no CUDA graph: it
                 # would be captured for this segment's shape and hardly ever replayed.
                 mel = generate_batch(s2mel, *args, n_timesteps=steps, cfg_rate=cfg_rate,
-                                     generator=gen, graphs=False)
+                                     generator=gen, graphs=False,
+                                     precision=self.render_precision)
             else:
                 mel = s2mel.generate(*args, n_timesteps=steps, cfg_rate=cfg_rate, generator=gen)
             _check_finite("s2mel (mel spectrogram)", mel)
             timings["s2mel"] += _tock(dev, start)
             start = _tick(dev)
-            wav = vocoder(mel.float()).reshape(-1)
+            with self._render_context():
+                wav = vocoder(mel.float()).reshape(-1).float()
             _check_finite("vocoder (waveform)", wav)
             timings["vocoder"] += _tock(dev, start)
             if pieces:
@@ -706,6 +722,16 @@ class Engine:
             pieces.append(wav.cpu())
         wav = torch.cat(pieces) if pieces else torch.zeros(0)
         return {"wav": wav.float().clamp(-1.0, 1.0)}, timings
+
+    def _render_context(self):
+        """Autocast / TF32 for the vocoder at ``render_precision`` (nothing at float32)."""
+        from contextlib import nullcontext
+
+        if self.render_precision == "float32":
+            return nullcontext()
+        from tts.fast.s2mel import precision_context
+
+        return precision_context(self.render_precision, self.device)
 
     def _vocoder(self):
         """BigVGAN; with ``fast``, its anti-aliased activations use the fused kernel (this

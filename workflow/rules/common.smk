@@ -20,6 +20,7 @@ R = PLAN.results
 CHECK = f"{R}/checkpoints/{PLAN.set_hash}/check.json"
 VALIDATION = f"{R}/checkpoints/{PLAN.set_hash}/validation.json"
 SETTINGS = f"{R}/settings.json"
+RENDER_SETTINGS = f"{R}/render_settings.json"
 # Rules share one software environment (used with --sw-deployment-method conda).
 CONDA_ENV = "../envs/indextts2.yaml"
 

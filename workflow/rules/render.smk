@@ -8,6 +8,7 @@ rule render:
         speaker_status=lambda w: PLAN.batch_speakers(w.batch, ".json"),
         tokens=batch_file("tokens.safetensors"),
         tokens_status=batch_file("tokens.json"),
+        render_settings=RENDER_SETTINGS,
     output:
         wav=directory(batch_file("wav")),
         status=batch_file("render.json"),

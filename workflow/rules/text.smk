@@ -9,7 +9,6 @@ rule text_frontend:
     input:
         specs=lambda w: PLAN.batch_specs(w.batch),
         check=CHECK,
-        settings=SETTINGS,
     output:
         status=batch_file("text.json"),
     log:
