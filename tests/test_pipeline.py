@@ -165,3 +165,14 @@ def test_synth_command_writes_a_22050_hz_wav(demo, speaker_wav, tmp_path, capsys
     assert sr == 22050 and data.ndim == 1 and data.size > 0
     assert np.abs(data).max() > 0
     assert not list(tmp_path.glob(".*.tmp")), "temporary file left behind"
+
+
+def test_synth_command_refuses_half_render_precision_on_the_cpu(demo, speaker_wav, tmp_path,
+                                                                capsys):
+    out = tmp_path / "o.wav"
+    rc = cli.main(["synth", "--checkpoints", str(demo), "--text", "Hi.", "--speaker",
+                   str(speaker_wav), "--out", str(out), "--device", "cpu",
+                   "--render-precision", "bfloat16"])
+    assert rc == 2
+    assert "render_precision bfloat16 needs CUDA" in capsys.readouterr().err
+    assert not out.exists()

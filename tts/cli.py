@@ -153,7 +153,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from tts.audio import write_wav
     from tts.pipeline import Engine, SynthesisRequest
 
-    engine = Engine.open(Path(args.checkpoints), device=args.device, dtype=args.dtype)
+    engine = Engine.open(Path(args.checkpoints), device=args.device, dtype=args.dtype,
+                         fast=not args.no_fast, gpt_decoder=args.gpt_decoder,
+                         render_precision=args.render_precision)
     vector = [float(v) for v in args.emo_vector.split(",")] if args.emo_vector else None
     request = SynthesisRequest(
         id="cli",
@@ -259,7 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--max-mel-tokens", type=int)
     s.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="GPT precision")
+    s.add_argument("--render-precision", default="float32",
+                   choices=["float32", "tf32", "bfloat16", "float16"],
+                   help="DiT solve and vocoder precision (CUDA with the fast paths)")
+    s.add_argument("--gpt-decoder", default="graphf",
+                   help="fast GPT decoder variant (tts.fast.decode.VARIANTS)")
+    s.add_argument("--no-fast", action="store_true",
+                   help="on CUDA, run the plain reference paths instead of the fast ones")
     s.set_defaults(func=cmd_synth)
 
     try:
