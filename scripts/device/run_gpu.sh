@@ -8,7 +8,8 @@
 #   set       write the full-size random checkpoint set to $CK on cuda (tts.bench.write_random_set;
 #             kept if a complete one is there already); bench and official add it when missing
 #   bench     python3 -m tts.cli bench --device cuda --checkpoints $CK $BENCH_ARGS
-#             (default BENCH_ARGS: run 3 of docs/benchmarks.md)
+#             (default BENCH_ARGS: H200 runs C/D of docs/benchmarks.md; the default sections
+#             together take longer than one 10-minute call: split them with SECTIONS)
 #   official  the official harness on the same set and inputs (official_same_weights.py), with
 #             $OFFICIAL_ARGS (default: fp16, 3 beams, 500 tokens, warm-up 1, 2 timed passes)
 #   compare   speed-up of ours over the official at batch 1 (tts.bench.compare_files)
@@ -32,12 +33,12 @@ BUDGET="${BUDGET:-540}"
 RESERVE=15  # seconds kept for packing $OUT
 CK="${CK:-/tmp/bench_ckpt}"
 SEED="${SEED:-1234}"
-BENCH_ARGS="${BENCH_ARGS:---precision float32@1#graph --precision bfloat16:bfloat16+compile:bfloat16@1#graph,graphc --precision bfloat16:bfloat16:bfloat16@16#graph --eager-baseline}"
+BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphf --precision float32@1#graphf}"
 OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
 PROFILE_ARGS="${PROFILE_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
-T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-200}" T_PROFILE="${T_PROFILE:-120}"
+T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
