@@ -44,7 +44,6 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from contextlib import nullcontext as _nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +65,6 @@ DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "128"))
 DEFAULT_CHECK_EVERY = 32
 # Attention of a decode step: "sdpa" (F.scaled_dot_product_attention) or "math".
 ATTENTION = os.environ.get("TTS_DECODE_ATTN", "sdpa")
-# Half-precision GPT under autocast: run the layer stack without autocast (see _feed).
-NATIVE_HALF = os.environ.get("TTS_DECODE_NATIVE", "0") == "1"
 
 
 @torch.compiler.disable
@@ -550,19 +547,9 @@ class StaticDecoder:
         keys = (self.key_pos[:end] <= pos) & self.valid_all[:, :end]
         cache = self.cache
         rows = self.rows
-        weights = self.weights.layers
-        dtype = model.mel_head.weight.dtype
-        dev = tokens.device.type
-        # With half-precision weights under autocast (how the Engine runs a bf16/fp16 GPT),
-        # autocast only adds casts: LayerNorm runs in float32 on up-cast copies (the H100
-        # profile: ~200 of a step's ~800 kernels, ~0.5 ms). NATIVE_HALF runs the stack in the
-        # weights' dtype instead: the same math, but the half LayerNorm kernel need not round
-        # exactly like float32-then-cast (1-ulp differences on the CPU), and its speed-up is not
-        # measured yet, so it is off unless TTS_DECODE_NATIVE=1.
-        native = NATIVE_HALF and dtype in (torch.bfloat16, torch.float16) \
-            and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == dtype
-        with torch.autocast(dev, enabled=False) if native else _nullcontext():
-            self._layers(x, pos, keys, end, weights, cache, rows)
+        # The plain step, op by op (under autocast for a half GPT, as the caller runs it); the
+        # fused variant runs the same stack natively in the weights' dtype (tts.fast.fused).
+        self._layers(x, pos, keys, end, self.weights.layers, cache, rows)
 
     def _gather_window(self, src, dst, rows_from, lo: int, end: int) -> bool:
         """The swap reorder through the Triton copy kernel (tts.fast.gather) where it runs;
