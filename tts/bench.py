@@ -56,10 +56,9 @@ STAGES = ("spk_cond", "emo_cond", "gpt_generate", "gpt_latent", "s2mel", "vocode
 COND_STAGES = ("spk_cond", "emo_cond")
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 GPT_DTYPES = ("float32", "bfloat16", "float16")
-# graph: static cache + CUDA graphs; graphc: the same with the per-step decision logic
-# compiled (torch.compile); graphr, graphl, graphf, graphfr: the variants of
-# tts.fast.decode.VARIANTS (cheap beam reorder, fused compiled layers, both, Inductor-reduction
-# projections); eager: the plain tts.generation loop.
+# Every named variant of tts.fast.decode.VARIANTS (static cache + CUDA graphs; graph = op by op,
+# graphf = fused compiled layers + swap reorder + compiled token choice, ...) and eager: the
+# plain tts.generation loop.
 DECODERS = (*VARIANTS, "eager")
 
 # --tiny: shrunk sizes (everything the reference hard-codes - 1024-wide semantic features, 80
@@ -746,11 +745,9 @@ def add_bench_parser(subparsers) -> None:
     s.add_argument("--tokens", type=int, help="generated codes per row (default 500; tiny 12)")
     s.add_argument("--beams", type=int, default=3, help="beams (official default 3)")
     s.add_argument("--gpt-decoder", default="graph",
-                   help="graph (static cache + CUDA graphs), graphc (the same with the decision "
-                        "logic torch.compiled), graphr / graphl / graphf / graphfr (cheap beam "
-                        "reorder / fused compiled layers / both + compiled processors / the same "
-                        "with Inductor-reduction projections: tts.fast.decode.VARIANTS) and/or "
-                        "eager (plain loop), comma-separated")
+                   help=f"comma-separated: {', '.join(DECODERS)} (the static-cache CUDA-graph "
+                        "variants of tts.fast.decode.VARIANTS, e.g. graph = op by op, graphf = "
+                        "fused compiled layers; eager = the plain loop)")
     s.add_argument("--text-tokens", type=int, help="random text ids per row (default 60)")
     s.add_argument("--prompt-seconds", type=float, help="synthetic prompt length (default 10)")
     s.add_argument("--diffusion-steps", type=int, default=25)

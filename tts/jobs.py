@@ -817,7 +817,7 @@ def _set_threads(threads: int) -> None:
 def open_engine(config: dict):
     """Open the engine; a missing device or checkpoint becomes a :class:`StageError`."""
     from tts.loading import CheckpointError
-    from tts.pipeline import DeviceError, Engine
+    from tts.pipeline import DEFAULT_DECODER, DeviceError, Engine
 
     device = str(config.get("device", "cuda"))
     if device == "auto":
@@ -830,7 +830,7 @@ def open_engine(config: dict):
                              dtype=str(config.get("dtype", "float32")),
                              fast=bool(config.get("fast", True)),
                              gpt_batch_items=int(config.get("gpt_batch_items", 16)),
-                             gpt_decoder=str(config.get("gpt_decoder", "graphf")),
+                             gpt_decoder=str(config.get("gpt_decoder", DEFAULT_DECODER)),
                              render_precision=str(config.get("render_precision", "float32")))
         log.info("engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
                  time.perf_counter() - start, device, engine.is_demo,

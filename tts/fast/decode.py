@@ -135,7 +135,8 @@ def _compiled_processors(key: tuple):
     return fn
 
 
-# Compiled pieces whose compile or first run failed: ("processors", key) / ("fused", key).
+# Fast pieces whose compile or first run failed, tried no more in this process: ("select",),
+# ("processors", key), ("fused", key), ("gather",).
 _FAILED: set[tuple] = set()
 
 
@@ -385,14 +386,14 @@ class StaticDecoder:
         processed = self._process()
         if self.output_scores:
             self.rec_scores.index_copy_(0, j.view(1), processed.unsqueeze(0))
-        if self.compile_logic and not _COMPILED.get("failed"):
+        if self.compile_logic and ("select",) not in _FAILED:
             try:
                 return _compiled_select()(self, processed)
             except Exception as exc:  # noqa: BLE001 - compiled code failed: plain path
                 from tts.fast import fallback
 
                 fallback("GPT decision logic torch.compile", exc)
-                _COMPILED["failed"] = True  # once per process: do not pay the attempt again
+                _FAILED.add(("select",))  # once per process: do not pay the attempt again
         return self._select(processed)
 
     def _process(self) -> torch.Tensor:
@@ -409,9 +410,7 @@ class StaticDecoder:
 
                 fallback("GPT logits processors torch.compile", exc)
                 _FAILED.add(("processors", key))
-        if not beams:
-            return process_scores(self.logits, self.seen, self.cfg, 1)
-        return process_scores(F.log_softmax(self.logits, dim=-1), self.seen, self.cfg, 2)
+        return _processors(self.logits, self.seen, self.cfg, beams)
 
     def _select(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Choose the tokens from the processed scores; update token / beam buffers."""
@@ -556,7 +555,7 @@ class StaticDecoder:
         False: use ``index_select`` (CPU, no Triton, or the kernel failed once)."""
         from tts.fast import gather
 
-        if _COMPILED.get("gather_failed") or not gather.available(src):
+        if ("gather",) in _FAILED or not gather.available(src):
             return False
         try:
             gather.gather_window(src, dst, rows_from, lo, end)
@@ -565,7 +564,7 @@ class StaticDecoder:
             from tts.fast import fallback
 
             fallback("beam reorder Triton gather", exc)
-            _COMPILED["gather_failed"] = True
+            _FAILED.add(("gather",))
             return False
 
     def _use(self, index: int) -> None:
@@ -642,13 +641,7 @@ class StaticDecoder:
             if mask is None:
                 mask = torch.zeros(keys.shape, dtype=q.dtype, device=q.device)
                 mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
-            if ATTENTION == "math":  # one query: two small batched products and a softmax
-                scores = torch.matmul(q, kc[:, :, :end].transpose(-1, -2)) * attn.head_dim**-0.5
-                probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
-                out = torch.matmul(probs, vc[:, :, :end])
-            else:
-                out = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end],
-                                                     attn_mask=mask)
+            out = _attend(q, kc[:, :, :end], vc[:, :, :end], mask)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, 1, model.model_dim), w_o, b_o)
             h = F.gelu(F.linear(block.ln_2(x), w_fc, b_fc), approximate="tanh")
             x = x + F.linear(h, w_proj, b_proj)
