@@ -182,8 +182,9 @@ def test_graph_decoder_matches_eager_cuda():
 
 
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
-# compiled layers, Inductor-reduction projections), through CUDA graphs.
-NEW_VARIANTS = ("graphr", "graphf", "graphfr")
+# compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
+# graphs.
+NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk")
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
 
@@ -461,3 +462,56 @@ def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
                    "graph_vs_plain": agree(graph.codes, plain.codes),
                    "graphf_vs_plain": agree(fused.codes, plain.codes)})
     _write_report()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows", [3, 48, 70])
+def test_few_row_linear_kernels_cuda(rows, dtype):
+    """tts.fast.linear at the full GPT width on CUDA against the op-by-op computation (float32
+    reference of the same rounding steps): float32 within 1e-5, bf16 within 2 ulps of the
+    row's largest output; the KV write lands at the step's position only."""
+    from tts.fast import linear
+
+    torch.manual_seed(3)
+    dim, heads = 1280, 20
+
+    def ref(x, w, b, ln=None, gelu=False, residual=None):
+        h = x
+        if ln is not None:
+            h = torch.nn.functional.layer_norm(x.float(), (dim,), ln[0].float(), ln[1].float(),
+                                               ln[2]).to(x.dtype)
+        y = torch.nn.functional.linear(h.double(), w.double(), b.double()).to(x.dtype)
+        if gelu:
+            y = torch.nn.functional.gelu(y.float(), approximate="tanh").to(x.dtype)
+        if residual is not None:
+            y = (y.float() + residual.float()).to(x.dtype)
+        return y
+
+    def close(out, want):
+        if dtype == torch.float32:
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        else:
+            scale = want.float().abs().amax(dim=1, keepdim=True)
+            assert bool(((out.float() - want.float()).abs() <= scale * 2**-6).all())
+
+    x = (torch.randn(rows, dim, device="cuda") + 0.3).to(dtype)
+    h = torch.randn(rows, 4 * dim, device="cuda").to(dtype)
+    ln = (torch.randn(dim, device="cuda").to(dtype), torch.randn(dim, device="cuda").to(dtype),
+          1e-5)
+    for n, k, kwargs in ((3 * dim, dim, {"ln": ln}), (dim, dim, {"residual": x}),
+                         (4 * dim, dim, {"ln": ln, "gelu": True}), (dim, 4 * dim, {"residual": x})):
+        w = (torch.randn(n, k, device="cuda") * k**-0.5).to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype)
+        inp = h if k == 4 * dim else x
+        close(linear.linear(inp, w, b, **kwargs), ref(inp, w, b, **kwargs))
+    w = (torch.randn(3 * dim, dim, device="cuda") * dim**-0.5).to(dtype)
+    b = torch.randn(3 * dim, device="cuda").to(dtype)
+    kv = torch.zeros(2, rows, heads, 40, dim // heads, device="cuda", dtype=dtype)
+    pos = torch.tensor([17], device="cuda")
+    q = linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], pos, dim))
+    want = ref(x, w, b, ln=ln)
+    close(q, want[:, :dim])
+    close(kv[0, :, :, 17].reshape(rows, dim), want[:, dim:2 * dim])
+    close(kv[1, :, :, 17].reshape(rows, dim), want[:, 2 * dim:])
+    kv[:, :, :, 17] = 0
+    assert not bool(kv.any())

@@ -105,6 +105,8 @@ VARIANTS: dict[str, dict] = {
                 "compile_processors": True},
     "graphfa": {"fused": True, "matmul": "autotune", "reorder": "swap", "compile_logic": True,
                 "compile_processors": True},
+    "graphk": {"fused": True, "matmul": "triton", "reorder": "swap", "compile_logic": True,
+               "compile_processors": True},
 }
 REORDERS = ("copy", "swap")
 

@@ -34,6 +34,10 @@ output-major (``[out, rows]``), so the rows sharing a weight row are computed by
 Products and sums are float32, like cuBLAS's accumulation. Whether it beats cuBLAS is for the
 GPU measurement to say (scripts/device/decode_profile.py).
 
+``matmul="triton"`` replaces ``pre`` and ``post`` by the hand-written few-row kernels of
+:mod:`tts.fast.linear` (LayerNorm, bias, GELU, residual and KV write fused into the
+projections: four kernels per layer plus the attention); ``embed`` and ``head`` stay compiled.
+
 ``matmul="autotune"`` keeps the GEMMs but compiles with Inductor's max-autotune: per shape it
 times its Triton GEMM templates (epilogues fused) against cuBLAS and keeps the fastest. The
 first compile takes minutes; Inductor caches the choice on disk for later processes.
@@ -47,7 +51,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-MATMULS = ("mm", "reduce", "autotune")
+MATMULS = ("mm", "reduce", "autotune", "triton")
 
 
 def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -158,6 +162,12 @@ class FusedStack:
         self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type,
                     matmul)
         self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
+        if matmul == "triton":
+            from tts.fast import linear
+
+            if not linear.available(weight):
+                raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
+            self.fns["pre"], self.fns["post"] = linear.decode_pre, linear.decode_post
 
     @staticmethod
     def mark_cache(views: list[torch.Tensor]) -> None:
