@@ -465,34 +465,40 @@ def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows", [3, 48, 70])
+@pytest.mark.parametrize("rows", [1, 3, 8])
 def test_few_row_linear_kernels_cuda(rows, dtype):
     """tts.fast.linear at the full GPT width on CUDA against the op-by-op computation (float32
-    reference of the same rounding steps): float32 within 1e-5, bf16 within 2 ulps of the
-    row's largest output; the KV write lands at the step's position only."""
+    reference of the same rounding steps): float32 within 1e-5, bf16 within the error two
+    roundings may make (2^-7 of the rounded magnitudes); the KV write lands at the step's
+    position only."""
     from tts.fast import linear
 
     torch.manual_seed(3)
     dim, heads = 1280, 20
 
     def ref(x, w, b, ln=None, gelu=False, residual=None):
+        """The op-by-op result and, per element, the error two roundings of it may differ by in
+        bf16: 2^-7 (two half-ulps) of the sum of the magnitudes that were rounded."""
+        f = torch.nn.functional
         h = x
         if ln is not None:
-            h = torch.nn.functional.layer_norm(x.float(), (dim,), ln[0].float(), ln[1].float(),
-                                               ln[2]).to(x.dtype)
-        y = torch.nn.functional.linear(h.double(), w.double(), b.double()).to(x.dtype)
+            h = f.layer_norm(x.float(), (dim,), ln[0].float(), ln[1].float(), ln[2]).to(x.dtype)
+        y = f.linear(h.double(), w.double(), b.double()).to(x.dtype)
+        mag = h.double().abs() @ w.double().abs().t() + b.double().abs()
         if gelu:
-            y = torch.nn.functional.gelu(y.float(), approximate="tanh").to(x.dtype)
+            y = f.gelu(y.float(), approximate="tanh").to(x.dtype)
+            mag = mag * 1.2  # GELU's slope is at most ~1.13
         if residual is not None:
             y = (y.float() + residual.float()).to(x.dtype)
-        return y
+            mag = mag + residual.double().abs()
+        return y, 2**-7 * (mag + y.double().abs())
 
     def close(out, want):
+        want, tol = want
         if dtype == torch.float32:
             torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
         else:
-            scale = want.float().abs().amax(dim=1, keepdim=True)
-            assert bool(((out.float() - want.float()).abs() <= scale * 2**-6).all())
+            assert bool(((out.double() - want.double()).abs() <= tol).all())
 
     x = (torch.randn(rows, dim, device="cuda") + 0.3).to(dtype)
     h = torch.randn(rows, 4 * dim, device="cuda").to(dtype)
@@ -509,9 +515,9 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
     kv = torch.zeros(2, rows, heads, 40, dim // heads, device="cuda", dtype=dtype)
     pos = torch.tensor([17], device="cuda")
     q = linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], pos, dim))
-    want = ref(x, w, b, ln=ln)
-    close(q, want[:, :dim])
-    close(kv[0, :, :, 17].reshape(rows, dim), want[:, dim:2 * dim])
-    close(kv[1, :, :, 17].reshape(rows, dim), want[:, 2 * dim:])
+    want, tol = ref(x, w, b, ln=ln)
+    for got, part in ((q, 0), (kv[0, :, :, 17], 1), (kv[1, :, :, 17], 2)):
+        cols = slice(part * dim, (part + 1) * dim)
+        close(got.reshape(rows, dim), (want[:, cols], tol[:, cols]))
     kv[:, :, :, 17] = 0
     assert not bool(kv.any())

@@ -36,7 +36,9 @@ GPU measurement to say (scripts/device/decode_profile.py).
 
 ``matmul="triton"`` replaces ``pre`` and ``post`` by the hand-written few-row kernels of
 :mod:`tts.fast.linear` (LayerNorm, bias, GELU, residual and KV write fused into the
-projections: four kernels per layer plus the attention); ``embed`` and ``head`` stay compiled.
+projections: four kernels per layer plus the attention) when the step has at most 8 rows
+(batch x beams); with more rows it is ``"mm"`` (cuBLAS's tensor cores win there). ``embed``
+and ``head`` stay compiled.
 
 ``matmul="autotune"`` keeps the GEMMs but compiles with Inductor's max-autotune: per shape it
 times its Triton GEMM templates (epilogues fused) against cuBLAS and keeps the fastest. The
@@ -52,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 MATMULS = ("mm", "reduce", "autotune", "triton")
+MAX_TRITON_ROWS = 8  # = tts.fast.linear.MAX_ROWS (not imported: that module needs Triton)
 
 
 def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -162,7 +165,7 @@ class FusedStack:
         self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type,
                     matmul)
         self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
-        if matmul == "triton":
+        if matmul == "triton" and rows <= MAX_TRITON_ROWS:
             from tts.fast import linear
 
             if not linear.available(weight):

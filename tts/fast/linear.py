@@ -21,17 +21,17 @@ program reads whole contiguous weight rows), with each part optional:
 
 Rounding follows the compiled pieces it replaces: the projection (float32 accumulation + bias)
 is rounded to the output dtype before GELU or the residual add, which then run in float32 and
-round once. Float32 weights multiply in IEEE float32 (no TF32). Under the interpreter every
-product is an IEEE float32 one (its half-precision ``tl.dot`` returns garbage in Triton 3.6);
-half-precision products are exact in float32, so only the summation order differs from the
-GPU's tensor cores.
+round once. Products and sums are float32 (CUDA-core multiply-adds, no TF32), so float32
+weights give IEEE float32 results.
 
-Each program owns ``BLOCK_N`` output columns for ``BLOCK_M`` rows and walks the input width in
-``BLOCK_K`` steps (``tl.dot``; rows padded to 16). The input width is a compile-time constant
-(a GPT has two), which also lets Triton's interpreter run the loops. On CUDA the block sizes are tuned per shape
-by ``triton.autotune`` on the first call (which must not be inside CUDA-graph capture: the
-decoder's first step of a bucket runs eagerly). Under Triton's CPU interpreter
-(``TRITON_INTERPRET=1``, the tests) a fixed small configuration runs.
+Each program owns ``BLOCK_N`` output columns (whole contiguous weight rows) for every row
+(at most :data:`MAX_ROWS`), and walks the input width in ``BLOCK_K`` steps that are unrolled
+(the width is a compile-time constant; a GPT has two), so all of a program's weight loads can be
+in flight at once; products are summed per lane and reduced across lanes once. A projection is
+a matrix-vector product per row, so this is a GEMV with the few rows sharing each weight load.
+On CUDA the block sizes are tuned per shape by ``triton.autotune`` on the first call (which must
+not be inside CUDA-graph capture: the decoder's first step of a bucket runs eagerly). Under
+Triton's CPU interpreter (``TRITON_INTERPRET=1``, the tests) a fixed small configuration runs.
 
 :func:`decode_pre` and :func:`decode_post` are the two halves of a GPT-2 layer around the
 attention, with the signatures of :mod:`tts.fast.fused`'s compiled pieces (matmul="triton").
@@ -50,7 +50,9 @@ try:
 except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
     triton = None
 
-MAX_BLOCK_M = 64  # more rows: a second grid dimension (the weights are read once per block)
+# Rows one kernel takes (batch x beams). Every row costs CUDA-core multiply-adds over all the
+# weights; beyond a few rows cuBLAS's tensor-core GEMMs win (tts.fast.fused keeps them there).
+MAX_ROWS = 8
 
 
 def available(x: torch.Tensor) -> bool:
@@ -61,20 +63,19 @@ def available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _row_stats(
-        x_ptr, stride_x, row0, M, K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr
-    ):
-        """Mean and variance (biased, float32, two passes) of rows ``row0 + [0, BLOCK_M)``."""
-        rows = row0 + tl.arange(0, BLOCK_M)
+    def _row_stats(x_ptr, stride_x, M, K: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+        """Mean and variance (biased, float32, two passes) of the ``M`` rows of ``x``."""
+        rows = tl.arange(0, BLOCK_M)
         total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.static_range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             ok = (rows[:, None] < M) & (ks[None, :] < K)
             xv = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=ok, other=0.0)
             total += tl.sum(xv.to(tl.float32), axis=1)
         mean = total / K
         total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.static_range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             ok = (rows[:, None] < M) & (ks[None, :] < K)
             xv = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=ok, other=0.0)
@@ -90,74 +91,38 @@ if triton is not None:
 
     @triton.jit
     def _linear_kernel(
-        x_ptr,
-        w_ptr,
-        b_ptr,
-        res_ptr,
-        out_ptr,
-        ln_w_ptr,
-        ln_b_ptr,
-        k_ptr,
-        v_ptr,
-        pos_ptr,
-        M,
-        N,
-        K: tl.constexpr,
-        eps,
-        stride_x,
-        stride_res,
-        stride_out,
-        kv_row,
-        kv_head,
-        kv_pos,
-        width,
-        head_dim,
-        LN: tl.constexpr,
-        GELU: tl.constexpr,
-        RES: tl.constexpr,
-        KV: tl.constexpr,
-        F32_DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-    ):
-        """Program (n, m): output columns block n of rows block m; see the module notes."""
-        row0 = tl.program_id(1) * BLOCK_M
-        rows = row0 + tl.arange(0, BLOCK_M)
+        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, ln_w_ptr, ln_b_ptr, k_ptr, v_ptr, pos_ptr,
+        M, N, K: tl.constexpr, eps, stride_x, stride_res, stride_out,
+        kv_row, kv_head, kv_pos, width, head_dim,
+        LN: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of every row."""
+        rows = tl.arange(0, BLOCK_M)
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < M
         col_ok = cols < N
         if LN:
-            mean, var = _row_stats(x_ptr, stride_x, row0, M, K, BLOCK_M, BLOCK_K)
+            mean, var = _row_stats(x_ptr, stride_x, M, K, BLOCK_M, BLOCK_K)
             rstd = 1.0 / tl.sqrt(var + eps)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        # Products summed per lane over the whole width, reduced across lanes once at the end.
+        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in tl.static_range(0, K, BLOCK_K):  # unrolled: every weight load can be in flight
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < K
-            xv = tl.load(
-                x_ptr + rows[:, None] * stride_x + ks[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
+            wv = tl.load(w_ptr + cols[:, None] * K + ks[None, :],
+                         mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            xv = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :],
+                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             if LN:
                 g = tl.load(ln_w_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
                 s = tl.load(ln_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
                 xn = (xv.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + s[None, :]
-                xv = xn.to(x_ptr.dtype.element_ty)
-            wv = tl.load(
-                w_ptr + cols[:, None] * K + ks[None, :],
-                mask=col_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            if F32_DOT:
-                acc += tl.dot(
-                    xv.to(tl.float32), tl.trans(wv.to(tl.float32)), input_precision="ieee"
-                )
-            else:
-                acc += tl.dot(xv.to(wv.dtype), tl.trans(wv))
+                xv = xn.to(x_ptr.dtype.element_ty)  # the LayerNorm's output rounding
+            acc += xv.to(tl.float32)[:, None, :] * wv.to(tl.float32)[None, :, :]
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         # The projection's own rounding, then the epilogue in float32.
-        y = (acc + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
+        y = (tl.sum(acc, axis=2) + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
         if GELU:
             y = _gelu_tanh(y)
         ok = row_ok[:, None] & col_ok[None, :]
@@ -169,34 +134,26 @@ if triton is not None:
             part = cols // width  # 0: queries, 1: keys, 2: values
             c = cols % width
             pos = tl.load(pos_ptr)
-            to = (
-                rows[:, None] * kv_row
-                + ((c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
-            )
+            to = rows[:, None] * kv_row + (
+                (c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
             tl.store(k_ptr + to, y, mask=ok & (part == 1)[None, :])
             tl.store(v_ptr + to, y, mask=ok & (part == 2)[None, :])
             ok = ok & (part == 0)[None, :]
         tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
 
     _CONFIGS = [
-        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-        for n, k, w, s in (
-            (16, 256, 4, 3),
-            (16, 512, 4, 2),
-            (32, 128, 4, 4),
-            (32, 256, 4, 3),
-            (64, 128, 4, 3),
-            (16, 128, 2, 4),
-        )
-    ]
+        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
+        for n, k, w in ((2, 256, 2), (4, 256, 4), (4, 512, 4), (8, 256, 4), (8, 512, 8),
+                        (16, 256, 8), (4, 1024, 8))
+    ]  # fmt: skip
     # A kernel takes microseconds: short timing runs are plenty (the defaults take 125 ms each).
     _tuned_kernel = triton.autotune(
         configs=_CONFIGS,
-        key=["M", "N", "K", "LN", "GELU", "RES", "KV", "F32_DOT"],
+        key=["M", "N", "K", "LN", "GELU", "RES", "KV"],
         do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
     )(_linear_kernel)
 
-INTERPRETER_BLOCKS = {"BLOCK_N": 16, "BLOCK_K": 32}
+INTERPRETER_BLOCKS = {"BLOCK_N": 4, "BLOCK_K": 32}
 
 
 def linear(
@@ -219,6 +176,8 @@ def linear(
     """
     rows, k_in = x.shape
     n_out = w.size(0)
+    if rows > MAX_ROWS:
+        raise ValueError(f"linear is for at most {MAX_ROWS} rows, got {rows}")
     if w.shape != (n_out, k_in) or not w.is_contiguous() or x.stride(1) != 1:
         raise ValueError(
             f"linear needs w [out, in] contiguous and x rows contiguous: "
@@ -242,47 +201,16 @@ def linear(
     else:
         kc = vc = pos = dummy
         head_dim, kv_strides = 1, (0, 0, 0)
-    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows)))
-    args = (
-        x,
-        w,
-        b,
-        res,
-        out,
-        ln_w,
-        ln_b,
-        kc,
-        vc,
-        pos,
-        rows,
-        n_out,
-        k_in,
-        float(eps),
-        x.stride(0),
-        res.stride(0) if residual is not None else 0,
-        out.stride(0),
-        *kv_strides,
-        width,
-        head_dim,
-    )
-    flags = {
-        "LN": ln is not None,
-        "GELU": gelu,
-        "RES": residual is not None,
-        "KV": kv is not None,
-        "F32_DOT": x.dtype == torch.float32 or not x.is_cuda,
-        "BLOCK_M": block_m,
-    }
-    m_blocks = triton.cdiv(rows, block_m)
+    args = (x, w, b, res, out, ln_w, ln_b, kc, vc, pos, rows, n_out, k_in, float(eps),
+            x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
+            *kv_strides, width, head_dim)  # fmt: skip
+    flags = {"LN": ln is not None, "GELU": gelu, "RES": residual is not None,
+             "KV": kv is not None, "BLOCK_M": triton.next_power_of_2(rows)}  # fmt: skip
     if x.is_cuda:
-
-        def grid(meta):
-            return (triton.cdiv(n_out, meta["BLOCK_N"]), m_blocks)
-
-        _tuned_kernel[grid](*args, **flags)
+        _tuned_kernel[lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)](*args, **flags)
     else:
         blocks = INTERPRETER_BLOCKS
-        _linear_kernel[(triton.cdiv(n_out, blocks["BLOCK_N"]), m_blocks)](*args, **flags, **blocks)
+        _linear_kernel[(triton.cdiv(n_out, blocks["BLOCK_N"]),)](*args, **flags, **blocks)
     return out
 
 
