@@ -519,3 +519,12 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
                           env=env, timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_config_schema_lists_every_decoder_variant():
+    """The workflow's `gpt_decoder` choices are exactly tts.fast.decode.VARIANTS."""
+    import yaml
+
+    schema = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+    enum = yaml.safe_load(schema.read_text())["properties"]["gpt_decoder"]["enum"]
+    assert set(enum) == set(decode.VARIANTS)
