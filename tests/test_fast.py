@@ -476,9 +476,10 @@ def test_few_row_linear_kernels_interpreted():
 
 
 def test_triton_kernel_decoder_matches_plain_generation_interpreted():
-    """The graphk variant (few-row Triton kernels for the layers, run by Triton's CPU
-    interpreter, float32) gives tts.generation's codes, greedy and beam sampling; scores
-    agree to float32 rounding; the kernels really ran (no fallback)."""
+    """The graphka variant (few-row Triton projections and Triton attention, run by Triton's
+    CPU interpreter, float32) gives tts.generation's codes, greedy and beam sampling; scores
+    agree to float32 rounding; the kernels really ran (no fallback). graphk is graphka with
+    SDPA attention, so this covers its kernels too."""
     pytest.importorskip("triton")
     code = textwrap.dedent(
         """
@@ -487,12 +488,17 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
         sys.path.insert(0, "tests")
         from test_fast import _gpt_small, _padded_prefix
         from tts import fast
-        from tts.fast import decode, linear
+        from tts.fast import attention, decode, linear
         from tts.generation import GenerationConfig, generate as plain_generate
         torch.set_num_threads(1)
-        calls = []
-        original = linear.linear
-        linear.linear = lambda *a, **k: calls.append(1) or original(*a, **k)
+        calls = {"linear": 0, "attention": 0}
+        def counted(name, fn):
+            def wrapper(*args, **kwargs):
+                calls[name] += 1
+                return fn(*args, **kwargs)
+            return wrapper
+        linear.linear = counted("linear", linear.linear)
+        attention.attend = counted("attention", attention.attend)
         model = _gpt_small()
         prefix, valid = _padded_prefix(model)
         for beams, sample in ((1, False), (3, True)):
@@ -503,13 +509,14 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
             stats = {}
             out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
                                   generator=torch.Generator().manual_seed(9),
-                                  **decode.VARIANTS["graphk"])
+                                  **decode.VARIANTS["graphka"])
             assert not fast.FALLBACKS, fast.FALLBACKS
             assert stats["fused"]
             assert torch.equal(plain.codes, out.codes), (beams, sample)
             torch.testing.assert_close(out.scores, plain.scores, rtol=1e-5, atol=1e-5)
-        # 4 kernels per layer and fed token (2 layers, 24 tokens per call, 2 calls)
-        assert len(calls) == 2 * 4 * 24 * 2, len(calls)
+        # per layer and fed token (2 layers, 24 tokens per call, 2 calls): 4 projections and
+        # one attention
+        assert calls == {"linear": 2 * 4 * 24 * 2, "attention": 2 * 24 * 2}, calls
         print("ok")
         """
     )
@@ -517,6 +524,51 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_triton_decode_attention_equals_sdpa_interpreted():
+    """tts.fast.attention (Triton's CPU interpreter) against F.scaled_dot_product_attention:
+    windows shorter than, equal to and longer than a chunk, strided cache views, masked
+    positions at both ends (left padding longer than a chunk), float32 within 1e-6 and bf16
+    within one ulp of the output (the float32 result rounded)."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent(
+        """
+        import torch
+        import torch.nn.functional as F
+        from tts.fast import attention
+        assert attention.available(torch.zeros(1))
+        torch.manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            for rows, heads, hd, cap, end in ((3, 4, 16, 400, 300), (2, 2, 8, 100, 64),
+                                              (1, 3, 16, 500, 129), (2, 2, 8, 300, 256)):
+                kv = torch.randn(2, rows, heads, cap, hd).to(dtype)
+                k, v = kv[0][:, :, :end], kv[1][:, :, :end]
+                q = torch.randn(rows, heads, 1, hd).to(dtype)
+                keys = torch.ones(rows, end, dtype=torch.bool)
+                keys[:, end - 5:] = False
+                if rows > 1:
+                    keys[1, :min(140, end - 20)] = False
+                mask = torch.zeros(rows, end, dtype=dtype).masked_fill_(~keys, float("-inf"))
+                mask = mask[:, None, None, :]
+                out = attention.attend(q, k, v, mask)
+                want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
+                                                      attn_mask=mask.double())
+                assert out.shape == q.shape and out.dtype == dtype
+                err = (out.double() - want).abs()
+                if dtype == torch.float32:
+                    assert float(err.max()) < 1e-6, float(err.max())
+                else:  # the output's rounding: at most one bf16 ulp (2^-7 relative)
+                    assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")
 

@@ -184,7 +184,7 @@ def test_graph_decoder_matches_eager_cuda():
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
 # compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
 # graphs.
-NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk")
+NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka")
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
 
@@ -521,3 +521,31 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
         close(got.reshape(rows, dim), (want[:, cols], tol[:, cols]))
     kv[:, :, :, 17] = 0
     assert not bool(kv.any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,end", [(3, 200), (3, 1000), (48, 700)])
+def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
+    """tts.fast.attention on CUDA against SDPA in float64 at the GPT's head shape (20 x 64),
+    over a strided window of a larger cache with left padding and unwritten positions masked:
+    float32 within 1e-5, bf16 within one ulp of the output."""
+    from tts.fast import attention
+
+    torch.manual_seed(5)
+    heads, hd = 20, 64
+    kv = torch.randn(2, rows, heads, end + 100, hd, device="cuda").to(dtype)
+    k, v = kv[0][:, :, :end], kv[1][:, :, :end]
+    q = torch.randn(rows, heads, 1, hd, device="cuda").to(dtype)
+    keys = torch.ones(rows, end, dtype=torch.bool, device="cuda")
+    keys[:, end - 7:] = False
+    keys[1, :150] = False
+    mask = torch.zeros(rows, end, dtype=dtype, device="cuda").masked_fill_(~keys, float("-inf"))
+    mask = mask[:, None, None, :]
+    out = attention.attend(q, k, v, mask)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=mask.double())
+    err = (out.double() - want).abs()
+    if dtype == torch.float32:
+        assert float(err.max()) < 1e-5
+    else:
+        assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())

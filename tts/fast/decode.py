@@ -41,6 +41,7 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import weakref
@@ -63,8 +64,10 @@ from tts.models.gpt import prefix_attention_mask
 
 DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "128"))
 DEFAULT_CHECK_EVERY = 32
-# Attention of a decode step: "sdpa" (F.scaled_dot_product_attention) or "math".
+# Attention of a decode step: "sdpa" (F.scaled_dot_product_attention), "math" (two batched
+# products and a softmax) or "triton" (tts.fast.attention); the default of generate().
 ATTENTION = os.environ.get("TTS_DECODE_ATTN", "sdpa")
+ATTENTIONS = ("sdpa", "math", "triton")
 
 
 @torch.compiler.disable
@@ -107,6 +110,8 @@ VARIANTS: dict[str, dict] = {
                 "compile_processors": True},
     "graphk": {"fused": True, "matmul": "triton", "reorder": "swap", "compile_logic": True,
                "compile_processors": True},
+    "graphka": {"fused": True, "matmul": "triton", "attention": "triton", "reorder": "swap",
+                "compile_logic": True, "compile_processors": True},
 }
 REORDERS = ("copy", "swap")
 
@@ -146,10 +151,14 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
-            ) -> torch.Tensor:
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+            kind: str = "sdpa") -> torch.Tensor:
     """Attention of the step's queries over a cache window (additive ``mask``)."""
-    if ATTENTION == "math":  # one query: two small batched products and a softmax
+    if kind == "triton":
+        from tts.fast import attention
+
+        return attention.attend(q, k, v, mask)
+    if kind == "math":  # one query: two small batched products and a softmax
         scores = torch.matmul(q, k.transpose(-1, -2)) * q.size(-1) ** -0.5
         probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
         return torch.matmul(probs, v)
@@ -224,6 +233,7 @@ def generate(
     fused: bool = False,
     matmul: str = "mm",
     reorder: str = "copy",
+    attention: str | None = None,
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
@@ -238,7 +248,9 @@ def generate(
     processors; ``fused`` runs the layer stack as compiled fused pieces in the weights' dtype
     (``matmul``: "mm" = cuBLAS GEMMs, "reduce" = Inductor reductions); ``reorder``: "copy"
     (gather the beams' cache window into a temporary and copy it back) or "swap" (gather into
-    a second cache and swap the two). ``VARIANTS[name]`` gives the named combinations.
+    a second cache and swap the two); ``attention`` (default :data:`ATTENTION`): "sdpa",
+    "math" or "triton" (the split-K kernels of :mod:`tts.fast.attention`, where Triton runs).
+    ``VARIANTS[name]`` gives the named combinations.
     """
     if reorder not in REORDERS:
         raise ValueError(f"reorder {reorder!r} is not one of {REORDERS}")
@@ -257,7 +269,7 @@ def generate(
                         output_scores=output_scores, output_logits=output_logits,
                         use_graph=use_graph, bucket=bucket, compile_logic=compile_logic,
                         compile_processors=compile_processors, fused=fused, matmul=matmul,
-                        reorder=reorder)
+                        reorder=reorder, attention=attention)
     return dec.run(check_every=max(1, int(check_every)), stats=stats)
 
 
@@ -269,7 +281,8 @@ class StaticDecoder:
                  output_scores: bool = False, output_logits: bool = False,
                  use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
                  compile_logic: bool = False, compile_processors: bool = False,
-                 fused: bool = False, matmul: str = "mm", reorder: str = "copy"):
+                 fused: bool = False, matmul: str = "mm", reorder: str = "copy",
+                 attention: str | None = None):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
@@ -333,6 +346,7 @@ class StaticDecoder:
             self.kv.append(kv)
         self.cur = 0  # index of the cache in use
         self.fused = self._fused_stack(fused, matmul, cache_dtype)
+        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix))
         self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
         self.key_pos = torch.arange(cap, device=device)
 
@@ -569,6 +583,24 @@ class StaticDecoder:
             _FAILED.add(("gather",))
             return False
 
+    @staticmethod
+    def _attention(kind: str | None, like: torch.Tensor) -> str:
+        """The attention kind to run: ``kind`` (default ATTENTION); "triton" where Triton cannot
+        run falls back to "sdpa" (recorded in tts.fast.FALLBACKS)."""
+        kind = kind or ATTENTION
+        if kind not in ATTENTIONS:
+            raise ValueError(f"attention {kind!r} is not one of {ATTENTIONS}")
+        if kind == "triton":
+            from tts.fast import attention
+
+            if not attention.available(like):
+                from tts.fast import fallback
+
+                fallback("GPT decode Triton attention",
+                         RuntimeError("needs CUDA (or TRITON_INTERPRET=1)"))
+                return "sdpa"
+        return kind
+
     def _use(self, index: int) -> None:
         """Make cache ``index`` the one in use (reorder="swap")."""
         self.cur = index
@@ -613,7 +645,7 @@ class StaticDecoder:
         ks, vs = self.layer_views[self.cur]
         try:
             with torch.autocast(self.device.type, enabled=False):
-                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, _attend)
+                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, self.attend)
         except Exception as exc:  # noqa: BLE001 - compiled code failed: plain layers
             if _capturing(self.device):
                 raise
@@ -643,7 +675,7 @@ class StaticDecoder:
             if mask is None:
                 mask = torch.zeros(keys.shape, dtype=q.dtype, device=q.device)
                 mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
-            out = _attend(q, kc[:, :, :end], vc[:, :, :end], mask)
+            out = self.attend(q, kc[:, :, :end], vc[:, :, :end], mask)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, 1, model.model_dim), w_o, b_o)
             h = F.gelu(F.linear(block.ln_2(x), w_fc, b_fc), approximate="tanh")
             x = x + F.linear(h, w_proj, b_proj)

@@ -1,0 +1,139 @@
+"""Attention of one decode step over the KV cache as two Triton kernels (split-K flash decoding).
+
+A decode step has one query per (row, head) and a cache window of hundreds of keys. One
+program per (row, head) would leave most of the GPU idle while each reads its whole window,
+so the window is cut into chunks of :data:`CHUNK` positions:
+
+1. ``_partial_kernel``, program (row x head, chunk): scores of the query against the chunk's
+   keys (float32, scaled by ``head_dim ** -0.5``, plus the additive mask), and the chunk's
+   softmax pieces: its maximum ``m``, the sum ``l`` of ``exp(score - m)`` and the
+   ``exp(score - m)``-weighted sum of its values, into a float32 workspace;
+2. ``_combine_kernel``, program (row x head): rescales the chunks to their common maximum and
+   divides, which is the softmax-weighted sum of all values (in the query's dtype).
+
+It computes what ``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` computes for a
+single query (masked keys get weight 0; a chunk with every key masked contributes nothing),
+with float32 scores, probabilities and sums throughout (flash kernels round the probabilities
+to the inputs' dtype before multiplying the values; this does not). Checked against SDPA
+through Triton's CPU interpreter (tests/test_fast.py) and on CUDA (tests/test_gpu.py).
+
+All loop bounds are compile-time constants (the chunk size, and the next power of two of the
+number of chunks for the combine), so Triton's interpreter runs the kernels too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
+    triton = None
+
+CHUNK = 128  # cache positions per program of the first kernel
+BLOCK_T = 64  # positions loaded at once
+NO_SCORE = -1.0e30  # the running maximum before any key (finite: exp(NO_SCORE - m) is 0, no NaN)
+
+
+def available(q: torch.Tensor) -> bool:
+    """Whether the kernels can run for tensors like ``q`` (CUDA, or Triton's interpreter)."""
+    return triton is not None and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _partial_kernel(
+        q_ptr, k_ptr, v_ptr, mask_ptr, work_ptr,
+        heads, end, scale,
+        sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row,
+        splits,
+        HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
+        NO_SCORE: tl.constexpr,
+    ):  # fmt: skip
+        """Program (row x head, chunk): the chunk's (m, l, weighted value sum)."""
+        rh = tl.program_id(0)
+        chunk = tl.program_id(1)
+        row = rh // heads
+        head = rh % heads
+        d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_ptr + row * sq_row + head * sq_head + d).to(tl.float32) * scale
+        m = tl.full([1], NO_SCORE, dtype=tl.float32)
+        l_sum = tl.zeros([1], dtype=tl.float32)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        for i in tl.static_range(0, CHUNK, BLOCK_T):
+            t = chunk * CHUNK + i + tl.arange(0, BLOCK_T)
+            inside = t < end
+            k = tl.load(k_ptr + row * sk_row + head * sk_head + t[:, None] * sk_pos + d[None, :],
+                        mask=inside[:, None], other=0.0)
+            s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+            s += tl.load(mask_ptr + row * sm_row + t, mask=inside, other=0.0).to(tl.float32)
+            s = tl.where(inside, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=0))
+            p = tl.exp(s - m_new)  # masked keys: exp(-inf) = 0
+            alpha = tl.exp(m - m_new)
+            v = tl.load(v_ptr + row * sv_row + head * sv_head + t[:, None] * sv_pos + d[None, :],
+                        mask=inside[:, None], other=0.0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            l_sum = l_sum * alpha + tl.sum(p, axis=0)
+            m = m_new
+        base = work_ptr + (rh * splits + chunk) * (HEAD_DIM + 2)
+        tl.store(base + tl.arange(0, 1), m)
+        tl.store(base + 1 + tl.arange(0, 1), l_sum)
+        tl.store(base + 2 + d, acc)
+
+    @triton.jit
+    def _combine_kernel(
+        work_ptr, out_ptr, heads, splits, so_row, so_head,
+        HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+    ):  # fmt: skip
+        """Program (row x head): the chunks' pieces rescaled to one maximum and normalised."""
+        rh = tl.program_id(0)
+        row = rh // heads
+        head = rh % heads
+        c = tl.arange(0, SPLITS)
+        used = c < splits
+        d = tl.arange(0, HEAD_DIM)
+        base = work_ptr + (rh * splits + c) * (HEAD_DIM + 2)
+        m = tl.load(base, mask=used, other=float("-inf"))
+        l_sum = tl.load(base + 1, mask=used, other=0.0)
+        acc = tl.load(base[:, None] + 2 + d[None, :], mask=used[:, None], other=0.0)
+        w = tl.exp(m - tl.max(m, axis=0))
+        out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_sum * w, axis=0)
+        tl.store(out_ptr + row * so_row + head * so_head + d, out.to(out_ptr.dtype.element_ty))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
+
+    ``q`` [rows, heads, 1, head_dim]; ``k`` / ``v`` [rows, heads, end, head_dim] (cache window
+    views: any strides with a contiguous last dimension); ``mask`` additive, broadcastable as
+    [rows, 1, 1, end] with a contiguous last dimension. Returns [rows, heads, 1, head_dim]
+    in ``q``'s dtype (a view of a [rows, heads * head_dim] tensor).
+    """
+    rows, heads, one, head_dim = q.shape
+    end = k.size(2)
+    if one != 1 or k.shape != (rows, heads, end, head_dim) or v.shape != k.shape:
+        raise ValueError(f"one query per row needed: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.stride(3) != 1 or k.stride(3) != 1 or v.stride(3) != 1 or mask.stride(-1) != 1:
+        raise ValueError("attend needs contiguous last dimensions")
+    if mask.size(-1) != end or mask.numel() != rows * end:
+        raise ValueError(f"mask {tuple(mask.shape)} is not one row of {end} per query row")
+    splits = triton.cdiv(end, CHUNK)
+    work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32,
+                       device=q.device)
+    out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
+    _partial_kernel[(rows * heads, splits)](
+        q, k, v, mask, work, heads, end, head_dim**-0.5,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), mask.stride(0), splits,
+        HEAD_DIM=head_dim, CHUNK=CHUNK, BLOCK_T=BLOCK_T, NO_SCORE=NO_SCORE,
+    )  # fmt: skip
+    _combine_kernel[(rows * heads,)](
+        work, out, heads, splits, out.stride(0), out.stride(2),
+        HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits),
+    )  # fmt: skip
+    return out.transpose(1, 2)
