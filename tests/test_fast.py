@@ -511,7 +511,7 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
                                   generator=torch.Generator().manual_seed(9),
                                   **decode.VARIANTS["graphka"])
             assert not fast.FALLBACKS, fast.FALLBACKS
-            assert stats["fused"]
+            assert stats["fused"] and stats["matmul"] == stats["attention"] == "triton"
             assert torch.equal(plain.codes, out.codes), (beams, sample)
             torch.testing.assert_close(out.scores, plain.scores, rtol=1e-5, atol=1e-5)
         # per layer and fed token (2 layers, 24 tokens per call, 2 calls): 4 projections and
@@ -571,6 +571,32 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
                           env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_triton_variant_keeps_cublas_above_eight_rows(monkeypatch):
+    """graphk runs its Triton projections for at most 8 rows (batch x beams): with 9 rows the
+    fused stack keeps the compiled pieces (stats say "mm") and gives tts.generation's codes;
+    with 6 rows on a CPU without Triton's interpreter it falls back to the plain layers and
+    says so (tts.fast.FALLBACKS)."""
+    from tts import fast
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = _gpt_small()
+    gen = torch.Generator().manual_seed(3)
+    prefix = torch.randn(3, 12, model.model_dim, generator=gen) * 0.5
+    cfg = GenerationConfig(num_beams=3, do_sample=False, max_mel_tokens=8, warn_on_limit=False)
+    before = len(fast.FALLBACKS)
+    stats: dict = {}
+    out = decode.generate(model, prefix, None, cfg, stats=stats, **decode.VARIANTS["graphk"])
+    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    assert stats["fused"] and stats["matmul"] == "mm" and stats["attention"] == "sdpa"
+    assert torch.equal(out.codes, plain_generate(model, prefix, None, cfg).codes)
+    stats = {}
+    decode.generate(model, prefix[:2], None, cfg, stats=stats, **decode.VARIANTS["graphk"])
+    assert not stats["fused"] and stats["matmul"] is None
+    assert any("fused decode layers" in where for where, _ in fast.FALLBACKS[before:])
 
 
 def test_config_schema_lists_every_decoder_variant():

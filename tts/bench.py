@@ -499,6 +499,9 @@ class Bench:
         if stats:
             extra["decode_loop_s"] = stats.get("loop_s")
             extra["decode_steps"] = stats.get("steps")
+            # what the decoder really ran (e.g. graphk keeps cuBLAS above 8 rows)
+            extra["decode_matmul"] = stats.get("matmul")
+            extra["decode_attention"] = stats.get("attention")
         return times, extra
 
     def run(self, variant: Variant, batch: int, decoder: str, warmup: int | None = None,

@@ -150,7 +150,8 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     return {"ms_per_step": statistics.mean(step_ms) if step_ms else float("nan"),
             "loop_ms_per_step": 1e3 * loop_s / steps, "codes": out.codes.cpu(),
             "kernels": kernels, "graphs": len(dec.graphs), "fused": dec.fused is not None,
-            "swap": dec.swap}
+            "matmul": dec.fused.matmul if dec.fused is not None else None,
+            "attention": dec.attend.keywords["kind"], "swap": dec.swap}
 
 
 def agreement(codes: torch.Tensor, ref: torch.Tensor) -> tuple[float, int]:
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                    "warmup_run_s": time.perf_counter() - start - sum(
                        r["loop_ms_per_step"] * args.steps / 1e3 for r in timed),
                    "kernels": warm["kernels"], "graphs": warm["graphs"],
-                   "fused": warm["fused"], "swap": warm["swap"], "agreement": agree,
+                   "fused": warm["fused"], "matmul": warm["matmul"],
+                   "attention": warm["attention"], "swap": warm["swap"], "agreement": agree,
                    "first_difference": first, "fallbacks": fast.FALLBACKS[before:]}
             results.append(row)
             k = row["kernels"] or {}

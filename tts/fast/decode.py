@@ -782,6 +782,8 @@ class StaticDecoder:
             stats["steps"] = step
             stats["graphs"] = len(self.graphs)
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
+            stats["matmul"] = self.fused.matmul if self.fused is not None else None
+            stats["attention"] = self.attend.keywords["kind"]
             stats["reorder"] = "swap" if self.swap else "copy"
         return self._result(step)
 

@@ -165,7 +165,9 @@ class FusedStack:
         self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type,
                     matmul)
         self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
-        if matmul == "triton" and rows <= MAX_TRITON_ROWS:
+        # What the projections really run on ("triton" keeps cuBLAS above MAX_TRITON_ROWS).
+        self.matmul = "mm" if matmul == "triton" and rows > MAX_TRITON_ROWS else matmul
+        if self.matmul == "triton":
             from tts.fast import linear
 
             if not linear.available(weight):
