@@ -330,10 +330,21 @@ def test_fused_estimator_matches_golden(item):
     assert comparison.failure() is None, comparison.failure()
 
 
+def _run_interpreted(code: str, timeout: int = 300) -> None:
+    """Run ``code`` in a fresh Python with Triton's CPU interpreter on (it must be set before
+    Triton is imported); it must exit 0 and print "ok" last."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=timeout, check=False, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
 def test_fused_activation_interpreted():
     """The Triton kernel (run by Triton's CPU interpreter) equals Activation1d."""
-    pytest.importorskip("triton")
-    code = textwrap.dedent(
+    _run_interpreted(
         """
         import torch
         from tts.models.bigvgan import Activation1d, Snake, SnakeBeta
@@ -355,21 +366,16 @@ def test_fused_activation_interpreted():
                 assert out.shape == ref.shape
                 worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
         assert worst < 1e-5, worst
-        print("ok", worst)
+        print("worst", worst)
+        print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_triton_window_gather_equals_index_select_interpreted():
     """The beam-reorder copy kernel (Triton's CPU interpreter) moves exactly what
     ``index_select`` moves, for several windows, row orders and dtypes, and nothing else."""
-    pytest.importorskip("triton")
-    code = textwrap.dedent(
+    _run_interpreted(
         """
         import torch
         from tts.fast import gather
@@ -389,12 +395,6 @@ def test_triton_window_gather_equals_index_select_interpreted():
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("ok")
 
 
 
@@ -402,39 +402,15 @@ def test_few_row_linear_kernels_interpreted():
     """tts.fast.linear (Triton's CPU interpreter) against the op-by-op computation: LayerNorm,
     GELU, residual and the KV write, 1 to 8 rows (more are refused), float32 within 1e-5, bf16
     within the error two roundings may make (2^-7 of the rounded magnitudes)."""
-    pytest.importorskip("triton")
-    code = textwrap.dedent(
+    _run_interpreted(
         """
         import torch
-        import torch.nn.functional as F
+        from kernel_reference import assert_rounding_close as close
+        from kernel_reference import linear_reference as ref
         from tts.fast import linear
         assert linear.available(torch.zeros(1))
         torch.manual_seed(0)
         K, N = 48, 80
-
-        def ref(x, w, b, ln=None, gelu=False, residual=None):
-            # The op-by-op result and, per element, the error two roundings of it may differ
-            # by in bf16: 2^-7 (two half-ulps) of the sum of the magnitudes that were rounded.
-            h = x
-            if ln is not None:
-                h = F.layer_norm(x.float(), ln[0].shape, ln[0].float(), ln[1].float(),
-                                 ln[2]).to(x.dtype)
-            y = F.linear(h.double(), w.double(), b.double()).to(x.dtype)
-            mag = h.double().abs() @ w.double().abs().t() + b.double().abs()
-            if gelu:
-                y = F.gelu(y.float(), approximate="tanh").to(x.dtype)
-                mag = mag * 1.2  # GELU's slope is at most ~1.13
-            if residual is not None:
-                y = (y.float() + residual.float()).to(x.dtype)
-                mag = mag + residual.double().abs()
-            return y, 2**-7 * (mag + y.double().abs())
-
-        def close(out, want, dtype):
-            want, tol = want
-            if dtype == torch.float32:
-                torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-            else:
-                assert bool(((out.double() - want.double()).abs() <= tol).all())
 
         for dtype in (torch.float32, torch.bfloat16):
             for rows in (1, 3, 8):
@@ -444,7 +420,7 @@ def test_few_row_linear_kernels_interpreted():
                 ln = (torch.randn(K).to(dtype), torch.randn(K).to(dtype), 1e-5)
                 res = torch.randn(rows, N).to(dtype)
                 for kw in ({}, {"ln": ln}, {"ln": ln, "gelu": True}, {"residual": res}):
-                    close(linear.linear(x, w, b, **kw), ref(x, w, b, **kw), dtype)
+                    close(linear.linear(x, w, b, **kw), *ref(x, w, b, **kw))
             rows, heads, hd = 3, 4, 8
             width = heads * hd
             x = torch.randn(rows, width).to(dtype)
@@ -456,7 +432,7 @@ def test_few_row_linear_kernels_interpreted():
             want, tol = ref(x, w, b, ln=ln)
             for got, part in ((q, 0), (kv[0, :, :, 5], 1), (kv[1, :, :, 5], 2)):
                 cols = slice(part * width, (part + 1) * width)
-                close(got.reshape(rows, width), (want[:, cols], tol[:, cols]), dtype)
+                close(got.reshape(rows, width), want[:, cols], tol[:, cols])
             kv[:, :, :, 5] = 0
             assert not bool(kv.any())
         try:
@@ -467,12 +443,6 @@ def test_few_row_linear_kernels_interpreted():
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("ok")
 
 
 def test_triton_kernel_decoder_matches_plain_generation_interpreted():
@@ -480,12 +450,10 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
     CPU interpreter, float32) gives tts.generation's codes, greedy and beam sampling; scores
     agree to float32 rounding; the kernels really ran (no fallback). graphk is graphka with
     SDPA attention, so this covers its kernels too."""
-    pytest.importorskip("triton")
-    code = textwrap.dedent(
+    _run_interpreted(
         """
         import sys
         import torch
-        sys.path.insert(0, "tests")
         from test_fast import _gpt_small, _padded_prefix
         from tts import fast
         from tts.fast import attention, decode, linear
@@ -518,14 +486,8 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
         # one attention
         assert calls == {"linear": 2 * 4 * 24 * 2, "attention": 2 * 24 * 2}, calls
         print("ok")
-        """
+        """, timeout=600
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("ok")
 
 
 def test_triton_decode_attention_equals_sdpa_interpreted():
@@ -533,8 +495,7 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
     windows shorter than, equal to and longer than a chunk, strided cache views, masked
     positions at both ends (left padding longer than a chunk), float32 within 1e-6 and bf16
     within one ulp of the output (the float32 result rounded)."""
-    pytest.importorskip("triton")
-    code = textwrap.dedent(
+    _run_interpreted(
         """
         import torch
         import torch.nn.functional as F
@@ -565,12 +526,6 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("ok")
 
 
 def test_triton_variant_keeps_cublas_above_eight_rows(monkeypatch):

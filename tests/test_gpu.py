@@ -471,34 +471,13 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
     reference of the same rounding steps): float32 within 1e-5, bf16 within the error two
     roundings may make (2^-7 of the rounded magnitudes); the KV write lands at the step's
     position only."""
+    from kernel_reference import assert_rounding_close as close
+    from kernel_reference import linear_reference as ref
+
     from tts.fast import linear
 
     torch.manual_seed(3)
     dim, heads = 1280, 20
-
-    def ref(x, w, b, ln=None, gelu=False, residual=None):
-        """The op-by-op result and, per element, the error two roundings of it may differ by in
-        bf16: 2^-7 (two half-ulps) of the sum of the magnitudes that were rounded."""
-        f = torch.nn.functional
-        h = x
-        if ln is not None:
-            h = f.layer_norm(x.float(), (dim,), ln[0].float(), ln[1].float(), ln[2]).to(x.dtype)
-        y = f.linear(h.double(), w.double(), b.double()).to(x.dtype)
-        mag = h.double().abs() @ w.double().abs().t() + b.double().abs()
-        if gelu:
-            y = f.gelu(y.float(), approximate="tanh").to(x.dtype)
-            mag = mag * 1.2  # GELU's slope is at most ~1.13
-        if residual is not None:
-            y = (y.float() + residual.float()).to(x.dtype)
-            mag = mag + residual.double().abs()
-        return y, 2**-7 * (mag + y.double().abs())
-
-    def close(out, want):
-        want, tol = want
-        if dtype == torch.float32:
-            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-        else:
-            assert bool(((out.double() - want.double()).abs() <= tol).all())
 
     x = (torch.randn(rows, dim, device="cuda") + 0.3).to(dtype)
     h = torch.randn(rows, 4 * dim, device="cuda").to(dtype)
@@ -509,7 +488,7 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
         w = (torch.randn(n, k, device="cuda") * k**-0.5).to(dtype)
         b = torch.randn(n, device="cuda").to(dtype)
         inp = h if k == 4 * dim else x
-        close(linear.linear(inp, w, b, **kwargs), ref(inp, w, b, **kwargs))
+        close(linear.linear(inp, w, b, **kwargs), *ref(inp, w, b, **kwargs))
     w = (torch.randn(3 * dim, dim, device="cuda") * dim**-0.5).to(dtype)
     b = torch.randn(3 * dim, device="cuda").to(dtype)
     kv = torch.zeros(2, rows, heads, 40, dim // heads, device="cuda", dtype=dtype)
@@ -518,7 +497,7 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
     want, tol = ref(x, w, b, ln=ln)
     for got, part in ((q, 0), (kv[0, :, :, 17], 1), (kv[1, :, :, 17], 2)):
         cols = slice(part * dim, (part + 1) * dim)
-        close(got.reshape(rows, dim), (want[:, cols], tol[:, cols]))
+        close(got.reshape(rows, dim), want[:, cols], tol[:, cols])
     kv[:, :, :, 17] = 0
     assert not bool(kv.any())
 
