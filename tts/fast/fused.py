@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 
 MATMULS = ("mm", "reduce", "autotune", "triton")
-MAX_TRITON_ROWS = 8  # = tts.fast.linear.MAX_ROWS (not imported: that module needs Triton)
 
 
 def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -141,6 +140,10 @@ class FusedStack:
     def __init__(self, model, matrices, rows: int, matmul: str = "mm"):
         if matmul not in MATMULS:
             raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
+        from tts.fast import linear
+
+        # What the projections really run on: "triton" keeps cuBLAS above linear.MAX_ROWS.
+        self.matmul = matmul = "mm" if matmul == "triton" and rows > linear.MAX_ROWS else matmul
         gpt = model.gpt
         self.reduce = matmul == "reduce"
         attn = gpt.h[0].attn
@@ -165,11 +168,7 @@ class FusedStack:
         self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type,
                     matmul)
         self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
-        # What the projections really run on ("triton" keeps cuBLAS above MAX_TRITON_ROWS).
-        self.matmul = "mm" if matmul == "triton" and rows > MAX_TRITON_ROWS else matmul
-        if self.matmul == "triton":
-            from tts.fast import linear
-
+        if matmul == "triton":
             if not linear.available(weight):
                 raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
             self.fns["pre"], self.fns["post"] = linear.decode_pre, linear.decode_post

@@ -33,6 +33,11 @@ On CUDA the block sizes are tuned per shape by ``triton.autotune`` on the first 
 not be inside CUDA-graph capture: the decoder's first step of a bucket runs eagerly). Under
 Triton's CPU interpreter (``TRITON_INTERPRET=1``, the tests) a fixed small configuration runs.
 
+Measured on an H200 (docs/benchmarks.md, runs E-G): at one row it reads the weights faster than
+cuBLAS on two of the four GPT shapes, at 3 rows (batch 1 x 3 beams) slower on all four, so a
+decode step with these kernels (225 kernels instead of 393) was not faster than the compiled
+pieces with cuBLAS. It is the opt-in ``graphk`` decoder, exact in float32 (tests).
+
 :func:`decode_pre` and :func:`decode_post` are the two halves of a GPT-2 layer around the
 attention, with the signatures of :mod:`tts.fast.fused`'s compiled pieces (matmul="triton").
 """
