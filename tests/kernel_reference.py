@@ -32,3 +32,16 @@ def assert_rounding_close(out: torch.Tensor, want: torch.Tensor, tol: torch.Tens
     else:
         worst = float(((out.double() - want.double()).abs() - tol).max())
         assert worst <= 0, f"beyond the rounding bound by {worst}"
+
+
+def assert_qkv_written(q, kv, pos: int, want, tol) -> None:
+    """A qkv projection with the KV write: the queries ``q`` [rows, width] and the keys /
+    values written at cache position ``pos`` of ``kv`` [2, rows, heads, capacity, head_dim]
+    match ``want`` / ``tol`` (:func:`linear_reference` of the whole projection), and nothing
+    else of the cache was written (it must have been all zeros). Zeroes position ``pos``."""
+    rows, width = q.shape
+    for got, part in ((q, 0), (kv[0, :, :, pos], 1), (kv[1, :, :, pos], 2)):
+        cols = slice(part * width, (part + 1) * width)
+        assert_rounding_close(got.reshape(rows, width), want[:, cols], tol[:, cols])
+    kv[:, :, :, pos] = 0
+    assert not bool(kv.any())

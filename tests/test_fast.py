@@ -84,6 +84,17 @@ def _gpt_small():
     return model.eval()
 
 
+def _assert_same_generation(plain, fast, beams: int) -> None:
+    """The fast decoder's output equals tts.generation's: codes, steps, and (beams) beam
+    indices exactly; scores to float32 rounding."""
+    assert torch.equal(plain.codes, fast.codes)
+    assert plain.steps == fast.steps
+    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-5, atol=1e-5)
+    if beams > 1:
+        assert torch.equal(plain.beam_indices, fast.beam_indices)
+        torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores)
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_sampling_matches_plain_generation(beams):
     """Same generator, same draws: identical codes (sampling and beam sampling, B = 2 padded)."""
@@ -108,13 +119,7 @@ def test_sampling_matches_plain_generation(beams):
     for fn in (plain_generate, fast_generate):
         gen = torch.Generator().manual_seed(123)
         outs.append(fn(model, prefix, valid, cfg, generator=gen, output_scores=True))
-    plain, fast = outs
-    assert torch.equal(plain.codes, fast.codes)
-    assert plain.steps == fast.steps
-    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-5, atol=1e-5)
-    if beams > 1:
-        assert torch.equal(plain.beam_indices, fast.beam_indices)
-        torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores)
+    _assert_same_generation(*outs, beams)
 
 
 def test_static_decoder_stops_like_plain():
@@ -176,12 +181,7 @@ def test_fused_decoder_matches_plain_generation(search):
                             output_scores=True, stats=stats, **decode.VARIANTS["graphf"])
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
     assert stats["fused"] and stats["reorder"] == ("swap" if beams > 1 else "copy")
-    assert torch.equal(plain.codes, fused.codes)
-    assert plain.steps == fused.steps
-    torch.testing.assert_close(fused.scores, plain.scores, rtol=1e-5, atol=1e-5)
-    if beams > 1:
-        assert torch.equal(plain.beam_indices, fused.beam_indices)
-        torch.testing.assert_close(fused.sequences_scores, plain.sequences_scores)
+    _assert_same_generation(plain, fused, beams)
 
 
 def test_fused_reduce_matmul_matches_plain_generation():
@@ -405,6 +405,7 @@ def test_few_row_linear_kernels_interpreted():
     _run_interpreted(
         """
         import torch
+        from kernel_reference import assert_qkv_written
         from kernel_reference import assert_rounding_close as close
         from kernel_reference import linear_reference as ref
         from tts.fast import linear
@@ -429,12 +430,7 @@ def test_few_row_linear_kernels_interpreted():
             ln = (torch.randn(width).to(dtype), torch.randn(width).to(dtype), 1e-5)
             kv = torch.zeros(2, rows, heads, 10, hd).to(dtype)
             q = linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], torch.tensor([5]), width))
-            want, tol = ref(x, w, b, ln=ln)
-            for got, part in ((q, 0), (kv[0, :, :, 5], 1), (kv[1, :, :, 5], 2)):
-                cols = slice(part * width, (part + 1) * width)
-                close(got.reshape(rows, width), want[:, cols], tol[:, cols])
-            kv[:, :, :, 5] = 0
-            assert not bool(kv.any())
+            assert_qkv_written(q, kv, 5, *ref(x, w, b, ln=ln))
         try:
             linear.linear(torch.zeros(9, K), torch.zeros(N, K), torch.zeros(N))
             raise SystemExit("9 rows were accepted")
@@ -454,7 +450,7 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
         """
         import sys
         import torch
-        from test_fast import _gpt_small, _padded_prefix
+        from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
         from tts import fast
         from tts.fast import attention, decode, linear
         from tts.generation import GenerationConfig, generate as plain_generate
@@ -480,8 +476,7 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
                                   **decode.VARIANTS["graphka"])
             assert not fast.FALLBACKS, fast.FALLBACKS
             assert stats["fused"] and stats["matmul"] == stats["attention"] == "triton"
-            assert torch.equal(plain.codes, out.codes), (beams, sample)
-            torch.testing.assert_close(out.scores, plain.scores, rtol=1e-5, atol=1e-5)
+            _assert_same_generation(plain, out, beams)
         # per layer and fed token (2 layers, 24 tokens per call, 2 calls): 4 projections and
         # one attention
         assert calls == {"linear": 2 * 4 * 24 * 2, "attention": 2 * 24 * 2}, calls
