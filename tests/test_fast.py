@@ -122,6 +122,70 @@ def test_sampling_matches_plain_generation(beams):
     _assert_same_generation(*outs, beams)
 
 
+class _ReplayEagerly:
+    """A stand-in for a captured CUDA graph on the CPU: "replay" runs the step it was captured
+    for eagerly, after checking that the decoder is in the state the graph was captured in."""
+
+    def __init__(self, dec, key, end, log):
+        self.dec, self.key, self.end, self.log = dec, key, end, log
+
+    def replay(self):
+        dec = self.dec
+        step = int(dec.step_t)
+        assert (step // dec.bucket, dec.cur) == self.key, f"step {step}: wrong graph {self.key}"
+        assert dec._window(step) == self.end, f"step {step}: window {self.end}"
+        cur = dec.cur
+        dec._step(self.end)
+        dec._use(cur)  # the caller switches caches after a replay, as the device did
+        self.log.append(("replay", step))
+
+
+@pytest.mark.parametrize("bucket,check_every", [(16, 32), (16, 5), (48, 32)])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_graphs_are_captured_before_their_bucket(beams, bucket, check_every):
+    """The capture bookkeeping of the CUDA-graph loop, on the CPU with a stand-in graph: only
+    the first step runs eagerly, every later step replays a graph captured for its bucket and
+    cache (several buckets between two checks, or several checks in a bucket), each graph is
+    captured once, and the codes are tts.generation's."""
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    torch.manual_seed(0)
+    prefix = torch.randn(2, 11, model.model_dim) * 0.5
+    cfg = GenerationConfig(num_beams=beams, do_sample=True, max_mel_tokens=70,
+                           warn_on_limit=False)
+    for ahead in (True, False):
+        dec = StaticDecoder(model, prefix, None, cfg, output_scores=True, bucket=bucket,
+                            generator=torch.Generator().manual_seed(5), reorder="swap",
+                            ahead=ahead)
+        dec.use_graph = True  # dec.stream stays None: the eager step runs on the CPU
+        log: list[tuple] = []
+
+        def fake_capture(b, end, dec=dec, log=log):
+            key = (b, dec.cur)
+            assert key not in dec.graphs, f"{key} captured twice"
+            dec.graphs[key] = _ReplayEagerly(dec, key, end, log)
+            log.append(("capture", key, int(dec.step_t)))
+            return True
+
+        dec._capture = fake_capture
+        with torch.no_grad():
+            out = dec.run(check_every=check_every)
+        replays = [e[1] for e in log if e[0] == "replay"]
+        assert dec.eager_steps == 1 and replays == list(range(1, cfg.max_mel_tokens))
+        # Ahead: every capture happens at a check (or right after the first step), never at
+        # a bucket's first step; otherwise at the first step of each bucket.
+        at = sorted({e[2] for e in log if e[0] == "capture"})
+        starts = range(bucket, cfg.max_mel_tokens, bucket)
+        assert at == ([1] + sorted({s - s % check_every for s in starts if s >= check_every})
+                      if ahead else [1, *starts]), at
+        ref = plain_generate(model, prefix, None, cfg, output_scores=True,
+                             generator=torch.Generator().manual_seed(5))
+        _assert_same_generation(ref, out, beams)
+
+
 def test_static_decoder_stops_like_plain():
     """Rows that finish early: same codes and step count with any check interval."""
     from tts.fast.decode import generate as fast_generate

@@ -181,6 +181,51 @@ def test_graph_decoder_matches_eager_cuda():
         assert agree == 1.0, f"beams {beams}: only {agree:.3f} of the sampled codes agree"
 
 
+@pytest.mark.parametrize("bucket", [16, 48])
+@pytest.mark.parametrize("variant", ["graph", "graphf"])
+def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
+    """Graphs captured ahead (at the "all finished?" test, while queued steps run), or at a
+    bucket's first step, replay exactly what the same decoder computes eagerly: identical codes
+    and scores in bfloat16 (same kernels, same draws), beam sampling and sampling, with several
+    buckets between two tests (16) or several tests in a bucket (48). Only the first step runs
+    outside a graph."""
+    from tts import fast
+    from tts.checkpoints import CheckpointSet
+    from tts.components import load_component
+    from tts.fast.decode import VARIANTS
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+
+    root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
+    if root is None:
+        pytest.skip("gpt-small fixture set not found")
+    dtype = torch.bfloat16
+    model = load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
+    torch.manual_seed(0)
+    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
+    before = len(fast.FALLBACKS)
+    for beams in (1, 3):
+        cfg = GenerationConfig(num_beams=beams, do_sample=True, max_mel_tokens=150,
+                               warn_on_limit=False)
+        outs, stats = [], []
+        for kwargs in ({"use_graph": False}, {"ahead": True}, {"ahead": False}):
+            stats.append({})
+            gen = torch.Generator(device="cuda").manual_seed(11)
+            with torch.autocast("cuda", dtype=dtype):
+                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
+                                          output_scores=True, bucket=bucket, stats=stats[-1],
+                                          **VARIANTS[variant], **kwargs))
+        assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+        assert [s["eager_steps"] for s in stats] == [stats[0]["steps"], 1, 1]
+        for out in outs[1:]:
+            assert torch.equal(outs[0].codes, out.codes), f"beams {beams}"
+            assert torch.equal(outs[0].scores, out.scores), f"beams {beams}"
+        REPORT.append({"case": f"captured_ahead_{variant}_bucket{bucket}_beams{beams}",
+                       "steps": stats[1]["steps"], "graphs": stats[1]["graphs"],
+                       "identical": True})
+        _write_report()
+
+
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
 # compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
 # graphs.

@@ -502,6 +502,8 @@ class Bench:
             # what the decoder really ran (e.g. graphk keeps cuBLAS above 8 rows)
             extra["decode_matmul"] = stats.get("matmul")
             extra["decode_attention"] = stats.get("attention")
+            extra["decode_graphs"] = stats.get("graphs")
+            extra["decode_eager_steps"] = stats.get("eager_steps")
         return times, extra
 
     def run(self, variant: Variant, batch: int, decoder: str, warmup: int | None = None,

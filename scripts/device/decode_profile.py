@@ -13,9 +13,10 @@ sampling with the official settings (``--beams`` 3) for ``--prefix`` prompt posi
 :data:`tts.fast.decode.VARIANTS` (``--variants``). Per variant and batch it prints:
 
 * ``ms/step``: GPU time of a replayed step (CUDA events around each graph replay; the eager
-  first step of a bucket and the captures are left out), mean over a run, median over
+  first step and the captures are left out), mean over a run, median over
   ``--runs`` runs after one warm-up run (which compiles what the variant compiles);
-* ``loop``: the whole decode loop per step, eager first steps and captures included;
+* ``loop``: the whole decode loop per step, as ``StaticDecoder.run`` steps it (the eager
+  first step, the captures and the "all finished?" test every 32 steps included);
 * ``kernels``: kernel launches in one replayed step (torch.profiler of one replay), with the
   memcpy / memset nodes and the summed kernel time of that step;
 * ``agree``: the fraction of codes equal to the ``graph`` variant's codes from the same seed,
@@ -47,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tts.fast.decode import VARIANTS, StaticDecoder  # noqa: E402
+from tts.fast.decode import DEFAULT_CHECK_EVERY, VARIANTS, StaticDecoder  # noqa: E402
 from tts.generation import GenerationConfig  # noqa: E402
 
 TINY = {"layers": 2, "model_dim": 64, "heads": 4}
@@ -112,6 +113,7 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     cuda = device.type == "cuda"
     gen = torch.Generator(device=device).manual_seed(seed)
     dec = StaticDecoder(model, prefix, None, cfg, generator=gen, use_graph=cuda, **options)
+    dec.check_every = DEFAULT_CHECK_EVERY  # as dec.run() does
     steps = cfg.max_mel_tokens
     marks: list = []
     kernels = None
@@ -137,6 +139,8 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
             marks.append(time.perf_counter() - start)
         else:
             dec._run_step(step)
+        if step + 1 < steps:  # the loop's check: captures ahead, then the host waits
+            dec._checkpoint(step + 1, DEFAULT_CHECK_EVERY)
     if cuda:
         end = torch.cuda.Event(enable_timing=True)
         end.record()
@@ -149,7 +153,8 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     out = dec._result(steps)
     return {"ms_per_step": statistics.mean(step_ms) if step_ms else float("nan"),
             "loop_ms_per_step": 1e3 * loop_s / steps, "codes": out.codes.cpu(),
-            "kernels": kernels, "graphs": len(dec.graphs), "fused": dec.fused is not None,
+            "kernels": kernels, "graphs": len(dec.graphs), "eager_steps": dec.eager_steps,
+            "fused": dec.fused is not None,
             "matmul": dec.fused.matmul if dec.fused is not None else None,
             "attention": dec.attend.keywords["kind"], "swap": dec.swap}
 

@@ -16,6 +16,9 @@
 #   tests     python3 -m pytest -q tests/test_gpu.py (fixtures unpacked from .bench/shared.tar.xz)
 #   profile   scripts/device/decode_profile.py $PROFILE_ARGS (GPT decode-step kernels and times of
 #             each decoder variant; no checkpoints), if that script exists
+#   ab        scripts/device/capture_ab.py --old $AB_OLD $AB_ARGS (the decode loop of an earlier
+#             tts/fast/decode.py against the current one; AB_OLD default .bench/decode_old.py,
+#             made here with e.g. git show 32ce661:tts/fast/decode.py > .bench/decode_old.py)
 # Every section runs under its own timeout (T_SET, T_BENCH, ... seconds), capped by what is left of
 # BUDGET (default 540 s, the device allows 600 per call), and writes $OUT/<section>.log and
 # $OUT/<section>.json. The device returns at most 8 files, so at the end everything but run.log,
@@ -36,9 +39,11 @@ SEED="${SEED:-1234}"
 BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphf --precision float32@1#graphf}"
 OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
 PROFILE_ARGS="${PROFILE_ARGS:-}"
+AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
+T_AB="${T_AB:-240}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
@@ -160,7 +165,7 @@ for name, s in sections.items():
 print(f"   total {total} s")
 PY
   # At most 8 files come back from the device: pack the rest.
-  local keep="run.log summary.json bench.json official.json compare.json tests.json profile.json"
+  local keep="run.log summary.json bench.json official.json compare.json tests.json profile.json ab.json"
   local rest=()
   while IFS= read -r f; do
     case " $keep " in *" $f "*) ;; *) rest+=("$f") ;; esac
@@ -203,6 +208,11 @@ main() {
       echo "=== profile: SKIPPED, scripts/device/decode_profile.py does not exist"
       printf 'profile\tskipped\t\t0\t0\n' >> "$TABLE"
     fi
+  fi
+  if want ab; then
+    # shellcheck disable=SC2086
+    section ab "$T_AB" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" scripts/device/capture_ab.py \
+      --old "$AB_OLD" $AB_ARGS --json "$OUT/ab.json"
   fi
   finish
   s=$(cut -f2 "$TABLE" | grep -cv -E '^(ok|skipped)$')

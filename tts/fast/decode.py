@@ -13,7 +13,10 @@
   per-kernel launch cost (a full-size bf16 beam-3 step is ~800 small kernels: 20 ms/step
   eagerly, 3.4 ms/step replayed on an H100). The cache window grows in buckets of ``bucket``
   positions, one graph per bucket, so attention and beam reordering only touch the part of
-  the cache in use;
+  the cache in use. Only the very first step runs eagerly (it compiles and warms up what the
+  step uses); a later bucket's graph is captured at the "all finished?" test before it
+  (``ahead``), while the GPU still runs the queued steps, through :func:`tts.fast.graphs.capture`
+  (no device-wide synchronisation);
 * beam reordering moves only the generated part of the cache (the prompt part is the same for
   every beam of an item).
 
@@ -41,6 +44,7 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -62,7 +66,7 @@ from tts.generation import (
 )
 from tts.models.gpt import prefix_attention_mask
 
-DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "128"))
+DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "64"))
 DEFAULT_CHECK_EVERY = 32
 # Attention of a decode step: "sdpa" (F.scaled_dot_product_attention), "math" (two batched
 # products and a softmax) or "triton" (tts.fast.attention); the default of generate().
@@ -234,6 +238,7 @@ def generate(
     matmul: str = "mm",
     reorder: str = "copy",
     attention: str | None = None,
+    ahead: bool = True,
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
@@ -249,7 +254,9 @@ def generate(
     (``matmul``: "mm" = cuBLAS GEMMs, "reduce" = Inductor reductions); ``reorder``: "copy"
     (gather the beams' cache window into a temporary and copy it back) or "swap" (gather into
     a second cache and swap the two); ``attention`` (default :data:`ATTENTION`): "sdpa",
-    "math" or "triton" (the split-K kernels of :mod:`tts.fast.attention`, where Triton runs).
+    "math" or "triton" (the split-K kernels of :mod:`tts.fast.attention`, where Triton runs);
+    ``ahead``: capture a bucket's graphs at the "all finished?" test before it, while the GPU
+    still runs queued steps (False: at the bucket's first step, as the GPU waits).
     ``VARIANTS[name]`` gives the named combinations.
     """
     if reorder not in REORDERS:
@@ -269,7 +276,7 @@ def generate(
                         output_scores=output_scores, output_logits=output_logits,
                         use_graph=use_graph, bucket=bucket, compile_logic=compile_logic,
                         compile_processors=compile_processors, fused=fused, matmul=matmul,
-                        reorder=reorder, attention=attention)
+                        reorder=reorder, attention=attention, ahead=ahead)
     return dec.run(check_every=max(1, int(check_every)), stats=stats)
 
 
@@ -282,7 +289,7 @@ class StaticDecoder:
                  use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
                  compile_logic: bool = False, compile_processors: bool = False,
                  fused: bool = False, matmul: str = "mm", reorder: str = "copy",
-                 attention: str | None = None):
+                 attention: str | None = None, ahead: bool = True):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
@@ -373,6 +380,11 @@ class StaticDecoder:
         # One graph per (bucket, index of the cache in use before the step).
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.pool = None
+        self.ahead = ahead
+        self.check_every = 1  # steps between "all finished?" tests (run() sets it)
+        self.warm = False  # the step ran once eagerly: its pieces are compiled, capture may go
+        self.warm_windows: set[int] = set()  # cache windows whose attention ran once
+        self.eager_steps = 0
         self.stream = torch.cuda.Stream(device) if use_graph else None
 
     # -- the step ----------------------------------------------------------------------------
@@ -697,9 +709,14 @@ class StaticDecoder:
     def _run_step(self, step: int) -> None:
         end = self._window(step)
         if not self.use_graph:
-            self._step(end)
+            self._eager_step(end)
             return
         b = step // self.bucket
+        if (b, self.cur) not in self.graphs and self.warm:
+            self._capture_bucket(b, step)  # the pieces ran once: capture without an eager step
+            if not self.use_graph:  # capture failed: this step (and the rest) run eagerly
+                self._eager_step(end)
+                return
         cur = self.cur
         graph = self.graphs.get((b, cur))
         if graph is not None:
@@ -707,38 +724,91 @@ class StaticDecoder:
             if self.swap:
                 self._use(1 - cur)  # what the replayed step did on the device
             return
-        # First step of a bucket: run it eagerly (this is the real step, and the warm-up that
-        # capture needs), then capture the same step for the rest of the bucket: once, or with
-        # reorder="swap" once per cache in use before the step (they alternate).
+        # The very first step: run it eagerly (it compiles what the variant compiles and is the
+        # warm-up that capture needs), then capture the rest of its bucket.
+        self._eager_step(end)
+        self.warm = True
+        self._capture_bucket(b, step + 1)
+        self._capture_ahead(step + 1, self.check_every)  # buckets before the first check
+
+    def _eager_step(self, end: int) -> None:
+        """Run a step eagerly, on the capture stream where there is one (warm-up before capture
+        belongs on the stream that captures)."""
+        self.eager_steps += 1
         stream = self.stream
+        if stream is None:
+            self._step(end)
+            return
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             self._step(end)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        left = min((b + 1) * self.bucket, self.max_new) - 1 - step  # steps left in the bucket
+
+    def _capture_bucket(self, b: int, first: int) -> None:
+        """Capture the graphs that steps ``first`` .. end of bucket ``b`` replay: one, or with
+        reorder="swap" one per cache in use before the step (step ``s`` starts on cache
+        ``s % 2``: every step swaps)."""
+        last = min((b + 1) * self.bucket, self.max_new) - 1
+        if first > last:
+            return
+        end = self._window(first)
+        self._warm_window(end)
         now = self.cur
-        for cur in ((now, 1 - now) if self.swap else (now,))[:left]:
+        for cur in sorted({s % 2 for s in range(first, min(first + 2, last + 1))}
+                          if self.swap else {0}):
+            if (b, cur) in self.graphs:
+                continue
             self._use(cur)
             captured = self._capture(b, end)
             self._use(now)
             if not captured:
                 return
 
+    def _capture_ahead(self, step: int, steps: int) -> None:
+        """Capture the graphs of the buckets that steps ``step`` .. ``step + steps - 1`` enter,
+        before they are needed. Called just before the host waits for the GPU (the "all
+        finished?" test), with up to ``steps`` replayed steps queued: the host time of the
+        captures then overlaps the GPU's work instead of stalling it at a bucket's first step.
+        """
+        if not (self.use_graph and self.warm and self.ahead):
+            return
+        for b in range(step // self.bucket, (min(step + steps, self.max_new) - 1) // self.bucket
+                       + 1):
+            self._capture_bucket(b, max(step, b * self.bucket))
+
+    def _warm_window(self, end: int) -> None:
+        """Run the attention over a new cache window once, eagerly, on a zero query (the result
+        is dropped; nothing is written): a library that prepares per shape on its first call
+        (cuDNN's attention plans, a Triton compile) must not do so during capture."""
+        if end in self.warm_windows:
+            return
+        kc, vc = self.cache.k[0], self.cache.v[0]
+        rows, heads, _, head_dim = kc.shape
+        kind = self.device.type
+        if self.fused is not None:  # the fused stack runs without autocast
+            dtype, ctx = self.fused.dtype, torch.autocast(kind, enabled=False)
+        else:
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
+                else kc.dtype
+            ctx = contextlib.nullcontext()
+        q = torch.zeros((rows, heads, 1, head_dim), dtype=dtype, device=kc.device)
+        mask = torch.zeros((rows, 1, 1, end), dtype=dtype, device=kc.device)
+        with ctx:
+            self.attend(q, kc[:, :, :end], vc[:, :, :end], mask)
+        self.warm_windows.add(end)
+
     def _capture(self, b: int, end: int) -> bool:
         """Capture the step of bucket ``b`` for the cache in use; False if capture failed (the
         decoder then runs eagerly)."""
-        stream = self.stream
+        from tts.fast.graphs import capture
+
         key = (b, self.cur)
         graph = torch.cuda.CUDAGraph()
         saved = self.step_t.clone()
+        gens = self.generator if isinstance(self.generator, (list, tuple)) else [self.generator]
         try:
-            gens = self.generator if isinstance(self.generator, (list, tuple)) else [
-                self.generator]
-            for gen in {id(g): g for g in gens if g is not None}.values():  # each one once
-                if gen.device.type == "cuda":
-                    graph.register_generator_state(gen)
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                self._step(end)
+            capture(graph, lambda: self._step(end), stream=self.stream, pool=self.pool,
+                    generators=gens)
         except Exception as exc:  # noqa: BLE001 - keep generating, eagerly
             from tts.fast import fallback
 
@@ -752,6 +822,15 @@ class StaticDecoder:
         self.graphs[key] = graph
         return True
 
+    def _checkpoint(self, step: int, check_every: int) -> bool:
+        """After ``step`` steps: every ``check_every`` steps, capture the graphs the next steps
+        need (:meth:`_capture_ahead`), then test whether every row is finished (the one host
+        synchronisation of the loop). True: stop."""
+        if step % check_every:
+            return False
+        self._capture_ahead(step, check_every)
+        return self._all_finished()
+
     def _all_finished(self) -> bool:
         if self.beams == 1:
             return not bool(self.unfinished.any())
@@ -759,6 +838,7 @@ class StaticDecoder:
 
     def run(self, check_every: int = 1, stats: dict | None = None) -> GenerationOutput:
         cuda = self.device.type == "cuda"
+        self.check_every = check_every
         if stats is not None:
             if cuda:
                 begin = torch.cuda.Event(enable_timing=True)
@@ -769,7 +849,7 @@ class StaticDecoder:
         while True:
             self._run_step(step)
             step += 1
-            if step >= self.max_new or (step % check_every == 0 and self._all_finished()):
+            if step >= self.max_new or self._checkpoint(step, check_every):
                 break
         if stats is not None:
             if cuda:
@@ -781,6 +861,7 @@ class StaticDecoder:
                 stats["loop_s"] = time.perf_counter() - begin
             stats["steps"] = step
             stats["graphs"] = len(self.graphs)
+            stats["eager_steps"] = self.eager_steps  # steps run outside a graph (CUDA: 1)
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
             stats["matmul"] = self.fused.matmul if self.fused is not None else None
             stats["attention"] = self.attend.keywords["kind"]
