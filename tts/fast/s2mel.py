@@ -12,9 +12,7 @@ how the loop is launched:
 * ``precision``: ``float32`` (the reference), ``tf32`` (float32 tensors, TF32 matrix units) or
   ``bfloat16`` / ``float16`` (autocast); parity bounds for each are in docs/gpu.md;
 * on CUDA the whole loop (25 steps x 13 DiT layers + WaveNet, ~10k kernels) is captured as one
-  CUDA graph per input shape and replayed; the host never waits inside the loop. The first call
-  of a shape runs eagerly and then captures (:func:`tts.fast.graphs.capture`: no device-wide
-  synchronisation, so the GPU keeps running the eager call meanwhile).
+  CUDA graph per input shape and replayed; the host never waits inside the loop.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tts.fast.graphs import capture
 from tts.models import cfm as _cfm
 from tts.models import dit as _dit
 
@@ -208,15 +205,10 @@ def _graph_solve(entry: FusedEstimator, proxy, inputs: tuple, cfg_rate: float,
         result = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)  # warm-up, and this call's result
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    captured: list[torch.Tensor] = []
-
-    def record() -> None:
-        with precision_context(precision, device):
-            captured.append(PLAIN_SOLVE(proxy, *static_in, cfg_rate, None))
-
     try:
-        capture(graph, record, stream=stream, pool=entry.pool)
-        static_out = captured[0]
+        with torch.cuda.graph(graph, pool=entry.pool, stream=stream), \
+                precision_context(precision, device):
+            static_out = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)
     except Exception as exc:  # noqa: BLE001 - this call's result is already computed
         from tts.fast import fallback
 
