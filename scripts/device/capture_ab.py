@@ -12,7 +12,8 @@ each alternate (old, new, old, new, ...), every call with the same seed. Printed
 the median of ``loop`` (the decode loop after the prefill, ms per step, from the decoder's own
 stats) and of ``call`` (the whole ``generate`` call: buffers, prefill, loop, result; CUDA
 events), the eager steps and graphs of the last call, and whether the codes equal the other
-version's, with the first step where they differ (with beams, where the returned hypotheses
+version's, with the fraction that agrees and the first step where they differ (-1: none;
+decode_profile.agreement; with beams, where the returned hypotheses
 differ, not where the computation parted). They need not be equal: in half precision at full
 size an eagerly launched step and a replayed one round differently (docs/benchmarks.md, run J),
 and the two versions run different steps eagerly. ``--buckets 64,256`` adds
@@ -38,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_profile import build_gpt  # noqa: E402
+from decode_profile import agreement, build_gpt  # noqa: E402
 
 from tts.fast import decode as new_decode  # noqa: E402
 from tts.generation import GenerationConfig  # noqa: E402
@@ -72,15 +73,6 @@ def timed_call(module, model, prefix, cfg, options: dict, seed: int) -> dict:
             "call_ms": begin.elapsed_time(end), "steps": stats["steps"],
             "graphs": stats.get("graphs"), "eager_steps": stats.get("eager_steps"),
             "codes": out.codes.cpu()}
-
-
-def first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
-    """The first step where two code matrices differ (None: equal)."""
-    n = min(a.size(1), b.size(1))
-    diff = (a[:, :n] != b[:, :n]).any(dim=0).nonzero()
-    if diff.numel():
-        return int(diff[0, 0])
-    return None if a.shape == b.shape else n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,19 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                 other = runs["new" if name == "old" else "old"] if name in versions else \
                     runs["new"]
                 same = torch.equal(rs[-1]["codes"], other[-1]["codes"])
-                first = first_difference(rs[-1]["codes"], other[-1]["codes"])
+                agree, first = agreement(rs[-1]["codes"], other[-1]["codes"])
                 row = {"variant": variant, "batch": batch, "version": name,
                        "loop_ms_per_step": statistics.median(r["loop_ms_per_step"] for r in rs),
                        "loop_runs": [round(r["loop_ms_per_step"], 4) for r in rs],
                        "call_ms": statistics.median(r["call_ms"] for r in rs),
                        "steps": rs[-1]["steps"], "graphs": rs[-1]["graphs"],
                        "eager_steps": rs[-1]["eager_steps"], "codes_equal": same,
-                       "first_difference": first, "do_sample": not args.greedy}
+                       "agreement": agree, "first_difference": first, "do_sample": not args.greedy}
                 results.append(row)
                 log(f"{variant:8s} B={batch:<3d} {name}: loop {row['loop_ms_per_step']:.3f} "
                     f"ms/step {row['loop_runs']}, call {row['call_ms']:.1f} ms, graphs "
-                    f"{row['graphs']}, eager steps {row['eager_steps']}, codes equal {same} (first "
-                    f"difference at step {first})")
+                    f"{row['graphs']}, eager steps {row['eager_steps']}, codes equal {same} (agreement "
+                    f"{agree:.3f}, first difference at step {first})")
             if args.json:
                 Path(args.json).write_text(json.dumps({"args": vars(args), "gpu":
                                                        torch.cuda.get_device_name(device),
