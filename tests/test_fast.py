@@ -312,6 +312,38 @@ def test_swap_reorder_is_exact():
     assert torch.equal(copy_dec.cache.v, swap_dec.cache.v)
 
 
+def test_table_reorder_is_exact():
+    """reorder="table" (nothing moves; attention reads through the source-row table) gives
+    bit-identical codes, scores and beam indices to the in-place reorder, and the cache read
+    through the table is the reordered cache (beam sampling, padded batch, plain layers)."""
+    from tts.fast.attention import gather_rows
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model)
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=40, warn_on_limit=False,
+                           repetition_penalty=2.0)
+    runs = []
+    for reorder in ("copy", "table"):
+        with torch.no_grad():
+            dec = StaticDecoder(model, prefix, valid, cfg, output_scores=True, reorder=reorder,
+                                generator=torch.Generator().manual_seed(4), bucket=16)
+            runs.append((dec, dec.run()))
+    (copy_dec, copy_out), (table_dec, table_out) = runs
+    assert table_dec.table and not table_dec.swap and table_dec.src is not None
+    assert torch.equal(copy_out.codes, table_out.codes)
+    assert torch.equal(copy_out.scores, table_out.scores)
+    assert torch.equal(copy_out.beam_indices, table_out.beam_indices)
+    # the beams really parted: some positions are read from another row than their own
+    rows = table_dec.rows
+    assert bool((table_dec.src != torch.arange(rows).unsqueeze(1)).any())
+    for layer in range(len(model.gpt.h)):
+        for copy_buf, table_buf in ((copy_dec.cache.k, table_dec.cache.k),
+                                    (copy_dec.cache.v, table_dec.cache.v)):
+            assert torch.equal(copy_buf[layer], gather_rows(table_buf[layer], table_dec.src))
+
+
 def test_decode_profile_script_runs_on_cpu(tmp_path):
     """scripts/device/decode_profile.py (the GPU measurement) runs: tiny GPT, CPU, two variants
     that compile nothing (the fused ones are checked above)."""
@@ -549,11 +581,52 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
     )
 
 
+def test_table_reorder_decoders_match_plain_generation_interpreted():
+    """graphfi and graphki (reorder="table": attention reads through the source-row table, in
+    Triton's CPU interpreter; float32) give tts.generation's codes with beam sampling and a
+    padded batch, and every attention call got the table (no fallback)."""
+    _run_interpreted(
+        """
+        import torch
+        from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
+        from tts import fast
+        from tts.fast import attention, decode
+        from tts.generation import GenerationConfig, generate as plain_generate
+        torch.set_num_threads(1)
+        tables = []
+        plain_attend = attention.attend
+        def counted(*args, src=None, **kwargs):
+            tables.append(src is not None)
+            return plain_attend(*args, src=src, **kwargs)
+        attention.attend = counted
+        model = _gpt_small()
+        prefix, valid = _padded_prefix(model)
+        cfg = GenerationConfig(num_beams=3, do_sample=True, max_mel_tokens=24,
+                               warn_on_limit=False, repetition_penalty=2.0)
+        plain = plain_generate(model, prefix, valid, cfg,
+                               generator=torch.Generator().manual_seed(9), output_scores=True)
+        for variant in ("graphfi", "graphki"):
+            stats = {}
+            out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
+                                  generator=torch.Generator().manual_seed(9),
+                                  **decode.VARIANTS[variant])
+            assert not fast.FALLBACKS, fast.FALLBACKS
+            assert stats["reorder"] == "table" and stats["attention"] == "triton", stats
+            _assert_same_generation(plain, out, 3)
+        # 2 layers x 24 fed tokens x 2 variants, each with the table
+        assert len(tables) == 2 * 24 * 2 and all(tables), tables
+        print("ok")
+        """, timeout=600
+    )
+
+
 def test_triton_decode_attention_equals_sdpa_interpreted():
     """tts.fast.attention (Triton's CPU interpreter) against F.scaled_dot_product_attention:
     windows shorter than, equal to and longer than a chunk, strided cache views, masked
     positions at both ends (left padding longer than a chunk), float32 within 1e-6 and bf16
-    within one ulp of the output (the float32 result rounded)."""
+    within one ulp of the output (the float32 result rounded); and with a source-row table
+    (``src``: each position read from another cache row) against SDPA over the rows it
+    names (attention.gather_rows)."""
     _run_interpreted(
         """
         import torch
@@ -573,15 +646,21 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
                     keys[1, :min(140, end - 20)] = False
                 mask = torch.zeros(rows, end, dtype=dtype).masked_fill_(~keys, float("-inf"))
                 mask = mask[:, None, None, :]
-                out = attention.attend(q, k, v, mask)
-                want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
-                                                      attn_mask=mask.double())
-                assert out.shape == q.shape and out.dtype == dtype
-                err = (out.double() - want).abs()
-                if dtype == torch.float32:
-                    assert float(err.max()) < 1e-6, float(err.max())
-                else:  # the output's rounding: at most one bf16 ulp (2^-7 relative)
-                    assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
+                src = torch.randint(0, rows, (rows, cap), dtype=torch.int32)[:, :end]
+                for table in (None, src):
+                    out = attention.attend(q, k, v, mask, src=table)
+                    kt, vt = (k, v) if table is None else (attention.gather_rows(k, table),
+                                                           attention.gather_rows(v, table))
+                    if table is not None and rows > 1:  # the table really changes the input
+                        assert not torch.equal(kt, k)
+                    want = F.scaled_dot_product_attention(q.double(), kt.double(), vt.double(),
+                                                          attn_mask=mask.double())
+                    assert out.shape == q.shape and out.dtype == dtype
+                    err = (out.double() - want).abs()
+                    if dtype == torch.float32:
+                        assert float(err.max()) < 1e-6, float(err.max())
+                    else:  # the output's rounding: at most one bf16 ulp (2^-7 relative)
+                        assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
         print("ok")
         """
     )

@@ -153,18 +153,24 @@ def test_cfm_graph_replay_cuda(item):
     assert len(fast.FALLBACKS) == before, f"fast path fell back: {fast.FALLBACKS[before:]}"
 
 
-def test_graph_decoder_matches_eager_cuda():
-    """Sampling through CUDA graphs vs the plain loop, same seed: same codes (beams 1 and 3)."""
+def _gpt_small_cuda(dtype: torch.dtype = torch.float32):
+    """The gpt-small fixture GPT on CUDA in ``dtype`` (eval), or skip without the fixtures."""
     from tts.checkpoints import CheckpointSet
     from tts.components import load_component
-    from tts.fast.decode import generate as fast_generate
-    from tts.generation import GenerationConfig
-    from tts.generation import generate as plain_generate
 
     root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
     if root is None:
         pytest.skip("gpt-small fixture set not found")
-    model = load_component("gpt", CheckpointSet.open(root))[0].cuda().eval()
+    return load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
+
+
+def test_graph_decoder_matches_eager_cuda():
+    """Sampling through CUDA graphs vs the plain loop, same seed: same codes (beams 1 and 3)."""
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small_cuda()
     torch.manual_seed(0)
     prefix = torch.randn(2, 30, model.model_dim, device="cuda") * 0.5
     for beams in (1, 3):
@@ -190,17 +196,12 @@ def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
     buckets between two tests (16) or several tests in a bucket (48). Only the first step runs
     outside a graph."""
     from tts import fast
-    from tts.checkpoints import CheckpointSet
-    from tts.components import load_component
     from tts.fast.decode import VARIANTS
     from tts.fast.decode import generate as fast_generate
     from tts.generation import GenerationConfig
 
-    root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
-    if root is None:
-        pytest.skip("gpt-small fixture set not found")
     dtype = torch.bfloat16
-    model = load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
+    model = _gpt_small_cuda(dtype)
     torch.manual_seed(0)
     prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
     before = len(fast.FALLBACKS)
@@ -229,7 +230,7 @@ def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
 # compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
 # graphs.
-NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka")
+NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka", "graphfi", "graphki")
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
 
@@ -270,16 +271,11 @@ def test_decoder_variant_matches_graph_cuda(variant, dtype):
     sampled code may flip where a draw falls within rounding of a boundary: reported); in bf16
     the agreement is only reported. The fused stack must really run (no fallback)."""
     from tts import fast
-    from tts.checkpoints import CheckpointSet
-    from tts.components import load_component
     from tts.fast.decode import VARIANTS
     from tts.fast.decode import generate as fast_generate
     from tts.generation import GenerationConfig
 
-    root = next((fs.root for fs, _ in CASES if fs.name == "gpt-small"), None)
-    if root is None:
-        pytest.skip("gpt-small fixture set not found")
-    model = load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
+    model = _gpt_small_cuda(dtype)
     torch.manual_seed(0)
     prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
     options = VARIANTS[variant]
@@ -547,7 +543,8 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
 @pytest.mark.parametrize("rows,end", [(3, 200), (3, 1000), (48, 700)])
 def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
     """tts.fast.attention on CUDA against SDPA in float64 at the GPT's head shape (20 x 64),
-    over a strided window of a larger cache with left padding and unwritten positions masked:
+    over a strided window of a larger cache with left padding and unwritten positions masked,
+    directly and through a random source-row table (against SDPA over the rows it names):
     float32 within 1e-5, bf16 within one ulp of the output."""
     from tts.fast import attention
 
@@ -561,11 +558,56 @@ def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
     keys[1, :150] = False
     mask = torch.zeros(rows, end, dtype=dtype, device="cuda").masked_fill_(~keys, float("-inf"))
     mask = mask[:, None, None, :]
-    out = attention.attend(q, k, v, mask)
-    want = torch.nn.functional.scaled_dot_product_attention(
-        q.double(), k.double(), v.double(), attn_mask=mask.double())
-    err = (out.double() - want).abs()
-    if dtype == torch.float32:
-        assert float(err.max()) < 1e-5
-    else:
-        assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
+    src = torch.randint(0, rows, (rows, end + 100), dtype=torch.int32, device="cuda")[:, :end]
+    for table in (None, src):  # and through a source-row table (reorder="table")
+        out = attention.attend(q, k, v, mask, src=table)
+        kt, vt = (k, v) if table is None else (attention.gather_rows(k, table),
+                                               attention.gather_rows(v, table))
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q.double(), kt.double(), vt.double(), attn_mask=mask.double())
+        err = (out.double() - want).abs()
+        if dtype == torch.float32:
+            assert float(err.max()) < 1e-5
+        else:
+            assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("variant,swap_twin", [("graphfi", "graphf"), ("graphki", "graphka")])
+def test_table_reorder_equals_swap_reorder_cuda(variant, swap_twin, dtype):
+    """reorder="table" (nothing moves, attention reads through the source-row table) against the
+    same decoder with reorder="swap" (the cache window gathered every step), both with the
+    Triton attention, through CUDA graphs: the same values are read by the same kernels, so
+    codes and scores are identical, in bf16 too (beam sampling, beam search, 160 codes in
+    32-position buckets, a batch of 2)."""
+    from tts import fast
+    from tts.fast.decode import VARIANTS
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small_cuda(dtype)
+    torch.manual_seed(0)
+    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
+    twin = {**VARIANTS[variant], "reorder": "swap"}
+    assert twin == {**VARIANTS[swap_twin], "attention": "triton"}
+    before = len(fast.FALLBACKS)
+    for sample in (True, False):
+        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=160,
+                               warn_on_limit=False)
+        outs, stats = [], []
+        for options in (twin, VARIANTS[variant]):
+            stats.append({})
+            gen = torch.Generator(device="cuda").manual_seed(13)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
+                                          output_scores=True, bucket=32, stats=stats[-1],
+                                          **options))
+        assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+        assert [s["reorder"] for s in stats] == ["swap", "table"]
+        assert all(s["attention"] == "triton" and s["eager_steps"] == 1 for s in stats), stats
+        assert torch.equal(outs[0].codes, outs[1].codes), f"sample={sample}"
+        assert torch.equal(outs[0].scores, outs[1].scores), f"sample={sample}"
+        REPORT.append({"case": f"table_vs_swap_{variant}_{str(dtype)[6:]}_"
+                       f"{'sample' if sample else 'beam'}", "steps": stats[1]["steps"],
+                       "identical": True})
+        _write_report()

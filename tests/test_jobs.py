@@ -374,3 +374,32 @@ def test_render_precision_is_checked_and_needs_cuda():
     with pytest.raises(ValueError, match="is not one of"):
         Engine(None, cpu, torch.float32, render_precision="int8")
     assert Engine(None, cpu, torch.float32).render_precision == "float32"
+
+
+
+def test_cudnn_benchmark_is_opt_in():
+    """Off by default (deterministic kernels); on, cuDNN may time its kernels per shape."""
+    import torch
+
+    from tts import cli
+    from tts.pipeline import configure_cudnn
+
+    schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
+    assert schema["properties"]["cudnn_benchmark"]["default"] is False
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    assert config["cudnn_benchmark"] is False
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.enabled, cudnn.allow_tf32,
+             matmul.allow_tf32)
+    try:
+        for on in (True, False):
+            configure_cudnn(on)
+            assert cudnn.benchmark is on and cudnn.deterministic is (not on)
+            assert cudnn.enabled and not cudnn.allow_tf32 and not matmul.allow_tf32
+    finally:
+        (cudnn.benchmark, cudnn.deterministic, cudnn.enabled, cudnn.allow_tf32,
+         matmul.allow_tf32) = saved
+    parser = cli.build_parser()
+    assert parser.parse_args(["synth", "--checkpoints", "c", "--text", "t", "--speaker", "s",
+                              "--out", "o"]).cudnn_benchmark is False
+    assert parser.parse_args(["bench", "--cudnn-benchmark"]).cudnn_benchmark is True

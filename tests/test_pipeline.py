@@ -54,6 +54,7 @@ def test_engine_reports_demo_and_provenance(engine):
     prov = engine.provenance()
     assert prov["demo_checkpoints"] is True and prov["device"] == "cpu"
     assert prov["gpt_dtype"] == "float32" and "cudnn_enabled" in prov
+    assert {"cudnn_benchmark", "cudnn_deterministic"} <= set(prov)
 
 
 def test_all_stages_and_reproducibility(engine, speaker_wav):

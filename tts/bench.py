@@ -393,7 +393,8 @@ class Bench:
             write_random_set(self.root, tiny=args.tiny, seed=args.seed, stop_bias=args.stop_bias,
                              device=str(self.device))
         self.write_s = time.perf_counter() - start
-        self.engine = Engine.open(self.root, device=str(self.device), dtype="float32")
+        self.engine = Engine.open(self.root, device=str(self.device), dtype="float32",
+                                  cudnn_benchmark=args.cudnn_benchmark)
         start = time.perf_counter()
         for name in ("gpt", "s2mel", "semantic_codec", "campplus", "bigvgan", "features"):
             self.engine.part(name)
@@ -617,9 +618,8 @@ def print_table(results: list[BenchResult], floors: dict[str, float], official: 
                   f"{o['stages_median_s']['gpt_generate'] / s['stages_median_s']['gpt_generate']:.2f}x GPT")
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from tts.pipeline import resolve_device
-
+def fill_defaults(args: argparse.Namespace) -> None:
+    """The sizes left unset: 500 codes, a 10 s prompt, 60 text ids (tiny: 12, 1.5 s, 8)."""
     if args.tiny:
         if args.tokens is None:
             args.tokens = 12
@@ -630,6 +630,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.tokens = args.tokens or 500
     args.prompt_seconds = args.prompt_seconds or 10.0
     args.text_tokens = args.text_tokens or 60
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tts.pipeline import resolve_device
+
+    fill_defaults(args)
     device = resolve_device(args.device)
     variants = [Variant.parse(s) for s in (args.precision or ["float32"])]
     if device.type == "cpu" and any(v.gpt != "float32" or v.s2mel in ("bfloat16", "float16")
@@ -763,6 +769,8 @@ def add_bench_parser(subparsers) -> None:
                    help="BigVGAN activation: fused Triton kernel (auto on CUDA), compile, eager")
     s.add_argument("--eager-baseline", action="store_true",
                    help="also time the plain (eager) decoder once: first variant, first batch")
+    s.add_argument("--cudnn-benchmark", action="store_true",
+                   help="cuDNN times its kernels per shape (Engine.open(cudnn_benchmark=True))")
     s.add_argument("--warmup", type=int, default=1)
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--seed", type=int, default=1234)

@@ -155,7 +155,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     engine = Engine.open(Path(args.checkpoints), device=args.device, dtype=args.dtype,
                          fast=not args.no_fast, gpt_decoder=args.gpt_decoder,
-                         render_precision=args.render_precision)
+                         render_precision=args.render_precision,
+                         cudnn_benchmark=args.cudnn_benchmark)
     vector = [float(v) for v in args.emo_vector.split(",")] if args.emo_vector else None
     request = SynthesisRequest(
         id="cli",
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast GPT decoder variant (tts.fast.decode.VARIANTS)")
     s.add_argument("--no-fast", action="store_true",
                    help="on CUDA, run the plain reference paths instead of the fast ones")
+    s.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its kernels per shape (faster, not bit-reproducible)")
     s.set_defaults(func=cmd_synth)
 
     try:

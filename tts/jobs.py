@@ -831,7 +831,8 @@ def open_engine(config: dict):
                              fast=bool(config.get("fast", True)),
                              gpt_batch_items=int(config.get("gpt_batch_items", 16)),
                              gpt_decoder=str(config.get("gpt_decoder", DEFAULT_DECODER)),
-                             render_precision=str(config.get("render_precision", "float32")))
+                             render_precision=str(config.get("render_precision", "float32")),
+                             cudnn_benchmark=bool(config.get("cudnn_benchmark", False)))
         log.info("engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
                  time.perf_counter() - start, device, engine.is_demo,
                  "on" if engine.fast else "off")

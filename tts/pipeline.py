@@ -151,6 +151,24 @@ def _check_finite(stage: str, t: torch.Tensor) -> None:
         )
 
 
+
+def configure_cudnn(benchmark: bool = False) -> None:
+    """cuDNN on, TF32 off (float32 parity), and deterministic kernels unless ``benchmark``.
+
+    Off (the default), cuDNN picks each convolution's kernel by heuristics among its
+    deterministic ones, so every job, process and GPU computes the same bits. On, it times the
+    candidate kernels the first time it meets a shape and keeps the fastest for the process
+    (the shapes of a batch repeat: BigVGAN and the DiT see the same few lengths), which may be
+    faster but may also round differently from one process, GPU or driver to the next.
+    Both flags are process-wide; they are recorded in :meth:`Engine.provenance`.
+    """
+    torch.backends.cudnn.enabled = True
+    torch.backends.cudnn.benchmark = bool(benchmark)
+    torch.backends.cudnn.deterministic = not benchmark
+    torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class Engine:
     """The loaded model set on one device. Components load lazily, once, on first use.
 
@@ -203,12 +221,14 @@ class Engine:
     @classmethod
     def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32",
              fast: bool = True, gpt_batch_items: int = 16,
-             gpt_decoder: str = DEFAULT_DECODER, render_precision: str = "float32") -> Engine:
+             gpt_decoder: str = DEFAULT_DECODER, render_precision: str = "float32",
+             cudnn_benchmark: bool = False) -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
 
         ``fast``: use the fast CUDA paths (ignored on the CPU, which runs the plain paths);
         ``gpt_batch_items``: most generation items per GPT call; ``gpt_decoder``: the fast
-        decoder's variant; ``render_precision``: s2mel solve and vocoder precision.
+        decoder's variant; ``render_precision``: s2mel solve and vocoder precision;
+        ``cudnn_benchmark``: let cuDNN time its kernels per shape (see :func:`configure_cudnn`).
 
         Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
         without loading tensors: an IndexTTS 1.x set, config.yaml problems, empty, text,
@@ -231,13 +251,7 @@ class Engine:
                 + "\n  ".join(lines)
             )
         if dev.type == "cuda":
-            torch.backends.cudnn.enabled = True
-            # No autotuning: it picks convolution kernels by timing each new shape, so two jobs
-            # (or two GPUs) could pick different kernels and a row's audio would change bits.
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cuda.matmul.allow_tf32 = False  # parity: keep fp32 matmuls exact
-            torch.backends.cudnn.allow_tf32 = False
+            configure_cudnn(cudnn_benchmark)
         return cls(check_set(checkpoints), dev, DTYPES[dtype], fast=fast,
                    gpt_batch_items=gpt_batch_items, gpt_decoder=gpt_decoder,
                    render_precision=render_precision)
@@ -318,6 +332,7 @@ class Engine:
             if torch.backends.cudnn.is_available()
             else None,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
         }
         return info
 

@@ -16,6 +16,8 @@
 #   tests     python3 -m pytest -q tests/test_gpu.py (fixtures unpacked from .bench/shared.tar.xz)
 #   profile   scripts/device/decode_profile.py $PROFILE_ARGS (GPT decode-step kernels and times of
 #             each decoder variant; no checkpoints), if that script exists
+#   cudnn     scripts/device/cudnn_ab.py --checkpoints $CK $CUDNN_ARGS (each stage's time with
+#             cuDNN deterministic against cuDNN benchmark mode, alternating in one process)
 #   ab        scripts/device/capture_ab.py --old $AB_OLD $AB_ARGS (the decode loop of an earlier
 #             tts/fast/decode.py against the current one; AB_OLD default .bench/decode_old.py,
 #             made here with e.g. git show 32ce661:tts/fast/decode.py > .bench/decode_old.py)
@@ -40,10 +42,11 @@ BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#gr
 OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
 PROFILE_ARGS="${PROFILE_ARGS:-}"
 AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
+CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphf --batch 1,16 --repeats 2 --rounds 2}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
-T_AB="${T_AB:-240}"
+T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
@@ -165,7 +168,7 @@ for name, s in sections.items():
 print(f"   total {total} s")
 PY
   # At most 8 files come back from the device: pack the rest.
-  local keep="run.log summary.json bench.json official.json compare.json tests.json profile.json ab.json"
+  local keep="run.log summary.json bench.json official.json compare.json tests.json profile.json ab.json cudnn.json"
   local rest=()
   while IFS= read -r f; do
     case " $keep " in *" $f "*) ;; *) rest+=("$f") ;; esac
@@ -180,12 +183,12 @@ PY
 main() {
   local s
   setup || { echo "setup failed"; return 1; }
-  if ! want set && { want bench || want official; } && [ ! -f "$CK/.complete" ]; then
+  if ! want set && { want bench || want official || want cudnn; } && [ ! -f "$CK/.complete" ]; then
     SECTIONS="set $SECTIONS"
   fi
   if want set && ! section set "$T_SET" bash -c write_set; then
     echo ">> no checkpoint set: bench, official and compare left out"
-    drop bench official compare
+    drop bench official compare cudnn
   fi
   # shellcheck disable=SC2086
   want bench && section bench "$T_BENCH" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" -m tts.cli bench \
@@ -209,6 +212,10 @@ main() {
       printf 'profile\tskipped\t\t0\t0\n' >> "$TABLE"
     fi
   fi
+  # shellcheck disable=SC2086
+  want cudnn && section cudnn "$T_CUDNN" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/cudnn_ab.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $CUDNN_ARGS \
+    --json "$OUT/cudnn.json"
   if want ab; then
     # shellcheck disable=SC2086
     section ab "$T_AB" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" scripts/device/capture_ab.py \

@@ -17,6 +17,12 @@ with float32 scores, probabilities and sums throughout (flash kernels round the 
 to the inputs' dtype before multiplying the values; this does not). Checked against SDPA
 through Triton's CPU interpreter (tests/test_fast.py) and on CUDA (tests/test_gpu.py).
 
+With ``src`` (beam search without moving the cache, decoder ``reorder="table"``), row ``r``'s
+key and value at position ``t`` are read from cache row ``src[r, t]``: the beams that share a
+history point at the rows that wrote it instead of each holding a copy. A cache position is
+written once (by the row that fed it) and never changed, so this reads exactly the values a
+reordered cache would hold.
+
 All loop bounds are compile-time constants (the chunk size, and the next power of two of the
 number of chunks for the combine), so Triton's interpreter runs the kernels too.
 """
@@ -47,12 +53,12 @@ if triton is not None:
 
     @triton.jit
     def _partial_kernel(
-        q_ptr, k_ptr, v_ptr, mask_ptr, work_ptr,
+        q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, work_ptr,
         heads, end, scale,
-        sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row,
+        sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
         splits,
         HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
-        NO_SCORE: tl.constexpr,
+        NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr,
     ):  # fmt: skip
         """Program (row x head, chunk): the chunk's (m, l, weighted value sum)."""
         rh = tl.program_id(0)
@@ -67,16 +73,20 @@ if triton is not None:
         for i in tl.static_range(0, CHUNK, BLOCK_T):
             t = chunk * CHUNK + i + tl.arange(0, BLOCK_T)
             inside = t < end
-            k = tl.load(k_ptr + row * sk_row + head * sk_head + t[:, None] * sk_pos + d[None, :],
-                        mask=inside[:, None], other=0.0)
+            if HAS_SRC:  # the cache row that holds each position of this row's history
+                kv_row = tl.load(src_ptr + row * ss_row + t, mask=inside, other=0).to(tl.int64)
+            else:
+                kv_row = tl.full([BLOCK_T], 0, dtype=tl.int64) + row
+            k = tl.load(k_ptr + kv_row[:, None] * sk_row + head * sk_head + t[:, None] * sk_pos
+                        + d[None, :], mask=inside[:, None], other=0.0)
             s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
             s += tl.load(mask_ptr + row * sm_row + t, mask=inside, other=0.0).to(tl.float32)
             s = tl.where(inside, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=0))
             p = tl.exp(s - m_new)  # masked keys: exp(-inf) = 0
             alpha = tl.exp(m - m_new)
-            v = tl.load(v_ptr + row * sv_row + head * sv_head + t[:, None] * sv_pos + d[None, :],
-                        mask=inside[:, None], other=0.0)
+            v = tl.load(v_ptr + kv_row[:, None] * sv_row + head * sv_head + t[:, None] * sv_pos
+                        + d[None, :], mask=inside[:, None], other=0.0)
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_sum = l_sum * alpha + tl.sum(p, axis=0)
             m = m_new
@@ -106,13 +116,16 @@ if triton is not None:
         tl.store(out_ptr + row * so_row + head * so_head + d, out.to(out_ptr.dtype.element_ty))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+           src: torch.Tensor | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
     ``q`` [rows, heads, 1, head_dim]; ``k`` / ``v`` [rows, heads, end, head_dim] (cache window
     views: any strides with a contiguous last dimension); ``mask`` additive, broadcastable as
-    [rows, 1, 1, end] with a contiguous last dimension. Returns [rows, heads, 1, head_dim]
-    in ``q``'s dtype (a view of a [rows, heads * head_dim] tensor).
+    [rows, 1, 1, end] with a contiguous last dimension. ``src`` (optional) [rows, end] integer
+    with a contiguous last dimension: row ``r`` attends to ``k[src[r, t], :, t]`` (and the
+    same of ``v``) at position ``t`` (:func:`gather_rows` computes that view). Returns
+    [rows, heads, 1, head_dim] in ``q``'s dtype (a view of a [rows, heads * head_dim] tensor).
     """
     rows, heads, one, head_dim = q.shape
     end = k.size(2)
@@ -122,18 +135,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         raise ValueError("attend needs contiguous last dimensions")
     if mask.size(-1) != end or mask.numel() != rows * end:
         raise ValueError(f"mask {tuple(mask.shape)} is not one row of {end} per query row")
+    if src is not None and (src.shape != (rows, end) or src.stride(1) != 1
+                            or src.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"src {tuple(src.shape)} {src.dtype}: need [{rows}, {end}] integers "
+                         "with a contiguous last dimension")
     splits = triton.cdiv(end, CHUNK)
     work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32,
                        device=q.device)
     out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
     _partial_kernel[(rows * heads, splits)](
-        q, k, v, mask, work, heads, end, head_dim**-0.5,
+        q, k, v, mask, q if src is None else src, work, heads, end, head_dim**-0.5,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), mask.stride(0), splits,
+        v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
+        0 if src is None else src.stride(0), splits,
         HEAD_DIM=head_dim, CHUNK=CHUNK, BLOCK_T=BLOCK_T, NO_SCORE=NO_SCORE,
+        HAS_SRC=src is not None,
     )  # fmt: skip
     _combine_kernel[(rows * heads,)](
         work, out, heads, splits, out.stride(0), out.stride(2),
         HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits),
     )  # fmt: skip
     return out.transpose(1, 2)
+
+
+def gather_rows(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``x`` [rows, heads, end, head_dim] read through ``src`` [rows, end]: element
+    ``[r, h, t]`` is ``x[src[r, t], h, t]`` (what :func:`attend` reads with ``src``; a copy)."""
+    rows, heads, end, head_dim = x.shape
+    index = src.long()[:, None, :, None].expand(rows, heads, end, head_dim)
+    return x.gather(0, index)

@@ -39,7 +39,14 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   two caches swap roles every step (one graph per bucket and parity; on CUDA the gather is the
   contiguous-run Triton copy of :mod:`tts.fast.gather`) instead of gathering into
   a temporary and copying it back: one kernel and half the memory traffic, for twice the cache
-  memory. Exact (the same values move).
+  memory. Exact (the same values move);
+* ``reorder="table"``: nothing in the cache moves. A small table ``src`` [rows, capacity] names,
+  for each row and position, the cache row that wrote that position (a position is written
+  once, by the row that fed it, and never changed); beam reordering gathers the rows of that
+  table (4 bytes per position instead of ``2 x layers x width`` values), and attention reads
+  each position's key and value from the row the table names (:mod:`tts.fast.attention` with
+  ``src``; other attention kinds gather the rows first, :func:`tts.fast.attention.gather_rows`).
+  Exact (the same values are read); one cache, one graph per bucket.
 """
 
 from __future__ import annotations
@@ -116,8 +123,12 @@ VARIANTS: dict[str, dict] = {
                "compile_processors": True},
     "graphka": {"fused": True, "matmul": "triton", "attention": "triton", "reorder": "swap",
                 "compile_logic": True, "compile_processors": True},
+    "graphfi": {"fused": True, "reorder": "table", "attention": "triton", "compile_logic": True,
+                "compile_processors": True},
+    "graphki": {"fused": True, "matmul": "triton", "reorder": "table", "attention": "triton",
+                "compile_logic": True, "compile_processors": True},
 }
-REORDERS = ("copy", "swap")
+REORDERS = ("copy", "swap", "table")
 
 
 @torch.compiler.disable
@@ -156,12 +167,15 @@ def _capturing(device: torch.device) -> bool:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-            kind: str = "sdpa") -> torch.Tensor:
-    """Attention of the step's queries over a cache window (additive ``mask``)."""
-    if kind == "triton":
-        from tts.fast import attention
+            kind: str = "sdpa", src: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of the step's queries over a cache window (additive ``mask``); ``src``: the
+    cache row of each (row, position) (reorder="table")."""
+    from tts.fast import attention
 
-        return attention.attend(q, k, v, mask)
+    if kind == "triton":
+        return attention.attend(q, k, v, mask, src=src)
+    if src is not None:
+        k, v = attention.gather_rows(k, src), attention.gather_rows(v, src)
     if kind == "math":  # one query: two small batched products and a softmax
         scores = torch.matmul(q, k.transpose(-1, -2)) * q.size(-1) ** -0.5
         probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
@@ -252,8 +266,9 @@ def generate(
     ``tts.fast.FALLBACKS``, if it cannot be used): ``compile_processors`` compiles the logits
     processors; ``fused`` runs the layer stack as compiled fused pieces in the weights' dtype
     (``matmul``: "mm" = cuBLAS GEMMs, "reduce" = Inductor reductions); ``reorder``: "copy"
-    (gather the beams' cache window into a temporary and copy it back) or "swap" (gather into
-    a second cache and swap the two); ``attention`` (default :data:`ATTENTION`): "sdpa",
+    (gather the beams' cache window into a temporary and copy it back), "swap" (gather into
+    a second cache and swap the two) or "table" (move nothing: attention reads through a table
+    of source rows); ``attention`` (default :data:`ATTENTION`): "sdpa",
     "math" or "triton" (the split-K kernels of :mod:`tts.fast.attention`, where Triton runs);
     ``ahead``: capture a bucket's graphs at the "all finished?" test before it, while the GPU
     still runs queued steps (False: at the bucket's first step, as the GPU waits).
@@ -332,6 +347,7 @@ class StaticDecoder:
         # reorder="swap": two caches (one tensor each, keys and values together), the one in
         # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
         self.swap = reorder == "swap" and beams > 1
+        self.table = reorder == "table" and beams > 1
         if self.swap:
             self.cache, kv = _joint_cache(model, rows, cap, device, cache_dtype)
             self.kv = [kv]
@@ -356,6 +372,15 @@ class StaticDecoder:
         self.attend = functools.partial(_attend, kind=self._attention(attention, prefix))
         self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
         self.key_pos = torch.arange(cap, device=device)
+        # reorder="table": the cache row holding each (row, position). The beams of an item
+        # hold the same prompt values (fill_repeated), so all of them read the prompt of the
+        # item's first beam: one copy read by each, which the GPU's L2 cache can serve.
+        # row_ids: what a step writes at its position.
+        self.row_ids = torch.arange(rows, dtype=torch.int32, device=device).unsqueeze(1)
+        self.src = None
+        if self.table:
+            first = torch.div(self.row_ids, beams, rounding_mode="floor") * beams
+            self.src = first.expand(rows, cap).contiguous()
 
         vocab = self.vocab = logits.size(-1)
         self.logits = logits.float().contiguous()
@@ -550,6 +575,11 @@ class StaticDecoder:
     def _reorder_cache(self, rows_from: torch.Tensor, end: int) -> None:
         """Gather the beams' cache rows; only the generated part differs between beams."""
         lo = self.s_len
+        if self.table:  # the rows of the source table; the step's position is the row's own
+            part = self.src[:, lo:end]
+            part.copy_(part.index_select(0, rows_from))
+            self.src.index_copy_(1, (self.step_t + (self.s_len + 1)).view(1), self.row_ids)
+            return
         if self.swap:  # into the other cache (keys and values at once), which becomes current
             src, dst = self.kv[self.cur], self.kv[1 - self.cur]
             if not self._gather_window(src, dst, rows_from, lo, end):
@@ -613,6 +643,13 @@ class StaticDecoder:
                 return "sdpa"
         return kind
 
+    def _attend_fn(self, end: int):
+        """The attention over the window ``[0, end)``: with reorder="table", through the rows
+        of the source table."""
+        if self.src is None:
+            return self.attend
+        return functools.partial(self.attend, src=self.src[:, :end])
+
     def _use(self, index: int) -> None:
         """Make cache ``index`` the one in use (reorder="swap")."""
         self.cur = index
@@ -657,7 +694,8 @@ class StaticDecoder:
         ks, vs = self.layer_views[self.cur]
         try:
             with torch.autocast(self.device.type, enabled=False):
-                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, self.attend)
+                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits,
+                           self._attend_fn(end))
         except Exception as exc:  # noqa: BLE001 - compiled code failed: plain layers
             if _capturing(self.device):
                 raise
@@ -687,7 +725,7 @@ class StaticDecoder:
             if mask is None:
                 mask = torch.zeros(keys.shape, dtype=q.dtype, device=q.device)
                 mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
-            out = self.attend(q, kc[:, :, :end], vc[:, :, :end], mask)
+            out = self._attend_fn(end)(q, kc[:, :, :end], vc[:, :, :end], mask)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, 1, model.model_dim), w_o, b_o)
             h = F.gelu(F.linear(block.ln_2(x), w_fc, b_fc), approximate="tanh")
             x = x + F.linear(h, w_proj, b_proj)
@@ -794,7 +832,7 @@ class StaticDecoder:
         q = torch.zeros((rows, heads, 1, head_dim), dtype=dtype, device=kc.device)
         mask = torch.zeros((rows, 1, 1, end), dtype=dtype, device=kc.device)
         with ctx:
-            self.attend(q, kc[:, :, :end], vc[:, :, :end], mask)
+            self._attend_fn(end)(q, kc[:, :, :end], vc[:, :, :end], mask)
         self.warm_windows.add(end)
 
     def _capture(self, b: int, end: int) -> bool:
@@ -865,7 +903,7 @@ class StaticDecoder:
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
             stats["matmul"] = self.fused.matmul if self.fused is not None else None
             stats["attention"] = self.attend.keywords["kind"]
-            stats["reorder"] = "swap" if self.swap else "copy"
+            stats["reorder"] = "swap" if self.swap else "table" if self.table else "copy"
         return self._result(step)
 
     def _result(self, steps_run: int) -> GenerationOutput:

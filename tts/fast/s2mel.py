@@ -185,8 +185,10 @@ def solve(
 def _graph_solve(entry: FusedEstimator, proxy, inputs: tuple, cfg_rate: float,
                  precision: str, compiled: bool = False) -> torch.Tensor:
     device = inputs[0].device
+    # cuDNN's mode is in the key: a graph keeps the kernels chosen when it was captured.
     key = (tuple((tuple(t.shape), t.dtype) for t in inputs), float(cfg_rate), precision,
-           entry.estimator.transformer.drop, compiled)
+           entry.estimator.transformer.drop, compiled, torch.backends.cudnn.benchmark,
+           torch.backends.cudnn.deterministic)
     if key in entry.graphs and entry.graphs[key] is None:  # capture failed before: eager
         with precision_context(precision, device):
             return PLAIN_SOLVE(proxy, *inputs, cfg_rate, None)
