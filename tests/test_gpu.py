@@ -188,7 +188,7 @@ def test_graph_decoder_matches_eager_cuda():
 
 
 @pytest.mark.parametrize("bucket", [16, 48])
-@pytest.mark.parametrize("variant", ["graph", "graphf"])
+@pytest.mark.parametrize("variant", ["graph", "graphf", "graphfi"])
 def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
     """Graphs captured ahead (at the "all finished?" test, while queued steps run), or at a
     bucket's first step, replay exactly what the same decoder computes eagerly: identical codes
@@ -494,14 +494,19 @@ def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
         stats: dict = {}
         fused = decode.generate(model, prefix, valid, cfg, stats=stats,
                                 **decode.VARIANTS["graphf"])
+        table_stats: dict = {}
+        table = decode.generate(model, prefix, valid, cfg, stats=table_stats,
+                                **decode.VARIANTS["graphfi"])
         plain = plain_generate(model, prefix, valid, cfg)
     assert stats["fused"] and len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    assert table_stats["fused"] and table_stats["reorder"] == "table"
     def agree(a, b):
         return float((a == b).float().mean()) if a.shape == b.shape else None
 
     REPORT.append({"case": "bf16_autocast_codes_agreement",
                    "graph_vs_plain": agree(graph.codes, plain.codes),
-                   "graphf_vs_plain": agree(fused.codes, plain.codes)})
+                   "graphf_vs_plain": agree(fused.codes, plain.codes),
+                   "graphfi_vs_plain": agree(table.codes, plain.codes)})
     _write_report()
 
 

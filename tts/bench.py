@@ -57,7 +57,8 @@ COND_STAGES = ("spk_cond", "emo_cond")
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 GPT_DTYPES = ("float32", "bfloat16", "float16")
 # Every named variant of tts.fast.decode.VARIANTS (static cache + CUDA graphs; graph = op by op,
-# graphf = fused compiled layers + swap reorder + compiled token choice, ...) and eager: the
+# graphf = fused compiled layers + swap reorder + compiled token choice, graphfi = the same with
+# the table reorder and Triton attention (the Engine's default), ...) and eager: the
 # plain tts.generation loop.
 DECODERS = (*VARIANTS, "eager")
 
