@@ -75,3 +75,28 @@ def test_bench_refuses_half_on_cpu(tmp_path):
                                       "bfloat16", "--json", str(tmp_path / "x.json")])
     with pytest.raises(ValueError, match="need CUDA"):
         args.func(args)
+
+
+def test_cudnn_ab_script_runs_on_cpu(tmp_path, monkeypatch):
+    """scripts/device/cudnn_ab.py (the GPU measurement of cuDNN's two modes) runs: tiny set,
+    CPU, one round; both modes measured, every stage timed, cuDNN left deterministic."""
+    import importlib.util
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "cudnn_ab.py"
+    spec = importlib.util.spec_from_file_location("cudnn_ab", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name in ("benchmark", "deterministic", "enabled", "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, name, getattr(torch.backends.cudnn, name))
+    out = tmp_path / "cudnn.json"
+    assert script.main(["--tiny", "--device", "cpu", "--batch", "1", "--tokens", "3",
+                        "--text-tokens", "4", "--prompt-seconds", "1", "--diffusion-steps", "2",
+                        "--repeats", "1", "--rounds", "1", "--precision", "float32",
+                        "--write-checkpoints", str(tmp_path / "ckpt"), "--json", str(out)]) == 0
+    medians = json.loads(out.read_text())["medians_s"]
+    assert set(medians) == {"deterministic@1", "benchmark@1"}
+    for stages in medians.values():
+        assert stages["total"] > 0 and stages["gpt_generate"] > 0 and stages["vocoder"] > 0
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark

@@ -287,27 +287,38 @@ def test_fused_code_is_shared_across_cache_sizes():
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
 
 
-def test_swap_reorder_is_exact():
-    """reorder="swap" (gather into the second cache, swap) leaves bit-identical scores, codes
-    and cache contents to the in-place reorder (beam sampling, plain layers)."""
+def _decode_with_reorders(reorders: tuple[str, ...], steps: int) -> list:
+    """(decoder, output) per beam-reorder mode: the same padded batch, beam sampling with a
+    repetition penalty, plain layers, same seed."""
     from tts.fast.decode import StaticDecoder
     from tts.generation import GenerationConfig
 
     model = _gpt_small()
     prefix, valid = _padded_prefix(model)
-    cfg = GenerationConfig(num_beams=3, max_mel_tokens=20, warn_on_limit=False,
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=steps, warn_on_limit=False,
                            repetition_penalty=2.0)
     runs = []
-    for reorder in ("copy", "swap"):
+    for reorder in reorders:
         with torch.no_grad():
             dec = StaticDecoder(model, prefix, valid, cfg, output_scores=True, reorder=reorder,
                                 generator=torch.Generator().manual_seed(4), bucket=16)
             runs.append((dec, dec.run()))
-    (copy_dec, copy_out), (swap_dec, swap_out) = runs
+    return runs
+
+
+def _assert_same_beams(a, b) -> None:
+    """Bit-identical codes, scores and beam indices."""
+    assert torch.equal(a.codes, b.codes)
+    assert torch.equal(a.scores, b.scores)
+    assert torch.equal(a.beam_indices, b.beam_indices)
+
+
+def test_swap_reorder_is_exact():
+    """reorder="swap" (gather into the second cache, swap) leaves bit-identical scores, codes
+    and cache contents to the in-place reorder (beam sampling, plain layers)."""
+    (copy_dec, copy_out), (swap_dec, swap_out) = _decode_with_reorders(("copy", "swap"), 20)
     assert swap_dec.swap and not copy_dec.swap
-    assert torch.equal(copy_out.codes, swap_out.codes)
-    assert torch.equal(copy_out.scores, swap_out.scores)
-    assert torch.equal(copy_out.beam_indices, swap_out.beam_indices)
+    _assert_same_beams(copy_out, swap_out)
     assert torch.equal(copy_dec.cache.k, swap_dec.cache.k)
     assert torch.equal(copy_dec.cache.v, swap_dec.cache.v)
 
@@ -317,28 +328,15 @@ def test_table_reorder_is_exact():
     bit-identical codes, scores and beam indices to the in-place reorder, and the cache read
     through the table is the reordered cache (beam sampling, padded batch, plain layers)."""
     from tts.fast.attention import gather_rows
-    from tts.fast.decode import StaticDecoder
-    from tts.generation import GenerationConfig
 
-    model = _gpt_small()
-    prefix, valid = _padded_prefix(model)
-    cfg = GenerationConfig(num_beams=3, max_mel_tokens=40, warn_on_limit=False,
-                           repetition_penalty=2.0)
-    runs = []
-    for reorder in ("copy", "table"):
-        with torch.no_grad():
-            dec = StaticDecoder(model, prefix, valid, cfg, output_scores=True, reorder=reorder,
-                                generator=torch.Generator().manual_seed(4), bucket=16)
-            runs.append((dec, dec.run()))
-    (copy_dec, copy_out), (table_dec, table_out) = runs
+    (copy_dec, copy_out), (table_dec, table_out) = _decode_with_reorders(("copy", "table"), 40)
     assert table_dec.table and not table_dec.swap and table_dec.src is not None
-    assert torch.equal(copy_out.codes, table_out.codes)
-    assert torch.equal(copy_out.scores, table_out.scores)
-    assert torch.equal(copy_out.beam_indices, table_out.beam_indices)
-    # the beams really parted: some positions are read from another row than their own
-    rows = table_dec.rows
-    assert bool((table_dec.src != torch.arange(rows).unsqueeze(1)).any())
-    for layer in range(len(model.gpt.h)):
+    _assert_same_beams(copy_out, table_out)
+    # the beams really parted: some generated positions are read from another row
+    own = torch.arange(table_dec.rows).unsqueeze(1)
+    first = table_dec.s_len + 1
+    assert bool((table_dec.src[:, first:first + 40] != own).any())
+    for layer in range(len(copy_dec.model.gpt.h)):
         for copy_buf, table_buf in ((copy_dec.cache.k, table_dec.cache.k),
                                     (copy_dec.cache.v, table_dec.cache.v)):
             assert torch.equal(copy_buf[layer], gather_rows(table_buf[layer], table_dec.src))

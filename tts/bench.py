@@ -506,6 +506,7 @@ class Bench:
             extra["decode_attention"] = stats.get("attention")
             extra["decode_graphs"] = stats.get("graphs")
             extra["decode_eager_steps"] = stats.get("eager_steps")
+            extra["decode_capture_s"] = stats.get("capture_s")  # host time of the captures
         return times, extra
 
     def run(self, variant: Variant, batch: int, decoder: str, warmup: int | None = None,

@@ -11,7 +11,7 @@ the kernels chosen under it. Per mode and batch it prints the median over rounds
 stage and of the total, and writes them to ``--json``:
 
     python3 scripts/device/cudnn_ab.py --checkpoints /tmp/bench_ckpt --json "$OUT/cudnn.json" \\
-        --precision bfloat16:bfloat16+compile:bfloat16 --batch 1,16 --gpt-decoder graphf
+        --precision bfloat16:bfloat16+compile:bfloat16 --batch 1,16 --gpt-decoder graphfi
 
 Any other ``tts bench`` option passes through (``--tokens``, ``--beams``, ...).
 """

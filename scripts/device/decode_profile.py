@@ -154,6 +154,7 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     return {"ms_per_step": statistics.mean(step_ms) if step_ms else float("nan"),
             "loop_ms_per_step": 1e3 * loop_s / steps, "codes": out.codes.cpu(),
             "kernels": kernels, "graphs": len(dec.graphs), "eager_steps": dec.eager_steps,
+            "capture_s": dec.capture_s,
             "fused": dec.fused is not None,
             "matmul": dec.fused.matmul if dec.fused is not None else None,
             "attention": dec.attend.keywords["kind"], "swap": dec.swap}

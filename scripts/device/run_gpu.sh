@@ -8,8 +8,9 @@
 #   set       write the full-size random checkpoint set to $CK on cuda (tts.bench.write_random_set;
 #             kept if a complete one is there already); bench and official add it when missing
 #   bench     python3 -m tts.cli bench --device cuda --checkpoints $CK $BENCH_ARGS
-#             (default BENCH_ARGS: H200 runs C/D of docs/benchmarks.md; the default sections
-#             together take longer than one 10-minute call: split them with SECTIONS)
+#             (default BENCH_ARGS: H200 runs C/D of docs/benchmarks.md, with the default decoder
+#             graphfi; the default sections together take longer than one 10-minute call: split
+#             them with SECTIONS)
 #   official  the official harness on the same set and inputs (official_same_weights.py), with
 #             $OFFICIAL_ARGS (default: fp16, 3 beams, 500 tokens, warm-up 1, 2 timed passes)
 #   compare   speed-up of ours over the official at batch 1 (tts.bench.compare_files)
@@ -38,11 +39,11 @@ BUDGET="${BUDGET:-540}"
 RESERVE=15  # seconds kept for packing $OUT
 CK="${CK:-/tmp/bench_ckpt}"
 SEED="${SEED:-1234}"
-BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphf --precision float32@1#graphf}"
+BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphfi --precision float32@1#graphfi}"
 OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
 PROFILE_ARGS="${PROFILE_ARGS:-}"
 AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
-CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphf --batch 1,16 --repeats 2 --rounds 2}"
+CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphfi --batch 1,16 --repeats 2 --rounds 2}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"

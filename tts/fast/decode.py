@@ -410,6 +410,7 @@ class StaticDecoder:
         self.warm = False  # the step ran once eagerly: its pieces are compiled, capture may go
         self.warm_windows: set[int] = set()  # cache windows whose attention ran once
         self.eager_steps = 0
+        self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
         self.stream = torch.cuda.Stream(device) if use_graph else None
 
     # -- the step ----------------------------------------------------------------------------
@@ -841,6 +842,7 @@ class StaticDecoder:
         from tts.fast.graphs import capture
 
         key = (b, self.cur)
+        start = time.perf_counter()
         graph = torch.cuda.CUDAGraph()
         saved = self.step_t.clone()
         gens = self.generator if isinstance(self.generator, (list, tuple)) else [self.generator]
@@ -858,6 +860,7 @@ class StaticDecoder:
         if self.pool is None:
             self.pool = graph.pool()
         self.graphs[key] = graph
+        self.capture_s += time.perf_counter() - start
         return True
 
     def _checkpoint(self, step: int, check_every: int) -> bool:
@@ -900,6 +903,7 @@ class StaticDecoder:
             stats["steps"] = step
             stats["graphs"] = len(self.graphs)
             stats["eager_steps"] = self.eager_steps  # steps run outside a graph (CUDA: 1)
+            stats["capture_s"] = self.capture_s
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
             stats["matmul"] = self.fused.matmul if self.fused is not None else None
             stats["attention"] = self.attend.keywords["kind"]
