@@ -151,7 +151,6 @@ def _check_finite(stage: str, t: torch.Tensor) -> None:
         )
 
 
-
 def configure_cudnn(benchmark: bool = False) -> None:
     """cuDNN on, TF32 off (float32 parity), and deterministic kernels unless ``benchmark``.
 

@@ -18,6 +18,7 @@ Any other ``tts bench`` option passes through (``--tokens``, ``--beams``, ...).
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -35,16 +36,11 @@ MODES = {"deterministic": False, "benchmark": True}
 
 
 def main(argv: list[str]) -> int:
-    rounds, out = 2, None
-    rest: list[str] = []
-    it = iter(argv)
-    for a in it:  # the two options of this script; the rest are tts bench's
-        if a == "--rounds":
-            rounds = int(next(it))
-        elif a == "--json":
-            out = next(it)
-        else:
-            rest.append(a)
+    own = argparse.ArgumentParser(add_help=False)  # this script's options; the rest: tts bench's
+    own.add_argument("--rounds", type=int, default=2)
+    own.add_argument("--json")
+    mine, rest = own.parse_known_args(argv)
+    rounds, out = mine.rounds, mine.json
     args = build_parser().parse_args(["bench", *rest])
     fill_defaults(args)
     variant = Variant.parse((args.precision or ["bfloat16:bfloat16+compile:bfloat16"])[0])
@@ -72,10 +68,11 @@ def main(argv: list[str]) -> int:
         table[f"{mode}@{b}"] = med
         print(f"| {mode} | {b} | " + " | ".join(f"{med[k]:.3f}" for k in names) + " |")
     if out:
-        Path(out).write_text(json.dumps({"variant": variant.name, "decoder": decoder,
-                                         "tokens": args.tokens, "rounds": rounds,
-                                         "device": torch.cuda.get_device_name() if bench.device.type == "cuda" else "cpu",
-                                         "medians_s": table}, indent=1))
+        cuda = bench.device.type == "cuda"
+        Path(out).write_text(json.dumps({
+            "variant": variant.name, "decoder": decoder, "tokens": args.tokens, "rounds": rounds,
+            "device": torch.cuda.get_device_name(bench.device) if cuda else "cpu",
+            "medians_s": table}, indent=1))
     return 0
 
 
