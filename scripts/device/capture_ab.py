@@ -31,7 +31,6 @@ import importlib.util
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -39,16 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_profile import agreement, build_gpt  # noqa: E402
+from decode_profile import agreement, build_gpt, log  # noqa: E402
 
 from tts.fast import decode as new_decode  # noqa: E402
 from tts.generation import GenerationConfig  # noqa: E402
-
-T0 = time.perf_counter()
-
-
-def log(text: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f} s] {text}", flush=True)
 
 
 def load_old(path: str):

@@ -347,7 +347,6 @@ class StaticDecoder:
         # reorder="swap": two caches (one tensor each, keys and values together), the one in
         # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
         self.swap = reorder == "swap" and beams > 1
-        self.table = reorder == "table" and beams > 1
         if self.swap:
             self.cache, kv = _joint_cache(model, rows, cap, device, cache_dtype)
             self.kv = [kv]
@@ -378,7 +377,7 @@ class StaticDecoder:
         # row_ids: what a step writes at its position.
         self.row_ids = torch.arange(rows, dtype=torch.int32, device=device).unsqueeze(1)
         self.src = None
-        if self.table:
+        if reorder == "table" and beams > 1:
             first = torch.div(self.row_ids, beams, rounding_mode="floor") * beams
             self.src = first.expand(rows, cap).contiguous()
 
@@ -644,6 +643,11 @@ class StaticDecoder:
                 return "sdpa"
         return kind
 
+    @property
+    def table(self) -> bool:
+        """Whether beams read the cache through the source-row table (reorder="table")."""
+        return self.src is not None
+
     def _attend_fn(self, end: int):
         """The attention over the window ``[0, end)``: with reorder="table", through the rows
         of the source table."""
@@ -712,6 +716,7 @@ class StaticDecoder:
         model = self.model
         gpt = model.gpt
         mask = None  # additive, in the query dtype, built once per step (not per layer)
+        attend = self._attend_fn(end)
         for i, block in enumerate(gpt.h):
             attn = block.attn
             w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights[i]
@@ -726,7 +731,7 @@ class StaticDecoder:
             if mask is None:
                 mask = torch.zeros(keys.shape, dtype=q.dtype, device=q.device)
                 mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
-            out = self._attend_fn(end)(q, kc[:, :, :end], vc[:, :, :end], mask)
+            out = attend(q, kc[:, :, :end], vc[:, :, :end], mask)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, 1, model.model_dim), w_o, b_o)
             h = F.gelu(F.linear(block.ln_2(x), w_fc, b_fc), approximate="tanh")
             x = x + F.linear(h, w_proj, b_proj)
