@@ -633,7 +633,7 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
         assert attention.available(torch.zeros(1))
         torch.manual_seed(0)
         for dtype in (torch.float32, torch.bfloat16):
-            for rows, heads, hd, cap, end in ((3, 4, 16, 400, 300), (2, 2, 8, 100, 64),
+            for rows, heads, hd, cap, end in ((3, 4, 16, 400, 300), (2, 2, 8, 100, 64), (2, 2, 8, 100, 40),
                                               (1, 3, 16, 500, 129), (2, 2, 8, 300, 256)):
                 kv = torch.randn(2, rows, heads, cap, hd).to(dtype)
                 k, v = kv[0][:, :, :end], kv[1][:, :, :end]
@@ -646,19 +646,31 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
                 mask = mask[:, None, None, :]
                 src = torch.randint(0, rows, (rows, cap), dtype=torch.int32)[:, :end]
                 for table in (None, src):
-                    out = attention.attend(q, k, v, mask, src=table)
                     kt, vt = (k, v) if table is None else (attention.gather_rows(k, table),
                                                            attention.gather_rows(v, table))
                     if table is not None and rows > 1:  # the table really changes the input
                         assert not torch.equal(kt, k)
                     want = F.scaled_dot_product_attention(q.double(), kt.double(), vt.double(),
                                                           attn_mask=mask.double())
-                    assert out.shape == q.shape and out.dtype == dtype
-                    err = (out.double() - want).abs()
-                    if dtype == torch.float32:
-                        assert float(err.max()) < 1e-6, float(err.max())
-                    else:  # the output's rounding: at most one bf16 ulp (2^-7 relative)
-                        assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
+                    base = attention.attend(q, k, v, mask, src=table)
+                    # other launch settings: another chunk sums in another order, within the
+                    # same bounds
+                    other = attention.attend(q, k, v, mask, src=table, chunk=128, block_t=32,
+                                             num_warps=2)
+                    for out in (base, other):
+                        assert out.shape == q.shape and out.dtype == dtype
+                        err = (out.double() - want).abs()
+                        if dtype == torch.float32:
+                            assert float(err.max()) < 1e-6, float(err.max())
+                        else:  # the output's rounding: at most one bf16 ulp (2^-7 relative)
+                            assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), \
+                                float(err.max())
+        try:
+            attention.attend(q, k, v, mask, chunk=96, block_t=64)
+        except ValueError as exc:
+            assert "block_t 64" in str(exc)
+        else:
+            raise AssertionError("chunk 96 with block_t 64 was accepted")
         print("ok")
         """
     )

@@ -222,6 +222,35 @@ def test_inference_speech_defaults_follow_reference(gpt, golden):
         gpt.inference_speech(spk, text, emo_vec=emo, bogus=1)
 
 
+@needs_small
+def test_inference_speech_leaves_check_every_to_the_generator(gpt, golden, monkeypatch):
+    """Without ``check_every``, inference_speech passes none, so each generator keeps its own
+    default (tts.fast.decode's graph decoder: every 32 steps; tts.bench swaps it in here, and
+    a check after every step made the benchmark wait for the GPU each step); given, it is
+    passed on."""
+    import tts.generation as generation
+
+    calls = []
+    plain = generation.generate
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", recording)
+    spk = golden["b1.spk_feat"]
+    text = golden["gen.text0.text_tokens"].int()
+    emo = golden["merge_b1.emovec"]
+    for every in (None, 4):
+        extra = {} if every is None else {"check_every": every}
+        with pytest.warns(RuntimeWarning):
+            out, _ = gpt.inference_speech(spk, text, emo_vec=emo, max_generate_length=2,
+                                          do_sample=False, num_beams=1, **extra)
+        assert torch.equal(out.codes, golden["gen_greedy_text0.codes"][:, :2])
+    assert "check_every" not in calls[0]
+    assert calls[1]["check_every"] == 4
+
+
 # -- beam bookkeeping against a plain transcription of BeamSearchScorer -------------------------
 
 

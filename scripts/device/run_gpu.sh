@@ -19,13 +19,18 @@
 #             each decoder variant; no checkpoints), if that script exists
 #   cudnn     scripts/device/cudnn_ab.py --checkpoints $CK $CUDNN_ARGS (each stage's time with
 #             cuDNN deterministic against cuDNN benchmark mode, alternating in one process)
+#   trace     scripts/device/loop_trace.py --checkpoints $CK $TRACE_ARGS (the benchmark's decode
+#             loop against decode_profile's stepping on the same GPT and prompt, other buckets,
+#             and a torch.profiler summary of the loop: kernels, busy time, gaps)
+#   sweep     scripts/device/attention_sweep.py $SWEEP_ARGS (launch settings of the decode
+#             attention kernel at the GPT's shapes; no checkpoints)
 #   ab        scripts/device/capture_ab.py --old $AB_OLD $AB_ARGS (the decode loop of an earlier
 #             tts/fast/decode.py against the current one; AB_OLD default .bench/decode_old.py,
 #             made here with e.g. git show 32ce661:tts/fast/decode.py > .bench/decode_old.py)
 # Every section runs under its own timeout (T_SET, T_BENCH, ... seconds), capped by what is left of
 # BUDGET (default 540 s, the device allows 600 per call), and writes $OUT/<section>.log and
 # $OUT/<section>.json. The device returns at most 8 files, so at the end everything but run.log,
-# summary.json (sections, exit codes, times) and bench/official/compare/tests/profile.json is
+# summary.json (sections, exit codes, times) and the first five section JSON files of $JSONS is
 # packed into $OUT/logs.tar.gz.
 # Other knobs: CK (/tmp/bench_ckpt), SEED (1234), PY and PY_OFFICIAL (python3: the carried wheels
 # are for CPython 3.12, another Python runs with its own packages), DEVICE (cuda) and TINY=1 (a
@@ -44,11 +49,14 @@ OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --r
 PROFILE_ARGS="${PROFILE_ARGS:-}"
 AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
 CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphfi --batch 1,16 --repeats 2 --rounds 2}"
+TRACE_ARGS="${TRACE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphfi --repeats 3}"
+SWEEP_ARGS="${SWEEP_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
-T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}"
+T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
+JSONS="bench.json official.json compare.json tests.json profile.json trace.json sweep.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -168,8 +176,12 @@ for name, s in sections.items():
     print(f"   {name:9s} {s['status']:8s} exit {s['exit']!s:5s} {s['seconds']:4d} s (limit {s['timeout_s']} s)")
 print(f"   total {total} s")
 PY
-  # At most 8 files come back from the device: pack the rest.
-  local keep="run.log summary.json bench.json official.json compare.json tests.json profile.json ab.json cudnn.json"
+  # At most 8 files come back from the device: run.log, summary.json and the first five
+  # section JSON files (in the order of $JSONS) stay, the rest is packed.
+  local keep="run.log summary.json" f n=0
+  for f in $JSONS; do
+    if [ -f "$OUT/$f" ] && [ "$n" -lt 5 ]; then keep="$keep $f"; n=$((n + 1)); fi
+  done
   local rest=()
   while IFS= read -r f; do
     case " $keep " in *" $f "*) ;; *) rest+=("$f") ;; esac
@@ -184,12 +196,13 @@ PY
 main() {
   local s
   setup || { echo "setup failed"; return 1; }
-  if ! want set && { want bench || want official || want cudnn; } && [ ! -f "$CK/.complete" ]; then
+  if ! want set && { want bench || want official || want cudnn || want trace; } \
+      && [ ! -f "$CK/.complete" ]; then
     SECTIONS="set $SECTIONS"
   fi
   if want set && ! section set "$T_SET" bash -c write_set; then
     echo ">> no checkpoint set: bench, official and compare left out"
-    drop bench official compare cudnn
+    drop bench official compare cudnn trace
   fi
   # shellcheck disable=SC2086
   want bench && section bench "$T_BENCH" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" -m tts.cli bench \
@@ -217,6 +230,13 @@ main() {
   want cudnn && section cudnn "$T_CUDNN" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/cudnn_ab.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $CUDNN_ARGS \
     --json "$OUT/cudnn.json"
+  # shellcheck disable=SC2086
+  want trace && section trace "$T_TRACE" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/loop_trace.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $TRACE_ARGS \
+    --json "$OUT/trace.json"
+  # shellcheck disable=SC2086
+  want sweep && section sweep "$T_SWEEP" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/attention_sweep.py $SWEEP_ARGS --json "$OUT/sweep.json"
   if want ab; then
     # shellcheck disable=SC2086
     section ab "$T_AB" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" scripts/device/capture_ab.py \

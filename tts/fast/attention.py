@@ -39,8 +39,13 @@ try:
 except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
     triton = None
 
-CHUNK = 128  # cache positions per program of the first kernel
+# Launch settings, from scripts/device/attention_sweep.py on an H200 (docs/benchmarks.md, run
+# P): 64 positions per program, all loaded at once, beat 128 and 256 at 3 and at 48 rows, and
+# 4 warps per program beat 2 and 8 at 3 rows, 2 warps at 48 rows (more programs resident).
+CHUNK = 64  # cache positions per program of the first kernel
 BLOCK_T = 64  # positions loaded at once
+FEW_ROWS = 8  # up to this many rows: FEW_ROWS_WARPS warps per program, else MANY_ROWS_WARPS
+FEW_ROWS_WARPS, MANY_ROWS_WARPS = 4, 2
 NO_SCORE = -1.0e30  # the running maximum before any key (finite: exp(NO_SCORE - m) is 0, no NaN)
 
 
@@ -117,7 +122,8 @@ if triton is not None:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-           src: torch.Tensor | None = None) -> torch.Tensor:
+           src: torch.Tensor | None = None, *, chunk: int = CHUNK, block_t: int = BLOCK_T,
+           num_warps: int | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
     ``q`` [rows, heads, 1, head_dim]; ``k`` / ``v`` [rows, heads, end, head_dim] (cache window
@@ -126,7 +132,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     with a contiguous last dimension: row ``r`` attends to ``k[src[r, t], :, t]`` (and the
     same of ``v``) at position ``t`` (:func:`gather_rows` computes that view). Returns
     [rows, heads, 1, head_dim] in ``q``'s dtype (a view of a [rows, heads * head_dim] tensor).
+
+    Launch settings (scripts/device/attention_sweep.py times them; each one sums in its own
+    order, so the last bits may differ between them): ``chunk`` positions per program,
+    loaded ``block_t`` at a time (``chunk`` a multiple of ``block_t``, both powers of two), and
+    ``num_warps`` per program (default: by the number of rows, see :data:`FEW_ROWS`).
     """
+    if block_t & (block_t - 1) or chunk % block_t:
+        raise ValueError(f"block_t {block_t} must be a power of two dividing chunk {chunk}")
     rows, heads, one, head_dim = q.shape
     end = k.size(2)
     if one != 1 or k.shape != (rows, heads, end, head_dim) or v.shape != k.shape:
@@ -139,7 +152,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                             or src.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"src {tuple(src.shape)} {src.dtype}: need [{rows}, {end}] integers "
                          "with a contiguous last dimension")
-    splits = triton.cdiv(end, CHUNK)
+    splits = triton.cdiv(end, chunk)
     work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32,
                        device=q.device)
     out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
@@ -148,8 +161,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
         0 if src is None else src.stride(0), splits,
-        HEAD_DIM=head_dim, CHUNK=CHUNK, BLOCK_T=BLOCK_T, NO_SCORE=NO_SCORE,
+        HEAD_DIM=head_dim, CHUNK=chunk, BLOCK_T=block_t, NO_SCORE=NO_SCORE,
         HAS_SRC=src is not None,
+        num_warps=num_warps or (FEW_ROWS_WARPS if rows <= FEW_ROWS else MANY_ROWS_WARPS),
     )  # fmt: skip
     _combine_kernel[(rows * heads,)](
         work, out, heads, splits, out.stride(0), out.stride(2),

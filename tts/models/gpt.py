@@ -595,7 +595,7 @@ class UnifiedVoice(nn.Module):
         generator: torch.Generator | None = None,
         output_scores: bool = False,
         output_logits: bool = False,
-        check_every: int = 1,
+        check_every: int | None = None,
         **overrides: Any,
     ) -> tuple[GenerationOutput, torch.Tensor]:
         """Generate semantic codes for ``text_inputs`` in the voice of ``speech_condition``.
@@ -644,10 +644,14 @@ class UnifiedVoice(nn.Module):
         elif config is None and "max_mel_tokens" not in overrides:
             overrides["max_mel_tokens"] = self.max_mel_tokens - 1
         cfg = base.replace(**overrides)
+        # check_every None: the generator's own default (tts.generation: every step; the
+        # graph decoder of tts.fast.decode, which tts.bench swaps in: every 32 steps, so that
+        # the host neither waits for the GPU after each step nor captures graphs as it idles).
+        every = {} if check_every is None else {"check_every": check_every}
         out = generate(
             self, prefix, valid, cfg,
             generator=generator, output_scores=output_scores, output_logits=output_logits,
-            check_every=check_every,
+            **every,
         )
         return out, speech_latent
 
