@@ -633,7 +633,7 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
         assert attention.available(torch.zeros(1))
         torch.manual_seed(0)
         for dtype in (torch.float32, torch.bfloat16):
-            for rows, heads, hd, cap, end in ((3, 4, 16, 400, 300), (2, 2, 8, 100, 64), (2, 2, 8, 100, 40),
+            for rows, heads, hd, cap, end in ((3, 4, 16, 400, 300), (2, 2, 8, 100, 64), (2, 2, 8, 100, 40), (2, 2, 8, 100, 24),
                                               (1, 3, 16, 500, 129), (2, 2, 8, 300, 256)):
                 kv = torch.randn(2, rows, heads, cap, hd).to(dtype)
                 k, v = kv[0][:, :, :end], kv[1][:, :, :end]

@@ -39,13 +39,12 @@ try:
 except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
     triton = None
 
-# Launch settings, from scripts/device/attention_sweep.py on an H200 (docs/benchmarks.md, run
-# P): 64 positions per program, all loaded at once, beat 128 and 256 at 3 and at 48 rows, and
-# 4 warps per program beat 2 and 8 at 3 rows, 2 warps at 48 rows (more programs resident).
-CHUNK = 64  # cache positions per program of the first kernel
-BLOCK_T = 64  # positions loaded at once
-FEW_ROWS = 8  # up to this many rows: FEW_ROWS_WARPS warps per program, else MANY_ROWS_WARPS
-FEW_ROWS_WARPS, MANY_ROWS_WARPS = 4, 2
+# Launch settings, from scripts/device/attention_sweep.py on an H200 (docs/benchmarks.md, runs
+# P and Q): short chunks loaded at once by one warp per program (many small programs in flight)
+# beat 64-256 positions with 2-8 warps, at 3 rows and at 48.
+CHUNK = 32  # cache positions per program of the first kernel
+BLOCK_T = 32  # positions loaded at once
+NUM_WARPS = 1
 NO_SCORE = -1.0e30  # the running maximum before any key (finite: exp(NO_SCORE - m) is 0, no NaN)
 
 
@@ -123,7 +122,7 @@ if triton is not None:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
            src: torch.Tensor | None = None, *, chunk: int = CHUNK, block_t: int = BLOCK_T,
-           num_warps: int | None = None) -> torch.Tensor:
+           num_warps: int = NUM_WARPS) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
     ``q`` [rows, heads, 1, head_dim]; ``k`` / ``v`` [rows, heads, end, head_dim] (cache window
@@ -136,7 +135,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Launch settings (scripts/device/attention_sweep.py times them; each one sums in its own
     order, so the last bits may differ between them): ``chunk`` positions per program,
     loaded ``block_t`` at a time (``chunk`` a multiple of ``block_t``, both powers of two), and
-    ``num_warps`` per program (default: by the number of rows, see :data:`FEW_ROWS`).
+    ``num_warps`` per program.
     """
     if block_t & (block_t - 1) or chunk % block_t:
         raise ValueError(f"block_t {block_t} must be a power of two dividing chunk {chunk}")
@@ -162,8 +161,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
         0 if src is None else src.stride(0), splits,
         HEAD_DIM=head_dim, CHUNK=chunk, BLOCK_T=block_t, NO_SCORE=NO_SCORE,
-        HAS_SRC=src is not None,
-        num_warps=num_warps or (FEW_ROWS_WARPS if rows <= FEW_ROWS else MANY_ROWS_WARPS),
+        HAS_SRC=src is not None, num_warps=num_warps,
     )  # fmt: skip
     _combine_kernel[(rows * heads,)](
         work, out, heads, splits, out.stride(0), out.stride(2),
