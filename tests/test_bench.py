@@ -100,3 +100,32 @@ def test_cudnn_ab_script_runs_on_cpu(tmp_path, monkeypatch):
     for stages in medians.values():
         assert stages["total"] > 0 and stages["gpt_generate"] > 0 and stages["vocoder"] > 0
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+def test_loop_trace_script_runs_on_cpu(tmp_path):
+    """scripts/device/loop_trace.py (the GPU comparison of the benchmark's decode loop with
+    decode_profile's stepping) runs: tiny set, CPU; every measurement but the CUDA trace is
+    there, the driver saw the benchmark's prompt, and the decoder is unwrapped afterwards."""
+    import importlib.util
+    from pathlib import Path
+
+    from tts.fast import decode as fast_decode
+
+    torch.set_num_threads(1)
+    plain = fast_decode.generate
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "loop_trace.py"
+    spec = importlib.util.spec_from_file_location("loop_trace", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "trace.json"
+    assert script.main(["--tiny", "--device", "cpu", "--batch", "1", "--tokens", "3",
+                        "--text-tokens", "4", "--prompt-seconds", "1", "--diffusion-steps", "2",
+                        "--repeats", "1", "--precision", "float32", "--gpt-decoder", "graphfi",
+                        "--buckets", "8", "--write-checkpoints", str(tmp_path / "ckpt"),
+                        "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("bench", "bucket_8", "driver"):
+        assert report[key]["loop_ms_per_step"] > 0, key
+    assert report["driver"]["prefix"][0] == 1 and report["driver"]["prefix"][1] > 4
+    assert report["trace"] == {}  # the profiler trace needs CUDA
+    assert fast_decode.generate is plain
