@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
     triton = None
 
 # Launch settings, from scripts/device/attention_sweep.py on an H200 (docs/benchmarks.md, runs
-# P and Q): short chunks loaded at once by one warp per program (many small programs in flight)
+# P-R): short chunks loaded at once by one warp per program (many small programs in flight)
 # beat 64-256 positions with 2-8 warps, at 3 rows and at 48.
 CHUNK = 32  # cache positions per program of the first kernel
 BLOCK_T = 32  # positions loaded at once
