@@ -80,6 +80,15 @@ def build_gpt(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int):
     return model.to(dtype).eval()
 
 
+def trace_events(prof) -> list[dict]:
+    """The events of a finished torch.profiler run, as its Chrome trace lists them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh).get("traceEvents", [])
+
+
 def count_kernels(dec: StaticDecoder, step: int) -> dict:
     """Kernels (and memcpy / memset nodes, summed kernel microseconds) of step ``step``,
     replayed under torch.profiler."""
@@ -88,11 +97,7 @@ def count_kernels(dec: StaticDecoder, step: int) -> dict:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         dec._run_step(step)
         torch.cuda.synchronize(dec.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path, encoding="utf-8") as fh:
-            events = json.load(fh).get("traceEvents", [])
+    events = trace_events(prof)
     kernels = [e for e in events if e.get("cat") == "kernel"]
     copies = [e for e in events if e.get("cat") in ("gpu_memcpy", "gpu_memset")]
     by_name: dict[str, list[float]] = {}

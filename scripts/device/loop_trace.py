@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_profile import one_run  # noqa: E402
+from decode_profile import one_run, trace_events  # noqa: E402
 
 from tts.bench import Bench, Variant, _log, fill_defaults  # noqa: E402
 from tts.cli import build_parser  # noqa: E402
@@ -43,12 +41,7 @@ PLAIN_GENERATE = fast_decode.generate
 
 def kernel_summary(prof, steps: int) -> dict:
     """Kernels of a profiled decoder call: count, busy time and gaps, per step."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path, encoding="utf-8") as fh:
-            events = json.load(fh).get("traceEvents", [])
-    kernels = sorted((float(e["ts"]), float(e.get("dur", 0.0))) for e in events
+    kernels = sorted((float(e["ts"]), float(e.get("dur", 0.0))) for e in trace_events(prof)
                      if e.get("cat") == "kernel")
     if not kernels:
         return {}
