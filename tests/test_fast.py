@@ -494,16 +494,19 @@ def test_triton_window_gather_equals_index_select_interpreted():
 
 def test_few_row_linear_kernels_interpreted():
     """tts.fast.linear (Triton's CPU interpreter) against the op-by-op computation: LayerNorm,
-    GELU, residual and the KV write, 1 to 8 rows (more are refused), float32 within 1e-5, bf16
-    within the error two roundings may make (2^-7 of the rounded magnitudes)."""
+    GELU, residual and the KV write, 1 to 8 rows
+    (more are refused), float32 within 1e-5, bf16 within the error two roundings may make
+    (2^-7 of the rounded magnitudes); the LayerNorm kernel alone against F.layer_norm (bf16:
+    within one ulp)."""
     _run_interpreted(
         """
         import torch
         from kernel_reference import assert_qkv_written
         from kernel_reference import assert_rounding_close as close
         from kernel_reference import linear_reference as ref
-        from tts.fast import linear
-        assert linear.available(torch.zeros(1))
+        import torch.nn.functional as F
+        from tts.fast import linear, pdl_available
+        assert linear.available(torch.zeros(1)) and not pdl_available("cpu")
         torch.manual_seed(0)
         K, N = 48, 80
 
@@ -516,6 +519,8 @@ def test_few_row_linear_kernels_interpreted():
                 res = torch.randn(rows, N).to(dtype)
                 for kw in ({}, {"ln": ln}, {"ln": ln, "gelu": True}, {"residual": res}):
                     close(linear.linear(x, w, b, **kw), *ref(x, w, b, **kw))
+                want = F.layer_norm(x.float(), (K,), ln[0].float(), ln[1].float(), 1e-5)
+                close(linear.layer_norm(x, *ln), want.to(dtype), 2**-7 * want.abs().double())
             rows, heads, hd = 3, 4, 8
             width = heads * hd
             x = torch.randn(rows, width).to(dtype)

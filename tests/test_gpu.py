@@ -230,7 +230,8 @@ def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
 # compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
 # graphs.
-NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka", "graphfi", "graphki")
+NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka", "graphfi", "graphki",
+                "graphkp")
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
 
@@ -521,6 +522,7 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
     from kernel_reference import assert_rounding_close as close
     from kernel_reference import linear_reference as ref
 
+    from tts import fast
     from tts.fast import linear
 
     torch.manual_seed(3)
@@ -536,6 +538,9 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
         b = torch.randn(n, device="cuda").to(dtype)
         inp = h if k == 4 * dim else x
         close(linear.linear(inp, w, b, **kwargs), *ref(inp, w, b, **kwargs))
+        if fast.pdl_available("cuda"):  # a programmatic dependent launch computes the same
+            assert torch.equal(linear.linear(inp, w, b, pdl=True, **kwargs),
+                               linear.linear(inp, w, b, **kwargs))
     w = (torch.randn(3 * dim, dim, device="cuda") * dim**-0.5).to(dtype)
     b = torch.randn(3 * dim, device="cuda").to(dtype)
     kv = torch.zeros(2, rows, heads, 40, dim // heads, device="cuda", dtype=dtype)
@@ -575,6 +580,43 @@ def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
             assert float(err.max()) < 1e-5
         else:
             assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_pdl_launch_equals_plain_launch_cuda(dtype):
+    """graphkp (the Triton projections and attention as programmatic dependent launches: each
+    kernel starts early, loads its weights and waits for the one before it) against graphki
+    (the same kernels launched one after the other), through CUDA graphs: a kernel that read
+    its input before the previous kernel finished would change the codes or scores; they must
+    be identical (beam sampling and beam search, 160 codes, a batch of 2). Skipped below
+    compute capability 9.0, where there is no PDL."""
+    from tts import fast
+    from tts.fast.decode import VARIANTS
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+
+    if not fast.pdl_available("cuda"):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    model = _gpt_small_cuda(dtype)
+    torch.manual_seed(0)
+    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
+    assert VARIANTS["graphkp"] == {**VARIANTS["graphki"], "pdl": True}
+    before = len(fast.FALLBACKS)
+    for sample in (True, False):
+        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=160,
+                               warn_on_limit=False)
+        outs = []
+        for variant in ("graphki", "graphkp"):
+            gen = torch.Generator(device="cuda").manual_seed(13)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
+                                          output_scores=True, bucket=32, **VARIANTS[variant]))
+        assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+        assert torch.equal(outs[0].codes, outs[1].codes), f"sample={sample}"
+        assert torch.equal(outs[0].scores, outs[1].scores), f"sample={sample}"
+        REPORT.append({"case": f"pdl_vs_plain_{str(dtype)[6:]}_"
+                       f"{'sample' if sample else 'beam'}", "identical": True})
+        _write_report()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

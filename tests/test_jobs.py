@@ -176,6 +176,11 @@ def test_schema_decoder_names_match_the_decoder_variants():
     assert prop["default"] == DEFAULT_DECODER
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     assert config["gpt_decoder"] == DEFAULT_DECODER
+    from tts.cli import build_parser
+
+    synth = build_parser().parse_args(["synth", "--text", "x", "--speaker", "s.wav",
+                                       "--out", "o.wav", "--checkpoints", "ck"])
+    assert synth.gpt_decoder == DEFAULT_DECODER
 
 
 def test_request_from_spec_round_trip():

@@ -11,13 +11,21 @@ of the projection over 24 distinct weight matrices (so the 24 do not share the L
 in a real step), replays it ``--replays`` times between CUDA events (median of 5 after 3
 warm-up replays) and prints microseconds per projection and the weight-read bandwidth it
 reached, next to ``F.linear`` alone (cuBLAS, no LayerNorm / GELU / residual / KV write) and
-the device-to-device copy bandwidth (tts.bench.copy_bandwidth, as the benchmark's floor). Also the whole stack of 24 layers (4 projections each)
-both ways, and the block sizes autotuning chose.
+the device-to-device copy bandwidth (tts.bench.copy_bandwidth, as the benchmark's floor).
+``--sweep`` times other launch settings too (rows per program x warps).
+
+Then the whole stack of 24 layers as one graph: cuBLAS's four GEMMs per layer alone, and ours
+(LayerNorms, projections and their fused ops) with and without the Triton attention over a
+600-position window between qkv and the out projection, each with and without programmatic
+dependent launch (``pdl``; with ``--sweep`` also with each shape's fastest setting), and
+``--other FILE``: the stack of an earlier version of tts/fast/linear.py (e.g. from
+``git show REV:tts/fast/linear.py``) with PDL and the attention, for an A/B in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -29,9 +37,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tts.bench import copy_bandwidth  # noqa: E402
-from tts.fast import linear  # noqa: E402
+from tts.fast import attention, linear  # noqa: E402
 
 DIM, HEADS, LAYERS = 1280, 20, 24
+WINDOW = 600  # cache positions the attention of the stack reads
 
 
 def timed(fn, replays: int) -> float:
@@ -56,50 +65,73 @@ def timed(fn, replays: int) -> float:
     return statistics.median(times)
 
 
+def _label(setting: dict, k_in: int) -> str:
+    """A launch setting as ``rows x warps`` (+ " 3d"), "(default)" for the defaults."""
+    if not setting:
+        n = linear.ROWS_PER_PROGRAM
+        return f"{n}x{linear.warps_for(n, k_in)} (default)"
+    return f"{setting['rows_per_program']}x{setting['num_warps']}"
+
+
 def measure(
-    rows: int, weights: dict, biases: dict, ln: tuple, bw: float, replays: int, dtype: torch.dtype
+    rows: int, weights: dict, biases: dict, ln: tuple, bw: float, replays: int, dtype: torch.dtype,
+    sweep: bool, other=None,
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
     dev = "cuda"
     x = torch.randn(rows, DIM, device=dev).to(dtype)
     h = torch.randn(rows, 4 * DIM, device=dev).to(dtype)
     kv = torch.zeros(2, rows, HEADS, 1024, DIM // HEADS, device=dev, dtype=dtype)
-    pos = torch.tensor([100], device=dev)
-    ours = {
-        "qkv": lambda w, b: linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], pos, DIM)),
-        "out": lambda w, b: linear.linear(x, w, b, residual=x),
-        "fc": lambda w, b: linear.linear(x, w, b, ln=ln, gelu=True),
-        "proj": lambda w, b: linear.linear(h, w, b, residual=x),
+    pos = torch.tensor([WINDOW - 1], device=dev)
+    kw = {
+        "qkv": {"ln": ln, "kv": (kv[0], kv[1], pos, DIM)},
+        "out": {"residual": x},
+        "fc": {"ln": ln, "gelu": True},
+        "proj": {"residual": x},
     }
     inputs = {"qkv": x, "out": x, "fc": x, "proj": h}
     table = {}
-    for name, fn in ours.items():
-        ws, b = weights[name], biases[name]
+    for name, extra in kw.items():
+        ws, b, inp = weights[name], biases[name], inputs[name]
         nbytes = ws[0].numel() * ws[0].element_size()
-        t_ours = timed(lambda fn=fn, ws=ws, b=b: [fn(w, b) for w in ws], replays)
-        t_blas = timed(lambda ws=ws, b=b, i=inputs[name]: [F.linear(i, w, b) for w in ws], replays)
-        row = {
-            "ours_us": t_ours * 1e3 / LAYERS,
-            "cublas_us": t_blas * 1e3 / LAYERS,
-            "ours_tb_s": nbytes / (t_ours / LAYERS / 1e3) / 1e12,
-            "cublas_tb_s": nbytes / (t_blas / LAYERS / 1e3) / 1e12,
-            "floor_us": nbytes / bw * 1e6,
-        }
+        floor_us = nbytes / bw * 1e6
+        t_blas = timed(lambda ws=ws, b=b, i=inp: [F.linear(i, w, b) for w in ws], replays)
+        row = {"cublas_us": t_blas * 1e3 / LAYERS, "floor_us": floor_us, "settings": {}}
+        settings = [{}]
+        if sweep:
+            k_in = ws[0].size(1)
+            settings += [{"rows_per_program": n, "num_warps": warps}
+                         for n in (1, 2, 4, 8) for warps in (1, 2, 4)
+                         if 8 <= n * k_in // (32 * warps) <= 80]
+        for setting in settings:
+            t = timed(lambda ws=ws, b=b, i=inp, e=extra, st=setting: [
+                linear.linear(i, w, b, **st, **e) for w in ws], replays)
+            label = _label(setting, ws[0].size(1))
+            row["settings"][label] = t * 1e3 / LAYERS
+            print(f"rows {rows:3d} {name:5s} {label:22s} {t * 1e3 / LAYERS:6.2f} us "
+                  f"({nbytes / (t / LAYERS / 1e3) / 1e12:.2f} TB/s)")
+        row["best"] = min(settings, key=lambda st: row["settings"][_label(st, ws[0].size(1))])
+        print(f"rows {rows:3d} {name:5s} cuBLAS F.linear {row['cublas_us']:6.2f} us "
+              f"({nbytes / (t_blas / LAYERS / 1e3) / 1e12:.2f} TB/s)  floor {floor_us:.2f} us")
         table[name] = row
-        print(
-            f"rows {rows:3d} {name:5s} ours {row['ours_us']:6.2f} us "
-            f"({row['ours_tb_s']:.2f} TB/s)  cuBLAS F.linear {row['cublas_us']:6.2f} us "
-            f"({row['cublas_tb_s']:.2f} TB/s)  floor {row['floor_us']:.2f} us"
-        )
 
-    def stack_ours():
+    mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
+
+    def stack_ours(pdl: bool, attend: bool, best: bool = False, module=linear):
+        st = {name: table[name]["best"] if best else {} for name in kw}
         for i in range(LAYERS):
-            q = linear.linear(
-                x, weights["qkv"][i], biases["qkv"], ln=ln, kv=(kv[0], kv[1], pos, DIM)
-            )
-            y = linear.linear(q, weights["out"][i], biases["out"], residual=x)
-            f = linear.linear(y, weights["fc"][i], biases["fc"], ln=ln, gelu=True)
-            linear.linear(f, weights["proj"][i], biases["proj"], residual=y)
+            q = module.linear(x, weights["qkv"][i], biases["qkv"], ln=ln,
+                              kv=(kv[0], kv[1], pos, DIM), pdl=pdl, **st["qkv"])
+            if attend:
+                q = attention.attend(q.view(rows, 1, HEADS, -1).transpose(1, 2),
+                                     kv[0][:, :, :WINDOW], kv[1][:, :, :WINDOW], mask, pdl=pdl)
+                q = q.transpose(1, 2).reshape(rows, DIM)
+            y = module.linear(q, weights["out"][i], biases["out"], residual=x, pdl=pdl,
+                              **st["out"])
+            f = module.linear(y, weights["fc"][i], biases["fc"], ln=ln, gelu=True, pdl=pdl,
+                              **st["fc"])
+            module.linear(f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl,
+                          **st["proj"])
 
     def stack_blas():
         for i in range(LAYERS):
@@ -109,13 +141,33 @@ def measure(
             F.linear(f, weights["proj"][i], biases["proj"])
 
     total = sum(w[0].numel() * w[0].element_size() for w in weights.values()) * LAYERS
-    t_s, t_b = timed(stack_ours, replays), timed(stack_blas, replays)
-    table["stack"] = {"ours_ms": t_s, "cublas_ms": t_b, "floor_ms": total / bw * 1e3}
-    print(
-        f"rows {rows:3d} stack of {LAYERS} layers: ours {t_s:.3f} ms, cuBLAS F.linear only "
-        f"{t_b:.3f} ms, floor {total / bw * 1e3:.3f} ms"
-    )
+    stack = {"cublas_ms": timed(stack_blas, replays), "floor_ms": total / bw * 1e3}
+    for pdl in (False, True):
+        for attend in (False, True):
+            key = f"ours{'_attention' if attend else ''}{'_pdl' if pdl else ''}_ms"
+            stack[key] = timed(lambda p=pdl, a=attend: stack_ours(p, a), replays)
+            if sweep:
+                stack[key.replace("ours", "best")] = timed(
+                    lambda p=pdl, a=attend: stack_ours(p, a, best=True), replays)
+    if other is not None:  # an earlier version of tts/fast/linear.py, default settings
+        stack["other_attention_pdl_ms"] = timed(
+            lambda: stack_ours(True, True, module=other), replays)
+    table["stack"] = stack
+    print(f"rows {rows:3d} stack of {LAYERS} layers (ms): "
+          + ", ".join(f"{k[:-3]} {v:.3f}" for k, v in stack.items()))
+    # The chained kernels with PDL compute what they compute without it.
+    ref = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True)
+    y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
+    table["pdl_equal"] = bool(torch.equal(ref, y))
     return table
+
+
+def _module(path: str):
+    """The Python file ``path`` imported as a module (an earlier tts/fast/linear.py)."""
+    spec = importlib.util.spec_from_file_location("linear_other", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
@@ -123,6 +175,8 @@ def main() -> None:
     ap.add_argument("--rows", default="1,3,8")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--replays", type=int, default=20)
+    ap.add_argument("--sweep", action="store_true", help="time other launch settings too")
+    ap.add_argument("--other", help="an earlier tts/fast/linear.py to time the stack of too")
     ap.add_argument("--json")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -150,10 +204,8 @@ def main() -> None:
         "rows": {},
     }
     for rows in (int(r) for r in args.rows.split(",")):
-        results["rows"][rows] = measure(rows, weights, biases, ln, bw, args.replays, dtype)
-    results["configs"] = linear.tuned_configs()
-    for key, cfg in results["configs"].items():
-        print("tuned", key, cfg)
+        results["rows"][rows] = measure(rows, weights, biases, ln, bw, args.replays, dtype,
+                                        args.sweep, _module(args.other) if args.other else None)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -27,6 +27,15 @@ from collections.abc import Iterator
 FALLBACKS: list[tuple[str, str]] = []
 
 
+def pdl_available(device) -> bool:
+    """Whether Triton kernels on ``device`` can use programmatic dependent launch (CUDA, compute
+    capability 9.0 or newer: the ``griddepcontrol`` instructions)."""
+    import torch
+
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def fallback(where: str, exc: BaseException) -> None:
     """Record (and warn about) a fast path that fell back to the plain one."""
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -33,6 +33,8 @@ import os
 
 import torch
 
+from tts.fast import pdl_available
+
 try:
     import triton
     import triton.language as tl
@@ -54,6 +56,7 @@ def available(q: torch.Tensor) -> bool:
 
 
 if triton is not None:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
     def _partial_kernel(
@@ -62,9 +65,12 @@ if triton is not None:
         sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
         splits,
         HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
-        NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr,
+        NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         """Program (row x head, chunk): the chunk's (m, l, weighted value sum)."""
+        if PDL:  # launched early (see attend): let the next kernel start, wait for the last
+            gdc_launch_dependents()
+            gdc_wait()
         rh = tl.program_id(0)
         chunk = tl.program_id(1)
         row = rh // heads
@@ -102,9 +108,12 @@ if triton is not None:
     @triton.jit
     def _combine_kernel(
         work_ptr, out_ptr, heads, splits, so_row, so_head,
-        HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+        HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         """Program (row x head): the chunks' pieces rescaled to one maximum and normalised."""
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         rh = tl.program_id(0)
         row = rh // heads
         head = rh % heads
@@ -122,7 +131,7 @@ if triton is not None:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
            src: torch.Tensor | None = None, *, chunk: int = CHUNK, block_t: int = BLOCK_T,
-           num_warps: int = NUM_WARPS) -> torch.Tensor:
+           num_warps: int = NUM_WARPS, pdl: bool = False) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
     ``q`` [rows, heads, 1, head_dim]; ``k`` / ``v`` [rows, heads, end, head_dim] (cache window
@@ -135,7 +144,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Launch settings (scripts/device/attention_sweep.py times them; each one sums in its own
     order, so the last bits may differ between them): ``chunk`` positions per program,
     loaded ``block_t`` at a time (``chunk`` a multiple of ``block_t``, both powers of two), and
-    ``num_warps`` per program.
+    ``num_warps`` per program. ``pdl``: launch both kernels as programmatic dependent launches
+    (CUDA, Hopper or newer; ignored elsewhere): each starts while the kernel before it runs
+    and waits for it before reading anything, so the kernels after them (e.g. the projections
+    of :mod:`tts.fast.linear`) can start loading their weights early.
     """
     if block_t & (block_t - 1) or chunk % block_t:
         raise ValueError(f"block_t {block_t} must be a power of two dividing chunk {chunk}")
@@ -151,6 +163,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                             or src.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"src {tuple(src.shape)} {src.dtype}: need [{rows}, {end}] integers "
                          "with a contiguous last dimension")
+    pdl = pdl and pdl_available(q.device)
     splits = triton.cdiv(end, chunk)
     work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32,
                        device=q.device)
@@ -161,11 +174,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
         0 if src is None else src.stride(0), splits,
         HEAD_DIM=head_dim, CHUNK=chunk, BLOCK_T=block_t, NO_SCORE=NO_SCORE,
-        HAS_SRC=src is not None, num_warps=num_warps,
+        HAS_SRC=src is not None, PDL=pdl, num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     _combine_kernel[(rows * heads,)](
         work, out, heads, splits, out.stride(0), out.stride(2),
-        HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits),
+        HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits), PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
     return out.transpose(1, 2)
 

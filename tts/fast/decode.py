@@ -46,7 +46,11 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   table (4 bytes per position instead of ``2 x layers x width`` values), and attention reads
   each position's key and value from the row the table names (:mod:`tts.fast.attention` with
   ``src``; other attention kinds gather the rows first, :func:`tts.fast.attention.gather_rows`).
-  Exact (the same values are read); one cache, one graph per bucket.
+  Exact (the same values are read); one cache, one graph per bucket;
+* ``pdl`` (with ``matmul="triton"`` and ``attention="triton"``): the layers' Triton kernels are
+  programmatic dependent launches, each loading its weights while the kernel before it runs
+  (:mod:`tts.fast.linear`). The same values are computed (tests/test_gpu.py: identical codes
+  and scores); variant ``graphkp``.
 """
 
 from __future__ import annotations
@@ -127,6 +131,8 @@ VARIANTS: dict[str, dict] = {
                 "compile_processors": True},
     "graphki": {"fused": True, "matmul": "triton", "reorder": "table", "attention": "triton",
                 "compile_logic": True, "compile_processors": True},
+    "graphkp": {"fused": True, "matmul": "triton", "reorder": "table", "attention": "triton",
+                "pdl": True, "compile_logic": True, "compile_processors": True},
 }
 REORDERS = ("copy", "swap", "table")
 
@@ -167,13 +173,15 @@ def _capturing(device: torch.device) -> bool:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-            kind: str = "sdpa", src: torch.Tensor | None = None) -> torch.Tensor:
+            kind: str = "sdpa", src: torch.Tensor | None = None, pdl: bool = False
+            ) -> torch.Tensor:
     """Attention of the step's queries over a cache window (additive ``mask``); ``src``: the
-    cache row of each (row, position) (reorder="table")."""
+    cache row of each (row, position) (reorder="table"); ``pdl``: the Triton kernels'
+    programmatic dependent launch."""
     from tts.fast import attention
 
     if kind == "triton":
-        return attention.attend(q, k, v, mask, src=src)
+        return attention.attend(q, k, v, mask, src=src, pdl=pdl)
     if src is not None:
         k, v = attention.gather_rows(k, src), attention.gather_rows(v, src)
     if kind == "math":  # one query: two small batched products and a softmax
@@ -253,6 +261,7 @@ def generate(
     reorder: str = "copy",
     attention: str | None = None,
     ahead: bool = True,
+    pdl: bool = False,
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
@@ -271,7 +280,10 @@ def generate(
     of source rows); ``attention`` (default :data:`ATTENTION`): "sdpa",
     "math" or "triton" (the split-K kernels of :mod:`tts.fast.attention`, where Triton runs);
     ``ahead``: capture a bucket's graphs at the "all finished?" test before it, while the GPU
-    still runs queued steps (False: at the bucket's first step, as the GPU waits).
+    still runs queued steps (False: at the bucket's first step, as the GPU waits); ``pdl``:
+    launch the Triton projections (``matmul="triton"``) and attention as programmatic
+    dependent launches, so each loads its weights while the kernel before it still runs
+    (CUDA on Hopper or newer; elsewhere ignored).
     ``VARIANTS[name]`` gives the named combinations.
     """
     if reorder not in REORDERS:
@@ -291,7 +303,7 @@ def generate(
                         output_scores=output_scores, output_logits=output_logits,
                         use_graph=use_graph, bucket=bucket, compile_logic=compile_logic,
                         compile_processors=compile_processors, fused=fused, matmul=matmul,
-                        reorder=reorder, attention=attention, ahead=ahead)
+                        reorder=reorder, attention=attention, ahead=ahead, pdl=pdl)
     return dec.run(check_every=max(1, int(check_every)), stats=stats)
 
 
@@ -304,7 +316,7 @@ class StaticDecoder:
                  use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
                  compile_logic: bool = False, compile_processors: bool = False,
                  fused: bool = False, matmul: str = "mm", reorder: str = "copy",
-                 attention: str | None = None, ahead: bool = True):
+                 attention: str | None = None, ahead: bool = True, pdl: bool = False):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
@@ -367,8 +379,12 @@ class StaticDecoder:
             self.caches.append(other)
             self.kv.append(kv)
         self.cur = 0  # index of the cache in use
-        self.fused = self._fused_stack(fused, matmul, cache_dtype)
-        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix))
+        from tts.fast import pdl_available
+
+        pdl = pdl and pdl_available(device)
+        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl)
+        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix),
+                                        pdl=pdl)
         self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
         self.key_pos = torch.arange(cap, device=device)
         # reorder="table": the cache row holding each (row, position). The beams of an item
@@ -660,7 +676,7 @@ class StaticDecoder:
         self.cur = index
         self.cache = self.caches[index]
 
-    def _fused_stack(self, fused: bool, matmul: str, cache_dtype: torch.dtype):
+    def _fused_stack(self, fused: bool, matmul: str, cache_dtype: torch.dtype, pdl: bool):
         """The :class:`tts.fast.fused.FusedStack` of this decoder, or None (not asked for,
         not applicable, or its compile failed before in this process)."""
         if not fused:
@@ -675,7 +691,7 @@ class StaticDecoder:
             mixed = {p.dtype for m in used for p in m.parameters()} | {cache_dtype}
             if len(mixed) > 1:
                 raise TypeError(f"one dtype needed, got {sorted(map(str, mixed))}")
-            stack = FusedStack(model, self.weights.layers, self.rows, matmul)
+            stack = FusedStack(model, self.weights.layers, self.rows, matmul, pdl=pdl)
         except Exception as exc:  # noqa: BLE001 - not applicable: plain layers
             fallback("GPT fused decode layers", exc)
             return None

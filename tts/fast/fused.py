@@ -35,8 +35,9 @@ Products and sums are float32, like cuBLAS's accumulation. Whether it beats cuBL
 GPU measurement to say (scripts/device/decode_profile.py).
 
 ``matmul="triton"`` replaces ``pre`` and ``post`` by the hand-written few-row kernels of
-:mod:`tts.fast.linear` (LayerNorm, bias, GELU, residual and KV write fused into the
-projections: four kernels per layer plus the attention) when the step has at most 8 rows
+:mod:`tts.fast.linear` (bias, GELU, residual and KV write fused into the projections, the two
+LayerNorms as small kernels of their own: six kernels per layer plus the attention; with
+``pdl=True`` each launched while the one before it runs) when the step has at most 8 rows
 (batch x beams); with more rows it is ``"mm"`` (cuBLAS's tensor cores win there). ``embed``
 and ``head`` stay compiled.
 
@@ -47,6 +48,7 @@ first compile takes minutes; Inductor caches the choice on disk for later proces
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 
@@ -134,10 +136,11 @@ class FusedStack:
 
     ``matrices``: per layer ``(w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj)`` with the
     matrices ``[out, in]`` (tts.fast.decode.DecodeWeights). Call :meth:`step` with the step's
-    tokens and the layer caches; it writes the logits into ``out``.
+    tokens and the layer caches; it writes the logits into ``out``. ``pdl``: the Triton
+    projections' programmatic dependent launch (``matmul="triton"``).
     """
 
-    def __init__(self, model, matrices, rows: int, matmul: str = "mm"):
+    def __init__(self, model, matrices, rows: int, matmul: str = "mm", pdl: bool = False):
         if matmul not in MATMULS:
             raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
         from tts.fast import linear
@@ -171,7 +174,8 @@ class FusedStack:
         if matmul == "triton":
             if not linear.available(weight):
                 raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
-            self.fns["pre"], self.fns["post"] = linear.decode_pre, linear.decode_post
+            self.fns["pre"] = functools.partial(linear.decode_pre, pdl=pdl)
+            self.fns["post"] = functools.partial(linear.decode_post, pdl=pdl)
 
     @staticmethod
     def mark_cache(views: list[torch.Tensor]) -> None:

@@ -4,15 +4,17 @@ A GPT decode step multiplies a handful of rows (batch x beams) by each weight ma
 of a projection is reading its weights once, and the LayerNorm, bias, GELU, residual add and
 KV-cache write around it are separate small kernels whose launches cost more than their work
 (docs/benchmarks.md: ~390 kernels in a 1.8 ms step, the cuBLAS GEMMs at half the weight-read
-bandwidth). One kernel here computes
+bandwidth). :func:`linear` computes
 
     y = act(LN(x) @ W.T + b) (+ residual)
 
 for ``x`` [rows, in] and ``W`` [out, in] (tts.fast.decode.DecodeWeights' layout, so each
 program reads whole contiguous weight rows), with each part optional:
 
-* ``ln``: LayerNorm of ``x`` first (float32 statistics, the result rounded to ``x``'s dtype,
-  as :func:`tts.fast.fused._norm`); every program recomputes the statistics of the few rows;
+* ``ln``: LayerNorm of ``x`` first, as its own small kernel (:func:`layer_norm`: one program
+  per row, float32 statistics, the result rounded to ``x``'s dtype as
+  :func:`tts.fast.fused._norm`). Computing it inside every program of the projection was
+  slower (docs/benchmarks.md, run U);
 * ``gelu``: GELU (tanh approximation) of the projection;
 * ``residual``: ``residual + projection``;
 * ``kv``: the output columns are (queries | keys | values) of a qkv projection: keys and
@@ -24,19 +26,24 @@ is rounded to the output dtype before GELU or the residual add, which then run i
 round once. Products and sums are float32 (CUDA-core multiply-adds, no TF32), so float32
 weights give IEEE float32 results.
 
-Each program owns ``BLOCK_N`` output columns (whole contiguous weight rows) for every row
-(at most :data:`MAX_ROWS`), and walks the input width in ``BLOCK_K`` steps that are unrolled
-(the width is a compile-time constant; a GPT has two), so all of a program's weight loads can be
-in flight at once; products are summed per lane and reduced across lanes once. A projection is
-a matrix-vector product per row, so this is a GEMV with the few rows sharing each weight load.
-On CUDA the block sizes are tuned per shape by ``triton.autotune`` on the first call (which must
-not be inside CUDA-graph capture: the decoder's first step of a bucket runs eagerly). Under
-Triton's CPU interpreter (``TRITON_INTERPRET=1``, the tests) a fixed small configuration runs.
+Each program holds :data:`ROWS_PER_PROGRAM` whole weight rows in registers (the width as two
+power-of-two tiles, 1280 = 1024 + 256, see :func:`split_width`), loads every input row at once
+and reduces each row's products inside one warp. A projection is a matrix-vector product per
+row, so this is a GEMV with the few rows sharing each weight load.
 
-Measured on an H200 (docs/benchmarks.md, runs E-G): at one row it reads the weights faster than
-cuBLAS on two of the four GPT shapes, at 3 rows (batch 1 x 3 beams) slower on all four, so a
-decode step with these kernels (225 kernels instead of 393) was not faster than the compiled
-pieces with cuBLAS. It is the opt-in ``graphk`` decoder, exact in float32 (tests).
+``pdl=True`` launches the kernels as programmatic dependent launches (Hopper or newer): a
+kernel starts while the one before it in the stream still runs, loads its weights (which do
+not depend on that kernel), lets the next kernel start too, and only then waits
+(``griddepcontrol.wait``) for the previous kernel's results. The chain of the layer's kernels
+(LayerNorm, projections, and :mod:`tts.fast.attention` with ``pdl=True``) thus reads its
+weights ahead, which separate launches cannot. What it computes does not change (tests: the
+decoder's codes and scores are identical with and without it).
+
+Measured on an H200 (docs/benchmarks.md, run U): the 24 layers' LayerNorms and projections at 3
+rows take 0.60 ms with PDL against 0.59 ms for cuBLAS's four GEMMs alone (floor 0.23 ms), and
+the decoder ``graphkp`` (these kernels + the Triton attention, all with PDL) replays a step in
+1.06 ms against 1.43 ms for ``graphfi``. Runs E-G measured this module's first version (one
+program per few columns, autotuned): slower than cuBLAS.
 
 :func:`decode_pre` and :func:`decode_post` are the two halves of a GPT-2 layer around the
 attention, with the signatures of :mod:`tts.fast.fused`'s compiled pieces (matmul="triton").
@@ -44,10 +51,11 @@ attention, with the signatures of :mod:`tts.fast.fused`'s compiled pieces (matmu
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
+
+from tts.fast import pdl_available
 
 try:
     import triton
@@ -66,27 +74,7 @@ def available(x: torch.Tensor) -> bool:
 
 
 if triton is not None:
-
-    @triton.jit
-    def _row_stats(x_ptr, stride_x, M, K: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-        """Mean and variance (biased, float32, two passes) of the ``M`` rows of ``x``."""
-        rows = tl.arange(0, BLOCK_M)
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in tl.static_range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            ok = (rows[:, None] < M) & (ks[None, :] < K)
-            xv = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=ok, other=0.0)
-            total += tl.sum(xv.to(tl.float32), axis=1)
-        mean = total / K
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in tl.static_range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            ok = (rows[:, None] < M) & (ks[None, :] < K)
-            xv = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=ok, other=0.0)
-            d = tl.where(ok, xv.to(tl.float32) - mean[:, None], 0.0)
-            total += tl.sum(d * d, axis=1)
-        return mean, total / K
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
     def _gelu_tanh(y):
@@ -95,42 +83,81 @@ if triton is not None:
         return 0.5 * y * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
 
     @triton.jit
+    def _norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, eps, stride_x, stride_out,
+                     K: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, PDL: tl.constexpr):
+        """Program m: LayerNorm of row ``m`` (float32 statistics, two passes), rounded to the
+        output dtype."""
+        ka = tl.arange(0, KA)
+        kb = KA + tl.arange(0, KB)
+        kb_ok = kb < K
+        ga = tl.load(w_ptr + ka).to(tl.float32)
+        gb = tl.load(w_ptr + kb, mask=kb_ok, other=0.0).to(tl.float32)
+        sa = tl.load(b_ptr + ka).to(tl.float32)
+        sb = tl.load(b_ptr + kb, mask=kb_ok, other=0.0).to(tl.float32)
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        row = x_ptr + tl.program_id(0) * stride_x
+        xa = tl.load(row + ka).to(tl.float32)
+        xb = tl.load(row + kb, mask=kb_ok, other=0.0).to(tl.float32)
+        mean = (tl.sum(xa, axis=0) + tl.sum(xb, axis=0)) / K
+        da = xa - mean
+        db = tl.where(kb_ok, xb - mean, 0.0)
+        rstd = 1.0 / tl.sqrt((tl.sum(da * da, axis=0) + tl.sum(db * db, axis=0)) / K + eps)
+        out = out_ptr + tl.program_id(0) * stride_out
+        tl.store(out + ka, (da * rstd * ga + sa).to(out_ptr.dtype.element_ty))
+        tl.store(out + kb, (db * rstd * gb + sb).to(out_ptr.dtype.element_ty), mask=kb_ok)
+
+    @triton.jit
     def _linear_kernel(
-        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, ln_w_ptr, ln_b_ptr, k_ptr, v_ptr, pos_ptr,
-        M, N, K: tl.constexpr, eps, stride_x, stride_res, stride_out,
-        kv_row, kv_head, kv_pos, width, head_dim,
-        LN: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
+        N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
+        M: tl.constexpr, K: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr,
+        GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
-        """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of every row."""
-        rows = tl.arange(0, BLOCK_M)
+        """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
+
+        The input width is two power-of-two parts, ``[0, KA)`` and ``[KA, KA + KB)`` (KB may
+        be padded past ``K``), so the program's whole weight rows fit two register tiles
+        without padding 1280 to 2048.
+        """
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < M
         col_ok = cols < N
-        if LN:
-            mean, var = _row_stats(x_ptr, stride_x, M, K, BLOCK_M, BLOCK_K)
-            rstd = 1.0 / tl.sqrt(var + eps)
-        # Products summed per lane over the whole width, reduced across lanes once at the end.
-        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k0 in tl.static_range(0, K, BLOCK_K):  # unrolled: every weight load can be in flight
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            wv = tl.load(w_ptr + cols[:, None] * K + ks[None, :],
-                         mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            xv = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :],
-                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            if LN:
-                g = tl.load(ln_w_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-                s = tl.load(ln_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-                xn = (xv.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + s[None, :]
-                xv = xn.to(x_ptr.dtype.element_ty)  # the LayerNorm's output rounding
-            acc += xv.to(tl.float32)[:, None, :] * wv.to(tl.float32)[None, :, :]
+        ka = tl.arange(0, KA)
+        kb = KA + tl.arange(0, KB)
+        kb_ok = kb < K
+        # Everything that does not depend on the previous kernel is loaded first: the weights
+        # and the bias. With PDL the kernel is launched while the previous one still runs, and
+        # these loads overlap it.
+        wa = tl.load(w_ptr + cols[:, None] * K + ka[None, :], mask=col_ok[:, None], other=0.0)
+        wb = tl.load(w_ptr + cols[:, None] * K + kb[None, :],
+                     mask=col_ok[:, None] & kb_ok[None, :], other=0.0)
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if PDL:
+            gdc_launch_dependents()  # the next kernel may start its own weight loads
+            gdc_wait()  # the previous kernel's outputs (our input rows) are complete
+        rows = tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        # All input rows at once, so their loads are in flight together.
+        xa = tl.load(x_ptr + rows[:, None] * stride_x + ka[None, :], mask=row_ok[:, None],
+                     other=0.0)
+        xb = tl.load(x_ptr + rows[:, None] * stride_x + kb[None, :],
+                     mask=row_ok[:, None] & kb_ok[None, :], other=0.0)
+        # Row by row: the row picked out of the tile (a sum with zeros: exact).
+        y = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for m in tl.static_range(M):
+            pick = rows[:, None] == m
+            xm_a = tl.sum(tl.where(pick, xa.to(tl.float32), 0.0), axis=0)
+            xm_b = tl.sum(tl.where(pick, xb.to(tl.float32), 0.0), axis=0)
+            acc = tl.sum(wa.to(tl.float32) * xm_a[None, :], axis=1)
+            acc += tl.sum(wb.to(tl.float32) * xm_b[None, :], axis=1)
+            y = tl.where(pick, acc[None, :], y)
         # The projection's own rounding, then the epilogue in float32.
-        y = (tl.sum(acc, axis=2) + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
+        y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
         if GELU:
             y = _gelu_tanh(y)
-        ok = row_ok[:, None] & col_ok[None, :]
+        ok = (rows < M)[:, None] & col_ok[None, :]
         if RES:
             r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=ok, other=0.0)
             y = y + r.to(tl.float32)
@@ -146,20 +173,42 @@ if triton is not None:
             ok = ok & (part == 0)[None, :]
         tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
 
-    # The configurations autotuning chose at 1, 3 and 8 rows for the GPT's four projections on
-    # an H200 (docs/benchmarks.md, run F); fewer configurations = a shorter first run.
-    _CONFIGS = [
-        triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-        for n, k, w in ((2, 256, 2), (4, 256, 4), (4, 512, 4), (8, 256, 4), (4, 1024, 8))
-    ]
-    # A kernel takes microseconds: short timing runs are plenty (the defaults take 125 ms each).
-    _tuned_kernel = triton.autotune(
-        configs=_CONFIGS,
-        key=["M", "N", "K", "LN", "GELU", "RES", "KV"],
-        do_bench=functools.partial(triton.testing.do_bench, warmup=5, rep=20),
-    )(_linear_kernel)
 
-INTERPRETER_BLOCKS = {"BLOCK_N": 4, "BLOCK_K": 32}
+# Launch settings, from scripts/device/linear_bench.py on an H200 (docs/benchmarks.md, run U):
+# each program holds ROWS_PER_PROGRAM whole weight rows in registers, with one warp per 1280
+# inputs (~80 weights per thread): one warp keeps every reduction inside the warp.
+ROWS_PER_PROGRAM = 2
+
+
+def split_width(k_in: int) -> tuple[int, int]:
+    """The input width as two power-of-two register tiles ``(KA, KB)``: KA the largest power
+    of two <= ``k_in``, KB the rest rounded up to a power of two (1280 = 1024 + 256)."""
+    ka = 1 << (k_in.bit_length() - 1)
+    return ka, triton.next_power_of_2(max(1, k_in - ka))
+
+
+def warps_for(rows_per_program: int, k_in: int) -> int:
+    """Warps per program: a power of two giving each thread at most ~80 weights."""
+    warps = 1
+    while rows_per_program * k_in > 80 * 32 * warps and warps < 8:
+        warps *= 2
+    return warps
+
+
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, *,
+               pdl: bool = False) -> torch.Tensor:
+    """LayerNorm of the rows of ``x`` [rows, width] (float32 statistics, rounded to ``x``'s
+    dtype: :func:`tts.fast.fused._norm`), one program per row. ``pdl`` as in :func:`linear`."""
+    rows, k_in = x.shape
+    if x.stride(1) != 1 or w.shape != (k_in,) or b.shape != (k_in,):
+        raise ValueError(f"layer_norm needs contiguous rows and [{k_in}] parameters")
+    ka, kb = split_width(k_in)
+    pdl = pdl and pdl_available(x.device)
+    out = torch.empty_like(x)
+    _norm_kernel[(rows,)](x, w, b, out, float(eps), x.stride(0), out.stride(0),
+                          K=k_in, KA=ka, KB=kb, PDL=pdl, num_warps=warps_for(1, k_in),
+                          launch_pdl=pdl)
+    return out
 
 
 def linear(
@@ -171,6 +220,9 @@ def linear(
     gelu: bool = False,
     residual: torch.Tensor | None = None,
     kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
+    pdl: bool = False,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """``act(LN(x) @ w.T + b) (+ residual)`` for ``x`` [rows, in], ``w`` [out, in].
 
@@ -178,6 +230,10 @@ def linear(
     ``kv``: (keys, values, pos, width) for a qkv projection: ``keys`` / ``values`` are the layer's
     cache ``[rows, heads, capacity, head_dim]`` (same strides), ``pos`` a 1-element int64
     device tensor; then only the queries (the first ``width`` columns) are returned.
+    ``pdl``: launch as a programmatic dependent launch (CUDA, Hopper or newer): the kernel
+    starts while the previous kernel of the stream runs, loads its weights, and waits for
+    that kernel before reading ``x`` (ignored under the interpreter). ``rows_per_program`` /
+    ``num_warps``: launch settings (default :data:`ROWS_PER_PROGRAM`, :func:`warps_for`).
     Returns a new tensor in ``x``'s dtype.
     """
     rows, k_in = x.shape
@@ -194,7 +250,6 @@ def linear(
     width = n_out if kv is None else kv[3]
     out = torch.empty((rows, width), dtype=x.dtype, device=x.device)
     dummy = b
-    ln_w, ln_b, eps = ln if ln is not None else (dummy, dummy, 0.0)
     res = residual if residual is not None else dummy
     if residual is not None and (residual.shape != (rows, n_out) or residual.stride(1) != 1):
         raise ValueError(f"residual must be [{rows}, {n_out}] with contiguous rows")
@@ -207,40 +262,40 @@ def linear(
     else:
         kc = vc = pos = dummy
         head_dim, kv_strides = 1, (0, 0, 0)
-    args = (x, w, b, res, out, ln_w, ln_b, kc, vc, pos, rows, n_out, k_in, float(eps),
-            x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
-            *kv_strides, width, head_dim)  # fmt: skip
-    flags = {"LN": ln is not None, "GELU": gelu, "RES": residual is not None,
-             "KV": kv is not None, "BLOCK_M": triton.next_power_of_2(rows)}  # fmt: skip
-    if x.is_cuda:
-        _tuned_kernel[lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]),)](*args, **flags)
-    else:
-        blocks = INTERPRETER_BLOCKS
-        _linear_kernel[(triton.cdiv(n_out, blocks["BLOCK_N"]),)](*args, **flags, **blocks)
+    ka, kb = split_width(k_in)
+    per_program = rows_per_program or ROWS_PER_PROGRAM
+    pdl = pdl and pdl_available(x.device)
+    if ln is not None:
+        x = layer_norm(x, *ln, pdl=pdl)
+    _linear_kernel[(triton.cdiv(n_out, per_program),)](
+        x, w, b, res, out, kc, vc, pos, n_out,
+        x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
+        *kv_strides, width, head_dim,
+        M=rows, K=k_in, KA=ka, KB=kb, GELU=gelu,
+        RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
+        BLOCK_N=per_program, PDL=pdl, num_warps=num_warps or warps_for(per_program, k_in),
+        launch_pdl=pdl,
+    )  # fmt: skip
     return out
 
 
-def tuned_configs() -> dict[str, str]:
-    """The block sizes autotuning chose so far, per tuning key (for benchmark reports)."""
-    if triton is None:
-        return {}
-    return {str(key): str(cfg) for key, cfg in _tuned_kernel.cache.items()}
-
-
-def decode_pre(x, ln_w, ln_b, eps: float, w_qkv, b_qkv, kc, vc, pos, heads: int, reduce: bool):
+def decode_pre(x, ln_w, ln_b, eps: float, w_qkv, b_qkv, kc, vc, pos, heads: int, reduce: bool,
+               pdl: bool = False):
     """:func:`tts.fast.fused._pre` as one kernel: queries ``[rows, heads, 1, head_dim]``; the
     step's key and value written at cache position ``pos`` of ``kc`` / ``vc``."""
     rows, _, dim = x.shape
-    q = linear(x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim))
+    q = linear(x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim),
+               pdl=pdl)
     return q.view(rows, 1, heads, dim // heads).transpose(1, 2)
 
 
-def decode_post(x, att, w_o, b_o, ln_w, ln_b, eps: float, w_fc, b_fc, w_proj, b_proj, reduce: bool):
+def decode_post(x, att, w_o, b_o, ln_w, ln_b, eps: float, w_fc, b_fc, w_proj, b_proj, reduce: bool,
+                pdl: bool = False):
     """:func:`tts.fast.fused._post` as three kernels: out projection + residual, ln_2 + fc +
     GELU, proj + residual."""
     rows, _, dim = x.shape
     x = x.reshape(rows, dim)
     att = att.transpose(1, 2).reshape(rows, dim)
-    x = linear(att, w_o, b_o, residual=x)
-    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True)
-    return linear(h, w_proj, b_proj, residual=x).view(rows, 1, dim)
+    x = linear(att, w_o, b_o, residual=x, pdl=pdl)
+    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl)
+    return linear(h, w_proj, b_proj, residual=x, pdl=pdl).view(rows, 1, dim)
