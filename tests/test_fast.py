@@ -585,9 +585,10 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
 
 
 def test_table_reorder_decoders_match_plain_generation_interpreted():
-    """graphfi and graphki (reorder="table": attention reads through the source-row table, in
-    Triton's CPU interpreter; float32) give tts.generation's codes with beam sampling and a
-    padded batch, and every attention call got the table (no fallback)."""
+    """graphfi, graphki and graphkp (reorder="table": attention reads through the source-row
+    table, in Triton's CPU interpreter; float32; graphkp's PDL is left out where there is none)
+    give tts.generation's codes with beam sampling and a padded batch, and every attention call
+    got the table (no fallback)."""
     _run_interpreted(
         """
         import torch
@@ -608,7 +609,7 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
                                warn_on_limit=False, repetition_penalty=2.0)
         plain = plain_generate(model, prefix, valid, cfg,
                                generator=torch.Generator().manual_seed(9), output_scores=True)
-        for variant in ("graphfi", "graphki"):
+        for variant in ("graphfi", "graphki", "graphkp"):  # graphkp: no PDL on the CPU
             stats = {}
             out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
                                   generator=torch.Generator().manual_seed(9),
@@ -616,8 +617,8 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
             assert not fast.FALLBACKS, fast.FALLBACKS
             assert stats["reorder"] == "table" and stats["attention"] == "triton", stats
             _assert_same_generation(plain, out, 3)
-        # 2 layers x 24 fed tokens x 2 variants, each with the table
-        assert len(tables) == 2 * 24 * 2 and all(tables), tables
+        # 2 layers x 24 fed tokens x 3 variants, each with the table
+        assert len(tables) == 2 * 24 * 3 and all(tables), tables
         print("ok")
         """, timeout=600
     )

@@ -379,9 +379,7 @@ class StaticDecoder:
             self.caches.append(other)
             self.kv.append(kv)
         self.cur = 0  # index of the cache in use
-        from tts.fast import pdl_available
-
-        pdl = pdl and pdl_available(device)
+        # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
         self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl)
         self.attend = functools.partial(_attend, kind=self._attention(attention, prefix),
                                         pdl=pdl)
