@@ -66,7 +66,7 @@ def timed(fn, replays: int) -> float:
 
 
 def _label(setting: dict, k_in: int) -> str:
-    """A launch setting as ``rows x warps`` (+ " 3d"), "(default)" for the defaults."""
+    """A launch setting as ``rows x warps``, with "(default)" for the defaults."""
     if not setting:
         n = linear.ROWS_PER_PROGRAM
         return f"{n}x{linear.warps_for(n, k_in)} (default)"

@@ -157,7 +157,7 @@ if triton is not None:
         y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
         if GELU:
             y = _gelu_tanh(y)
-        ok = (rows < M)[:, None] & col_ok[None, :]
+        ok = row_ok[:, None] & col_ok[None, :]
         if RES:
             r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=ok, other=0.0)
             y = y + r.to(tl.float32)
