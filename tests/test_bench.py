@@ -66,8 +66,27 @@ def test_bench_tiny_cpu(tmp_path, capsys):
         assert s["all_finite"]
         assert s["audio_s_per_row"] > 0 and s["rtf"] > 0
         assert set(s["stages_median_s"]) >= {"spk_cond", "gpt_generate", "s2mel", "vocoder"}
+        assert s["flops_per_row"]["s2mel"] > 0 and s["flops_per_row"]["vocoder"] > 0
+        assert s["s2mel_tflops_per_s"] > 0 and s["vocoder_tflops_per_s"] > 0
+    assert "TFLOP/s" in text
     assert (tmp_path / "ckpt" / "gpt.pth").is_file()
     assert "(TINY)" in data["what"]
+
+
+def test_render_flops_follow_steps_guidance_and_length():
+    """render_flops counts every DiT call: twice the steps = twice the FLOPs, no guidance
+    branch = half; the vocoder's count grows with its input and ignores the DiT's settings."""
+    from tts.bench import bench_config, render_flops
+
+    cfg, bigvgan, _ = bench_config(tiny=True)
+    base = render_flops(cfg["s2mel"], bigvgan, 40, 20, steps=2, cfg_rate=0.7)
+    assert render_flops(cfg["s2mel"], bigvgan, 40, 20, steps=4, cfg_rate=0.7)["s2mel"] == (
+        2 * base["s2mel"])
+    single = render_flops(cfg["s2mel"], bigvgan, 40, 20, steps=2, cfg_rate=0.0)
+    assert single["s2mel"] * 2 == base["s2mel"] and single["vocoder"] == base["vocoder"]
+    longer = render_flops(cfg["s2mel"], bigvgan, 80, 40, steps=2, cfg_rate=0.7)
+    assert longer["s2mel"] > 2 * base["s2mel"]  # attention grows with the square
+    assert 1.9 * base["vocoder"] < longer["vocoder"] < 2.1 * base["vocoder"]
 
 
 def test_bench_refuses_half_on_cpu(tmp_path):

@@ -359,6 +359,23 @@ def test_decode_profile_script_runs_on_cpu(tmp_path):
     assert all(r["ms_per_step"] > 0 for r in rows)
 
 
+def test_vocoder_profile_script_runs_on_cpu(tmp_path):
+    """scripts/device/vocoder_profile.py (the GPU measurement of BigVGAN) runs: tiny vocoder,
+    CPU, the plain variants (the fused kernel is CUDA-only there)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "vocoder.json"
+    cmd = [sys.executable, str(root / "scripts" / "device" / "vocoder_profile.py"), "--tiny",
+           "--device", "cpu", "--precision", "float32", "--frames", "12", "--batches", "1,2",
+           "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert [(r["batch"], r["variant"]) for r in result["times"]] == [
+        (1, "eager"), (1, "convs"), (2, "eager"), (2, "convs")]
+    assert result["flops_per_row"] > 0 and all(r["seconds"] > 0 for r in result["times"])
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 @pytest.mark.parametrize("sample", [False, True])
 def test_processors_equal_process_scores(beams, sample):

@@ -318,6 +318,37 @@ def decode_weight_bytes(gpt: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def render_flops(s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: int,
+                 steps: int, cfg_rate: float) -> dict[str, int]:
+    """FLOPs of one row's s2mel solve and vocoder pass, counted on the meta device.
+
+    ``frames``: the DiT's sequence (prompt + generated mel frames), called ``steps`` times with
+    both guidance branches when ``cfg_rate > 0``; ``mel_frames``: the vocoder's input. Counted
+    by ``torch.utils.flop_counter`` (matrix products, attention, convolutions; elementwise work
+    and the anti-aliased activations are not counted), so a stage's rate reached is
+    ``rows * flops / seconds``: how far it is from the GPU's matrix throughput.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tts.models.bigvgan import BigVGAN
+    from tts.models.s2mel import S2Mel
+
+    branches = 2 if cfg_rate > 0 else 1
+    with torch.device("meta"), torch.no_grad():
+        dit = S2Mel.from_config(s2mel_cfg).cfm.estimator
+        width = dit.cond_projection.in_features
+        args = (torch.zeros(branches, 80, frames), torch.zeros(branches, 80, frames),
+                torch.full((branches,), frames), torch.zeros(branches),
+                torch.zeros(branches, 192), torch.zeros(branches, frames, width))
+        with FlopCounterMode(display=False) as counter:
+            dit(*args)
+        s2mel = steps * counter.get_total_flops()
+        vocoder = BigVGAN.from_config(bigvgan_cfg)
+        with FlopCounterMode(display=False) as counter:
+            vocoder(torch.zeros(1, 80, mel_frames))
+    return {"s2mel": int(s2mel), "vocoder": int(counter.get_total_flops())}
+
+
 @dataclass
 class Variant:
     """One benchmark variant: the GPT dtype, s2mel and vocoder precisions (``+compile`` after
@@ -403,6 +434,7 @@ class Bench:
         self._dtypes = DTYPES
         self._engines: dict[str, Engine] = {"float32": self.engine}
         self._Engine = Engine
+        self._flops: dict[tuple[int, int], dict[str, int]] = {}
 
         import numpy as np
 
@@ -497,7 +529,8 @@ class Bench:
         clock.mark("post")
         times = clock.seconds()
         extra.update(generated_tokens=n, wav_samples=int(wav.shape[-1]),
-                     finite=bool(torch.isfinite(wav).all()))
+                     finite=bool(torch.isfinite(wav).all()), mel_frames=int(mel.size(-1)),
+                     s2mel_frames=int(mel.size(-1) + spk["ref_mel"].size(-1)))
         if stats:
             extra["decode_loop_s"] = stats.get("loop_s")
             extra["decode_steps"] = stats.get("steps")
@@ -508,6 +541,21 @@ class Bench:
             extra["decode_eager_steps"] = stats.get("eager_steps")
             extra["decode_capture_s"] = stats.get("capture_s")  # host time of the captures
         return times, extra
+
+    def flop_rates(self, batch: int, run: dict, med: dict) -> dict:
+        """FLOPs per row of s2mel and the vocoder (:func:`render_flops`) and the TFLOP/s each
+        stage reached in the median pass."""
+        from tts.components import bigvgan_config
+
+        key = (run["s2mel_frames"], run["mel_frames"])
+        if key not in self._flops:
+            cs = self.engine.cs
+            self._flops[key] = render_flops(cs.config["s2mel"], bigvgan_config(cs), *key,
+                                            self.args.diffusion_steps, self.args.cfg_rate)
+        flops = self._flops[key]
+        return {"flops_per_row": flops,
+                "s2mel_tflops_per_s": batch * flops["s2mel"] / med["s2mel"] / 1e12,
+                "vocoder_tflops_per_s": batch * flops["vocoder"] / med["vocoder"] / 1e12}
 
     def run(self, variant: Variant, batch: int, decoder: str, warmup: int | None = None,
             repeats: int | None = None) -> BenchResult:
@@ -549,6 +597,7 @@ class Bench:
             "gpt_ms_per_token": 1e3 * gpt_s / max(n, 1),
             "all_finite": all(r["finite"] for r in timed),
         }
+        summary.update(self.flop_rates(batch, timed[-1], med))
         loops = [r["decode_loop_s"] for r in timed if r.get("decode_loop_s")]
         if loops:
             steps = timed[-1].get("decode_steps") or n
@@ -604,6 +653,13 @@ def print_table(results: list[BenchResult], floors: dict[str, float], official: 
               f" {s['x_realtime_aggregate']:7.1f} {s['tokens_per_s_aggregate']:8.0f}"
               f" {s['gpt_ms_per_token']:7.3f} {loop:6.3f} {floor:6.3f}"
               f" {s.get('peak_gpu_mem_gib', 0.0):6.2f}")
+    print("s2mel / vocoder FLOPs per row (torch.utils.flop_counter) and the rate reached:")
+    for r in results:
+        s = r.summary
+        f = s["flops_per_row"]
+        print(f"   {r.variant:26s} {r.decoder:6s} B={r.batch:<3d} s2mel {f['s2mel'] / 1e12:.2f}"
+              f" TFLOP/row, {s['s2mel_tflops_per_s']:.1f} TFLOP/s; vocoder"
+              f" {f['vocoder'] / 1e12:.3f} TFLOP/row, {s['vocoder_tflops_per_s']:.1f} TFLOP/s")
     if official:
         o = official["summary"]
         print()
