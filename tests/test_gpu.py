@@ -407,16 +407,34 @@ def _planned_rows(engine):
     return reqs
 
 
-def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines):
+@pytest.mark.parametrize("items", [16, 2])
+def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items, monkeypatch):
     """float32: the batched GPT stage through the default fast decoder gives the plain path's
-    codes and (within float32 rounding) latents, and the fast render the same waveform."""
+    codes and (within float32 rounding) latents, and the fast render the same waveform.
+    ``items`` per GPT call: 16 = the four segments in one call (12 rows with the beams, above
+    the Triton projections' 8: the compiled pieces run); 2 = calls of 6 rows (Triton)."""
     fast, plain = demo_engines
     assert fast.fast and not plain.fast
+    fast.gpt_batch_items = plain.gpt_batch_items = items
+    from tts.fast import decode
+
+    ran = []  # what each fast generation call's projections ran on
+    real = decode.generate
+
+    def spy(*args, **kwargs):
+        stats = kwargs.setdefault("stats", {})
+        out = real(*args, **kwargs)
+        ran.append(stats.get("matmul"))
+        return out
+
+    monkeypatch.setattr(decode, "generate", spy)
     reqs = _planned_rows(fast)
     spks = [fast.speaker_conditioning(r.speaker) for r in reqs]
     emos = [fast.emotion_conditioning(r, s) for r, s in zip(reqs, spks, strict=True)]
     tok_fast = fast.semantic_tokens(reqs, spks, emos)
     tok_plain = plain.semantic_tokens(reqs, spks, emos)
+    if fast.gpt_decoder == "graphkp":
+        assert ran == (["mm"] if items == 16 else ["triton", "triton"]), ran
     worst = {"latent": 0.0, "wav": 0.0}
     for a, b in zip(tok_fast, tok_plain, strict=True):
         assert a.ok and b.ok, (a.error, b.error)
@@ -435,7 +453,8 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines):
         assert a.value["wav"].shape == b.value["wav"].shape
         torch.testing.assert_close(a.value["wav"], b.value["wav"], rtol=1e-3, atol=1e-3)
         worst["wav"] = max(worst["wav"], float((a.value["wav"] - b.value["wav"]).abs().max()))
-    REPORT.append({"case": "engine_fast_batched_vs_plain_float32", "worst_abs": worst})
+    REPORT.append({"case": f"engine_fast_batched_vs_plain_float32_items{items}",
+                   "worst_abs": worst, "decoder": fast.gpt_decoder, "matmul": ran})
     _write_report()
 
 
@@ -454,6 +473,37 @@ def test_triton_window_gather_equals_index_select_cuda():
         want = torch.zeros_like(src)
         want[..., lo:end, :] = src[..., lo:end, :].index_select(2, idx)
         assert torch.equal(dst, want), (lo, end)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_activation_at_vocoder_shapes_cuda(dtype):
+    """The fused anti-aliased activation (one tile of activated samples per program, taps
+    gathered from it) equals Activation1d at the vocoder's shapes: the first and last stages'
+    channels and lengths, lengths that end inside a tile, both Snake kinds. float32: within
+    1e-5 of the plain forward; bf16 input: the float32 result of that input rounded once."""
+    from tts.fast.bigvgan import fused_activation
+    from tts.models.bigvgan import Activation1d, Snake, SnakeBeta
+
+    torch.manual_seed(0)
+    for cls, channels, length in ((SnakeBeta, 768, 3444), (SnakeBeta, 24, 220419),
+                                  (Snake, 48, 251), (SnakeBeta, 3, 1)):
+        act = cls(channels, logscale=True)
+        with torch.no_grad():
+            act.alpha.normal_(0, 0.3)
+            if hasattr(act, "beta"):
+                act.beta.normal_(0, 0.3)
+        module = Activation1d(act).cuda()
+        x = (torch.randn(2, channels, length, device="cuda") * 2).to(dtype)
+        with torch.no_grad():
+            want = module(x.float())
+            got = fused_activation(module, x)
+        assert got.dtype == dtype and got.shape == want.shape
+        err = (got.float() - want).abs()
+        if dtype == torch.float32:
+            assert float(err.max()) <= 1e-5 * float(want.abs().max()), (channels, length)
+        else:  # one rounding to bf16 (half an ulp: at most 2^-8 relative) on float32 sums
+            bound = want.abs() * 2.0**-8 + 1e-5 * float(want.abs().max())
+            assert bool((err <= bound).all()), (channels, length, float(err.max()))
 
 
 def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():

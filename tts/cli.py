@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--render-precision", default="float32",
                    choices=["float32", "tf32", "bfloat16", "float16"],
                    help="DiT solve and vocoder precision (CUDA with the fast paths)")
-    s.add_argument("--gpt-decoder", default="graphfi",  # tts.pipeline.DEFAULT_DECODER
+    s.add_argument("--gpt-decoder", default="graphkp",  # tts.pipeline.DEFAULT_DECODER
                    help="fast GPT decoder variant (tts.fast.decode.VARIANTS)")
     s.add_argument("--no-fast", action="store_true",
                    help="on CUDA, run the plain reference paths instead of the fast ones")

@@ -52,7 +52,7 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 
 
 # The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
-DEFAULT_DECODER = "graphfi"
+DEFAULT_DECODER = "graphkp"
 
 
 @dataclass
@@ -178,9 +178,10 @@ class Engine:
     s2mel flow-matching solve through :func:`tts.fast.s2mel.generate_batch` (fused weight norm,
     eager loop: a CUDA graph per shape would rarely be replayed, segments differ in length) and
     BigVGAN's activation through the fused kernel. ``gpt_decoder`` names the fast decoder's
-    variant (:data:`tts.fast.decode.VARIANTS`; default ``graphfi``: compiled fused layer pieces,
-    beams reading the cache through a source-row table with the Triton attention, compiled
-    token choice; docs/benchmarks.md has the measurements).
+    variant (:data:`tts.fast.decode.VARIANTS`; default ``graphkp``: Triton projections up to 8
+    rows launched ahead of their inputs (compiled fused pieces above), beams reading the cache
+    through a source-row table with the Triton attention, compiled token choice;
+    docs/benchmarks.md has the measurements).
     ``gpt_batch_items``: the most (row, segment) items one GPT generation call takes (see
     :meth:`semantic_tokens`). ``render_precision`` (CUDA with ``fast`` only): the precision of
     the flow-matching solve and of BigVGAN, as ``tts bench``'s s2mel/vocoder precisions

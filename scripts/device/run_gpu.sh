@@ -8,8 +8,8 @@
 #   set       write the full-size random checkpoint set to $CK on cuda (tts.bench.write_random_set;
 #             kept if a complete one is there already); bench and official add it when missing
 #   bench     python3 -m tts.cli bench --device cuda --checkpoints $CK $BENCH_ARGS
-#             (default BENCH_ARGS: H200 runs C/D of docs/benchmarks.md, with the default decoder
-#             graphfi; the default sections together take longer than one 10-minute call: split
+#             (default BENCH_ARGS: H200 run Y of docs/benchmarks.md, with the default decoder
+#             graphkp; the default sections together take longer than one 10-minute call: split
 #             them with SECTIONS)
 #   official  the official harness on the same set and inputs (official_same_weights.py), with
 #             $OFFICIAL_ARGS (default: fp16, 3 beams, 500 tokens, warm-up 1, 2 timed passes)
@@ -24,6 +24,9 @@
 #             and a torch.profiler summary of the loop: kernels, busy time, gaps)
 #   sweep     scripts/device/attention_sweep.py $SWEEP_ARGS (launch settings of the decode
 #             attention kernel at the GPT's shapes; no checkpoints)
+#   vocoder   scripts/device/vocoder_profile.py $VOCODER_ARGS (BigVGAN's forward at the benchmark's
+#             shapes: fused / plain activations / convolutions alone, FLOP rate, kernel table;
+#             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
 #   ab        scripts/device/capture_ab.py --old $AB_OLD $AB_ARGS (the decode loop of an earlier
 #             tts/fast/decode.py against the current one; AB_OLD default .bench/decode_old.py,
 #             made here with e.g. git show 32ce661:tts/fast/decode.py > .bench/decode_old.py)
@@ -44,19 +47,21 @@ BUDGET="${BUDGET:-540}"
 RESERVE=15  # seconds kept for packing $OUT
 CK="${CK:-/tmp/bench_ckpt}"
 SEED="${SEED:-1234}"
-BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphfi --precision float32@1#graphfi}"
+BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphkp --precision float32@1#graphkp,graphfi --warmup 1 --repeats 3}"
 OFFICIAL_ARGS="${OFFICIAL_ARGS:---fp16 --num-beams 3 --tokens 500 --warmup 1 --repeats 2}"
 PROFILE_ARGS="${PROFILE_ARGS:-}"
 AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
-CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphfi --batch 1,16 --repeats 2 --rounds 2}"
-TRACE_ARGS="${TRACE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphfi --repeats 3}"
+CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphkp --batch 1,16 --repeats 2 --rounds 2}"
+TRACE_ARGS="${TRACE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphkp --repeats 3}"
 SWEEP_ARGS="${SWEEP_ARGS:-}"
+VOCODER_ARGS="${VOCODER_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
+T_VOCODER="${T_VOCODER:-120}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json profile.json trace.json sweep.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json profile.json trace.json sweep.json vocoder.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -237,6 +242,10 @@ main() {
   # shellcheck disable=SC2086
   want sweep && section sweep "$T_SWEEP" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/attention_sweep.py $SWEEP_ARGS --json "$OUT/sweep.json"
+  # shellcheck disable=SC2086
+  want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \
+    --json "$OUT/vocoder.json"
   if want ab; then
     # shellcheck disable=SC2086
     section ab "$T_AB" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" scripts/device/capture_ab.py \

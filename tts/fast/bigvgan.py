@@ -3,14 +3,18 @@
 :class:`tts.models.bigvgan.Activation1d` runs, per channel: replicate pad, x2 transposed conv
 with a 12-tap Kaiser sinc (times 2), crop, Snake/SnakeBeta, replicate pad, 12-tap low-pass conv
 with stride 2 - about ten kernels and four full-size intermediates (two of them at twice the
-length), for each of the ~55 activations of the vocoder. The fused kernel reads ``x`` once and
-writes the output once; everything in between stays in registers:
+length), for each of the 109 activations of the vocoder. The fused kernel reads ``x`` once and
+writes the output once; everything in between stays on chip:
 
     out[t] = sum_j fd[j] * snake(u[clamp(2t + j - 5, 0, 2T-1)])
     u[n]   = 2 * sum_{k = n+15 (mod 2)} fu[k] * x[clamp((n + 15 - k) / 2 - 5, 0, T-1)]
 
 (indices for ratio 2 and 12 taps; the kernel takes the ratio and tap count as constants). The
 clamps are the replicate paddings; the accumulation is in float32 whatever the input dtype.
+Each program computes ``snake(u)`` once for a tile of upsampled positions and gathers the
+low-pass's 12 taps from that tile (``tl.gather``), so each activated sample is computed once,
+not once for each of the 6 outputs that read it (the first version did; the sums are the same,
+in the same order, so both give identical outputs).
 
 Modes: ``triton`` (CUDA, or the Triton interpreter with TRITON_INTERPRET=1), ``compile``
 (torch.compile of the plain forward: fuses the elementwise work around the two convolutions),
@@ -43,14 +47,13 @@ if triton is not None:
         x_ptr, y_ptr, alpha_ptr, beta_ptr, fu_ptr, fd_ptr,
         T, C, stride_xb, stride_xc, stride_yb, stride_yc,
         R: tl.constexpr, K: tl.constexpr, PAD_UP: tl.constexpr, CROP: tl.constexpr,
-        PAD_DN: tl.constexpr, HAS_BETA: tl.constexpr, LOGSCALE: tl.constexpr,
-        BLOCK: tl.constexpr,
+        HALO: tl.constexpr, OFF: tl.constexpr, OUT: tl.constexpr,
+        HAS_BETA: tl.constexpr, LOGSCALE: tl.constexpr, BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0)
         b = row // C
         c = row % C
-        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        tmask = t < T
+        t0 = tl.program_id(1) * OUT
         alpha = tl.load(alpha_ptr + c).to(tl.float32)
         if HAS_BETA:
             beta = tl.load(beta_ptr + c).to(tl.float32)
@@ -61,29 +64,55 @@ if triton is not None:
             beta = tl.exp(beta)
         inv_beta = 1.0 / (beta + 1e-9)
         x_row = x_ptr + b * stride_xb + c * stride_xc
-        tu = T * R
+        # The tile: R * BLOCK upsampled positions from R * (t0 - HALO), clamped (the
+        # replicate padding of the low-pass), upsampled and activated once each.
+        n = R * (t0 - HALO) + tl.arange(0, R * BLOCK)
+        n = tl.minimum(tl.maximum(n, 0), T * R - 1)
+        m = n + CROP
+        r = m % R
+        u = tl.zeros([R * BLOCK], dtype=tl.float32)
+        for q in tl.static_range(K // R):
+            k = r + R * q
+            i = (m - k) // R - PAD_UP
+            i = tl.minimum(tl.maximum(i, 0), T - 1)
+            u += tl.load(fu_ptr + k) * tl.load(x_row + i).to(tl.float32)
+        u = u * R
+        s = tl.sin(u * alpha)
+        v = u + inv_beta * (s * s)
+        # Output t0 + o reads the tile at R * o + OFF + j (j < K): a gather inside the tile.
+        o = tl.arange(0, BLOCK)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for j in tl.static_range(K):
-            n = R * t + (j - PAD_DN)
-            n = tl.minimum(tl.maximum(n, 0), tu - 1)
-            m = n + CROP
-            r = m % R
-            u = tl.zeros([BLOCK], dtype=tl.float32)
-            for q in tl.static_range(K // R):
-                k = r + R * q
-                i = (m - k) // R - PAD_UP
-                i = tl.minimum(tl.maximum(i, 0), T - 1)
-                xv = tl.load(x_row + i, mask=tmask, other=0.0).to(tl.float32)
-                u += tl.load(fu_ptr + k) * xv
-            u = u * R
-            s = tl.sin(u * alpha)
-            acc += tl.load(fd_ptr + j) * (u + inv_beta * (s * s))
+            at = tl.minimum(R * o + (OFF + j), R * BLOCK - 1)
+            acc += tl.load(fd_ptr + j) * tl.gather(v, at, 0)
+        t = t0 + o
         tl.store(y_ptr + b * stride_yb + c * stride_yc + t, acc.to(y_ptr.dtype.element_ty),
-                 mask=tmask)
+                 mask=(o < OUT) & (t < T))
 
 
-def fused_activation(module, x: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """``module(x)`` for an :class:`Activation1d` through the Triton kernel."""
+def tile_layout(ratio: int, taps: int, pad_down: int, block: int) -> tuple[int, int, int]:
+    """(halo, offset, outputs) of one program's tile of ``block`` input positions.
+
+    The tile starts ``halo`` input positions before the program's first output, so that the
+    low-pass's leftmost tap (``pad_down`` upsampled positions back) lies inside it; output
+    ``o`` reads tile positions ``ratio * o + offset + j`` for ``j < taps``, and the first
+    ``outputs`` outputs have all their taps inside the tile.
+    """
+    halo = -(-pad_down // ratio)
+    offset = ratio * halo - pad_down
+    outputs = (ratio * block - taps - offset) // ratio + 1
+    if outputs < 1:
+        raise ValueError(f"fused activation: block {block} is too small for {taps} taps")
+    return halo, offset, outputs
+
+
+def fused_activation(module, x: torch.Tensor, block: int = 256, num_warps: int = 4) -> torch.Tensor:
+    """``module(x)`` for an :class:`Activation1d` through the Triton kernel.
+
+    Each program upsamples and activates a tile of ``block`` input positions once (2 per
+    position), then low-passes it into ``block - 6`` outputs (ratio 2, 12 taps): the tiles
+    overlap by 6 positions instead of every output recomputing its 12 activated neighbours.
+    """
     if triton is None:
         raise RuntimeError("the fused BigVGAN activation needs Triton")
     up, down, act = module.upsample, module.downsample.lowpass, module.act
@@ -91,6 +120,7 @@ def fused_activation(module, x: torch.Tensor, block: int = 256) -> torch.Tensor:
     taps = up.filter.numel()
     if down.filter.numel() != taps or down.stride != ratio or taps % ratio:
         raise ValueError("fused activation: up/down filters must share tap count and ratio")
+    halo, offset, outputs = tile_layout(ratio, taps, down.pad_left, block)
     x = x.contiguous()
     b, c, t = x.shape
     y = torch.empty_like(x)
@@ -99,12 +129,12 @@ def fused_activation(module, x: torch.Tensor, block: int = 256) -> torch.Tensor:
     has_beta = hasattr(act, "beta")
     alpha = act.alpha.detach().contiguous()
     beta = act.beta.detach().contiguous() if has_beta else alpha
-    grid = (b * c, triton.cdiv(t, block))
+    grid = (b * c, triton.cdiv(t, outputs))
     _aa_activation_kernel[grid](
         x, y, alpha, beta, fu, fd, t, c,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        R=ratio, K=taps, PAD_UP=up.pad, CROP=up.crop_left, PAD_DN=down.pad_left,
-        HAS_BETA=has_beta, LOGSCALE=bool(act.logscale), BLOCK=block,
+        R=ratio, K=taps, PAD_UP=up.pad, CROP=up.crop_left, HALO=halo, OFF=offset, OUT=outputs,
+        HAS_BETA=has_beta, LOGSCALE=bool(act.logscale), BLOCK=block, num_warps=num_warps,
     )
     return y
 
