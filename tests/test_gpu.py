@@ -632,6 +632,36 @@ def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
             assert bool((err <= want.abs() * 2**-7 + 1e-6).all()), float(err.max())
 
 
+def _identical_pair(dtype, first: dict, second: dict):
+    """Generate with the small GPT through two decoder option sets from the same seed, through
+    CUDA graphs (beam sampling, then beam search; 160 codes in 32-position buckets, a batch of
+    2), assert that their codes and scores are identical and that no fast path fell back, and
+    yield ``(sample, stats)`` per mode (the decoders' stats, in the order given)."""
+    from tts import fast
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small_cuda(dtype)
+    torch.manual_seed(0)
+    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
+    before = len(fast.FALLBACKS)
+    for sample in (True, False):
+        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=160,
+                               warn_on_limit=False)
+        outs, stats = [], []
+        for options in (first, second):
+            stats.append({})
+            gen = torch.Generator(device="cuda").manual_seed(13)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
+                                          output_scores=True, bucket=32, stats=stats[-1],
+                                          **options))
+        assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+        assert torch.equal(outs[0].codes, outs[1].codes), f"sample={sample}"
+        assert torch.equal(outs[0].scores, outs[1].scores), f"sample={sample}"
+        yield sample, stats
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_pdl_launch_equals_plain_launch_cuda(dtype):
     """graphkp (the Triton projections and attention as programmatic dependent launches: each
@@ -642,28 +672,11 @@ def test_pdl_launch_equals_plain_launch_cuda(dtype):
     compute capability 9.0, where there is no PDL."""
     from tts import fast
     from tts.fast.decode import VARIANTS
-    from tts.fast.decode import generate as fast_generate
-    from tts.generation import GenerationConfig
 
     if not fast.pdl_available("cuda"):
         pytest.skip("programmatic dependent launch needs compute capability 9.0")
-    model = _gpt_small_cuda(dtype)
-    torch.manual_seed(0)
-    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
     assert VARIANTS["graphkp"] == {**VARIANTS["graphki"], "pdl": True}
-    before = len(fast.FALLBACKS)
-    for sample in (True, False):
-        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=160,
-                               warn_on_limit=False)
-        outs = []
-        for variant in ("graphki", "graphkp"):
-            gen = torch.Generator(device="cuda").manual_seed(13)
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
-                                          output_scores=True, bucket=32, **VARIANTS[variant]))
-        assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
-        assert torch.equal(outs[0].codes, outs[1].codes), f"sample={sample}"
-        assert torch.equal(outs[0].scores, outs[1].scores), f"sample={sample}"
+    for sample, _ in _identical_pair(dtype, VARIANTS["graphki"], VARIANTS["graphkp"]):
         REPORT.append({"case": f"pdl_vs_plain_{str(dtype)[6:]}_"
                        f"{'sample' if sample else 'beam'}", "identical": True})
         _write_report()
@@ -677,33 +690,13 @@ def test_table_reorder_equals_swap_reorder_cuda(variant, swap_twin, dtype):
     Triton attention, through CUDA graphs: the same values are read by the same kernels, so
     codes and scores are identical, in bf16 too (beam sampling, beam search, 160 codes in
     32-position buckets, a batch of 2)."""
-    from tts import fast
     from tts.fast.decode import VARIANTS
-    from tts.fast.decode import generate as fast_generate
-    from tts.generation import GenerationConfig
 
-    model = _gpt_small_cuda(dtype)
-    torch.manual_seed(0)
-    prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
     twin = {**VARIANTS[variant], "reorder": "swap"}
     assert twin == {**VARIANTS[swap_twin], "attention": "triton"}
-    before = len(fast.FALLBACKS)
-    for sample in (True, False):
-        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=160,
-                               warn_on_limit=False)
-        outs, stats = [], []
-        for options in (twin, VARIANTS[variant]):
-            stats.append({})
-            gen = torch.Generator(device="cuda").manual_seed(13)
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
-                                          output_scores=True, bucket=32, stats=stats[-1],
-                                          **options))
-        assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+    for sample, stats in _identical_pair(dtype, twin, VARIANTS[variant]):
         assert [s["reorder"] for s in stats] == ["swap", "table"]
         assert all(s["attention"] == "triton" and s["eager_steps"] == 1 for s in stats), stats
-        assert torch.equal(outs[0].codes, outs[1].codes), f"sample={sample}"
-        assert torch.equal(outs[0].scores, outs[1].scores), f"sample={sample}"
         REPORT.append({"case": f"table_vs_swap_{variant}_{str(dtype)[6:]}_"
                        f"{'sample' if sample else 'beam'}", "steps": stats[1]["steps"],
                        "identical": True})
