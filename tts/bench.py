@@ -285,6 +285,21 @@ class StageClock:
         return out
 
 
+def median_cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn()`` on the current CUDA stream (CUDA events around each
+    call, after ``warmup`` untimed calls): the kernel-timing helper of scripts/device/."""
+    for _ in range(warmup):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(repeats)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeats: int = 10) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     if device.type != "cuda":

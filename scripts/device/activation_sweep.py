@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,25 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tts.bench import median_cuda_ms  # noqa: E402
 from tts.fast.bigvgan import fused_activation  # noqa: E402
 from tts.models.bigvgan import Activation1d, SnakeBeta  # noqa: E402
 
 STAGES = [(768, 3444), (384, 13776), (192, 27552), (96, 55104), (48, 110208), (24, 220416)]
 SETTINGS = [(block, warps) for block in (128, 256, 512, 1024) for warps in (1, 2, 4, 8)
             if block // (32 * warps) >= 1]
-
-
-def median_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(repeats)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             for block, warps in SETTINGS:
                 assert torch.equal(fused_activation(module, x, block=block, num_warps=warps),
                                    want), (block, warps)
-                ms = median_ms(functools.partial(fused_activation, module, x, block=block,
+                ms = median_cuda_ms(functools.partial(fused_activation, module, x, block=block,
                                                  num_warps=warps))
                 totals[(block, warps)] = totals.get((block, warps), 0.0) + ms
                 cells.append(f"{block}/{warps}:{ms:.3f}")

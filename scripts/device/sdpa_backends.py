@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tts.bench import median_cuda_ms  # noqa: E402
 
 BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -33,19 +37,6 @@ def attend(q, k, v, backend):
         return F.scaled_dot_product_attention(q, k, v)
     with sdpa_kernel([backend]):
         return F.scaled_dot_product_attention(q, k, v)
-
-
-def median_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(repeats)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             call = functools.partial(attend, qh, kh, vh, backend)
             try:
                 err = float((call().float() - want).abs().max())
-                ms = median_ms(call)
+                ms = median_cuda_ms(call)
             except RuntimeError as exc:  # a backend that does not take these inputs
                 print(f"B={batch:3d} {name:10s} unavailable: {str(exc).splitlines()[0][:100]}")
                 continue
