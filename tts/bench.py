@@ -333,6 +333,20 @@ def decode_weight_bytes(gpt: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def vocoder_flops(bigvgan_cfg: dict, mel_frames: int) -> int:
+    """FLOPs of one row's BigVGAN pass over ``mel_frames`` frames (its convolutions; the
+    anti-aliased activations' arithmetic is not counted), on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tts.models.bigvgan import BigVGAN
+
+    with torch.device("meta"), torch.no_grad():
+        vocoder = BigVGAN.from_config(bigvgan_cfg)
+        with FlopCounterMode(display=False) as counter:
+            vocoder(torch.zeros(1, 80, mel_frames))
+    return int(counter.get_total_flops())
+
+
 def render_flops(s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: int,
                  steps: int, cfg_rate: float) -> dict[str, int]:
     """FLOPs of one row's s2mel solve and vocoder pass, counted on the meta device.
@@ -345,7 +359,6 @@ def render_flops(s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: in
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tts.models.bigvgan import BigVGAN
     from tts.models.s2mel import S2Mel
 
     branches = 2 if cfg_rate > 0 else 1
@@ -357,11 +370,8 @@ def render_flops(s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: in
                 torch.zeros(branches, 192), torch.zeros(branches, frames, width))
         with FlopCounterMode(display=False) as counter:
             dit(*args)
-        s2mel = steps * counter.get_total_flops()
-        vocoder = BigVGAN.from_config(bigvgan_cfg)
-        with FlopCounterMode(display=False) as counter:
-            vocoder(torch.zeros(1, 80, mel_frames))
-    return {"s2mel": int(s2mel), "vocoder": int(counter.get_total_flops())}
+    return {"s2mel": int(steps * counter.get_total_flops()),
+            "vocoder": vocoder_flops(bigvgan_cfg, mel_frames)}
 
 
 @dataclass

@@ -17,7 +17,7 @@ these variants:
   (the mel converted once, the layout kept through the network): whether cuDNN's convolutions
   are faster in that layout (the fused activation reads channels-first rows, hence identity).
 
-It also counts the forward's FLOPs (``torch.utils.flop_counter`` on the meta device) to print
+It also counts the forward's FLOPs (``tts.bench.vocoder_flops``, on the meta device) to print
 the rate reached, and lists the kernels of one ``fused`` forward at the largest batch
 (torch.profiler), grouped by name.
 
@@ -42,18 +42,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tts.bench import TINY_BIGVGAN, randomize_  # noqa: E402
+from tts.bench import TINY_BIGVGAN, median_cuda_ms, randomize_, vocoder_flops  # noqa: E402
 from tts.fast import bigvgan as fast_bigvgan  # noqa: E402
 from tts.fast.s2mel import precision_context  # noqa: E402
 from tts.models.bigvgan import Activation1d, BigVGAN, WNConv  # noqa: E402
 
 
-def build(tiny: bool, device: torch.device) -> BigVGAN:
-    """The vocoder at the official (or tiny) size, random weights, weight norm fused."""
+def config(tiny: bool) -> dict:
+    """The vocoder's config.json (official, or shrunk as ``tts bench --tiny``)."""
     cfg = json.loads(resources.files("tts.data").joinpath(
         "bigvgan_v2_22khz_80band_256x.json").read_text())
-    if tiny:
-        cfg = {**cfg, **TINY_BIGVGAN}
+    return {**cfg, **TINY_BIGVGAN} if tiny else cfg
+
+
+def build(cfg: dict, device: torch.device) -> BigVGAN:
+    """The vocoder of ``cfg``, random weights, weight norm fused."""
     with torch.no_grad():
         model = randomize_(BigVGAN.from_config(cfg), seed=1234)
     return model.remove_weight_norm().to(device).eval()
@@ -99,37 +102,19 @@ def load_other(path: str):
     return module
 
 
-def flops_per_row(model: BigVGAN, frames: int) -> int:
-    """FLOPs of one row's forward (convolutions; the activations' arithmetic is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta = build(tiny=model.conv_pre.weight.shape[0] != 1536, device=torch.device("meta"))
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(torch.zeros(1, 80, frames, device="meta"))
-    return int(counter.get_total_flops())
-
-
 def time_forward(model, mel, precision: str, repeats: int) -> float:
-    """Median seconds of one forward (CUDA events; wall clock on the CPU)."""
+    """Median seconds of one forward after two warm-ups (CUDA events; wall clock on the CPU)."""
     import time
 
-    cuda = mel.device.type == "cuda"
-    times = []
     with torch.no_grad(), precision_context(precision, mel.device):
+        if mel.device.type == "cuda":
+            return median_cuda_ms(lambda: model(mel), repeats=repeats, warmup=2) / 1e3
+        times = []
         for i in range(2 + repeats):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(mel)
-                end.record()
-                end.synchronize()
-                took = start.elapsed_time(end) / 1e3
-            else:
-                t0 = time.perf_counter()
-                model(mel)
-                took = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model(mel)
             if i >= 2:
-                times.append(took)
+                times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -166,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    model = build(args.tiny, device)
+    cfg = config(args.tiny)
+    model = build(cfg, device)
     batches = [int(b) for b in args.batches.split(",")]
-    flops = flops_per_row(model, args.frames)
+    flops = vocoder_flops(cfg, args.frames)
     print(f"BigVGAN forward: {flops / 1e12:.3f} TFLOP per row of {args.frames} frames")
 
     fused = fast_bigvgan.fused_activation
