@@ -8,7 +8,7 @@ smallest sum over the six stages (each stage runs 18 activations, so the sum ran
 
     python3 scripts/device/activation_sweep.py --batches 16,1 --json $OUT/activation_sweep.json
 
-CUDA only (docs/benchmarks.md, run Y).
+CUDA only (docs/benchmarks.md, run Z).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             for block, warps in SETTINGS:
                 assert torch.equal(fused_activation(module, x, block=block, num_warps=warps),
                                    want), (block, warps)
-                ms = median_cuda_ms(functools.partial(fused_activation, module, x, block=block,
-                                                 num_warps=warps))
+                ms = median_cuda_ms(functools.partial(fused_activation, module, x,
+                                                      block=block, num_warps=warps))
                 totals[(block, warps)] = totals.get((block, warps), 0.0) + ms
                 cells.append(f"{block}/{warps}:{ms:.3f}")
                 result["rows"].append({"batch": batch, "channels": channels, "length": length,

@@ -31,6 +31,7 @@ tests/test_fast.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -62,37 +63,30 @@ def build(cfg: dict, device: torch.device) -> BigVGAN:
     return model.remove_weight_norm().to(device).eval()
 
 
-def set_activations(model: BigVGAN, how) -> None:
-    """Point every Activation1d's forward at ``how(module, x)`` (None: the plain forward)."""
+def patch_forward(model: BigVGAN, kind: type, how) -> None:
+    """Point the forward of every ``kind`` module of ``model`` at ``how(module, x)`` (this
+    instance only; None: back to the class's own forward)."""
     for module in model.modules():
-        if isinstance(module, Activation1d):
+        if isinstance(module, kind):
             if how is None:
                 module.__dict__.pop("forward", None)
             else:
-                module.forward = (lambda m: (lambda x: how(m, x)))(module)
+                module.forward = functools.partial(how, module)
 
 
-def set_channels_last(model: BigVGAN, on: bool) -> None:
-    """Run every (fused weight-norm) convolution as a 2-d one in the channels-last layout."""
+def conv_channels_last(m: WNConv, x: torch.Tensor) -> torch.Tensor:
+    """A (fused weight-norm) convolution run as a 2-d one in the channels-last layout."""
     import torch.nn.functional as F
 
-    def forward(m, x):
-        x4 = x.unsqueeze(2)
-        if not x4.is_contiguous(memory_format=torch.channels_last):
-            x4 = x4.contiguous(memory_format=torch.channels_last)
-        w = m.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        if m.transposed:
-            y = F.conv_transpose2d(x4, w, m.bias, stride=(1, m.stride), padding=(0, m.padding))
-        else:
-            y = F.conv2d(x4, w, m.bias, padding=(0, m.padding), dilation=(1, m.dilation))
-        return y.squeeze(2)
-
-    for module in model.modules():
-        if isinstance(module, WNConv):
-            if on:
-                module.forward = (lambda m: (lambda x: forward(m, x)))(module)
-            else:
-                module.__dict__.pop("forward", None)
+    x4 = x.unsqueeze(2)
+    if not x4.is_contiguous(memory_format=torch.channels_last):
+        x4 = x4.contiguous(memory_format=torch.channels_last)
+    w = m.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    if m.transposed:
+        y = F.conv_transpose2d(x4, w, m.bias, stride=(1, m.stride), padding=(0, m.padding))
+    else:
+        y = F.conv2d(x4, w, m.bias, padding=(0, m.padding), dilation=(1, m.dilation))
+    return y.squeeze(2)
 
 
 def load_other(path: str):
@@ -172,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         mel = torch.randn(batch, 80, args.frames, generator=gen).to(device)
         outputs = {}
         for name, how in variants.items():
-            set_activations(model, how)
-            set_channels_last(model, name == "convs-nlc")
+            patch_forward(model, Activation1d, how)
+            patch_forward(model, WNConv, conv_channels_last if name == "convs-nlc" else None)
             saved = torch.backends.cudnn.benchmark
             torch.backends.cudnn.benchmark = name.endswith("+cudnn")
             try:
@@ -192,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"B={batch:3d} fused vs other: max |diff| {diff:.3e}")
             result["checks"][f"fused_vs_other_B{batch}"] = diff
     if device.type == "cuda":
-        set_activations(model, fused)
+        patch_forward(model, Activation1d, fused)
         mel = torch.randn(max(batches), 80, args.frames, generator=gen).to(device)
         table = kernel_table(model, mel, args.precision)
         result["kernels"] = table
