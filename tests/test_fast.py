@@ -359,6 +359,28 @@ def test_decode_profile_script_runs_on_cpu(tmp_path):
     assert all(r["ms_per_step"] > 0 for r in rows)
 
 
+def test_decode_profile_critical_path():
+    """decode_profile.critical_path charges overlapping kernels only the time by which they
+    extend the step, so the charges add up to the span (gaps included)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "decode_profile.py"
+    spec = importlib.util.spec_from_file_location("decode_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kernels = [  # a: 0-10; b overlaps a, ends at 14; c after a gap, 20-25; d inside c
+        {"name": "a", "ts": 0.0, "dur": 10.0}, {"name": "b", "ts": 2.0, "dur": 12.0},
+        {"name": "c", "ts": 20.0, "dur": 5.0}, {"name": "d", "ts": 21.0, "dur": 1.0},
+        {"name": "b", "ts": 25.0, "dur": 3.0}]
+    out = module.critical_path(list(reversed(kernels)))
+    assert out["span_us"] == 28.0
+    assert out["critical"] == [{"name": "c", "count": 1, "us": 11.0},
+                               {"name": "a", "count": 1, "us": 10.0},
+                               {"name": "b", "count": 2, "us": 7.0},
+                               {"name": "d", "count": 1, "us": 0.0}]
+    assert sum(c["us"] for c in out["critical"]) == out["span_us"]
+
+
 def test_vocoder_profile_script_runs_on_cpu(tmp_path):
     """scripts/device/vocoder_profile.py (the GPU measurement of BigVGAN) runs: tiny vocoder,
     CPU, the plain variants (the fused kernel is CUDA-only there)."""
@@ -639,6 +661,75 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
         print("ok")
         """, timeout=600
     )
+
+
+def test_topk_threshold_kernels_interpreted():
+    """tts.fast.topk.kth_largest (Triton's CPU interpreter) gives torch.topk's k-th value
+    exactly: one chunk and several (128-score chunks), k = 1 to the whole row, many ties, rows
+    mostly -inf; k outside 1..n is refused."""
+    _run_interpreted(
+        """
+        import torch
+        from tts.fast import topk
+        torch.manual_seed(0)
+        topk.BLOCK = 128
+        for n in (5, 128, 300):
+            x = torch.randn(3, n)
+            x[1] = (x[1] * 4).round() / 4  # many ties
+            x[2, : n - 3] = float("-inf")  # fewer finite scores than k
+            for k in sorted({1, 2, 5, min(n, 30), min(n, 128)}):
+                got = topk.kth_largest(x, k)
+                assert torch.equal(got, torch.topk(x, k).values[..., -1:]), (n, k)
+        for k in (0, 6):
+            try:
+                topk.kth_largest(torch.zeros(2, 5), k)
+                raise SystemExit(f"k = {k} was accepted")
+            except ValueError as exc:
+                assert "outside" in str(exc)
+        print("ok")
+        """
+    )
+
+
+def _draws_agree(device: str, cases, repeats: int = 3) -> None:
+    """tts.fast.sampling.multinomial_groups against multinomial_rows (one torch.multinomial per
+    group) from generators in the same states: identical indices, call after call (so the
+    generators advanced alike). ``cases``: (groups, rows per group, categories, n)."""
+    from tts.fast.sampling import multinomial_groups
+    from tts.generation import multinomial_rows
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    for groups, size, cats, n in cases:
+        probs = torch.rand(groups * size, cats, device=device, generator=gen) ** 4
+        probs[0, 3:] = 0  # fewer non-zero categories than n: ties at 0 get drawn too
+        probs[-1, : cats // 2] = 0
+        probs = probs / probs.sum(1, keepdim=True)
+        plain = [torch.Generator(device=device).manual_seed(10 + i) for i in range(groups)]
+        batched = [torch.Generator(device=device).manual_seed(10 + i) for i in range(groups)]
+        for _ in range(repeats):
+            want = multinomial_rows(probs, n, plain)
+            got = multinomial_groups(probs, n, batched)
+            assert torch.equal(got, want), (groups, size, cats, n)
+
+
+def test_batched_per_item_draws_equal_per_item_multinomial():
+    """The fast decoder's per-item draw (one batch for all items, each item's exponential draw
+    from its own generator) gives torch.multinomial's indices per item, for one and several
+    rows per item, n = 1 and n = 6, rows with fewer non-zero probabilities than n; invalid
+    probabilities raise torch.multinomial's errors; one generator is plain torch.multinomial."""
+    from tts.fast.sampling import multinomial_groups
+
+    _draws_agree("cpu", ((4, 1, 300, 6), (3, 2, 50, 1), (2, 3, 40, 4), (5, 1, 30, 6)))
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    for bad, message in ((torch.tensor([[0.5, float("nan")], [0.5, 0.5]]), "nan"),
+                         (torch.tensor([[0.5, -0.1], [0.5, 0.5]]), "element < 0"),
+                         (torch.tensor([[0.0, 0.0], [0.5, 0.5]]), "sum of probabilities")):
+        with pytest.raises(RuntimeError, match=message):
+            multinomial_groups(bad, 1, gens)
+    one = torch.Generator().manual_seed(3)
+    probs = torch.rand(2, 20)
+    assert torch.equal(multinomial_groups(probs, 2, [one]),
+                       torch.multinomial(probs, 2, generator=torch.Generator().manual_seed(3)))
 
 
 def test_triton_decode_attention_equals_sdpa_interpreted():

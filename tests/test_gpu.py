@@ -701,3 +701,35 @@ def test_table_reorder_equals_swap_reorder_cuda(variant, swap_twin, dtype):
                        f"{'sample' if sample else 'beam'}", "steps": stats[1]["steps"],
                        "identical": True})
         _write_report()
+
+
+@pytest.mark.parametrize("rows", [3, 48])
+def test_topk_threshold_equals_torch_topk_cuda(rows):
+    """tts.fast.topk.kth_largest on CUDA at the GPT's vocabulary (8194) gives torch.topk's k-th
+    value exactly, for log-probabilities of bf16 logits (many ties), k = 1, 30 and 1024, and
+    rows mostly -inf."""
+    from tts.fast import topk
+
+    torch.manual_seed(2)
+    logits = torch.randn(rows, 8194, device="cuda").to(torch.bfloat16).float() * 3
+    scores = torch.log_softmax(logits, dim=-1)
+    scores[1, :8000] = float("-inf")
+    for k in (1, 30, 1024):
+        assert torch.equal(topk.kth_largest(scores, k), torch.topk(scores, k).values[:, -1:]), k
+
+
+def test_batched_per_item_draws_equal_per_item_multinomial_cuda():
+    """On CUDA, the per-item draws in one batch (tts.fast.sampling) give the indices of one
+    torch.multinomial per item: beam search's shapes (16 and 48 items of 3 x 8194
+    probabilities, 6 drawn), sampling's (n = 1), a row count where the batched top-k would
+    take another kernel path than the per-item calls (50 items of 8194: each item keeps its
+    own top-k), and rows with fewer non-zero probabilities than draws (ties at 0)."""
+    from test_fast import _draws_agree
+
+    from tts.fast.sampling import same_topk_path
+
+    assert same_topk_path(1, 16, 3 * 8194, torch.device("cuda"))
+    assert not same_topk_path(1, 50, 8194, torch.device("cuda"))
+    _draws_agree("cuda", ((16, 1, 3 * 8194, 6), (48, 1, 3 * 8194, 6), (16, 3, 8194, 1),
+                          (50, 1, 8194, 6), (4, 2, 8194, 2)))
+

@@ -15,7 +15,7 @@ One run = the stages of one synthesis job, for ``B`` rows that share one voice p
 * ``gpt_generate`` - ``UnifiedVoice.inference_speech`` for the B texts at once, with the official
   sampling defaults (beam sampling, 3 beams, top-k 30, top-p 0.8, temperature 0.8, repetition
   penalty 10), through the static-cache CUDA-graph decoder (``--gpt-decoder graph``) or the
-  plain one (``eager``);
+  plain one (``eager``), each row drawing from its own generator as the Engine's rows do;
 * ``gpt_latent`` - the teacher-forced second GPT pass giving the latents;
 * ``s2mel`` - codes -> codebook embedding, length regulator, 25 Euler steps of the DiT with
   classifier-free guidance (both branches in one batch of 2B), all B rows in one batch;
@@ -502,6 +502,9 @@ class Bench:
         cfg = GenerationConfig(max_mel_tokens=args.tokens, num_beams=args.beams,
                                warn_on_limit=False)
         gen = torch.Generator(device=dev).manual_seed(args.seed)
+        # One generator per row, as the Engine gives every item its own (segment_seed).
+        row_gens = [torch.Generator(device=dev).manual_seed(args.seed + 1 + i)
+                    for i in range(batch)]
         extra: dict = {}
 
         clock = StageClock(dev)
@@ -526,7 +529,7 @@ class Bench:
         try:
             with eng._gpt_autocast():
                 out, speech_latent = gpt.inference_speech(
-                    spk_cond, text, emo_vec=emovec, config=cfg, generator=gen)
+                    spk_cond, text, emo_vec=emovec, config=cfg, generator=row_gens)
         finally:
             generation_module.generate = saved
         clock.mark("gpt_generate")

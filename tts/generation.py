@@ -127,12 +127,15 @@ def cumulative_probs(sorted_scores: torch.Tensor) -> torch.Tensor:
 def process_scores(
     scores: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, min_tokens_to_keep: int,
     cumulative: Callable[[torch.Tensor], torch.Tensor] = cumulative_probs,
+    kth_largest: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Repetition penalty, then (sampling only) temperature, top-k, top-p.
 
     ``seen`` [rows, vocab] bool marks every id in the row's history (prompt ids included).
     The penalty multiplies negative scores and divides positive ones. ``cumulative`` computes
-    top-p's cumulative probabilities (the compiled decoder passes one kept out of Inductor).
+    top-p's cumulative probabilities (the compiled decoder passes one kept out of Inductor);
+    ``kth_largest(scores, k)`` top-k's threshold, ``torch.topk(scores, k).values[..., -1:]``
+    (the fast decoder passes :func:`tts.fast.topk.kth_largest`, which gives the same values).
     """
     if cfg.repetition_penalty != 1.0:
         p = cfg.repetition_penalty
@@ -143,7 +146,8 @@ def process_scores(
         scores = scores / cfg.temperature
     if cfg.top_k is not None and cfg.top_k != 0:
         k = min(max(cfg.top_k, min_tokens_to_keep), scores.size(-1))
-        kth = torch.topk(scores, k).values[..., -1:]
+        kth = (torch.topk(scores, k).values[..., -1:] if kth_largest is None
+               else kth_largest(scores, k))
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if cfg.top_p is not None and cfg.top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=False)

@@ -18,7 +18,10 @@ sampling with the official settings (``--beams`` 3) for ``--prefix`` prompt posi
 * ``loop``: the whole decode loop per step, as ``StaticDecoder.run`` steps it (the eager
   first step, the captures and the "all finished?" test every 32 steps included);
 * ``kernels``: kernel launches in one replayed step (torch.profiler of one replay), with the
-  memcpy / memset nodes and the summed kernel time of that step;
+  memcpy / memset nodes and the summed kernel time of that step, and that step's span charged
+  to kernel names along its critical path (:func:`critical_path`: with programmatic dependent
+  launch a kernel's own duration includes its wait for the one before, so the summed kernel
+  time says little);
 * ``agree``: the fraction of codes equal to the ``graph`` variant's codes from the same seed,
   and the first step where they differ (half precision: differently rounded variants may flip
   a sampled code where a draw falls near a boundary, and then the sequences part);
@@ -108,7 +111,28 @@ def count_kernels(dec: StaticDecoder, step: int) -> dict:
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:15]
     return {"kernels": len(kernels), "copies": len(copies),
             "kernel_us": sum(float(e.get("dur", 0.0)) for e in kernels),
-            "top": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in top]}
+            "top": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in top],
+            **critical_path(kernels)}
+
+
+def critical_path(kernels: list[dict]) -> dict:
+    """Where a step's time goes when kernels overlap (PDL): in start order, each kernel is
+    charged the time by which it moved the latest end so far (``max(0, end - latest)``), so the
+    charges add up to the step's span. Summed per kernel name, largest first."""
+    latest, span_start = None, None
+    by_name: dict[str, list[float]] = {}
+    for e in sorted(kernels, key=lambda e: float(e.get("ts", 0.0))):
+        start = float(e.get("ts", 0.0))
+        end = start + float(e.get("dur", 0.0))
+        span_start = start if span_start is None else span_start
+        charge = end - start if latest is None else max(0.0, end - latest)
+        latest = end if latest is None else max(latest, end)
+        entry = by_name.setdefault(str(e.get("name", "?"))[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += charge
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])
+    return {"span_us": 0.0 if latest is None else latest - span_start,
+            "critical": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in ranked]}
 
 
 @torch.no_grad()
@@ -267,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
                 f" ms kernel time), agree {agree:.3f} (first diff {first}), fused "
                 f"{row['fused']}, swap {row['swap']}"
                 + (f", FELL BACK: {row['fallbacks']}" if row["fallbacks"] else ""))
+            if k.get("critical"):
+                log(f"  one replayed step: {k['span_us']:.1f} us from the first kernel's start "
+                    "to the last one's end, charged per kernel name (critical_path):")
+                for c in k["critical"][:30]:
+                    log(f"  {c['us']:8.1f} us  x{c['count']:<4d} {c['name']}")
             if args.json:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps({"env": env, "args": vars(args),

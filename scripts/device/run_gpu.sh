@@ -24,6 +24,8 @@
 #             and a torch.profiler summary of the loop: kernels, busy time, gaps)
 #   sweep     scripts/device/attention_sweep.py $SWEEP_ARGS (launch settings of the decode
 #             attention kernel at the GPT's shapes; no checkpoints)
+#   choice    scripts/device/choice_bench.py $CHOICE_ARGS (the decode step's token choice, piece by
+#             piece, each as a CUDA graph: top-k, top-p's sort, the draws; no checkpoints)
 #   vocoder   scripts/device/vocoder_profile.py $VOCODER_ARGS (BigVGAN's forward at the benchmark's
 #             shapes: fused / plain activations / convolutions alone, FLOP rate, kernel table;
 #             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
@@ -54,14 +56,15 @@ AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
 CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphkp --batch 1,16 --repeats 2 --rounds 2}"
 TRACE_ARGS="${TRACE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphkp --repeats 3}"
 SWEEP_ARGS="${SWEEP_ARGS:-}"
+CHOICE_ARGS="${CHOICE_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
-T_VOCODER="${T_VOCODER:-120}"
+T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json profile.json trace.json sweep.json vocoder.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json profile.json trace.json sweep.json vocoder.json choice.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -242,6 +245,9 @@ main() {
   # shellcheck disable=SC2086
   want sweep && section sweep "$T_SWEEP" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/attention_sweep.py $SWEEP_ARGS --json "$OUT/sweep.json"
+  # shellcheck disable=SC2086
+  want choice && section choice "$T_CHOICE" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/choice_bench.py $CHOICE_ARGS --json "$OUT/choice.json"
   # shellcheck disable=SC2086
   want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \

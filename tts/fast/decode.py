@@ -89,7 +89,12 @@ ATTENTIONS = ("sdpa", "math", "triton")
 def _draw(probs: torch.Tensor, n: int, generator: Generators) -> torch.Tensor:
     """``torch.multinomial`` without replacement, kept out of torch.compile (its generator
     would otherwise be guarded on, and every call brings a new one). ``generator``: one
-    Generator, or one per batch item (tts.generation.multinomial_rows)."""
+    Generator, or one per batch item (tts.generation.multinomial_rows; several are drawn in
+    one batch by tts.fast.sampling, with the same result)."""
+    if isinstance(generator, (list, tuple)) and len(generator) > 1:
+        from tts.fast.sampling import multinomial_groups
+
+        return multinomial_groups(probs, n, generator)
     return multinomial_rows(probs, n, generator)
 
 
@@ -143,13 +148,36 @@ def _cumulative(sorted_scores: torch.Tensor) -> torch.Tensor:
     return cumulative_probs(sorted_scores)
 
 
+@torch.compiler.disable
+def _kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k's threshold through the two Triton kernels of :mod:`tts.fast.topk` on CUDA (the
+    same values as ``torch.topk``, without its one-block-per-row kernel), else torch.topk;
+    eager (a user kernel inside the compiled processors). Not in Triton's CPU interpreter,
+    where its sorts take seconds per step: tests/test_fast.py checks the kernels alone."""
+    from tts.fast import topk
+
+    if ("topk",) not in _FAILED and scores.is_cuda and topk.available(scores) \
+            and k <= topk.BLOCK and scores.dtype == torch.float32 and scores.is_contiguous():
+        try:
+            return topk.kth_largest(scores, k)
+        except Exception as exc:  # noqa: BLE001 - keep decoding with torch.topk
+            if _capturing(scores.device):
+                raise
+            from tts.fast import fallback
+
+            fallback("top-k threshold Triton kernels", exc)
+            _FAILED.add(("topk",))
+    return torch.topk(scores, k).values[..., -1:]
+
+
 def _processors(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig,
                 beams: bool) -> torch.Tensor:
     """:func:`tts.generation.process_scores` (after log_softmax with beams) with the top-p
-    scan kept eager, so that torch.compile fuses everything around it (tests/test_fast.py
-    checks it against process_scores)."""
+    scan kept eager, so that torch.compile fuses everything around it, and top-k's threshold
+    from :func:`_kth_largest` (tests/test_fast.py checks it against process_scores)."""
     scores = F.log_softmax(logits, dim=-1) if beams else logits
-    return process_scores(scores, seen, cfg, 2 if beams else 1, cumulative=_cumulative)
+    return process_scores(scores, seen, cfg, 2 if beams else 1, cumulative=_cumulative,
+                          kth_largest=_kth_largest)
 
 
 def _compiled_processors(key: tuple):
