@@ -2,10 +2,10 @@
 
 The top-k warper keeps the scores that are at least the row's k-th largest, which
 :func:`tts.generation.process_scores` takes from ``torch.topk(scores, k)``. On the GPU that
-is one thread block per row: 54 us of a 1.06 ms decode step at 3 rows x 8194 codes (H200,
-docs/benchmarks.md, after runs U-W), with most of the GPU idle. Only the k-th largest
-*value* is needed, and it is also the k-th largest of the union of every chunk's k largest
-values, so:
+is one thread block per row: 45.5 us per decode step at 3 rows x 8194 codes, against 9.3
+us for these kernels (H200, scripts/device/choice_bench.py, docs/benchmarks.md run AC). Only
+the k-th largest *value* is needed, and it is also the k-th largest of the union of every
+chunk's k largest values, so:
 
 1. ``_chunk_kernel``, program (row, chunk): sorts the chunk's :data:`BLOCK` scores (past the
    row's end: -inf) and writes its ``KP`` largest (``KP`` >= k, a power of two);
