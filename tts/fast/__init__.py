@@ -27,6 +27,19 @@ from collections.abc import Iterator
 FALLBACKS: list[tuple[str, str]] = []
 
 
+def triton_runs(x) -> bool:
+    """Whether the hand-written Triton kernels of tts.fast can run for tensors like ``x``:
+    Triton is installed and ``x`` is on CUDA, or Triton's CPU interpreter is on
+    (``TRITON_INTERPRET=1``, the CPU tests). Each kernel module exports it as ``available``."""
+    import os
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def pdl_available(device) -> bool:
     """Whether Triton kernels on ``device`` can use programmatic dependent launch (CUDA, compute
     capability 9.0 or newer: the ``griddepcontrol`` instructions)."""

@@ -29,11 +29,10 @@ number of chunks for the combine), so Triton's interpreter runs the kernels too.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from tts.fast import pdl_available
+from tts.fast import triton_runs as available  # noqa: F401 - part of this module's API
 
 try:
     import triton
@@ -48,11 +47,6 @@ CHUNK = 32  # cache positions per program of the first kernel
 BLOCK_T = 32  # positions loaded at once
 NUM_WARPS = 1
 NO_SCORE = -1.0e30  # the running maximum before any key (finite: exp(NO_SCORE - m) is 0, no NaN)
-
-
-def available(q: torch.Tensor) -> bool:
-    """Whether the kernels can run for tensors like ``q`` (CUDA, or Triton's interpreter)."""
-    return triton is not None and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from tts.fast import triton_runs as available  # noqa: F401 - part of this module's API
+
 try:
     import triton
     import triton.language as tl
@@ -45,15 +47,6 @@ if triton is not None:
         base = lk * stride_lk + head * stride_head + start
         values = tl.load(src + base + parent * stride_row + offs, mask=inside)
         tl.store(dst + base + row * stride_row + offs, values, mask=inside)
-
-
-def available(kv: torch.Tensor) -> bool:
-    """Whether the Triton kernel can run for this cache (CUDA tensor, or the interpreter)."""
-    import os
-
-    if triton is None:
-        return False
-    return kv.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def gather_window(src: torch.Tensor, dst: torch.Tensor, rows_from: torch.Tensor, lo: int,

@@ -51,11 +51,10 @@ attention, with the signatures of :mod:`tts.fast.fused`'s compiled pieces (matmu
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from tts.fast import pdl_available
+from tts.fast import triton_runs as available  # noqa: F401 - part of this module's API
 
 try:
     import triton
@@ -66,11 +65,6 @@ except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
 # Rows one kernel takes (batch x beams). Every row costs CUDA-core multiply-adds over all the
 # weights; beyond a few rows cuBLAS's tensor-core GEMMs win (tts.fast.fused keeps them there).
 MAX_ROWS = 8
-
-
-def available(x: torch.Tensor) -> bool:
-    """Whether the kernels can run for tensors like ``x`` (CUDA, or Triton's interpreter)."""
-    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:

@@ -17,9 +17,9 @@ included (tests/test_fast.py through Triton's interpreter, tests/test_gpu.py on 
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from tts.fast import triton_runs as available  # noqa: F401 - part of this module's API
 
 try:
     import triton
@@ -28,11 +28,6 @@ except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
     triton = None
 
 BLOCK = 1024  # scores one program of the first kernel sorts
-
-
-def available(x: torch.Tensor) -> bool:
-    """Whether the kernels can run for tensors like ``x`` (CUDA, or Triton's interpreter)."""
-    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:
