@@ -716,8 +716,10 @@ def test_batched_per_item_draws_equal_per_item_multinomial():
     """The fast decoder's per-item draw (one batch for all items, each item's exponential draw
     from its own generator) gives torch.multinomial's indices per item, for one and several
     rows per item, n = 1 and n = 6, rows with fewer non-zero probabilities than n; invalid
-    probabilities raise torch.multinomial's errors; one generator is plain torch.multinomial."""
+    probabilities raise torch.multinomial's errors; one generator is plain torch.multinomial;
+    a 1-d input goes through multinomial_rows."""
     from tts.fast.sampling import multinomial_groups
+    from tts.generation import multinomial_rows
 
     _draws_agree("cpu", ((4, 1, 300, 6), (3, 2, 50, 1), (2, 3, 40, 4), (5, 1, 30, 6)))
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
@@ -730,6 +732,11 @@ def test_batched_per_item_draws_equal_per_item_multinomial():
     probs = torch.rand(2, 20)
     assert torch.equal(multinomial_groups(probs, 2, [one]),
                        torch.multinomial(probs, 2, generator=torch.Generator().manual_seed(3)))
+    flat = torch.rand(40)  # not [rows, categories]: multinomial_rows' own handling, unchanged
+    assert torch.equal(multinomial_groups(flat, 3, [torch.Generator().manual_seed(i)
+                                                    for i in range(2)]),
+                       multinomial_rows(flat, 3, [torch.Generator().manual_seed(i)
+                                                  for i in range(2)]))
 
 
 def test_triton_decode_attention_equals_sdpa_interpreted():

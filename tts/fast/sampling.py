@@ -62,11 +62,11 @@ def multinomial_groups(probs: torch.Tensor, n: int,
     Anything else goes through :func:`~tts.generation.multinomial_rows` unchanged.
     """
     groups = len(generators)
-    rows = probs.size(0) if probs.dim() == 2 else 0
-    if groups < 2 or rows % groups or not probs.is_contiguous() \
+    if groups < 2 or probs.dim() != 2 or probs.size(0) % groups or not probs.is_contiguous() \
             or not probs.is_floating_point():
         return multinomial_rows(probs, n, list(generators))
-    size, cats = rows // groups, probs.size(1)
+    rows, cats = probs.shape
+    size = rows // groups
     if not 1 <= n <= cats:
         raise RuntimeError(f"cannot sample n_sample = {n} from {cats} categories")
     # torch.multinomial's checks, for every group at once (device-side asserts on CUDA)
