@@ -458,6 +458,28 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items,
     _write_report()
 
 
+def test_filterbanks_equal_the_transformers_extractor_cuda(tmp_path):
+    """The w2v-bert input filterbanks on CUDA (cuFFT in float64, the statistics by numpy on
+    the CPU) against the transformers extractor on the CPU: the CPU test's waves and bound."""
+    from test_semantic import _extractor, _waves
+
+    from tts.models.w2v_bert import filterbanks
+
+    ext = _extractor(tmp_path)
+    worst = 0.0
+    for name, wave in _waves().items():
+        ref = ext(wave.unsqueeze(0) if wave.dim() == 1 else wave, sampling_rate=16000,
+                  return_tensors="pt")
+        feats, mask = filterbanks(ext, wave, "cuda")
+        assert feats.device.type == "cuda" and mask.device.type == "cuda", name
+        assert torch.equal(mask.cpu(), ref["attention_mask"].long()), name
+        worst = max(worst, float((feats.cpu() - ref["input_features"]).abs().max()))
+        torch.testing.assert_close(feats.cpu(), ref["input_features"], atol=2e-5, rtol=0,
+                                   msg=name)
+    REPORT.append({"case": "w2vbert_filterbanks_cuda_vs_extractor", "worst_abs": worst})
+    _write_report()
+
+
 def test_triton_window_gather_equals_index_select_cuda():
     """The beam-reorder copy kernel on CUDA, full-size layout (24 layers, 20 heads, 64 dims)."""
     from tts.fast import gather

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
@@ -29,9 +30,7 @@ SAMPLING_RATE = 16000
 DEFAULT_ATTENTION = "sdpa"
 
 
-def hf_config(
-    config: dict, attn_implementation: str = DEFAULT_ATTENTION
-) -> Wav2Vec2BertConfig:
+def hf_config(config: dict, attn_implementation: str = DEFAULT_ATTENTION) -> Wav2Vec2BertConfig:
     """A ``Wav2Vec2BertConfig`` from a config.json dict (bookkeeping keys are ignored)."""
     cfg = Wav2Vec2BertConfig.from_dict(dict(config))
     cfg._attn_implementation = attn_implementation
@@ -92,6 +91,88 @@ def load_feature_extractor(folder: str | Path):
     return SeamlessM4TFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
 
 
+# What SeamlessM4TFeatureExtractor._extract_fbank_features passes to transformers' spectrogram().
+FRAME_LENGTH, HOP_LENGTH, FFT_LENGTH = 400, 160, 512
+PREEMPHASIS = 0.97
+MEL_FLOOR = 1.192092955078125e-07
+NORM_EPS = 1e-7  # added to the per-bin variance before the square root
+
+
+def _normalize_bins(bins_by_frames: np.ndarray) -> np.ndarray:
+    """``[frames, bins]``: each mel bin of ``bins_by_frames`` (float32, C-contiguous) brought to
+    zero mean and unit sample variance over time by the extractor's own numpy expression.
+
+    The reference's float32 sums are reproduced, not just approximated: a bin of nearly
+    constant log-energy divides their rounding by a small deviation. That includes the memory
+    layout: the reference normalises the transpose of a ``[bins, frames]`` array, so its sums
+    run along contiguous memory, which numpy adds pairwise (a C-ordered ``[frames, bins]``
+    array would be summed row after row, with other rounding)."""
+    x = bins_by_frames.T
+    return (x - np.expand_dims(x.mean(0), 0)) / np.sqrt(
+        np.expand_dims(x.var(0, ddof=1), 0) + NORM_EPS
+    )
+
+
+@torch.no_grad()
+def filterbanks(
+    extractor, wave_16k: torch.Tensor, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``extractor(wave, sampling_rate=16000, return_tensors='pt')`` returns, computed by
+    torch on ``device`` (default: the waveform's) instead of numpy's loop over frames.
+
+    ``extractor`` is the loaded ``SeamlessM4TFeatureExtractor``: its window, mel filters,
+    padding value and stride are used as they are. The steps are those of transformers'
+    ``spectrogram`` (waveform x 2**15, 25 ms frames every 10 ms, DC offset removed,
+    pre-emphasis, window, 512-point power spectrum, mel, floor, log) in float64, with the
+    spectrum rounded to complex64 where the reference stores it; then each mel bin normalised
+    over time on the CPU by the extractor's numpy expression (:func:`_normalize_bins`), odd
+    frame counts padded with ``padding_value``, and pairs of frames stacked. What can differ
+    from the reference is the float64 rounding of the FFT and the mel product, before the
+    features are rounded to float32 (tests/test_semantic.py measures it).
+
+    ``wave_16k``: ``[N]`` or ``[1, N]``. Returns (``input_features`` [1, F/2, 160] float32,
+    ``attention_mask`` [1, F/2] int64) on ``device``.
+    """
+    if wave_16k.dim() == 2 and wave_16k.size(0) == 1:
+        wave_16k = wave_16k[0]
+    if wave_16k.dim() != 1:
+        raise ValueError(
+            f"filterbanks: expected a [N] or [1, N] waveform, got {tuple(wave_16k.shape)}"
+        )
+    if wave_16k.numel() < FRAME_LENGTH + HOP_LENGTH:
+        # One frame has no sample variance: the reference's features would be NaN.
+        raise ValueError(
+            f"filterbanks: {wave_16k.numel()} samples at 16 kHz; the per-bin normalisation "
+            f"needs at least two frames ({FRAME_LENGTH + HOP_LENGTH} samples)"
+        )
+    dev = torch.device(device) if device is not None else wave_16k.device
+    f64 = torch.float64
+    # float32 first, as the extractor converts its input, then x 2**15 (exact) in float64.
+    wave = wave_16k.detach().to(dev, torch.float32).to(f64) * 32768.0
+    frames = wave.unfold(0, FRAME_LENGTH, HOP_LENGTH)  # [F, 400], a view
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    frames = torch.cat(
+        [frames[:, :1] * (1.0 - PREEMPHASIS), frames[:, 1:] - PREEMPHASIS * frames[:, :-1]], dim=1
+    )
+    window = torch.as_tensor(extractor.window, dtype=f64, device=dev)
+    spectrum = torch.fft.rfft(frames * window, n=FFT_LENGTH).to(torch.complex64)
+    power = spectrum.to(torch.complex128).abs() ** 2  # [F, 257]
+    filters = torch.as_tensor(extractor.mel_filters, dtype=f64, device=dev)  # [257, 80]
+    logmel = torch.log(torch.clamp(power @ filters, min=MEL_FLOOR)).to(torch.float32)
+    feats = torch.from_numpy(_normalize_bins(logmel.t().contiguous().cpu().numpy()))
+    feats = feats.contiguous().to(dev)  # [F, 80]
+    n_frames, n_bins = feats.shape
+    stride = int(extractor.stride)
+    mask = torch.ones(n_frames, dtype=torch.int64, device=dev)
+    pad = -n_frames % stride
+    if pad:
+        fill = feats.new_full((pad, n_bins), float(extractor.padding_value))
+        feats = torch.cat([feats, fill])
+        mask = torch.cat([mask, mask.new_zeros(pad)])
+    stacked = feats.reshape(1, -1, n_bins * stride)
+    return stacked, mask[stride - 1 :: stride].unsqueeze(0)
+
+
 class SemanticFeatures:
     """16 kHz waveform -> normalised w2v-bert layer-17 features ``[1, T, hidden]``.
 
@@ -133,14 +214,13 @@ class SemanticFeatures:
 
     def extract(self, wave_16k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveform ``[1, N]`` or ``[N]`` (16 kHz, [-1, 1]) -> (input_features ``[1, F/2, 160]``
-        float32, attention_mask ``[1, F/2]`` int64), both on CPU.
+        float32, attention_mask ``[1, F/2]`` int64), on the model's device.
 
-        Same call as the reference (``extractor(wave, sampling_rate=16000,
-        return_tensors='pt')``): the first channel is used, odd frame counts are padded.
+        What the reference's ``extractor(wave, sampling_rate=16000, return_tensors='pt')``
+        computes, by :func:`filterbanks` (on a GPU, numpy's loop over frames took 30 ms per
+        10 s prompt; docs/benchmarks.md, run AG).
         """
-        wave = wave_16k.detach().to("cpu", torch.float32)
-        out = self.extractor(wave, sampling_rate=SAMPLING_RATE, return_tensors="pt")
-        return out["input_features"], out["attention_mask"].long()
+        return filterbanks(self.extractor, wave_16k, self.device)
 
     def hidden(
         self,

@@ -1,0 +1,191 @@
+"""Where the prompt conditioning's time goes (issue 8; GPU device).
+
+``tts bench`` charges batch 1 with ~0.17 s of prompt conditioning (run AE of
+docs/benchmarks.md: ``spk_cond`` 0.093 s, ``emo_cond`` 0.079 s), a fifth of the whole pass. This
+opens the benchmark's checkpoint set as ``tts bench`` does (GPT in ``--dtype``), warms up, then
+times :meth:`Engine.speaker_conditioning` and :meth:`Engine.emotion_conditioning` whole and
+piece by piece (wall clock with a CUDA synchronisation after each piece, medians of
+``--repeats``), and prints a torch.profiler summary of one call of each (CPU and CUDA time per
+op, kernel count).
+
+    python3 scripts/device/cond_profile.py --checkpoints /tmp/bench_ckpt --json "$OUT/cond.json"
+
+(or ``SECTIONS=cond bash scripts/device/run_gpu.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tts.audio import (  # noqa: E402
+    SPEAKER_SAMPLE_RATE as SAMPLE_RATE,
+)
+from tts.audio import (  # noqa: E402
+    campplus_features,
+    load_prompt,
+    mel_kwargs,
+    mel_spectrogram,
+    resample,
+    write_wav,
+)
+from tts.bench import prompt_wave  # noqa: E402
+from tts.emotion import plan_emotion, resolve_emotion  # noqa: E402
+from tts.pipeline import Engine, SynthesisRequest  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(
+    fn, repeats: int, device: torch.device, times: list[float] | None = None
+) -> tuple[float, object]:
+    """Median milliseconds of ``fn()`` (synchronised before and after), and its last result;
+    each call's milliseconds are appended to ``times`` if given."""
+    times, out = ([] if times is None else times), None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), out
+
+
+def pieces(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> dict:
+    """Each step of the two conditioning calls alone (the same calls, in the same order)."""
+    dev = eng.device
+    ms: dict[str, float] = {}
+    ms["spk.load_prompt"], (wav22, sr) = timed(
+        lambda: load_prompt(prompt, SAMPLE_RATE), repeats, dev
+    )
+    ms["spk.resample_16k"], wav16 = timed(lambda: resample(wav22, sr, 16000), repeats, dev)
+    feats = eng.part("features")
+    ms["spk.extract"], (inp, mask) = timed(lambda: feats.extract(wav16), repeats, dev)
+    ms["spk.w2v_bert"], (hidden, _) = timed(lambda: feats.hidden(inp, mask), repeats, dev)
+    ms["spk.normalize"], emb = timed(lambda: feats.normalize(hidden), repeats, dev)
+    codec = eng.part("semantic_codec")
+    ms["spk.codec_quantize"], (_, s_ref) = timed(lambda: codec.quantize(emb), repeats, dev)
+    kw = mel_kwargs(eng.cs.config["s2mel"])
+    ms["spk.mel"], ref_mel = timed(lambda: mel_spectrogram(wav22.to(dev), **kw), repeats, dev)
+    ms["spk.campplus_fbank (CPU)"], fb = timed(lambda: campplus_features(wav16), repeats, dev)
+    camp = eng.part("campplus")
+    ms["spk.campplus"], style = timed(lambda: camp(fb.unsqueeze(0).to(dev)), repeats, dev)
+    s2mel = eng.part("s2mel")
+    ylens = torch.tensor([ref_mel.size(2)], device=dev)
+    ms["spk.regulate"], _ = timed(lambda: s2mel.regulate(s_ref, ylens), repeats, dev)
+
+    plan = plan_emotion(
+        request.text,
+        emo_audio_prompt=None,
+        emo_alpha=1.0,
+        emo_vector=None,
+        use_emo_text=False,
+        emo_text=None,
+        text_model=None,
+    )
+    ms["emo.load_prompt_16k"], (w16, _) = timed(lambda: load_prompt(prompt, 16000), repeats, dev)
+    ms["emo.features"], emo_cond = timed(lambda: feats(w16), repeats, dev)
+    gpt = eng.part("gpt")
+
+    def merge():
+        with eng._gpt_autocast():
+            return resolve_emotion(
+                gpt, emb.to(dev, eng.dtype), emo_cond.to(eng.dtype), plan, style=style
+            )
+
+    ms["emo.resolve_emotion"], _ = timed(merge, repeats, dev)
+    return ms
+
+
+def profile(fn, device: torch.device, rows: int) -> dict:
+    """torch.profiler of one call: the top ops by CUDA and by CPU time, and the kernel count."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_us = sum(e.device_time for e in kernels)
+    print(events.table(sort_by="device_time_total", row_limit=rows))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+    return {"kernels": len(kernels), "kernel_busy_ms": busy_us / 1e3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoints", required=True, help="the set tts bench / run_gpu.sh wrote")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16", help="the GPT's dtype (tts bench's variant)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="prompt length")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rows", type=int, default=25, help="profiler table rows")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+
+    eng = Engine.open(args.checkpoints, device=args.device, dtype=args.dtype)
+    dev = eng.device
+    tmp = Path(tempfile.mkdtemp(prefix="cond-profile-"))
+    wave, _ = prompt_wave(args.seconds, 1234)
+    prompt = tmp / "prompt.wav"
+    write_wav(prompt, torch.from_numpy(wave), SAMPLE_RATE)
+    request = SynthesisRequest(id="cond", text="(token ids)", speaker=prompt, seed=1234)
+
+    def spk():
+        return eng.speaker_conditioning(prompt)
+
+    speaker = spk()  # loads every part it needs
+    eng.emotion_conditioning(request, speaker)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    result: dict = {
+        "device": name,
+        "dtype": args.dtype,
+        "prompt_seconds": args.seconds,
+        "repeats": args.repeats,
+    }
+    result["spk_cond_runs_ms"], result["emo_cond_runs_ms"] = [], []
+    result["spk_cond_ms"], speaker = timed(spk, args.repeats, dev, result["spk_cond_runs_ms"])
+    result["emo_cond_ms"], _ = timed(
+        lambda: eng.emotion_conditioning(request, speaker),
+        args.repeats,
+        dev,
+        result["emo_cond_runs_ms"],
+    )
+    result["pieces_ms"] = pieces(eng, prompt, request, args.repeats)
+    print(
+        f"speaker_conditioning {result['spk_cond_ms']:.2f} ms, "
+        f"emotion_conditioning {result['emo_cond_ms']:.2f} ms (medians)"
+    )
+    for key in ("spk_cond_runs_ms", "emo_cond_runs_ms"):
+        print(f"  {key}: {' '.join(f'{t:.1f}' for t in result[key])}")
+    for name, value in result["pieces_ms"].items():
+        print(f"  {name:28s} {value:8.2f} ms")
+    print("\n== profile: speaker_conditioning")
+    result["spk_profile"] = profile(spk, dev, args.rows)
+    print("\n== profile: emotion_conditioning")
+    result["emo_profile"] = profile(
+        lambda: eng.emotion_conditioning(request, speaker), dev, args.rows
+    )
+    print(json.dumps({k: result[k] for k in ("spk_profile", "emo_profile")}))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
