@@ -126,6 +126,51 @@ def test_nan_in_a_stage_fails_the_row_not_the_batch(engine, speaker_wav, monkeyp
     assert not res.ok and "NaN or inf in the vocoder" in res.error
 
 
+def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_path, monkeypatch):
+    """A batch's rows share their prompt: its speaker conditioning and emotion features are
+    computed once per Engine and file, with the values a fresh Engine computes; a file
+    rewritten in place is conditioned again, and a missing one still fails the row."""
+    import shutil
+
+    prompt = tmp_path / "voice.wav"
+    shutil.copy(speaker_wav, prompt)
+    engine = Engine.open(demo, device="cpu")
+    features = engine.part("features")
+    calls = []
+    monkeypatch.setattr(features, "extract", lambda w, f=features.extract: calls.append(1) or f(w))
+    req = _request(prompt)
+
+    spk = engine.speaker_conditioning(prompt)
+    emo = engine.emotion_conditioning(req, spk)
+    assert len(calls) == 2  # the speaker chain and the emotion chain
+    spk_again = engine.speaker_conditioning(prompt)
+    emo_again = engine.emotion_conditioning(_request(prompt, id="r2"), spk_again)
+    assert len(calls) == 2, "the second row recomputed its prompt's features"
+    assert spk_again is not spk and spk_again.keys() == spk.keys()
+    assert all(torch.equal(spk[k], spk_again[k]) for k in spk)
+    assert torch.equal(emo["emovec"], emo_again["emovec"])
+
+    fresh = Engine.open(demo, device="cpu")
+    spk_fresh = fresh.speaker_conditioning(prompt)
+    assert all(torch.equal(spk[k], spk_fresh[k]) for k in spk)
+    assert torch.equal(emo["emovec"], fresh.emotion_conditioning(req, spk_fresh)["emovec"])
+
+    data, sr = sf.read(prompt, dtype="float32")
+    sf.write(prompt, data[: len(data) // 2], sr)  # rewritten: other size and time
+    spk_new = engine.speaker_conditioning(prompt)
+    engine.emotion_conditioning(req, spk_new)
+    assert len(calls) == 4
+    assert spk_new["ref_mel"].shape != spk["ref_mel"].shape
+
+    engine.clear_prompt_cache()
+    engine.speaker_conditioning(prompt)
+    assert len(calls) == 5
+
+    missing = tmp_path / "gone.wav"
+    with pytest.raises(Exception, match="gone.wav"):
+        engine.speaker_conditioning(missing)
+
+
 def test_cuda_requested_without_cuda_is_a_clear_error(demo):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

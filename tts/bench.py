@@ -507,6 +507,7 @@ class Bench:
                     for i in range(batch)]
         extra: dict = {}
 
+        eng.clear_prompt_cache()  # every pass conditions the prompt anew, as a new prompt is
         clock = StageClock(dev)
         spk = eng.speaker_conditioning(self.prompt)
         clock.mark("spk_cond")

@@ -23,6 +23,7 @@ import hashlib
 import os
 import platform
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 
 # The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
 DEFAULT_DECODER = "graphkp"
+# Prompt files whose conditioning an Engine keeps (per kind: speaker, emotion features).
+PROMPT_CACHE_FILES = 16
 
 
 @dataclass
@@ -216,6 +219,7 @@ class Engine:
                              "use float32")
         self.render_precision = render_precision
         self._parts: dict[str, object] = {}
+        self._prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self._vocoder_fused = False
         self.load_seconds: dict[str, float] = {}
 
@@ -343,13 +347,44 @@ class Engine:
 
     # -- stage 1: speaker prompt ----------------------------------------------------------------
 
-    @torch.no_grad()
+    def _per_file(self, kind: str, path: str | Path, compute):
+        """``compute()``, or what it returned before for this prompt file unchanged (same
+        resolved path, size and modification time). Rows of a batch mostly share their
+        prompts, and each prompt's conditioning is a pure function of the file, so it is
+        computed once per Engine (at most :data:`PROMPT_CACHE_FILES` files per kind, least
+        recently used dropped). Failures are not kept."""
+        try:
+            resolved = Path(path).resolve()
+            st = resolved.stat()
+        except OSError:
+            return compute()  # the loader reports the missing or unreadable file
+        key = (kind, str(resolved), st.st_size, st.st_mtime_ns)
+        if key in self._prompt_cache:
+            self._prompt_cache.move_to_end(key)
+            return self._prompt_cache[key]
+        value = compute()
+        self._prompt_cache[key] = value
+        if sum(k[0] == kind for k in self._prompt_cache) > PROMPT_CACHE_FILES:
+            oldest = next(k for k in self._prompt_cache if k[0] == kind)
+            del self._prompt_cache[oldest]
+        return value
+
+    def clear_prompt_cache(self) -> None:
+        """Forget every prompt's conditioning (``tts bench`` times a new prompt each pass)."""
+        self._prompt_cache.clear()
+
     def speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
         """Speaker prompt file -> features every later stage needs (spec 2.2), on the CPU.
 
         ``spk_cond_emb`` [1, T, 1024] normalised w2v-bert features, ``style`` [1, 192] CAMPPlus
-        embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C].
+        embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C]. Computed
+        once per prompt file (:meth:`_per_file`); each call returns a new dict.
         """
+        out = self._per_file("speaker", audio_path, lambda: self._speaker_conditioning(audio_path))
+        return dict(out)
+
+    @torch.no_grad()
+    def _speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
         from tts.audio import campplus_features, load_prompt, mel_kwargs, mel_spectrogram, resample
 
         wav22, sr = load_prompt(audio_path, SAMPLE_RATE)
@@ -381,7 +416,8 @@ class Engine:
 
         Precedence as the reference: emotion text or an emotion vector disable the emotion
         audio; without emotion audio the speaker prompt (through the 16 kHz emotion chain) is the
-        emotion prompt.
+        emotion prompt. The emotion prompt's w2v-bert features are computed once per file
+        (:meth:`_per_file`): a batch's rows mostly share it.
         """
         from tts.audio import load_prompt
         from tts.emotion import plan_emotion, resolve_emotion
@@ -396,8 +432,10 @@ class Engine:
             emo_text=request.emo_text or None,
             text_model=self.part("qwen") if use_text else None,
         )
-        wav16, _ = load_prompt(plan.emo_audio or request.speaker, 16000)
-        emo_cond = self.part("features")(wav16)
+        emo_path = plan.emo_audio or request.speaker
+        emo_cond = self._per_file(
+            "emotion", emo_path, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
+        )
         gpt = self.part("gpt")
         gen = torch.Generator(device="cpu").manual_seed(_seed(request))
         with self._gpt_autocast():
