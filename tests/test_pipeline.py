@@ -127,25 +127,27 @@ def test_nan_in_a_stage_fails_the_row_not_the_batch(engine, speaker_wav, monkeyp
 
 
 def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_path, monkeypatch):
-    """A batch's rows share their prompt: its speaker conditioning and emotion features are
-    computed once per Engine and file, with the values a fresh Engine computes; a file
-    rewritten in place is conditioned again, and a missing one still fails the row."""
+    """A batch's rows share their prompt: its speaker conditioning, emotion features and the
+    merge of the two are computed once per Engine and file, with the values a fresh Engine
+    computes; a file rewritten in place is conditioned again, and a missing one still fails."""
     import shutil
 
     prompt = tmp_path / "voice.wav"
     shutil.copy(speaker_wav, prompt)
     engine = Engine.open(demo, device="cpu")
-    features = engine.part("features")
-    calls = []
+    features, gpt = engine.part("features"), engine.part("gpt")
+    calls, merges = [], []
     monkeypatch.setattr(features, "extract", lambda w, f=features.extract: calls.append(1) or f(w))
+    monkeypatch.setattr(gpt, "merge_emovec",
+                        lambda *a, f=gpt.merge_emovec, **k: merges.append(1) or f(*a, **k))
     req = _request(prompt)
 
     spk = engine.speaker_conditioning(prompt)
     emo = engine.emotion_conditioning(req, spk)
-    assert len(calls) == 2  # the speaker chain and the emotion chain
+    assert len(calls) == 2 and len(merges) == 1  # the speaker chain and the emotion chain
     spk_again = engine.speaker_conditioning(prompt)
     emo_again = engine.emotion_conditioning(_request(prompt, id="r2"), spk_again)
-    assert len(calls) == 2, "the second row recomputed its prompt's features"
+    assert len(calls) == 2 and len(merges) == 1, "the second row recomputed its prompt"
     assert spk_again is not spk and spk_again.keys() == spk.keys()
     assert all(torch.equal(spk[k], spk_again[k]) for k in spk)
     assert torch.equal(emo["emovec"], emo_again["emovec"])
@@ -154,17 +156,27 @@ def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_pa
     spk_fresh = fresh.speaker_conditioning(prompt)
     assert all(torch.equal(spk[k], spk_fresh[k]) for k in spk)
     assert torch.equal(emo["emovec"], fresh.emotion_conditioning(req, spk_fresh)["emovec"])
+    # Vector mode reuses the merge and matches a fresh Engine; another alpha merges anew.
+    vector = [0, 0, 0.6, 0, 0, 0, 0, 0.2]
+    vec = engine.emotion_conditioning(_request(prompt, emo_vector=vector), spk)
+    assert len(merges) == 1
+    want = fresh.emotion_conditioning(_request(prompt, emo_vector=vector), spk_fresh)
+    assert torch.equal(vec["emovec"], want["emovec"])
+    half = _request(prompt, emo_audio=speaker_wav, emo_alpha=0.5)
+    assert torch.equal(engine.emotion_conditioning(half, spk)["emovec"],
+                       fresh.emotion_conditioning(half, spk_fresh)["emovec"])
+    assert len(merges) == 2 and len(calls) == 3  # a new emotion file, a new alpha
 
     data, sr = sf.read(prompt, dtype="float32")
     sf.write(prompt, data[: len(data) // 2], sr)  # rewritten: other size and time
     spk_new = engine.speaker_conditioning(prompt)
     engine.emotion_conditioning(req, spk_new)
-    assert len(calls) == 4
+    assert len(calls) == 5 and len(merges) == 3
     assert spk_new["ref_mel"].shape != spk["ref_mel"].shape
 
     engine.clear_prompt_cache()
     engine.speaker_conditioning(prompt)
-    assert len(calls) == 5
+    assert len(calls) == 6
 
     missing = tmp_path / "gone.wav"
     with pytest.raises(Exception, match="gone.wav"):

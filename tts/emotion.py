@@ -597,6 +597,18 @@ class EmotionResult:
     weights: tuple[float, ...] | None = field(default=None)
 
 
+def merge_prompts(
+    gpt: EmotionMerger, spk_cond: torch.Tensor, emo_cond: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """``gpt.merge_emovec`` of the speaker and emotion prompts' features [1, T, 1024], with the
+    lengths the reference passes: ``[1, model_dim]``."""
+    # The reference passes the feature width (1024) as both lengths. For B=1 any length >= T
+    # means "no padding", so this equals the true lengths for prompts up to 1024 frames.
+    spk_len = torch.tensor([spk_cond.shape[-1]], device=spk_cond.device)
+    emo_len = torch.tensor([emo_cond.shape[-1]], device=emo_cond.device)
+    return gpt.merge_emovec(spk_cond, emo_cond, spk_len, emo_len, alpha=alpha)
+
+
 def resolve_emotion(
     gpt: EmotionMerger,
     spk_cond: torch.Tensor,
@@ -606,6 +618,7 @@ def resolve_emotion(
     matrices: EmotionMatrices | None = None,
     use_random: bool = False,
     generator: torch.Generator | None = None,
+    merged: torch.Tensor | None = None,
 ) -> EmotionResult:
     """The final emotion vector (spec 2.4, 2.6a).
 
@@ -613,13 +626,12 @@ def resolve_emotion(
     of the emotion prompt (``plan.emo_audio``, or the speaker prompt through the emotion chain).
     ``merged = gpt.merge_emovec(spk, emo, alpha=plan.merge_alpha)``; in vector mode
     ``emovec = emovec_mat + (1 - sum(w)) * merged`` with ``emovec_mat`` from ``matrices`` (rows
-    picked by ``style`` or at random), else ``emovec = merged``.
+    picked by ``style`` or at random), else ``emovec = merged``. ``merged``: that merge,
+    computed before for the same features and alpha (:meth:`tts.pipeline.Engine.emotion_conditioning`
+    keeps it per prompt pair), else computed here.
     """
-    # The reference passes the feature width (1024) as both lengths. For B=1 any length >= T
-    # means "no padding", so this equals the true lengths for prompts up to 1024 frames.
-    spk_len = torch.tensor([spk_cond.shape[-1]], device=spk_cond.device)
-    emo_len = torch.tensor([emo_cond.shape[-1]], device=emo_cond.device)
-    merged = gpt.merge_emovec(spk_cond, emo_cond, spk_len, emo_len, alpha=plan.merge_alpha)
+    if merged is None:
+        merged = merge_prompts(gpt, spk_cond, emo_cond, plan.merge_alpha)
     if plan.emo_vector is None:
         return EmotionResult(emovec=merged, merged=merged)
     if matrices is None:

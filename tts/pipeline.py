@@ -171,6 +171,26 @@ def configure_cudnn(benchmark: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def _file_key(path: str | Path) -> tuple | None:
+    """(resolved path, size, modification time in ns) of a file, None if it cannot be read:
+    what :meth:`Engine._per_file` keys a prompt's conditioning by."""
+    try:
+        resolved = Path(path).resolve()
+        st = resolved.stat()
+    except OSError:
+        return None  # the loader reports the missing or unreadable file
+    return (str(resolved), st.st_size, st.st_mtime_ns)
+
+
+def _fingerprint(t: torch.Tensor) -> str:
+    """A digest of a tensor's shape, dtype and bytes (a few ms for a prompt's features)."""
+    data = t.detach().contiguous().cpu()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{tuple(data.shape)} {data.dtype}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class Engine:
     """The loaded model set on one device. Components load lazily, once, on first use.
 
@@ -351,14 +371,15 @@ class Engine:
         """``compute()``, or what it returned before for this prompt file unchanged (same
         resolved path, size and modification time). Rows of a batch mostly share their
         prompts, and each prompt's conditioning is a pure function of the file, so it is
-        computed once per Engine (at most :data:`PROMPT_CACHE_FILES` files per kind, least
-        recently used dropped). Failures are not kept."""
-        try:
-            resolved = Path(path).resolve()
-            st = resolved.stat()
-        except OSError:
-            return compute()  # the loader reports the missing or unreadable file
-        key = (kind, str(resolved), st.st_size, st.st_mtime_ns)
+        computed once per Engine. Failures are not kept."""
+        return self._memo(kind, _file_key(path), compute)
+
+    def _memo(self, kind: str, key: tuple | None, compute):
+        """``compute()``, kept under ``(kind, *key)`` (at most :data:`PROMPT_CACHE_FILES`
+        entries per kind, the least recently used dropped); ``key`` None: not kept."""
+        if key is None:
+            return compute()
+        key = (kind, *key)
         if key in self._prompt_cache:
             self._prompt_cache.move_to_end(key)
             return self._prompt_cache[key]
@@ -420,7 +441,7 @@ class Engine:
         (:meth:`_per_file`): a batch's rows mostly share it.
         """
         from tts.audio import load_prompt
-        from tts.emotion import plan_emotion, resolve_emotion
+        from tts.emotion import merge_prompts, plan_emotion, resolve_emotion
 
         use_text = request.emo_text is not None
         plan = plan_emotion(
@@ -433,21 +454,31 @@ class Engine:
             text_model=self.part("qwen") if use_text else None,
         )
         emo_path = plan.emo_audio or request.speaker
-        emo_cond = self._per_file(
-            "emotion", emo_path, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
+        emo_key = _file_key(emo_path)
+        emo_cond = self._memo(
+            "emotion", emo_key, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
         )
         gpt = self.part("gpt")
+        spk_cond = speaker["spk_cond_emb"].to(self.device, self.dtype)
+        emo_cond = emo_cond.to(self.dtype)
         gen = torch.Generator(device="cpu").manual_seed(_seed(request))
         with self._gpt_autocast():
+            # The merge of the two prompts' emotion encodings, kept per (speaker features,
+            # emotion file, alpha): rows that share their prompts share it.
+            merge_key = None if emo_key is None else (
+                _fingerprint(speaker["spk_cond_emb"]), *emo_key, float(plan.merge_alpha))
+            merged = self._memo("merged", merge_key, lambda: merge_prompts(
+                gpt, spk_cond, emo_cond, plan.merge_alpha))
             result = resolve_emotion(
                 gpt,
-                speaker["spk_cond_emb"].to(self.device, self.dtype),
-                emo_cond.to(self.dtype),
+                spk_cond,
+                emo_cond,
                 plan,
                 style=speaker["style"].to(self.device),
                 matrices=self.part("matrices") if plan.emo_vector is not None else None,
                 use_random=request.use_random,
                 generator=gen,
+                merged=merged,
             )
         _check_finite("emotion conditioning", result.emovec)
         out = {"emovec": result.emovec.float().cpu()}
