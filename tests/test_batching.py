@@ -124,6 +124,32 @@ def test_gpt_batch_items_cap_does_not_change_results(engine, rows):
         _assert_same_row(a.value, b.value, f"cap 2 row {a.id}")
 
 
+def test_rows_sharing_a_speaker_share_its_latent(engine, rows, monkeypatch):
+    """The GPT's speaker latent is computed once per speaker (features digest) and Engine, and
+    reusing it changes nothing: the rows' codes and latents equal those of an Engine that
+    computes it for every row."""
+    reqs, spks, emos = rows
+    twins = _with([reqs[0], SynthesisRequest(id="twin", text=reqs[2].text, speaker=reqs[0].speaker,
+                                             seed=reqs[2].seed)], **MODES["sampling"])
+    twin_spks, twin_emos = [spks[0], dict(spks[0])], [emos[0], emos[0]]
+    gpt = engine.part("gpt")
+    calls = []
+    monkeypatch.setattr(gpt, "get_conditioning",
+                        lambda *a, f=gpt.get_conditioning: calls.append(1) or f(*a))
+    engine.clear_prompt_cache()
+    shared = engine.semantic_tokens(twins, twin_spks, twin_emos)
+    assert len(calls) == 1, "the second row recomputed its speaker's latent"
+    assert engine.semantic_tokens(twins[:1], twin_spks[:1], twin_emos[:1])[0].ok
+    assert len(calls) == 1
+    uncached = Engine.open(engine.cs.root, device="cpu")
+    monkeypatch.setattr(uncached, "_memo", lambda kind, key, compute: compute())
+    want = uncached.semantic_tokens(twins, twin_spks, twin_emos)
+    assert len(calls) == 1  # (uncached has its own GPT)
+    for a, b in zip(want, shared, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        _assert_same_row(a.value, b.value, f"shared latent row {a.id}")
+
+
 def test_batch_timings_are_shares(engine, rows):
     reqs, spks, emos = rows
     out = engine.semantic_tokens(_with(reqs, **MODES["greedy"]), spks, emos)

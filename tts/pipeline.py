@@ -391,7 +391,8 @@ class Engine:
         return value
 
     def clear_prompt_cache(self) -> None:
-        """Forget every prompt's conditioning (``tts bench`` times a new prompt each pass)."""
+        """Forget every prompt's conditioning and latent (``tts bench`` times a new prompt each
+        pass)."""
         self._prompt_cache.clear()
 
     def speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
@@ -608,15 +609,19 @@ class Engine:
     def _gpt_conditioning(self, spk: dict, emo: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One row's speaker latent [1, 32, d] and emotion vector [1, d], as
         ``UnifiedVoice.inference_speech`` computes them for a batch of one (the prompt's
-        lengths default to its feature width: nothing is masked)."""
+        lengths default to its feature width: nothing is masked). The latent is kept per
+        speaker features (their digest): the rows of a batch mostly share their speaker."""
         gpt = self.part("gpt")
         dev = self.device
-        spk_cond = spk["spk_cond_emb"].to(dev, self.dtype)
-        emovec = emo["emovec"].to(dev, self.dtype)
-        with self._gpt_autocast():
-            lengths = torch.tensor([spk_cond.shape[-1]], device=dev)
-            latent = gpt.get_conditioning(spk_cond.transpose(1, 2), lengths)
-        return latent, emovec
+
+        def latent() -> torch.Tensor:
+            spk_cond = spk["spk_cond_emb"].to(dev, self.dtype)
+            with self._gpt_autocast():
+                lengths = torch.tensor([spk_cond.shape[-1]], device=dev)
+                return gpt.get_conditioning(spk_cond.transpose(1, 2), lengths)
+
+        key = (_fingerprint(spk["spk_cond_emb"]),)
+        return self._memo("latent", key, latent), emo["emovec"].to(dev, self.dtype)
 
     def _run_chunk(self, chunk: list[_Item], conds: dict) -> list[_Outcome]:
         """One batched GPT call for ``chunk``; if it raises (not out of memory), each item
