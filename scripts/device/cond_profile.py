@@ -5,7 +5,8 @@ docs/benchmarks.md: ``spk_cond`` 0.093 s, ``emo_cond`` 0.079 s), a fifth of the 
 opens the benchmark's checkpoint set as ``tts bench`` does (GPT in ``--dtype``), warms up, then
 times :meth:`Engine.speaker_conditioning` and :meth:`Engine.emotion_conditioning` whole (with
 the Engine's per-file cache cleared, and the emotion call again for a later row of the same
-prompt, which the cache answers) and piece by piece (wall clock with a CUDA synchronisation after each piece, medians of
+prompt, which the cache answers), the GPT's speaker latent of a row (anew and cached), and
+piece by piece (wall clock with a CUDA synchronisation after each piece, medians of
 ``--repeats``), and prints a torch.profiler summary of one call of each (CPU and CUDA time per
 op, kernel count).
 
@@ -177,6 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     result["emo_cond_cached_ms"], _ = timed(
         lambda: eng.emotion_conditioning(request, speaker), args.repeats, dev
     )
+    # The GPT's speaker latent of a row (semantic_tokens computes one per row): anew, and for
+    # a later row of the same speaker (kept per speaker features).
+    emotion = eng.emotion_conditioning(request, speaker)
+
+    def latent(clear: bool):
+        if clear:
+            eng.clear_prompt_cache()
+        return eng._gpt_conditioning(speaker, emotion)
+
+    result["gpt_latent_ms"], _ = timed(lambda: latent(True), args.repeats, dev)
+    result["gpt_latent_cached_ms"], _ = timed(lambda: latent(False), args.repeats, dev)
     result["pieces_ms"] = pieces(eng, prompt, request, args.repeats)
     print(
         f"speaker_conditioning {result['spk_cond_ms']:.2f} ms, "
@@ -184,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"emotion_conditioning of a later row, same prompt: {result['emo_cond_cached_ms']:.2f} ms"
+    )
+    print(
+        f"GPT speaker latent of a row: {result['gpt_latent_ms']:.2f} ms, of a later row of "
+        f"the same speaker {result['gpt_latent_cached_ms']:.2f} ms"
     )
     for key in ("spk_cond_runs_ms", "emo_cond_runs_ms"):
         print(f"  {key}: {' '.join(f'{t:.1f}' for t in result[key])}")
