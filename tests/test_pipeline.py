@@ -151,6 +151,9 @@ def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_pa
     assert spk_again is not spk and spk_again.keys() == spk.keys()
     assert all(torch.equal(spk[k], spk_again[k]) for k in spk)
     assert torch.equal(emo["emovec"], emo_again["emovec"])
+    # Rows own their tensors (the workflow saves a batch's rows in one file).
+    assert emo["emovec"].data_ptr() != emo_again["emovec"].data_ptr()
+    assert all(spk[k].data_ptr() != spk_again[k].data_ptr() for k in spk)
 
     fresh = Engine.open(demo, device="cpu")
     spk_fresh = fresh.speaker_conditioning(prompt)

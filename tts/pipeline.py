@@ -400,10 +400,10 @@ class Engine:
 
         ``spk_cond_emb`` [1, T, 1024] normalised w2v-bert features, ``style`` [1, 192] CAMPPlus
         embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C]. Computed
-        once per prompt file (:meth:`_per_file`); each call returns a new dict.
+        once per prompt file (:meth:`_per_file`); each call returns new tensors.
         """
         out = self._per_file("speaker", audio_path, lambda: self._speaker_conditioning(audio_path))
-        return dict(out)
+        return {k: v.clone() for k, v in out.items()}  # callers own what they get
 
     @torch.no_grad()
     def _speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
@@ -482,7 +482,8 @@ class Engine:
                 merged=merged,
             )
         _check_finite("emotion conditioning", result.emovec)
-        out = {"emovec": result.emovec.float().cpu()}
+        # A copy: on the CPU the result can be the cached merge itself, which rows would share.
+        out = {"emovec": result.emovec.float().cpu().clone()}
         if plan.emo_vector is not None:
             out["emo_vector"] = torch.tensor(plan.emo_vector)
         return out
