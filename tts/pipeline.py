@@ -54,7 +54,8 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 
 # The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
 DEFAULT_DECODER = "graphkp"
-# Prompt files whose conditioning an Engine keeps (per kind: speaker, emotion features).
+# Prompts whose conditioning an Engine keeps, per kind (speaker conditioning, emotion features,
+# the merge of both, the GPT's speaker latent).
 PROMPT_CACHE_FILES = 16
 
 
@@ -173,7 +174,7 @@ def configure_cudnn(benchmark: bool = False) -> None:
 
 def _file_key(path: str | Path) -> tuple | None:
     """(resolved path, size, modification time in ns) of a file, None if it cannot be read:
-    what :meth:`Engine._per_file` keys a prompt's conditioning by."""
+    what :meth:`Engine._memo` keys a prompt file's conditioning by."""
     try:
         resolved = Path(path).resolve()
         st = resolved.stat()
@@ -367,16 +368,13 @@ class Engine:
 
     # -- stage 1: speaker prompt ----------------------------------------------------------------
 
-    def _per_file(self, kind: str, path: str | Path, compute):
-        """``compute()``, or what it returned before for this prompt file unchanged (same
-        resolved path, size and modification time). Rows of a batch mostly share their
-        prompts, and each prompt's conditioning is a pure function of the file, so it is
-        computed once per Engine. Failures are not kept."""
-        return self._memo(kind, _file_key(path), compute)
-
     def _memo(self, kind: str, key: tuple | None, compute):
-        """``compute()``, kept under ``(kind, *key)`` (at most :data:`PROMPT_CACHE_FILES`
-        entries per kind, the least recently used dropped); ``key`` None: not kept."""
+        """``compute()``, or what it returned before under ``(kind, *key)``; ``key`` None: not
+        kept. Rows of a batch mostly share their prompts, and a prompt's conditioning is a
+        pure function of the file (:func:`_file_key`) or of the features computed from it
+        (:func:`_fingerprint`), so it is computed once per Engine. At most
+        :data:`PROMPT_CACHE_FILES` entries per kind, the least recently used dropped; failures
+        are not kept."""
         if key is None:
             return compute()
         key = (kind, *key)
@@ -400,9 +398,10 @@ class Engine:
 
         ``spk_cond_emb`` [1, T, 1024] normalised w2v-bert features, ``style`` [1, 192] CAMPPlus
         embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C]. Computed
-        once per prompt file (:meth:`_per_file`); each call returns new tensors.
+        once per prompt file (:meth:`_memo`); each call returns new tensors.
         """
-        out = self._per_file("speaker", audio_path, lambda: self._speaker_conditioning(audio_path))
+        out = self._memo("speaker", _file_key(audio_path),
+                         lambda: self._speaker_conditioning(audio_path))
         return {k: v.clone() for k, v in out.items()}  # callers own what they get
 
     @torch.no_grad()
@@ -439,7 +438,8 @@ class Engine:
         Precedence as the reference: emotion text or an emotion vector disable the emotion
         audio; without emotion audio the speaker prompt (through the 16 kHz emotion chain) is the
         emotion prompt. The emotion prompt's w2v-bert features are computed once per file
-        (:meth:`_per_file`): a batch's rows mostly share it.
+        (:meth:`_memo`), and so is their merge with the speaker's: a batch's rows mostly share
+        them.
         """
         from tts.audio import load_prompt
         from tts.emotion import merge_prompts, plan_emotion, resolve_emotion

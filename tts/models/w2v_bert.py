@@ -23,7 +23,6 @@ from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 from tts.checkpoints import CheckpointSet
 
 HIDDEN_STATE_INDEX = 17  # IndexTTS2.get_emb uses hidden_states[17]
-SAMPLING_RATE = 16000
 
 # Attention kernel for transformers: "sdpa" (default, fast) or "eager" (the reference's
 # formulation, kept selectable for debugging numerics).
