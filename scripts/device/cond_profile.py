@@ -30,9 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tts.audio import (  # noqa: E402
-    SPEAKER_SAMPLE_RATE as SAMPLE_RATE,
-)
-from tts.audio import (  # noqa: E402
+    SPEAKER_SAMPLE_RATE,
     campplus_features,
     load_prompt,
     mel_kwargs,
@@ -70,7 +68,7 @@ def pieces(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -
     dev = eng.device
     ms: dict[str, float] = {}
     ms["spk.load_prompt"], (wav22, sr) = timed(
-        lambda: load_prompt(prompt, SAMPLE_RATE), repeats, dev
+        lambda: load_prompt(prompt, SPEAKER_SAMPLE_RATE), repeats, dev
     )
     ms["spk.resample_16k"], wav16 = timed(lambda: resample(wav22, sr, 16000), repeats, dev)
     feats = eng.part("features")
@@ -145,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cond-profile-"))
     wave, _ = prompt_wave(args.seconds, 1234)
     prompt = tmp / "prompt.wav"
-    write_wav(prompt, torch.from_numpy(wave), SAMPLE_RATE)
+    write_wav(prompt, torch.from_numpy(wave), SPEAKER_SAMPLE_RATE)
     request = SynthesisRequest(id="cond", text="(token ids)", speaker=prompt, seed=1234)
 
     def spk():
