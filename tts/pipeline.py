@@ -460,16 +460,21 @@ class Engine:
             "emotion", emo_key, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
         )
         gpt = self.part("gpt")
-        spk_cond = speaker["spk_cond_emb"].to(self.device, self.dtype)
-        emo_cond = emo_cond.to(self.dtype)
+        spk_cond = speaker["spk_cond_emb"]
         gen = torch.Generator(device="cpu").manual_seed(_seed(request))
+
+        def merge() -> torch.Tensor:
+            # The features move to the device only here: a cached merge does not need them.
+            return merge_prompts(
+                gpt, spk_cond.to(self.device, self.dtype), emo_cond.to(self.dtype), plan.merge_alpha
+            )
+
         with self._gpt_autocast():
             # The merge of the two prompts' emotion encodings, kept per (speaker features,
             # emotion file, alpha): rows that share their prompts share it.
             merge_key = None if emo_key is None else (
-                _fingerprint(speaker["spk_cond_emb"]), *emo_key, float(plan.merge_alpha))
-            merged = self._memo("merged", merge_key, lambda: merge_prompts(
-                gpt, spk_cond, emo_cond, plan.merge_alpha))
+                _fingerprint(spk_cond), *emo_key, float(plan.merge_alpha))
+            merged = self._memo("merged", merge_key, merge)
             result = resolve_emotion(
                 gpt,
                 spk_cond,
