@@ -35,7 +35,7 @@ SAMPLING = {"max_mel_tokens": 16, "max_text_tokens_per_segment": 10, "repetition
 TEXTS = {
     "short": "Hello world.",
     "long": "The quick brown fox jumps over the lazy dog. It was a sunny day and the birds "
-            "sang loudly.",
+    "sang loudly.",
     "mid": "One two three four five six seven. Eight nine ten.",
 }
 MODES = {
@@ -63,16 +63,22 @@ def rows(engine):
     """Three rows with different speakers, text lengths and segment counts, conditioned."""
     wavs = sorted(SPEAKERS.glob("*.wav"))
     assert len(wavs) >= 3, f"need three example prompts in {SPEAKERS}"
-    reqs = [SynthesisRequest(id=name, text=text, speaker=wavs[i], seed=11 + i)
-            for i, (name, text) in enumerate(TEXTS.items())]
+    reqs = [
+        SynthesisRequest(id=name, text=text, speaker=wavs[i], seed=11 + i)
+        for i, (name, text) in enumerate(TEXTS.items())
+    ]
     spks = [engine.speaker_conditioning(r.speaker) for r in reqs]
     emos = [engine.emotion_conditioning(r, s) for r, s in zip(reqs, spks, strict=True)]
     return reqs, spks, emos
 
 
 def _with(reqs, **sampling):
-    return [SynthesisRequest(id=r.id, text=r.text, speaker=r.speaker, seed=r.seed,
-                             sampling={**SAMPLING, **sampling}) for r in reqs]
+    return [
+        SynthesisRequest(
+            id=r.id, text=r.text, speaker=r.speaker, seed=r.seed, sampling={**SAMPLING, **sampling}
+        )
+        for r in reqs
+    ]
 
 
 def _segments(value: dict) -> int:
@@ -104,8 +110,9 @@ def test_row_in_a_batch_equals_the_row_alone(engine, rows, mode):
         _assert_same_row(alone.value, batched[i].value, f"{mode} row {req.id}")
     # Row order and the per-call cap do not matter either.
     order = [2, 0, 1]
-    shuffled = engine.semantic_tokens([reqs[i] for i in order], [spks[i] for i in order],
-                                      [emos[i] for i in order])
+    shuffled = engine.semantic_tokens(
+        [reqs[i] for i in order], [spks[i] for i in order], [emos[i] for i in order]
+    )
     for j, i in enumerate(order):
         _assert_same_row(batched[i].value, shuffled[j].value, f"{mode} shuffled {reqs[i].id}")
 
@@ -129,13 +136,21 @@ def test_rows_sharing_a_speaker_share_its_latent(engine, rows, monkeypatch):
     reusing it changes nothing: the rows' codes and latents equal those of an Engine that
     computes it for every row."""
     reqs, spks, emos = rows
-    twins = _with([reqs[0], SynthesisRequest(id="twin", text=reqs[2].text, speaker=reqs[0].speaker,
-                                             seed=reqs[2].seed)], **MODES["sampling"])
+    twins = _with(
+        [
+            reqs[0],
+            SynthesisRequest(
+                id="twin", text=reqs[2].text, speaker=reqs[0].speaker, seed=reqs[2].seed
+            ),
+        ],
+        **MODES["sampling"],
+    )
     twin_spks, twin_emos = [spks[0], dict(spks[0])], [emos[0], emos[0]]
     gpt = engine.part("gpt")
     calls = []
-    monkeypatch.setattr(gpt, "get_conditioning",
-                        lambda *a, f=gpt.get_conditioning: calls.append(1) or f(*a))
+    monkeypatch.setattr(
+        gpt, "get_conditioning", lambda *a, f=gpt.get_conditioning: calls.append(1) or f(*a)
+    )
     engine.clear_prompt_cache()
     shared = engine.semantic_tokens(twins, twin_spks, twin_emos)
     assert len(calls) == 1, "the second row recomputed its speaker's latent"
@@ -176,10 +191,16 @@ def test_one_item_per_call_equals_the_single_row_reference_path(engine, rows, mo
     gpt = engine.part("gpt")
     opts = req.sampling_options()
     cfg = GenerationConfig(
-        do_sample=opts["do_sample"], top_k=opts["top_k"], top_p=opts["top_p"],
-        temperature=opts["temperature"], repetition_penalty=opts["repetition_penalty"],
-        num_beams=opts["num_beams"], length_penalty=opts["length_penalty"],
-        max_mel_tokens=opts["max_mel_tokens"], warn_on_limit=False)
+        do_sample=opts["do_sample"],
+        top_k=opts["top_k"],
+        top_p=opts["top_p"],
+        temperature=opts["temperature"],
+        repetition_penalty=opts["repetition_penalty"],
+        num_beams=opts["num_beams"],
+        length_penalty=opts["length_penalty"],
+        max_mel_tokens=opts["max_mel_tokens"],
+        warn_on_limit=False,
+    )
     spk_cond = spks[2]["spk_cond_emb"]
     emovec = emos[2]["emovec"]
     assert _segments(got.value) > 1
@@ -187,11 +208,20 @@ def test_one_item_per_call_equals_the_single_row_reference_path(engine, rows, mo
         text = got.value[f"text_ids_{i}"].unsqueeze(0)
         gen = torch.Generator().manual_seed(segment_seed(_seed(req), i))
         with torch.no_grad():
-            out, latent = gpt.inference_speech(spk_cond, text, emo_vec=emovec, config=cfg,
-                                               generator=gen)
+            out, latent = gpt.inference_speech(
+                spk_cond, text, emo_vec=emovec, config=cfg, generator=gen
+            )
             codes, (n,) = trim_at_stop(out.codes[:1], gpt.stop_mel_token)
-            ref = gpt(latent, text, torch.tensor([text.size(1)]), codes, torch.tensor([n]),
-                      None, emo_vec=emovec, use_speed=torch.zeros(1, dtype=torch.long))
+            ref = gpt(
+                latent,
+                text,
+                torch.tensor([text.size(1)]),
+                codes,
+                torch.tensor([n]),
+                None,
+                emo_vec=emovec,
+                use_speed=torch.zeros(1, dtype=torch.long),
+            )
         assert torch.equal(got.value[f"codes_{i}"], codes[0]), i
         assert torch.equal(got.value[f"latent_{i}"], ref[0]), i
 
@@ -214,9 +244,16 @@ def test_forward_packed_equals_forward_per_item(engine):
     with torch.no_grad():
         packed = gpt.forward_packed(latent, emovec, texts, codes)
         for i in range(3):
-            one = gpt(latent[i:i + 1], texts[i][None], torch.tensor([texts[i].numel()]),
-                      codes[i][None], torch.tensor([codes[i].numel()]), None,
-                      emo_vec=emovec[i:i + 1], use_speed=torch.zeros(1, dtype=torch.long))[0]
+            one = gpt(
+                latent[i : i + 1],
+                texts[i][None],
+                torch.tensor([texts[i].numel()]),
+                codes[i][None],
+                torch.tensor([codes[i].numel()]),
+                None,
+                emo_vec=emovec[i : i + 1],
+                use_speed=torch.zeros(1, dtype=torch.long),
+            )[0]
             assert packed[i].shape == one.shape == (codes[i].numel(), d)
             torch.testing.assert_close(packed[i], one, **TOL)
 
@@ -256,12 +293,15 @@ def test_one_generator_equals_a_list_of_one(beams, decoder):
     fn = plain_generate if decoder == "plain" else fast_generate
     model = _gpt_small()
     prefix, valid = _prefix(model, 1)
-    cfg = GenerationConfig(num_beams=beams, max_mel_tokens=24, warn_on_limit=False,
-                           repetition_penalty=2.0)
-    single = fn(model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9),
-                output_scores=True)
-    listed = fn(model, prefix, valid, cfg, generator=[torch.Generator().manual_seed(9)],
-                output_scores=True)
+    cfg = GenerationConfig(
+        num_beams=beams, max_mel_tokens=24, warn_on_limit=False, repetition_penalty=2.0
+    )
+    single = fn(
+        model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9), output_scores=True
+    )
+    listed = fn(
+        model, prefix, valid, cfg, generator=[torch.Generator().manual_seed(9)], output_scores=True
+    )
     assert torch.equal(single.codes, listed.codes) and single.steps == listed.steps
     assert torch.equal(single.scores, listed.scores)
     if beams > 1:
@@ -279,14 +319,25 @@ def test_item_draws_come_from_its_own_generator(beams):
     model = _gpt_small()
     prefix, valid = _prefix(model, 1)
     prefix, valid = prefix.expand(2, -1, -1).contiguous(), valid.expand(2, -1).contiguous()
-    cfg = GenerationConfig(num_beams=beams, max_mel_tokens=24, warn_on_limit=False,
-                           repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        num_beams=beams, max_mel_tokens=24, warn_on_limit=False, repetition_penalty=2.0
+    )
     for fn in (plain_generate, fast_generate):
-        same = fn(model, prefix, valid, cfg,
-                  generator=[torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)])
+        same = fn(
+            model,
+            prefix,
+            valid,
+            cfg,
+            generator=[torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)],
+        )
         assert torch.equal(same.codes[0], same.codes[1])
-        other = fn(model, prefix, valid, cfg,
-                   generator=[torch.Generator().manual_seed(4), torch.Generator().manual_seed(5)])
+        other = fn(
+            model,
+            prefix,
+            valid,
+            cfg,
+            generator=[torch.Generator().manual_seed(4), torch.Generator().manual_seed(5)],
+        )
         width = min(same.codes.size(1), other.codes.size(1))
         stop = model.stop_mel_token
         a, b = same.codes[0], other.codes[0]
@@ -310,30 +361,40 @@ def test_padded_batch_logits_match_items_alone(mode, decoder):
     spks = [torch.randn(1, n, 1024) for n in (40, 55, 31)]
     texts = [torch.randint(2, 200, (n,)) for n in (7, 12, 4)]
     emos = [torch.randn(1, d) * 0.1 for _ in range(3)]
-    cfg = GenerationConfig(**MODES[mode], max_mel_tokens=30, warn_on_limit=False,
-                           repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        **MODES[mode], max_mel_tokens=30, warn_on_limit=False, repetition_penalty=2.0
+    )
     with torch.no_grad():
         lat = [model.get_conditioning(s.transpose(1, 2), torch.tensor([1024])) for s in spks]
         text = torch.full((3, 12), model.stop_text_token)
         for i, t in enumerate(texts):
-            text[i, :t.numel()] = t
+            text[i, : t.numel()] = t
         prefix, valid = model.prepare_gpt_inputs(
-            model.conditioning_prefix(torch.cat(lat), torch.cat(emos), 3), text)
+            model.conditioning_prefix(torch.cat(lat), torch.cat(emos), 3), text
+        )
         assert not bool(valid.all())
         gens = [torch.Generator().manual_seed(5 + i) for i in range(3)]
         batch = fn(model, prefix, valid, cfg, generator=gens, output_logits=True)
         beams = cfg.num_beams
         for i in range(3):
-            p1, v1 = model.prepare_gpt_inputs(model.conditioning_prefix(lat[i], emos[i], 1),
-                                              texts[i][None])
-            one = fn(model, p1, v1, cfg, generator=[torch.Generator().manual_seed(5 + i)],
-                     output_logits=True)
-            codes = batch.codes[i, :one.codes.size(1)]
+            p1, v1 = model.prepare_gpt_inputs(
+                model.conditioning_prefix(lat[i], emos[i], 1), texts[i][None]
+            )
+            one = fn(
+                model,
+                p1,
+                v1,
+                cfg,
+                generator=[torch.Generator().manual_seed(5 + i)],
+                output_logits=True,
+            )
+            codes = batch.codes[i, : one.codes.size(1)]
             assert torch.equal(one.codes[0], codes), (mode, i)
-            assert bool((batch.codes[i, one.codes.size(1):] == model.stop_mel_token).all())
+            assert bool((batch.codes[i, one.codes.size(1) :] == model.stop_mel_token).all())
             steps = min(one.logits.size(0), batch.logits.size(0))
-            torch.testing.assert_close(batch.logits[:steps, i * beams:(i + 1) * beams],
-                                       one.logits[:steps], **TOL)
+            torch.testing.assert_close(
+                batch.logits[:steps, i * beams : (i + 1) * beams], one.logits[:steps], **TOL
+            )
 
 
 def test_generator_list_length_must_match_the_batch():
@@ -354,10 +415,12 @@ def test_generator_list_length_must_match_the_batch():
 def test_bad_text_fails_only_its_row(engine, rows):
     reqs, spks, emos = rows
     reqs = _with(reqs, **MODES["sampling"])
-    bad = SynthesisRequest(id="empty", text="   ", speaker=reqs[0].speaker, seed=1,
-                           sampling=dict(SAMPLING))
-    out = engine.semantic_tokens([reqs[0], bad, reqs[1]], [spks[0], spks[0], spks[1]],
-                                 [emos[0], emos[0], emos[1]])
+    bad = SynthesisRequest(
+        id="empty", text="   ", speaker=reqs[0].speaker, seed=1, sampling=dict(SAMPLING)
+    )
+    out = engine.semantic_tokens(
+        [reqs[0], bad, reqs[1]], [spks[0], spks[0], spks[1]], [emos[0], emos[0], emos[1]]
+    )
     assert not out[1].ok and "empty" in out[1].error
     alone = engine.semantic_tokens(reqs[:2], spks[:2], emos[:2])
     _assert_same_row(alone[0].value, out[0].value, "row before the bad one")
@@ -399,8 +462,10 @@ def test_nan_latent_fails_only_its_row(engine, rows, monkeypatch):
 
     def poisoned(latent, emovec, texts, codes):
         out = real(latent, emovec, texts, codes)
-        return [o * float("nan") if torch.equal(t.cpu(), short) else o
-                for o, t in zip(out, texts, strict=True)]
+        return [
+            o * float("nan") if torch.equal(t.cpu(), short) else o
+            for o, t in zip(out, texts, strict=True)
+        ]
 
     monkeypatch.setattr(gpt, "forward_packed", poisoned)
     out = engine.semantic_tokens(reqs, spks, emos)

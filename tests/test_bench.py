@@ -31,8 +31,14 @@ def test_randomize_is_deterministic_and_finite():
 
     def build():
         torch.manual_seed(0)
-        return randomize_(BigVGAN(upsample_initial_channel=16, resblock_kernel_sizes=[3],
-                                  resblock_dilation_sizes=[[1]]), seed=5)
+        return randomize_(
+            BigVGAN(
+                upsample_initial_channel=16,
+                resblock_kernel_sizes=[3],
+                resblock_dilation_sizes=[[1]],
+            ),
+            seed=5,
+        )
 
     a, b = build().state_dict(), build().state_dict()
     assert a.keys() == b.keys()
@@ -47,19 +53,45 @@ def test_randomize_is_deterministic_and_finite():
 def test_bench_tiny_cpu(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "bench.json"
-    args = build_parser().parse_args([
-        "bench", "--tiny", "--device", "cpu", "--batch", "1,2", "--tokens", "3",
-        "--text-tokens", "4", "--prompt-seconds", "1", "--diffusion-steps", "2",
-        "--warmup", "0", "--repeats", "1", "--gpt-decoder", "graph,eager",
-        "--write-checkpoints", str(tmp_path / "ckpt"), "--json", str(out),
-    ])
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--batch",
+            "1,2",
+            "--tokens",
+            "3",
+            "--text-tokens",
+            "4",
+            "--prompt-seconds",
+            "1",
+            "--diffusion-steps",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--gpt-decoder",
+            "graph,eager",
+            "--write-checkpoints",
+            str(tmp_path / "ckpt"),
+            "--json",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "ours (medians" in text and "RTF" in text
     data = json.loads(out.read_text())
     results = data["results"]
     assert {(r["batch"], r["decoder"]) for r in results} == {
-        (1, "graph"), (2, "graph"), (1, "eager"), (2, "eager")}
+        (1, "graph"),
+        (2, "graph"),
+        (1, "eager"),
+        (2, "eager"),
+    }
     for r in results:
         s = r["summary"]
         assert s["generated_tokens"] == 3  # the stop code is disabled: exactly --tokens
@@ -81,7 +113,8 @@ def test_render_flops_follow_steps_guidance_and_length():
     cfg, bigvgan, _ = bench_config(tiny=True)
     base = render_flops(cfg["s2mel"], bigvgan, 40, 20, steps=2, cfg_rate=0.7)
     assert render_flops(cfg["s2mel"], bigvgan, 40, 20, steps=4, cfg_rate=0.7)["s2mel"] == (
-        2 * base["s2mel"])
+        2 * base["s2mel"]
+    )
     single = render_flops(cfg["s2mel"], bigvgan, 40, 20, steps=2, cfg_rate=0.0)
     assert single["s2mel"] * 2 == base["s2mel"] and single["vocoder"] == base["vocoder"]
     longer = render_flops(cfg["s2mel"], bigvgan, 80, 40, steps=2, cfg_rate=0.7)
@@ -90,8 +123,18 @@ def test_render_flops_follow_steps_guidance_and_length():
 
 
 def test_bench_refuses_half_on_cpu(tmp_path):
-    args = build_parser().parse_args(["bench", "--tiny", "--device", "cpu", "--precision",
-                                      "bfloat16", "--json", str(tmp_path / "x.json")])
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--precision",
+            "bfloat16",
+            "--json",
+            str(tmp_path / "x.json"),
+        ]
+    )
     with pytest.raises(ValueError, match="need CUDA"):
         args.func(args)
 
@@ -110,10 +153,36 @@ def test_cudnn_ab_script_runs_on_cpu(tmp_path, monkeypatch):
     for name in ("benchmark", "deterministic", "enabled", "allow_tf32"):
         monkeypatch.setattr(torch.backends.cudnn, name, getattr(torch.backends.cudnn, name))
     out = tmp_path / "cudnn.json"
-    assert script.main(["--tiny", "--device", "cpu", "--batch", "1", "--tokens", "3",
-                        "--text-tokens", "4", "--prompt-seconds", "1", "--diffusion-steps", "2",
-                        "--repeats", "1", "--rounds", "1", "--precision", "float32",
-                        "--write-checkpoints", str(tmp_path / "ckpt"), "--json", str(out)]) == 0
+    assert (
+        script.main(
+            [
+                "--tiny",
+                "--device",
+                "cpu",
+                "--batch",
+                "1",
+                "--tokens",
+                "3",
+                "--text-tokens",
+                "4",
+                "--prompt-seconds",
+                "1",
+                "--diffusion-steps",
+                "2",
+                "--repeats",
+                "1",
+                "--rounds",
+                "1",
+                "--precision",
+                "float32",
+                "--write-checkpoints",
+                str(tmp_path / "ckpt"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     medians = json.loads(out.read_text())["medians_s"]
     assert set(medians) == {"deterministic@1", "benchmark@1"}
     for stages in medians.values():
@@ -137,11 +206,38 @@ def test_loop_trace_script_runs_on_cpu(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "trace.json"
-    assert script.main(["--tiny", "--device", "cpu", "--batch", "1", "--tokens", "3",
-                        "--text-tokens", "4", "--prompt-seconds", "1", "--diffusion-steps", "2",
-                        "--repeats", "1", "--precision", "float32", "--gpt-decoder", "graphfi",
-                        "--buckets", "8", "--write-checkpoints", str(tmp_path / "ckpt"),
-                        "--json", str(out)]) == 0
+    assert (
+        script.main(
+            [
+                "--tiny",
+                "--device",
+                "cpu",
+                "--batch",
+                "1",
+                "--tokens",
+                "3",
+                "--text-tokens",
+                "4",
+                "--prompt-seconds",
+                "1",
+                "--diffusion-steps",
+                "2",
+                "--repeats",
+                "1",
+                "--precision",
+                "float32",
+                "--gpt-decoder",
+                "graphfi",
+                "--buckets",
+                "8",
+                "--write-checkpoints",
+                str(tmp_path / "ckpt"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     for key in ("bench", "bucket_8", "driver"):
         assert report[key]["loop_ms_per_step"] > 0, key

@@ -28,7 +28,14 @@ torch.set_num_threads(1)
 
 def test_emotion_order():
     assert E.EMOTION_NAMES == (
-        "happy", "angry", "sad", "afraid", "disgusted", "melancholic", "surprised", "calm"
+        "happy",
+        "angry",
+        "sad",
+        "afraid",
+        "disgusted",
+        "melancholic",
+        "surprised",
+        "calm",
     )
     assert len(E.EMOTION_NAMES_ZH) == 8 and E.EMOTION_NAMES_ZH[2] == "悲伤"
 
@@ -169,8 +176,14 @@ def test_plan_precedence():
         seen.append(text)
         return {n: (0.9 if n == "happy" else 0.0) for n in E.EMOTION_NAMES}
 
-    p = E.plan_emotion("main text", emo_audio_prompt="emo.wav", emo_alpha=0.5,
-                       emo_vector=v, use_emo_text=True, text_model=fake_model)
+    p = E.plan_emotion(
+        "main text",
+        emo_audio_prompt="emo.wav",
+        emo_alpha=0.5,
+        emo_vector=v,
+        use_emo_text=True,
+        text_model=fake_model,
+    )
     assert seen == ["main text"]  # emotion text defaults to the text
     assert (p.mode, p.emo_audio, p.merge_alpha) == ("text", None, 1.0)
     assert p.emo_vector == (0.45, 0, 0, 0, 0, 0, 0, 0)
@@ -234,8 +247,10 @@ def _vec(d):
 
 
 def test_parse_json_answer():
-    ans = '{"高兴": 0.0, "愤怒": 0.0, "悲伤": 0.7, "恐惧": 0.0, "反感": 0.0, "低落": 0.1, ' \
-          '"惊讶": 0.0, "自然": 0.3}'
+    ans = (
+        '{"高兴": 0.0, "愤怒": 0.0, "悲伤": 0.7, "恐惧": 0.0, "反感": 0.0, "低落": 0.1, '
+        '"惊讶": 0.0, "自然": 0.3}'
+    )
     out = E.parse_emotion_response(ans, "今天下雨了")
     assert list(out) == list(E.EMOTION_NAMES)
     assert _vec(out) == [0, 0, 0.7, 0, 0, 0.1, 0, 0.3]
@@ -267,7 +282,7 @@ def test_parse_non_json_answer():
     with pytest.raises(ValueError, match="non-numeric score for happy"):
         E.parse_emotion_response('{"高兴": "very"}', "x")
     with pytest.raises(ValueError, match="malformed score"):
-        E.parse_emotion_response('高兴: 0.5.5', "x")
+        E.parse_emotion_response("高兴: 0.5.5", "x")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +307,11 @@ def _tiny_qwen(folder: Path, answer: list[str] | None) -> Path:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-    chars = sorted(set(string.printable) | set("".join(E.EMOTION_NAMES_ZH)) | set(
-        E.QWEN_SYSTEM_PROMPT + "今天我很开心"))
+    chars = sorted(
+        set(string.printable)
+        | set("".join(E.EMOTION_NAMES_ZH))
+        | set(E.QWEN_SYSTEM_PROMPT + "今天我很开心")
+    )
     pieces = ["[UNK]", *chars, *[a for a in (answer or []) if a not in chars]]
     vocab = {t: i for i, t in enumerate(pieces)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
@@ -309,9 +327,17 @@ def _tiny_qwen(folder: Path, answer: list[str] | None) -> Path:
     v = len(tok.get_vocab())
     hidden = v + (-v % 8)
     cfg = Qwen3Config(
-        vocab_size=v, hidden_size=hidden, intermediate_size=8, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
-        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=None,
+        vocab_size=v,
+        hidden_size=hidden,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)

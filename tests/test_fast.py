@@ -47,8 +47,11 @@ def _threads():
 
 # Decoder options for the parity cases: plain, compiled token choice, and the fused variant
 # (compiled fused layers, swap reorder, compiled processors and token choice).
-DECODER_OPTIONS = {"plain": {}, "compiled_logic": {"compile_logic": True},
-                   "fused": {**decode.VARIANTS["graphf"]}}
+DECODER_OPTIONS = {
+    "plain": {},
+    "compiled_logic": {"compile_logic": True},
+    "fused": {**decode.VARIANTS["graphf"]},
+}
 
 
 @pytest.mark.parametrize("variant", list(DECODER_OPTIONS))
@@ -113,8 +116,9 @@ def test_sampling_matches_plain_generation(beams):
         conds = model.conditioning_prefix(latent, torch.randn(2, d) * 0.1, 2)
         prefix, valid = model.prepare_gpt_inputs(conds, text)
     assert not bool(valid.all())
-    cfg = GenerationConfig(num_beams=beams, max_mel_tokens=24, warn_on_limit=False,
-                           repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        num_beams=beams, max_mel_tokens=24, warn_on_limit=False, repetition_penalty=2.0
+    )
     outs = []
     for fn in (plain_generate, fast_generate):
         gen = torch.Generator().manual_seed(123)
@@ -154,12 +158,19 @@ def test_graphs_are_captured_before_their_bucket(beams, bucket, check_every):
     model = _gpt_small()
     torch.manual_seed(0)
     prefix = torch.randn(2, 11, model.model_dim) * 0.5
-    cfg = GenerationConfig(num_beams=beams, do_sample=True, max_mel_tokens=70,
-                           warn_on_limit=False)
+    cfg = GenerationConfig(num_beams=beams, do_sample=True, max_mel_tokens=70, warn_on_limit=False)
     for ahead in (True, False):
-        dec = StaticDecoder(model, prefix, None, cfg, output_scores=True, bucket=bucket,
-                            generator=torch.Generator().manual_seed(5), reorder="swap",
-                            ahead=ahead)
+        dec = StaticDecoder(
+            model,
+            prefix,
+            None,
+            cfg,
+            output_scores=True,
+            bucket=bucket,
+            generator=torch.Generator().manual_seed(5),
+            reorder="swap",
+            ahead=ahead,
+        )
         dec.use_graph = True  # dec.stream stays None: the eager step runs on the CPU
         log: list[tuple] = []
 
@@ -179,10 +190,14 @@ def test_graphs_are_captured_before_their_bucket(beams, bucket, check_every):
         # a bucket's first step; otherwise at the first step of each bucket.
         at = sorted({e[2] for e in log if e[0] == "capture"})
         starts = range(bucket, cfg.max_mel_tokens, bucket)
-        assert at == ([1] + sorted({s - s % check_every for s in starts if s >= check_every})
-                      if ahead else [1, *starts]), at
-        ref = plain_generate(model, prefix, None, cfg, output_scores=True,
-                             generator=torch.Generator().manual_seed(5))
+        assert at == (
+            [1] + sorted({s - s % check_every for s in starts if s >= check_every})
+            if ahead
+            else [1, *starts]
+        ), at
+        ref = plain_generate(
+            model, prefix, None, cfg, output_scores=True, generator=torch.Generator().manual_seed(5)
+        )
         _assert_same_generation(ref, out, beams)
 
 
@@ -199,8 +214,9 @@ def test_static_decoder_stops_like_plain():
         model.mel_head.bias[model.stop_mel_token] += 6.0  # make the stop code likely
         try:
             for beams in (1, 2):
-                cfg = GenerationConfig(num_beams=beams, do_sample=False, max_mel_tokens=30,
-                                       warn_on_limit=False)
+                cfg = GenerationConfig(
+                    num_beams=beams, do_sample=False, max_mel_tokens=30, warn_on_limit=False
+                )
                 plain = plain_generate(model, prefix, None, cfg)
                 for every in (1, 4):
                     fast = fast_generate(model, prefix, None, cfg, check_every=every)
@@ -219,8 +235,12 @@ def _padded_prefix(model, length: int = 20):
     return prefix, valid
 
 
-SEARCHES = {"greedy": (1, False), "sampling": (1, True), "beam_search": (3, False),
-            "beam_sampling": (3, True)}
+SEARCHES = {
+    "greedy": (1, False),
+    "sampling": (1, True),
+    "beam_search": (3, False),
+    "beam_sampling": (3, True),
+}
 
 
 @pytest.mark.parametrize("search", list(SEARCHES))
@@ -235,14 +255,28 @@ def test_fused_decoder_matches_plain_generation(search):
     model = _gpt_small()
     prefix, valid = _padded_prefix(model)
     beams, sample = SEARCHES[search]
-    cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=24,
-                           warn_on_limit=False, repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        num_beams=beams,
+        do_sample=sample,
+        max_mel_tokens=24,
+        warn_on_limit=False,
+        repetition_penalty=2.0,
+    )
     before = len(fast.FALLBACKS)
-    plain = plain_generate(model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9),
-                           output_scores=True)
+    plain = plain_generate(
+        model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9), output_scores=True
+    )
     stats: dict = {}
-    fused = decode.generate(model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9),
-                            output_scores=True, stats=stats, **decode.VARIANTS["graphf"])
+    fused = decode.generate(
+        model,
+        prefix,
+        valid,
+        cfg,
+        generator=torch.Generator().manual_seed(9),
+        output_scores=True,
+        stats=stats,
+        **decode.VARIANTS["graphf"],
+    )
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
     assert stats["fused"] and stats["reorder"] == ("swap" if beams > 1 else "copy")
     _assert_same_generation(plain, fused, beams)
@@ -256,13 +290,15 @@ def test_fused_reduce_matmul_matches_plain_generation():
 
     model = _gpt_small()
     prefix, valid = _padded_prefix(model)
-    cfg = GenerationConfig(num_beams=3, do_sample=False, max_mel_tokens=24, warn_on_limit=False,
-                           repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        num_beams=3, do_sample=False, max_mel_tokens=24, warn_on_limit=False, repetition_penalty=2.0
+    )
     before = len(fast.FALLBACKS)
     plain = plain_generate(model, prefix, valid, cfg, output_scores=True)
     stats: dict = {}
-    fused = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
-                            fused=True, matmul="reduce")
+    fused = decode.generate(
+        model, prefix, valid, cfg, output_scores=True, stats=stats, fused=True, matmul="reduce"
+    )
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
     assert stats["fused"]
     assert torch.equal(plain.codes, fused.codes)
@@ -295,13 +331,22 @@ def _decode_with_reorders(reorders: tuple[str, ...], steps: int) -> list:
 
     model = _gpt_small()
     prefix, valid = _padded_prefix(model)
-    cfg = GenerationConfig(num_beams=3, max_mel_tokens=steps, warn_on_limit=False,
-                           repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        num_beams=3, max_mel_tokens=steps, warn_on_limit=False, repetition_penalty=2.0
+    )
     runs = []
     for reorder in reorders:
         with torch.no_grad():
-            dec = StaticDecoder(model, prefix, valid, cfg, output_scores=True, reorder=reorder,
-                                generator=torch.Generator().manual_seed(4), bucket=16)
+            dec = StaticDecoder(
+                model,
+                prefix,
+                valid,
+                cfg,
+                output_scores=True,
+                reorder=reorder,
+                generator=torch.Generator().manual_seed(4),
+                bucket=16,
+            )
             runs.append((dec, dec.run()))
     return runs
 
@@ -335,10 +380,12 @@ def test_table_reorder_is_exact():
     # the beams really parted: some generated positions are read from another row
     own = torch.arange(table_dec.rows).unsqueeze(1)
     first = table_dec.s_len + 1
-    assert bool((table_dec.src[:, first:first + 40] != own).any())
+    assert bool((table_dec.src[:, first : first + 40] != own).any())
     for layer in range(len(copy_dec.model.gpt.h)):
-        for copy_buf, table_buf in ((copy_dec.cache.k, table_dec.cache.k),
-                                    (copy_dec.cache.v, table_dec.cache.v)):
+        for copy_buf, table_buf in (
+            (copy_dec.cache.k, table_dec.cache.k),
+            (copy_dec.cache.v, table_dec.cache.v),
+        ):
             assert torch.equal(copy_buf[layer], gather_rows(table_buf[layer], table_dec.src))
 
 
@@ -347,11 +394,34 @@ def test_decode_profile_script_runs_on_cpu(tmp_path):
     that compile nothing (the fused ones are checked above)."""
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "profile.json"
-    cmd = [sys.executable, str(root / "scripts" / "device" / "decode_profile.py"), "--tiny",
-           "--device", "cpu", "--dtype", "float32", "--steps", "6", "--runs", "1",
-           "--batches", "1", "--variants", "graphr,graph", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
-                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(root / "scripts" / "device" / "decode_profile.py"),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--steps",
+        "6",
+        "--runs",
+        "1",
+        "--batches",
+        "1",
+        "--variants",
+        "graphr,graph",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["results"]
     assert [r["variant"] for r in rows] == ["graph", "graphr"]
@@ -369,15 +439,20 @@ def test_decode_profile_critical_path():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     kernels = [  # a: 0-10; b overlaps a, ends at 14; c after a gap, 20-25; d inside c
-        {"name": "a", "ts": 0.0, "dur": 10.0}, {"name": "b", "ts": 2.0, "dur": 12.0},
-        {"name": "c", "ts": 20.0, "dur": 5.0}, {"name": "d", "ts": 21.0, "dur": 1.0},
-        {"name": "b", "ts": 25.0, "dur": 3.0}]
+        {"name": "a", "ts": 0.0, "dur": 10.0},
+        {"name": "b", "ts": 2.0, "dur": 12.0},
+        {"name": "c", "ts": 20.0, "dur": 5.0},
+        {"name": "d", "ts": 21.0, "dur": 1.0},
+        {"name": "b", "ts": 25.0, "dur": 3.0},
+    ]
     out = module.critical_path(list(reversed(kernels)))
     assert out["span_us"] == 28.0
-    assert out["critical"] == [{"name": "c", "count": 1, "us": 11.0},
-                               {"name": "a", "count": 1, "us": 10.0},
-                               {"name": "b", "count": 2, "us": 7.0},
-                               {"name": "d", "count": 1, "us": 0.0}]
+    assert out["critical"] == [
+        {"name": "c", "count": 1, "us": 11.0},
+        {"name": "a", "count": 1, "us": 10.0},
+        {"name": "b", "count": 2, "us": 7.0},
+        {"name": "d", "count": 1, "us": 0.0},
+    ]
     assert sum(c["us"] for c in out["critical"]) == out["span_us"]
 
 
@@ -386,15 +461,40 @@ def test_vocoder_profile_script_runs_on_cpu(tmp_path):
     CPU, the plain variants (the fused kernel is CUDA-only there)."""
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "vocoder.json"
-    cmd = [sys.executable, str(root / "scripts" / "device" / "vocoder_profile.py"), "--tiny",
-           "--device", "cpu", "--precision", "float32", "--frames", "12", "--batches", "1,2",
-           "--repeats", "1", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
-                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(root / "scripts" / "device" / "vocoder_profile.py"),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--precision",
+        "float32",
+        "--frames",
+        "12",
+        "--batches",
+        "1,2",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert [(r["batch"], r["variant"]) for r in result["times"]] == [
-        (1, "eager"), (1, "convs"), (2, "eager"), (2, "convs")]
+        (1, "eager"),
+        (1, "convs"),
+        (2, "eager"),
+        (2, "convs"),
+    ]
     assert result["flops_per_row"] > 0 and all(r["seconds"] > 0 for r in result["times"])
 
 
@@ -410,8 +510,14 @@ def test_processors_equal_process_scores(beams, sample):
     logits = torch.randn(6, 300, generator=gen) * 3
     seen = torch.rand(6, 300, generator=gen) < 0.1
     for top_p, top_k, temperature in ((0.8, 30, 0.8), (None, None, None), (0.5, 0, 1.0)):
-        cfg = GenerationConfig(num_beams=beams, do_sample=sample, top_p=top_p, top_k=top_k,
-                               temperature=temperature, repetition_penalty=3.0)
+        cfg = GenerationConfig(
+            num_beams=beams,
+            do_sample=sample,
+            top_p=top_p,
+            top_k=top_k,
+            temperature=temperature,
+            repetition_penalty=3.0,
+        )
         scores = torch.log_softmax(logits, dim=-1) if beams > 1 else logits
         expected = process_scores(scores, seen, cfg, 2 if beams > 1 else 1)
         assert torch.equal(_processors(logits, seen, cfg, beams > 1), expected)
@@ -437,10 +543,17 @@ def test_fast_solve_without_trace(item):
     args = case["args"]
     noise = sc._inp(fs, case, "noise_z", opts)
     t_span = torch.linspace(0, 1, int(args["n_timesteps"]) + 1)
-    out = solve(model.cfm, noise, sc._inp(fs, case, "x_lens", opts),
-                sc._inp(fs, case, "prompt", opts), sc._inp(fs, case, "mu", opts),
-                sc._inp(fs, case, "style", opts), t_span, float(args["inference_cfg_rate"]),
-                graphs=False)
+    out = solve(
+        model.cfm,
+        noise,
+        sc._inp(fs, case, "x_lens", opts),
+        sc._inp(fs, case, "prompt", opts),
+        sc._inp(fs, case, "mu", opts),
+        sc._inp(fs, case, "style", opts),
+        t_span,
+        float(args["inference_cfg_rate"]),
+        graphs=False,
+    )
     comparison = fs.compare(case, case["outputs"]["out"], out)
     assert comparison.failure() is None, comparison.failure()
 
@@ -469,8 +582,15 @@ def _run_interpreted(code: str, timeout: int = 300) -> None:
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}:{root / 'tests'}"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=env, timeout=timeout, check=False, cwd=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        cwd=root,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")
 
@@ -528,7 +648,6 @@ def test_triton_window_gather_equals_index_select_interpreted():
         print("ok")
         """
     )
-
 
 
 def test_few_row_linear_kernels_interpreted():
@@ -619,7 +738,8 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
         # one attention
         assert calls == {"linear": 2 * 4 * 24 * 2, "attention": 2 * 24 * 2}, calls
         print("ok")
-        """, timeout=600
+        """,
+        timeout=600,
     )
 
 
@@ -659,7 +779,8 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
         # 2 layers x 24 fed tokens x 3 variants, each with the table
         assert len(tables) == 2 * 24 * 3 and all(tables), tables
         print("ok")
-        """, timeout=600
+        """,
+        timeout=600,
     )
 
 
@@ -723,20 +844,24 @@ def test_batched_per_item_draws_equal_per_item_multinomial():
 
     _draws_agree("cpu", ((4, 1, 300, 6), (3, 2, 50, 1), (2, 3, 40, 4), (5, 1, 30, 6)))
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    for bad, message in ((torch.tensor([[0.5, float("nan")], [0.5, 0.5]]), "nan"),
-                         (torch.tensor([[0.5, -0.1], [0.5, 0.5]]), "element < 0"),
-                         (torch.tensor([[0.0, 0.0], [0.5, 0.5]]), "sum of probabilities")):
+    for bad, message in (
+        (torch.tensor([[0.5, float("nan")], [0.5, 0.5]]), "nan"),
+        (torch.tensor([[0.5, -0.1], [0.5, 0.5]]), "element < 0"),
+        (torch.tensor([[0.0, 0.0], [0.5, 0.5]]), "sum of probabilities"),
+    ):
         with pytest.raises(RuntimeError, match=message):
             multinomial_groups(bad, 1, gens)
     one = torch.Generator().manual_seed(3)
     probs = torch.rand(2, 20)
-    assert torch.equal(multinomial_groups(probs, 2, [one]),
-                       torch.multinomial(probs, 2, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        multinomial_groups(probs, 2, [one]),
+        torch.multinomial(probs, 2, generator=torch.Generator().manual_seed(3)),
+    )
     flat = torch.rand(40)  # not [rows, categories]: multinomial_rows' own handling, unchanged
-    assert torch.equal(multinomial_groups(flat, 3, [torch.Generator().manual_seed(i)
-                                                    for i in range(2)]),
-                       multinomial_rows(flat, 3, [torch.Generator().manual_seed(i)
-                                                  for i in range(2)]))
+    assert torch.equal(
+        multinomial_groups(flat, 3, [torch.Generator().manual_seed(i) for i in range(2)]),
+        multinomial_rows(flat, 3, [torch.Generator().manual_seed(i) for i in range(2)]),
+    )
 
 
 def test_triton_decode_attention_equals_sdpa_interpreted():

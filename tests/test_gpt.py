@@ -131,8 +131,9 @@ def test_beam_cache_reordering_equals_full_recomputation(gpt, golden):
         out = generate(gpt, prefix, valid, cfg, output_logits=True)
         for b in range(prefix.size(0)):
             n = int((out.beam_indices[b] >= 0).sum())
-            expected = _full_recompute_logits(gpt, prefix[b:b + 1], valid[b:b + 1],
-                                              out.codes[b:b + 1, :n])[:, 0]
+            expected = _full_recompute_logits(
+                gpt, prefix[b : b + 1], valid[b : b + 1], out.codes[b : b + 1, :n]
+            )[:, 0]
             actual = out.logits[torch.arange(n), out.beam_indices[b, :n]]
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
@@ -153,7 +154,8 @@ def test_beam_sampling_follows_the_reference_rng_stream(gpt, golden):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             out, _ = gpt.inference_speech(
-                golden["b1.spk_feat"], golden[f"{name}.text_tokens"].int().reshape(1, -1),
+                golden["b1.spk_feat"],
+                golden[f"{name}.text_tokens"].int().reshape(1, -1),
                 emo_vec=golden[f"{name}.emo_vec_final"],
                 max_generate_length=int(args["max_mel_tokens"]),
             )
@@ -214,8 +216,9 @@ def test_inference_speech_defaults_follow_reference(gpt, golden):
     text = golden["gen.text0.text_tokens"].int()
     emo = golden["merge_b1.emovec"]
     with pytest.warns(RuntimeWarning):
-        out, latent = gpt.inference_speech(spk, text, emo_vec=emo, max_generate_length=2,
-                                           do_sample=False, num_beams=1)
+        out, latent = gpt.inference_speech(
+            spk, text, emo_vec=emo, max_generate_length=2, do_sample=False, num_beams=1
+        )
     torch.testing.assert_close(latent, golden["cond_spk_b1.latent"], rtol=1e-4, atol=1e-5)
     assert torch.equal(out.codes, golden["gen_greedy_text0.codes"][:, :2])
     with pytest.raises(TypeError, match="unknown generation option"):
@@ -244,8 +247,9 @@ def test_inference_speech_leaves_check_every_to_the_generator(gpt, golden, monke
     for every in (None, 4):
         extra = {} if every is None else {"check_every": every}
         with pytest.warns(RuntimeWarning):
-            out, _ = gpt.inference_speech(spk, text, emo_vec=emo, max_generate_length=2,
-                                          do_sample=False, num_beams=1, **extra)
+            out, _ = gpt.inference_speech(
+                spk, text, emo_vec=emo, max_generate_length=2, do_sample=False, num_beams=1, **extra
+            )
         assert torch.equal(out.codes, golden["gen_greedy_text0.codes"][:, :2])
     assert "check_every" not in calls[0]
     assert calls[1]["check_every"] == 4

@@ -43,7 +43,7 @@ HALF_NOT_APPLICABLE = {
     "gen_": "token-by-token argmax/beam choices diverge once two logits swap order",
     "trace_": "sampled codes: not comparable across precisions",
     "s2mel_chain": "the chain includes the prompt front end (fbank, CAMPPlus, codec), which "
-                   "stays float32; its half-precision parts are the dit/cfm/bigvgan cases",
+    "stays float32; its half-precision parts are the dit/cfm/bigvgan cases",
 }
 FLOAT32_ONLY = "runs in float32 in every precision mode of the pipeline"
 
@@ -56,14 +56,20 @@ def _id(item):
 @pytest.fixture(autouse=True)
 def _exact_cuda():
     """TF32 off (PyTorch enables it for cuDNN convolutions by default), cuDNN on."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.enabled)
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.enabled,
+    )
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.enabled = True
     yield
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-     torch.backends.cudnn.enabled) = saved
+    (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.enabled,
+    ) = saved
 
 
 def _record(item, dtype, comparisons, error=None, label=None):
@@ -73,11 +79,24 @@ def _record(item, dtype, comparisons, error=None, label=None):
         a, e = c.actual.detach().float().cpu(), c.expected.detach().float().cpu()
         same = tuple(a.shape) == tuple(e.shape)
         rel = float((a - e).norm() / e.norm().clamp_min(1e-30)) if same and e.numel() else None
-        rows.append({"key": c.key, "exact": c.exact, "shape_ok": same, "rel_l2": rel,
-                     "max_abs": c.max_abs_diff() if same else None,
-                     "within_tolerance": c.failure() is None})
-    REPORT.append({"case": _id(item), "dtype": label or str(dtype).removeprefix("torch."),
-                   "error": error, "outputs": rows})
+        rows.append(
+            {
+                "key": c.key,
+                "exact": c.exact,
+                "shape_ok": same,
+                "rel_l2": rel,
+                "max_abs": c.max_abs_diff() if same else None,
+                "within_tolerance": c.failure() is None,
+            }
+        )
+    REPORT.append(
+        {
+            "case": _id(item),
+            "dtype": label or str(dtype).removeprefix("torch."),
+            "error": error,
+            "outputs": rows,
+        }
+    )
     _write_report()
 
 
@@ -106,8 +125,11 @@ def _skip_if_env(exc: Exception) -> None:
 
 
 # The fast paths first (they matter most and take longest to set up).
-FAST = [(fs, c) for fs, c in CASES
-        if parity.case_id(c).startswith(("gen_", "cfm_", "s2mel_chain", "bigvgan"))]
+FAST = [
+    (fs, c)
+    for fs, c in CASES
+    if parity.case_id(c).startswith(("gen_", "cfm_", "s2mel_chain", "bigvgan"))
+]
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compiled"])
@@ -118,8 +140,15 @@ def test_fast_paths_cuda(item, compiled):
 
     fs, case = item
     before = len(fast.FALLBACKS)
-    with patched(gpt=True, s2mel=True, bigvgan=True, s2mel_graphs=True, bigvgan_mode="triton",
-                 gpt_compile=compiled, s2mel_compile=compiled):
+    with patched(
+        gpt=True,
+        s2mel=True,
+        bigvgan=True,
+        s2mel_graphs=True,
+        bigvgan_mode="triton",
+        gpt_compile=compiled,
+        s2mel_compile=compiled,
+    ):
         comparisons = parity.run_case(fs, case, parity.RunOptions(device="cuda"))
     _record(item, "fast-float32" + ("-compiled" if compiled else ""), comparisons)
     failures = [f for c in comparisons if (f := c.failure())]
@@ -146,8 +175,17 @@ def test_cfm_graph_replay_cuda(item):
 
     before = len(fast.FALLBACKS)
     for _ in range(3):
-        out = solve(model.cfm, inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], t_span,
-                    float(args["inference_cfg_rate"]), graphs=True)
+        out = solve(
+            model.cfm,
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            inputs[3],
+            inputs[4],
+            t_span,
+            float(args["inference_cfg_rate"]),
+            graphs=True,
+        )
         comparison = fs.compare(case, case["outputs"]["out"], out)
         assert comparison.failure() is None, comparison.failure()
     assert len(fast.FALLBACKS) == before, f"fast path fell back: {fast.FALLBACKS[before:]}"
@@ -179,8 +217,11 @@ def test_graph_decoder_matches_eager_cuda():
         for fn in (plain_generate, fast_generate):
             gen = torch.Generator(device="cuda").manual_seed(7)
             outs.append(fn(model, prefix, None, cfg, generator=gen))
-        agree = float((outs[0].codes == outs[1].codes).float().mean()) if (
-            outs[0].codes.shape == outs[1].codes.shape) else 0.0
+        agree = (
+            float((outs[0].codes == outs[1].codes).float().mean())
+            if (outs[0].codes.shape == outs[1].codes.shape)
+            else 0.0
+        )
         REPORT.append({"case": f"graph_vs_eager_sampling_beams{beams}", "agreement": agree})
         _write_report()
         assert outs[0].codes.shape == outs[1].codes.shape
@@ -206,32 +247,48 @@ def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
     prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
     before = len(fast.FALLBACKS)
     for beams in (1, 3):
-        cfg = GenerationConfig(num_beams=beams, do_sample=True, max_mel_tokens=150,
-                               warn_on_limit=False)
+        cfg = GenerationConfig(
+            num_beams=beams, do_sample=True, max_mel_tokens=150, warn_on_limit=False
+        )
         outs, stats = [], []
         for kwargs in ({"use_graph": False}, {"ahead": True}, {"ahead": False}):
             stats.append({})
             gen = torch.Generator(device="cuda").manual_seed(11)
             with torch.autocast("cuda", dtype=dtype):
-                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
-                                          output_scores=True, bucket=bucket, stats=stats[-1],
-                                          **VARIANTS[variant], **kwargs))
+                outs.append(
+                    fast_generate(
+                        model,
+                        prefix,
+                        None,
+                        cfg,
+                        generator=gen,
+                        output_scores=True,
+                        bucket=bucket,
+                        stats=stats[-1],
+                        **VARIANTS[variant],
+                        **kwargs,
+                    )
+                )
         assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
         assert [s["eager_steps"] for s in stats] == [stats[0]["steps"], 1, 1]
         for out in outs[1:]:
             assert torch.equal(outs[0].codes, out.codes), f"beams {beams}"
             assert torch.equal(outs[0].scores, out.scores), f"beams {beams}"
-        REPORT.append({"case": f"captured_ahead_{variant}_bucket{bucket}_beams{beams}",
-                       "steps": stats[1]["steps"], "graphs": stats[1]["graphs"],
-                       "identical": True})
+        REPORT.append(
+            {
+                "case": f"captured_ahead_{variant}_bucket{bucket}_beams{beams}",
+                "steps": stats[1]["steps"],
+                "graphs": stats[1]["graphs"],
+                "identical": True,
+            }
+        )
         _write_report()
 
 
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
 # compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
 # graphs.
-NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka", "graphfi", "graphki",
-                "graphkp")
+NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka", "graphfi", "graphki", "graphkp")
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
 
@@ -284,23 +341,39 @@ def test_decoder_variant_matches_graph_cuda(variant, dtype):
     before = len(fast.FALLBACKS)
     for beams in (1, 3):
         for sample in (False, True):
-            cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=160,
-                                   warn_on_limit=False)
+            cfg = GenerationConfig(
+                num_beams=beams, do_sample=sample, max_mel_tokens=160, warn_on_limit=False
+            )
             outs, stats = [], {}
             for kwargs in ({}, {**options, "stats": stats}):
                 gen = torch.Generator(device="cuda").manual_seed(7)
                 with autocast:
-                    outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
-                                              output_scores=True, bucket=32, **kwargs))
+                    outs.append(
+                        fast_generate(
+                            model,
+                            prefix,
+                            None,
+                            cfg,
+                            generator=gen,
+                            output_scores=True,
+                            bucket=32,
+                            **kwargs,
+                        )
+                    )
             ref, out = outs
             assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
             assert stats["fused"] == bool(options.get("fused"))
             same = ref.codes.shape == out.codes.shape
             agree = float((ref.codes == out.codes).float().mean()) if same else 0.0
             first = _first_difference(ref.codes, out.codes)
-            REPORT.append({"case": f"{variant}_vs_graph_{str(dtype)[6:]}_beams{beams}_"
-                           f"{'sample' if sample else 'greedy'}", "agreement": agree,
-                           "first_difference": first})
+            REPORT.append(
+                {
+                    "case": f"{variant}_vs_graph_{str(dtype)[6:]}_beams{beams}_"
+                    f"{'sample' if sample else 'greedy'}",
+                    "agreement": agree,
+                    "first_difference": first,
+                }
+            )
             _write_report()
             if variant == "graphr":
                 assert same and torch.equal(ref.codes, out.codes)
@@ -378,8 +451,10 @@ def demo_engines(tmp_path_factory):
     from tts.pipeline import Engine
 
     root = write_demo_checkpoints(tmp_path_factory.mktemp("demo_gpu"), seed=3)
-    return (Engine.open(root, device="cuda", fast=True),
-            Engine.open(root, device="cuda", fast=False))
+    return (
+        Engine.open(root, device="cuda", fast=True),
+        Engine.open(root, device="cuda", fast=False),
+    )
 
 
 def _planned_rows(engine):
@@ -398,12 +473,29 @@ def _planned_rows(engine):
     for i, segs in enumerate(segments):
         segs = [[t % vocab for t in s] for s in segs]
         ids = [t for s in segs for t in s]
-        plan = TextPlan(text=f"row {i}", normalized=f"row {i}", tokens=[str(t) for t in ids],
-                        ids=ids, segments=[[str(t) for t in s] for s in segs], segment_ids=segs)
-        reqs.append(SynthesisRequest(
-            id=f"r{i}", text=f"row {i}", speaker=speakers[i % len(speakers)], seed=7 + i,
-            sampling={"max_mel_tokens": 40, "diffusion_steps": 4, "num_beams": 3,
-                      "do_sample": True}, text_plan=plan))
+        plan = TextPlan(
+            text=f"row {i}",
+            normalized=f"row {i}",
+            tokens=[str(t) for t in ids],
+            ids=ids,
+            segments=[[str(t) for t in s] for s in segs],
+            segment_ids=segs,
+        )
+        reqs.append(
+            SynthesisRequest(
+                id=f"r{i}",
+                text=f"row {i}",
+                speaker=speakers[i % len(speakers)],
+                seed=7 + i,
+                sampling={
+                    "max_mel_tokens": 40,
+                    "diffusion_steps": 4,
+                    "num_beams": 3,
+                    "do_sample": True,
+                },
+                text_plan=plan,
+            )
+        )
     return reqs
 
 
@@ -442,8 +534,9 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items,
         for key in a.value:
             if key.startswith("latent_"):
                 torch.testing.assert_close(a.value[key], b.value[key], rtol=1e-4, atol=1e-4)
-                worst["latent"] = max(worst["latent"],
-                                      float((a.value[key] - b.value[key]).abs().max()))
+                worst["latent"] = max(
+                    worst["latent"], float((a.value[key] - b.value[key]).abs().max())
+                )
             else:
                 assert torch.equal(a.value[key], b.value[key]), (a.id, key)
     wav_fast = fast.render(reqs, spks, [t.value for t in tok_plain])
@@ -453,8 +546,14 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items,
         assert a.value["wav"].shape == b.value["wav"].shape
         torch.testing.assert_close(a.value["wav"], b.value["wav"], rtol=1e-3, atol=1e-3)
         worst["wav"] = max(worst["wav"], float((a.value["wav"] - b.value["wav"]).abs().max()))
-    REPORT.append({"case": f"engine_fast_batched_vs_plain_float32_items{items}",
-                   "worst_abs": worst, "decoder": fast.gpt_decoder, "matmul": ran})
+    REPORT.append(
+        {
+            "case": f"engine_fast_batched_vs_plain_float32_items{items}",
+            "worst_abs": worst,
+            "decoder": fast.gpt_decoder,
+            "matmul": ran,
+        }
+    )
     _write_report()
 
 
@@ -468,14 +567,14 @@ def test_filterbanks_equal_the_transformers_extractor_cuda(tmp_path):
     ext = _extractor(tmp_path)
     worst = 0.0
     for name, wave in _waves().items():
-        ref = ext(wave.unsqueeze(0) if wave.dim() == 1 else wave, sampling_rate=16000,
-                  return_tensors="pt")
+        ref = ext(
+            wave.unsqueeze(0) if wave.dim() == 1 else wave, sampling_rate=16000, return_tensors="pt"
+        )
         feats, mask = filterbanks(ext, wave, "cuda")
         assert feats.device.type == "cuda" and mask.device.type == "cuda", name
         assert torch.equal(mask.cpu(), ref["attention_mask"].long()), name
         worst = max(worst, float((feats.cpu() - ref["input_features"]).abs().max()))
-        torch.testing.assert_close(feats.cpu(), ref["input_features"], atol=2e-5, rtol=0,
-                                   msg=name)
+        torch.testing.assert_close(feats.cpu(), ref["input_features"], atol=2e-5, rtol=0, msg=name)
     REPORT.append({"case": "w2vbert_filterbanks_cuda_vs_extractor", "worst_abs": worst})
     _write_report()
 
@@ -507,8 +606,12 @@ def test_fused_activation_at_vocoder_shapes_cuda(dtype):
     from tts.models.bigvgan import Activation1d, Snake, SnakeBeta
 
     torch.manual_seed(0)
-    for cls, channels, length in ((SnakeBeta, 768, 3444), (SnakeBeta, 24, 220419),
-                                  (Snake, 48, 251), (SnakeBeta, 3, 1)):
+    for cls, channels, length in (
+        (SnakeBeta, 768, 3444),
+        (SnakeBeta, 24, 220419),
+        (Snake, 48, 251),
+        (SnakeBeta, 3, 1),
+    ):
         act = cls(channels, logscale=True)
         with torch.no_grad():
             act.alpha.normal_(0, 0.3)
@@ -551,8 +654,9 @@ def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
     prefix = (torch.randn(2, 20, model.model_dim, generator=gen) * 0.5).cuda()
     valid = torch.ones(2, 20, dtype=torch.bool, device="cuda")
     valid[1, :3] = False
-    cfg = GenerationConfig(num_beams=3, do_sample=False, max_mel_tokens=40,
-                           warn_on_limit=False, repetition_penalty=2.0)
+    cfg = GenerationConfig(
+        num_beams=3, do_sample=False, max_mel_tokens=40, warn_on_limit=False, repetition_penalty=2.0
+    )
     before = len(fast.FALLBACKS)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         # The keys / values autocast produces are bf16 values: a float32 cache holds nothing
@@ -565,21 +669,26 @@ def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
         assert dec.cache.k.dtype == torch.bfloat16
         graph = dec.run(check_every=8)
         stats: dict = {}
-        fused = decode.generate(model, prefix, valid, cfg, stats=stats,
-                                **decode.VARIANTS["graphf"])
+        fused = decode.generate(model, prefix, valid, cfg, stats=stats, **decode.VARIANTS["graphf"])
         table_stats: dict = {}
-        table = decode.generate(model, prefix, valid, cfg, stats=table_stats,
-                                **decode.VARIANTS["graphfi"])
+        table = decode.generate(
+            model, prefix, valid, cfg, stats=table_stats, **decode.VARIANTS["graphfi"]
+        )
         plain = plain_generate(model, prefix, valid, cfg)
     assert stats["fused"] and len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
     assert table_stats["fused"] and table_stats["reorder"] == "table"
+
     def agree(a, b):
         return float((a == b).float().mean()) if a.shape == b.shape else None
 
-    REPORT.append({"case": "bf16_autocast_codes_agreement",
-                   "graph_vs_plain": agree(graph.codes, plain.codes),
-                   "graphf_vs_plain": agree(fused.codes, plain.codes),
-                   "graphfi_vs_plain": agree(table.codes, plain.codes)})
+    REPORT.append(
+        {
+            "case": "bf16_autocast_codes_agreement",
+            "graph_vs_plain": agree(graph.codes, plain.codes),
+            "graphf_vs_plain": agree(fused.codes, plain.codes),
+            "graphfi_vs_plain": agree(table.codes, plain.codes),
+        }
+    )
     _write_report()
 
 
@@ -602,17 +711,25 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
 
     x = (torch.randn(rows, dim, device="cuda") + 0.3).to(dtype)
     h = torch.randn(rows, 4 * dim, device="cuda").to(dtype)
-    ln = (torch.randn(dim, device="cuda").to(dtype), torch.randn(dim, device="cuda").to(dtype),
-          1e-5)
-    for n, k, kwargs in ((3 * dim, dim, {"ln": ln}), (dim, dim, {"residual": x}),
-                         (4 * dim, dim, {"ln": ln, "gelu": True}), (dim, 4 * dim, {"residual": x})):
+    ln = (
+        torch.randn(dim, device="cuda").to(dtype),
+        torch.randn(dim, device="cuda").to(dtype),
+        1e-5,
+    )
+    for n, k, kwargs in (
+        (3 * dim, dim, {"ln": ln}),
+        (dim, dim, {"residual": x}),
+        (4 * dim, dim, {"ln": ln, "gelu": True}),
+        (dim, 4 * dim, {"residual": x}),
+    ):
         w = (torch.randn(n, k, device="cuda") * k**-0.5).to(dtype)
         b = torch.randn(n, device="cuda").to(dtype)
         inp = h if k == 4 * dim else x
         close(linear.linear(inp, w, b, **kwargs), *ref(inp, w, b, **kwargs))
         if fast.pdl_available("cuda"):  # a programmatic dependent launch computes the same
-            assert torch.equal(linear.linear(inp, w, b, pdl=True, **kwargs),
-                               linear.linear(inp, w, b, **kwargs))
+            assert torch.equal(
+                linear.linear(inp, w, b, pdl=True, **kwargs), linear.linear(inp, w, b, **kwargs)
+            )
     w = (torch.randn(3 * dim, dim, device="cuda") * dim**-0.5).to(dtype)
     b = torch.randn(3 * dim, device="cuda").to(dtype)
     kv = torch.zeros(2, rows, heads, 40, dim // heads, device="cuda", dtype=dtype)
@@ -636,17 +753,21 @@ def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
     k, v = kv[0][:, :, :end], kv[1][:, :, :end]
     q = torch.randn(rows, heads, 1, hd, device="cuda").to(dtype)
     keys = torch.ones(rows, end, dtype=torch.bool, device="cuda")
-    keys[:, end - 7:] = False
+    keys[:, end - 7 :] = False
     keys[1, :150] = False
     mask = torch.zeros(rows, end, dtype=dtype, device="cuda").masked_fill_(~keys, float("-inf"))
     mask = mask[:, None, None, :]
     src = torch.randint(0, rows, (rows, end + 100), dtype=torch.int32, device="cuda")[:, :end]
     for table in (None, src):  # and through a source-row table (reorder="table")
         out = attention.attend(q, k, v, mask, src=table)
-        kt, vt = (k, v) if table is None else (attention.gather_rows(k, table),
-                                               attention.gather_rows(v, table))
+        kt, vt = (
+            (k, v)
+            if table is None
+            else (attention.gather_rows(k, table), attention.gather_rows(v, table))
+        )
         want = torch.nn.functional.scaled_dot_product_attention(
-            q.double(), kt.double(), vt.double(), attn_mask=mask.double())
+            q.double(), kt.double(), vt.double(), attn_mask=mask.double()
+        )
         err = (out.double() - want).abs()
         if dtype == torch.float32:
             assert float(err.max()) < 1e-5
@@ -668,16 +789,27 @@ def _identical_pair(dtype, first: dict, second: dict):
     prefix = (torch.randn(2, 30, model.model_dim, device="cuda") * 0.5).to(dtype)
     before = len(fast.FALLBACKS)
     for sample in (True, False):
-        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=160,
-                               warn_on_limit=False)
+        cfg = GenerationConfig(
+            num_beams=3, do_sample=sample, max_mel_tokens=160, warn_on_limit=False
+        )
         outs, stats = [], []
         for options in (first, second):
             stats.append({})
             gen = torch.Generator(device="cuda").manual_seed(13)
             with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                outs.append(fast_generate(model, prefix, None, cfg, generator=gen,
-                                          output_scores=True, bucket=32, stats=stats[-1],
-                                          **options))
+                outs.append(
+                    fast_generate(
+                        model,
+                        prefix,
+                        None,
+                        cfg,
+                        generator=gen,
+                        output_scores=True,
+                        bucket=32,
+                        stats=stats[-1],
+                        **options,
+                    )
+                )
         assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
         assert torch.equal(outs[0].codes, outs[1].codes), f"sample={sample}"
         assert torch.equal(outs[0].scores, outs[1].scores), f"sample={sample}"
@@ -699,8 +831,12 @@ def test_pdl_launch_equals_plain_launch_cuda(dtype):
         pytest.skip("programmatic dependent launch needs compute capability 9.0")
     assert VARIANTS["graphkp"] == {**VARIANTS["graphki"], "pdl": True}
     for sample, _ in _identical_pair(dtype, VARIANTS["graphki"], VARIANTS["graphkp"]):
-        REPORT.append({"case": f"pdl_vs_plain_{str(dtype)[6:]}_"
-                       f"{'sample' if sample else 'beam'}", "identical": True})
+        REPORT.append(
+            {
+                "case": f"pdl_vs_plain_{str(dtype)[6:]}_{'sample' if sample else 'beam'}",
+                "identical": True,
+            }
+        )
         _write_report()
 
 
@@ -719,9 +855,14 @@ def test_table_reorder_equals_swap_reorder_cuda(variant, swap_twin, dtype):
     for sample, stats in _identical_pair(dtype, twin, VARIANTS[variant]):
         assert [s["reorder"] for s in stats] == ["swap", "table"]
         assert all(s["attention"] == "triton" and s["eager_steps"] == 1 for s in stats), stats
-        REPORT.append({"case": f"table_vs_swap_{variant}_{str(dtype)[6:]}_"
-                       f"{'sample' if sample else 'beam'}", "steps": stats[1]["steps"],
-                       "identical": True})
+        REPORT.append(
+            {
+                "case": f"table_vs_swap_{variant}_{str(dtype)[6:]}_"
+                f"{'sample' if sample else 'beam'}",
+                "steps": stats[1]["steps"],
+                "identical": True,
+            }
+        )
         _write_report()
 
 
@@ -752,6 +893,13 @@ def test_batched_per_item_draws_equal_per_item_multinomial_cuda():
 
     assert same_topk_path(1, 16, 3 * 8194, torch.device("cuda"))
     assert not same_topk_path(1, 50, 8194, torch.device("cuda"))
-    _draws_agree("cuda", ((16, 1, 3 * 8194, 6), (48, 1, 3 * 8194, 6), (16, 3, 8194, 1),
-                          (50, 1, 8194, 6), (4, 2, 8194, 2)))
-
+    _draws_agree(
+        "cuda",
+        (
+            (16, 1, 3 * 8194, 6),
+            (48, 1, 3 * 8194, 6),
+            (16, 3, 8194, 1),
+            (50, 1, 8194, 6),
+            (4, 2, 8194, 2),
+        ),
+    )

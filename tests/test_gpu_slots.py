@@ -54,9 +54,12 @@ while not out.with_suffix(".go").exists():
 
 
 def _env(lock_dir: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID")
-           and not k.startswith("TTS_GPU_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID")
+        and not k.startswith("TTS_GPU_")
+    }
     env.update(TTS_GPU_LOCK_DIR=str(lock_dir), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.update(extra)
     return env
@@ -69,13 +72,20 @@ class Holder:
         self.out = folder / f"{name}.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(self.out), json.dumps(config or {"device": "cuda"})],
-            env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env=env,
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def result(self, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while not self.out.exists():
             if self.proc.poll() is not None and not self.out.exists():
-                raise AssertionError(f"holder exited {self.proc.returncode}: {self.proc.stdout.read()}")
+                raise AssertionError(
+                    f"holder exited {self.proc.returncode}: {self.proc.stdout.read()}"
+                )
             assert time.monotonic() < deadline, "holder got no slot in time"
             time.sleep(0.02)
         return json.loads(self.out.read_text())
@@ -127,14 +137,17 @@ def test_pool_maps_slots_to_cuda_visible_devices_entries():
     assert device_pool({}, {"CUDA_VISIBLE_DEVICES": ""}) == []  # no GPU visible
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"gpus": 4}, "only 3 GPU(s) are CUDA_VISIBLE_DEVICES=4,6,7"),
-    ({"gpus": ["1"]}, "names 1, which CUDA_VISIBLE_DEVICES=4,6,7 does not make visible"),
-    ({"gpus": 0}, "must be at least 1"),
-    ({"gpus": "two"}, "give a number of GPUs or a list"),
-    ({"gpus": []}, "an empty list"),
-    ({"device": "cuda:3"}, "cuda:3 was requested, but only 3 GPU(s)"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"gpus": 4}, "only 3 GPU(s) are CUDA_VISIBLE_DEVICES=4,6,7"),
+        ({"gpus": ["1"]}, "names 1, which CUDA_VISIBLE_DEVICES=4,6,7 does not make visible"),
+        ({"gpus": 0}, "must be at least 1"),
+        ({"gpus": "two"}, "give a number of GPUs or a list"),
+        ({"gpus": []}, "an empty list"),
+        ({"device": "cuda:3"}, "cuda:3 was requested, but only 3 GPU(s)"),
+    ],
+)
 def test_pool_errors_are_clear(config, message):
     with pytest.raises(GpuSlotError) as err:
         device_pool(config, {"CUDA_VISIBLE_DEVICES": "4,6,7"})
@@ -335,8 +348,12 @@ def _gpu_rule_scripts() -> list[Path]:
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         for rule in re.split(r"\nrule ", smk.read_text(encoding="utf-8"))[1:]:
             if re.search(r"resources:\s*\n\s*gpu=", rule):
-                scripts.append(REPO / "workflow" / "rules" / re.search(r'script:\s*\n\s*"([^"]+)"',
-                                                                       rule).group(1))
+                scripts.append(
+                    REPO
+                    / "workflow"
+                    / "rules"
+                    / re.search(r'script:\s*\n\s*"([^"]+)"', rule).group(1)
+                )
     return [p.resolve() for p in scripts]
 
 
@@ -419,8 +436,15 @@ def _rows() -> list[dict]:
     ]
 
 
-def _run_jobs(tmp_path: Path, ckpt: Path, device: str, pool_env: dict, batches: dict,
-              together: bool = True, sampling: dict | None = None) -> dict:
+def _run_jobs(
+    tmp_path: Path,
+    ckpt: Path,
+    device: str,
+    pool_env: dict,
+    batches: dict,
+    together: bool = True,
+    sampling: dict | None = None,
+) -> dict:
     """Start one job per batch at once; {job: (info, {row: wav})}. ``together``: every job
     holds its slot until all have one (so they hold different slots)."""
     from tts.pipeline import load_tensors
@@ -428,18 +452,31 @@ def _run_jobs(tmp_path: Path, ckpt: Path, device: str, pool_env: dict, batches: 
     env = _env(tmp_path / "locks", **pool_env)
     procs = {}
     for name, rows in batches.items():
-        job = {"name": name, "jobs": len(batches) if together else 1, "device": device, "checkpoints": str(ckpt),
-               "rows": rows, "sampling": sampling or FAST,
-               "gpt_batch_items": 1}  # bit equality needs one GPT item per call (module doc)
-        procs[name] = subprocess.Popen([sys.executable, "-c", ROW_JOB, str(tmp_path), json.dumps(job)],
-                                       env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
+        job = {
+            "name": name,
+            "jobs": len(batches) if together else 1,
+            "device": device,
+            "checkpoints": str(ckpt),
+            "rows": rows,
+            "sampling": sampling or FAST,
+            "gpt_batch_items": 1,
+        }  # bit equality needs one GPT item per call (module doc)
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", ROW_JOB, str(tmp_path), json.dumps(job)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     out = {}
     for name, proc in procs.items():
         text, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, text[-4000:]
-        out[name] = (json.loads((tmp_path / f"{name}.json").read_text()),
-                     load_tensors(tmp_path / f"{name}.safetensors"))
+        out[name] = (
+            json.loads((tmp_path / f"{name}.json").read_text()),
+            load_tensors(tmp_path / f"{name}.safetensors"),
+        )
     return out
 
 
@@ -454,9 +491,13 @@ def demo_checkpoints(tmp_path_factory) -> Path:
 def test_row_audio_is_the_same_alone_or_in_a_batch_on_another_slot(demo_checkpoints, tmp_path):
     rows = _rows()
     x = rows[1]
-    runs = _run_jobs(tmp_path, demo_checkpoints, "cpu",
-                     {"TTS_GPU_SLOTS": "on", "CUDA_VISIBLE_DEVICES": "0,1"},
-                     {"batch": rows, "alone": [x]})
+    runs = _run_jobs(
+        tmp_path,
+        demo_checkpoints,
+        "cpu",
+        {"TTS_GPU_SLOTS": "on", "CUDA_VISIBLE_DEVICES": "0,1"},
+        {"batch": rows, "alone": [x]},
+    )
     (batch_info, batch), (alone_info, alone) = runs["batch"], runs["alone"]
     assert {batch_info["cvd"], alone_info["cvd"]} == {"0", "1"}  # two jobs, two slots
     assert set(batch) == {"before", "x", "pinned"} and batch["x"].numel() > 0
@@ -472,8 +513,14 @@ def test_two_jobs_on_one_real_gpu_take_turns_and_agree(demo_checkpoints, tmp_pat
     uuid = str(torch.cuda.get_device_properties(0).uuid)
     uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
     rows = _rows()
-    runs = _run_jobs(tmp_path, demo_checkpoints, "cuda", {"CUDA_VISIBLE_DEVICES": uuid},
-                     {"batch": rows, "alone": [rows[1]]}, together=False)
+    runs = _run_jobs(
+        tmp_path,
+        demo_checkpoints,
+        "cuda",
+        {"CUDA_VISIBLE_DEVICES": uuid},
+        {"batch": rows, "alone": [rows[1]]},
+        together=False,
+    )
     (i1, w1), (i2, w2) = runs["batch"], runs["alone"]
     for info in (i1, i2):
         assert (info["cvd"], info["visible"]) == (uuid, 1)
@@ -518,7 +565,8 @@ def slot_intervals(logs: Path) -> dict[str, list[tuple[float, float, str]]]:
             continue
         stamps = [m.group(1) for m in map(_STAMP.match, lines) if m]
         out.setdefault(slot.group(3), []).append(
-            (seconds(stamps[0]), seconds(stamps[-1]), f"{path.parent.name}/{path.name}"))
+            (seconds(stamps[0]), seconds(stamps[-1]), f"{path.parent.name}/{path.name}")
+        )
     return {dev: sorted(v) for dev, v in out.items()}
 
 
@@ -543,15 +591,39 @@ def test_workflow_on_two_simulated_gpus(demo_checkpoints, tmp_path):
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     speaker = sorted(SPEAKERS.glob("*.wav"))[0]
     shutil.copy(speaker, wd / "a.wav")
-    (wd / "rows.tsv").write_text("id\ttext\tspeaker\na\tThe first row.\ta.wav\n"
-                                 "b\tHello world.\ta.wav\nc\tThe third row.\ta.wav\n")
+    (wd / "rows.tsv").write_text(
+        "id\ttext\tspeaker\na\tThe first row.\ta.wav\n"
+        "b\tHello world.\ta.wav\nc\tThe third row.\ta.wav\n"
+    )
     env = _env(tmp_path / "locks", TTS_GPU_SLOTS="on")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(wd), "--cores", "2", "--resources", "gpu=2", "--config",
-           f"checkpoints={demo_checkpoints}", "device=cpu", "texts=rows.tsv", "results=out",
-           "gpus=[g0,g1]"]
-    proc = subprocess.run(cmd, cwd=wd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=1800)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(wd),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=2",
+        "--config",
+        f"checkpoints={demo_checkpoints}",
+        "device=cpu",
+        "texts=rows.tsv",
+        "results=out",
+        "gpus=[g0,g1]",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=wd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
 
     intervals = slot_intervals(wd / "out" / "logs")
@@ -564,12 +636,22 @@ def test_workflow_on_two_simulated_gpus(demo_checkpoints, tmp_path):
 
     # Row b ran second in its batch, on whichever slot; alone, on another, it gives the same.
     spec = json.loads((wd / "out" / "specs" / "b.json").read_text())
-    row = {"id": "b", "text": spec["text"], "speaker": str(wd / spec["speaker"]),
-           "seed": spec["seed"]}
+    row = {
+        "id": "b",
+        "text": spec["text"],
+        "speaker": str(wd / spec["speaker"]),
+        "seed": spec["seed"],
+    }
     alone = tmp_path / "alone"
     alone.mkdir()
-    (_, wavs), = _run_jobs(alone, demo_checkpoints, "cpu", {"TTS_GPU_SLOTS": "off"},
-                     {"alone": [row]}, sampling=spec["sampling"]).values()
+    ((_, wavs),) = _run_jobs(
+        alone,
+        demo_checkpoints,
+        "cpu",
+        {"TTS_GPU_SLOTS": "off"},
+        {"alone": [row]},
+        sampling=spec["sampling"],
+    ).values()
     jobs.write_wav(alone / "b.wav", wavs["b"], SAMPLE_RATE)
     want, _ = sf.read(alone / "b.wav", dtype="int16")
     got, _ = sf.read(wd / "out" / "audio" / "b.wav", dtype="int16")

@@ -178,8 +178,9 @@ def test_schema_decoder_names_match_the_decoder_variants():
     assert config["gpt_decoder"] == DEFAULT_DECODER
     from tts.cli import build_parser
 
-    synth = build_parser().parse_args(["synth", "--text", "x", "--speaker", "s.wav",
-                                       "--out", "o.wav", "--checkpoints", "ck"])
+    synth = build_parser().parse_args(
+        ["synth", "--text", "x", "--speaker", "s.wav", "--out", "o.wav", "--checkpoints", "ck"]
+    )
     assert synth.gpt_decoder == DEFAULT_DECODER
 
 
@@ -273,7 +274,9 @@ def test_print_summary_lists_failed_rows(tmp_path):
     import io
 
     metrics = tmp_path / "metrics.tsv"
-    metrics.write_text("id\tstatus\terror\tverdict\na\tok\t\tpass\nb\tfailed\ttext is empty\tfail\n")
+    metrics.write_text(
+        "id\tstatus\terror\tverdict\na\tok\t\tpass\nb\tfailed\ttext is empty\tfail\n"
+    )
     out = io.StringIO()
     jobs.print_summary(metrics, out=out)
     assert "2 row(s): 1 ok (1 pass the thresholds), 1 failed" in out.getvalue()
@@ -291,10 +294,15 @@ def test_engine_call_splits_batches_on_out_of_memory():
         calls.append([r.id for r in requests])
         if len(requests) > 1 or requests[0].id == "huge":
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return [RowResult(r.id, value={"x": torch.tensor(v)}) for r, v in zip(requests, values, strict=True)]
+        return [
+            RowResult(r.id, value={"x": torch.tensor(v)})
+            for r, v in zip(requests, values, strict=True)
+        ]
 
-    reqs = [jobs.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"})
-            for i in ("a", "b", "huge", "c")]
+    reqs = [
+        jobs.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"})
+        for i in ("a", "b", "huge", "c")
+    ]
     out = jobs._engine_call(stage, reqs, [1, 2, 3, 4])
     assert [r.id for r in out] == ["a", "b", "huge", "c"]
     assert [r.ok for r in out] == [True, True, False, True]
@@ -323,10 +331,16 @@ def test_stale_locks_of_a_dead_run_are_cleared(tmp_path):
     lock.write_text("x")
     jobs.record_run(state)  # this (live) process holds the locks
     assert not jobs.clear_stale_locks(state) and lock.exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    jobs.write_json(state / jobs.RUN_RECORD,
-                    {"pid": int(dead.stdout), "host": socket.gethostname(), "start": "1"})
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    jobs.write_json(
+        state / jobs.RUN_RECORD,
+        {"pid": int(dead.stdout), "host": socket.gethostname(), "start": "1"},
+    )
     assert jobs.clear_stale_locks(state) and not lock.exists()
     assert not (state / jobs.RUN_RECORD).exists()
     lock.write_text("x")  # a run on another machine is never touched
@@ -348,8 +362,16 @@ def test_text_stage_plans_each_row_and_fails_a_bad_one_alone(tmp_path):
     specs = []
     for rid, text in texts.items():
         path = tmp_path / f"{rid}.json"
-        path.write_text(json.dumps({"id": rid, "text": text, "speaker": "x.wav",
-                                    "sampling": {"max_text_tokens_per_segment": 8}}))
+        path.write_text(
+            json.dumps(
+                {
+                    "id": rid,
+                    "text": text,
+                    "speaker": "x.wav",
+                    "sampling": {"max_text_tokens_per_segment": 8},
+                }
+            )
+        )
         specs.append(str(path))
     out = tmp_path / "text.json"
     jobs.run_text({"checkpoints": str(root)}, specs, str(out))
@@ -362,7 +384,6 @@ def test_text_stage_plans_each_row_and_fails_a_bad_one_alone(tmp_path):
         assert TextPlan.from_dict(rows[rid]["plan"]) == frontend.process(texts[rid])
         assert rows[rid]["timings"]["text"] >= 0
     assert len(rows["c"]["plan"]["segment_ids"]) > 1  # the row's own segment length was used
-
 
 
 def test_render_precision_is_checked_and_needs_cuda():
@@ -381,7 +402,6 @@ def test_render_precision_is_checked_and_needs_cuda():
     assert Engine(None, cpu, torch.float32).render_precision == "float32"
 
 
-
 def test_cudnn_benchmark_is_opt_in():
     """Off by default (deterministic kernels); on, cuDNN may time its kernels per shape."""
     import torch
@@ -394,17 +414,31 @@ def test_cudnn_benchmark_is_opt_in():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     assert config["cudnn_benchmark"] is False
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.enabled, cudnn.allow_tf32,
-             matmul.allow_tf32)
+    saved = (
+        cudnn.benchmark,
+        cudnn.deterministic,
+        cudnn.enabled,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+    )
     try:
         for on in (True, False):
             configure_cudnn(on)
             assert cudnn.benchmark is on and cudnn.deterministic is (not on)
             assert cudnn.enabled and not cudnn.allow_tf32 and not matmul.allow_tf32
     finally:
-        (cudnn.benchmark, cudnn.deterministic, cudnn.enabled, cudnn.allow_tf32,
-         matmul.allow_tf32) = saved
+        (
+            cudnn.benchmark,
+            cudnn.deterministic,
+            cudnn.enabled,
+            cudnn.allow_tf32,
+            matmul.allow_tf32,
+        ) = saved
     parser = cli.build_parser()
-    assert parser.parse_args(["synth", "--checkpoints", "c", "--text", "t", "--speaker", "s",
-                              "--out", "o"]).cudnn_benchmark is False
+    assert (
+        parser.parse_args(
+            ["synth", "--checkpoints", "c", "--text", "t", "--speaker", "s", "--out", "o"]
+        ).cudnn_benchmark
+        is False
+    )
     assert parser.parse_args(["bench", "--cudnn-benchmark"]).cudnn_benchmark is True

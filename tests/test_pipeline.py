@@ -138,8 +138,9 @@ def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_pa
     features, gpt = engine.part("features"), engine.part("gpt")
     calls, merges = [], []
     monkeypatch.setattr(features, "extract", lambda w, f=features.extract: calls.append(1) or f(w))
-    monkeypatch.setattr(gpt, "merge_emovec",
-                        lambda *a, f=gpt.merge_emovec, **k: merges.append(1) or f(*a, **k))
+    monkeypatch.setattr(
+        gpt, "merge_emovec", lambda *a, f=gpt.merge_emovec, **k: merges.append(1) or f(*a, **k)
+    )
     req = _request(prompt)
 
     spk = engine.speaker_conditioning(prompt)
@@ -166,8 +167,10 @@ def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_pa
     want = fresh.emotion_conditioning(_request(prompt, emo_vector=vector), spk_fresh)
     assert torch.equal(vec["emovec"], want["emovec"])
     half = _request(prompt, emo_audio=speaker_wav, emo_alpha=0.5)
-    assert torch.equal(engine.emotion_conditioning(half, spk)["emovec"],
-                       fresh.emotion_conditioning(half, spk_fresh)["emovec"])
+    assert torch.equal(
+        engine.emotion_conditioning(half, spk)["emovec"],
+        fresh.emotion_conditioning(half, spk_fresh)["emovec"],
+    )
     assert len(merges) == 2 and len(calls) == 3  # a new emotion file, a new alpha
 
     data, sr = sf.read(prompt, dtype="float32")
@@ -228,12 +231,27 @@ def test_synth_command_writes_a_22050_hz_wav(demo, speaker_wav, tmp_path, capsys
     assert not list(tmp_path.glob(".*.tmp")), "temporary file left behind"
 
 
-def test_synth_command_refuses_half_render_precision_on_the_cpu(demo, speaker_wav, tmp_path,
-                                                                capsys):
+def test_synth_command_refuses_half_render_precision_on_the_cpu(
+    demo, speaker_wav, tmp_path, capsys
+):
     out = tmp_path / "o.wav"
-    rc = cli.main(["synth", "--checkpoints", str(demo), "--text", "Hi.", "--speaker",
-                   str(speaker_wav), "--out", str(out), "--device", "cpu",
-                   "--render-precision", "bfloat16"])
+    rc = cli.main(
+        [
+            "synth",
+            "--checkpoints",
+            str(demo),
+            "--text",
+            "Hi.",
+            "--speaker",
+            str(speaker_wav),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--render-precision",
+            "bfloat16",
+        ]
+    )
     assert rc == 2
     assert "render_precision bfloat16 needs CUDA" in capsys.readouterr().err
     assert not out.exists()

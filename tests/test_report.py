@@ -26,56 +26,116 @@ def _write(path: Path, obj) -> None:
 def fake_results(root: Path, demo: bool = True) -> Path:
     """A results folder as the workflow leaves it: 3 ok rows, 1 failed in synthesis, 1 bad row."""
     res = root / "results"
-    rows = [("ok1", "Hello <b>world</b> & friends."), ("ok2", "Second row."),
-            ("ok3", "Third row."), ("gpu_fail", "Fails in render."), ("bad", "")]
+    rows = [
+        ("ok1", "Hello <b>world</b> & friends."),
+        ("ok2", "Second row."),
+        ("ok3", "Third row."),
+        ("gpu_fail", "Fails in render."),
+        ("bad", ""),
+    ]
     table = {"texts": "config/texts.tsv", "rows": []}
     render_rows, score_rows = {}, {}
     for i, (rid, text) in enumerate(rows):
         error = "text is empty" if rid == "bad" else None
-        table["rows"].append({"id": rid, "line": i + 2, "batch": None if error else "b000000000001",
-                              "error": error})
-        _write(res / "specs" / f"{rid}.json", {"id": rid, "text": text, "speaker": "spk.wav",
-                                               "speaker_key": None if error else "spk-1",
-                                               "seed": None, "error": error})
+        table["rows"].append(
+            {"id": rid, "line": i + 2, "batch": None if error else "b000000000001", "error": error}
+        )
+        _write(
+            res / "specs" / f"{rid}.json",
+            {
+                "id": rid,
+                "text": text,
+                "speaker": "spk.wav",
+                "speaker_key": None if error else "spk-1",
+                "seed": None,
+                "error": error,
+            },
+        )
         if error:
             continue
         timings = {"emotion": 0.1, "tokens": 0.5, "render": 0.7}
         if rid == "gpu_fail":
-            render_rows[rid] = {"ok": False, "error": "render: FloatingPointError: NaN in mel",
-                                "timings": timings}
+            render_rows[rid] = {
+                "ok": False,
+                "error": "render: FloatingPointError: NaN in mel",
+                "timings": timings,
+            }
             continue
         t = np.arange(int(SR * (1.0 + i * 0.25))) / SR
         wav = (0.3 * np.sin(2 * np.pi * 200 * (i + 1) * t)).astype(np.float32)
         wav_dir = res / "batches" / "b000000000001" / "wav"
         wav_dir.mkdir(parents=True, exist_ok=True)
         sf.write(wav_dir / f"{rid}.wav", wav, SR, subtype="PCM_16")
-        render_rows[rid] = {"ok": True, "error": None, "timings": timings, "wav": f"{rid}.wav",
-                            "duration": len(wav) / SR, "sample_rate": SR}
-        score_rows[rid] = {"transcript": text.lower(), "wer": 0.1 * i, "cer": 0.05 * i,
-                           "similarity": 0.9 - 0.1 * i, "similarity_backend": "resemblyzer",
-                           "asr": "pocketsphinx", "language": "en",
-                           "verdict": "pass" if i < 2 else "fail",
-                           "reasons": "" if i < 2 else "WER 0.200 > 0.1", "score_seconds": 0.2}
+        render_rows[rid] = {
+            "ok": True,
+            "error": None,
+            "timings": timings,
+            "wav": f"{rid}.wav",
+            "duration": len(wav) / SR,
+            "sample_rate": SR,
+        }
+        score_rows[rid] = {
+            "transcript": text.lower(),
+            "wer": 0.1 * i,
+            "cer": 0.05 * i,
+            "similarity": 0.9 - 0.1 * i,
+            "similarity_backend": "resemblyzer",
+            "asr": "pocketsphinx",
+            "language": "en",
+            "verdict": "pass" if i < 2 else "fail",
+            "reasons": "" if i < 2 else "WER 0.200 > 0.1",
+            "score_seconds": 0.2,
+        }
     _write(res / "table.json", table)
-    _write(res / "batches/b000000000001/render.json",
-           {"rows": render_rows, "demo": demo,
-            "provenance": {"device": "cpu", "gpt_dtype": "float32", "cudnn_enabled": True,
-                           "cudnn_version": None, "torch": "2.11.0"}})
+    _write(
+        res / "batches/b000000000001/render.json",
+        {
+            "rows": render_rows,
+            "demo": demo,
+            "provenance": {
+                "device": "cpu",
+                "gpt_dtype": "float32",
+                "cudnn_enabled": True,
+                "cudnn_version": None,
+                "torch": "2.11.0",
+            },
+        },
+    )
     _write(res / "batches/b000000000001/score.json", {"rows": score_rows})
     _write(res / "speakers/spk-1.json", {"ok": True, "seconds": 0.9})
-    _write(res / "checkpoints/abc/check.json",
-           {"root": "/models/x", "hash": "abc", "files": {"gpt": {"sha256": "f" * 64, "size": 9}}})
-    _write(res / "checkpoints/abc/validation.json",
-           {"demo": demo, "components": [{"name": "gpt", "ok": True, "tensors": 153,
-                                          "verdict": "ok", "message": "153 tensors loaded"}]})
+    _write(
+        res / "checkpoints/abc/check.json",
+        {"root": "/models/x", "hash": "abc", "files": {"gpt": {"sha256": "f" * 64, "size": 9}}},
+    )
+    _write(
+        res / "checkpoints/abc/validation.json",
+        {
+            "demo": demo,
+            "components": [
+                {
+                    "name": "gpt",
+                    "ok": True,
+                    "tensors": 153,
+                    "verdict": "ok",
+                    "message": "153 tensors loaded",
+                }
+            ],
+        },
+    )
     return res
 
 
 def _build(res: Path, **config) -> list[dict]:
     cfg = {"device": "cpu", "dtype": "float32", "report": {"mel_images": True}, **config}
-    return report.build(res, cfg, res / "report.html", res / "metrics.tsv", res / "audio",
-                        res / "checkpoints/abc/check.json",
-                        res / "checkpoints/abc/validation.json")
+    return report.build(
+        res,
+        cfg,
+        res / "report.html",
+        res / "metrics.tsv",
+        res / "audio",
+        res / "checkpoints/abc/check.json",
+        res / "checkpoints/abc/validation.json",
+    )
 
 
 def test_metrics_and_audio(tmp_path):
@@ -125,14 +185,32 @@ def chromium() -> str | None:
 def open_in_browser(page: Path, tmp: Path) -> tuple[str, Path]:
     """Load ``page`` in headless Chromium; return (DOM after scripts ran, screenshot path)."""
     shot = tmp / "report.png"
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1400,2000",
-           "--hide-scrollbars"]
-    subprocess.run(cmd + [f"--screenshot={shot}", page.resolve().as_uri()], check=True,
-                   capture_output=True, timeout=120)
-    dom = subprocess.run(cmd + ["--dump-dom", page.resolve().as_uri()], check=True,
-                         capture_output=True, text=True, timeout=120).stdout
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--window-size=1400,2000",
+        "--hide-scrollbars",
+    ]
+    subprocess.run(
+        cmd + [f"--screenshot={shot}", page.resolve().as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        cmd + ["--dump-dom", page.resolve().as_uri()],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     return dom, shot
 
 
@@ -154,9 +232,12 @@ def check_page_in_browser(page: Path, tmp: Path, ids: list[str], demo: bool) -> 
     assert colors is None or len(colors) > 8  # not a blank page
 
 
-@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    chromium() is None, reason="chromium is not installed (apt-get install -y chromium)"
+)
 def test_report_opens_in_headless_chromium(tmp_path):
     res = fake_results(tmp_path)
     _build(res)
-    check_page_in_browser(res / "report.html", tmp_path, ["ok1", "ok2", "ok3", "gpu_fail", "bad"],
-                          demo=True)
+    check_page_in_browser(
+        res / "report.html", tmp_path, ["ok1", "ok2", "ok3", "gpu_fail", "bad"], demo=True
+    )

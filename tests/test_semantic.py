@@ -191,8 +191,10 @@ def _waves() -> dict[str, torch.Tensor]:
     from tts.bench import prompt_wave
 
     g = torch.Generator().manual_seed(0)
-    waves = {f"noise{n}": torch.randn(1, n, generator=g) * 0.1
-             for n in (560, 16000, 16161, 48000, 160000)}
+    waves = {
+        f"noise{n}": torch.randn(1, n, generator=g) * 0.1
+        for n in (560, 16000, 16161, 48000, 160000)
+    }
     gap = torch.randn(1, 32000, generator=g) * 0.3
     gap[:, 8000:20000] = 0.0
     waves["gap"] = gap
@@ -213,8 +215,9 @@ def test_filterbanks_equal_the_transformers_extractor(tmp_path):
 
     ext = _extractor(tmp_path)
     for name, wave in _waves().items():
-        ref = ext(wave.unsqueeze(0) if wave.dim() == 1 else wave, sampling_rate=16000,
-                  return_tensors="pt")
+        ref = ext(
+            wave.unsqueeze(0) if wave.dim() == 1 else wave, sampling_rate=16000, return_tensors="pt"
+        )
         feats, mask = filterbanks(ext, wave)
         want = ref["input_features"]
         assert feats.dtype == torch.float32 and mask.dtype == torch.int64, name

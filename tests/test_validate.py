@@ -22,7 +22,11 @@ from tts.components import MODULE_COMPONENTS, build_empty
 from tts.loading import CheckpointError, compare_state, expected_tensors
 from tts.validate import COMPONENT_NAMES
 
-SETS = sorted(p for p in FIXTURES.iterdir() if (p / "config.yaml").is_file()) if FIXTURES.is_dir() else []
+SETS = (
+    sorted(p for p in FIXTURES.iterdir() if (p / "config.yaml").is_file())
+    if FIXTURES.is_dir()
+    else []
+)
 
 
 def held_components(root: Path) -> list[str]:

@@ -45,16 +45,41 @@ def _env() -> dict:
     return env
 
 
-def snakemake(wd: Path, *args: str, check: bool = True, timeout: int = 900,
-              overrides: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    wd: Path, *args: str, check: bool = True, timeout: int = 900, overrides: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run snakemake on the repository's Snakefile in ``wd`` (a folder beside the DEMO set
     ``ckpt/``); stdout+stderr in ``.stdout``."""
-    config = {"checkpoints": str(wd.parent / "ckpt"), "device": "cpu", "texts": "tables/rows.tsv",
-              "results": "out", **(overrides or {})}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(wd),
-           "--cores", "2", *args, "--config", *[f"{k}={v}" for k, v in config.items()]]
-    proc = subprocess.run(cmd, cwd=wd, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    config = {
+        "checkpoints": str(wd.parent / "ckpt"),
+        "device": "cpu",
+        "texts": "tables/rows.tsv",
+        "results": "out",
+        **(overrides or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(wd),
+        "--cores",
+        "2",
+        *args,
+        "--config",
+        *[f"{k}={v}" for k, v in config.items()],
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=wd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}")
     return proc
@@ -148,8 +173,11 @@ def test_every_output_is_complete(finished):
         assert float(row["duration_s"]) == pytest.approx(wave.size / 22050, abs=1e-3)
         for col in ("rtf", "t_speaker_s", "t_emotion_s", "t_tokens_s", "t_render_s", "verdict"):
             assert row[col] != "", (rid, col)
-    assert sorted(p.name for p in (res / "audio").glob("*.wav")) == ["hello.wav", "second.wav",
-                                                                    "third.wav"]
+    assert sorted(p.name for p in (res / "audio").glob("*.wav")) == [
+        "hello.wav",
+        "second.wav",
+        "third.wav",
+    ]
     page = (res / "report.html").read_text(encoding="utf-8")
     assert "demo-banner" in page and page.count("<audio ") == 3
     for rid, *_ in ROWS:
@@ -163,8 +191,16 @@ def test_every_output_is_complete(finished):
     assert re.search(r"\[tokens\] row 3/3 third: ok", logs), logs
     assert "Summary: 4 row(s): 3 ok" in out and "FAILED broken: text is empty" in out
     # Every rule has its log and benchmark.
-    for rule in ("check_checkpoints", "validate_weights", "speakers", "text", "emotion",
-                 "tokens", "render", "score"):
+    for rule in (
+        "check_checkpoints",
+        "validate_weights",
+        "speakers",
+        "text",
+        "emotion",
+        "tokens",
+        "render",
+        "score",
+    ):
         assert list((res / "logs" / rule).glob("*.log")), rule
         assert list((res / "benchmarks" / rule).glob("*.tsv")), rule
     assert (res / "logs" / "report.log").is_file() and (res / "benchmarks" / "report.tsv").is_file()
@@ -191,11 +227,19 @@ def test_settings_rerun_only_the_stages_they_affect(finished):
     wd, _ = finished
     assert job_counts(wd) == {}
     assert job_counts(wd, render_precision="bfloat16") == {
-        "render": 1, "score": 1, "report": 1, "all": 1}
+        "render": 1,
+        "score": 1,
+        "report": 1,
+        "all": 1,
+    }
     counts = job_counts(wd, dtype="bfloat16")
     assert "validate_weights" not in counts and "check_checkpoints" not in counts, counts
-    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1),
-                      "speaker_conditioning": 1, "report": 1, "all": 1}, counts
+    assert counts == {
+        **dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1),
+        "speaker_conditioning": 1,
+        "report": 1,
+        "all": 1,
+    }, counts
 
 
 def test_only_new_and_edited_rows_rerun(finished):
@@ -209,20 +253,30 @@ def test_only_new_and_edited_rows_rerun(finished):
     rows = ROWS[:2] + [("added", "A new row.", "voices/a.wav", "")] + ROWS[2:]
     write_table(wd, rows)
     counts = job_counts(wd)
-    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1), "report": 1, "all": 1}, counts
+    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1), "report": 1, "all": 1}, (
+        counts
+    )
     snakemake(wd)
-    assert {p.name: p.stat().st_mtime_ns for p in res.glob("batches/*/wav/*.wav")
-            if p.name != "added.wav"} == wav_times
+    assert {
+        p.name: p.stat().st_mtime_ns
+        for p in res.glob("batches/*/wav/*.wav")
+        if p.name != "added.wav"
+    } == wav_times
     assert (res / "audio" / "added.wav").is_file()
     assert _metrics(wd)["added"]["status"] == "ok"
 
     # Editing one row reruns its batch only (not the new batch of the added row); removing a
     # row reruns nothing but the report.
-    edited = [(r[0], "The third one, edited." if r[0] == "third" else r[1], *r[2:])
-              for r in rows if r[0] != "second"]
+    edited = [
+        (r[0], "The third one, edited." if r[0] == "third" else r[1], *r[2:])
+        for r in rows
+        if r[0] != "second"
+    ]
     write_table(wd, edited)
     counts = job_counts(wd)
-    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1), "report": 1, "all": 1}, counts
+    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1), "report": 1, "all": 1}, (
+        counts
+    )
     out = snakemake(wd, "--dry-run").stdout
     third_batch = json.loads((res / "table.json").read_text())["rows"]
     batch = next(r["batch"] for r in third_batch if r["id"] == "third")
@@ -233,13 +287,29 @@ def test_only_new_and_edited_rows_rerun(finished):
 def test_killed_run_resumes_to_the_same_results(base, finished):
     ref, _ = finished
     wd = make_workdir(base / "killed")
-    config = {"checkpoints": str(base / "ckpt"), "device": "cpu", "texts": "tables/rows.tsv",
-              "results": "out"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(wd),
-           "--cores", "2", "--config", *[f"{k}={v}" for k, v in config.items()]]
+    config = {
+        "checkpoints": str(base / "ckpt"),
+        "device": "cpu",
+        "texts": "tables/rows.tsv",
+        "results": "out",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(wd),
+        "--cores",
+        "2",
+        "--config",
+        *[f"{k}={v}" for k, v in config.items()],
+    ]
     log = open(wd / "killed.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=wd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=wd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.time() + 600
     try:
         # Kill in the middle: while the GPT job is running.
@@ -337,16 +407,21 @@ def test_lint_and_dry_run_are_clean(base):
     lint = snakemake(wd, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout
     counts = job_counts(wd)
-    assert counts == {"check_checkpoints": 1, "validate_weights": 1, "speaker_conditioning": 1,
-                      **dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1), "report": 1, "all": 1}, counts
+    assert counts == {
+        "check_checkpoints": 1,
+        "validate_weights": 1,
+        "speaker_conditioning": 1,
+        **dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1),
+        "report": 1,
+        "all": 1,
+    }, counts
 
 
 def test_repository_config_dry_run(base):
     """The shipped config and example table plan cleanly (overriding only the weights)."""
     wd = base / "repository_config"
     shutil.copytree(REPO / "config", wd / "config")
-    proc = snakemake(wd, "--dry-run", overrides={"texts": "config/texts.tsv",
-                                                 "results": "results"})
+    proc = snakemake(wd, "--dry-run", overrides={"texts": "config/texts.tsv", "results": "results"})
     assert "speaker_conditioning" in proc.stdout
 
 
@@ -359,7 +434,9 @@ def test_slurm_profile_dry_run_requests_gpus(base):
     proc = snakemake(wd, "--dry-run", "--profile", str(REPO / "profiles" / "slurm"))
     assert "Using profiles" in proc.stdout and "profiles/slurm" in proc.stdout
     gpu_rules = set()
-    for rule, body in re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", proc.stdout, flags=re.M):
+    for rule, body in re.findall(
+        r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", proc.stdout, flags=re.M
+    ):
         match = re.search(r"^    resources: (.*)$", body, flags=re.M)
         res = dict(re.findall(r"(\w+)=([^,]+)", match.group(1))) if match else {}
         if res.get("gpu") == "1":

@@ -37,11 +37,31 @@ pytestmark = [
 def test_real_checkpoints_end_to_end(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(tmp_path), "--cores", "2", "--resources", "gpu=1", "--config",
-           f"checkpoints={CHECKPOINTS}", "device=auto", "results=results"]
-    proc = subprocess.run(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=int(os.environ.get("TTS_WORKFLOW_TIMEOUT", "3600")))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=1",
+        "--config",
+        f"checkpoints={CHECKPOINTS}",
+        "device=auto",
+        "results=results",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=int(os.environ.get("TTS_WORKFLOW_TIMEOUT", "3600")),
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     res = tmp_path / "results"
     with open(res / "metrics.tsv", encoding="utf-8", newline="") as fh:

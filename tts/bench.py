@@ -65,18 +65,38 @@ DECODERS = (*VARIANTS, "eager")
 # --tiny: shrunk sizes (everything the reference hard-codes - 1024-wide semantic features, 80
 # mels, 192-wide style, the 1280-wide gpt_layer input, hence the GPT width - keeps its value).
 TINY_GPT = {
-    "layers": 1, "number_text_tokens": 256, "max_mel_tokens": 64, "max_text_tokens": 64,
-    "condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2,
-                         "num_blocks": 1, "input_layer": "conv2d2", "perceiver_mult": 2},
-    "emo_condition_module": {"output_size": 32, "linear_units": 64, "attention_heads": 2,
-                             "num_blocks": 1, "input_layer": "conv2d2", "perceiver_mult": 0.375},
+    "layers": 1,
+    "number_text_tokens": 256,
+    "max_mel_tokens": 64,
+    "max_text_tokens": 64,
+    "condition_module": {
+        "output_size": 32,
+        "linear_units": 64,
+        "attention_heads": 2,
+        "num_blocks": 1,
+        "input_layer": "conv2d2",
+        "perceiver_mult": 2,
+    },
+    "emo_condition_module": {
+        "output_size": 32,
+        "linear_units": 64,
+        "attention_heads": 2,
+        "num_blocks": 1,
+        "input_layer": "conv2d2",
+        "perceiver_mult": 0.375,
+    },
 }
-TINY_S2MEL = {"DiT": {"hidden_dim": 64, "num_heads": 4, "depth": 3, "content_dim": 64},
-              "wavenet": {"hidden_dim": 64, "num_layers": 2},
-              "length_regulator": {"channels": 64}}
+TINY_S2MEL = {
+    "DiT": {"hidden_dim": 64, "num_heads": 4, "depth": 3, "content_dim": 64},
+    "wavenet": {"hidden_dim": 64, "num_layers": 2},
+    "length_regulator": {"channels": 64},
+}
 TINY_CODEC = {"vocos_dim": 32, "vocos_intermediate_dim": 64, "vocos_num_layers": 1}
-TINY_BIGVGAN = {"upsample_initial_channel": 64, "resblock_kernel_sizes": [3],
-                "resblock_dilation_sizes": [[1, 3]]}
+TINY_BIGVGAN = {
+    "upsample_initial_channel": 64,
+    "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3]],
+}
 TINY_W2V = {"num_hidden_layers": 2, "intermediate_size": 64, "num_attention_heads": 16}
 TINY_W2V_LAYER = 2
 # Where the auxiliary models go: the flat layout (as the fixture sets have it).
@@ -125,8 +145,7 @@ def _fan_in(module: nn.Module, name: str, p: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def randomize_(module: nn.Module, seed: int, device: torch.device | str | None = None
-               ) -> nn.Module:
+def randomize_(module: nn.Module, seed: int, device: torch.device | str | None = None) -> nn.Module:
     """Deterministic, well-scaled random weights for every parameter of ``module``.
 
     Norm scales 1 and shifts 0, Snake log-parameters 0 (a = b = 1), biases 0, other tensors
@@ -149,8 +168,9 @@ def randomize_(module: nn.Module, seed: int, device: torch.device | str | None =
                 p.zero_()
             else:
                 std = 0.02 if p.ndim == 1 else 1.0 / math.sqrt(_fan_in(mod, name, p))
-                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32,
-                                    device=device) * std
+                noise = (
+                    torch.randn(p.shape, generator=gen, dtype=torch.float32, device=device) * std
+                )
                 p.copy_(noise.to(p.device, p.dtype))
         if "weight_g" in params:
             v = params["weight_v"]
@@ -160,8 +180,13 @@ def randomize_(module: nn.Module, seed: int, device: torch.device | str | None =
 
 
 @torch.no_grad()
-def write_random_set(out: Path, tiny: bool = False, seed: int = 1234,
-                     stop_bias: float = -1.0e4, device: str | None = None) -> Path:
+def write_random_set(
+    out: Path,
+    tiny: bool = False,
+    seed: int = 1234,
+    stop_bias: float = -1.0e4,
+    device: str | None = None,
+) -> Path:
     """Write a complete random checkpoint set (official layout and formats) to ``out``.
 
     ``device``: where the modules are built and the random numbers drawn (a GPU is much
@@ -187,7 +212,9 @@ def write_random_set(out: Path, tiny: bool = False, seed: int = 1234,
     (w2v_dir / "preprocessor_config.json").write_text(pre.read_text())
     (out / "config.yaml").write_text(
         "# BENCHMARK checkpoint set written by `tts bench`: random weights, NOT a voice model.\n"
-        + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        + yaml.safe_dump(cfg, sort_keys=False),
+        encoding="utf-8",
+    )
     cs = CheckpointSet.open(out)
     for i, (name, comp) in enumerate(MODULE_COMPONENTS.items()):
         with torch.device(device or "cpu"):
@@ -198,8 +225,10 @@ def write_random_set(out: Path, tiny: bool = False, seed: int = 1234,
         path = out / FLAT_FILES[name] if name in FLAT_FILES else comp.file(cs)
         path.parent.mkdir(parents=True, exist_ok=True)
         if name == "s2mel":
-            net = {part: {k[len(part) + 1:]: v for k, v in state.items()
-                          if k.startswith(part + ".")} for part in S2MEL_PARTS}
+            net = {
+                part: {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+                for part in S2MEL_PARTS
+            }
             torch.save({"net": net}, path)
         elif name == "bigvgan":
             torch.save({"generator": state}, path)
@@ -211,11 +240,17 @@ def write_random_set(out: Path, tiny: bool = False, seed: int = 1234,
     gen = torch.Generator().manual_seed(seed)
     rows = sum(cfg["emo_num"])
     torch.save(torch.rand(rows, 192, generator=gen) - 0.5, out / "feat1.pt")
-    torch.save((torch.rand(rows, cfg["gpt"]["model_dim"], generator=gen) - 0.5) * 0.2,
-               out / "feat2.pt")
+    torch.save(
+        (torch.rand(rows, cfg["gpt"]["model_dim"], generator=gen) - 0.5) * 0.2, out / "feat2.pt"
+    )
     hidden = int(w2v_cfg["hidden_size"])
-    torch.save({"mean": torch.randn(hidden, generator=gen) * 0.1,
-                "var": torch.rand(hidden, generator=gen) + 0.5}, out / "wav2vec2bert_stats.pt")
+    torch.save(
+        {
+            "mean": torch.randn(hidden, generator=gen) * 0.1,
+            "var": torch.rand(hidden, generator=gen) + 0.5,
+        },
+        out / "wav2vec2bert_stats.pt",
+    )
     _write_bpe(out / "bpe.model")
     return out
 
@@ -280,7 +315,8 @@ class StageClock:
         out, prev = {}, self.start
         for name, now in self.marks:
             out[name] = out.get(name, 0.0) + (
-                prev.elapsed_time(now) / 1e3 if self.cuda else now - prev)
+                prev.elapsed_time(now) / 1e3 if self.cuda else now - prev
+            )
             prev = now
         return out
 
@@ -290,8 +326,10 @@ def median_cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
     call, after ``warmup`` untimed calls): the kernel-timing helper of scripts/device/."""
     for _ in range(warmup):
         fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(repeats)]
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(repeats)
+    ]
     for start, end in events:
         start.record()
         fn()
@@ -347,8 +385,9 @@ def vocoder_flops(bigvgan_cfg: dict, mel_frames: int) -> int:
     return int(counter.get_total_flops())
 
 
-def render_flops(s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: int,
-                 steps: int, cfg_rate: float) -> dict[str, int]:
+def render_flops(
+    s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: int, steps: int, cfg_rate: float
+) -> dict[str, int]:
     """FLOPs of one row's s2mel solve and vocoder pass, counted on the meta device.
 
     ``frames``: the DiT's sequence (prompt + generated mel frames), called ``steps`` times with
@@ -365,13 +404,20 @@ def render_flops(s2mel_cfg: dict, bigvgan_cfg: dict, frames: int, mel_frames: in
     with torch.device("meta"), torch.no_grad():
         dit = S2Mel.from_config(s2mel_cfg).cfm.estimator
         width = dit.cond_projection.in_features
-        args = (torch.zeros(branches, 80, frames), torch.zeros(branches, 80, frames),
-                torch.full((branches,), frames), torch.zeros(branches),
-                torch.zeros(branches, 192), torch.zeros(branches, frames, width))
+        args = (
+            torch.zeros(branches, 80, frames),
+            torch.zeros(branches, 80, frames),
+            torch.full((branches,), frames),
+            torch.zeros(branches),
+            torch.zeros(branches, 192),
+            torch.zeros(branches, frames, width),
+        )
         with FlopCounterMode(display=False) as counter:
             dit(*args)
-    return {"s2mel": int(steps * counter.get_total_flops()),
-            "vocoder": vocoder_flops(bigvgan_cfg, mel_frames)}
+    return {
+        "s2mel": int(steps * counter.get_total_flops()),
+        "vocoder": vocoder_flops(bigvgan_cfg, mel_frames),
+    }
 
 
 @dataclass
@@ -413,7 +459,9 @@ class Variant:
             try:
                 batches = tuple(int(b) for b in batch_text.split(",") if b)
             except ValueError:
-                raise ValueError(f"precision spec {spec!r}: bad batch list {batch_text!r}") from None
+                raise ValueError(
+                    f"precision spec {spec!r}: bad batch list {batch_text!r}"
+                ) from None
         return cls(gpt, s2mel, vocoder, compile_, batches, decoders)
 
     @property
@@ -446,12 +494,23 @@ class Bench:
         if args.checkpoints:
             self.root = Path(args.checkpoints)
         else:
-            self.root = Path(args.write_checkpoints) if args.write_checkpoints else self.tmp / "ckpt"
-            write_random_set(self.root, tiny=args.tiny, seed=args.seed, stop_bias=args.stop_bias,
-                             device=str(self.device))
+            self.root = (
+                Path(args.write_checkpoints) if args.write_checkpoints else self.tmp / "ckpt"
+            )
+            write_random_set(
+                self.root,
+                tiny=args.tiny,
+                seed=args.seed,
+                stop_bias=args.stop_bias,
+                device=str(self.device),
+            )
         self.write_s = time.perf_counter() - start
-        self.engine = Engine.open(self.root, device=str(self.device), dtype="float32",
-                                  cudnn_benchmark=args.cudnn_benchmark)
+        self.engine = Engine.open(
+            self.root,
+            device=str(self.device),
+            dtype="float32",
+            cudnn_benchmark=args.cudnn_benchmark,
+        )
         start = time.perf_counter()
         for name in ("gpt", "s2mel", "semantic_codec", "campplus", "bigvgan", "features"):
             self.engine.part(name)
@@ -471,8 +530,9 @@ class Bench:
         n_text = int(self.engine.cs.config["gpt"]["number_text_tokens"])
         ids = rng.integers(2, n_text, size=args.text_tokens)
         self.text_ids = torch.tensor(np.asarray(ids), dtype=torch.int64)
-        self.request = SynthesisRequest(id="bench", text="(token ids)", speaker=self.prompt,
-                                        seed=args.seed)
+        self.request = SynthesisRequest(
+            id="bench", text="(token ids)", speaker=self.prompt, seed=args.seed
+        )
 
     def engine_for(self, dtype: str):
         """An Engine with the GPT in ``dtype`` sharing every other loaded part."""
@@ -499,12 +559,14 @@ class Bench:
         vocoder = eng.part("bigvgan")
         if self.device.type == "cuda" and args.vocoder_act != "eager":
             fuse_activations(vocoder, args.vocoder_act)
-        cfg = GenerationConfig(max_mel_tokens=args.tokens, num_beams=args.beams,
-                               warn_on_limit=False)
+        cfg = GenerationConfig(
+            max_mel_tokens=args.tokens, num_beams=args.beams, warn_on_limit=False
+        )
         gen = torch.Generator(device=dev).manual_seed(args.seed)
         # One generator per row, as the Engine gives every item its own (segment_seed).
-        row_gens = [torch.Generator(device=dev).manual_seed(args.seed + 1 + i)
-                    for i in range(batch)]
+        row_gens = [
+            torch.Generator(device=dev).manual_seed(args.seed + 1 + i) for i in range(batch)
+        ]
         extra: dict = {}
 
         eng.clear_prompt_cache()  # every pass conditions the prompt anew, as a new prompt is
@@ -521,6 +583,7 @@ class Bench:
 
         stats: dict = {}
         if decoder in VARIANTS:
+
             def chosen(*a, **k):  # the graph decoder, reporting its loop time
                 return fast_decode.generate(*a, stats=stats, **VARIANTS[decoder], **k)
         else:
@@ -530,26 +593,40 @@ class Bench:
         try:
             with eng._gpt_autocast():
                 out, speech_latent = gpt.inference_speech(
-                    spk_cond, text, emo_vec=emovec, config=cfg, generator=row_gens)
+                    spk_cond, text, emo_vec=emovec, config=cfg, generator=row_gens
+                )
         finally:
             generation_module.generate = saved
         clock.mark("gpt_generate")
         codes = out.codes
         n = codes.size(1)
         with eng._gpt_autocast():
-            latent = gpt(speech_latent, text, torch.full((batch,), text.size(1), device=dev),
-                         codes, torch.full((batch,), n, device=dev), None, emo_vec=emovec,
-                         use_speed=torch.zeros(batch, dtype=torch.long, device=dev))
+            latent = gpt(
+                speech_latent,
+                text,
+                torch.full((batch,), text.size(1), device=dev),
+                codes,
+                torch.full((batch,), n, device=dev),
+                None,
+                emo_vec=emovec,
+                use_speed=torch.zeros(batch, dtype=torch.long, device=dev),
+            )
         clock.mark("gpt_latent")
         semantic = codec.vq2emb(codes)
         mel = fast_s2mel.generate_batch(
-            s2mel, semantic, latent.float(),
+            s2mel,
+            semantic,
+            latent.float(),
             spk["prompt_condition"].to(dev).expand(batch, -1, -1).contiguous(),
             spk["ref_mel"].to(dev).expand(batch, -1, -1).contiguous(),
             spk["style"].to(dev).expand(batch, -1).contiguous(),
-            n_timesteps=args.diffusion_steps, cfg_rate=args.cfg_rate, generator=gen,
-            precision=variant.s2mel, graphs=None if args.s2mel_graphs else False,
-            compile=variant.s2mel_compile)
+            n_timesteps=args.diffusion_steps,
+            cfg_rate=args.cfg_rate,
+            generator=gen,
+            precision=variant.s2mel,
+            graphs=None if args.s2mel_graphs else False,
+            compile=variant.s2mel_compile,
+        )
         clock.mark("s2mel")
         with fast_s2mel.precision_context(variant.vocoder, dev):
             wav = vocoder(mel.float())
@@ -557,9 +634,13 @@ class Bench:
         wav = wav.float().clamp(-1.0, 1.0).cpu()
         clock.mark("post")
         times = clock.seconds()
-        extra.update(generated_tokens=n, wav_samples=int(wav.shape[-1]),
-                     finite=bool(torch.isfinite(wav).all()), mel_frames=int(mel.size(-1)),
-                     s2mel_frames=int(mel.size(-1) + spk["ref_mel"].size(-1)))
+        extra.update(
+            generated_tokens=n,
+            wav_samples=int(wav.shape[-1]),
+            finite=bool(torch.isfinite(wav).all()),
+            mel_frames=int(mel.size(-1)),
+            s2mel_frames=int(mel.size(-1) + spk["ref_mel"].size(-1)),
+        )
         if stats:
             extra["decode_loop_s"] = stats.get("loop_s")
             extra["decode_steps"] = stats.get("steps")
@@ -579,15 +660,28 @@ class Bench:
         key = (run["s2mel_frames"], run["mel_frames"])
         if key not in self._flops:
             cs = self.engine.cs
-            self._flops[key] = render_flops(cs.config["s2mel"], bigvgan_config(cs), *key,
-                                            self.args.diffusion_steps, self.args.cfg_rate)
+            self._flops[key] = render_flops(
+                cs.config["s2mel"],
+                bigvgan_config(cs),
+                *key,
+                self.args.diffusion_steps,
+                self.args.cfg_rate,
+            )
         flops = self._flops[key]
-        return {"flops_per_row": flops,
-                "s2mel_tflops_per_s": batch * flops["s2mel"] / med["s2mel"] / 1e12,
-                "vocoder_tflops_per_s": batch * flops["vocoder"] / med["vocoder"] / 1e12}
+        return {
+            "flops_per_row": flops,
+            "s2mel_tflops_per_s": batch * flops["s2mel"] / med["s2mel"] / 1e12,
+            "vocoder_tflops_per_s": batch * flops["vocoder"] / med["vocoder"] / 1e12,
+        }
 
-    def run(self, variant: Variant, batch: int, decoder: str, warmup: int | None = None,
-            repeats: int | None = None) -> BenchResult:
+    def run(
+        self,
+        variant: Variant,
+        batch: int,
+        decoder: str,
+        warmup: int | None = None,
+        repeats: int | None = None,
+    ) -> BenchResult:
         args = self.args
         warmup = args.warmup if warmup is None else warmup
         repeats = args.repeats if repeats is None else repeats
@@ -603,13 +697,17 @@ class Bench:
             wall = time.perf_counter() - wall
             rec = {"stages_s": times, "wall_s": wall, **extra, "warmup": i < warmup}
             res.runs.append(rec)
-            _log(f"   {'warmup' if rec['warmup'] else 'run'} {i}: wall {wall:.3f} s, "
-                 + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in times.items()) + " ms")
+            _log(
+                f"   {'warmup' if rec['warmup'] else 'run'} {i}: wall {wall:.3f} s, "
+                + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in times.items())
+                + " ms"
+            )
         timed = [r for r in res.runs if not r["warmup"]] or res.runs
         med = {s: statistics.median(r["stages_s"].get(s, 0.0) for r in timed) for s in STAGES}
         total = statistics.median(sum(r["stages_s"].values()) for r in timed)
         cached = statistics.median(
-            sum(v for k, v in r["stages_s"].items() if k not in COND_STAGES) for r in timed)
+            sum(v for k, v in r["stages_s"].items() if k not in COND_STAGES) for r in timed
+        )
         audio_s = timed[-1]["wav_samples"] / SAMPLE_RATE
         n = timed[-1]["generated_tokens"]
         gpt_s = med["gpt_generate"]
@@ -643,13 +741,18 @@ def _log(text: str) -> None:
 
 def environment(device: torch.device) -> dict:
     env = {
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cudnn_enabled": torch.backends.cudnn.enabled,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_version": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
     try:
@@ -661,48 +764,59 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def print_table(results: list[BenchResult], floors: dict[str, float], official: dict | None
-                ) -> None:
+def print_table(
+    results: list[BenchResult], floors: dict[str, float], official: dict | None
+) -> None:
     cols = ("spk_cond", "emo_cond", "gpt_generate", "gpt_latent", "s2mel", "vocoder", "post")
     print()
     print("ours (medians; seconds per stage; RTF = compute s / audio s; xRT = rows*audio/total)")
-    head = (f"{'variant (gpt:s2mel:voc)':26s} {'dec':6s} {'B':>3s} " +
-            " ".join(f"{c:>12s}" for c in cols) +
-            f" {'total':>8s} {'RTF':>7s} {'RTFc':>7s} {'xRT':>7s} {'tok/s':>8s} {'ms/tok':>7s}"
-            f" {'loop':>6s} {'floor':>6s} {'GiB':>6s}")
+    head = (
+        f"{'variant (gpt:s2mel:voc)':26s} {'dec':6s} {'B':>3s} "
+        + " ".join(f"{c:>12s}" for c in cols)
+        + f" {'total':>8s} {'RTF':>7s} {'RTFc':>7s} {'xRT':>7s} {'tok/s':>8s} {'ms/tok':>7s}"
+        f" {'loop':>6s} {'floor':>6s} {'GiB':>6s}"
+    )
     print(head)
     for r in results:
         s = r.summary
         m = s["stages_median_s"]
         floor = floors.get(r.variant.split(":")[0], float("nan"))
         loop = s.get("decode_loop_ms_per_step", float("nan"))
-        print(f"{r.variant:26s} {r.decoder:6s} {r.batch:3d} " +
-              " ".join(f"{m[c]:12.4f}" for c in cols) +
-              f" {s['total_s']:8.3f} {s['rtf']:7.4f} {s['rtf_cached_prompt']:7.4f}"
-              f" {s['x_realtime_aggregate']:7.1f} {s['tokens_per_s_aggregate']:8.0f}"
-              f" {s['gpt_ms_per_token']:7.3f} {loop:6.3f} {floor:6.3f}"
-              f" {s.get('peak_gpu_mem_gib', 0.0):6.2f}")
+        print(
+            f"{r.variant:26s} {r.decoder:6s} {r.batch:3d} "
+            + " ".join(f"{m[c]:12.4f}" for c in cols)
+            + f" {s['total_s']:8.3f} {s['rtf']:7.4f} {s['rtf_cached_prompt']:7.4f}"
+            f" {s['x_realtime_aggregate']:7.1f} {s['tokens_per_s_aggregate']:8.0f}"
+            f" {s['gpt_ms_per_token']:7.3f} {loop:6.3f} {floor:6.3f}"
+            f" {s.get('peak_gpu_mem_gib', 0.0):6.2f}"
+        )
     print("s2mel / vocoder FLOPs per row (torch.utils.flop_counter) and the rate reached:")
     for r in results:
         s = r.summary
         f = s["flops_per_row"]
-        print(f"   {r.variant:26s} {r.decoder:6s} B={r.batch:<3d} s2mel {f['s2mel'] / 1e12:.2f}"
-              f" TFLOP/row, {s['s2mel_tflops_per_s']:.1f} TFLOP/s; vocoder"
-              f" {f['vocoder'] / 1e12:.3f} TFLOP/row, {s['vocoder_tflops_per_s']:.1f} TFLOP/s")
+        print(
+            f"   {r.variant:26s} {r.decoder:6s} B={r.batch:<3d} s2mel {f['s2mel'] / 1e12:.2f}"
+            f" TFLOP/row, {s['s2mel_tflops_per_s']:.1f} TFLOP/s; vocoder"
+            f" {f['vocoder'] / 1e12:.3f} TFLOP/row, {s['vocoder_tflops_per_s']:.1f} TFLOP/s"
+        )
     if official:
         o = official["summary"]
         print()
-        print(f"official ({official.get('label', '')}): total {o['total_s']:.3f} s, RTF "
-              f"{o['rtf']:.4f}, cached-prompt RTF {o['rtf_cached_prompt']:.4f}, GPT "
-              f"{o['gpt_ms_per_token']:.2f} ms/token, peak {o.get('peak_gpu_mem_gib', 0):.2f} GiB")
+        print(
+            f"official ({official.get('label', '')}): total {o['total_s']:.3f} s, RTF "
+            f"{o['rtf']:.4f}, cached-prompt RTF {o['rtf_cached_prompt']:.4f}, GPT "
+            f"{o['gpt_ms_per_token']:.2f} ms/token, peak {o.get('peak_gpu_mem_gib', 0):.2f} GiB"
+        )
         for r in results:
             if r.batch != 1:
                 continue
             s = r.summary
-            print(f"   speed-up of ours {r.variant} ({r.decoder}) at batch 1: "
-                  f"{o['total_s'] / s['total_s']:.2f}x end to end, "
-                  f"{o['total_cached_prompt_s'] / s['total_cached_prompt_s']:.2f}x cached prompt, "
-                  f"{o['stages_median_s']['gpt_generate'] / s['stages_median_s']['gpt_generate']:.2f}x GPT")
+            print(
+                f"   speed-up of ours {r.variant} ({r.decoder}) at batch 1: "
+                f"{o['total_s'] / s['total_s']:.2f}x end to end, "
+                f"{o['total_cached_prompt_s'] / s['total_cached_prompt_s']:.2f}x cached prompt, "
+                f"{o['stages_median_s']['gpt_generate'] / s['stages_median_s']['gpt_generate']:.2f}x GPT"
+            )
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -725,8 +839,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fill_defaults(args)
     device = resolve_device(args.device)
     variants = [Variant.parse(s) for s in (args.precision or ["float32"])]
-    if device.type == "cpu" and any(v.gpt != "float32" or v.s2mel in ("bfloat16", "float16")
-                                    for v in variants):
+    if device.type == "cpu" and any(
+        v.gpt != "float32" or v.s2mel in ("bfloat16", "float16") for v in variants
+    ):
         raise ValueError("half-precision variants need CUDA; use --precision float32 on the CPU")
     batches = [int(b) for b in str(args.batch).split(",") if b]
     decoders = [d for d in args.gpt_decoder.split(",") if d]
@@ -735,22 +850,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--gpt-decoder {d!r}: use one of {DECODERS}")
     if device.type == "cuda":
         torch.backends.cudnn.enabled = True  # benchmark/deterministic: Engine.open decides
-    _log(f">> tts bench: device {device}, tokens {args.tokens}, beams {args.beams}, batches "
-         f"{batches}, variants {[v.name for v in variants]}, decoders {decoders}"
-         f"{' (TINY config)' if args.tiny else ''}")
+    _log(
+        f">> tts bench: device {device}, tokens {args.tokens}, beams {args.beams}, batches "
+        f"{batches}, variants {[v.name for v in variants]}, decoders {decoders}"
+        f"{' (TINY config)' if args.tiny else ''}"
+    )
     bench = Bench(args)
     env = environment(bench.device)
-    env.update(tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-               cudnn_tf32=torch.backends.cudnn.allow_tf32)
-    _log(f">> checkpoints {bench.root} (written in {bench.write_s:.1f} s, loaded in "
-         f"{bench.load_s:.1f} s); {env['gpu'] or platform.processor() or 'cpu'}")
+    env.update(
+        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        cudnn_tf32=torch.backends.cudnn.allow_tf32,
+    )
+    _log(
+        f">> checkpoints {bench.root} (written in {bench.write_s:.1f} s, loaded in "
+        f"{bench.load_s:.1f} s); {env['gpu'] or platform.processor() or 'cpu'}"
+    )
     bandwidth = copy_bandwidth(bench.device)
     floors = {}
     for v in variants:
         gpt = bench.engine_for(v.gpt).part("gpt")
         floors[v.gpt] = 1e3 * decode_weight_bytes(gpt) / bandwidth
-    plan = [(v, d, b, None) for v in variants for d in (v.decoders or decoders)
-            for b in (v.batches or batches)]
+    plan = [
+        (v, d, b, None)
+        for v in variants
+        for d in (v.decoders or decoders)
+        for b in (v.batches or batches)
+    ]
     if args.eager_baseline and "eager" not in decoders:
         plan.append((variants[0], "eager", (variants[0].batches or batches)[0], 1))  # slow
     official = None
@@ -761,8 +886,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     payload = {
         "what": "tts bench: ours, random full-size weights" + (" (TINY)" if args.tiny else ""),
         "args": {k: v for k, v in vars(args).items() if k != "func"},
-        "env": env, "checkpoints": str(bench.root), "write_s": bench.write_s,
-        "load_s": bench.load_s, "copy_bandwidth_Bps": bandwidth, "floor_ms_per_token": floors,
+        "env": env,
+        "checkpoints": str(bench.root),
+        "write_s": bench.write_s,
+        "load_s": bench.load_s,
+        "copy_bandwidth_Bps": bandwidth,
+        "floor_ms_per_token": floors,
         "results": [],
     }
     if official:
@@ -783,16 +912,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         payload["fallbacks"] = list(fast.FALLBACKS)
         if args.json:  # rewritten after every configuration: a cut run keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(payload, indent=1, default=str),
-                                       encoding="utf-8")
+            Path(args.json).write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
     print_table(results, floors, official)
     if not math.isnan(bandwidth):
-        print(f"device copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s; GPT decode "
-              "floor = weight bytes / bandwidth: " +
-              ", ".join(f"{k} {f:.3f} ms/token" for k, f in floors.items()))
+        print(
+            f"device copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s; GPT decode "
+            "floor = weight bytes / bandwidth: "
+            + ", ".join(f"{k} {f:.3f} ms/token" for k, f in floors.items())
+        )
     if fast.FALLBACKS:
-        print("fast paths that fell back to the plain path: " + "; ".join(
-            f"{w} ({r})" for w, r in fast.FALLBACKS))
+        print(
+            "fast paths that fell back to the plain path: "
+            + "; ".join(f"{w} ({r})" for w, r in fast.FALLBACKS)
+        )
     if args.json:
         _log(f">> wrote {args.json}")
     bad = [r for r in results if not r.summary.get("all_finite", False)]
@@ -806,63 +938,96 @@ def compare_files(ours_json: str, official_json: str) -> dict:
     ours = json.loads(Path(ours_json).read_text())
     off = json.loads(Path(official_json).read_text())["summary"]
     rows = []
-    print(f"official: total {off['total_s']:.3f} s (cached prompt {off['total_cached_prompt_s']:.3f}"
-          f" s), RTF {off['rtf']:.4f}, GPT {off['gpt_ms_per_token']:.2f} ms/token, "
-          f"gpt_generate {off['stages_median_s']['gpt_generate']:.3f} s, s2mel "
-          f"{off['stages_median_s']['s2mel_cfm']:.3f} s, BigVGAN {off['stages_median_s']['bigvgan']:.3f} s")
+    print(
+        f"official: total {off['total_s']:.3f} s (cached prompt {off['total_cached_prompt_s']:.3f}"
+        f" s), RTF {off['rtf']:.4f}, GPT {off['gpt_ms_per_token']:.2f} ms/token, "
+        f"gpt_generate {off['stages_median_s']['gpt_generate']:.3f} s, s2mel "
+        f"{off['stages_median_s']['s2mel_cfm']:.3f} s, BigVGAN {off['stages_median_s']['bigvgan']:.3f} s"
+    )
     for r in ours["results"]:
         s = r["summary"]
         if r["batch"] != 1:
             continue
         row = {
-            "variant": r["variant"], "decoder": r["decoder"],
+            "variant": r["variant"],
+            "decoder": r["decoder"],
             "speedup_total": off["total_s"] / s["total_s"],
             "speedup_cached_prompt": off["total_cached_prompt_s"] / s["total_cached_prompt_s"],
-            "speedup_gpt": off["stages_median_s"]["gpt_generate"] / s["stages_median_s"]["gpt_generate"],
+            "speedup_gpt": off["stages_median_s"]["gpt_generate"]
+            / s["stages_median_s"]["gpt_generate"],
         }
         rows.append(row)
-        print(f"ours {row['variant']:26s} {row['decoder']:5s} batch 1: {row['speedup_total']:.2f}x "
-              f"end to end, {row['speedup_cached_prompt']:.2f}x cached prompt, "
-              f"{row['speedup_gpt']:.2f}x GPT generate")
+        print(
+            f"ours {row['variant']:26s} {row['decoder']:5s} batch 1: {row['speedup_total']:.2f}x "
+            f"end to end, {row['speedup_cached_prompt']:.2f}x cached prompt, "
+            f"{row['speedup_gpt']:.2f}x GPT generate"
+        )
     return {"official": off, "ratios": rows}
 
 
 def add_bench_parser(subparsers) -> None:
     """Register ``tts bench`` on the CLI's sub-command parser."""
     s = subparsers.add_parser(
-        "bench", help="time the whole pipeline on full-size random weights",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "bench",
+        help="time the whole pipeline on full-size random weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--tiny", action="store_true", help="small config: a CPU smoke test")
     s.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    s.add_argument("--precision", action="append",
-                   help="GPT[:S2MEL[+compile][:VOCODER]][@B,..][#DEC,..] precisions, repeatable, "
-                        "e.g. float32, bfloat16:tf32:tf32@1,16 or bfloat16:bfloat16+compile:"
-                        "bfloat16#graphc (default float32; @ and # give the variant its own "
-                        "batch sizes and decoders)")
+    s.add_argument(
+        "--precision",
+        action="append",
+        help="GPT[:S2MEL[+compile][:VOCODER]][@B,..][#DEC,..] precisions, repeatable, "
+        "e.g. float32, bfloat16:tf32:tf32@1,16 or bfloat16:bfloat16+compile:"
+        "bfloat16#graphc (default float32; @ and # give the variant its own "
+        "batch sizes and decoders)",
+    )
     s.add_argument("--batch", default="1", help="comma-separated batch sizes (rows), e.g. 1,16")
     s.add_argument("--tokens", type=int, help="generated codes per row (default 500; tiny 12)")
     s.add_argument("--beams", type=int, default=3, help="beams (official default 3)")
-    s.add_argument("--gpt-decoder", default="graph",
-                   help=f"comma-separated: {', '.join(DECODERS)} (the static-cache CUDA-graph "
-                        "variants of tts.fast.decode.VARIANTS, e.g. graph = op by op, graphf = "
-                        "fused compiled layers; eager = the plain loop)")
+    s.add_argument(
+        "--gpt-decoder",
+        default="graph",
+        help=f"comma-separated: {', '.join(DECODERS)} (the static-cache CUDA-graph "
+        "variants of tts.fast.decode.VARIANTS, e.g. graph = op by op, graphf = "
+        "fused compiled layers; eager = the plain loop)",
+    )
     s.add_argument("--text-tokens", type=int, help="random text ids per row (default 60)")
     s.add_argument("--prompt-seconds", type=float, help="synthetic prompt length (default 10)")
     s.add_argument("--diffusion-steps", type=int, default=25)
     s.add_argument("--cfg-rate", type=float, default=0.7)
-    s.add_argument("--no-s2mel-graphs", dest="s2mel_graphs", action="store_false",
-                   help="run the Euler loop eagerly (no CUDA graph)")
-    s.add_argument("--vocoder-act", default="auto", choices=["auto", "triton", "compile", "eager"],
-                   help="BigVGAN activation: fused Triton kernel (auto on CUDA), compile, eager")
-    s.add_argument("--eager-baseline", action="store_true",
-                   help="also time the plain (eager) decoder once: first variant, first batch")
-    s.add_argument("--cudnn-benchmark", action="store_true",
-                   help="cuDNN times its kernels per shape (Engine.open(cudnn_benchmark=True))")
+    s.add_argument(
+        "--no-s2mel-graphs",
+        dest="s2mel_graphs",
+        action="store_false",
+        help="run the Euler loop eagerly (no CUDA graph)",
+    )
+    s.add_argument(
+        "--vocoder-act",
+        default="auto",
+        choices=["auto", "triton", "compile", "eager"],
+        help="BigVGAN activation: fused Triton kernel (auto on CUDA), compile, eager",
+    )
+    s.add_argument(
+        "--eager-baseline",
+        action="store_true",
+        help="also time the plain (eager) decoder once: first variant, first batch",
+    )
+    s.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="cuDNN times its kernels per shape (Engine.open(cudnn_benchmark=True))",
+    )
     s.add_argument("--warmup", type=int, default=1)
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--seed", type=int, default=1234)
-    s.add_argument("--stop-bias", type=float, default=-1.0e4,
-                   help="bias written on the stop code of mel_head (disables stopping)")
+    s.add_argument(
+        "--stop-bias",
+        type=float,
+        default=-1.0e4,
+        help="bias written on the stop code of mel_head (disables stopping)",
+    )
     s.add_argument("--checkpoints", help="use this (random) checkpoint set instead of writing one")
     s.add_argument("--write-checkpoints", help="write the random set here (default: a temp dir)")
     s.add_argument("--official-json", help="official_bench.py output to compare with")

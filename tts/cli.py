@@ -153,10 +153,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from tts.audio import write_wav
     from tts.pipeline import Engine, SynthesisRequest
 
-    engine = Engine.open(Path(args.checkpoints), device=args.device, dtype=args.dtype,
-                         fast=not args.no_fast, gpt_decoder=args.gpt_decoder,
-                         render_precision=args.render_precision,
-                         cudnn_benchmark=args.cudnn_benchmark)
+    engine = Engine.open(
+        Path(args.checkpoints),
+        device=args.device,
+        dtype=args.dtype,
+        fast=not args.no_fast,
+        gpt_decoder=args.gpt_decoder,
+        render_precision=args.render_precision,
+        cudnn_benchmark=args.cudnn_benchmark,
+    )
     vector = [float(v) for v in args.emo_vector.split(",")] if args.emo_vector else None
     request = SynthesisRequest(
         id="cli",
@@ -262,17 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--max-mel-tokens", type=int)
     s.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="GPT precision")
-    s.add_argument("--render-precision", default="float32",
-                   choices=["float32", "tf32", "bfloat16", "float16"],
-                   help="DiT solve and vocoder precision (CUDA with the fast paths)")
-    s.add_argument("--gpt-decoder", default="graphkp",  # tts.pipeline.DEFAULT_DECODER
-                   help="fast GPT decoder variant (tts.fast.decode.VARIANTS)")
-    s.add_argument("--no-fast", action="store_true",
-                   help="on CUDA, run the plain reference paths instead of the fast ones")
-    s.add_argument("--cudnn-benchmark", action="store_true",
-                   help="let cuDNN time its kernels per shape (faster, not bit-reproducible)")
+    s.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="GPT precision",
+    )
+    s.add_argument(
+        "--render-precision",
+        default="float32",
+        choices=["float32", "tf32", "bfloat16", "float16"],
+        help="DiT solve and vocoder precision (CUDA with the fast paths)",
+    )
+    s.add_argument(
+        "--gpt-decoder",
+        default="graphkp",  # tts.pipeline.DEFAULT_DECODER
+        help="fast GPT decoder variant (tts.fast.decode.VARIANTS)",
+    )
+    s.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="on CUDA, run the plain reference paths instead of the fast ones",
+    )
+    s.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its kernels per shape (faster, not bit-reproducible)",
+    )
     s.set_defaults(func=cmd_synth)
 
     try:

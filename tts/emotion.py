@@ -131,9 +131,7 @@ def validate_emo_vector(vec: Sequence[float] | Mapping[str, float]) -> list[floa
         if not math.isfinite(x):
             raise ValueError(f"emotion vector: {name} = {x} is not finite")
         if not 0.0 <= x <= MAX_EMOTION_WEIGHT:
-            raise ValueError(
-                f"emotion vector: {name} = {x} is outside [0, {MAX_EMOTION_WEIGHT}]"
-            )
+            raise ValueError(f"emotion vector: {name} = {x} is outside [0, {MAX_EMOTION_WEIGHT}]")
         out.append(x)
     return out
 
@@ -253,8 +251,9 @@ class EmotionMatrices:
             int(cfg["gpt"]["model_dim"]),
         )
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-           ) -> EmotionMatrices:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> EmotionMatrices:
         """A copy on ``device`` with the emotion rows in ``dtype`` (speaker rows stay float)."""
         return EmotionMatrices(
             spk=tuple(g.to(device) for g in self.spk),
@@ -473,7 +472,7 @@ class QwenEmotion:
             do_sample=False,
             pad_token_id=pad,
         )
-        new_ids = generated[0][inputs["input_ids"].shape[1]:].tolist()
+        new_ids = generated[0][inputs["input_ids"].shape[1] :].tolist()
         return self._answer_from_ids(new_ids)
 
     def inference(self, text: str) -> dict[str, float]:
@@ -508,7 +507,7 @@ class EmotionPlan:
 
     @property
     def mode(self) -> str:
-        """"text", "vector", "audio" or "speaker" (emotion of the speaker prompt)."""
+        """ "text", "vector", "audio" or "speaker" (emotion of the speaker prompt)."""
         if self.detected is not None:
             return "text"
         if self.emo_vector is not None:

@@ -125,7 +125,10 @@ def cumulative_probs(sorted_scores: torch.Tensor) -> torch.Tensor:
 
 
 def process_scores(
-    scores: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, min_tokens_to_keep: int,
+    scores: torch.Tensor,
+    seen: torch.Tensor,
+    cfg: GenerationConfig,
+    min_tokens_to_keep: int,
     cumulative: Callable[[torch.Tensor], torch.Tensor] = cumulative_probs,
     kth_largest: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -146,8 +149,11 @@ def process_scores(
         scores = scores / cfg.temperature
     if cfg.top_k is not None and cfg.top_k != 0:
         k = min(max(cfg.top_k, min_tokens_to_keep), scores.size(-1))
-        kth = (torch.topk(scores, k).values[..., -1:] if kth_largest is None
-               else kth_largest(scores, k))
+        kth = (
+            torch.topk(scores, k).values[..., -1:]
+            if kth_largest is None
+            else kth_largest(scores, k)
+        )
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if cfg.top_p is not None and cfg.top_p < 1.0:
         sorted_scores, order = torch.sort(scores, descending=False)
@@ -277,10 +283,12 @@ def multinomial_rows(probs: torch.Tensor, n: int, generator: Generators) -> torc
     if groups == 0 or probs.size(0) % groups:
         raise ValueError(f"{probs.size(0)} rows do not split over {groups} generators")
     size = probs.size(0) // groups
-    return torch.cat([
-        torch.multinomial(probs[i * size:(i + 1) * size], n, generator=g)
-        for i, g in enumerate(generator)
-    ])
+    return torch.cat(
+        [
+            torch.multinomial(probs[i * size : (i + 1) * size], n, generator=g)
+            for i, g in enumerate(generator)
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,8 +140,10 @@ class GpuSlot:
         self.release()
 
     def describe(self) -> str:
-        return (f"GPU slot {self.index} of {len(self.pool)}: CUDA_VISIBLE_DEVICES={self.device} "
-                f"(lock {self.lock_path})")
+        return (
+            f"GPU slot {self.index} of {len(self.pool)}: CUDA_VISIBLE_DEVICES={self.device} "
+            f"(lock {self.lock_path})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,8 +175,13 @@ def detect_gpus() -> list[str]:
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            out = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30, check=False)
+            out = subprocess.run(
+                [smi, "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError):
             return []
         if out.returncode == 0:
@@ -202,8 +209,9 @@ def _wanted(config: dict, environ: MutableMapping[str, str]) -> tuple[bool, int 
     return device == "auto" or device.startswith("cuda"), pinned
 
 
-def device_pool(config: dict | None = None,
-                environ: MutableMapping[str, str] | None = None) -> list[str]:
+def device_pool(
+    config: dict | None = None, environ: MutableMapping[str, str] | None = None
+) -> list[str]:
     """The device ids this job may choose from (see the module docstring for the precedence).
 
     ``config['device'] == 'cuda:N'`` narrows the pool to its N-th device: all jobs then share that
@@ -223,8 +231,9 @@ def device_pool(config: dict | None = None,
             raise GpuSlotError(f"gpus = {gpus}: must be at least 1")
         have = base if base is not None else detect_gpus()
         if gpus > len(have):
-            where = (f"CUDA_VISIBLE_DEVICES={visible}" if base is not None
-                     else "detected on this host")
+            where = (
+                f"CUDA_VISIBLE_DEVICES={visible}" if base is not None else "detected on this host"
+            )
             raise GpuSlotError(f"gpus = {gpus}, but only {len(have)} GPU(s) are {where}")
         pool = have[:gpus]
     else:
@@ -269,8 +278,9 @@ def lock_dir(environ: MutableMapping[str, str] | None = None) -> Path:
     path = base / f"tts-gpu-locks-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
     if path.stat().st_uid != os.getuid():
-        raise GpuSlotError(f"{path} belongs to another user; set {ENV_LOCK_DIR} to a folder of "
-                           "yours")
+        raise GpuSlotError(
+            f"{path} belongs to another user; set {ENV_LOCK_DIR} to a folder of yours"
+        )
     return path
 
 
@@ -312,9 +322,14 @@ def _try_lock(path: Path) -> int | None:
             return None
         raise
     if writable:  # who holds it, for the messages of jobs that find it taken
-        note = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                           "job": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""})
+        note = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "job": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "",
+            }
+        )
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, (note + "\n").encode(), 0)
@@ -326,8 +341,10 @@ def _holders(paths: Sequence[Path]) -> str:
     for i, path in enumerate(paths):
         try:
             info = json.loads(path.read_text(encoding="utf-8") or "{}")
-            parts.append(f"slot {i}: pid {info.get('pid')} {info.get('job', '')} since "
-                         f"{info.get('since')}".rstrip())
+            parts.append(
+                f"slot {i}: pid {info.get('pid')} {info.get('job', '')} since "
+                f"{info.get('since')}".rstrip()
+            )
         except (OSError, ValueError):
             parts.append(f"slot {i}: unknown holder")
     return "; ".join(parts)
@@ -345,8 +362,14 @@ def _wait_limit(timeout: float | None, environ: MutableMapping[str, str]) -> flo
         raise GpuSlotError(f"{ENV_WAIT}={value!r} is not a number of seconds") from None
 
 
-def acquire(pool: Sequence[str], *, folder: str | Path | None = None, timeout: float | None = None,
-            poll: float = 0.2, environ: MutableMapping[str, str] | None = None) -> GpuSlot:
+def acquire(
+    pool: Sequence[str],
+    *,
+    folder: str | Path | None = None,
+    timeout: float | None = None,
+    poll: float = 0.2,
+    environ: MutableMapping[str, str] | None = None,
+) -> GpuSlot:
     """Lock the first free slot of ``pool`` (waiting while all are taken); the environment is not
     touched (see :meth:`GpuSlot.apply`).
 
@@ -379,9 +402,12 @@ def acquire(pool: Sequence[str], *, folder: str | Path | None = None, timeout: f
                 f"(--resources gpu={len(pool)}), or raise {ENV_WAIT}."
             )
         if reported is None or waited - reported >= _REPORT_EVERY_S:
-            log.warning("all %d GPU slot(s) are taken (%s); waiting for one to free "
-                        "(does --resources gpu exceed the number of GPUs?)",
-                        len(pool), _holders(paths))
+            log.warning(
+                "all %d GPU slot(s) are taken (%s); waiting for one to free "
+                "(does --resources gpu exceed the number of GPUs?)",
+                len(pool),
+                _holders(paths),
+            )
             reported = waited
         time.sleep(poll if limit is None else max(0.0, min(poll, limit - waited)))
 
@@ -401,8 +427,9 @@ def _refuse_if_cuda_initialised() -> None:
 
 
 @contextlib.contextmanager
-def gpu_slot(config: dict | None = None, *, timeout: float | None = None,
-             folder: str | Path | None = None) -> Iterator[GpuSlot | None]:
+def gpu_slot(
+    config: dict | None = None, *, timeout: float | None = None, folder: str | Path | None = None
+) -> Iterator[GpuSlot | None]:
     """Hold one GPU slot (``CUDA_VISIBLE_DEVICES`` set to it) while the block runs.
 
     Yields None, and changes nothing, when the job needs no slot (``device: cpu``, no GPU on the
@@ -425,8 +452,9 @@ def gpu_slot(config: dict | None = None, *, timeout: float | None = None,
 _CLAIMED: GpuSlot | None = None
 
 
-def claim_gpu(config: dict, *, timeout: float | None = None,
-              folder: str | Path | None = None) -> GpuSlot | None:
+def claim_gpu(
+    config: dict, *, timeout: float | None = None, folder: str | Path | None = None
+) -> GpuSlot | None:
     """Take a GPU slot for the rest of this process; the workflow's GPU scripts call it first.
 
     Sets ``CUDA_VISIBLE_DEVICES`` to the slot's device and, when ``config['device']`` is

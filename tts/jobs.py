@@ -131,7 +131,7 @@ def _decode(path: Path, raw: bytes) -> str:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                bad.append(f"line {n} (byte {exc.start + 1}: {line[exc.start:exc.start + 1]!r})")
+                bad.append(f"line {n} (byte {exc.start + 1}: {line[exc.start : exc.start + 1]!r})")
         shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise TableError(
             f"{path}: not valid UTF-8 text at {shown}; save the table as UTF-8 "
@@ -201,8 +201,10 @@ def read_frame(path: str | Path):
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "not found"
-        raise TableError(f"{path}: texts table {what}; set texts in config/config.yaml or "
-                         "pass --config texts=PATH")
+        raise TableError(
+            f"{path}: texts table {what}; set texts in config/config.yaml or "
+            "pass --config texts=PATH"
+        )
     text = _decode(path, path.read_bytes())
     physical = text.splitlines()
     numbered = [(n, line) for n, line in enumerate(physical, start=1) if line.strip()]
@@ -236,7 +238,9 @@ def read_frame(path: str | Path):
     frame.columns = header
     frame = frame.fillna("").astype(str).apply(lambda col: col.str.strip())
     if len(frame) != len(lines):  # cannot happen with QUOTE_NONE; guard the line mapping
-        raise TableError(f"{path}: could not map rows to lines ({len(frame)} rows, {len(lines)} lines)")
+        raise TableError(
+            f"{path}: could not map rows to lines ({len(frame)} rows, {len(lines)} lines)"
+        )
     _check_ids(path, list(frame["id"]), lines)
     return frame, lines
 
@@ -314,8 +318,10 @@ def _check_audio_uncached(path: Path, what: str, min_seconds: float) -> str | No
         return f"{what}: {exc}"
     seconds = wave.shape[-1] / sr
     if seconds < min_seconds:
-        return (f"{what}: {path}: too short ({seconds:.2f} s; a prompt needs at least "
-                f"{min_seconds:g} s, config limits.min_prompt_seconds)")
+        return (
+            f"{what}: {path}: too short ({seconds:.2f} s; a prompt needs at least "
+            f"{min_seconds:g} s, config limits.min_prompt_seconds)"
+        )
     return None
 
 
@@ -336,8 +342,10 @@ def _row_spec(
     if not text:
         errors.append("text is empty")
     elif len(text) > max_chars:
-        errors.append(f"text has {len(text)} characters, more than the maximum {max_chars} "
-                      "(config limits.max_text_chars)")
+        errors.append(
+            f"text has {len(text)} characters, more than the maximum {max_chars} "
+            "(config limits.max_text_chars)"
+        )
     min_seconds = float(limits["min_prompt_seconds"])
 
     def audio(column: str, what: str) -> str | None:
@@ -389,9 +397,15 @@ def _row_spec(
             errors.append(str(exc))
     emo_text = record.get("emo_text", "")
     spec["emo_text"] = emo_text if emo_text else ("" if use_text else None)
-    modes = [name for name, on in (("emo_audio", spec["emo_audio"] is not None),
-                                   ("emo_vector", bool(record.get("emo_vector", ""))),
-                                   ("emo_text/use_emo_text", spec["emo_text"] is not None)) if on]
+    modes = [
+        name
+        for name, on in (
+            ("emo_audio", spec["emo_audio"] is not None),
+            ("emo_vector", bool(record.get("emo_vector", ""))),
+            ("emo_text/use_emo_text", spec["emo_text"] is not None),
+        )
+        if on
+    ]
     if len(modes) > 1:
         errors.append(f"give only one emotion source, not {' and '.join(modes)}")
     spec["use_random"] = False
@@ -537,7 +551,7 @@ def plan_batches(
     done = {rid for members in plan.values() for rid in members}
     pending = [rid for rid in ids if rid not in done]
     for start in range(0, len(pending), batch_size):
-        chunk = pending[start:start + batch_size]
+        chunk = pending[start : start + batch_size]
         plan[batch_name(chunk)] = chunk
     return plan
 
@@ -639,8 +653,11 @@ class Plan:
         return [f"{self.results}/speakers/{k}{suffix}" for k in sorted(k for k in keys if k)]
 
     def batch_emo_audio(self, batch: str) -> list[str]:
-        paths = {self.specs[r].get("emo_audio") for r in self.batches[batch]
-                 if not self.specs[r].get("error")}
+        paths = {
+            self.specs[r].get("emo_audio")
+            for r in self.batches[batch]
+            if not self.specs[r].get("error")
+        }
         return sorted(p for p in paths if p and Path(p).is_file())
 
     def needed_batches(self) -> list[str]:
@@ -673,8 +690,9 @@ def prepare(config: dict) -> Plan:
     with contextlib.suppress(OSError, ValueError, KeyError):
         previous = read_json(plan_path)["batches"]
     good = [r.id for r in table.rows if r.ok]
-    batches = plan_batches(good, previous, lambda b: _sealed(results, b),
-                           int(config.get("batch_size", 4)))
+    batches = plan_batches(
+        good, previous, lambda b: _sealed(results, b), int(config.get("batch_size", 4))
+    )
     write_if_changed(plan_path, {"batches": batches})
     batch_of = {rid: name for name, members in batches.items() for rid in members}
     for rid in batch_of:  # members of sealed batches that left the table keep their old spec
@@ -685,18 +703,26 @@ def prepare(config: dict) -> Plan:
                 specs[rid] = {"id": rid, "error": "row removed from the table"}
                 write_if_changed(f"{results}/specs/{rid}.json", specs[rid])
     speakers = {s["speaker_key"]: s["speaker"] for s in specs.values() if s.get("speaker_key")}
-    write_if_changed(f"{results}/table.json", {
-        "texts": str(table.path),
-        "rows": [{"id": r.id, "line": r.line, "batch": batch_of.get(r.id), "error": r.error}
-                 for r in table.rows],
-    })
+    write_if_changed(
+        f"{results}/table.json",
+        {
+            "texts": str(table.path),
+            "rows": [
+                {"id": r.id, "line": r.line, "batch": batch_of.get(r.id), "error": r.error}
+                for r in table.rows
+            ],
+        },
+    )
     write_if_changed(f"{results}/settings.json", {"dtype": dtype})
     # Only the render stage (and what follows it) depends on its precision.
-    write_if_changed(f"{results}/render_settings.json",
-                     {"render_precision": str(config.get("render_precision", "float32"))})
+    write_if_changed(
+        f"{results}/render_settings.json",
+        {"render_precision": str(config.get("render_precision", "float32"))},
+    )
     write_if_changed(f"{results}/scoring.json", config.get("scoring", {}))
-    fingerprint = checkpoint_fingerprint(config["checkpoints"],
-                                         Path(results, "checkpoints", "hash-cache.json"))
+    fingerprint = checkpoint_fingerprint(
+        config["checkpoints"], Path(results, "checkpoints", "hash-cache.json")
+    )
     return Plan(results, table, batches, specs, speakers, fingerprint, batch_of)
 
 
@@ -727,8 +753,10 @@ def record_run(state_dir: str | Path = ".snakemake") -> None:
     import socket
 
     pid = os.getpid()
-    write_json(Path(state_dir, RUN_RECORD),
-               {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid)})
+    write_json(
+        Path(state_dir, RUN_RECORD),
+        {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid)},
+    )
 
 
 def forget_run(state_dir: str | Path = ".snakemake") -> None:
@@ -766,8 +794,11 @@ def clear_stale_locks(state_dir: str | Path = ".snakemake") -> bool:
     with contextlib.suppress(OSError):
         record_path.unlink()
     if locks:
-        print(f"Removed {len(locks)} stale lock(s) of a killed run (process {record.get('pid')} "
-              "is gone); resuming.", file=sys.stderr)
+        print(
+            f"Removed {len(locks)} stale lock(s) of a killed run (process {record.get('pid')} "
+            "is gone); resuming.",
+            file=sys.stderr,
+        )
     return bool(locks)
 
 
@@ -826,16 +857,23 @@ def open_engine(config: dict):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         start = time.perf_counter()
-        engine = Engine.open(Path(config["checkpoints"]), device=device,
-                             dtype=str(config.get("dtype", "float32")),
-                             fast=bool(config.get("fast", True)),
-                             gpt_batch_items=int(config.get("gpt_batch_items", 16)),
-                             gpt_decoder=str(config.get("gpt_decoder", DEFAULT_DECODER)),
-                             render_precision=str(config.get("render_precision", "float32")),
-                             cudnn_benchmark=bool(config.get("cudnn_benchmark", False)))
-        log.info("engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
-                 time.perf_counter() - start, device, engine.is_demo,
-                 "on" if engine.fast else "off")
+        engine = Engine.open(
+            Path(config["checkpoints"]),
+            device=device,
+            dtype=str(config.get("dtype", "float32")),
+            fast=bool(config.get("fast", True)),
+            gpt_batch_items=int(config.get("gpt_batch_items", 16)),
+            gpt_decoder=str(config.get("gpt_decoder", DEFAULT_DECODER)),
+            render_precision=str(config.get("render_precision", "float32")),
+            cudnn_benchmark=bool(config.get("cudnn_benchmark", False)),
+        )
+        log.info(
+            "engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
+            time.perf_counter() - start,
+            device,
+            engine.is_demo,
+            "on" if engine.fast else "off",
+        )
         return engine
     except (DeviceError, CheckpointError, ValueError) as exc:
         raise StageError(str(exc)) from None
@@ -848,7 +886,9 @@ def run_check(config: dict, out: str | Path) -> None:
     root = Path(config["checkpoints"])
     missing = missing_files(root)
     if missing:
-        lines = "\n".join(f"  - {key}: {path}\n      get it: {where}" for key, path, where in missing)
+        lines = "\n".join(
+            f"  - {key}: {path}\n      get it: {where}" for key, path, where in missing
+        )
         raise StageError(
             f"checkpoint set {root}: {len(missing)} required file(s) missing:\n{lines}\n"
             "Download them (IndexTeam/IndexTTS-2 on Hugging Face, see docs/workflow.md), or run "
@@ -866,24 +906,43 @@ def run_validate(config: dict, out: str | Path) -> None:
     from tts.weight_report import file_verdict
 
     root = Path(config["checkpoints"])
-    names = [n for n in COMPONENT_NAMES
-             if n != "qwen_emotion" or CheckpointSet.open(root).path("qwen_emotion").is_dir()]
+    names = [
+        n
+        for n in COMPONENT_NAMES
+        if n != "qwen_emotion" or CheckpointSet.open(root).path("qwen_emotion").is_dir()
+    ]
     start = time.perf_counter()
     results = validate_set(root, names, with_stats=True)
     comps = []
     for r in results:
         log.info("%s %s: %s", "ok  " if r.ok else "FAIL", r.name, r.message)
         verdict = file_verdict(r.stats) if r.ok and r.stats else {}
-        comps.append({"name": r.name, "file": r.file, "ok": r.ok, "message": r.message,
-                      "tensors": r.tensors, "computed": r.computed,
-                      "verdict": verdict.get("verdict", "ok" if r.ok else "failed"),
-                      "flagged": verdict.get("flagged", [])[:20]})
+        comps.append(
+            {
+                "name": r.name,
+                "file": r.file,
+                "ok": r.ok,
+                "message": r.message,
+                "tensors": r.tensors,
+                "computed": r.computed,
+                "verdict": verdict.get("verdict", "ok" if r.ok else "failed"),
+                "flagged": verdict.get("flagged", [])[:20],
+            }
+        )
     bad = [c for c in comps if not c["ok"]]
     if bad:
-        raise StageError("weight validation failed:\n" + "\n".join(
-            f"  - {c['name']}: {c['message']}" for c in bad))
-    write_json(out, {"components": comps, "seconds": time.perf_counter() - start,
-                     "demo": CheckpointSet.open(root).is_demo})
+        raise StageError(
+            "weight validation failed:\n"
+            + "\n".join(f"  - {c['name']}: {c['message']}" for c in bad)
+        )
+    write_json(
+        out,
+        {
+            "components": comps,
+            "seconds": time.perf_counter() - start,
+            "demo": CheckpointSet.open(root).is_demo,
+        },
+    )
 
 
 def _loaded(engine) -> float:
@@ -909,10 +968,12 @@ def _prefixed(rid: str, tensors: dict) -> dict:
 
 def _unprefixed(rid: str, tensors: dict) -> dict:
     p = f"{rid}/"
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
-def run_speaker(config: dict, audio: str, out_tensors: str, out_status: str, threads: int = 1) -> None:
+def run_speaker(
+    config: dict, audio: str, out_tensors: str, out_status: str, threads: int = 1
+) -> None:
     """Speaker conditioning for one prompt file (shared by every row that uses it)."""
     from tts.audio import AudioError
 
@@ -928,8 +989,13 @@ def run_speaker(config: dict, audio: str, out_tensors: str, out_status: str, thr
         log.error("%s", status["error"])
     status["load_seconds"] = _loaded(engine) - load0
     status["seconds"] = time.perf_counter() - start - status["load_seconds"]
-    log.info("speaker %s: %s in %.2f s (+%.2f s loading models)", audio,
-             "ok" if status["ok"] else "FAILED", status["seconds"], status["load_seconds"])
+    log.info(
+        "speaker %s: %s in %.2f s (+%.2f s loading models)",
+        audio,
+        "ok" if status["ok"] else "FAILED",
+        status["seconds"],
+        status["load_seconds"],
+    )
     _save(out_tensors, tensors)
     write_json(out_status, status)
 
@@ -947,13 +1013,21 @@ def _batch_inputs(spec_paths: Iterable[str], results: str):
     return specs, speaker
 
 
-def _progress(stage: str, i: int, n: int, rid: str, ok: bool, seconds: float, error: str | None) -> None:
+def _progress(
+    stage: str, i: int, n: int, rid: str, ok: bool, seconds: float, error: str | None
+) -> None:
     state = "ok" if ok else f"FAILED: {error}"
     log.info("[%s] row %d/%d %s: %s (%.2f s)", stage, i, n, rid, state, seconds)
 
 
-def run_emotion(config: dict, spec_paths: list[str], results: str, out_tensors: str,
-                out_status: str, threads: int = 1) -> None:
+def run_emotion(
+    config: dict,
+    spec_paths: list[str],
+    results: str,
+    out_tensors: str,
+    out_status: str,
+    threads: int = 1,
+) -> None:
     """Emotion conditioning for every row of a batch."""
     _set_threads(threads)
     specs, speaker = _batch_inputs(spec_paths, results)
@@ -1019,15 +1093,27 @@ def run_text(config: dict, spec_paths: list[str], out_status: str, threads: int 
             except Exception as exc:  # noqa: BLE001 - a row's failure must not stop the batch
                 error = f"text: {_first_line(exc)}"
         seconds = time.perf_counter() - start
-        rows[rid] = {"ok": error is None, "error": error, "plan": plan,
-                     "timings": {"text": seconds}}
+        rows[rid] = {
+            "ok": error is None,
+            "error": error,
+            "plan": plan,
+            "timings": {"text": seconds},
+        }
         _progress("text", i, len(specs), rid, error is None, seconds, error)
     write_json(out_status, {"rows": rows})
 
 
-def run_tokens(config: dict, spec_paths: list[str], results: str, emotion_tensors: str,
-               emotion_status: str, out_tensors: str, out_status: str, threads: int = 1,
-               text_status: str | None = None) -> None:
+def run_tokens(
+    config: dict,
+    spec_paths: list[str],
+    results: str,
+    emotion_tensors: str,
+    emotion_status: str,
+    out_tensors: str,
+    out_status: str,
+    threads: int = 1,
+    text_status: str | None = None,
+) -> None:
     """GPT semantic tokens for the rows of a batch that are still ok, in one engine call.
 
     ``text_status``: the batch's text stage output (:func:`run_text`); without it the engine
@@ -1063,8 +1149,11 @@ def run_tokens(config: dict, spec_paths: list[str], results: str, emotion_tensor
         wall = time.perf_counter() - start - loading
         for i, (s, res) in enumerate(zip(todo, results_, strict=True), start=1):
             row = rows[s["id"]]
-            row["timings"] = {**row["timings"], **{f"tokens.{k}": v for k, v in res.timings.items()},
-                              "tokens": wall / len(todo)}
+            row["timings"] = {
+                **row["timings"],
+                **{f"tokens.{k}": v for k, v in res.timings.items()},
+                "tokens": wall / len(todo),
+            }
             if res.ok:
                 tensors.update(_prefixed(s["id"], res.value))
             else:
@@ -1092,19 +1181,33 @@ def _engine_call(fn, requests, *lists):
             torch.cuda.empty_cache()
         if len(requests) == 1:
             log.error("row %s: out of GPU memory even alone", requests[0].id)
-            return [RowResult(requests[0].id, error="out of GPU memory (even as a batch of one; "
-                              "try a shorter text, a lower max_mel_tokens or dtype float16)")]
+            return [
+                RowResult(
+                    requests[0].id,
+                    error="out of GPU memory (even as a batch of one; "
+                    "try a shorter text, a lower max_mel_tokens or dtype float16)",
+                )
+            ]
         half = len(requests) // 2
         log.warning("out of GPU memory with %d rows; retrying in halves", len(requests))
-        return (_engine_call(fn, requests[:half], *[x[:half] for x in lists])
-                + _engine_call(fn, requests[half:], *[x[half:] for x in lists]))
+        return _engine_call(fn, requests[:half], *[x[:half] for x in lists]) + _engine_call(
+            fn, requests[half:], *[x[half:] for x in lists]
+        )
     except Exception as exc:  # noqa: BLE001
         log.error("batch call failed: %s", traceback.format_exc())
         return [RowResult(r.id, error=_first_line(exc)) for r in requests]
 
 
-def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors: str,
-               tokens_status: str, out_dir: str, out_status: str, threads: int = 1) -> None:
+def run_render(
+    config: dict,
+    spec_paths: list[str],
+    results: str,
+    tokens_tensors: str,
+    tokens_status: str,
+    out_dir: str,
+    out_status: str,
+    threads: int = 1,
+) -> None:
     """DiT + vocoder for the rows of a batch; one WAV per ok row, written atomically."""
     import torch
 
@@ -1112,8 +1215,10 @@ def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors
 
     _set_threads(threads)
     specs, speaker = _batch_inputs(spec_paths, results)
-    rows = {s["id"]: dict(r) for s, r in zip(specs, (_stage_rows(tokens_status)[s["id"]]
-                                                     for s in specs), strict=True)}
+    rows = {
+        s["id"]: dict(r)
+        for s, r in zip(specs, (_stage_rows(tokens_status)[s["id"]] for s in specs), strict=True)
+    }
     tok_all = _load(tokens_tensors)
     engine = open_engine(config)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -1128,8 +1233,11 @@ def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors
         wall = time.perf_counter() - start - loading
         for i, (s, res) in enumerate(zip(todo, results_, strict=True), start=1):
             row = rows[s["id"]]
-            row["timings"] = {**row["timings"], **{f"render.{k}": v for k, v in res.timings.items()},
-                              "render": wall / len(todo)}
+            row["timings"] = {
+                **row["timings"],
+                **{f"render.{k}": v for k, v in res.timings.items()},
+                "render": wall / len(todo),
+            }
             error = res.error
             if res.ok:
                 wav = res.value["wav"].detach().float().reshape(-1).cpu()
@@ -1140,13 +1248,21 @@ def run_render(config: dict, spec_paths: list[str], results: str, tokens_tensors
                 else:
                     name = f"{s['id']}.wav"
                     write_wav(Path(out_dir) / name, wav, SAMPLE_RATE)
-                    row.update(wav=name, duration=wav.numel() / SAMPLE_RATE,
-                               sample_rate=SAMPLE_RATE)
+                    row.update(
+                        wav=name, duration=wav.numel() / SAMPLE_RATE, sample_rate=SAMPLE_RATE
+                    )
             if error:
                 row.update(ok=False, error=f"render: {error}")
             _progress("render", i, len(todo), s["id"], error is None, wall / len(todo), error)
-    write_json(out_status, {"rows": rows, "demo": engine.is_demo, "load_seconds": _loaded(engine),
-                            "provenance": _safe_provenance(engine)})
+    write_json(
+        out_status,
+        {
+            "rows": rows,
+            "demo": engine.is_demo,
+            "load_seconds": _loaded(engine),
+            "provenance": _safe_provenance(engine),
+        },
+    )
 
 
 def _safe_provenance(engine) -> dict:
@@ -1177,8 +1293,14 @@ def scoring_config(config: dict) -> dict:
     return cfg
 
 
-def run_score(config: dict, spec_paths: list[str], render_status: str, wav_dir: str,
-              out_status: str, threads: int = 1) -> None:
+def run_score(
+    config: dict,
+    spec_paths: list[str],
+    render_status: str,
+    wav_dir: str,
+    out_status: str,
+    threads: int = 1,
+) -> None:
     """Intelligibility (ASR WER/CER) and speaker similarity for the ok rows of a batch."""
     from tts.scoring import Scorer, ScoreRequest
 
@@ -1193,20 +1315,30 @@ def run_score(config: dict, spec_paths: list[str], render_status: str, wav_dir: 
         except ValueError as exc:
             raise StageError(f"scoring configuration: {exc}") from None
         start = time.perf_counter()
-        requests = [ScoreRequest(audio=Path(wav_dir) / rows[s["id"]]["wav"], text=s["text"],
-                                 speaker=s["speaker"], id=s["id"]) for s in todo]
+        requests = [
+            ScoreRequest(
+                audio=Path(wav_dir) / rows[s["id"]]["wav"],
+                text=s["text"],
+                speaker=s["speaker"],
+                id=s["id"],
+            )
+            for s in todo
+        ]
         try:
             scored = scorer.score_rows(requests)
         except Exception as exc:  # noqa: BLE001 - scoring never fails the rows' audio
             log.error("scoring failed: %s", traceback.format_exc())
-            scored = [{"verdict": "unchecked", "reasons": f"scoring failed: {_first_line(exc)}"}
-                      for _ in todo]
+            scored = [
+                {"verdict": "unchecked", "reasons": f"scoring failed: {_first_line(exc)}"}
+                for _ in todo
+            ]
         each = (time.perf_counter() - start) / len(todo)
         for i, (s, res) in enumerate(zip(todo, scored, strict=True), start=1):
             out[s["id"]] = {**res, "score_seconds": each}
             _progress("score", i, len(todo), s["id"], True, each, None)
-            log.info("[score] %s: verdict %s %s", s["id"], res.get("verdict"),
-                     res.get("reasons") or "")
+            log.info(
+                "[score] %s: verdict %s %s", s["id"], res.get("verdict"), res.get("reasons") or ""
+            )
     write_json(out_status, {"rows": out})
 
 
@@ -1219,21 +1351,27 @@ def print_summary(metrics: str | Path, failed_run: bool = False, out=None) -> No
     """The run's closing summary: counts, and every failed row with its error."""
     out = out or sys.stderr
     if failed_run:
-        print("\nThe run stopped with an error (see the messages and log files above); "
-              "rerun the same command to resume.", file=out)
+        print(
+            "\nThe run stopped with an error (see the messages and log files above); "
+            "rerun the same command to resume.",
+            file=out,
+        )
         return
     import pandas as pd
 
     try:
-        table = pd.read_csv(metrics, sep="\t", dtype=str, keep_default_na=False,
-                            quoting=csv.QUOTE_NONE)
+        table = pd.read_csv(
+            metrics, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
+        )
     except (OSError, ValueError):
         return
     ok = table[table["status"] == "ok"]
     failed = table[table["status"] != "ok"]
     passed = (ok["verdict"] == "pass").sum() if "verdict" in ok else 0
-    lines = [f"\nSummary: {len(table)} row(s): {len(ok)} ok ({passed} pass the thresholds), "
-             f"{len(failed)} failed. Report: {Path(metrics).parent / 'report.html'}"]
+    lines = [
+        f"\nSummary: {len(table)} row(s): {len(ok)} ok ({passed} pass the thresholds), "
+        f"{len(failed)} failed. Report: {Path(metrics).parent / 'report.html'}"
+    ]
     for _, row in failed.iterrows():
         lines.append(f"  FAILED {row['id']}: {row['error']}")
     print("\n".join(lines), file=out)

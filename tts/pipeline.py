@@ -215,9 +215,16 @@ class Engine:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, cs: CheckpointSet, device: torch.device, dtype: torch.dtype,
-                 fast: bool = True, gpt_batch_items: int = 16, gpt_decoder: str = DEFAULT_DECODER,
-                 render_precision: str = "float32"):
+    def __init__(
+        self,
+        cs: CheckpointSet,
+        device: torch.device,
+        dtype: torch.dtype,
+        fast: bool = True,
+        gpt_batch_items: int = 16,
+        gpt_decoder: str = DEFAULT_DECODER,
+        render_precision: str = "float32",
+    ):
         self.cs = cs
         self.device = device
         self.dtype = dtype
@@ -233,11 +240,13 @@ class Engine:
         from tts.fast.s2mel import PRECISIONS
 
         if render_precision not in PRECISIONS:
-            raise ValueError(f"render_precision {render_precision!r} is not one of "
-                             f"{', '.join(PRECISIONS)}")
+            raise ValueError(
+                f"render_precision {render_precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
         if render_precision != "float32" and not self.fast:
-            raise ValueError(f"render_precision {render_precision} needs CUDA and fast: true; "
-                             "use float32")
+            raise ValueError(
+                f"render_precision {render_precision} needs CUDA and fast: true; use float32"
+            )
         self.render_precision = render_precision
         self._parts: dict[str, object] = {}
         self._prompt_cache: OrderedDict[tuple, object] = OrderedDict()
@@ -245,10 +254,17 @@ class Engine:
         self.load_seconds: dict[str, float] = {}
 
     @classmethod
-    def open(cls, checkpoints: str | Path, device: str = "cuda", dtype: str = "float32",
-             fast: bool = True, gpt_batch_items: int = 16,
-             gpt_decoder: str = DEFAULT_DECODER, render_precision: str = "float32",
-             cudnn_benchmark: bool = False) -> Engine:
+    def open(
+        cls,
+        checkpoints: str | Path,
+        device: str = "cuda",
+        dtype: str = "float32",
+        fast: bool = True,
+        gpt_batch_items: int = 16,
+        gpt_decoder: str = DEFAULT_DECODER,
+        render_precision: str = "float32",
+        cudnn_benchmark: bool = False,
+    ) -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
 
         ``fast``: use the fast CUDA paths (ignored on the CPU, which runs the plain paths);
@@ -278,9 +294,15 @@ class Engine:
             )
         if dev.type == "cuda":
             configure_cudnn(cudnn_benchmark)
-        return cls(check_set(checkpoints), dev, DTYPES[dtype], fast=fast,
-                   gpt_batch_items=gpt_batch_items, gpt_decoder=gpt_decoder,
-                   render_precision=render_precision)
+        return cls(
+            check_set(checkpoints),
+            dev,
+            DTYPES[dtype],
+            fast=fast,
+            gpt_batch_items=gpt_batch_items,
+            gpt_decoder=gpt_decoder,
+            render_precision=render_precision,
+        )
 
     @property
     def is_demo(self) -> bool:
@@ -400,8 +422,9 @@ class Engine:
         embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C]. Computed
         once per prompt file (:meth:`_memo`); each call returns new tensors.
         """
-        out = self._memo("speaker", _file_key(audio_path),
-                         lambda: self._speaker_conditioning(audio_path))
+        out = self._memo(
+            "speaker", _file_key(audio_path), lambda: self._speaker_conditioning(audio_path)
+        )
         return {k: v.clone() for k, v in out.items()}  # callers own what they get
 
     @torch.no_grad()
@@ -472,8 +495,11 @@ class Engine:
         with self._gpt_autocast():
             # The merge of the two prompts' emotion encodings, kept per (speaker features,
             # emotion file, alpha): rows that share their prompts share it.
-            merge_key = None if emo_key is None else (
-                _fingerprint(spk_cond), *emo_key, float(plan.merge_alpha))
+            merge_key = (
+                None
+                if emo_key is None
+                else (_fingerprint(spk_cond), *emo_key, float(plan.merge_alpha))
+            )
             merged = self._memo("merged", merge_key, merge)
             result = resolve_emotion(
                 gpt,
@@ -655,8 +681,9 @@ class Engine:
         if self.fast:
             from tts.fast.decode import VARIANTS, generate
 
-            return generate(gpt, prefix, valid, config, generator=generators,
-                            **VARIANTS[self.gpt_decoder])
+            return generate(
+                gpt, prefix, valid, config, generator=generators, **VARIANTS[self.gpt_decoder]
+            )
         from tts.generation import generate
 
         return generate(gpt, prefix, valid, config, generator=generators)
@@ -681,9 +708,7 @@ class Engine:
             text[j, : len(it.ids)] = torch.tensor(it.ids, dtype=torch.int64)
         text = text.to(dev)
         with self._gpt_autocast():
-            prefix, valid = gpt.prepare_gpt_inputs(
-                gpt.conditioning_prefix(latent, emovec, b), text
-            )
+            prefix, valid = gpt.prepare_gpt_inputs(gpt.conditioning_prefix(latent, emovec, b), text)
             out = self._generate(gpt, prefix, valid, config, [it.generator for it in chunk])
         gen_share = _tock(dev, start) / b
 
@@ -801,9 +826,15 @@ class Engine:
 
                 # S2Mel.generate for one row, through the fused estimator; no CUDA graph: it
                 # would be captured for this segment's shape and hardly ever replayed.
-                mel = generate_batch(s2mel, *args, n_timesteps=steps, cfg_rate=cfg_rate,
-                                     generator=gen, graphs=False,
-                                     precision=self.render_precision)
+                mel = generate_batch(
+                    s2mel,
+                    *args,
+                    n_timesteps=steps,
+                    cfg_rate=cfg_rate,
+                    generator=gen,
+                    graphs=False,
+                    precision=self.render_precision,
+                )
             else:
                 mel = s2mel.generate(*args, n_timesteps=steps, cfg_rate=cfg_rate, generator=gen)
             _check_finite("s2mel (mel spectrogram)", mel)
@@ -978,12 +1009,19 @@ class _TokenBatch:
         out = []
         for r, req in enumerate(requests):
             if r in self.errors:
-                out.append(RowResult(req.id, error=self.errors[r], timings=self.timings[r],
-                                     warnings=self.warnings[r]))
+                out.append(
+                    RowResult(
+                        req.id,
+                        error=self.errors[r],
+                        timings=self.timings[r],
+                        warnings=self.warnings[r],
+                    )
+                )
                 continue
             value: dict[str, torch.Tensor] = {}
             for seg in sorted(self.values[r]):
                 value.update(self.values[r][seg])
-            out.append(RowResult(req.id, value=value, timings=self.timings[r],
-                                 warnings=self.warnings[r]))
+            out.append(
+                RowResult(req.id, value=value, timings=self.timings[r], warnings=self.warnings[r])
+            )
         return out

@@ -24,11 +24,33 @@ from tts.jobs import atomic_write_text, read_json
 
 # metrics.tsv columns, in order (one line per table row).
 METRIC_COLUMNS = [
-    "id", "status", "error", "verdict", "reasons", "text", "transcript", "wer", "cer",
-    "similarity", "similarity_backend", "asr", "language", "duration_s", "rtf",
-    "t_speaker_s", "t_text_s", "t_emotion_s", "t_tokens_s", "t_render_s", "t_score_s",
+    "id",
+    "status",
+    "error",
+    "verdict",
+    "reasons",
+    "text",
+    "transcript",
+    "wer",
+    "cer",
+    "similarity",
+    "similarity_backend",
+    "asr",
+    "language",
+    "duration_s",
+    "rtf",
+    "t_speaker_s",
+    "t_text_s",
+    "t_emotion_s",
+    "t_tokens_s",
+    "t_render_s",
+    "t_score_s",
     "rms_dbfs",
-    "clip_fraction", "batch", "audio", "seed", "speaker",
+    "clip_fraction",
+    "batch",
+    "audio",
+    "seed",
+    "speaker",
 ]
 STAGES = ("speaker", "text", "emotion", "tokens", "render", "score")
 
@@ -41,7 +63,9 @@ def _maybe(path: Path) -> dict | None:
 
 
 def collect(
-    results: str | Path, check_path: str | Path | None = None, validation_path: str | Path | None = None
+    results: str | Path,
+    check_path: str | Path | None = None,
+    validation_path: str | Path | None = None,
 ) -> tuple[list[dict], dict]:
     """One record per table row (in table order) and the run context (validation, provenance).
 
@@ -73,8 +97,14 @@ def collect(
         rid, batch = entry["id"], entry.get("batch")
         spec = specs[rid]
         rec: dict = {c: None for c in METRIC_COLUMNS}
-        rec.update(id=rid, text=spec.get("text", ""), batch=batch, seed=spec.get("seed"),
-                   speaker=spec.get("speaker"), line=entry.get("line"))
+        rec.update(
+            id=rid,
+            text=spec.get("text", ""),
+            batch=batch,
+            seed=spec.get("seed"),
+            speaker=spec.get("speaker"),
+            line=entry.get("line"),
+        )
         error = entry.get("error") or spec.get("error")
         timings: dict = {}
         if not error and batch:
@@ -96,8 +126,19 @@ def collect(
                 provenance = render_doc["provenance"]
             demo = demo or bool(render_doc.get("demo"))
             score = stage(batch, "score").get(rid, {})
-            for key in ("transcript", "wer", "cer", "similarity", "similarity_backend", "asr",
-                        "language", "verdict", "reasons", "rms_dbfs", "clip_fraction"):
+            for key in (
+                "transcript",
+                "wer",
+                "cer",
+                "similarity",
+                "similarity_backend",
+                "asr",
+                "language",
+                "verdict",
+                "reasons",
+                "rms_dbfs",
+                "clip_fraction",
+            ):
                 rec[key] = score.get(key)
             rec["t_score_s"] = score.get("score_seconds")
         elif not error:
@@ -111,8 +152,11 @@ def collect(
         rec["t_emotion_s"] = timings.get("emotion")
         rec["t_tokens_s"] = timings.get("tokens")
         rec["t_render_s"] = timings.get("render")
-        synth = [rec[k] for k in ("t_text_s", "t_emotion_s", "t_tokens_s", "t_render_s")
-                 if rec[k] is not None]
+        synth = [
+            rec[k]
+            for k in ("t_text_s", "t_emotion_s", "t_tokens_s", "t_render_s")
+            if rec[k] is not None
+        ]
         if rec["duration_s"] and synth:
             rec["rtf"] = sum(synth) / rec["duration_s"]
         rec["status"] = "failed" if error else "ok"
@@ -219,8 +263,9 @@ def mel_image(wav_path: str | Path) -> str:
     logmel = torch.log10(mel.clamp_min(1e-5)).numpy()
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 1.5))
-    ax.imshow(logmel, origin="lower", aspect="auto", cmap="magma",
-              extent=(0, x.numel() / sr, 0, 80))
+    ax.imshow(
+        logmel, origin="lower", aspect="auto", cmap="magma", extent=(0, x.numel() / sr, 0, 80)
+    )
     ax.set_xlabel("s", fontsize=7)
     ax.set_ylabel("mel", fontsize=7)
     ax.tick_params(labelsize=6)
@@ -277,8 +322,13 @@ def _code_version() -> str:
 
     root = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         described = out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         described = ""
@@ -291,44 +341,63 @@ def render_html(records: list[dict], context: dict, config: dict, mel_images: bo
     failed = [r for r in records if r["status"] != "ok"]
     passed = [r for r in ok if r.get("verdict") == "pass"]
     total_audio = sum(r["duration_s"] or 0.0 for r in ok)
-    total_synth = sum(sum(r.get(f"t_{s}_s") or 0.0
-                          for s in ("text", "emotion", "tokens", "render"))
-                      for r in ok)
+    total_synth = sum(
+        sum(r.get(f"t_{s}_s") or 0.0 for s in ("text", "emotion", "tokens", "render")) for r in ok
+    )
 
     def mean(key: str) -> str:
-        vals = [r[key] for r in ok if isinstance(r.get(key), int | float)
-                and not math.isnan(r[key])]
+        vals = [
+            r[key] for r in ok if isinstance(r.get(key), int | float) and not math.isnan(r[key])
+        ]
         return _fmt(sum(vals) / len(vals)) if vals else ""
 
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             "<title>IndexTTS2 batch report</title>", f"<style>{_CSS}</style></head><body>"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>IndexTTS2 batch report</title>",
+        f"<style>{_CSS}</style></head><body>",
+    ]
     if context.get("demo"):
-        parts.append("<div class='demo' id='demo-banner'>DEMO checkpoints: random weights, not a "
-                     "voice model. The audio is noise and every intelligibility score fails; this "
-                     "run only shows that the workflow works.</div>")
+        parts.append(
+            "<div class='demo' id='demo-banner'>DEMO checkpoints: random weights, not a "
+            "voice model. The audio is noise and every intelligibility score fails; this "
+            "run only shows that the workflow works.</div>"
+        )
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts.append(f"<h1>IndexTTS2 batch report</h1><p class='small'>{_e(now)} &middot; table "
-                 f"{_e(context.get('texts'))}</p>")
+    parts.append(
+        f"<h1>IndexTTS2 batch report</h1><p class='small'>{_e(now)} &middot; table "
+        f"{_e(context.get('texts'))}</p>"
+    )
     parts.append("<h2>Summary</h2><table id='summary'>")
     for label, value in [
-        ("rows", len(records)), ("ok (audio written)", len(ok)), ("failed", len(failed)),
-        ("pass all thresholds", len(passed)), ("mean WER", mean("wer")), ("mean CER", mean("cer")),
+        ("rows", len(records)),
+        ("ok (audio written)", len(ok)),
+        ("failed", len(failed)),
+        ("pass all thresholds", len(passed)),
+        ("mean WER", mean("wer")),
+        ("mean CER", mean("cer")),
         ("mean speaker similarity", mean("similarity")),
-        ("total audio", f"{total_audio:.2f} s"), ("synthesis time", f"{total_synth:.2f} s"),
+        ("total audio", f"{total_audio:.2f} s"),
+        ("synthesis time", f"{total_synth:.2f} s"),
         ("overall real-time factor", _fmt(total_synth / total_audio) if total_audio else ""),
-        ("model loading (once per job, not in the times above)",
-         f"{context.get('load_seconds') or 0.0:.2f} s"),
+        (
+            "model loading (once per job, not in the times above)",
+            f"{context.get('load_seconds') or 0.0:.2f} s",
+        ),
     ]:
         parts.append(f"<tr><th>{_e(label)}</th><td>{_e(value)}</td></tr>")
     parts.append("</table>")
     if failed:
         parts.append("<h3>Failed rows</h3><ul id='failed'>")
-        parts += [f"<li><b>{_e(r['id'])}</b>: <span class='err'>{_e(r['error'])}</span></li>"
-                  for r in failed]
+        parts += [
+            f"<li><b>{_e(r['id'])}</b>: <span class='err'>{_e(r['error'])}</span></li>"
+            for r in failed
+        ]
         parts.append("</ul>")
     if ok:
-        parts.append(f"<h2>Plots</h2><img id='plots' alt='summary plots' "
-                     f"src='data:image/png;base64,{summary_plots(records)}'>")
+        parts.append(
+            f"<h2>Plots</h2><img id='plots' alt='summary plots' "
+            f"src='data:image/png;base64,{summary_plots(records)}'>"
+        )
     parts.append(_rows_table(records, mel_images))
     parts.append(_validation_section(context.get("validation")))
     parts.append(_provenance_section(context, config))
@@ -337,9 +406,11 @@ def render_html(records: list[dict], context: dict, config: dict, mel_images: bo
 
 
 def _rows_table(records: list[dict], mel_images: bool) -> str:
-    head = ("<h2>Rows</h2><table id='rows'><tr><th>id</th><th>verdict</th><th>audio</th>"
-            "<th>text / transcript</th><th>WER</th><th>CER</th><th>speaker sim.</th>"
-            "<th>duration</th><th>time per stage (s)</th><th>RTF</th><th>mel spectrogram</th></tr>")
+    head = (
+        "<h2>Rows</h2><table id='rows'><tr><th>id</th><th>verdict</th><th>audio</th>"
+        "<th>text / transcript</th><th>WER</th><th>CER</th><th>speaker sim.</th>"
+        "<th>duration</th><th>time per stage (s)</th><th>RTF</th><th>mel spectrogram</th></tr>"
+    )
     out = [head]
     for r in records:
         verdict = r.get("verdict") or ("fail" if r["status"] != "ok" else "unchecked")
@@ -348,8 +419,9 @@ def _rows_table(records: list[dict], mel_images: bool) -> str:
             audio = f"<audio controls preload='none' src='{_e(r['audio'])}'></audio>"
         else:
             audio = f"<span class='err'>failed: {_e(r['error'])}</span>"
-        times = "<br>".join(f"{s}: {_fmt(r.get(f't_{s}_s'), 2)}" for s in STAGES
-                            if r.get(f"t_{s}_s") is not None)
+        times = "<br>".join(
+            f"{s}: {_fmt(r.get(f't_{s}_s'), 2)}" for s in STAGES if r.get(f"t_{s}_s") is not None
+        )
         mel = ""
         if mel_images and r.get("_wav"):
             try:
@@ -373,12 +445,18 @@ def _rows_table(records: list[dict], mel_images: bool) -> str:
 def _validation_section(validation: dict | None) -> str:
     if not validation:
         return "<h2>Weight validation</h2><p id='validation'>not available</p>"
-    out = ["<h2>Weight validation</h2><table id='validation'><tr><th>component</th><th>status</th>"
-           "<th>tensors</th><th>verdict</th><th>details</th></tr>"]
+    out = [
+        "<h2>Weight validation</h2><table id='validation'><tr><th>component</th><th>status</th>"
+        "<th>tensors</th><th>verdict</th><th>details</th></tr>"
+    ]
     for c in validation.get("components", []):
-        status = "<span class='pass'>ok</span>" if c.get("ok") else "<span class='fail'>FAILED</span>"
-        out.append(f"<tr><td>{_e(c.get('name'))}</td><td>{status}</td><td>{_e(c.get('tensors'))}</td>"
-                   f"<td>{_e(c.get('verdict'))}</td><td class='small'>{_e(c.get('message'))}</td></tr>")
+        status = (
+            "<span class='pass'>ok</span>" if c.get("ok") else "<span class='fail'>FAILED</span>"
+        )
+        out.append(
+            f"<tr><td>{_e(c.get('name'))}</td><td>{status}</td><td>{_e(c.get('tensors'))}</td>"
+            f"<td>{_e(c.get('verdict'))}</td><td class='small'>{_e(c.get('message'))}</td></tr>"
+        )
     out.append("</table>")
     return "\n".join(out)
 
@@ -393,28 +471,46 @@ def _provenance_section(context: dict, config: dict) -> str:
         ("demo checkpoints", "yes" if context.get("demo") else "no"),
         ("device", prov.get("device") or config.get("device")),
         ("device name", prov.get("device_name")),
-        ("dtype (GPT / rest)", f"{prov.get('gpt_dtype') or config.get('dtype')} / "
-                               f"{prov.get('other_dtype', 'float32')}"),
-        ("cuDNN", f"enabled={prov.get('cudnn_enabled')} version={prov.get('cudnn_version')} "
-                  f"benchmark={prov.get('cudnn_benchmark')}"),
+        (
+            "dtype (GPT / rest)",
+            f"{prov.get('gpt_dtype') or config.get('dtype')} / "
+            f"{prov.get('other_dtype', 'float32')}",
+        ),
+        (
+            "cuDNN",
+            f"enabled={prov.get('cudnn_enabled')} version={prov.get('cudnn_version')} "
+            f"benchmark={prov.get('cudnn_benchmark')}",
+        ),
         ("torch / CUDA", f"{prov.get('torch')} / {prov.get('cuda')}"),
     ]
     out = ["<h2>Provenance</h2><table id='provenance'>"]
     out += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows]
     out.append("</table><h3>Checkpoint file hashes (SHA-256)</h3><table id='hashes'>")
     for key, info in sorted((check.get("files") or {}).items()):
-        out.append(f"<tr><td>{_e(key)}</td><td class='small'>{_e(info.get('sha256', 'missing'))}"
-                   f"</td><td class='small'>{_e(info.get('size'))}</td></tr>")
+        out.append(
+            f"<tr><td>{_e(key)}</td><td class='small'>{_e(info.get('sha256', 'missing'))}"
+            f"</td><td class='small'>{_e(info.get('size'))}</td></tr>"
+        )
     out.append("</table><h3>Configuration</h3>")
-    out.append(f"<pre id='config'>{_e(json.dumps(config, indent=1, sort_keys=True, default=str))}</pre>")
+    out.append(
+        f"<pre id='config'>{_e(json.dumps(config, indent=1, sort_keys=True, default=str))}</pre>"
+    )
     if prov:
-        out.append(f"<h3>Engine</h3><pre>{_e(json.dumps(prov, indent=1, sort_keys=True, default=str))}</pre>")
+        out.append(
+            f"<h3>Engine</h3><pre>{_e(json.dumps(prov, indent=1, sort_keys=True, default=str))}</pre>"
+        )
     return "\n".join(out)
 
 
-def build(results: str | Path, config: dict, html: str | Path, metrics: str | Path,
-          audio_dir: str | Path, check: str | Path | None = None,
-          validation: str | Path | None = None) -> list[dict]:
+def build(
+    results: str | Path,
+    config: dict,
+    html: str | Path,
+    metrics: str | Path,
+    audio_dir: str | Path,
+    check: str | Path | None = None,
+    validation: str | Path | None = None,
+) -> list[dict]:
     """Write metrics.tsv, audio/ and report.html for the current table; return the records."""
     import logging
 
@@ -425,6 +521,10 @@ def build(results: str | Path, config: dict, html: str | Path, metrics: str | Pa
     mel = bool((config.get("report") or {}).get("mel_images", True))
     atomic_write_text(html, render_html(records, context, config, mel_images=mel))
     for rec in records:
-        log.info("%s: %s%s", rec["id"], rec["status"], f" ({rec['error']})" if rec["error"] else
-                 f" verdict {rec.get('verdict')}")
+        log.info(
+            "%s: %s%s",
+            rec["id"],
+            rec["status"],
+            f" ({rec['error']})" if rec["error"] else f" verdict {rec.get('verdict')}",
+        )
     return records

@@ -28,8 +28,12 @@ from tts.fast.bigvgan import fused_activation  # noqa: E402
 from tts.models.bigvgan import Activation1d, SnakeBeta  # noqa: E402
 
 STAGES = [(768, 3444), (384, 13776), (192, 27552), (96, 55104), (48, 110208), (24, 220416)]
-SETTINGS = [(block, warps) for block in (128, 256, 512, 1024) for warps in (1, 2, 4, 8)
-            if block // (32 * warps) >= 1]
+SETTINGS = [
+    (block, warps)
+    for block in (128, 256, 512, 1024)
+    for warps in (1, 2, 4, 8)
+    if block // (32 * warps) >= 1
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,18 +55,31 @@ def main(argv: list[str] | None = None) -> int:
             want = fused_activation(module, x)
             cells = []
             for block, warps in SETTINGS:
-                assert torch.equal(fused_activation(module, x, block=block, num_warps=warps),
-                                   want), (block, warps)
-                ms = median_cuda_ms(functools.partial(fused_activation, module, x,
-                                                      block=block, num_warps=warps))
+                assert torch.equal(
+                    fused_activation(module, x, block=block, num_warps=warps), want
+                ), (block, warps)
+                ms = median_cuda_ms(
+                    functools.partial(fused_activation, module, x, block=block, num_warps=warps)
+                )
                 totals[(block, warps)] = totals.get((block, warps), 0.0) + ms
                 cells.append(f"{block}/{warps}:{ms:.3f}")
-                result["rows"].append({"batch": batch, "channels": channels, "length": length,
-                                       "block": block, "warps": warps, "ms": ms})
+                result["rows"].append(
+                    {
+                        "batch": batch,
+                        "channels": channels,
+                        "length": length,
+                        "block": block,
+                        "warps": warps,
+                        "ms": ms,
+                    }
+                )
             print(batch, channels, length, " ".join(cells), flush=True)
         best = sorted(totals.items(), key=lambda kv: kv[1])[:6]
-        print(f"B {batch} sum over the 6 stage shapes (ms): "
-              f"{[(k, round(v, 3)) for k, v in best]}, default {totals[(256, 4)]:.3f}", flush=True)
+        print(
+            f"B {batch} sum over the 6 stage shapes (ms): "
+            f"{[(k, round(v, 3)) for k, v in best]}, default {totals[(256, 4)]:.3f}",
+            flush=True,
+        )
         result["best"][str(batch)] = [{"block": k[0], "warps": k[1], "ms": v} for k, v in best]
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

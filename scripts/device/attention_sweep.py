@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tts.fast import attention  # noqa: E402
 
 LAYERS, HEADS, HEAD_DIM, BEAMS = 24, 20, 64, 3
-DEFAULT = {"chunk": attention.CHUNK, "block_t": attention.BLOCK_T,
-           "num_warps": attention.NUM_WARPS}
+DEFAULT = {"chunk": attention.CHUNK, "block_t": attention.BLOCK_T, "num_warps": attention.NUM_WARPS}
 
 
 def log(text: str) -> None:
@@ -53,9 +52,10 @@ def beam_table(batch: int, prefix: int, end: int, capacity: int, seed: int) -> t
     src[:, :prefix] = first[:, None].to(torch.int32)
     for pos in range(prefix, end):
         src[:, pos] = torch.arange(rows, dtype=torch.int32)  # each row writes its own position
-        pick = torch.multinomial(torch.tensor([0.6, 0.25, 0.15]), rows, replacement=True,
-                                 generator=gen)
-        src[:, :pos + 1] = src[first + pick, :pos + 1]  # the beam step: rows follow parents
+        pick = torch.multinomial(
+            torch.tensor([0.6, 0.25, 0.15]), rows, replacement=True, generator=gen
+        )
+        src[:, : pos + 1] = src[first + pick, : pos + 1]  # the beam step: rows follow parents
     return src
 
 
@@ -95,8 +95,9 @@ def time_graph(fn, repeats: int) -> float:
 def settings(quick: bool) -> list[dict]:
     """The launch settings to time: the default first."""
     out = [dict(DEFAULT)]
-    chunks, blocks, warps = ((32,), (32,), (1, 2)) if quick else ((16, 32, 64), (16, 32, 64),
-                                                                   (1, 2, 4))
+    chunks, blocks, warps = (
+        ((32,), (32,), (1, 2)) if quick else ((16, 32, 64), (16, 32, 64), (1, 2, 4))
+    )
     for chunk, block_t, num_warps in itertools.product(chunks, blocks, warps):
         opts = {"chunk": chunk, "block_t": block_t, "num_warps": num_warps}
         if block_t <= chunk and opts != DEFAULT:
@@ -122,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (int(b) for b in args.batches.split(",")):
         rows = batch * BEAMS
         gen = torch.Generator(device=dev).manual_seed(batch)
-        ks = [torch.randn(rows, HEADS, capacity, HEAD_DIM, device=dev, generator=gen,
-                          dtype=torch.bfloat16) for _ in range(LAYERS)]
+        ks = [
+            torch.randn(
+                rows, HEADS, capacity, HEAD_DIM, device=dev, generator=gen, dtype=torch.bfloat16
+            )
+            for _ in range(LAYERS)
+        ]
         vs = [torch.randn_like(k) for k in ks]
         q = torch.randn(rows, HEADS, 1, HEAD_DIM, device=dev, dtype=torch.bfloat16)
         for end in ends:
@@ -136,15 +141,26 @@ def main(argv: list[str] | None = None) -> int:
                 out = attention.attend(q, *views[0], mask, src=src, **opts)
                 err = float((out.float() - ref.float()).abs().max())
                 ok = err < 1e-2
-                ms = time_graph(over_layers(attention.attend, q, views, mask, src=src, **opts),
-                                args.repeats)
-                row = {"batch": batch, "rows": rows, "end": end, **opts, "us_per_step": 1e3 * ms,
-                       "sdpa_us_per_step": 1e3 * sdpa_ms, "max_diff": err, "ok": ok}
+                ms = time_graph(
+                    over_layers(attention.attend, q, views, mask, src=src, **opts), args.repeats
+                )
+                row = {
+                    "batch": batch,
+                    "rows": rows,
+                    "end": end,
+                    **opts,
+                    "us_per_step": 1e3 * ms,
+                    "sdpa_us_per_step": 1e3 * sdpa_ms,
+                    "max_diff": err,
+                    "ok": ok,
+                }
                 rows_out.append(row)
-                log(f"B={batch:<3d} end={end:<4d} chunk={opts['chunk']:<4d} "
+                log(
+                    f"B={batch:<3d} end={end:<4d} chunk={opts['chunk']:<4d} "
                     f"block_t={opts['block_t']:<3d} warps={opts['num_warps']} "
                     f"{1e3 * ms:8.1f} us/step "
-                    f"(sdpa no table {1e3 * sdpa_ms:7.1f}) diff {err:.2e}{'' if ok else ' BAD'}")
+                    f"(sdpa no table {1e3 * sdpa_ms:7.1f}) diff {err:.2e}{'' if ok else ' BAD'}"
+                )
             if args.json:
                 Path(args.json).write_text(json.dumps(rows_out, indent=1))
         del ks, vs
@@ -161,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         base = statistics.mean(by[tuple(DEFAULT.values())])
         log(f"B={batch}: default {base:.1f} us/step, sdpa without table {sdpa:.1f}; best:")
         for key, us in ranked[:5]:
-            log(f"   chunk={key[0]} block_t={key[1]} warps={key[2]}: "
-                f"{statistics.mean(us):.1f} us/step")
-    log(f"done in {time.perf_counter() - t0:.0f} s; all outputs ok: "
-        f"{all(r['ok'] for r in rows_out)}")
+            log(
+                f"   chunk={key[0]} block_t={key[1]} warps={key[2]}: "
+                f"{statistics.mean(us):.1f} us/step"
+            )
+    log(
+        f"done in {time.perf_counter() - t0:.0f} s; all outputs ok: "
+        f"{all(r['ok'] for r in rows_out)}"
+    )
     return 0 if all(r["ok"] for r in rows_out) else 1
 
 

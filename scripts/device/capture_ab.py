@@ -62,10 +62,14 @@ def timed_call(module, model, prefix, cfg, options: dict, seed: int) -> dict:
     out = module.generate(model, prefix, None, cfg, generator=gen, stats=stats, **options)
     end.record()
     end.synchronize()
-    return {"loop_ms_per_step": 1e3 * stats["loop_s"] / stats["steps"],
-            "call_ms": begin.elapsed_time(end), "steps": stats["steps"],
-            "graphs": stats.get("graphs"), "eager_steps": stats.get("eager_steps"),
-            "codes": out.codes.cpu()}
+    return {
+        "loop_ms_per_step": 1e3 * stats["loop_s"] / stats["steps"],
+        "call_ms": begin.elapsed_time(end),
+        "steps": stats["steps"],
+        "graphs": stats.get("graphs"),
+        "eager_steps": stats.get("eager_steps"),
+        "codes": out.codes.cpu(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,14 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     old_decode = load_old(args.old)
     model = build_gpt(False, device, torch.bfloat16, args.seed)
-    cfg = GenerationConfig(num_beams=args.beams, max_mel_tokens=args.steps, warn_on_limit=False,
-                           do_sample=not args.greedy)
+    cfg = GenerationConfig(
+        num_beams=args.beams,
+        max_mel_tokens=args.steps,
+        warn_on_limit=False,
+        do_sample=not args.greedy,
+    )
     versions = {"old": old_decode, "new": new_decode}
     results = []
     for batch in (int(b) for b in args.batches.split(",") if b):
-        prefix = (torch.randn(batch, args.prefix, model.model_dim, device=device,
-                              generator=torch.Generator(device=device).manual_seed(batch))
-                  * 0.5).to(torch.bfloat16)
+        prefix = (
+            torch.randn(
+                batch,
+                args.prefix,
+                model.model_dim,
+                device=device,
+                generator=torch.Generator(device=device).manual_seed(batch),
+            )
+            * 0.5
+        ).to(torch.bfloat16)
         for variant in args.variants.split(","):
             options = new_decode.VARIANTS[variant]
             calls = {name: (module, options) for name, module in versions.items()}
@@ -107,30 +122,45 @@ def main(argv: list[str] | None = None) -> int:
                     timed_call(module, model, prefix, cfg, opts, args.seed)
                 for _ in range(args.runs):
                     for name, (module, opts) in calls.items():
-                        runs[name].append(timed_call(module, model, prefix, cfg, opts,
-                                                     args.seed))
+                        runs[name].append(timed_call(module, model, prefix, cfg, opts, args.seed))
             for name, rs in runs.items():
-                other = runs["new" if name == "old" else "old"] if name in versions else \
-                    runs["new"]
+                other = runs["new" if name == "old" else "old"] if name in versions else runs["new"]
                 same = torch.equal(rs[-1]["codes"], other[-1]["codes"])
                 agree, first = agreement(rs[-1]["codes"], other[-1]["codes"])
-                row = {"variant": variant, "batch": batch, "version": name,
-                       "loop_ms_per_step": statistics.median(r["loop_ms_per_step"] for r in rs),
-                       "loop_runs": [round(r["loop_ms_per_step"], 4) for r in rs],
-                       "call_ms": statistics.median(r["call_ms"] for r in rs),
-                       "steps": rs[-1]["steps"], "graphs": rs[-1]["graphs"],
-                       "eager_steps": rs[-1]["eager_steps"], "codes_equal": same,
-                       "agreement": agree, "first_difference": first, "do_sample": not args.greedy}
+                row = {
+                    "variant": variant,
+                    "batch": batch,
+                    "version": name,
+                    "loop_ms_per_step": statistics.median(r["loop_ms_per_step"] for r in rs),
+                    "loop_runs": [round(r["loop_ms_per_step"], 4) for r in rs],
+                    "call_ms": statistics.median(r["call_ms"] for r in rs),
+                    "steps": rs[-1]["steps"],
+                    "graphs": rs[-1]["graphs"],
+                    "eager_steps": rs[-1]["eager_steps"],
+                    "codes_equal": same,
+                    "agreement": agree,
+                    "first_difference": first,
+                    "do_sample": not args.greedy,
+                }
                 results.append(row)
-                log(f"{variant:8s} B={batch:<3d} {name}: loop {row['loop_ms_per_step']:.3f} "
+                log(
+                    f"{variant:8s} B={batch:<3d} {name}: loop {row['loop_ms_per_step']:.3f} "
                     f"ms/step {row['loop_runs']}, call {row['call_ms']:.1f} ms, graphs "
                     f"{row['graphs']}, eager steps {row['eager_steps']}, codes equal {same} (agreement "
-                    f"{agree:.3f}, first difference at step {first})")
+                    f"{agree:.3f}, first difference at step {first})"
+                )
             if args.json:
-                Path(args.json).write_text(json.dumps({"args": vars(args), "gpu":
-                                                       torch.cuda.get_device_name(device),
-                                                       "torch": torch.__version__,
-                                                       "results": results}, indent=1))
+                Path(args.json).write_text(
+                    json.dumps(
+                        {
+                            "args": vars(args),
+                            "gpu": torch.cuda.get_device_name(device),
+                            "torch": torch.__version__,
+                            "results": results,
+                        },
+                        indent=1,
+                    )
+                )
     return 0
 
 

@@ -76,10 +76,14 @@ def pieces(batch: int, device: torch.device) -> tuple[dict, list]:
     key = (rows, VOCAB, True, cfg, device.type)
     processors = decode._compiled_processors(key)
     gens = [torch.Generator(device=device).manual_seed(i) for i in range(batch)]
-    per_item = {} if batch == 1 else {
-        "draw_items": lambda: multinomial_rows(probs, 2 * BEAMS, gens),
-        "draw_items_batched": lambda: multinomial_groups(probs, 2 * BEAMS, gens),
-    }
+    per_item = (
+        {}
+        if batch == 1
+        else {
+            "draw_items": lambda: multinomial_rows(probs, 2 * BEAMS, gens),
+            "draw_items_batched": lambda: multinomial_groups(probs, 2 * BEAMS, gens),
+        }
+    )
     return {
         "topk30": lambda: torch.topk(scores, 30),
         "kth30": lambda: topk.kth_largest(scores, 30),
@@ -108,10 +112,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"batch": batch, "rows": batch * BEAMS, "piece": name, "us": 1e3 * ms})
             print(f"B={batch:<3d} {name:14s} {1e3 * ms:8.1f} us per call", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(device),
-                                               "torch": torch.__version__,
-                                               "args": vars(args), "results": results},
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "gpu": torch.cuda.get_device_name(device),
+                    "torch": torch.__version__,
+                    "args": vars(args),
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -58,8 +58,10 @@ def main(argv: list[str]) -> int:
                 samples.setdefault((mode, b), []).append(stages)
     configure_cudnn(False)
     table = {}
-    print(f"\ncuDNN mode A/B ({variant.name}, decoder {decoder}, {args.tokens} codes, median of "
-          f"{rounds} rounds of {args.repeats} passes); seconds")
+    print(
+        f"\ncuDNN mode A/B ({variant.name}, decoder {decoder}, {args.tokens} codes, median of "
+        f"{rounds} rounds of {args.repeats} passes); seconds"
+    )
     names = [s for s in STAGES if s != "post"] + ["total"]
     print("| mode | B | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
@@ -69,10 +71,19 @@ def main(argv: list[str]) -> int:
         print(f"| {mode} | {b} | " + " | ".join(f"{med[k]:.3f}" for k in names) + " |")
     if out:
         cuda = bench.device.type == "cuda"
-        Path(out).write_text(json.dumps({
-            "variant": variant.name, "decoder": decoder, "tokens": args.tokens, "rounds": rounds,
-            "device": torch.cuda.get_device_name(bench.device) if cuda else "cpu",
-            "medians_s": table}, indent=1))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "variant": variant.name,
+                    "decoder": decoder,
+                    "tokens": args.tokens,
+                    "rounds": rounds,
+                    "device": torch.cuda.get_device_name(bench.device) if cuda else "cpu",
+                    "medians_s": table,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -109,10 +109,13 @@ def count_kernels(dec: StaticDecoder, step: int) -> dict:
         entry[0] += 1
         entry[1] += float(e.get("dur", 0.0))
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:15]
-    return {"kernels": len(kernels), "copies": len(copies),
-            "kernel_us": sum(float(e.get("dur", 0.0)) for e in kernels),
-            "top": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in top],
-            **critical_path(kernels)}
+    return {
+        "kernels": len(kernels),
+        "copies": len(copies),
+        "kernel_us": sum(float(e.get("dur", 0.0)) for e in kernels),
+        "top": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in top],
+        **critical_path(kernels),
+    }
 
 
 def critical_path(kernels: list[dict]) -> dict:
@@ -131,8 +134,10 @@ def critical_path(kernels: list[dict]) -> dict:
         entry[0] += 1
         entry[1] += charge
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])
-    return {"span_us": 0.0 if latest is None else latest - span_start,
-            "critical": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in ranked]}
+    return {
+        "span_us": 0.0 if latest is None else latest - span_start,
+        "critical": [{"name": k, "count": n, "us": round(us, 1)} for k, (n, us) in ranked],
+    }
 
 
 @torch.no_grad()
@@ -180,13 +185,19 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
         loop_s = time.perf_counter() - begin
         step_ms = [1e3 * s for s in marks]
     out = dec._result(steps)
-    return {"ms_per_step": statistics.mean(step_ms) if step_ms else float("nan"),
-            "loop_ms_per_step": 1e3 * loop_s / steps, "codes": out.codes.cpu(),
-            "kernels": kernels, "graphs": len(dec.graphs), "eager_steps": dec.eager_steps,
-            "capture_s": dec.capture_s,
-            "fused": dec.fused is not None,
-            "matmul": dec.fused.matmul if dec.fused is not None else None,
-            "attention": dec.attend.keywords["kind"], "swap": dec.swap}
+    return {
+        "ms_per_step": statistics.mean(step_ms) if step_ms else float("nan"),
+        "loop_ms_per_step": 1e3 * loop_s / steps,
+        "codes": out.codes.cpu(),
+        "kernels": kernels,
+        "graphs": len(dec.graphs),
+        "eager_steps": dec.eager_steps,
+        "capture_s": dec.capture_s,
+        "fused": dec.fused is not None,
+        "matmul": dec.fused.matmul if dec.fused is not None else None,
+        "attention": dec.attend.keywords["kind"],
+        "swap": dec.swap,
+    }
 
 
 def agreement(codes: torch.Tensor, ref: torch.Tensor) -> tuple[float, int]:
@@ -200,19 +211,31 @@ def agreement(codes: torch.Tensor, ref: torch.Tensor) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", choices=sorted(DTYPES),
-                    help="GPT dtype (default bfloat16 on CUDA, float32 on the CPU)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="a two-layer GPT; defaults become batch 1, 12 steps, 1 run")
+    ap.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="GPT dtype (default bfloat16 on CUDA, float32 on the CPU)",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a two-layer GPT; defaults become batch 1, 12 steps, 1 run",
+    )
     ap.add_argument("--batches", help="comma-separated batch sizes (default 1,16)")
     ap.add_argument("--beams", type=int, default=3)
     ap.add_argument("--steps", type=int, help="codes per run (default 200)")
     ap.add_argument("--runs", type=int, help="timed runs after one warm-up run (default 3)")
     ap.add_argument("--prefix", type=int, default=100, help="prompt positions (conds + text)")
-    ap.add_argument("--variants", default=",".join(ORDER),
-                    help=f"comma-separated names of tts.fast.decode.VARIANTS ({','.join(ORDER)})")
-    ap.add_argument("--budget", type=float,
-                    help="seconds: start no new variant after this (what ran is reported)")
+    ap.add_argument(
+        "--variants",
+        default=",".join(ORDER),
+        help=f"comma-separated names of tts.fast.decode.VARIANTS ({','.join(ORDER)})",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        help="seconds: start no new variant after this (what ran is reported)",
+    )
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", help="write every number here (after each variant)")
     args = ap.parse_args(argv)
@@ -236,20 +259,34 @@ def main(argv: list[str] | None = None) -> int:
     model = build_gpt(args.tiny, device, dtype, args.seed)
     cuda = device.type == "cuda"
     floor_ms = 1e3 * decode_weight_bytes(model) / copy_bandwidth(device) if cuda else float("nan")
-    env = {"torch": torch.__version__, "device": str(device),
-           "gpu": torch.cuda.get_device_name(device) if cuda else None,
-           "dtype": args.dtype, "tiny": args.tiny, "layers": len(model.gpt.h),
-           "width": model.model_dim, "floor_ms_per_step": floor_ms}
-    log(f"GPT {env['layers']} layers x {env['width']} ({args.dtype}) on {env['gpu'] or device}; "
-        f"weight-read floor {floor_ms:.3f} ms/step")
+    env = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "dtype": args.dtype,
+        "tiny": args.tiny,
+        "layers": len(model.gpt.h),
+        "width": model.model_dim,
+        "floor_ms_per_step": floor_ms,
+    }
+    log(
+        f"GPT {env['layers']} layers x {env['width']} ({args.dtype}) on {env['gpu'] or device}; "
+        f"weight-read floor {floor_ms:.3f} ms/step"
+    )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     results = []
     for batch in (int(b) for b in args.batches.split(",") if b):
-        prefix = (torch.randn(batch, args.prefix, model.model_dim, device=device,
-                              generator=torch.Generator(device=device).manual_seed(batch))
-                  * 0.5).to(dtype)
-        cfg = GenerationConfig(num_beams=args.beams, max_mel_tokens=args.steps,
-                               warn_on_limit=False)
+        prefix = (
+            torch.randn(
+                batch,
+                args.prefix,
+                model.model_dim,
+                device=device,
+                generator=torch.Generator(device=device).manual_seed(batch),
+            )
+            * 0.5
+        ).to(dtype)
+        cfg = GenerationConfig(num_beams=args.beams, max_mel_tokens=args.steps, warn_on_limit=False)
         reference = None
         for name in variants:
             if args.budget is not None and time.perf_counter() - T0 > args.budget:
@@ -261,8 +298,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with autocast:
                     for i in range(args.runs + 1):
-                        runs.append(one_run(model, prefix, cfg, VARIANTS[name],
-                                            args.seed + i, profile_kernels=i == 0))
+                        runs.append(
+                            one_run(
+                                model,
+                                prefix,
+                                cfg,
+                                VARIANTS[name],
+                                args.seed + i,
+                                profile_kernels=i == 0,
+                            )
+                        )
             except torch.OutOfMemoryError as exc:
                 log(f"{name} batch {batch}: out of memory ({str(exc).splitlines()[0]})")
                 torch.cuda.empty_cache()
@@ -271,47 +316,67 @@ def main(argv: list[str] | None = None) -> int:
             codes = timed[0]["codes"]
             if name == "graph":
                 reference = codes
-            agree, first = agreement(codes, reference) if reference is not None else (
-                float("nan"), -1)
-            row = {"variant": name, "batch": batch, "rows": batch * args.beams,
-                   "ms_per_step": statistics.median(r["ms_per_step"] for r in timed),
-                   "ms_per_step_runs": [r["ms_per_step"] for r in timed],
-                   "loop_ms_per_step": statistics.median(r["loop_ms_per_step"] for r in timed),
-                   "warmup_run_s": time.perf_counter() - start - sum(
-                       r["loop_ms_per_step"] * args.steps / 1e3 for r in timed),
-                   "kernels": warm["kernels"], "graphs": warm["graphs"],
-                   "fused": warm["fused"], "matmul": warm["matmul"],
-                   "attention": warm["attention"], "swap": warm["swap"], "agreement": agree,
-                   "first_difference": first, "fallbacks": fast.FALLBACKS[before:]}
+            agree, first = (
+                agreement(codes, reference) if reference is not None else (float("nan"), -1)
+            )
+            row = {
+                "variant": name,
+                "batch": batch,
+                "rows": batch * args.beams,
+                "ms_per_step": statistics.median(r["ms_per_step"] for r in timed),
+                "ms_per_step_runs": [r["ms_per_step"] for r in timed],
+                "loop_ms_per_step": statistics.median(r["loop_ms_per_step"] for r in timed),
+                "warmup_run_s": time.perf_counter()
+                - start
+                - sum(r["loop_ms_per_step"] * args.steps / 1e3 for r in timed),
+                "kernels": warm["kernels"],
+                "graphs": warm["graphs"],
+                "fused": warm["fused"],
+                "matmul": warm["matmul"],
+                "attention": warm["attention"],
+                "swap": warm["swap"],
+                "agreement": agree,
+                "first_difference": first,
+                "fallbacks": fast.FALLBACKS[before:],
+            }
             results.append(row)
             k = row["kernels"] or {}
-            log(f"{name:8s} B={batch:<3d} {row['ms_per_step']:7.3f} ms/step (loop "
+            log(
+                f"{name:8s} B={batch:<3d} {row['ms_per_step']:7.3f} ms/step (loop "
                 f"{row['loop_ms_per_step']:.3f}), kernels {k.get('kernels', '-')} "
                 f"(+{k.get('copies', '-')} copies, {k.get('kernel_us', float('nan')) / 1e3:.3f}"
                 f" ms kernel time), agree {agree:.3f} (first diff {first}), fused "
                 f"{row['fused']}, swap {row['swap']}"
-                + (f", FELL BACK: {row['fallbacks']}" if row["fallbacks"] else ""))
+                + (f", FELL BACK: {row['fallbacks']}" if row["fallbacks"] else "")
+            )
             if k.get("critical"):
-                log(f"  one replayed step: {k['span_us']:.1f} us from the first kernel's start "
-                    "to the last one's end, charged per kernel name (critical_path):")
+                log(
+                    f"  one replayed step: {k['span_us']:.1f} us from the first kernel's start "
+                    "to the last one's end, charged per kernel name (critical_path):"
+                )
                 for c in k["critical"][:30]:
                     log(f"  {c['us']:8.1f} us  x{c['count']:<4d} {c['name']}")
             if args.json:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps({"env": env, "args": vars(args),
-                                                       "results": results}, indent=1))
+                Path(args.json).write_text(
+                    json.dumps({"env": env, "args": vars(args), "results": results}, indent=1)
+                )
             del runs, warm, timed
             if cuda:
                 torch.cuda.empty_cache()
     print()
-    print(f"{'variant':8s} {'B':>3s} {'ms/step':>8s} {'loop':>7s} {'kernels':>8s} "
-          f"{'kern ms':>8s} {'agree':>6s} {'1st diff':>8s}  (floor {floor_ms:.3f} ms/step)")
+    print(
+        f"{'variant':8s} {'B':>3s} {'ms/step':>8s} {'loop':>7s} {'kernels':>8s} "
+        f"{'kern ms':>8s} {'agree':>6s} {'1st diff':>8s}  (floor {floor_ms:.3f} ms/step)"
+    )
     for r in results:
         k = r["kernels"] or {}
-        print(f"{r['variant']:8s} {r['batch']:3d} {r['ms_per_step']:8.3f} "
-              f"{r['loop_ms_per_step']:7.3f} {k.get('kernels', '-')!s:>8s} "
-              f"{k.get('kernel_us', float('nan')) / 1e3:8.3f} {r['agreement']:6.3f} "
-              f"{r['first_difference']:8d}")
+        print(
+            f"{r['variant']:8s} {r['batch']:3d} {r['ms_per_step']:8.3f} "
+            f"{r['loop_ms_per_step']:7.3f} {k.get('kernels', '-')!s:>8s} "
+            f"{k.get('kernel_us', float('nan')) / 1e3:8.3f} {r['agreement']:6.3f} "
+            f"{r['first_difference']:8d}"
+        )
     bad = [r for r in results if r["fallbacks"]]
     return 1 if bad or not results else 0
 

@@ -74,8 +74,15 @@ def _label(setting: dict, k_in: int) -> str:
 
 
 def measure(
-    rows: int, weights: dict, biases: dict, ln: tuple, bw: float, replays: int, dtype: torch.dtype,
-    sweep: bool, other=None,
+    rows: int,
+    weights: dict,
+    biases: dict,
+    ln: tuple,
+    bw: float,
+    replays: int,
+    dtype: torch.dtype,
+    sweep: bool,
+    other=None,
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
     dev = "cuda"
@@ -100,19 +107,30 @@ def measure(
         settings = [{}]
         if sweep:
             k_in = ws[0].size(1)
-            settings += [{"rows_per_program": n, "num_warps": warps}
-                         for n in (1, 2, 4, 8) for warps in (1, 2, 4)
-                         if 8 <= n * k_in // (32 * warps) <= 80]
+            settings += [
+                {"rows_per_program": n, "num_warps": warps}
+                for n in (1, 2, 4, 8)
+                for warps in (1, 2, 4)
+                if 8 <= n * k_in // (32 * warps) <= 80
+            ]
         for setting in settings:
-            t = timed(lambda ws=ws, b=b, i=inp, e=extra, st=setting: [
-                linear.linear(i, w, b, **st, **e) for w in ws], replays)
+            t = timed(
+                lambda ws=ws, b=b, i=inp, e=extra, st=setting: [
+                    linear.linear(i, w, b, **st, **e) for w in ws
+                ],
+                replays,
+            )
             label = _label(setting, ws[0].size(1))
             row["settings"][label] = t * 1e3 / LAYERS
-            print(f"rows {rows:3d} {name:5s} {label:22s} {t * 1e3 / LAYERS:6.2f} us "
-                  f"({nbytes / (t / LAYERS / 1e3) / 1e12:.2f} TB/s)")
+            print(
+                f"rows {rows:3d} {name:5s} {label:22s} {t * 1e3 / LAYERS:6.2f} us "
+                f"({nbytes / (t / LAYERS / 1e3) / 1e12:.2f} TB/s)"
+            )
         row["best"] = min(settings, key=lambda st: row["settings"][_label(st, ws[0].size(1))])
-        print(f"rows {rows:3d} {name:5s} cuBLAS F.linear {row['cublas_us']:6.2f} us "
-              f"({nbytes / (t_blas / LAYERS / 1e3) / 1e12:.2f} TB/s)  floor {floor_us:.2f} us")
+        print(
+            f"rows {rows:3d} {name:5s} cuBLAS F.linear {row['cublas_us']:6.2f} us "
+            f"({nbytes / (t_blas / LAYERS / 1e3) / 1e12:.2f} TB/s)  floor {floor_us:.2f} us"
+        )
         table[name] = row
 
     mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
@@ -120,18 +138,29 @@ def measure(
     def stack_ours(pdl: bool, attend: bool, best: bool = False, module=linear):
         st = {name: table[name]["best"] if best else {} for name in kw}
         for i in range(LAYERS):
-            q = module.linear(x, weights["qkv"][i], biases["qkv"], ln=ln,
-                              kv=(kv[0], kv[1], pos, DIM), pdl=pdl, **st["qkv"])
+            q = module.linear(
+                x,
+                weights["qkv"][i],
+                biases["qkv"],
+                ln=ln,
+                kv=(kv[0], kv[1], pos, DIM),
+                pdl=pdl,
+                **st["qkv"],
+            )
             if attend:
-                q = attention.attend(q.view(rows, 1, HEADS, -1).transpose(1, 2),
-                                     kv[0][:, :, :WINDOW], kv[1][:, :, :WINDOW], mask, pdl=pdl)
+                q = attention.attend(
+                    q.view(rows, 1, HEADS, -1).transpose(1, 2),
+                    kv[0][:, :, :WINDOW],
+                    kv[1][:, :, :WINDOW],
+                    mask,
+                    pdl=pdl,
+                )
                 q = q.transpose(1, 2).reshape(rows, DIM)
-            y = module.linear(q, weights["out"][i], biases["out"], residual=x, pdl=pdl,
-                              **st["out"])
-            f = module.linear(y, weights["fc"][i], biases["fc"], ln=ln, gelu=True, pdl=pdl,
-                              **st["fc"])
-            module.linear(f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl,
-                          **st["proj"])
+            y = module.linear(q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **st["out"])
+            f = module.linear(
+                y, weights["fc"][i], biases["fc"], ln=ln, gelu=True, pdl=pdl, **st["fc"]
+            )
+            module.linear(f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl, **st["proj"])
 
     def stack_blas():
         for i in range(LAYERS):
@@ -148,13 +177,17 @@ def measure(
             stack[key] = timed(lambda p=pdl, a=attend: stack_ours(p, a), replays)
             if sweep:
                 stack[key.replace("ours", "best")] = timed(
-                    lambda p=pdl, a=attend: stack_ours(p, a, best=True), replays)
+                    lambda p=pdl, a=attend: stack_ours(p, a, best=True), replays
+                )
     if other is not None:  # an earlier version of tts/fast/linear.py, default settings
         stack["other_attention_pdl_ms"] = timed(
-            lambda: stack_ours(True, True, module=other), replays)
+            lambda: stack_ours(True, True, module=other), replays
+        )
     table["stack"] = stack
-    print(f"rows {rows:3d} stack of {LAYERS} layers (ms): "
-          + ", ".join(f"{k[:-3]} {v:.3f}" for k, v in stack.items()))
+    print(
+        f"rows {rows:3d} stack of {LAYERS} layers (ms): "
+        + ", ".join(f"{k[:-3]} {v:.3f}" for k, v in stack.items())
+    )
     # The chained kernels with PDL compute what they compute without it.
     ref = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True)
     y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
@@ -204,8 +237,17 @@ def main() -> None:
         "rows": {},
     }
     for rows in (int(r) for r in args.rows.split(",")):
-        results["rows"][rows] = measure(rows, weights, biases, ln, bw, args.replays, dtype,
-                                        args.sweep, _module(args.other) if args.other else None)
+        results["rows"][rows] = measure(
+            rows,
+            weights,
+            biases,
+            ln,
+            bw,
+            args.replays,
+            dtype,
+            args.sweep,
+            _module(args.other) if args.other else None,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -41,18 +41,26 @@ PLAIN_GENERATE = fast_decode.generate
 
 def kernel_summary(prof, steps: int) -> dict:
     """Kernels of a profiled decoder call: count, busy time and gaps, per step."""
-    kernels = sorted((float(e["ts"]), float(e.get("dur", 0.0))) for e in trace_events(prof)
-                     if e.get("cat") == "kernel")
+    kernels = sorted(
+        (float(e["ts"]), float(e.get("dur", 0.0)))
+        for e in trace_events(prof)
+        if e.get("cat") == "kernel"
+    )
     if not kernels:
         return {}
     span = kernels[-1][0] + kernels[-1][1] - kernels[0][0]
     busy = sum(d for _, d in kernels)
     gaps = [b[0] - (a[0] + a[1]) for a, b in zip(kernels[:-1], kernels[1:], strict=True)]
     long = [g for g in gaps if g > 50.0]
-    return {"kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy / steps,
-            "span_us_per_step": span / steps, "gap_us_per_step": sum(gaps) / steps,
-            "long_gaps": len(long), "long_gap_us_per_step": sum(long) / steps,
-            "longest_gaps_us": sorted(long)[-8:]}
+    return {
+        "kernels_per_step": len(kernels) / steps,
+        "busy_us_per_step": busy / steps,
+        "span_us_per_step": span / steps,
+        "gap_us_per_step": sum(gaps) / steps,
+        "long_gaps": len(long),
+        "long_gap_us_per_step": sum(long) / steps,
+        "longest_gaps_us": sorted(long)[-8:],
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -92,8 +100,7 @@ def main(argv: list[str]) -> int:
         fast_decode.generate = PLAIN_GENERATE
 
 
-def measure(bench, variant, decoder: str, batch: int, args, mine, seen: dict,
-            mode: dict) -> int:
+def measure(bench, variant, decoder: str, batch: int, args, mine, seen: dict, mode: dict) -> int:
     """The four measurements of the module notes, with ``fast_decode.generate`` wrapped."""
     report: dict = {"decoder": decoder, "batch": batch, "variant": variant.name}
 
@@ -106,18 +113,23 @@ def measure(bench, variant, decoder: str, batch: int, args, mine, seen: dict,
 
     _log(">> bench (default bucket)")
     res = bench.run(variant, batch, decoder, warmup=1)
-    report["bench"] = {"loop_ms_per_step": loop_ms(res), "bucket": fast_decode.DEFAULT_BUCKET,
-                       "capture_s": [r.get("decode_capture_s") for r in res.runs],
-                       "total_s": res.summary["total_s"]}
+    report["bench"] = {
+        "loop_ms_per_step": loop_ms(res),
+        "bucket": fast_decode.DEFAULT_BUCKET,
+        "capture_s": [r.get("decode_capture_s") for r in res.runs],
+        "total_s": res.summary["total_s"],
+    }
     _log(f"   loop {loop_ms(res):.3f} ms/step, bucket {fast_decode.DEFAULT_BUCKET}")
     save()
     for bucket in (int(b) for b in mine.buckets.split(",") if b):
         mode["bucket"] = bucket
         _log(f">> bench, bucket {bucket}")
         res = bench.run(variant, batch, decoder, warmup=1)
-        report[f"bucket_{bucket}"] = {"loop_ms_per_step": loop_ms(res),
-                                      "capture_s": [r.get("decode_capture_s") for r in res.runs],
-                                      "total_s": res.summary["total_s"]}
+        report[f"bucket_{bucket}"] = {
+            "loop_ms_per_step": loop_ms(res),
+            "capture_s": [r.get("decode_capture_s") for r in res.runs],
+            "total_s": res.summary["total_s"],
+        }
         _log(f"   loop {loop_ms(res):.3f} ms/step")
         save()
     mode.pop("bucket", None)
@@ -127,18 +139,29 @@ def measure(bench, variant, decoder: str, batch: int, args, mine, seen: dict,
     runs = []
     with eng._gpt_autocast(), torch.no_grad():
         for i in range(args.repeats + 1):
-            runs.append(one_run(seen["model"], seen["prefix"], seen["cfg"],
-                                fast_decode.VARIANTS[decoder], args.seed + i,
-                                profile_kernels=i == 0))
+            runs.append(
+                one_run(
+                    seen["model"],
+                    seen["prefix"],
+                    seen["cfg"],
+                    fast_decode.VARIANTS[decoder],
+                    args.seed + i,
+                    profile_kernels=i == 0,
+                )
+            )
     timed = runs[1:] or runs
     report["driver"] = {
         "ms_per_step": statistics.median(r["ms_per_step"] for r in timed),
         "loop_ms_per_step": statistics.median(r["loop_ms_per_step"] for r in timed),
-        "kernels": runs[0]["kernels"], "prefix": list(seen["prefix"].shape),
-        "capture_s": [r["capture_s"] for r in runs]}
-    _log(f"   replayed step {report['driver']['ms_per_step']:.3f} ms, loop "
-         f"{report['driver']['loop_ms_per_step']:.3f} ms/step, prefix "
-         f"{tuple(seen['prefix'].shape)}")
+        "kernels": runs[0]["kernels"],
+        "prefix": list(seen["prefix"].shape),
+        "capture_s": [r["capture_s"] for r in runs],
+    }
+    _log(
+        f"   replayed step {report['driver']['ms_per_step']:.3f} ms, loop "
+        f"{report['driver']['loop_ms_per_step']:.3f} ms/step, prefix "
+        f"{tuple(seen['prefix'].shape)}"
+    )
     save()
 
     _log(">> one benchmark pass with its decoder under torch.profiler")

@@ -58,15 +58,29 @@ AUX = {
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, type=Path,
-                   help="checkpoint set written by tts bench (write_random_set)")
-    p.add_argument("--harness", type=Path, default=ROOT / ".bench" / "official",
-                   help="folder with official_bench.py and ref/ (default .bench/official)")
-    p.add_argument("--site", type=Path,
-                   help="folder of the harness's packages (transformers 4.52.1, ...), put first "
-                        "on sys.path (or give it first on PYTHONPATH)")
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        type=Path,
+        help="checkpoint set written by tts bench (write_random_set)",
+    )
+    p.add_argument(
+        "--harness",
+        type=Path,
+        default=ROOT / ".bench" / "official",
+        help="folder with official_bench.py and ref/ (default .bench/official)",
+    )
+    p.add_argument(
+        "--site",
+        type=Path,
+        help="folder of the harness's packages (transformers 4.52.1, ...), put first "
+        "on sys.path (or give it first on PYTHONPATH)",
+    )
     return p.parse_known_args(argv)
 
 
@@ -115,8 +129,11 @@ class SameWeights:
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
         ok = not missing and not unexpected  # strict=True raised otherwise
         self.loaded[name] = {"file": rel, "tensors": n, "all_keys_matched": ok}
-        print(f">> same weights: {name:16s} {n:5d} tensors from {rel}: "
-              f"{'All keys matched' if ok else result}", flush=True)
+        print(
+            f">> same weights: {name:16s} {n:5d} tensors from {rel}: "
+            f"{'All keys matched' if ok else result}",
+            flush=True,
+        )
 
     def _strict(self, name: str, module, state: dict, rel: str) -> None:
         self._record(name, rel, len(state), module.load_state_dict(state, strict=True))
@@ -165,12 +182,17 @@ class SameWeights:
 
         def feature_extractor(**kwargs):
             fe = orig_fe.from_pretrained(str(w2v_dir), local_files_only=True)
-            differ = {k: (v, getattr(fe, k, None)) for k, v in kwargs.items()
-                      if getattr(fe, k, None) != v}
-            print(f">> same weights: feature extractor from {AUX['w2v_bert']}/"
-                  f"preprocessor_config.json (harness arguments that differ: {differ or 'none'})")
-            self.loaded["feature_extractor"] = {"file": f"{AUX['w2v_bert']}/"
-                                                "preprocessor_config.json", "differs": str(differ)}
+            differ = {
+                k: (v, getattr(fe, k, None)) for k, v in kwargs.items() if getattr(fe, k, None) != v
+            }
+            print(
+                f">> same weights: feature extractor from {AUX['w2v_bert']}/"
+                f"preprocessor_config.json (harness arguments that differ: {differ or 'none'})"
+            )
+            self.loaded["feature_extractor"] = {
+                "file": f"{AUX['w2v_bert']}/preprocessor_config.json",
+                "differs": str(differ),
+            }
             return fe
 
         transformers.Wav2Vec2BertConfig = w2v_config
@@ -196,8 +218,9 @@ class SameWeights:
             rel = cfg.s2mel_checkpoint
             net = self._torch_load(rel)["net"]
             if set(net) != set(model.models):
-                raise RuntimeError(f"s2mel parts: set {sorted(net)} vs model "
-                                   f"{sorted(model.models)}")
+                raise RuntimeError(
+                    f"s2mel parts: set {sorted(net)} vs model {sorted(model.models)}"
+                )
             for part in model.models:  # as load_checkpoint2, per part, but strict
                 self._strict(f"s2mel.{part}", model.models[part], net[part], f"{rel} [{part}]")
 
@@ -223,8 +246,10 @@ class SameWeights:
         after_init(bigvgan_mod.BigVGAN, bigvgan)
 
         def keep_set_sizes(*_args):
-            print(">> same weights: --tiny keeps the set's (tiny) sizes; the harness's own "
-                  "shrinking is off")
+            print(
+                ">> same weights: --tiny keeps the set's (tiny) sizes; the harness's own "
+                "shrinking is off"
+            )
 
         harness.shrink_config = keep_set_sizes
 
@@ -233,32 +258,56 @@ class SameWeights:
 
         names = frame.f_locals
         if "semantic_mean" not in names or "semantic_std" not in names:
-            raise RuntimeError("official_bench.main no longer holds semantic_mean/semantic_std "
-                               "where this script expects them: update _stats_into")
+            raise RuntimeError(
+                "official_bench.main no longer holds semantic_mean/semantic_std "
+                "where this script expects them: update _stats_into"
+            )
         stats = self._torch_load(self.cfg.w2v_stat)
         mean, std = names["semantic_mean"], names["semantic_std"]
         with torch.no_grad():
             mean.copy_(stats["mean"].to(mean))
             std.copy_(torch.sqrt(stats["var"]).to(std))
-        self.loaded["w2v_stats"] = {"file": self.cfg.w2v_stat, "tensors": 2,
-                                    "all_keys_matched": set(stats) == {"mean", "var"}}
-        print(f">> same weights: {'w2v_stats':16s}     2 tensors from {self.cfg.w2v_stat}: "
-              "mean, sqrt(var) copied into the harness's semantic_mean / semantic_std", flush=True)
+        self.loaded["w2v_stats"] = {
+            "file": self.cfg.w2v_stat,
+            "tensors": 2,
+            "all_keys_matched": set(stats) == {"mean", "var"},
+        }
+        print(
+            f">> same weights: {'w2v_stats':16s}     2 tensors from {self.cfg.w2v_stat}: "
+            "mean, sqrt(var) copied into the harness's semantic_mean / semantic_std",
+            flush=True,
+        )
 
     def check(self, hargs) -> list[str]:
         """Problems: a construction point never reached, or a setting that differs."""
-        want = ["gpt", "w2v_bert", "w2v_stats", "semantic_codec", "campplus", "bigvgan",
-                "feature_extractor", "bigvgan_config"]
-        problems = [f"{n} was not loaded from the set (the harness changed?)"
-                    for n in want if n not in self.loaded]
+        want = [
+            "gpt",
+            "w2v_bert",
+            "w2v_stats",
+            "semantic_codec",
+            "campplus",
+            "bigvgan",
+            "feature_extractor",
+            "bigvgan_config",
+        ]
+        problems = [
+            f"{n} was not loaded from the set (the harness changed?)"
+            for n in want
+            if n not in self.loaded
+        ]
         if not any(k.startswith("s2mel.") for k in self.loaded):
             problems.append("s2mel was not loaded from the set (the harness changed?)")
-        problems += [f"{n}: keys differ" for n, v in self.loaded.items()
-                     if v.get("all_keys_matched") is False]
+        problems += [
+            f"{n}: keys differ"
+            for n, v in self.loaded.items()
+            if v.get("all_keys_matched") is False
+        ]
         in_set = self.loaded.get("gpt", {}).get("stop_bias_in_set")
         if in_set is not None and in_set != hargs.stop_bias:
-            problems.append(f"stop bias: set {in_set}, harness --stop-bias {hargs.stop_bias} "
-                            "(give --stop-bias to match)")
+            problems.append(
+                f"stop bias: set {in_set}, harness --stop-bias {hargs.stop_bias} "
+                "(give --stop-bias to match)"
+            )
         layer = self.cfg.get("w2v_bert_layer")
         if layer is not None:
             w2v_cfg = json.loads((self.root / AUX["w2v_bert"] / "config.json").read_text())
@@ -280,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     if not transformers.__version__.startswith("4.52.") and not hargs.no_version_check:
-        sys.exit(f"transformers {transformers.__version__} ({transformers.__file__}): the official "
-                 "code needs 4.52.x; give --site with the harness's packages (prepare.sh bundle)")
+        sys.exit(
+            f"transformers {transformers.__version__} ({transformers.__file__}): the official "
+            "code needs 4.52.x; give --site with the harness's packages (prepare.sh bundle)"
+        )
     same = SameWeights(root)
     same.install(harness)
     print(f">> official harness {args.harness / 'official_bench.py'} on the set {root}", flush=True)

@@ -27,8 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tts.bench import median_cuda_ms  # noqa: E402
 
-BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+BACKENDS = {
+    "default": None,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 
 
 def attend(q, k, v, backend):
@@ -59,13 +63,24 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as exc:  # a backend that does not take these inputs
                 print(f"B={batch:3d} {name:10s} unavailable: {str(exc).splitlines()[0][:100]}")
                 continue
-            print(f"B={batch:3d} {name:10s} {ms:8.3f} ms per call, x325 per solve "
-                  f"{ms * 325 / 1e3:6.3f} s, max |diff| vs float32 {err:.2e}", flush=True)
-            rows.append({"batch": batch, "backend": name, "ms": ms, "solve_s": ms * 325 / 1e3,
-                         "max_abs_diff": err})
+            print(
+                f"B={batch:3d} {name:10s} {ms:8.3f} ms per call, x325 per solve "
+                f"{ms * 325 / 1e3:6.3f} s, max |diff| vs float32 {err:.2e}",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "batch": batch,
+                    "backend": name,
+                    "ms": ms,
+                    "solve_s": ms * 325 / 1e3,
+                    "max_abs_diff": err,
+                }
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(),
-                                               "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1)
+        )
     return 0
 
 

@@ -51,8 +51,9 @@ from tts.models.bigvgan import Activation1d, BigVGAN, WNConv  # noqa: E402
 
 def config(tiny: bool) -> dict:
     """The vocoder's config.json (official, or shrunk as ``tts bench --tiny``)."""
-    cfg = json.loads(resources.files("tts.data").joinpath(
-        "bigvgan_v2_22khz_80band_256x.json").read_text())
+    cfg = json.loads(
+        resources.files("tts.data").joinpath("bigvgan_v2_22khz_80band_256x.json").read_text()
+    )
     return {**cfg, **TINY_BIGVGAN} if tiny else cfg
 
 
@@ -138,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--frames", type=int, default=860, help="mel frames (500 codes x 1.72)")
     p.add_argument("--batches", default="1,16")
-    p.add_argument("--precision", default="bfloat16",
-                   choices=["float32", "tf32", "bfloat16", "float16"])
+    p.add_argument(
+        "--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16", "float16"]
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--other", default=None, help="an earlier tts/fast/bigvgan.py for an A/B")
     p.add_argument("--json", default=None)
@@ -154,13 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     fused = fast_bigvgan.fused_activation
     variants = {"eager": None, "convs": lambda m, x: x}
     if device.type == "cuda":  # the Triton kernels: CUDA only here
-        variants = {"fused": fused, **variants, "convs-nlc": variants["convs"],
-                    "fused+cudnn": fused}
+        variants = {
+            "fused": fused,
+            **variants,
+            "convs-nlc": variants["convs"],
+            "fused+cudnn": fused,
+        }
         if args.other:
             variants["other"] = load_other(args.other).fused_activation
-    result = {"frames": args.frames, "precision": args.precision, "flops_per_row": flops,
-              "other": args.other, "device": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else "cpu", "times": [], "checks": {}}
+    result = {
+        "frames": args.frames,
+        "precision": args.precision,
+        "flops_per_row": flops,
+        "other": args.other,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "times": [],
+        "checks": {},
+    }
     gen = torch.Generator(device="cpu").manual_seed(0)
     for batch in batches:
         mel = torch.randn(batch, 80, args.frames, generator=gen).to(device)
@@ -179,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                 torch.backends.cudnn.benchmark = saved
             rate = batch * flops / seconds / 1e12
             print(f"B={batch:3d} {name:12s} {seconds * 1e3:9.2f} ms  {rate:7.1f} TFLOP/s")
-            result["times"].append({"batch": batch, "variant": name, "seconds": seconds,
-                                    "tflops": rate})
+            result["times"].append(
+                {"batch": batch, "variant": name, "seconds": seconds, "tflops": rate}
+            )
         if "other" in outputs:
             diff = float((outputs["fused"] - outputs["other"]).abs().max())
             print(f"B={batch:3d} fused vs other: max |diff| {diff:.3e}")

@@ -24,8 +24,12 @@ def audio() -> None:
     (AUDIO / "not_audio.wav").write_text("<html>404 Not Found</html>\n")
     sf.write(AUDIO / "silent.wav", np.zeros(8000, dtype=np.int16), 8000, subtype="PCM_16")
     t = np.arange(800) / 8000
-    sf.write(AUDIO / "too_short.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
-             8000, subtype="PCM_16")
+    sf.write(
+        AUDIO / "too_short.wav",
+        (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
+        8000,
+        subtype="PCM_16",
+    )
     nan = (0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 8000)).astype(np.float32)
     nan[100:200] = np.nan
     sf.write(AUDIO / "nan.wav", nan, 8000, subtype="FLOAT")
@@ -40,18 +44,25 @@ def audio() -> None:
 def _wav_header(n_bytes: int) -> bytes:
     import struct
 
-    return (b"RIFF" + struct.pack("<I", 36 + n_bytes) + b"WAVEfmt " +
-            struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" +
-            struct.pack("<I", n_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + n_bytes)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", n_bytes)
+    )
 
 
 def tables() -> None:
     TABLES.mkdir(exist_ok=True)
     (TABLES / "table_invalid_utf8.tsv").write_bytes(
-        (HEADER + f"a\tfine\t{GOOD}\n").encode() + b"b\tcaf\xe9 cr\xe8me\t" + GOOD.encode() + b"\n")
+        (HEADER + f"a\tfine\t{GOOD}\n").encode() + b"b\tcaf\xe9 cr\xe8me\t" + GOOD.encode() + b"\n"
+    )
     (TABLES / "table_utf16.tsv").write_bytes((HEADER + f"a\thello\t{GOOD}\n").encode("utf-16"))
     (TABLES / "row_text_too_long.tsv").write_text(
-        HEADER + f"good\tHello.\t{GOOD}\nbad\t{'word ' * 500}end.\t{GOOD}\n")
+        HEADER + f"good\tHello.\t{GOOD}\nbad\t{'word ' * 500}end.\t{GOOD}\n"
+    )
 
 
 if __name__ == "__main__":

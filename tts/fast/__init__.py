@@ -53,15 +53,22 @@ def fallback(where: str, exc: BaseException) -> None:
     """Record (and warn about) a fast path that fell back to the plain one."""
     reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     FALLBACKS.append((where, reason))
-    warnings.warn(f"tts.fast: {where} fell back to the plain path ({reason})", RuntimeWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"tts.fast: {where} fell back to the plain path ({reason})", RuntimeWarning, stacklevel=3
+    )
 
 
 @contextlib.contextmanager
-def patched(gpt: bool = True, s2mel: bool = True, bigvgan: bool = True,
-            s2mel_graphs: bool | None = None, bigvgan_mode: str = "auto",
-            s2mel_compile: bool = False, gpt_compile: bool = False,
-            gpt_options: dict | None = None) -> Iterator[None]:
+def patched(
+    gpt: bool = True,
+    s2mel: bool = True,
+    bigvgan: bool = True,
+    s2mel_graphs: bool | None = None,
+    bigvgan_mode: str = "auto",
+    s2mel_compile: bool = False,
+    gpt_compile: bool = False,
+    gpt_options: dict | None = None,
+) -> Iterator[None]:
     """Route the plain entry points through the fast paths while the block runs.
 
     * ``gpt``: :func:`tts.generation.generate` -> :func:`tts.fast.decode.generate`
@@ -88,11 +95,14 @@ def patched(gpt: bool = True, s2mel: bool = True, bigvgan: bool = True,
             if gpt_compile:
                 options["compile_logic"] = True
             tts.generation.generate = (
-                functools.partial(fast_decode.generate, **options) if options
-                else fast_decode.generate)
+                functools.partial(fast_decode.generate, **options)
+                if options
+                else fast_decode.generate
+            )
         if s2mel:
-            plain_cfm.CFM.solve = fast_s2mel.patched_solve(graphs=s2mel_graphs,
-                                                           compile=s2mel_compile)
+            plain_cfm.CFM.solve = fast_s2mel.patched_solve(
+                graphs=s2mel_graphs, compile=s2mel_compile
+            )
         if bigvgan:
             plain_bigvgan.Activation1d.forward = fast_bigvgan.patched_forward(bigvgan_mode)
         yield

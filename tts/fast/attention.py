@@ -81,16 +81,30 @@ if triton is not None:
                 kv_row = tl.load(src_ptr + row * ss_row + t, mask=inside, other=0).to(tl.int64)
             else:
                 kv_row = tl.full([BLOCK_T], 0, dtype=tl.int64) + row
-            k = tl.load(k_ptr + kv_row[:, None] * sk_row + head * sk_head + t[:, None] * sk_pos
-                        + d[None, :], mask=inside[:, None], other=0.0)
+            k = tl.load(
+                k_ptr
+                + kv_row[:, None] * sk_row
+                + head * sk_head
+                + t[:, None] * sk_pos
+                + d[None, :],
+                mask=inside[:, None],
+                other=0.0,
+            )
             s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
             s += tl.load(mask_ptr + row * sm_row + t, mask=inside, other=0.0).to(tl.float32)
             s = tl.where(inside, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=0))
             p = tl.exp(s - m_new)  # masked keys: exp(-inf) = 0
             alpha = tl.exp(m - m_new)
-            v = tl.load(v_ptr + kv_row[:, None] * sv_row + head * sv_head + t[:, None] * sv_pos
-                        + d[None, :], mask=inside[:, None], other=0.0)
+            v = tl.load(
+                v_ptr
+                + kv_row[:, None] * sv_row
+                + head * sv_head
+                + t[:, None] * sv_pos
+                + d[None, :],
+                mask=inside[:, None],
+                other=0.0,
+            )
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_sum = l_sum * alpha + tl.sum(p, axis=0)
             m = m_new
@@ -123,9 +137,18 @@ if triton is not None:
         tl.store(out_ptr + row * so_row + head * so_head + d, out.to(out_ptr.dtype.element_ty))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-           src: torch.Tensor | None = None, *, chunk: int = CHUNK, block_t: int = BLOCK_T,
-           num_warps: int = NUM_WARPS, pdl: bool = False) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    src: torch.Tensor | None = None,
+    *,
+    chunk: int = CHUNK,
+    block_t: int = BLOCK_T,
+    num_warps: int = NUM_WARPS,
+    pdl: bool = False,
+) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
     ``q`` [rows, heads, 1, head_dim]; ``k`` / ``v`` [rows, heads, end, head_dim] (cache window
@@ -153,14 +176,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         raise ValueError("attend needs contiguous last dimensions")
     if mask.size(-1) != end or mask.numel() != rows * end:
         raise ValueError(f"mask {tuple(mask.shape)} is not one row of {end} per query row")
-    if src is not None and (src.shape != (rows, end) or src.stride(1) != 1
-                            or src.dtype not in (torch.int32, torch.int64)):
-        raise ValueError(f"src {tuple(src.shape)} {src.dtype}: need [{rows}, {end}] integers "
-                         "with a contiguous last dimension")
+    if src is not None and (
+        src.shape != (rows, end)
+        or src.stride(1) != 1
+        or src.dtype not in (torch.int32, torch.int64)
+    ):
+        raise ValueError(
+            f"src {tuple(src.shape)} {src.dtype}: need [{rows}, {end}] integers "
+            "with a contiguous last dimension"
+        )
     pdl = pdl and pdl_available(q.device)
     splits = triton.cdiv(end, chunk)
-    work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32,
-                       device=q.device)
+    work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32, device=q.device)
     out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
     _partial_kernel[(rows * heads, splits)](
         q, k, v, mask, q if src is None else src, work, heads, end, head_dim**-0.5,

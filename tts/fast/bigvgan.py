@@ -44,11 +44,28 @@ if triton is not None:
 
     @triton.jit
     def _aa_activation_kernel(
-        x_ptr, y_ptr, alpha_ptr, beta_ptr, fu_ptr, fd_ptr,
-        T, C, stride_xb, stride_xc, stride_yb, stride_yc,
-        R: tl.constexpr, K: tl.constexpr, PAD_UP: tl.constexpr, CROP: tl.constexpr,
-        HALO: tl.constexpr, OFF: tl.constexpr, OUT: tl.constexpr,
-        HAS_BETA: tl.constexpr, LOGSCALE: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr,
+        y_ptr,
+        alpha_ptr,
+        beta_ptr,
+        fu_ptr,
+        fd_ptr,
+        T,
+        C,
+        stride_xb,
+        stride_xc,
+        stride_yb,
+        stride_yc,
+        R: tl.constexpr,
+        K: tl.constexpr,
+        PAD_UP: tl.constexpr,
+        CROP: tl.constexpr,
+        HALO: tl.constexpr,
+        OFF: tl.constexpr,
+        OUT: tl.constexpr,
+        HAS_BETA: tl.constexpr,
+        LOGSCALE: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0)
         b = row // C
@@ -86,8 +103,11 @@ if triton is not None:
             at = tl.minimum(R * o + (OFF + j), R * BLOCK - 1)
             acc += tl.load(fd_ptr + j) * tl.gather(v, at, 0)
         t = t0 + o
-        tl.store(y_ptr + b * stride_yb + c * stride_yc + t, acc.to(y_ptr.dtype.element_ty),
-                 mask=(o < OUT) & (t < T))
+        tl.store(
+            y_ptr + b * stride_yb + c * stride_yc + t,
+            acc.to(y_ptr.dtype.element_ty),
+            mask=(o < OUT) & (t < T),
+        )
 
 
 def tile_layout(ratio: int, taps: int, pad_down: int, block: int) -> tuple[int, int, int]:
@@ -131,10 +151,29 @@ def fused_activation(module, x: torch.Tensor, block: int = 256, num_warps: int =
     beta = act.beta.detach().contiguous() if has_beta else alpha
     grid = (b * c, triton.cdiv(t, outputs))
     _aa_activation_kernel[grid](
-        x, y, alpha, beta, fu, fd, t, c,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        R=ratio, K=taps, PAD_UP=up.pad, CROP=up.crop_left, HALO=halo, OFF=offset, OUT=outputs,
-        HAS_BETA=has_beta, LOGSCALE=bool(act.logscale), BLOCK=block, num_warps=num_warps,
+        x,
+        y,
+        alpha,
+        beta,
+        fu,
+        fd,
+        t,
+        c,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        R=ratio,
+        K=taps,
+        PAD_UP=up.pad,
+        CROP=up.crop_left,
+        HALO=halo,
+        OFF=offset,
+        OUT=outputs,
+        HAS_BETA=has_beta,
+        LOGSCALE=bool(act.logscale),
+        BLOCK=block,
+        num_warps=num_warps,
     )
     return y
 

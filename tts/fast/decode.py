@@ -122,22 +122,60 @@ VARIANTS: dict[str, dict] = {
     "graphc": {"compile_logic": True},
     "graphr": {"reorder": "swap"},
     "graphl": {"fused": True, "compile_logic": True},
-    "graphf": {"fused": True, "reorder": "swap", "compile_logic": True,
-               "compile_processors": True},
-    "graphfr": {"fused": True, "matmul": "reduce", "reorder": "swap", "compile_logic": True,
-                "compile_processors": True},
-    "graphfa": {"fused": True, "matmul": "autotune", "reorder": "swap", "compile_logic": True,
-                "compile_processors": True},
-    "graphk": {"fused": True, "matmul": "triton", "reorder": "swap", "compile_logic": True,
-               "compile_processors": True},
-    "graphka": {"fused": True, "matmul": "triton", "attention": "triton", "reorder": "swap",
-                "compile_logic": True, "compile_processors": True},
-    "graphfi": {"fused": True, "reorder": "table", "attention": "triton", "compile_logic": True,
-                "compile_processors": True},
-    "graphki": {"fused": True, "matmul": "triton", "reorder": "table", "attention": "triton",
-                "compile_logic": True, "compile_processors": True},
-    "graphkp": {"fused": True, "matmul": "triton", "reorder": "table", "attention": "triton",
-                "pdl": True, "compile_logic": True, "compile_processors": True},
+    "graphf": {"fused": True, "reorder": "swap", "compile_logic": True, "compile_processors": True},
+    "graphfr": {
+        "fused": True,
+        "matmul": "reduce",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphfa": {
+        "fused": True,
+        "matmul": "autotune",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphk": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphka": {
+        "fused": True,
+        "matmul": "triton",
+        "attention": "triton",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphfi": {
+        "fused": True,
+        "reorder": "table",
+        "attention": "triton",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphki": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "table",
+        "attention": "triton",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphkp": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "table",
+        "attention": "triton",
+        "pdl": True,
+        "compile_logic": True,
+        "compile_processors": True,
+    },
 }
 REORDERS = ("copy", "swap", "table")
 
@@ -156,8 +194,14 @@ def _kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
     where its sorts take seconds per step: tests/test_fast.py checks the kernels alone."""
     from tts.fast import topk
 
-    if ("topk",) not in _FAILED and scores.is_cuda and topk.available(scores) \
-            and k <= topk.BLOCK and scores.dtype == torch.float32 and scores.is_contiguous():
+    if (
+        ("topk",) not in _FAILED
+        and scores.is_cuda
+        and topk.available(scores)
+        and k <= topk.BLOCK
+        and scores.dtype == torch.float32
+        and scores.is_contiguous()
+    ):
         try:
             return topk.kth_largest(scores, k)
         except Exception as exc:  # noqa: BLE001 - keep decoding with torch.topk
@@ -170,14 +214,16 @@ def _kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, k).values[..., -1:]
 
 
-def _processors(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig,
-                beams: bool) -> torch.Tensor:
+def _processors(
+    logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, beams: bool
+) -> torch.Tensor:
     """:func:`tts.generation.process_scores` (after log_softmax with beams) with the top-p
     scan kept eager, so that torch.compile fuses everything around it, and top-k's threshold
     from :func:`_kth_largest` (tests/test_fast.py checks it against process_scores)."""
     scores = F.log_softmax(logits, dim=-1) if beams else logits
-    return process_scores(scores, seen, cfg, 2 if beams else 1, cumulative=_cumulative,
-                          kth_largest=_kth_largest)
+    return process_scores(
+        scores, seen, cfg, 2 if beams else 1, cumulative=_cumulative, kth_largest=_kth_largest
+    )
 
 
 def _compiled_processors(key: tuple):
@@ -186,8 +232,7 @@ def _compiled_processors(key: tuple):
 
     fn = _COMPILED.get(("processors", key))
     if fn is None:
-        fn = _COMPILED[("processors", key)] = torch.compile(_own_code(_processors),
-                                                            dynamic=False)
+        fn = _COMPILED[("processors", key)] = torch.compile(_own_code(_processors), dynamic=False)
     return fn
 
 
@@ -200,9 +245,15 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-            kind: str = "sdpa", src: torch.Tensor | None = None, pdl: bool = False
-            ) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "sdpa",
+    src: torch.Tensor | None = None,
+    pdl: bool = False,
+) -> torch.Tensor:
     """Attention of the step's queries over a cache window (additive ``mask``); ``src``: the
     cache row of each (row, position) (reorder="table"); ``pdl``: the Triton kernels'
     programmatic dependent launch."""
@@ -245,12 +296,21 @@ class DecodeWeights:
         self.layers = []
         with torch.no_grad():
             for block in model.gpt.h:
-                self.layers.append(tuple(
-                    t.detach().t().contiguous() if t.dim() == 2 else t.detach()
-                    for t in (block.attn.c_attn.weight, block.attn.c_attn.bias,
-                              block.attn.c_proj.weight, block.attn.c_proj.bias,
-                              block.mlp.c_fc.weight, block.mlp.c_fc.bias,
-                              block.mlp.c_proj.weight, block.mlp.c_proj.bias)))
+                self.layers.append(
+                    tuple(
+                        t.detach().t().contiguous() if t.dim() == 2 else t.detach()
+                        for t in (
+                            block.attn.c_attn.weight,
+                            block.attn.c_attn.bias,
+                            block.attn.c_proj.weight,
+                            block.attn.c_proj.bias,
+                            block.mlp.c_fc.weight,
+                            block.mlp.c_fc.bias,
+                            block.mlp.c_proj.weight,
+                            block.mlp.c_proj.bias,
+                        )
+                    )
+                )
 
 
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -327,24 +387,52 @@ def generate(
         use_graph = prefix.device.type == "cuda"
     if check_every is None:
         check_every = DEFAULT_CHECK_EVERY if use_graph else 1
-    dec = StaticDecoder(model, prefix, valid, cfg, generator=generator,
-                        output_scores=output_scores, output_logits=output_logits,
-                        use_graph=use_graph, bucket=bucket, compile_logic=compile_logic,
-                        compile_processors=compile_processors, fused=fused, matmul=matmul,
-                        reorder=reorder, attention=attention, ahead=ahead, pdl=pdl)
+    dec = StaticDecoder(
+        model,
+        prefix,
+        valid,
+        cfg,
+        generator=generator,
+        output_scores=output_scores,
+        output_logits=output_logits,
+        use_graph=use_graph,
+        bucket=bucket,
+        compile_logic=compile_logic,
+        compile_processors=compile_processors,
+        fused=fused,
+        matmul=matmul,
+        reorder=reorder,
+        attention=attention,
+        ahead=ahead,
+        pdl=pdl,
+    )
     return dec.run(check_every=max(1, int(check_every)), stats=stats)
 
 
 class StaticDecoder:
     """One generation call: static buffers, the in-place step, and the graphs that replay it."""
 
-    def __init__(self, model, prefix: torch.Tensor, valid: torch.Tensor | None,
-                 cfg: GenerationConfig, *, generator: Generators = None,
-                 output_scores: bool = False, output_logits: bool = False,
-                 use_graph: bool = False, bucket: int = DEFAULT_BUCKET,
-                 compile_logic: bool = False, compile_processors: bool = False,
-                 fused: bool = False, matmul: str = "mm", reorder: str = "copy",
-                 attention: str | None = None, ahead: bool = True, pdl: bool = False):
+    def __init__(
+        self,
+        model,
+        prefix: torch.Tensor,
+        valid: torch.Tensor | None,
+        cfg: GenerationConfig,
+        *,
+        generator: Generators = None,
+        output_scores: bool = False,
+        output_logits: bool = False,
+        use_graph: bool = False,
+        bucket: int = DEFAULT_BUCKET,
+        compile_logic: bool = False,
+        compile_processors: bool = False,
+        fused: bool = False,
+        matmul: str = "mm",
+        reorder: str = "copy",
+        attention: str | None = None,
+        ahead: bool = True,
+        pdl: bool = False,
+    ):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
@@ -382,8 +470,9 @@ class StaticDecoder:
         # return float32), but every key / value is the output of a half-precision product:
         # a cache in the weights' dtype holds exactly the same values, in half the memory.
         weight_dtype = model.mel_head.weight.dtype
-        cache_dtype = weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) \
-            else prefix.dtype
+        cache_dtype = (
+            weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) else prefix.dtype
+        )
         # reorder="swap": two caches (one tensor each, keys and values together), the one in
         # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
         self.swap = reorder == "swap" and beams > 1
@@ -403,14 +492,13 @@ class StaticDecoder:
         self.caches = [self.cache]
         if self.swap:  # the second cache starts with the same prompt (+ start code) part
             other, kv = _joint_cache(model, rows, cap, device, cache_dtype)
-            kv[..., :s_len + 1, :].copy_(self.kv[0][..., :s_len + 1, :])
+            kv[..., : s_len + 1, :].copy_(self.kv[0][..., : s_len + 1, :])
             self.caches.append(other)
             self.kv.append(kv)
         self.cur = 0  # index of the cache in use
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
         self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl)
-        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix),
-                                        pdl=pdl)
+        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
         self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
         self.key_pos = torch.arange(cap, device=device)
         # reorder="table": the cache row holding each (row, position). The beams of an item
@@ -430,10 +518,12 @@ class StaticDecoder:
         self.seen[:, FAKE_PROMPT_ID] = True
         self.seen[:, start] = True
         self.tokens = torch.full((rows, max_new), self.pad, dtype=torch.int64, device=device)
-        self.rec_scores = (torch.zeros(max_new, rows, vocab, device=device)
-                           if output_scores else None)
-        self.rec_logits = (torch.zeros(max_new, rows, vocab, device=device)
-                           if output_logits else None)
+        self.rec_scores = (
+            torch.zeros(max_new, rows, vocab, device=device) if output_scores else None
+        )
+        self.rec_logits = (
+            torch.zeros(max_new, rows, vocab, device=device) if output_logits else None
+        )
         if beams == 1:
             self.unfinished = torch.ones(rows, dtype=torch.bool, device=device)
             self.finished_at = torch.full((rows,), max_new, dtype=torch.int64, device=device)
@@ -533,8 +623,9 @@ class StaticDecoder:
         self.unfinished.copy_(self.unfinished & ~ends)
         return chosen
 
-    def _beam_step(self, processed: torch.Tensor, j: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _beam_step(
+        self, processed: torch.Tensor, j: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """tts.generation._BeamState.step with the step index on the device."""
         st, cfg = self.beam, self.cfg
         k, b, vocab = self.beams, self.batch, self.vocab
@@ -640,8 +731,9 @@ class StaticDecoder:
         pos = (j + (self.s_len + 1)).view(1)
         table = model.mel_pos_embedding.emb.weight
         # The last step feeds a token nobody reads; keep its position inside the table.
-        x = model.mel_embedding(tokens) + table.index_select(0, (j.view(1) + 2).clamp_max(
-            table.size(0) - 1))
+        x = model.mel_embedding(tokens) + table.index_select(
+            0, (j.view(1) + 2).clamp_max(table.size(0) - 1)
+        )
         x = x.unsqueeze(1)
         keys = (self.key_pos[:end] <= pos) & self.valid_all[:, :end]
         cache = self.cache
@@ -680,8 +772,10 @@ class StaticDecoder:
             if not attention.available(like):
                 from tts.fast import fallback
 
-                fallback("GPT decode Triton attention",
-                         RuntimeError("needs CUDA (or TRITON_INTERPRET=1)"))
+                fallback(
+                    "GPT decode Triton attention",
+                    RuntimeError("needs CUDA (or TRITON_INTERPRET=1)"),
+                )
                 return "sdpa"
         return kind
 
@@ -712,8 +806,13 @@ class StaticDecoder:
 
         model = self.model
         try:
-            used = (model.gpt, model.mel_embedding, model.mel_pos_embedding, model.final_norm,
-                    model.mel_head)
+            used = (
+                model.gpt,
+                model.mel_embedding,
+                model.mel_pos_embedding,
+                model.final_norm,
+                model.mel_head,
+            )
             mixed = {p.dtype for m in used for p in m.parameters()} | {cache_dtype}
             if len(mixed) > 1:
                 raise TypeError(f"one dtype needed, got {sorted(map(str, mixed))}")
@@ -724,8 +823,9 @@ class StaticDecoder:
         if ("fused", stack.key) in _FAILED:
             return None
         layers = range(len(model.gpt.h))
-        self.layer_views = [([c.k[i] for i in layers], [c.v[i] for i in layers])
-                            for c in self.caches]
+        self.layer_views = [
+            ([c.k[i] for i in layers], [c.v[i] for i in layers]) for c in self.caches
+        ]
         for ks, vs in self.layer_views:
             stack.mark_cache(ks + vs)
         return stack
@@ -741,8 +841,7 @@ class StaticDecoder:
         ks, vs = self.layer_views[self.cur]
         try:
             with torch.autocast(self.device.type, enabled=False):
-                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits,
-                           self._attend_fn(end))
+                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, self._attend_fn(end))
         except Exception as exc:  # noqa: BLE001 - compiled code failed: plain layers
             if _capturing(self.device):
                 raise
@@ -779,12 +878,14 @@ class StaticDecoder:
             x = x + F.linear(h, w_proj, b_proj)
         last = x[:, -1]
         if last.dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(
-                last.device.type):
+            last.device.type
+        ):
             # Native half stack: the two final norms in float32, as autocast runs them.
             h = last.float()
             for norm in (gpt.ln_f, model.final_norm):
-                h = F.layer_norm(h, norm.normalized_shape, norm.weight.float(),
-                                 norm.bias.float(), norm.eps)
+                h = F.layer_norm(
+                    h, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps
+                )
             logits = F.linear(h.to(last.dtype), model.mel_head.weight, model.mel_head.bias)
         else:
             logits = model.mel_head(model.final_norm(gpt.ln_f(last)))
@@ -840,8 +941,9 @@ class StaticDecoder:
         end = self._window(first)
         self._warm_window(end)
         now = self.cur
-        for cur in sorted({s % 2 for s in range(first, min(first + 2, last + 1))}
-                          if self.swap else {0}):
+        for cur in sorted(
+            {s % 2 for s in range(first, min(first + 2, last + 1))} if self.swap else {0}
+        ):
             if (b, cur) in self.graphs:
                 continue
             self._use(cur)
@@ -858,8 +960,9 @@ class StaticDecoder:
         """
         if not (self.use_graph and self.warm and self.ahead):
             return
-        for b in range(step // self.bucket, (min(step + steps, self.max_new) - 1) // self.bucket
-                       + 1):
+        for b in range(
+            step // self.bucket, (min(step + steps, self.max_new) - 1) // self.bucket + 1
+        ):
             self._capture_bucket(b, max(step, b * self.bucket))
 
     def _warm_window(self, end: int) -> None:
@@ -874,8 +977,7 @@ class StaticDecoder:
         if self.fused is not None:  # the fused stack runs without autocast
             dtype, ctx = self.fused.dtype, torch.autocast(kind, enabled=False)
         else:
-            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
-                else kc.dtype
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else kc.dtype
             ctx = contextlib.nullcontext()
         q = torch.zeros((rows, heads, 1, head_dim), dtype=dtype, device=kc.device)
         mask = torch.zeros((rows, 1, 1, end), dtype=dtype, device=kc.device)
@@ -894,8 +996,9 @@ class StaticDecoder:
         saved = self.step_t.clone()
         gens = self.generator if isinstance(self.generator, (list, tuple)) else [self.generator]
         try:
-            capture(graph, lambda: self._step(end), stream=self.stream, pool=self.pool,
-                    generators=gens)
+            capture(
+                graph, lambda: self._step(end), stream=self.stream, pool=self.pool, generators=gens
+            )
         except Exception as exc:  # noqa: BLE001 - keep generating, eagerly
             from tts.fast import fallback
 
@@ -966,8 +1069,7 @@ class StaticDecoder:
         else:
             st = self.beam
             st.hyps._added = steps_run * self.beams  # what the eager stamps would have reached
-            out = st.finalize(self.tokens, steps_run, cfg.num_return_sequences, self.stop,
-                              self.pad)
+            out = st.finalize(self.tokens, steps_run, cfg.num_return_sequences, self.stop, self.pad)
             steps = st.steps_needed(steps_run)
             out.steps = steps
         if self.output_scores:

@@ -98,8 +98,7 @@ def _embed(tokens, j, emb_w, pos_w):
     return (F.embedding(tokens, emb_w) + pos_w.index_select(0, row)).unsqueeze(1)
 
 
-def _head(x, f_w, f_b, f_eps: float, n_w, n_b, n_eps: float, w_head, b_head, out,
-          reduce: bool):
+def _head(x, f_w, f_b, f_eps: float, n_w, n_b, n_eps: float, w_head, b_head, out, reduce: bool):
     """Logits of the last hidden state into ``out`` [rows, vocab] (float32): both final norms in
     float32, the head in the weights' dtype."""
     h = x[:, -1].float()
@@ -115,8 +114,9 @@ _COMPILED: dict[tuple, Callable] = {}
 
 def _own_code(fn: Callable) -> Callable:
     """``fn`` with a fresh code object (Dynamo's compile cache and limit are per code object)."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
-                              fn.__defaults__, fn.__closure__)
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
 
 
 def compiled(name: str, key: tuple) -> Callable:
@@ -127,7 +127,8 @@ def compiled(name: str, key: tuple) -> Callable:
         # (with bias / GELU / residual fused into their epilogues) against cuBLAS per shape.
         mode = "max-autotune-no-cudagraphs" if key[-1] == "autotune" else None
         fn = _COMPILED[(name, key)] = torch.compile(
-            _own_code(_FUNCTIONS[name]), dynamic=False, fullgraph=True, mode=mode)
+            _own_code(_FUNCTIONS[name]), dynamic=False, fullgraph=True, mode=mode
+        )
     return fn
 
 
@@ -153,23 +154,47 @@ class FusedStack:
         self.heads, self.head_dim = attn.heads, attn.head_dim
         self.layers = []
         for block, (w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj) in zip(
-                gpt.h, matrices, strict=True):
-            self.layers.append((
-                (block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps,
-                 w_qkv, b_qkv),
-                (w_o, b_o, block.ln_2.weight.detach(), block.ln_2.bias.detach(), block.ln_2.eps,
-                 w_fc, b_fc, w_proj, b_proj),
-            ))
-        self.tables = (model.mel_embedding.weight.detach(),
-                       model.mel_pos_embedding.emb.weight.detach())
-        self.head = (gpt.ln_f.weight.detach(), gpt.ln_f.bias.detach(), gpt.ln_f.eps,
-                     model.final_norm.weight.detach(), model.final_norm.bias.detach(),
-                     model.final_norm.eps, model.mel_head.weight.detach(),
-                     model.mel_head.bias.detach())
+            gpt.h, matrices, strict=True
+        ):
+            self.layers.append(
+                (
+                    (
+                        block.ln_1.weight.detach(),
+                        block.ln_1.bias.detach(),
+                        block.ln_1.eps,
+                        w_qkv,
+                        b_qkv,
+                    ),
+                    (
+                        w_o,
+                        b_o,
+                        block.ln_2.weight.detach(),
+                        block.ln_2.bias.detach(),
+                        block.ln_2.eps,
+                        w_fc,
+                        b_fc,
+                        w_proj,
+                        b_proj,
+                    ),
+                )
+            )
+        self.tables = (
+            model.mel_embedding.weight.detach(),
+            model.mel_pos_embedding.emb.weight.detach(),
+        )
+        self.head = (
+            gpt.ln_f.weight.detach(),
+            gpt.ln_f.bias.detach(),
+            gpt.ln_f.eps,
+            model.final_norm.weight.detach(),
+            model.final_norm.bias.detach(),
+            model.final_norm.eps,
+            model.mel_head.weight.detach(),
+            model.mel_head.bias.detach(),
+        )
         weight = model.mel_head.weight
         self.dtype = weight.dtype
-        self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type,
-                    matmul)
+        self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type, matmul)
         self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
         if matmul == "triton":
             if not linear.available(weight):
@@ -183,8 +208,18 @@ class FusedStack:
         for view in views:
             torch._dynamo.mark_dynamic(view, 2)
 
-    def step(self, tokens, j, pos, mask, end: int, ks: list[torch.Tensor],
-             vs: list[torch.Tensor], out: torch.Tensor, attend: Callable) -> None:
+    def step(
+        self,
+        tokens,
+        j,
+        pos,
+        mask,
+        end: int,
+        ks: list[torch.Tensor],
+        vs: list[torch.Tensor],
+        out: torch.Tensor,
+        attend: Callable,
+    ) -> None:
         """Feed ``tokens`` [rows] (step ``j``, cache position ``pos``) through the stack;
         ``attend(q, k, v, mask)`` is the attention over the window ``[0, end)``."""
         fns, reduce = self.fns, self.reduce

@@ -33,8 +33,19 @@ BLOCK = 2048  # elements per program (4 KiB in bfloat16)
 if triton is not None:
 
     @triton.jit
-    def _gather_window_kernel(src, dst, rows_from, n_rows, heads, run, start,
-                              stride_lk, stride_row, stride_head, BLOCK: tl.constexpr):
+    def _gather_window_kernel(
+        src,
+        dst,
+        rows_from,
+        n_rows,
+        heads,
+        run,
+        start,
+        stride_lk,
+        stride_row,
+        stride_head,
+        BLOCK: tl.constexpr,
+    ):
         """Program (i, j): block j of the run of (layer-k/v, row, head) number i."""
         i = tl.program_id(0).to(tl.int64)
         j = tl.program_id(1).to(tl.int64)
@@ -49,16 +60,18 @@ if triton is not None:
         tl.store(dst + base + row * stride_row + offs, values, mask=inside)
 
 
-def gather_window(src: torch.Tensor, dst: torch.Tensor, rows_from: torch.Tensor, lo: int,
-                  end: int) -> None:
+def gather_window(
+    src: torch.Tensor, dst: torch.Tensor, rows_from: torch.Tensor, lo: int, end: int
+) -> None:
     """``dst[:, :, r, :, lo:end] = src[:, :, rows_from[r], :, lo:end]`` for every row ``r``.
 
     ``src`` and ``dst``: distinct contiguous caches ``[layers, 2, rows, heads, capacity,
     head_dim]`` of one shape and dtype; ``rows_from``: int64 ``[rows]`` on the same device.
     """
     if src.shape != dst.shape or src.dtype != dst.dtype:
-        raise ValueError(f"caches differ: {tuple(src.shape)} {src.dtype} vs "
-                         f"{tuple(dst.shape)} {dst.dtype}")
+        raise ValueError(
+            f"caches differ: {tuple(src.shape)} {src.dtype} vs {tuple(dst.shape)} {dst.dtype}"
+        )
     if not (src.is_contiguous() and dst.is_contiguous()):
         raise ValueError("gather_window needs contiguous caches")
     if src.data_ptr() == dst.data_ptr():
@@ -69,5 +82,16 @@ def gather_window(src: torch.Tensor, dst: torch.Tensor, rows_from: torch.Tensor,
         return
     stride_lk = src.stride(1)  # (layer, k/v) pairs are consecutive: stride(0) == 2 * stride(1)
     grid = (layers * two * rows * heads, triton.cdiv(run, BLOCK))
-    _gather_window_kernel[grid](src, dst, rows_from, rows, heads, run, lo * head_dim,
-                                stride_lk, src.stride(2), src.stride(3), BLOCK=BLOCK)
+    _gather_window_kernel[grid](
+        src,
+        dst,
+        rows_from,
+        rows,
+        heads,
+        run,
+        lo * head_dim,
+        stride_lk,
+        src.stride(2),
+        src.stride(3),
+        BLOCK=BLOCK,
+    )

@@ -17,9 +17,14 @@ from collections.abc import Callable, Iterable
 import torch
 
 
-def capture(graph: torch.cuda.CUDAGraph, fn: Callable[[], object], *,
-            stream: torch.cuda.Stream, pool=None,
-            generators: Iterable[torch.Generator | None] = ()) -> None:
+def capture(
+    graph: torch.cuda.CUDAGraph,
+    fn: Callable[[], object],
+    *,
+    stream: torch.cuda.Stream,
+    pool=None,
+    generators: Iterable[torch.Generator | None] = (),
+) -> None:
     """Record the kernels ``fn()`` launches into ``graph`` on ``stream`` (not the current
     stream: capture must not run on the legacy default stream).
 

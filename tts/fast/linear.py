@@ -77,8 +77,19 @@ if triton is not None:
         return 0.5 * y * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
 
     @triton.jit
-    def _norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, eps, stride_x, stride_out,
-                     K: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, PDL: tl.constexpr):
+    def _norm_kernel(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        out_ptr,
+        eps,
+        stride_x,
+        stride_out,
+        K: tl.constexpr,
+        KA: tl.constexpr,
+        KB: tl.constexpr,
+        PDL: tl.constexpr,
+    ):
         """Program m: LayerNorm of row ``m`` (float32 statistics, two passes), rounded to the
         output dtype."""
         ka = tl.arange(0, KA)
@@ -125,8 +136,11 @@ if triton is not None:
         # and the bias. With PDL the kernel is launched while the previous one still runs, and
         # these loads overlap it.
         wa = tl.load(w_ptr + cols[:, None] * K + ka[None, :], mask=col_ok[:, None], other=0.0)
-        wb = tl.load(w_ptr + cols[:, None] * K + kb[None, :],
-                     mask=col_ok[:, None] & kb_ok[None, :], other=0.0)
+        wb = tl.load(
+            w_ptr + cols[:, None] * K + kb[None, :],
+            mask=col_ok[:, None] & kb_ok[None, :],
+            other=0.0,
+        )
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         if PDL:
             gdc_launch_dependents()  # the next kernel may start its own weight loads
@@ -134,10 +148,14 @@ if triton is not None:
         rows = tl.arange(0, BLOCK_M)
         row_ok = rows < M
         # All input rows at once, so their loads are in flight together.
-        xa = tl.load(x_ptr + rows[:, None] * stride_x + ka[None, :], mask=row_ok[:, None],
-                     other=0.0)
-        xb = tl.load(x_ptr + rows[:, None] * stride_x + kb[None, :],
-                     mask=row_ok[:, None] & kb_ok[None, :], other=0.0)
+        xa = tl.load(
+            x_ptr + rows[:, None] * stride_x + ka[None, :], mask=row_ok[:, None], other=0.0
+        )
+        xb = tl.load(
+            x_ptr + rows[:, None] * stride_x + kb[None, :],
+            mask=row_ok[:, None] & kb_ok[None, :],
+            other=0.0,
+        )
         # Row by row: the row picked out of the tile (a sum with zeros: exact).
         y = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for m in tl.static_range(M):
@@ -160,8 +178,10 @@ if triton is not None:
             part = cols // width  # 0: queries, 1: keys, 2: values
             c = cols % width
             pos = tl.load(pos_ptr)
-            to = rows[:, None] * kv_row + (
-                (c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
+            to = (
+                rows[:, None] * kv_row
+                + ((c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
+            )
             tl.store(k_ptr + to, y, mask=ok & (part == 1)[None, :])
             tl.store(v_ptr + to, y, mask=ok & (part == 2)[None, :])
             ok = ok & (part == 0)[None, :]
@@ -189,8 +209,9 @@ def warps_for(rows_per_program: int, k_in: int) -> int:
     return warps
 
 
-def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, *,
-               pdl: bool = False) -> torch.Tensor:
+def layer_norm(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, *, pdl: bool = False
+) -> torch.Tensor:
     """LayerNorm of the rows of ``x`` [rows, width] (float32 statistics, rounded to ``x``'s
     dtype: :func:`tts.fast.fused._norm`), one program per row. ``pdl`` as in :func:`linear`."""
     rows, k_in = x.shape
@@ -199,9 +220,21 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, *,
     ka, kb = split_width(k_in)
     pdl = pdl and pdl_available(x.device)
     out = torch.empty_like(x)
-    _norm_kernel[(rows,)](x, w, b, out, float(eps), x.stride(0), out.stride(0),
-                          K=k_in, KA=ka, KB=kb, PDL=pdl, num_warps=warps_for(1, k_in),
-                          launch_pdl=pdl)
+    _norm_kernel[(rows,)](
+        x,
+        w,
+        b,
+        out,
+        float(eps),
+        x.stride(0),
+        out.stride(0),
+        K=k_in,
+        KA=ka,
+        KB=kb,
+        PDL=pdl,
+        num_warps=warps_for(1, k_in),
+        launch_pdl=pdl,
+    )
     return out
 
 
@@ -273,18 +306,44 @@ def linear(
     return out
 
 
-def decode_pre(x, ln_w, ln_b, eps: float, w_qkv, b_qkv, kc, vc, pos, heads: int, reduce: bool,
-               pdl: bool = False):
+def decode_pre(
+    x,
+    ln_w,
+    ln_b,
+    eps: float,
+    w_qkv,
+    b_qkv,
+    kc,
+    vc,
+    pos,
+    heads: int,
+    reduce: bool,
+    pdl: bool = False,
+):
     """:func:`tts.fast.fused._pre` as one kernel: queries ``[rows, heads, 1, head_dim]``; the
     step's key and value written at cache position ``pos`` of ``kc`` / ``vc``."""
     rows, _, dim = x.shape
-    q = linear(x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim),
-               pdl=pdl)
+    q = linear(
+        x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim), pdl=pdl
+    )
     return q.view(rows, 1, heads, dim // heads).transpose(1, 2)
 
 
-def decode_post(x, att, w_o, b_o, ln_w, ln_b, eps: float, w_fc, b_fc, w_proj, b_proj, reduce: bool,
-                pdl: bool = False):
+def decode_post(
+    x,
+    att,
+    w_o,
+    b_o,
+    ln_w,
+    ln_b,
+    eps: float,
+    w_fc,
+    b_fc,
+    w_proj,
+    b_proj,
+    reduce: bool,
+    pdl: bool = False,
+):
     """:func:`tts.fast.fused._post` as three kernels: out projection + residual, ln_2 + fc +
     GELU, proj + residual."""
     rows, _, dim = x.shape

@@ -77,8 +77,11 @@ class FusedEstimator:
                         setattr(module, name, lin)
                     elif isinstance(child, _dit.WNConv1d):
                         w = _dit.fuse_weight_norm(child.weight_g, child.weight_v)
-                        setattr(module, name, _FusedConv1d(w.clone(), child.bias.clone(),
-                                                           child.dilation))
+                        setattr(
+                            module,
+                            name,
+                            _FusedConv1d(w.clone(), child.bias.clone(), child.dilation),
+                        )
             est.transformer = _MaskSwitch(est.transformer)
             for p in est.parameters():
                 p.requires_grad_(False)
@@ -161,16 +164,19 @@ def solve(
     # One host check before the loop: is any row padded? (x_lens lives on the device.)
     est.transformer.drop = bool((x_lens >= z.size(-1)).all())
     use_compiled = compile and not entry.compile_failed
-    proxy = types.SimpleNamespace(estimator=entry.compiled() if use_compiled else est,
-                                  zero_prompt_speech_token=cfm.zero_prompt_speech_token)
+    proxy = types.SimpleNamespace(
+        estimator=entry.compiled() if use_compiled else est,
+        zero_prompt_speech_token=cfm.zero_prompt_speech_token,
+    )
     if graphs is None:
         graphs = z.device.type == "cuda"
     try:
         if trace is not None or not graphs:
             with precision_context(precision, z.device):
                 return PLAIN_SOLVE(proxy, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace)
-        return _graph_solve(entry, proxy, (z, x_lens, prompt, mu, style, t_span), cfg_rate,
-                            precision, use_compiled)
+        return _graph_solve(
+            entry, proxy, (z, x_lens, prompt, mu, style, t_span), cfg_rate, precision, use_compiled
+        )
     except Exception as exc:
         if not use_compiled:
             raise
@@ -178,17 +184,41 @@ def solve(
 
         fallback("s2mel estimator torch.compile", exc)
         entry.compile_failed = True
-        return solve(cfm, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace,
-                     precision=precision, graphs=graphs, compile=False)
+        return solve(
+            cfm,
+            z,
+            x_lens,
+            prompt,
+            mu,
+            style,
+            t_span,
+            cfg_rate,
+            trace,
+            precision=precision,
+            graphs=graphs,
+            compile=False,
+        )
 
 
-def _graph_solve(entry: FusedEstimator, proxy, inputs: tuple, cfg_rate: float,
-                 precision: str, compiled: bool = False) -> torch.Tensor:
+def _graph_solve(
+    entry: FusedEstimator,
+    proxy,
+    inputs: tuple,
+    cfg_rate: float,
+    precision: str,
+    compiled: bool = False,
+) -> torch.Tensor:
     device = inputs[0].device
     # cuDNN's mode is in the key: a graph keeps the kernels chosen when it was captured.
-    key = (tuple((tuple(t.shape), t.dtype) for t in inputs), float(cfg_rate), precision,
-           entry.estimator.transformer.drop, compiled, torch.backends.cudnn.benchmark,
-           torch.backends.cudnn.deterministic)
+    key = (
+        tuple((tuple(t.shape), t.dtype) for t in inputs),
+        float(cfg_rate),
+        precision,
+        entry.estimator.transformer.drop,
+        compiled,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     if key in entry.graphs and entry.graphs[key] is None:  # capture failed before: eager
         with precision_context(precision, device):
             return PLAIN_SOLVE(proxy, *inputs, cfg_rate, None)
@@ -208,8 +238,10 @@ def _graph_solve(entry: FusedEstimator, proxy, inputs: tuple, cfg_rate: float,
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph, pool=entry.pool, stream=stream), \
-                precision_context(precision, device):
+        with (
+            torch.cuda.graph(graph, pool=entry.pool, stream=stream),
+            precision_context(precision, device),
+        ):
             static_out = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)
     except Exception as exc:  # noqa: BLE001 - this call's result is already computed
         from tts.fast import fallback
@@ -225,13 +257,24 @@ def _graph_solve(entry: FusedEstimator, proxy, inputs: tuple, cfg_rate: float,
     return result
 
 
-def patched_solve(graphs: bool | None = None, precision: str = "float32",
-                  compile: bool = False):
+def patched_solve(graphs: bool | None = None, precision: str = "float32", compile: bool = False):
     """A replacement for ``CFM.solve`` that routes through :func:`solve`."""
 
     def fast_solve(self, z, x_lens, prompt, mu, style, t_span, cfg_rate=0.7, trace=None):
-        return solve(self, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace,
-                     precision=precision, graphs=graphs, compile=compile)
+        return solve(
+            self,
+            z,
+            x_lens,
+            prompt,
+            mu,
+            style,
+            t_span,
+            cfg_rate,
+            trace,
+            precision=precision,
+            graphs=graphs,
+            compile=compile,
+        )
 
     return fast_solve
 
@@ -274,6 +317,17 @@ def generate_batch(
         noise = torch.randn([b, cfm.in_channels, frames], device=device, generator=generator)
         noise = noise.to(cat.device, cat.dtype) * temperature
     t_span = torch.linspace(0, 1, n_timesteps + 1, device=cat.device)
-    mel = solve(cfm, noise, x_lens, ref_mel, cat, style, t_span, cfg_rate,
-                precision=precision, graphs=graphs, compile=compile)
-    return mel[:, :, ref_mel.size(-1):]
+    mel = solve(
+        cfm,
+        noise,
+        x_lens,
+        ref_mel,
+        cat,
+        style,
+        t_span,
+        cfg_rate,
+        precision=precision,
+        graphs=graphs,
+        compile=compile,
+    )
+    return mel[:, :, ref_mel.size(-1) :]

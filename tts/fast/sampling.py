@@ -35,13 +35,15 @@ _ZERO = "invalid multinomial distribution (sum of probabilities <= 0)"
 def _multiblock_topk(num_slices: int, slice_size: int) -> bool:
     """Whether PyTorch's CUDA top-k takes its multi-block path for ``num_slices`` rows of
     ``slice_size`` (``should_use_multiblock`` of ATen's TensorTopK.cu, CUB builds)."""
-    return ((num_slices <= 20 and slice_size >= 20000)
-            or (20 < num_slices <= 40 and slice_size >= 10000)
-            or (40 < num_slices <= 80 and slice_size >= 8000)
-            or (80 < num_slices < 200 and slice_size >= 5000)
-            or (200 <= num_slices < 800 and slice_size >= 3000)
-            or (800 <= num_slices <= 4000 and slice_size >= 800)
-            or (num_slices > 4000 and slice_size >= 400))
+    return (
+        (num_slices <= 20 and slice_size >= 20000)
+        or (20 < num_slices <= 40 and slice_size >= 10000)
+        or (40 < num_slices <= 80 and slice_size >= 8000)
+        or (80 < num_slices < 200 and slice_size >= 5000)
+        or (200 <= num_slices < 800 and slice_size >= 3000)
+        or (800 <= num_slices <= 4000 and slice_size >= 800)
+        or (num_slices > 4000 and slice_size >= 400)
+    )
 
 
 def same_topk_path(size: int, rows: int, cats: int, device: torch.device) -> bool:
@@ -53,8 +55,9 @@ def same_topk_path(size: int, rows: int, cats: int, device: torch.device) -> boo
     return _multiblock_topk(size, cats) == _multiblock_topk(rows, cats)
 
 
-def multinomial_groups(probs: torch.Tensor, n: int,
-                       generators: Sequence[torch.Generator]) -> torch.Tensor:
+def multinomial_groups(
+    probs: torch.Tensor, n: int, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
     """:func:`tts.generation.multinomial_rows` (group ``i`` of the rows drawn by
     ``generators[i]``, without replacement) with the per-group work batched; the same indices.
 
@@ -62,8 +65,13 @@ def multinomial_groups(probs: torch.Tensor, n: int,
     Anything else goes through :func:`~tts.generation.multinomial_rows` unchanged.
     """
     groups = len(generators)
-    if groups < 2 or probs.dim() != 2 or probs.size(0) % groups or not probs.is_contiguous() \
-            or not probs.is_floating_point():
+    if (
+        groups < 2
+        or probs.dim() != 2
+        or probs.size(0) % groups
+        or not probs.is_contiguous()
+        or not probs.is_floating_point()
+    ):
         return multinomial_rows(probs, n, list(generators))
     rows, cats = probs.shape
     size = rows // groups

@@ -33,8 +33,7 @@ BLOCK = 1024  # scores one program of the first kernel sorts
 if triton is not None:
 
     @triton.jit
-    def _chunk_kernel(x_ptr, cand_ptr, n, stride_x, chunks,
-                      BLOCK: tl.constexpr, KP: tl.constexpr):
+    def _chunk_kernel(x_ptr, cand_ptr, n, stride_x, chunks, BLOCK: tl.constexpr, KP: tl.constexpr):
         """Program (row, chunk): the chunk's ``KP`` largest values, in descending order."""
         row = tl.program_id(0)
         chunk = tl.program_id(1)
@@ -68,10 +67,12 @@ def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
     chunks = triton.cdiv(n, block)
     kp = triton.next_power_of_2(k)
     cand = torch.empty((rows, chunks, kp), dtype=torch.float32, device=scores.device)
-    _chunk_kernel[(rows, chunks)](scores, cand, n, scores.stride(0), chunks, BLOCK=block, KP=kp,
-                                  num_warps=4)
+    _chunk_kernel[(rows, chunks)](
+        scores, cand, n, scores.stride(0), chunks, BLOCK=block, KP=kp, num_warps=4
+    )
     out = torch.empty((rows, 1), dtype=torch.float32, device=scores.device)
     count = chunks * kp
-    _select_kernel[(rows,)](cand, out, k, count, CANDIDATES=triton.next_power_of_2(count),
-                            num_warps=4)
+    _select_kernel[(rows,)](
+        cand, out, k, count, CANDIDATES=triton.next_power_of_2(count), num_warps=4
+    )
     return out

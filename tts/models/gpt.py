@@ -399,8 +399,9 @@ class UnifiedVoice(nn.Module):
         base_vec = self.get_emovec(speech_conditioning_latent, cond_lengths)
         return base_vec + alpha * (emo_vec - base_vec)
 
-    def conditioning_prefix(self, speaker_latent: torch.Tensor, emo_vec: torch.Tensor,
-                            batch: int) -> torch.Tensor:
+    def conditioning_prefix(
+        self, speaker_latent: torch.Tensor, emo_vec: torch.Tensor, batch: int
+    ) -> torch.Tensor:
         """``[latents + emo_vec ; speed_emb[1] ; speed_emb[0]]`` -> ``[B, 32 + 2, model_dim]``."""
         speed = self.speed_emb.weight
         half = speed[1].expand(batch, 1, -1)
@@ -455,7 +456,7 @@ class UnifiedVoice(nn.Module):
         text_emb = self.text_embedding(text) + self.text_pos_embedding(text.size(1))
         mel_emb = self.mel_embedding(mel) + self.mel_pos_embedding(mel.size(1))
         hidden = self.gpt(torch.cat((conds, text_emb, mel_emb), dim=1))
-        latent = self.final_norm(hidden[:, -mel.size(1):])
+        latent = self.final_norm(hidden[:, -mel.size(1) :])
         return latent[:, :-2]
 
     def forward_packed(
@@ -531,13 +532,23 @@ class UnifiedVoice(nn.Module):
             rows.append(torch.cat(parts))
         return torch.stack(rows), valid
 
-    def new_cache(self, batch: int, capacity: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self,
+        batch: int,
+        capacity: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
         """An empty KV cache for ``batch`` rows and ``capacity`` positions."""
         ref = self.mel_head.weight
         return KVCache(
-            self.layers, batch, self.heads, capacity, self.model_dim // self.heads,
-            device or ref.device, dtype or ref.dtype,
+            self.layers,
+            batch,
+            self.heads,
+            capacity,
+            self.model_dim // self.heads,
+            device or ref.device,
+            dtype or ref.dtype,
         )
 
     def mel_input_embedding(
@@ -574,11 +585,9 @@ class UnifiedVoice(nn.Module):
         emb = torch.cat((prefix, mel_emb), dim=1)
         mask = None
         if valid is not None and not bool(valid.all()):
-            mask = prefix_attention_mask(
-                F.pad(valid, (0, mel.size(1)), value=True), emb.size(1)
-            )
+            mask = prefix_attention_mask(F.pad(valid, (0, mel.size(1)), value=True), emb.size(1))
         hidden = self.gpt(emb, attn_mask=mask)
-        return self.mel_head(self.final_norm(hidden[:, prefix.size(1):]))
+        return self.mel_head(self.final_norm(hidden[:, prefix.size(1) :]))
 
     @torch.no_grad()
     def inference_speech(
@@ -649,8 +658,13 @@ class UnifiedVoice(nn.Module):
         # the host neither waits for the GPU after each step nor captures graphs as it idles).
         every = {} if check_every is None else {"check_every": check_every}
         out = generate(
-            self, prefix, valid, cfg,
-            generator=generator, output_scores=output_scores, output_logits=output_logits,
+            self,
+            prefix,
+            valid,
+            cfg,
+            generator=generator,
+            output_scores=output_scores,
+            output_logits=output_logits,
             **every,
         )
         return out, speech_latent

@@ -26,8 +26,15 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _LEN_EXPR = re.compile(r"torch\.tensor\(\[\s*(\w+)\s*\]\)")
 # Generation kwargs of the reference call that map onto our GenerationConfig.
 _GEN_OPTIONS = (
-    "do_sample", "top_k", "top_p", "temperature", "repetition_penalty", "length_penalty",
-    "num_beams", "num_return_sequences", "early_stopping",
+    "do_sample",
+    "top_k",
+    "top_p",
+    "temperature",
+    "repetition_penalty",
+    "length_penalty",
+    "num_beams",
+    "num_return_sequences",
+    "early_stopping",
 )
 
 
@@ -174,7 +181,12 @@ def forward_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Compariso
         cond = c.get("latent")
         cond_lens = None
     latent = gpt(
-        cond, text, text_lens, codes, mel_lens, emo_feat,
+        cond,
+        text,
+        text_lens,
+        codes,
+        mel_lens,
+        emo_feat,
         cond_mel_lengths=cond_lens,
         emo_cond_mel_lengths=c.lengths("emo_lens", emo_feat),
         emo_vec=emo_vec,
@@ -221,14 +233,17 @@ def _call_kwargs(call: str) -> dict[str, str]:
 
 
 @register(
-    "gen_greedy_text0", "gen_beam3_text0", "gen_greedy_text1", "gen_beam3_text1",
+    "gen_greedy_text0",
+    "gen_beam3_text0",
+    "gen_greedy_text1",
+    "gen_beam3_text1",
     "gen_greedy_batch2",
 )
 def generation_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Comparison]:
     c = _Case(fs, case, opts)
     gpt = _gpt(fs, opts)
     call = case.get("call", "")
-    args = call[call.index("(") + 1:]
+    args = call[call.index("(") + 1 :]
     positional = _golden_keys(fs, args.split("=")[0])
     spk_key, text_key = positional[0], positional[1]
     spk = c.fs.tensor(spk_key).to(opts.device, opts.dtype)
@@ -291,8 +306,9 @@ def generation_case(fs: FixtureSet, case: dict, opts: RunOptions) -> list[Compar
     return result
 
 
-def _forward_latent(gpt, cond_latent: torch.Tensor, text: torch.Tensor, codes: torch.Tensor,
-                    resolved: dict) -> torch.Tensor:
+def _forward_latent(
+    gpt, cond_latent: torch.Tensor, text: torch.Tensor, codes: torch.Tensor, resolved: dict
+) -> torch.Tensor:
     """infer_v2's second pass: codes cut at the first stop code, full-length lengths."""
     stops = (codes[0] == gpt.stop_mel_token).nonzero()
     n = int(stops[0, 0]) if stops.numel() else codes.size(1)
@@ -300,9 +316,14 @@ def _forward_latent(gpt, cond_latent: torch.Tensor, text: torch.Tensor, codes: t
     emo_feat = resolved.get("emo_speech_condition")
     width = torch.tensor([emo_feat.shape[-1]], device=text.device) if emo_feat is not None else None
     return gpt(
-        cond_latent, text, torch.tensor([text.size(1)], device=text.device),
-        codes, torch.tensor([n], device=text.device), emo_feat,
-        cond_mel_lengths=width, emo_cond_mel_lengths=width,
+        cond_latent,
+        text,
+        torch.tensor([text.size(1)], device=text.device),
+        codes,
+        torch.tensor([n], device=text.device),
+        emo_feat,
+        cond_mel_lengths=width,
+        emo_cond_mel_lengths=width,
         emo_vec=resolved.get("emo_vec"),
         use_speed=torch.zeros(text.size(0), dtype=torch.long, device=text.device),
     )

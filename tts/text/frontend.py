@@ -55,13 +55,17 @@ class TextFrontend:
     """Normaliser + tokenizer + segmentation for the rows of a batch."""
 
     @classmethod
-    def for_checkpoints(cls, cs, max_text_tokens_per_segment: int = DEFAULT_MAX_TOKENS
-                        ) -> TextFrontend:
+    def for_checkpoints(
+        cls, cs, max_text_tokens_per_segment: int = DEFAULT_MAX_TOKENS
+    ) -> TextFrontend:
         """The front-end of checkpoint set ``cs``: its ``bpe.model`` and, when the set has
         one, its ``glossary.yaml`` (as the reference reads them)."""
         glossary = cs.root / "glossary.yaml"
-        return cls(cs.path("bpe"), glossary=glossary if glossary.is_file() else None,
-                   max_text_tokens_per_segment=max_text_tokens_per_segment)
+        return cls(
+            cs.path("bpe"),
+            glossary=glossary if glossary.is_file() else None,
+            max_text_tokens_per_segment=max_text_tokens_per_segment,
+        )
 
     def __init__(
         self,
