@@ -515,3 +515,75 @@ def test_a_precomputed_text_plan_replaces_the_front_end(engine, rows, monkeypatc
     for a, b in zip(expected, out, strict=True):
         assert b.ok, b.error
         _assert_same_row(a.value, b.value, f"planned row {a.id}")
+
+
+# -- the render stage -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def render_rows(engine, rows):
+    """The three rows plus a fourth that shares the first row's speaker (so that segments of
+    different rows fall into one solve batch), with their GPT tokens."""
+    reqs, spks, emos = rows
+    extra = SynthesisRequest(
+        id="same_speaker",
+        text="Seven six five four. Three two one.",
+        speaker=reqs[0].speaker,
+        seed=29,
+        sampling=SAMPLING,
+    )
+    reqs = [*_with(reqs), extra]
+    spks = [*spks, spks[0]]
+    emos = [*emos, engine.emotion_conditioning(extra, spks[0])]
+    toks = engine.semantic_tokens(reqs, spks, emos)
+    assert all(t.ok for t in toks), [t.error for t in toks]
+    return reqs, spks, [t.value for t in toks]
+
+
+def _batched_render(engine, monkeypatch, reqs, spks, toks, items: int = 16):
+    """Engine.render through the fast path's batched solve (on the CPU: the same code as on
+    CUDA, without its kernels), recording the size of every solve batch."""
+    from tts.fast import s2mel as fast_s2mel
+
+    sizes: list[int] = []
+    real = fast_s2mel.generate_padded
+
+    def spy(s2mel, mus, *args, **kwargs):
+        sizes.append(len(mus))
+        return real(s2mel, mus, *args, **kwargs)
+
+    monkeypatch.setattr(fast_s2mel, "generate_padded", spy)
+    monkeypatch.setattr(engine, "fast", True)
+    monkeypatch.setattr(engine, "render_batch_items", items)
+    return engine.render(reqs, spks, toks), sizes
+
+
+@pytest.mark.parametrize("items", [16, 2])
+def test_batched_render_equals_each_row_alone(engine, render_rows, monkeypatch, items):
+    """The fast render solves the segments of rows with the same prompt length together,
+    padded; every row's waveform equals the plain path's for the row alone (S2Mel.generate per
+    segment: the reference) within float32 rounding."""
+    reqs, spks, toks = render_rows
+    alone = [engine.render([r], [s], [t])[0] for r, s, t in zip(reqs, spks, toks, strict=True)]
+    batched, sizes = _batched_render(engine, monkeypatch, reqs, spks, toks, items)
+    assert max(sizes) == min(items, max(sizes)) and max(sizes) > 1, sizes
+    assert sum(sizes) == sum(_segments(t) for t in toks), sizes
+    for a, b in zip(alone, batched, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.value["wav"].shape == b.value["wav"].shape, a.id
+        torch.testing.assert_close(b.value["wav"], a.value["wav"], rtol=0, atol=1e-5, msg=a.id)
+        assert set(b.timings) == {"s2mel", "vocoder"}, b.timings
+
+
+def test_nan_tokens_fail_only_their_row_in_a_batched_render(engine, render_rows, monkeypatch):
+    reqs, spks, toks = render_rows
+    bad = {k: v.clone() for k, v in toks[3].items()}
+    bad["latent_0"][0, 0] = float("nan")
+    alone = engine.render([reqs[0]], [spks[0]], [toks[0]])[0]
+    batched, sizes = _batched_render(engine, monkeypatch, reqs, spks, [*toks[:3], bad])
+    assert max(sizes) > 1, sizes
+    assert [r.ok for r in batched] == [True, True, True, False], [r.error for r in batched]
+    assert "NaN or inf in the s2mel" in batched[3].error, batched[3].error
+    torch.testing.assert_close(
+        batched[0].value["wav"], alone.value["wav"], rtol=0, atol=1e-5, msg="row 0"
+    )

@@ -955,3 +955,66 @@ def test_config_schema_lists_every_decoder_variant():
     schema = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
     enum = yaml.safe_load(schema.read_text())["properties"]["gpt_decoder"]["enum"]
     assert set(enum) == set(decode.VARIANTS)
+
+
+def test_reflect_row_ends_equals_each_row_padded_alone():
+    """Each row of a padded batch ends with the reflection of its own last frames."""
+    from tts.models.dit import reflect_row_ends
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 9)
+    lengths = torch.tensor([9, 5, 3])
+    out = reflect_row_ends(x, lengths, 2)
+    assert out.shape == (3, 4, 11)
+    for b, n in enumerate(lengths.tolist()):
+        alone = torch.nn.functional.pad(x[b : b + 1, :, :n], (0, 2), mode="reflect")
+        assert torch.equal(out[b : b + 1, :, : n + 2], alone), b
+        assert torch.equal(out[b, :, n + 2 : 9], x[b, :, n + 2 : 9]), b
+
+
+@pytest.fixture(scope="module")
+def demo_s2mel(tmp_path_factory):
+    from tts.demo import write_demo_checkpoints
+    from tts.pipeline import Engine
+
+    root = write_demo_checkpoints(tmp_path_factory.mktemp("demo_s2mel"), seed=2)
+    return Engine.open(root, device="cpu").part("s2mel")
+
+
+def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel):
+    """tts.fast.s2mel.generate_padded (the render stage's batch of unequal segments) gives
+    each segment's S2Mel.generate result: padded keys masked, WaveNet reflecting at each
+    row's own end, the segment's own noise."""
+    from tts.fast.s2mel import condition, generate_padded
+
+    s2mel = demo_s2mel
+    torch.manual_seed(1)
+    width = s2mel.gpt_layer[0].in_features
+    channels = s2mel.cfm.estimator.cond_projection.in_features
+    t_ref = 11
+    ref_mel = torch.randn(1, 80, t_ref)
+    prompt = torch.randn(1, t_ref, channels)
+    segments, alone = [], []
+    for i, codes in enumerate((7, 13, 4)):
+        semantic = torch.randn(1, codes, 1024)
+        latent = torch.randn(1, codes, width)
+        style = torch.randn(1, 192)
+        mu = condition(s2mel, semantic, latent, prompt)
+        noise = torch.randn(1, 80, mu.size(1))
+        segments.append((mu, noise, style))
+        with torch.no_grad():
+            alone.append(
+                s2mel.generate(semantic, latent, prompt, ref_mel, style, n_timesteps=4, noise=noise)
+            )
+        assert alone[i].size(-1) == mu.size(1) - t_ref
+    mels = generate_padded(
+        s2mel,
+        [m for m, _, _ in segments],
+        [n for _, n, _ in segments],
+        ref_mel.expand(3, -1, -1),
+        torch.cat([s for _, _, s in segments]),
+        n_timesteps=4,
+    )
+    for i, (got, want) in enumerate(zip(mels, alone, strict=True)):
+        assert got.shape == want.shape, i
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"segment {i}")

@@ -557,6 +557,46 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items,
     _write_report()
 
 
+def test_batched_render_equals_each_segment_alone_cuda(demo_engines, monkeypatch):
+    """float32 on CUDA: the fast render's padded solve batches (render_batch_items 16; a
+    fourth row shares the first row's speaker, so segments of different rows batch together)
+    give each row the waveform of its segments solved one by one (render_batch_items 1), within
+    the CPU test's bound."""
+    from dataclasses import replace
+
+    from tts.fast import s2mel as fast_s2mel
+
+    fast, plain = demo_engines
+    reqs = _planned_rows(fast)
+    reqs.append(replace(reqs[2], id="r3", speaker=reqs[0].speaker, seed=21))
+    spks = [fast.speaker_conditioning(r.speaker) for r in reqs]
+    emos = [fast.emotion_conditioning(r, s) for r, s in zip(reqs, spks, strict=True)]
+    toks = [t.value for t in plain.semantic_tokens(reqs, spks, emos)]
+    sizes: list[int] = []
+    real = fast_s2mel.generate_padded
+
+    def spy(s2mel, mus, *args, **kwargs):
+        sizes.append(len(mus))
+        return real(s2mel, mus, *args, **kwargs)
+
+    monkeypatch.setattr(fast_s2mel, "generate_padded", spy)
+    monkeypatch.setattr(fast, "render_batch_items", 1)
+    alone = fast.render(reqs, spks, toks)
+    assert set(sizes) == {1}, sizes
+    sizes.clear()
+    monkeypatch.setattr(fast, "render_batch_items", 16)
+    batched = fast.render(reqs, spks, toks)
+    assert max(sizes) > 1, sizes
+    worst = 0.0
+    for a, b in zip(alone, batched, strict=True):
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.value["wav"].shape == b.value["wav"].shape, a.id
+        worst = max(worst, float((a.value["wav"] - b.value["wav"]).abs().max()))
+        torch.testing.assert_close(b.value["wav"], a.value["wav"], rtol=0, atol=1e-5, msg=a.id)
+    REPORT.append({"case": "render_batched_vs_alone_float32", "worst_abs": worst, "sizes": sizes})
+    _write_report()
+
+
 def test_filterbanks_equal_the_transformers_extractor_cuda(tmp_path):
     """The w2v-bert input filterbanks on CUDA (cuFFT in float64, the statistics by numpy on
     the CPU) against the transformers extractor on the CPU: the CPU test's waves and bound."""

@@ -5,8 +5,9 @@ The allocator never touches CUDA (it only locks files and sets CUDA_VISIBLE_DEVI
 waits (or fails with a timeout), and a SIGKILLed holder's slot is free again at once. A row's
 audio must not depend on which slot or which batch ran it: two jobs on two slots, one with the
 row alone and one with it in the middle of a batch, write the same bits (with one GPT item per
-call, ``gpt_batch_items`` 1: batched GPT calls agree with the row alone only to float rounding,
-see tests/test_batching.py and docs/multi_gpu.md). The last test does the same on one real GPU
+call, ``gpt_batch_items`` 1, and on CUDA one segment per s2mel solve, ``render_batch_items`` 1:
+batched calls agree with the row alone only to float rounding, see tests/test_batching.py and
+docs/multi_gpu.md). The last test does the same on one real GPU
 (skipped without CUDA).
 """
 
@@ -405,7 +406,8 @@ torch.set_num_threads(1)
 from tts.pipeline import Engine, SynthesisRequest, save_tensors
 
 engine = Engine.open(job["checkpoints"], device=job["device"],
-                     gpt_batch_items=job.get("gpt_batch_items", 16))
+                     gpt_batch_items=job.get("gpt_batch_items", 16),
+                     render_batch_items=job.get("render_batch_items", 16))
 info = {"cvd": os.environ.get("CUDA_VISIBLE_DEVICES"), "visible": torch.cuda.device_count()}
 reqs = [SynthesisRequest(id=r["id"], text=r["text"], speaker=Path(r["speaker"]),
                          seed=r.get("seed"), sampling=job["sampling"]) for r in job["rows"]]
@@ -460,7 +462,8 @@ def _run_jobs(
             "rows": rows,
             "sampling": sampling or FAST,
             "gpt_batch_items": 1,
-        }  # bit equality needs one GPT item per call (module doc)
+            "render_batch_items": 1,
+        }  # bit equality needs one GPT item per call and one segment per solve (module doc)
         procs[name] = subprocess.Popen(
             [sys.executable, "-c", ROW_JOB, str(tmp_path), json.dumps(job)],
             env=env,
@@ -585,7 +588,8 @@ def test_workflow_on_two_simulated_gpus(demo_checkpoints, tmp_path):
     wd = tmp_path / "run"
     (wd / "config").mkdir(parents=True)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    cfg.update(threads=1, batch_size=2, gpt_batch_items=1)  # bit equality: one item per call
+    # bit equality: one GPT item per call, one segment per s2mel solve
+    cfg.update(threads=1, batch_size=2, gpt_batch_items=1, render_batch_items=1)
     cfg["sampling"].update(max_mel_tokens=20, diffusion_steps=3, num_beams=1)
     cfg["scoring"].update(similarity="none")
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")

@@ -863,6 +863,7 @@ def open_engine(config: dict):
             dtype=str(config.get("dtype", "float32")),
             fast=bool(config.get("fast", True)),
             gpt_batch_items=int(config.get("gpt_batch_items", 16)),
+            render_batch_items=int(config.get("render_batch_items", 16)),
             gpt_decoder=str(config.get("gpt_decoder", DEFAULT_DECODER)),
             render_precision=str(config.get("render_precision", "float32")),
             cudnn_benchmark=bool(config.get("cudnn_benchmark", False)),

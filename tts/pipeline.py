@@ -199,7 +199,8 @@ class Engine:
     float32, as the reference does (s2mel and BigVGAN never run in half precision there).
 
     ``fast`` (used on CUDA only): GPT generation through :func:`tts.fast.decode.generate`, the
-    s2mel flow-matching solve through :func:`tts.fast.s2mel.generate_batch` (fused weight norm,
+    s2mel flow-matching solve through :func:`tts.fast.s2mel.generate_padded` (fused weight norm,
+    the segments of a call's rows solved together, up to ``render_batch_items`` per batch;
     eager loop: a CUDA graph per shape would rarely be replayed, segments differ in length) and
     BigVGAN's activation through the fused kernel. ``gpt_decoder`` names the fast decoder's
     variant (:data:`tts.fast.decode.VARIANTS`; default ``graphkp``: Triton projections up to 8
@@ -224,6 +225,7 @@ class Engine:
         gpt_batch_items: int = 16,
         gpt_decoder: str = DEFAULT_DECODER,
         render_precision: str = "float32",
+        render_batch_items: int = 16,
     ):
         self.cs = cs
         self.device = device
@@ -232,6 +234,9 @@ class Engine:
         if int(gpt_batch_items) < 1:
             raise ValueError(f"gpt_batch_items must be >= 1, got {gpt_batch_items}")
         self.gpt_batch_items = int(gpt_batch_items)
+        if int(render_batch_items) < 1:
+            raise ValueError(f"render_batch_items must be >= 1, got {render_batch_items}")
+        self.render_batch_items = int(render_batch_items)
         from tts.fast.decode import VARIANTS
 
         if gpt_decoder not in VARIANTS:
@@ -264,12 +269,14 @@ class Engine:
         gpt_decoder: str = DEFAULT_DECODER,
         render_precision: str = "float32",
         cudnn_benchmark: bool = False,
+        render_batch_items: int = 16,
     ) -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
 
         ``fast``: use the fast CUDA paths (ignored on the CPU, which runs the plain paths);
         ``gpt_batch_items``: most generation items per GPT call; ``gpt_decoder``: the fast
         decoder's variant; ``render_precision``: s2mel solve and vocoder precision;
+        ``render_batch_items``: most segments per s2mel solve (CUDA with ``fast``);
         ``cudnn_benchmark``: let cuDNN time its kernels per shape (see :func:`configure_cudnn`).
 
         Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
@@ -302,6 +309,7 @@ class Engine:
             gpt_batch_items=gpt_batch_items,
             gpt_decoder=gpt_decoder,
             render_precision=render_precision,
+            render_batch_items=render_batch_items,
         )
 
     @property
@@ -790,55 +798,164 @@ class Engine:
     ) -> list[RowResult]:
         """Codes + latents + speaker features -> waveform ``wav`` float32 [N] in [-1, 1].
 
-        One s2mel solve and one vocoder call per segment (s2mel is a few percent of the time
-        next to the GPT; segments differ in length, so they would not batch without padding).
+        Plain path: one s2mel solve and one vocoder call per segment. Fast path (CUDA): the
+        segments of all rows whose prompts have the same length and whose solver settings
+        agree are solved together, up to ``render_batch_items`` per batch, padded to the
+        longest (:meth:`_render_batched`); each row is still what it would be alone, up to
+        rounding. The vocoder runs per segment.
         """
+        if self.fast:
+            return self._render_batched(requests, speakers, tokens)
         results = []
         for req, spk, tok in zip(requests, speakers, tokens, strict=True):
             results.append(self._row(req.id, lambda r=req, s=spk, t=tok: self._render_one(r, s, t)))
         return results
 
-    def _render_one(self, req: SynthesisRequest, spk: dict, tok: dict) -> tuple[dict, dict]:
+    def _render_batched(
+        self,
+        requests: list[SynthesisRequest],
+        speakers: list[dict[str, torch.Tensor]],
+        tokens: list[dict[str, torch.Tensor]],
+    ) -> list[RowResult]:
+        """The fast render: each row's segments conditioned (and their noise drawn, in the
+        row's own order), then solved in batches, then vocoded and joined per row."""
+        dev = self.device
+        n = len(requests)
+        timings = [{"s2mel": 0.0, "vocoder": 0.0} for _ in range(n)]
+        prepared = [
+            self._row(req.id, lambda r=req, s=spk, t=tok, i=i: (self._segment_inputs(r, s, t), {}))
+            for i, (req, spk, tok) in enumerate(zip(requests, speakers, tokens, strict=True))
+        ]
+        errors = {i: p.error for i, p in enumerate(prepared) if not p.ok}
+        mels: dict[tuple[int, int], torch.Tensor] = {}
+        for chunk in self._render_chunks(prepared, errors):
+            start = _tick(dev)
+            for (i, j), mel in self._solve_chunk(chunk, requests, errors).items():
+                mels[(i, j)] = mel
+            share = _tock(dev, start) / len(chunk)
+            for seg in chunk:
+                timings[seg["row"]]["s2mel"] += share + seg["prep_s"]
+        results = []
+        for i, req in enumerate(requests):
+            if i in errors:
+                results.append(RowResult(req.id, error=errors[i]))
+                continue
+            count = len(prepared[i].value)
+            pieces = [mels[(i, j)] for j in range(count)]
+            results.append(
+                self._row(req.id, lambda r=req, p=pieces, t=timings[i]: self._vocode(r, p, t))
+            )
+        return results
+
+    def _segment_inputs(self, req: SynthesisRequest, spk: dict, tok: dict) -> list[dict]:
+        """Per segment of a row: the CFM condition, the starting noise (from the row's
+        generator, segment after segment, as the plain path draws it), the prompt and the
+        solver settings; a row-level error (bad tensors) surfaces here."""
+        from tts.fast.s2mel import condition
+
         dev = self.device
         opts = req.sampling_options()
         s2mel = self.part("s2mel")
         codec = self.part("semantic_codec")
-        vocoder = self._vocoder()
         gen = torch.Generator(device=dev).manual_seed(_seed(req) + 1)
+        prompt = spk["prompt_condition"].to(dev)
+        ref_mel = spk["ref_mel"].to(dev)
+        style = spk["style"].to(dev)
+        settings = (int(opts["diffusion_steps"]), float(opts["cfg_rate"]))
+        segments = []
+        for j in range(_segments(tok)):
+            start = _tick(dev)
+            codes = tok[f"codes_{j}"].to(dev).unsqueeze(0)
+            latent = tok[f"latent_{j}"].to(dev, torch.float32).unsqueeze(0)
+            mu = condition(s2mel, codec.vq2emb(codes), latent, prompt)
+            noise = torch.randn(
+                [1, s2mel.cfm.in_channels, mu.size(1)], device=gen.device, generator=gen
+            ).to(dev, mu.dtype)
+            segments.append(
+                {
+                    "seg": j,
+                    "mu": mu,
+                    "noise": noise,
+                    "ref_mel": ref_mel,
+                    "style": style,
+                    "key": (ref_mel.size(-1), *settings),
+                    "prep_s": _tock(dev, start),
+                }
+            )
+        return segments
+
+    def _render_chunks(self, prepared: list[RowResult], errors: dict[int, str]) -> list[list]:
+        """The solve batches: segments grouped by prompt length and solver settings, sorted
+        by length (little padding), at most ``render_batch_items`` each."""
+        groups: dict[tuple, list[dict]] = {}
+        for i, p in enumerate(prepared):
+            if i in errors:
+                continue
+            for seg in p.value:
+                groups.setdefault(seg["key"], []).append({**seg, "row": i})
+        chunks = []
+        for segs in groups.values():
+            segs.sort(key=lambda seg: seg["mu"].size(1))
+            for k in range(0, len(segs), self.render_batch_items):
+                chunks.append(segs[k : k + self.render_batch_items])
+        return chunks
+
+    def _solve_chunk(
+        self, chunk: list[dict], requests: list[SynthesisRequest], errors: dict[int, str]
+    ) -> dict[tuple[int, int], torch.Tensor]:
+        """One padded CFM batch; if it fails (other than out of memory), each segment alone,
+        so that the error lands on its own row."""
+        from tts.fast.s2mel import generate_padded
+
+        steps, cfg_rate = chunk[0]["key"][1:]
+
+        def solve(segs: list[dict]) -> list[torch.Tensor]:
+            return generate_padded(
+                self.part("s2mel"),
+                [seg["mu"] for seg in segs],
+                [seg["noise"] for seg in segs],
+                torch.cat([seg["ref_mel"] for seg in segs]),
+                torch.cat([seg["style"] for seg in segs]),
+                n_timesteps=steps,
+                cfg_rate=cfg_rate,
+                precision=self.render_precision,
+            )
+
+        out = {}
+        results = None
+        if len(chunk) > 1:
+            try:
+                results = list(zip(chunk, solve(chunk), strict=True))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - retried alone below, each error on its row
+                results = None
+        if results is None:
+            results = []
+            for seg in chunk:
+                outcome = self._row(requests[seg["row"]].id, lambda s=seg: (solve([s])[0], {}))
+                if outcome.ok:
+                    results.append((seg, outcome.value))
+                else:
+                    errors.setdefault(seg["row"], outcome.error)
+        for seg, mel in results:
+            if not bool(torch.isfinite(mel).all()):
+                errors.setdefault(
+                    seg["row"],
+                    "FloatingPointError: NaN or inf in the s2mel (mel spectrogram) output; "
+                    "nothing was written for this row",
+                )
+            out[(seg["row"], seg["seg"])] = mel
+        return out
+
+    def _vocode(self, req: SynthesisRequest, mels: list[torch.Tensor], timings: dict):
+        """BigVGAN per segment, the segments joined with the row's silence."""
+        dev = self.device
+        vocoder = self._vocoder()
+        opts = req.sampling_options()
         silence = torch.zeros(int(SAMPLE_RATE * float(opts["interval_silence_ms"]) / 1000))
         pieces: list[torch.Tensor] = []
-        timings = {"s2mel": 0.0, "vocoder": 0.0}
-        for i in range(_segments(tok)):
-            codes = tok[f"codes_{i}"].to(dev).unsqueeze(0)
-            latent = tok[f"latent_{i}"].to(dev, torch.float32).unsqueeze(0)
-            start = _tick(dev)
-            semantic = codec.vq2emb(codes)
-            args = (
-                semantic,
-                latent,
-                spk["prompt_condition"].to(dev),
-                spk["ref_mel"].to(dev),
-                spk["style"].to(dev),
-            )
-            steps, cfg_rate = int(opts["diffusion_steps"]), float(opts["cfg_rate"])
-            if self.fast:
-                from tts.fast.s2mel import generate_batch
-
-                # S2Mel.generate for one row, through the fused estimator; no CUDA graph: it
-                # would be captured for this segment's shape and hardly ever replayed.
-                mel = generate_batch(
-                    s2mel,
-                    *args,
-                    n_timesteps=steps,
-                    cfg_rate=cfg_rate,
-                    generator=gen,
-                    graphs=False,
-                    precision=self.render_precision,
-                )
-            else:
-                mel = s2mel.generate(*args, n_timesteps=steps, cfg_rate=cfg_rate, generator=gen)
-            _check_finite("s2mel (mel spectrogram)", mel)
-            timings["s2mel"] += _tock(dev, start)
+        for mel in mels:
             start = _tick(dev)
             with self._render_context():
                 wav = vocoder(mel.float()).reshape(-1).float()
@@ -849,6 +966,35 @@ class Engine:
             pieces.append(wav.cpu())
         wav = torch.cat(pieces) if pieces else torch.zeros(0)
         return {"wav": wav.float().clamp(-1.0, 1.0)}, timings
+
+    def _render_one(self, req: SynthesisRequest, spk: dict, tok: dict) -> tuple[dict, dict]:
+        """The plain render of one row: :meth:`S2Mel.generate` per segment, then the vocoder."""
+        dev = self.device
+        opts = req.sampling_options()
+        s2mel = self.part("s2mel")
+        codec = self.part("semantic_codec")
+        gen = torch.Generator(device=dev).manual_seed(_seed(req) + 1)
+        steps, cfg_rate = int(opts["diffusion_steps"]), float(opts["cfg_rate"])
+        timings = {"s2mel": 0.0, "vocoder": 0.0}
+        mels = []
+        for i in range(_segments(tok)):
+            start = _tick(dev)
+            codes = tok[f"codes_{i}"].to(dev).unsqueeze(0)
+            latent = tok[f"latent_{i}"].to(dev, torch.float32).unsqueeze(0)
+            mel = s2mel.generate(
+                codec.vq2emb(codes),
+                latent,
+                spk["prompt_condition"].to(dev),
+                spk["ref_mel"].to(dev),
+                spk["style"].to(dev),
+                n_timesteps=steps,
+                cfg_rate=cfg_rate,
+                generator=gen,
+            )
+            _check_finite("s2mel (mel spectrogram)", mel)
+            timings["s2mel"] += _tock(dev, start)
+            mels.append(mel)
+        return self._vocode(req, mels, timings)
 
     def _render_context(self):
         """Autocast / TF32 for the vocoder at ``render_precision`` (nothing at float32)."""

@@ -331,3 +331,70 @@ def generate_batch(
         compile=compile,
     )
     return mel[:, :, ref_mel.size(-1) :]
+
+
+@torch.no_grad()
+def condition(
+    s2mel: nn.Module,
+    semantic: torch.Tensor,
+    gpt_latent: torch.Tensor,
+    prompt_condition: torch.Tensor,
+) -> torch.Tensor:
+    """One segment's CFM condition ``mu [1, T_ref + T_gen, C]``: the prompt's condition followed
+    by the length-regulated generated codes (the first half of :meth:`S2Mel.generate`)."""
+    from tts.models.s2mel import target_lengths
+
+    s_infer = semantic + s2mel.gpt_layer(gpt_latent)
+    code_lens = torch.tensor([s_infer.size(1)], device=s_infer.device)
+    cond = s2mel.regulate(s_infer, target_lengths(code_lens))
+    return torch.cat([prompt_condition, cond], dim=1)
+
+
+@torch.no_grad()
+def generate_padded(
+    s2mel: nn.Module,
+    mus: list[torch.Tensor],
+    noises: list[torch.Tensor],
+    ref_mel: torch.Tensor,
+    style: torch.Tensor,
+    n_timesteps: int = 25,
+    cfg_rate: float = 0.7,
+    precision: str = "float32",
+    compile: bool = False,
+) -> list[torch.Tensor]:
+    """The mels ``[1, 80, T_gen]`` of segments of unequal length, in one CFM batch.
+
+    ``mus[i] [1, T_i, C]`` (:func:`condition`) and ``noises[i] [1, 80, T_i]`` (the scaled
+    starting noise the segment alone would draw); ``ref_mel [B, 80, T_ref]`` and
+    ``style [B, 192]``, one row per segment: every segment has a prompt of ``T_ref`` frames.
+    The rows are padded at the end to the longest; the DiT masks the padded keys and its
+    WaveNet reflects at each row's own end, so each row is the segment solved alone up to
+    rounding (tests/test_fast.py). No CUDA graph: the shapes hardly ever repeat.
+    """
+    b = len(mus)
+    if not b == len(noises) == ref_mel.size(0) == style.size(0):
+        raise ValueError("generate_padded: one mu, noise, ref_mel and style row per segment")
+    lengths = [int(m.size(1)) for m in mus]
+    frames = max(lengths)
+    mu = mus[0].new_zeros(b, frames, mus[0].size(2))
+    z = noises[0].new_zeros(b, noises[0].size(1), frames)
+    for i, (m, n) in enumerate(zip(mus, noises, strict=True)):
+        mu[i, : lengths[i]] = m[0]
+        z[i, :, : lengths[i]] = n[0]
+    x_lens = torch.tensor(lengths, device=mu.device)
+    t_span = torch.linspace(0, 1, n_timesteps + 1, device=mu.device)
+    mel = solve(
+        s2mel.cfm,
+        z,
+        x_lens,
+        ref_mel,
+        mu,
+        style,
+        t_span,
+        cfg_rate,
+        precision=precision,
+        graphs=False,
+        compile=compile,
+    )
+    t_ref = ref_mel.size(-1)
+    return [mel[i : i + 1, :, t_ref : lengths[i]] for i in range(b)]

@@ -119,8 +119,28 @@ class SConv1d(nn.Module):
         self.pad_right = total // 2
         self.pad_left = total - self.pad_right
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(reflect_pad1d(x, self.pad_left, self.pad_right))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, C, T]``. ``lengths [B]``: row ``b`` is valid in ``[0, lengths[b])`` and
+        padded after; each row then ends with the reflection of its own last frames, so its
+        valid outputs are those of the row alone (used by batches of unequal segments)."""
+        if lengths is None or self.pad_right == 0:
+            return self.conv(reflect_pad1d(x, self.pad_left, self.pad_right))
+        return self.conv(
+            reflect_pad1d(reflect_row_ends(x, lengths, self.pad_right), self.pad_left, 0)
+        )
+
+
+def reflect_row_ends(x: torch.Tensor, lengths: torch.Tensor, right: int) -> torch.Tensor:
+    """``x [B, C, T]`` -> ``[B, C, T + right]``: position ``lengths[b] + j`` (``j < right``) of
+    row ``b`` holds frame ``lengths[b] - 2 - j`` (reflect padding at the row's own end); every
+    other position keeps ``x`` (zeros past ``T``). Rows must be longer than ``right``."""
+    b, c, t = x.shape
+    x = F.pad(x, (0, right))
+    pos = torch.arange(t + right, device=x.device).view(1, -1)
+    lens = lengths.to(x.device).view(-1, 1)
+    off = pos - lens
+    src = torch.where((off >= 0) & (off < right), lens - 2 - off, pos)
+    return x.gather(2, src.unsqueeze(1).expand(b, c, -1))
 
 
 class WaveNet(nn.Module):
@@ -155,15 +175,20 @@ class WaveNet(nn.Module):
             self.res_skip_layers.append(SConv1d(hidden_channels, res_skip, 1))
 
     def forward(
-        self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        x_mask: torch.Tensor,
+        g: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x [B, H, T]``, ``x_mask`` broadcastable to it, ``g [B, gin, 1]`` -> ``[B, H, T]``."""
+        """``x [B, H, T]``, ``x_mask`` broadcastable to it, ``g [B, gin, 1]`` -> ``[B, H, T]``.
+        ``lengths [B]``: the valid frames of padded rows (see :meth:`SConv1d.forward`)."""
         h = self.hidden_channels
         output = torch.zeros_like(x)
         if g is not None and self.cond_layer is not None:
             g = self.cond_layer(g)
         for i in range(self.n_layers):
-            x_in = self.in_layers[i](x)
+            x_in = self.in_layers[i](x, lengths)
             if g is not None:
                 g_l = g[:, i * 2 * h : (i + 1) * 2 * h, :]
             else:
@@ -540,7 +565,11 @@ class DiT(nn.Module):
             return self.final_mlp(x_res).transpose(1, 2)
         h = self.conv1(x_res).transpose(1, 2)
         t2 = self.t_embedder2(t)
-        wn = self.wavenet(h, x_mask, g=t2.unsqueeze(2))
+        # Rows of unequal length (a padded batch): each row's convolutions reflect at its own
+        # end, as the row alone would. Not for one row, nor when the fast path knows that no
+        # row is padded (its mask switch, tts.fast.s2mel).
+        padded = x_lens.numel() > 1 and not getattr(self.transformer, "drop", False)
+        wn = self.wavenet(h, x_mask, g=t2.unsqueeze(2), lengths=x_lens if padded else None)
         h = wn.transpose(1, 2) + self.res_projection(x_res)
         h = self.final_layer(h, t1)
         out = self.conv2(h.transpose(1, 2))
