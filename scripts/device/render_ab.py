@@ -54,6 +54,16 @@ def rows(eng: Engine, count: int, low: int, high: int, seed: int) -> list[dict]:
     return out
 
 
+def difference(a: list, b: list) -> dict:
+    """Largest absolute and relative L2 difference between two renders' waveforms."""
+    wa = torch.cat([r.value["wav"] for r in a])
+    wb = torch.cat([r.value["wav"] for r in b])
+    return {
+        "max_abs": float((wa - wb).abs().max()),
+        "rel_l2": float((wa - wb).norm() / wb.norm().clamp_min(1e-12)),
+    }
+
+
 def timed(fn, warmup: int, repeats: int) -> tuple[float, list[float], object]:
     for _ in range(warmup):
         fn()
@@ -69,8 +79,9 @@ def timed(fn, warmup: int, repeats: int) -> tuple[float, list[float], object]:
     return statistics.median(times), times, out
 
 
-def measure(args, precision: str, prompt: Path, low: int, high: int) -> dict:
-    """One precision: the one-by-one render against each ``--items`` batch size."""
+def measure(args, precision: str, prompt: Path, low: int, high: int, waves: dict) -> dict:
+    """One precision: the one-by-one render against each ``--items`` batch size (each
+    render's results kept in ``waves`` under ``(precision, items)``)."""
     eng = Engine.open(args.checkpoints, device=args.device, render_precision=precision)
     spk = eng.speaker_conditioning(prompt)
     toks = rows(eng, args.rows, low, high, 1234)
@@ -90,6 +101,7 @@ def measure(args, precision: str, prompt: Path, low: int, high: int) -> dict:
         return out
 
     med1, times1, alone = timed(lambda: render(1), args.warmup, args.repeats)
+    waves[(precision, 1)] = alone
     print(
         f"{precision}: {args.rows} rows, one segment per solve: {med1:.3f} s "
         f"({med1 / args.rows * 1e3:.1f} ms per row; {audio_s / med1:.1f}x real time)"
@@ -97,16 +109,15 @@ def measure(args, precision: str, prompt: Path, low: int, high: int) -> dict:
     run = {"precision": precision, "audio_s": audio_s, "alone_s": med1, "alone_runs": times1}
     for items in (int(x) for x in args.items.split(",")):
         med, times, batched = timed(lambda i=items: render(i), args.warmup, args.repeats)
-        diff = max(
-            float((a.value["wav"] - b.value["wav"]).abs().max())
-            for a, b in zip(alone, batched, strict=True)
-        )
+        waves[(precision, items)] = batched
+        diff = difference(batched, alone)
         print(
             f"{precision}: render_batch_items {items}: {med:.3f} s "
             f"({med / args.rows * 1e3:.1f} ms per row; {audio_s / med:.1f}x real time; "
-            f"{med1 / med:.2f}x faster); largest waveform difference {diff:.3g}"
+            f"{med1 / med:.2f}x faster); waveforms against one by one: largest difference "
+            f"{diff['max_abs']:.3g}, relative L2 {diff['rel_l2']:.3g}"
         )
-        run[f"items{items}"] = {"s": med, "runs": times, "speedup": med1 / med, "max_abs": diff}
+        run[f"items{items}"] = {"s": med, "runs": times, "speedup": med1 / med, **diff}
     return run
 
 
@@ -129,10 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     prompt = tmp / "prompt.wav"
     write_wav(prompt, torch.from_numpy(wave), SPEAKER_SAMPLE_RATE)
     result: dict = {"rows": args.rows, "codes": [low, high], "runs": []}
+    waves: dict = {}
     for precision in args.precision.split(","):
-        result["runs"].append(measure(args, precision, prompt, low, high))
+        result["runs"].append(measure(args, precision, prompt, low, high, waves))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    # Each render against the float32 one-by-one render (the reference computation): how far
+    # a precision moves the waveform, next to how far batching moves it.
+    if ("float32", 1) in waves:
+        result["against_float32_alone"] = {}
+        for (precision, items), got in waves.items():
+            diff = difference(got, waves[("float32", 1)])
+            result["against_float32_alone"][f"{precision} items {items}"] = diff
+            print(
+                f"{precision}, render_batch_items {items}, against float32 one by one: largest "
+                f"difference {diff['max_abs']:.3g}, relative L2 {diff['rel_l2']:.3g}"
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
