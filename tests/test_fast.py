@@ -981,38 +981,39 @@ def demo_s2mel(tmp_path_factory):
     return Engine.open(root, device="cpu").part("s2mel")
 
 
-def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel):
+@pytest.mark.parametrize("prompts", ["shared", "different"])
+def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts):
     """tts.fast.s2mel.generate_padded (the render stage's batch of unequal segments) gives
     each segment's S2Mel.generate result: padded keys masked, WaveNet reflecting at each
-    row's own end, the segment's own noise."""
+    row's own end, the segment's own noise, and its own prompt (of its own length)."""
     from tts.fast.s2mel import condition, generate_padded
 
     s2mel = demo_s2mel
     torch.manual_seed(1)
     width = s2mel.gpt_layer[0].in_features
     channels = s2mel.cfm.estimator.cond_projection.in_features
-    t_ref = 11
-    ref_mel = torch.randn(1, 80, t_ref)
-    prompt = torch.randn(1, t_ref, channels)
+    refs = (11, 11, 11) if prompts == "shared" else (11, 17, 6)
     segments, alone = [], []
     for i, codes in enumerate((7, 13, 4)):
+        ref_mel = torch.randn(1, 80, refs[i])
+        prompt = torch.randn(1, refs[i], channels)
         semantic = torch.randn(1, codes, 1024)
         latent = torch.randn(1, codes, width)
         style = torch.randn(1, 192)
         mu = condition(s2mel, semantic, latent, prompt)
         noise = torch.randn(1, 80, mu.size(1))
-        segments.append((mu, noise, style))
+        segments.append((mu, noise, ref_mel, style))
         with torch.no_grad():
             alone.append(
                 s2mel.generate(semantic, latent, prompt, ref_mel, style, n_timesteps=4, noise=noise)
             )
-        assert alone[i].size(-1) == mu.size(1) - t_ref
+        assert alone[i].size(-1) == mu.size(1) - refs[i]
     mels = generate_padded(
         s2mel,
-        [m for m, _, _ in segments],
-        [n for _, n, _ in segments],
-        ref_mel.expand(3, -1, -1),
-        torch.cat([s for _, _, s in segments]),
+        [m for m, _, _, _ in segments],
+        [n for _, n, _, _ in segments],
+        [r for _, _, r, _ in segments],
+        torch.cat([s for _, _, _, s in segments]),
         n_timesteps=4,
     )
     for i, (got, want) in enumerate(zip(mels, alone, strict=True)):

@@ -799,10 +799,10 @@ class Engine:
         """Codes + latents + speaker features -> waveform ``wav`` float32 [N] in [-1, 1].
 
         Plain path: one s2mel solve and one vocoder call per segment. Fast path (CUDA): the
-        segments of all rows whose prompts have the same length and whose solver settings
-        agree are solved together, up to ``render_batch_items`` per batch, padded to the
-        longest (:meth:`_render_batched`); each row is still what it would be alone, up to
-        rounding. The vocoder runs per segment.
+        segments of all rows whose solver settings agree are solved together, up to
+        ``render_batch_items`` per batch, padded to the longest (:meth:`_render_batched`);
+        each row is still what it would be alone, up to rounding. The vocoder runs per
+        segment.
         """
         if self.fast:
             return self._render_batched(requests, speakers, tokens)
@@ -878,15 +878,15 @@ class Engine:
                     "noise": noise,
                     "ref_mel": ref_mel,
                     "style": style,
-                    "key": (ref_mel.size(-1), *settings),
+                    "key": settings,
                     "prep_s": _tock(dev, start),
                 }
             )
         return segments
 
     def _render_chunks(self, prepared: list[RowResult], errors: dict[int, str]) -> list[list]:
-        """The solve batches: segments grouped by prompt length and solver settings, sorted
-        by length (little padding), at most ``render_batch_items`` each."""
+        """The solve batches: segments grouped by solver settings, sorted by length (little
+        padding), at most ``render_batch_items`` each."""
         groups: dict[tuple, list[dict]] = {}
         for i, p in enumerate(prepared):
             if i in errors:
@@ -907,14 +907,14 @@ class Engine:
         so that the error lands on its own row."""
         from tts.fast.s2mel import generate_padded
 
-        steps, cfg_rate = chunk[0]["key"][1:]
+        steps, cfg_rate = chunk[0]["key"]
 
         def solve(segs: list[dict]) -> list[torch.Tensor]:
             return generate_padded(
                 self.part("s2mel"),
                 [seg["mu"] for seg in segs],
                 [seg["noise"] for seg in segs],
-                torch.cat([seg["ref_mel"] for seg in segs]),
+                [seg["ref_mel"] for seg in segs],
                 torch.cat([seg["style"] for seg in segs]),
                 n_timesteps=steps,
                 cfg_rate=cfg_rate,

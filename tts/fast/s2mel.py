@@ -153,11 +153,13 @@ def solve(
     precision: str = "float32",
     graphs: bool | None = None,
     compile: bool = False,
+    prompt_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:meth:`CFM.solve` through the fused estimator (same arguments, same result).
 
     ``compile``: run the estimator through ``torch.compile`` (falls back to the uncompiled
-    one, recorded in :data:`tts.fast.FALLBACKS`, if compiling fails).
+    one, recorded in :data:`tts.fast.FALLBACKS`, if compiling fails). ``prompt_lens``: as
+    :meth:`CFM.solve` (rows with prompts of different lengths; no CUDA graph then).
     """
     entry = fused(cfm.estimator)
     est = entry.estimator
@@ -171,9 +173,11 @@ def solve(
     if graphs is None:
         graphs = z.device.type == "cuda"
     try:
-        if trace is not None or not graphs:
+        if trace is not None or not graphs or prompt_lens is not None:
             with precision_context(precision, z.device):
-                return PLAIN_SOLVE(proxy, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace)
+                return PLAIN_SOLVE(
+                    proxy, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace, prompt_lens
+                )
         return _graph_solve(
             entry, proxy, (z, x_lens, prompt, mu, style, t_span), cfg_rate, precision, use_compiled
         )
@@ -197,6 +201,7 @@ def solve(
             precision=precision,
             graphs=graphs,
             compile=False,
+            prompt_lens=prompt_lens,
         )
 
 
@@ -260,7 +265,9 @@ def _graph_solve(
 def patched_solve(graphs: bool | None = None, precision: str = "float32", compile: bool = False):
     """A replacement for ``CFM.solve`` that routes through :func:`solve`."""
 
-    def fast_solve(self, z, x_lens, prompt, mu, style, t_span, cfg_rate=0.7, trace=None):
+    def fast_solve(
+        self, z, x_lens, prompt, mu, style, t_span, cfg_rate=0.7, trace=None, prompt_lens=None
+    ):
         return solve(
             self,
             z,
@@ -274,6 +281,7 @@ def patched_solve(graphs: bool | None = None, precision: str = "float32", compil
             precision=precision,
             graphs=graphs,
             compile=compile,
+            prompt_lens=prompt_lens,
         )
 
     return fast_solve
@@ -355,7 +363,7 @@ def generate_padded(
     s2mel: nn.Module,
     mus: list[torch.Tensor],
     noises: list[torch.Tensor],
-    ref_mel: torch.Tensor,
+    ref_mels: list[torch.Tensor],
     style: torch.Tensor,
     n_timesteps: int = 25,
     cfg_rate: float = 0.7,
@@ -364,16 +372,23 @@ def generate_padded(
 ) -> list[torch.Tensor]:
     """The mels ``[1, 80, T_gen]`` of segments of unequal length, in one CFM batch.
 
-    ``mus[i] [1, T_i, C]`` (:func:`condition`) and ``noises[i] [1, 80, T_i]`` (the scaled
-    starting noise the segment alone would draw); ``ref_mel [B, 80, T_ref]`` and
-    ``style [B, 192]``, one row per segment: every segment has a prompt of ``T_ref`` frames.
-    The rows are padded at the end to the longest; the DiT masks the padded keys and its
-    WaveNet reflects at each row's own end, so each row is the segment solved alone up to
-    rounding (tests/test_fast.py). No CUDA graph: the shapes hardly ever repeat.
+    ``mus[i] [1, T_i, C]`` (:func:`condition`: the segment's prompt condition, then its
+    generated part), ``noises[i] [1, 80, T_i]`` (the scaled starting noise the segment alone
+    would draw), ``ref_mels[i] [1, 80, T_ref_i]`` (its prompt mel) and ``style [B, 192]``. The
+    rows are padded at the end to the longest; the DiT masks the padded keys and its WaveNet
+    reflects at each row's own end, and a row's prompt frames are its own
+    (``CFM.solve``'s ``prompt_lens`` when the prompts differ in length), so each row is the
+    segment solved alone up to rounding (tests/test_fast.py). No CUDA graph: the shapes hardly
+    ever repeat.
     """
     b = len(mus)
-    if not b == len(noises) == ref_mel.size(0) == style.size(0):
+    if not b == len(noises) == len(ref_mels) == style.size(0):
         raise ValueError("generate_padded: one mu, noise, ref_mel and style row per segment")
+    refs = [int(r.size(-1)) for r in ref_mels]
+    ref_mel = ref_mels[0].new_zeros(b, ref_mels[0].size(1), max(refs))
+    for i, r in enumerate(ref_mels):
+        ref_mel[i, :, : refs[i]] = r[0]
+    same_prompt = len(set(refs)) == 1
     lengths = [int(m.size(1)) for m in mus]
     frames = max(lengths)
     mu = mus[0].new_zeros(b, frames, mus[0].size(2))
@@ -395,6 +410,6 @@ def generate_padded(
         precision=precision,
         graphs=False,
         compile=compile,
+        prompt_lens=None if same_prompt else torch.tensor(refs, device=mu.device),
     )
-    t_ref = ref_mel.size(-1)
-    return [mel[i : i + 1, :, t_ref : lengths[i]] for i in range(b)]
+    return [mel[i : i + 1, :, refs[i] : lengths[i]] for i in range(b)]

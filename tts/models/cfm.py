@@ -48,6 +48,7 @@ class CFM(nn.Module):
         t_span: torch.Tensor,
         cfg_rate: float = 0.7,
         trace: dict[str, list[torch.Tensor]] | None = None,
+        prompt_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fixed-step Euler solve from noise ``z [B, 80, T]`` (not modified) to the mel.
 
@@ -61,6 +62,9 @@ class CFM(nn.Module):
             trace: if given, receives per-step lists ``step_t`` (time fed to the estimator),
                 ``step_x`` (state fed, prompt frames zeroed) and ``step_estimator_out`` (raw
                 estimator output: batch 2B with CFG).
+            prompt_lens: ``[B]`` prompt frames of each row, for a batch of rows with prompts
+                of different lengths (``prompt`` padded to the longest); each row is then
+                solved as it would be alone. None: every row's prompt has ``T_ref`` frames.
 
         Returns the final state ``[B, 80, T]``; the prompt frames stay zero.
         """
@@ -69,7 +73,16 @@ class CFM(nn.Module):
         prompt_len = prompt.size(-1)
         prompt_x = torch.zeros_like(x)
         prompt_x[..., :prompt_len] = prompt[..., :prompt_len]
-        x[..., :prompt_len] = 0
+        in_prompt = None
+        if prompt_lens is not None:
+            if self.zero_prompt_speech_token:
+                raise NotImplementedError("per-row prompt lengths with zero_prompt_speech_token")
+            frames = torch.arange(x.size(-1), device=x.device)
+            in_prompt = (frames[None, :] < prompt_lens.to(x.device)[:, None]).unsqueeze(1)
+            prompt_x = prompt_x.masked_fill(~in_prompt, 0)
+            x = x.masked_fill(in_prompt, 0)
+        else:
+            x[..., :prompt_len] = 0
         if self.zero_prompt_speech_token:
             # Reference quirk: this indexes the last (channel) axis of mu, not its frames.
             mu = mu.clone()
@@ -104,7 +117,10 @@ class CFM(nn.Module):
                 trace.setdefault("step_estimator_out", []).append(out)
             x = x + dt * v
             t = t + dt
-            x[:, :, :prompt_len] = 0
+            if in_prompt is None:
+                x[:, :, :prompt_len] = 0
+            else:
+                x = x.masked_fill(in_prompt, 0)
         return x
 
     def inference(
