@@ -822,16 +822,16 @@ class Engine:
         dev = self.device
         n = len(requests)
         timings = [{"s2mel": 0.0, "vocoder": 0.0} for _ in range(n)]
+        # RowResult.value here: the row's list of segment inputs (see _segment_inputs).
         prepared = [
-            self._row(req.id, lambda r=req, s=spk, t=tok, i=i: (self._segment_inputs(r, s, t), {}))
-            for i, (req, spk, tok) in enumerate(zip(requests, speakers, tokens, strict=True))
+            self._row(req.id, lambda r=req, s=spk, t=tok: (self._segment_inputs(r, s, t), {}))
+            for req, spk, tok in zip(requests, speakers, tokens, strict=True)
         ]
         errors = {i: p.error for i, p in enumerate(prepared) if not p.ok}
-        mels: dict[tuple[int, int], torch.Tensor] = {}
+        mels: dict[tuple[int, int], torch.Tensor] = {}  # (row, segment) -> mel
         for chunk in self._render_chunks(prepared, errors):
             start = _tick(dev)
-            for (i, j), mel in self._solve_chunk(chunk, requests, errors).items():
-                mels[(i, j)] = mel
+            mels.update(self._solve_chunk(chunk, requests, errors))
             share = _tock(dev, start) / len(chunk)
             for seg in chunk:
                 timings[seg["row"]]["s2mel"] += share + seg["prep_s"]
