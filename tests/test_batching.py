@@ -544,9 +544,9 @@ def render_rows(engine, rows):
     return reqs, spks, [t.value for t in toks]
 
 
-def _batched_render(engine, monkeypatch, reqs, spks, toks, items: int = 16):
-    """Engine.render through the fast path's batched solve (on the CPU: the same code as on
-    CUDA, without its kernels), recording the size of every solve batch."""
+def record_solve_sizes(monkeypatch) -> list[int]:
+    """From now on, the number of segments of every s2mel solve of the fast render (a spy on
+    tts.fast.s2mel.generate_padded); also used by tests/test_gpu.py."""
     from tts.fast import s2mel as fast_s2mel
 
     sizes: list[int] = []
@@ -557,6 +557,13 @@ def _batched_render(engine, monkeypatch, reqs, spks, toks, items: int = 16):
         return real(s2mel, mus, *args, **kwargs)
 
     monkeypatch.setattr(fast_s2mel, "generate_padded", spy)
+    return sizes
+
+
+def _batched_render(engine, monkeypatch, reqs, spks, toks, items: int = 16):
+    """Engine.render through the fast path's batched solve (on the CPU: the same code as on
+    CUDA, without its kernels), recording the size of every solve batch."""
+    sizes = record_solve_sizes(monkeypatch)
     monkeypatch.setattr(engine, "fast", True)
     monkeypatch.setattr(engine, "render_batch_items", items)
     return engine.render(reqs, spks, toks), sizes

@@ -564,7 +564,7 @@ def test_batched_render_equals_each_segment_alone_cuda(demo_engines, monkeypatch
     the CPU test's bound."""
     from dataclasses import replace
 
-    from tts.fast import s2mel as fast_s2mel
+    from test_batching import record_solve_sizes
 
     fast, plain = demo_engines
     reqs = _planned_rows(fast)
@@ -572,14 +572,7 @@ def test_batched_render_equals_each_segment_alone_cuda(demo_engines, monkeypatch
     spks = [fast.speaker_conditioning(r.speaker) for r in reqs]
     emos = [fast.emotion_conditioning(r, s) for r, s in zip(reqs, spks, strict=True)]
     toks = [t.value for t in plain.semantic_tokens(reqs, spks, emos)]
-    sizes: list[int] = []
-    real = fast_s2mel.generate_padded
-
-    def spy(s2mel, mus, *args, **kwargs):
-        sizes.append(len(mus))
-        return real(s2mel, mus, *args, **kwargs)
-
-    monkeypatch.setattr(fast_s2mel, "generate_padded", spy)
+    sizes = record_solve_sizes(monkeypatch)
     monkeypatch.setattr(fast, "render_batch_items", 1)
     alone = fast.render(reqs, spks, toks)
     assert set(sizes) == {1}, sizes
