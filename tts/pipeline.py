@@ -381,6 +381,7 @@ class Engine:
             "fast": self.fast,
             "gpt_decoder": self.gpt_decoder if self.fast else "tts.generation (plain)",
             "gpt_batch_items": self.gpt_batch_items,
+            "render_batch_items": self.render_batch_items if self.fast else 1,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "cudnn_enabled": torch.backends.cudnn.enabled,
