@@ -986,7 +986,7 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
     """tts.fast.s2mel.generate_padded (the render stage's batch of unequal segments) gives
     each segment's S2Mel.generate result: padded keys masked, WaveNet reflecting at each
     row's own end, the segment's own noise, and its own prompt (of its own length)."""
-    from tts.fast.s2mel import condition, generate_padded
+    from tts.fast.s2mel import generate_padded
 
     s2mel = demo_s2mel
     torch.manual_seed(1)
@@ -1000,7 +1000,7 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
         semantic = torch.randn(1, codes, 1024)
         latent = torch.randn(1, codes, width)
         style = torch.randn(1, 192)
-        mu = condition(s2mel, semantic, latent, prompt)
+        mu = s2mel.condition(semantic, latent, prompt)
         noise = torch.randn(1, 80, mu.size(1))
         segments.append((mu, noise, ref_mel, style))
         with torch.no_grad():

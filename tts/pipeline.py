@@ -852,8 +852,6 @@ class Engine:
         """Per segment of a row: the CFM condition, the starting noise (from the row's
         generator, segment after segment, as the plain path draws it), the prompt and the
         solver settings; a row-level error (bad tensors) surfaces here."""
-        from tts.fast.s2mel import condition
-
         dev = self.device
         opts = req.sampling_options()
         s2mel = self.part("s2mel")
@@ -868,7 +866,7 @@ class Engine:
             start = _tick(dev)
             codes = tok[f"codes_{j}"].to(dev).unsqueeze(0)
             latent = tok[f"latent_{j}"].to(dev, torch.float32).unsqueeze(0)
-            mu = condition(s2mel, codec.vq2emb(codes), latent, prompt)
+            mu = s2mel.condition(codec.vq2emb(codes), latent, prompt)
             noise = torch.randn(
                 [1, s2mel.cfm.in_channels, mu.size(1)], device=gen.device, generator=gen
             ).to(dev, mu.dtype)

@@ -310,14 +310,9 @@ def generate_batch(
     ``prompt_condition [B, T_ref, C]``, ``ref_mel [B, 80, T_ref]``, ``style [B, 192]``;
     returns ``[B, 80, T_gen]``.
     """
-    from tts.models.s2mel import target_lengths
-
     cfm = s2mel.cfm
     b = semantic.size(0)
-    s_infer = semantic + s2mel.gpt_layer(gpt_latent)
-    code_lens = torch.full((b,), s_infer.size(1), device=s_infer.device)
-    cond = s2mel.regulate(s_infer, target_lengths(code_lens))
-    cat = torch.cat([prompt_condition, cond], dim=1)
+    cat = s2mel.condition(semantic, gpt_latent, prompt_condition)
     x_lens = torch.full((b,), cat.size(1), device=cat.device)
     frames = cat.size(1)
     if noise is None:
@@ -342,23 +337,6 @@ def generate_batch(
 
 
 @torch.no_grad()
-def condition(
-    s2mel: nn.Module,
-    semantic: torch.Tensor,
-    gpt_latent: torch.Tensor,
-    prompt_condition: torch.Tensor,
-) -> torch.Tensor:
-    """One segment's CFM condition ``mu [1, T_ref + T_gen, C]``: the prompt's condition followed
-    by the length-regulated generated codes (the first half of :meth:`S2Mel.generate`)."""
-    from tts.models.s2mel import target_lengths
-
-    s_infer = semantic + s2mel.gpt_layer(gpt_latent)
-    code_lens = torch.tensor([s_infer.size(1)], device=s_infer.device)
-    cond = s2mel.regulate(s_infer, target_lengths(code_lens))
-    return torch.cat([prompt_condition, cond], dim=1)
-
-
-@torch.no_grad()
 def generate_padded(
     s2mel: nn.Module,
     mus: list[torch.Tensor],
@@ -372,7 +350,7 @@ def generate_padded(
 ) -> list[torch.Tensor]:
     """The mels ``[1, 80, T_gen]`` of segments of unequal length, in one CFM batch.
 
-    ``mus[i] [1, T_i, C]`` (:func:`condition`: the segment's prompt condition, then its
+    ``mus[i] [1, T_i, C]`` (:meth:`S2Mel.condition`: the segment's prompt condition, then its
     generated part), ``noises[i] [1, 80, T_i]`` (the scaled starting noise the segment alone
     would draw), ``ref_mels[i] [1, 80, T_ref_i]`` (its prompt mel) and ``style [B, 192]``. The
     rows are padded at the end to the longest; the DiT masks the padded keys and its WaveNet

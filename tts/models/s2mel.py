@@ -52,6 +52,17 @@ class S2Mel(nn.Module):
         """Length-regulate ``[B, T_codes, 1024]`` to ``[B, max(ylens), C]`` (masked)."""
         return self.length_regulator(semantic, ylens)[0]
 
+    def condition(
+        self, semantic: torch.Tensor, gpt_latent: torch.Tensor, prompt_condition: torch.Tensor
+    ) -> torch.Tensor:
+        """The flow-matching condition ``mu [B, T_ref + T_gen, C]`` of B segments with the same
+        number of codes: the prompt's condition, then the length-regulated generated codes
+        (``semantic + gpt_layer(gpt_latent)``)."""
+        s_infer = semantic + self.gpt_layer(gpt_latent)
+        code_lens = torch.full((s_infer.size(0),), s_infer.size(1), device=s_infer.device)
+        cond = self.regulate(s_infer, target_lengths(code_lens))
+        return torch.cat([prompt_condition, cond], dim=1)
+
     @torch.no_grad()
     def generate(
         self,
@@ -77,10 +88,7 @@ class S2Mel(nn.Module):
             style: CAMPPlus style ``[1, 192]``.
             noise: optional starting noise ``[1, 80, T_ref + T_gen]``.
         """
-        s_infer = semantic + self.gpt_layer(gpt_latent)
-        code_lens = torch.tensor([s_infer.size(1)], device=s_infer.device)
-        cond = self.regulate(s_infer, target_lengths(code_lens))
-        cat = torch.cat([prompt_condition, cond], dim=1)
+        cat = self.condition(semantic, gpt_latent, prompt_condition)
         x_lens = torch.tensor([cat.size(1)], device=cat.device)
         mel = self.cfm.inference(
             cat,
