@@ -30,6 +30,10 @@
 #             speaker and emotion, whole and piece by piece, and a profiler summary of each)
 #   render    scripts/device/render_ab.py --checkpoints $CK $RENDER_ARGS (the render stage of a batch
 #             job: segments solved one by one against padded solve batches, render_batch_items)
+#   workflow  scripts/device/workflow_bench.py run --checkpoints $CK $WORKFLOW_ARGS (the Snakemake
+#             workflow's GPU stages for config/gpu_bench.tsv, from the text stage that
+#             scripts/device/prepare_workflow.sh ran here; carry .bench/whl, .bench/shared.tar.xz
+#             and .bench/wf)
 #   vocoder   scripts/device/vocoder_profile.py $VOCODER_ARGS (BigVGAN's forward at the benchmark's
 #             shapes: fused / plain activations / convolutions alone, FLOP rate, kernel table;
 #             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
@@ -63,14 +67,16 @@ SWEEP_ARGS="${SWEEP_ARGS:-}"
 CHOICE_ARGS="${CHOICE_ARGS:-}"
 COND_ARGS="${COND_ARGS:-}"
 RENDER_ARGS="${RENDER_ARGS:-}"
+WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_RENDER="${T_RENDER:-240}"
+T_WORKFLOW="${T_WORKFLOW:-420}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -112,10 +118,16 @@ setup() {
   if is312 "$PY"; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE_OURS" \
       .bench/whl/*.whl || return 1
+    if want workflow; then
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE_OURS" \
+        .bench/wf/whl/*.whl || return 1
+    fi
   else
     echo ">> $PY is not CPython 3.12: .bench/whl left out, its own packages used"
   fi
-  if want tests; then
+  # The tests read the fixtures; the set takes its bpe.model from them (the workflow section's
+  # text stage used that one).
+  if want tests || want workflow; then
     if [ -d .bench/shared/fixtures ]; then
       export TTS_SHARED="$PWD/.bench/shared"
     else
@@ -211,13 +223,13 @@ main() {
   local s
   setup || { echo "setup failed"; return 1; }
   if ! want set && { want bench || want official || want cudnn || want trace || want cond \
-      || want render; } \
+      || want render || want workflow; } \
       && [ ! -f "$CK/.complete" ]; then
     SECTIONS="set $SECTIONS"
   fi
   if want set && ! section set "$T_SET" bash -c write_set; then
     echo ">> no checkpoint set: bench, official and compare left out"
-    drop bench official compare cudnn trace cond render
+    drop bench official compare cudnn trace cond render workflow
   fi
   # shellcheck disable=SC2086
   want bench && section bench "$T_BENCH" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" -m tts.cli bench \
@@ -263,6 +275,9 @@ main() {
   want render && section render "$T_RENDER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/render_ab.py --device "$DEVICE" --checkpoints "$CK" $RENDER_ARGS \
     --json "$OUT/render.json"
+  # shellcheck disable=SC2086
+  want workflow && section workflow "$T_WORKFLOW" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/workflow_bench.py run --checkpoints "$CK" $WORKFLOW_ARGS --json "$OUT/workflow.json"
   # shellcheck disable=SC2086
   want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \
