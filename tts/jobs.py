@@ -691,7 +691,7 @@ def prepare(config: dict) -> Plan:
         previous = read_json(plan_path)["batches"]
     good = [r.id for r in table.rows if r.ok]
     batches = plan_batches(
-        good, previous, lambda b: _sealed(results, b), int(config.get("batch_size", 4))
+        good, previous, lambda b: _sealed(results, b), int(config.get("batch_size", 16))
     )
     write_if_changed(plan_path, {"batches": batches})
     batch_of = {rid: name for name, members in batches.items() for rid in members}
