@@ -64,8 +64,12 @@ def tensor_stats(file: str, name: str, t: torch.Tensor) -> TensorStats:
     """Statistics and flags of one tensor (computed in float64 on CPU)."""
     x = t.detach().to("cpu")
     if x.is_floating_point():
-        nan = int(torch.isnan(x).sum())
-        finite = x[torch.isfinite(x)].double()
+        finite_mask = torch.isfinite(x)
+        if bool(finite_mask.all()):  # the common case: no NaN to count, no copy to select
+            nan, finite = 0, x.double().flatten()
+        else:
+            nan = int(torch.isnan(x).sum())
+            finite = x[finite_mask].double()
     else:
         nan = 0
         finite = x.double().flatten()
