@@ -23,8 +23,6 @@ cd "$ROOT"
 SHARED="${SHARED:-$ROOT/../shared}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 W="$ROOT/.bench/wf"
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
 EXCLUDE="$(git rev-parse --git-path info/exclude)"
 grep -qxF '/.bench/' "$EXCLUDE" 2>/dev/null || echo '/.bench/' >> "$EXCLUDE"
 mkdir -p "$W/whl"
