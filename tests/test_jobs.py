@@ -229,6 +229,54 @@ def test_plan_batches_never_reforms_started_batches():
     assert all(plan4[k] == plan[k] for k in half)
 
 
+def test_speaker_groups_keep_started_groups(tmp_path):
+    """Prompt files are conditioned in groups of batch_size per job; a started group (its folder
+    exists) keeps its members, so new speakers form new groups and nothing else reruns."""
+    res = str(tmp_path)
+    spk = {f"k{i}": f"/v/{i}.wav" for i in range(5)}
+    groups = jobs.plan_speaker_groups(res, spk, 2)
+    assert [list(m) for m in groups.values()] == [["k0", "k1"], ["k2", "k3"], ["k4"]]
+    assert all(g.startswith("s") and len(g) == 13 for g in groups)
+    assert jobs.plan_speaker_groups(res, spk, 2) == groups  # same input, same plan
+    started = list(groups)[:2]
+    for g in started:
+        Path(jobs.speaker_group_dir(res, g)).mkdir()
+    # k1 is no longer used, k5 and k6 are new: the started groups stay as they were.
+    fewer = {k: v for k, v in spk.items() if k != "k1"} | {"k5": "/v/5.wav", "k6": "/v/6.wav"}
+    again = jobs.plan_speaker_groups(res, fewer, 2)
+    assert {g: again[g] for g in started} == {g: groups[g] for g in started}
+    assert again[started[0]]["k1"] == "/v/1.wav"  # kept with its path
+    assert [list(m) for g, m in again.items() if g not in started] == [["k4", "k5"], ["k6"]]
+
+
+def test_speaker_group_job_fails_a_bad_file_alone(tmp_path):
+    """One job conditions every prompt of its group; a broken file fails its own speaker only,
+    and the group folder appears whole (no temporary folder left)."""
+    from tts.demo import write_demo_checkpoints
+
+    root = write_demo_checkpoints(tmp_path / "ckpt", seed=1)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wav")
+    speakers = {
+        "good": str(REPO / "config/speakers/flite_slt_female.wav"),
+        "bad": str(bad),
+        "gone": str(tmp_path / "deleted.wav"),
+    }
+    out = tmp_path / "speakers" / "s000000000001"
+    cfg = {"checkpoints": str(root), "device": "cpu"}
+    jobs.run_speakers(cfg, speakers, str(out))
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    status = {k: jobs.read_json(out / f"{k}.json") for k in speakers}
+    assert status["good"]["ok"] and status["good"]["seconds"] > 0
+    for key in ("bad", "gone"):
+        assert not status[key]["ok"] and speakers[key] in status[key]["error"], status[key]
+    specs, speaker = jobs._batch_inputs([], [str(out)])
+    tensors, error = speaker("good")
+    assert error is None and tensors["spk_cond_emb"].shape[-1] == 1024
+    assert speaker("bad")[0] is None and "bad.wav" in speaker("bad")[1]
+    assert speaker("unknown")[0] is None
+
+
 def test_checkpoint_fingerprint_caches_hashes(tmp_path, monkeypatch):
     from tts import checkpoints
 

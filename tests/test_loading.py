@@ -8,6 +8,7 @@ from torch import nn
 
 from tts.loading import (
     CheckpointError,
+    all_finite,
     compare_state,
     load_strict,
     params_on_meta,
@@ -107,6 +108,34 @@ def test_nan_in_file_is_an_error():
         m = Tiny()
     with pytest.raises(CheckpointError, match="non-finite values .* in proj.weight"):
         load_strict(m, state, "tiny.pth")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_agrees_with_isfinite(dtype):
+    """The one-pass check sees a single NaN, +inf or -inf anywhere: at the start, in the middle,
+    in the tail a vectorised loop handles apart, in non-contiguous views."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 7, 8, 31, 64, 1000, 4099, 65_537):
+        base = torch.randn(n, generator=gen).to(dtype)
+        assert all_finite(base)
+        for pos in {0, n // 2, n - 1, max(0, n - 3)}:
+            for bad in (float("nan"), float("inf"), float("-inf")):
+                t = base.clone()
+                t[pos] = bad
+                assert not all_finite(t), (n, pos, bad)
+                assert bool(torch.isfinite(t).all()) is False
+    grid = torch.randn(64, 48, generator=gen).to(dtype)
+    grid[5, 41] = float("nan")  # an odd column: outside grid[:, ::2]
+    assert all_finite(grid[:, :40]) and all_finite(grid[:, ::2].t())
+    assert not all_finite(grid[:, 40:]) and not all_finite(grid.t()[41])
+    big = torch.full((3, 5), torch.finfo(dtype).max, dtype=dtype)
+    assert all_finite(big) and all_finite(-big)  # the largest finite values are finite
+
+
+def test_all_finite_edge_cases():
+    assert all_finite(torch.empty(0)) and all_finite(torch.tensor(2.0))
+    assert not all_finite(torch.tensor(float("nan")))
+    assert all_finite(torch.arange(5)) and all_finite(torch.tensor([True, False]))
 
 
 class _Evil:

@@ -102,7 +102,8 @@ def fake_results(root: Path, demo: bool = True) -> Path:
         },
     )
     _write(res / "batches/b000000000001/score.json", {"rows": score_rows})
-    _write(res / "speakers/spk-1.json", {"ok": True, "seconds": 0.9})
+    _write(res / "speakers/plan.json", {"groups": {"s000000000001": {"spk-1": "/voices/a.wav"}}})
+    _write(res / "speakers/s000000000001/spk-1.json", {"ok": True, "seconds": 0.9})
     _write(
         res / "checkpoints/abc/check.json",
         {"root": "/models/x", "hash": "abc", "files": {"gpt": {"sha256": "f" * 64, "size": 9}}},

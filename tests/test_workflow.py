@@ -25,14 +25,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
-SPEAKER = REPO / "config" / "speakers" / "flite_slt_female.wav"
+SPEAKERS = REPO / "config" / "speakers"
+VOICES = {  # the table's prompt files (relative to the table's folder) and their sources
+    "voices/a.wav": SPEAKERS / "flite_slt_female.wav",
+    "voices/b.wav": SPEAKERS / "espeak_en_us_male.wav",
+    "voices/c.wav": SPEAKERS / "espeak_en_gb_female.wav",  # used by the row a test adds
+}
 BATCH_RULES = ("emotion_conditioning", "semantic_tokens", "render", "score")  # GPU jobs
 CPU_BATCH_RULES = ("text_frontend",)
 
 ROWS = [
     ("hello", "Hello world.", "voices/a.wav", ""),
     ("second", "This is the second row.", "voices/a.wav", "0.6,0,0,0,0,0,0,0.2"),
-    ("third", "The third one.", "voices/a.wav", ""),
+    ("third", "The third one.", "voices/b.wav", ""),
     ("broken", "", "voices/a.wav", ""),  # empty text: fails alone
 ]
 
@@ -114,7 +119,8 @@ def make_workdir(wd: Path) -> Path:
     cfg["scoring"]["similarity"] = "none" if _no_resemblyzer() else "resemblyzer"
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     (wd / "tables" / "voices").mkdir(parents=True)
-    shutil.copy(SPEAKER, wd / "tables" / "voices" / "a.wav")
+    for name, source in VOICES.items():
+        shutil.copy(source, wd / "tables" / name)
     write_table(wd, ROWS)
     return wd
 
@@ -183,9 +189,11 @@ def test_every_output_is_complete(finished):
     for rid, *_ in ROWS:
         assert f"id='row-{rid}'" in page
     assert "text is empty" in page
-    # One batch for the three good rows (batch_size 4); one speaker job for the shared file.
+    # One batch for the three good rows (batch_size 4); one speaker job for both prompt files.
     assert len(list((res / "batches").glob("b*/render.json"))) == 1
-    assert len(list((res / "speakers").glob("*.json"))) == 1
+    (group,) = [p for p in (res / "speakers").iterdir() if p.is_dir()]
+    assert sorted(p.name[:2] for p in group.glob("*.json")) == ["a-", "b-"]
+    assert len(list((res / "benchmarks" / "speakers").glob("*.tsv"))) == 1
     # Progress per row in the logs, and the closing summary names the failed row.
     logs = "".join(p.read_text() for p in (res / "logs" / "tokens").glob("*.log"))
     assert re.search(r"\[tokens\] row 3/3 third: ok", logs), logs
@@ -248,15 +256,26 @@ def test_only_new_and_edited_rows_rerun(finished):
     shutil.copytree(src, wd, symlinks=True)
     res = wd / "out"
     wav_times = {p.name: p.stat().st_mtime_ns for p in res.glob("batches/*/wav/*.wav")}
+    speaker_times = {p.name: p.stat().st_mtime_ns for p in res.glob("speakers/s*/[!.]*")}
+    assert len(speaker_times) == 4  # a.wav and b.wav, conditioned by one job
 
-    # Adding a row (in the middle of the table) synthesises that row only.
-    rows = ROWS[:2] + [("added", "A new row.", "voices/a.wav", "")] + ROWS[2:]
+    # Adding a row (in the middle of the table) with a new speaker prompt synthesises that row
+    # only, and conditions the new prompt only (a group of its own).
+    rows = ROWS[:2] + [("added", "A new row.", "voices/c.wav", "")] + ROWS[2:]
     write_table(wd, rows)
     counts = job_counts(wd)
-    assert counts == {**dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1), "report": 1, "all": 1}, (
-        counts
-    )
+    assert counts == {
+        **dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1),
+        "speaker_conditioning": 1,
+        "report": 1,
+        "all": 1,
+    }, counts
     snakemake(wd)
+    assert {
+        p.name: p.stat().st_mtime_ns
+        for p in res.glob("speakers/s*/[!.]*")
+        if not p.name.startswith("c-")
+    } == speaker_times
     assert {
         p.name: p.stat().st_mtime_ns
         for p in res.glob("batches/*/wav/*.wav")
@@ -376,7 +395,7 @@ def test_missing_checkpoints_stop_the_first_rule(base):
     assert "Error in rule check_checkpoints" in proc.stdout
     assert "required file(s) missing" in proc.stdout
     assert "gpt.pth" in proc.stdout and "IndexTeam/IndexTTS-2" in proc.stdout
-    assert not (wd / "out" / "speakers").exists()
+    assert [p.name for p in (wd / "out" / "speakers").iterdir()] == ["plan.json"]  # no job ran
     assert not list((wd / "out" / "batches").glob("*/*"))
 
 

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -526,9 +527,9 @@ def read_json(path: str | Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def batch_name(ids: Iterable[str]) -> str:
+def batch_name(ids: Iterable[str], prefix: str = "b") -> str:
     """A deterministic batch name from its members, so re-planning the same rows agrees."""
-    return "b" + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+    return prefix + hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
 
 
 def plan_batches(
@@ -536,6 +537,7 @@ def plan_batches(
     previous: dict[str, list[str]],
     sealed: Callable[[str], bool],
     batch_size: int,
+    prefix: str = "b",
 ) -> dict[str, list[str]]:
     """Assign rows to batches without ever re-forming a batch that has started.
 
@@ -544,7 +546,8 @@ def plan_batches(
     inputs and outputs stay the same and Snakemake does not rerun it. Every other row of
     ``ids`` (new rows, rows of batches that never started) is chunked in table order into
     batches of ``batch_size``. Adding rows therefore only ever creates new batches, and editing
-    a row reruns at most the batch it is in.
+    a row reruns at most the batch it is in. Speaker prompt files are grouped the same way
+    (``prefix`` "s").
     """
     batch_size = max(1, int(batch_size))
     plan = {name: list(members) for name, members in previous.items() if sealed(name)}
@@ -552,7 +555,7 @@ def plan_batches(
     pending = [rid for rid in ids if rid not in done]
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        plan[batch_name(chunk)] = chunk
+        plan[batch_name(chunk, prefix)] = chunk
     return plan
 
 
@@ -637,6 +640,7 @@ class Plan:
     speakers: dict[str, str]  # speaker key -> audio path
     fingerprint: dict
     batch_of: dict[str, str] = field(default_factory=dict)
+    speaker_groups: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> path
 
     @property
     def set_hash(self) -> str:
@@ -648,9 +652,16 @@ class Plan:
     def batch_specs(self, batch: str) -> list[str]:
         return [self.spec_path(r) for r in self.batches[batch]]
 
-    def batch_speakers(self, batch: str, suffix: str = ".safetensors") -> list[str]:
-        keys = {self.specs[r].get("speaker_key") for r in self.batches[batch]}
-        return [f"{self.results}/speakers/{k}{suffix}" for k in sorted(k for k in keys if k)]
+    def group_audio(self, group: str) -> list[str]:
+        """The group's prompt files that exist (a removed row's file may have been deleted:
+        its speaker then fails alone, see :func:`run_speakers`)."""
+        return [p for p in self.speaker_groups[group].values() if Path(p).is_file()]
+
+    def batch_speaker_dirs(self, batch: str) -> list[str]:
+        """The speaker-group folders holding the conditioning of a batch's speakers."""
+        keys = {self.specs[r].get("speaker_key") for r in self.batches[batch]} - {None}
+        groups = {g for g, members in self.speaker_groups.items() if keys & members.keys()}
+        return [speaker_group_dir(self.results, g) for g in sorted(groups)]
 
     def batch_emo_audio(self, batch: str) -> list[str]:
         paths = {
@@ -667,6 +678,38 @@ class Plan:
 
 def _sealed(results: str, batch: str) -> bool:
     return Path(results, "batches", batch, "emotion.json").exists()
+
+
+def speaker_group_dir(results: str | Path, group: str) -> str:
+    """The folder of a speaker group's outputs: ``<key>.safetensors`` and ``<key>.json``."""
+    return f"{results}/speakers/{group}"
+
+
+def plan_speaker_groups(
+    results: str, speakers: dict[str, str], batch_size: int
+) -> dict[str, dict[str, str]]:
+    """Group the speaker prompt files (key -> path) into jobs of up to ``batch_size`` files.
+
+    Every GPU job pays for starting Python, PyTorch and the models (~20 s on an H200, more than
+    conditioning a prompt takes), so one job conditions a group of prompts. A group whose
+    folder exists keeps its members (as a started batch does), even a speaker no row uses any
+    more: adding speakers forms new groups only, and an edited prompt file reruns its group.
+    """
+    plan_path = Path(results, "speakers", "plan.json")
+    previous: dict[str, dict[str, str]] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
+        previous = {g: dict(m) for g, m in read_json(plan_path)["groups"].items()}
+    paths = {k: p for members in previous.values() for k, p in members.items()} | speakers
+    keys = plan_batches(
+        list(speakers),
+        {g: list(m) for g, m in previous.items()},
+        lambda g: Path(speaker_group_dir(results, g)).is_dir(),
+        batch_size,
+        prefix="s",
+    )
+    groups = {g: {k: paths[k] for k in members} for g, members in keys.items()}
+    write_if_changed(plan_path, {"groups": groups})
+    return groups
 
 
 def prepare(config: dict) -> Plan:
@@ -702,7 +745,13 @@ def prepare(config: dict) -> Plan:
             except (OSError, ValueError):  # its spec was deleted too: record why it is skipped
                 specs[rid] = {"id": rid, "error": "row removed from the table"}
                 write_if_changed(f"{results}/specs/{rid}.json", specs[rid])
-    speakers = {s["speaker_key"]: s["speaker"] for s in specs.values() if s.get("speaker_key")}
+    speakers = {
+        specs[rid]["speaker_key"]: specs[rid]["speaker"]
+        for members in batches.values()
+        for rid in members
+        if specs[rid].get("speaker_key")
+    }
+    groups = plan_speaker_groups(results, speakers, int(config.get("batch_size", 16)))
     write_if_changed(
         f"{results}/table.json",
         {
@@ -723,7 +772,7 @@ def prepare(config: dict) -> Plan:
     fingerprint = checkpoint_fingerprint(
         config["checkpoints"], Path(results, "checkpoints", "hash-cache.json")
     )
-    return Plan(results, table, batches, specs, speakers, fingerprint, batch_of)
+    return Plan(results, table, batches, specs, speakers, fingerprint, batch_of, groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -972,44 +1021,55 @@ def _unprefixed(rid: str, tensors: dict) -> dict:
     return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
-def run_speaker(
-    config: dict, audio: str, out_tensors: str, out_status: str, threads: int = 1
-) -> None:
-    """Speaker conditioning for one prompt file (shared by every row that uses it)."""
+def run_speakers(config: dict, speakers: dict[str, str], out_dir: str, threads: int = 1) -> None:
+    """Speaker conditioning for a group of prompt files (key -> path), in one process.
+
+    Writes ``<key>.safetensors`` and ``<key>.json`` per speaker into ``out_dir``. A bad file
+    fails its own speaker (and so its rows) only. The folder is filled under a temporary name
+    and renamed into place, so a killed job never leaves a partial group behind.
+    """
     from tts.audio import AudioError
 
     _set_threads(threads)
+    out = Path(out_dir)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed job
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.mkdir(parents=True)
     engine = open_engine(config)
-    start, load0 = time.perf_counter(), _loaded(engine)
-    status: dict = {"audio": audio, "ok": True, "error": None}
-    try:
-        tensors = engine.speaker_conditioning(Path(audio))
-    except (AudioError, ValueError, FloatingPointError) as exc:
-        tensors = {}
-        status.update(ok=False, error=f"speaker {audio}: {_first_line(exc)}")
-        log.error("%s", status["error"])
-    status["load_seconds"] = _loaded(engine) - load0
-    status["seconds"] = time.perf_counter() - start - status["load_seconds"]
-    log.info(
-        "speaker %s: %s in %.2f s (+%.2f s loading models)",
-        audio,
-        "ok" if status["ok"] else "FAILED",
-        status["seconds"],
-        status["load_seconds"],
-    )
-    _save(out_tensors, tensors)
-    write_json(out_status, status)
+    for i, (key, audio) in enumerate(speakers.items(), start=1):
+        start, load0 = time.perf_counter(), _loaded(engine)
+        status: dict = {"audio": audio, "ok": True, "error": None}
+        try:
+            tensors = engine.speaker_conditioning(Path(audio))
+        except (AudioError, ValueError, FloatingPointError, OSError) as exc:
+            tensors = {}
+            status.update(ok=False, error=f"speaker {audio}: {_first_line(exc)}")
+        status["load_seconds"] = _loaded(engine) - load0
+        status["seconds"] = time.perf_counter() - start - status["load_seconds"]
+        _progress(
+            "speakers", i, len(speakers), key, status["ok"], status["seconds"], status["error"]
+        )
+        _save(tmp / f"{key}.safetensors", tensors)
+        write_json(tmp / f"{key}.json", status)
+    shutil.rmtree(out, ignore_errors=True)  # an empty folder made for the job, if any
+    os.replace(tmp, out)
 
 
-def _batch_inputs(spec_paths: Iterable[str], results: str):
-    """(specs, speakers-by-key status/tensors loader) for a batch job."""
+def _batch_inputs(spec_paths: Iterable[str], speaker_dirs: Iterable[str]):
+    """(specs, speaker loader) for a batch job: ``speaker(key)`` -> (tensors, None) or
+    (None, why it failed), looked up in the batch's speaker-group folders."""
     specs = [read_json(p) for p in spec_paths]
+    dirs = [Path(d) for d in speaker_dirs]
 
     def speaker(key: str) -> tuple[dict | None, str | None]:
-        status = read_json(f"{results}/speakers/{key}.json")
+        found = [d for d in dirs if (d / f"{key}.json").is_file()]
+        if not found:
+            return None, f"speaker conditioning of {key} not found in {[str(d) for d in dirs]}"
+        status = read_json(found[0] / f"{key}.json")
         if not status.get("ok"):
             return None, status.get("error") or "speaker conditioning failed"
-        return _load(f"{results}/speakers/{key}.safetensors"), None
+        return _load(found[0] / f"{key}.safetensors"), None
 
     return specs, speaker
 
@@ -1024,14 +1084,14 @@ def _progress(
 def run_emotion(
     config: dict,
     spec_paths: list[str],
-    results: str,
+    speaker_dirs: list[str],
     out_tensors: str,
     out_status: str,
     threads: int = 1,
 ) -> None:
     """Emotion conditioning for every row of a batch."""
     _set_threads(threads)
-    specs, speaker = _batch_inputs(spec_paths, results)
+    specs, speaker = _batch_inputs(spec_paths, speaker_dirs)
     engine = open_engine(config)
     tensors: dict = {}
     rows: dict = {}
@@ -1107,7 +1167,7 @@ def run_text(config: dict, spec_paths: list[str], out_status: str, threads: int 
 def run_tokens(
     config: dict,
     spec_paths: list[str],
-    results: str,
+    speaker_dirs: list[str],
     emotion_tensors: str,
     emotion_status: str,
     out_tensors: str,
@@ -1122,7 +1182,7 @@ def run_tokens(
     from tts.text.frontend import TextPlan
 
     _set_threads(threads)
-    specs, speaker = _batch_inputs(spec_paths, results)
+    specs, speaker = _batch_inputs(spec_paths, speaker_dirs)
     previous = _stage_rows(emotion_status)
     texts = _stage_rows(text_status) if text_status else {}
     emo_all = _load(emotion_tensors)
@@ -1202,7 +1262,7 @@ def _engine_call(fn, requests, *lists):
 def run_render(
     config: dict,
     spec_paths: list[str],
-    results: str,
+    speaker_dirs: list[str],
     tokens_tensors: str,
     tokens_status: str,
     out_dir: str,
@@ -1215,7 +1275,7 @@ def run_render(
     from tts.pipeline import SAMPLE_RATE
 
     _set_threads(threads)
-    specs, speaker = _batch_inputs(spec_paths, results)
+    specs, speaker = _batch_inputs(spec_paths, speaker_dirs)
     rows = {
         s["id"]: dict(r)
         for s, r in zip(specs, (_stage_rows(tokens_status)[s["id"]] for s in specs), strict=True)

@@ -83,6 +83,15 @@ def collect(
         return (stage_cache[p] or {}).get("rows", {})
 
     speaker_counts: dict[str, int] = {}
+    groups = (_maybe(results / "speakers" / "plan.json") or {}).get("groups", {})
+    group_of = {key: g for g, members in groups.items() for key in members}
+
+    def speaker_status(key: str | None) -> dict:
+        """The speaker job's record of one prompt file ({} if there is none)."""
+        if key not in group_of:
+            return {}
+        return _maybe(results / "speakers" / group_of[key] / f"{key}.json") or {}
+
     specs = {}
     for entry in table["rows"]:
         spec = _maybe(results / "specs" / f"{entry['id']}.json") or {}
@@ -144,8 +153,8 @@ def collect(
         elif not error:
             error = "row was not assigned to a batch"
         key = spec.get("speaker_key")
-        spk = _maybe(results / "speakers" / f"{key}.json") if key else None
-        if spk and spk.get("seconds") is not None:
+        spk = speaker_status(key)
+        if spk.get("seconds") is not None:
             # A speaker prompt is conditioned once; each of its rows carries an equal share.
             rec["t_speaker_s"] = spk["seconds"] / max(1, speaker_counts.get(key, 1))
         rec["t_text_s"] = timings.get("text")
@@ -172,8 +181,7 @@ def collect(
     demo = demo or bool(validation and validation.get("demo"))
     loading = sum(float(doc.get("load_seconds") or 0.0) for doc in stage_cache.values() if doc)
     for key in speaker_counts:
-        spk = _maybe(results / "speakers" / f"{key}.json") or {}
-        loading += float(spk.get("load_seconds") or 0.0)
+        loading += float(speaker_status(key).get("load_seconds") or 0.0)
     context = {
         "load_seconds": loading,
         "texts": table.get("texts"),

@@ -24,7 +24,7 @@ from tts.checkpoints import (
     indextts1_message,
 )
 from tts.components import MODULE_COMPONENTS, load_component
-from tts.loading import CheckpointError, compare_state, read_tensor_file
+from tts.loading import CheckpointError, all_finite, compare_state, read_tensor_file
 from tts.weight_report import TensorStats, state_report
 
 COMPONENT_NAMES = (
@@ -175,7 +175,7 @@ def _check_w2v_stats(cs: CheckpointSet) -> None:
             raise CheckpointError(
                 f"{path}: {key!r} has shape {list(t.shape)}, expected [{width}] (w2v-bert width)"
             )
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise CheckpointError(f"{path}: non-finite values (NaN/inf) in {key!r}")
     if (obj["var"] < 0).any():
         raise CheckpointError(f"{path}: 'var' has negative entries")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from tts.loading import all_finite
+
 # Deterministic buffers and counters are constant by design; never flag them.
 _CONSTANT_BY_DESIGN = ("num_batches_tracked", "input_pos", ".freqs", ".filter", "pos_enc.pe")
 
@@ -64,12 +66,11 @@ def tensor_stats(file: str, name: str, t: torch.Tensor) -> TensorStats:
     """Statistics and flags of one tensor (computed in float64 on CPU)."""
     x = t.detach().to("cpu")
     if x.is_floating_point():
-        finite_mask = torch.isfinite(x)
-        if bool(finite_mask.all()):  # the common case: no NaN to count, no copy to select
+        if all_finite(x):  # the common case: no NaN to count, no copy to select
             nan, finite = 0, x.double().flatten()
         else:
             nan = int(torch.isnan(x).sum())
-            finite = x[finite_mask].double()
+            finite = x[torch.isfinite(x)].double()
     else:
         nan = 0
         finite = x.double().flatten()

@@ -1,8 +1,8 @@
 """The Snakemake workflow itself, timed on the GPU device (issue 8).
 
 `tts bench` times the Engine's stages inside one process. A user runs the workflow: one
-Snakemake job per speaker, and per batch one emotion, one GPT and one render job, each a new
-Python process that loads its models. This script runs that workflow on the device for the
+Snakemake job per group of speaker prompts, and per batch one emotion, one GPT and one render
+job, each a new Python process that loads its models. This script runs that workflow on the device for the
 rows of ``config/gpu_bench.tsv`` and reports what each rule's jobs cost.
 
 Two steps, because the device has no text normaliser (~420 MB, too large to travel) and the
@@ -149,14 +149,14 @@ def provenance(results: Path) -> dict:
 
 
 # One job of a GPU rule, run again in a fresh process: the call of its workflow script, with the
-# inputs of the variant's first batch and outputs in a scratch folder. {R}: results, {B}: the
-# batch folder, {O}: the scratch folder.
+# inputs of the variant's first batch (and first speaker group) and outputs in a scratch
+# folder. {S}: the speaker-group folders, {B}: the batch folder, {O}: the scratch folder.
 RERUN = {
-    "speakers": "jobs.run_speaker(config, spec_speaker, '{O}/spk.safetensors', '{O}/spk.json', T)",
-    "emotion": "jobs.run_emotion(config, specs, '{R}', '{O}/emo.safetensors', '{O}/emo.json', T)",
-    "tokens": "jobs.run_tokens(config, specs, '{R}', '{B}/emotion.safetensors', "
+    "speakers": "jobs.run_speakers(config, group, '{O}/spk', T)",
+    "emotion": "jobs.run_emotion(config, specs, {S}, '{O}/emo.safetensors', '{O}/emo.json', T)",
+    "tokens": "jobs.run_tokens(config, specs, {S}, '{B}/emotion.safetensors', "
     "'{B}/emotion.json', '{O}/tok.safetensors', '{O}/tok.json', T, text_status='{B}/text.json')",
-    "render": "jobs.run_render(config, specs, '{R}', '{B}/tokens.safetensors', '{B}/tokens.json', "
+    "render": "jobs.run_render(config, specs, {S}, '{B}/tokens.safetensors', '{B}/tokens.json', "
     "'{O}/wav', '{O}/render.json', T)",
 }
 RUNNER = """
@@ -165,7 +165,7 @@ start = time.perf_counter()
 import torch
 from tts import gpu_slots, jobs
 imports = time.perf_counter() - start
-config = json.loads(sys.argv[1]); specs = json.loads(sys.argv[2]); spec_speaker = sys.argv[3]
+config = json.loads(sys.argv[1]); specs = json.loads(sys.argv[2]); group = json.loads(sys.argv[3])
 T = int(config.get("threads", 2))
 gpu_slots.claim_gpu(config)
 prof = cProfile.Profile() if sys.argv[5] == "1" else None
@@ -202,10 +202,12 @@ def rerun(results: Path, cfg: dict, stage: str, log: Path, profile: bool) -> dic
     batch = sorted(results.glob("batches/*/render.json"))[0].parent
     plan = json.loads((results / "batches" / "plan.json").read_text())["batches"][batch.name]
     specs = [str(results / "specs" / f"{rid}.json") for rid in plan]
-    speaker = json.loads(Path(specs[0]).read_text())["speaker"]
+    groups = json.loads((results / "speakers" / "plan.json").read_text())["groups"]
+    group = next(iter(groups.values()))
+    dirs = sorted(str(results / "speakers" / g) for g in groups)
     scratch = Path(tempfile.mkdtemp(prefix=f"rerun-{stage}-"))
-    code = RERUN[stage].format(R=results, B=batch, O=scratch)
-    args = [json.dumps(cfg), json.dumps(specs), speaker, code, "1" if profile else "0"]
+    code = RERUN[stage].format(S=repr(dirs), B=batch, O=scratch)
+    args = [json.dumps(cfg), json.dumps(specs), json.dumps(group), code, "1" if profile else "0"]
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", RUNNER, *args], cwd=ROOT, capture_output=True, text=True
@@ -214,9 +216,11 @@ def rerun(results: Path, cfg: dict, stage: str, log: Path, profile: bool) -> dic
     log.write_text(done.stdout + done.stderr)
     first = next((ln for ln in done.stdout.splitlines() if ln.startswith("{")), "{}")
     out = {"process_s": round(wall, 2), **json.loads(first), "exit": done.returncode}
-    status = scratch / {"speakers": "spk", "emotion": "emo", "tokens": "tok"}.get(stage, "render")
+    status = scratch / {"emotion": "emo.json", "tokens": "tok.json"}.get(stage, "render.json")
+    if stage == "speakers":
+        status = scratch / "spk" / f"{next(iter(group))}.json"
     with contextlib.suppress(OSError, ValueError):
-        data = json.loads(status.with_suffix(".json").read_text())
+        data = json.loads(status.read_text())
         out["load_s"] = round(float(data.get("load_seconds") or 0.0), 2)
     print(f">> {stage} again ({log.name}): {out}")
     return out
@@ -263,7 +267,7 @@ def run(
         entry["provenance"] = provenance(results)
         entry["speaker_jobs"] = [
             {k: json.loads(p.read_text()).get(k) for k in ("load_seconds", "seconds")}
-            for p in sorted(results.glob("speakers/*.json"))
+            for p in sorted(results.glob("speakers/s*/*.json"))
         ]
         for logs in results.glob("logs/*/*.log"):  # the jobs' own logs travel back too
             dest = out_json.parent / f"wf-{name}" / logs.parent.name / logs.name

@@ -27,7 +27,7 @@ CONDA_ENV = "../envs/indextts2.yaml"
 
 wildcard_constraints:
     batch="b[0-9a-f]{12}",
-    speaker="[A-Za-z0-9_-]+",
+    group="s[0-9a-f]{12}",
 
 
 def batch_file(name):

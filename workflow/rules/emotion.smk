@@ -4,8 +4,7 @@
 rule emotion_conditioning:
     input:
         specs=lambda w: PLAN.batch_specs(w.batch),
-        speakers=lambda w: PLAN.batch_speakers(w.batch, ".safetensors"),
-        speaker_status=lambda w: PLAN.batch_speakers(w.batch, ".json"),
+        speakers=lambda w: PLAN.batch_speaker_dirs(w.batch),
         emo_audio=lambda w: PLAN.batch_emo_audio(w.batch),
         validation=VALIDATION,
         settings=SETTINGS,

@@ -4,8 +4,7 @@
 rule render:
     input:
         specs=lambda w: PLAN.batch_specs(w.batch),
-        speakers=lambda w: PLAN.batch_speakers(w.batch, ".safetensors"),
-        speaker_status=lambda w: PLAN.batch_speakers(w.batch, ".json"),
+        speakers=lambda w: PLAN.batch_speaker_dirs(w.batch),
         tokens=batch_file("tokens.safetensors"),
         tokens_status=batch_file("tokens.json"),
         render_settings=RENDER_SETTINGS,

@@ -4,8 +4,7 @@
 rule semantic_tokens:
     input:
         specs=lambda w: PLAN.batch_specs(w.batch),
-        speakers=lambda w: PLAN.batch_speakers(w.batch, ".safetensors"),
-        speaker_status=lambda w: PLAN.batch_speakers(w.batch, ".json"),
+        speakers=lambda w: PLAN.batch_speaker_dirs(w.batch),
         emotion=batch_file("emotion.safetensors"),
         emotion_status=batch_file("emotion.json"),
         text=batch_file("text.json"),

@@ -8,7 +8,7 @@ with jobs.job_log(snakemake.log[0]):
     jobs.run_render(
         snakemake.config,
         list(snakemake.input.specs),
-        jobs.results_dir(snakemake.config),
+        list(snakemake.input.speakers),
         snakemake.input.tokens,
         snakemake.input.tokens_status,
         snakemake.output.wav,

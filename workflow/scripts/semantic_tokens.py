@@ -8,7 +8,7 @@ with jobs.job_log(snakemake.log[0]):
     jobs.run_tokens(
         snakemake.config,
         list(snakemake.input.specs),
-        jobs.results_dir(snakemake.config),
+        list(snakemake.input.speakers),
         snakemake.input.emotion,
         snakemake.input.emotion_status,
         snakemake.output.tensors,

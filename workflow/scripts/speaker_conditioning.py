@@ -1,14 +1,13 @@
 # ruff: noqa: F821 - `snakemake` is injected by Snakemake
-"""Speaker conditioning for one prompt file."""
+"""Speaker conditioning for one group of prompt files."""
 
 from tts import gpu_slots, jobs
 
 with jobs.job_log(snakemake.log[0]):
     gpu_slots.claim_gpu(snakemake.config)  # this job's own GPU, before any CUDA call
-    jobs.run_speaker(
+    jobs.run_speakers(
         snakemake.config,
-        snakemake.input.audio,
-        snakemake.output.tensors,
-        snakemake.output.status,
+        dict(snakemake.params.speakers),
+        snakemake.output[0],
         snakemake.threads,
     )
