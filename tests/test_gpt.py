@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tts.checkpoints import CheckpointSet, load_config
-from tts.components import load_component, manifest_rows
+from tts.components import load_component, load_gpt_emotion, manifest_rows
 from tts.generation import GenerationConfig, _BeamState, generate
 from tts.loading import CheckpointError
 from tts.models.gpt import UnifiedVoice, prefix_attention_mask
@@ -84,6 +84,70 @@ def test_missing_tensor_is_refused(tmp_path):
     torch.save(state, tmp_path / "gpt.pth")
     with pytest.raises(CheckpointError, match="speed_emb.weight"):
         load_component("gpt", CheckpointSet.open(tmp_path))
+
+
+@needs_small
+def test_emotion_path_alone_meets_the_fixtures(monkeypatch):
+    """The GPT's emotion path loaded alone (what the workflow's emotion job loads) passes the
+    emotion-encoder and merge fixture cases, and equals the whole GPT bit for bit."""
+    from tts import parity
+    from tts.parity import gpt_cases
+
+    alone, report = load_gpt_emotion(CheckpointSet.open(SMALL))
+    full, _ = load_component("gpt", CheckpointSet.open(SMALL))
+    names = {k.split(".")[0] for k in alone.state_dict()}
+    assert names == {
+        "emo_conditioning_encoder",
+        "emo_perceiver_encoder",
+        "emo_layer",
+        "emovec_layer",
+    }
+    assert report.loaded == len(alone.state_dict()) - len(report.computed)
+    for k, v in alone.state_dict().items():
+        assert torch.equal(v, full.state_dict()[k]), k
+    monkeypatch.setattr(gpt_cases, "_gpt", lambda fs, opts: alone)
+    wanted = {"cond_emo_b2", "merge_b2", "merge_b1_inferv2"}
+    ran = set()
+    for fs, case in parity.all_cases():
+        if fs.root.resolve() == SMALL.resolve() and parity.case_id(case) in wanted:
+            assert not parity.check_case(fs, case), parity.case_id(case)
+            ran.add(parity.case_id(case))
+    assert ran == wanted
+    from safetensors.torch import load_file  # the same inputs through both models
+
+    g = load_file(str(SMALL / "golden.safetensors"))
+    feat, lens = g["b2.emo_feat"], g["b2.emo_lens"]
+    with torch.no_grad():
+        assert torch.equal(alone.get_emovec(feat, lens), full.get_emovec(feat, lens))
+        assert torch.equal(
+            alone.merge_emovec(feat, feat.flip(0), lens, lens.flip(0), alpha=0.4),
+            full.merge_emovec(feat, feat.flip(0), lens, lens.flip(0), alpha=0.4),
+        )
+
+
+@needs_small
+def test_emotion_path_alone_is_strict(tmp_path):
+    """A tensor of the emotion path missing, or an unknown one under its modules, is an error
+    naming it; the rest of gpt.pth is the whole-GPT load's (and validate_weights') business."""
+    for name in ("config.yaml", "feat1.pt", "feat2.pt"):
+        shutil.copy(SMALL / name, tmp_path / name)
+    state = torch.load(SMALL / "gpt.pth", weights_only=True)
+    nested = "model" in state and isinstance(state["model"], dict)
+    flat = state["model"] if nested else state
+
+    def save_and_load(change):
+        edited = dict(flat)
+        change(edited)
+        torch.save({**state, "model": edited} if nested else edited, tmp_path / "gpt.pth")
+        return load_gpt_emotion(CheckpointSet.open(tmp_path))
+
+    save_and_load(lambda st: st.pop("speed_emb.weight"))  # not the emotion path's: loads
+    with pytest.raises(CheckpointError, match="emo_layer.weight"):
+        save_and_load(lambda st: st.pop("emo_layer.weight"))
+    with pytest.raises(CheckpointError, match="emovec_layer.extra"):
+        save_and_load(lambda st: st.update({"emovec_layer.extra": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match="emo_layer.bias"):
+        save_and_load(lambda st: st.update({"emo_layer.bias": torch.zeros(3)}))
 
 
 def test_from_config_rejects_unsupported_variants():

@@ -90,6 +90,31 @@ def test_stage_outputs_roundtrip_through_files(engine, speaker_wav, tmp_path):
     )
 
 
+def test_emotion_job_loads_the_gpt_emotion_path_alone(demo, engine, speaker_wav):
+    """An engine that only conditions emotion (the workflow's emotion job) loads the GPT's
+    emotion path alone and gets the same vectors, in every emotion mode; once the whole GPT is
+    loaded, that is used."""
+    lean = Engine.open(demo, device="cpu")
+    lean.emotion_gpt_alone = True
+    spk = engine.speaker_conditioning(speaker_wav)
+    other = sorted(SPEAKERS.glob("*.wav"))[-1]
+    for kw in (
+        {},
+        {"emo_vector": [0, 0, 0.6, 0, 0, 0, 0, 0.2]},
+        {"emo_audio": other, "emo_alpha": 0.7},
+    ):
+        want = engine.emotion_conditioning(_request(speaker_wav, **kw), spk)
+        got = lean.emotion_conditioning(_request(speaker_wav, **kw), spk)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), kw
+    assert "gpt_emotion" in lean.load_seconds and "gpt" not in lean.load_seconds
+    full = lean.part("gpt")
+    calls = []
+    merge = full.merge_emovec
+    full.merge_emovec = lambda *a, **k: calls.append(1) or merge(*a, **k)
+    lean.emotion_conditioning(_request(speaker_wav, emo_audio=other, emo_alpha=0.3), spk)
+    assert calls == [1]
+
+
 def test_row_failures_do_not_stop_other_rows(engine, speaker_wav, tmp_path):
     good = _request(speaker_wav, id="good")
     empty = _request(speaker_wav, id="empty", text="   ")

@@ -70,6 +70,12 @@ def _build_gpt(cs: CheckpointSet) -> nn.Module:
     return UnifiedVoice.from_config(cs.config["gpt"])
 
 
+def _build_gpt_emotion(cs: CheckpointSet) -> nn.Module:
+    from tts.models.gpt import EmotionEncoder
+
+    return EmotionEncoder.from_config(cs.config["gpt"])
+
+
 def _build_s2mel(cs: CheckpointSet) -> nn.Module:
     from tts.models.s2mel import S2Mel
 
@@ -242,8 +248,11 @@ MODULE_COMPONENTS: dict[str, Component] = {
 }
 
 
-def build_empty(name: str, cs: CheckpointSet) -> nn.Module:
-    """Build component ``name`` with parameters on meta (nothing initialised), in eval mode.
+def build_empty(
+    name: str, cs: CheckpointSet, build: Callable[[CheckpointSet], nn.Module] | None = None
+) -> nn.Module:
+    """Build component ``name`` (or, with ``build``, another module from its config section)
+    with parameters on meta (nothing initialised), in eval mode.
 
     A config that cannot describe the module (a missing section or key, a value of the wrong
     type) is a :class:`ConfigError` naming config.yaml, not a ``KeyError`` traceback.
@@ -253,7 +262,7 @@ def build_empty(name: str, cs: CheckpointSet) -> nn.Module:
         source = cs.path(name) / "config.json"
     try:
         with params_on_meta():
-            module = MODULE_COMPONENTS[name].build(cs)
+            module = (build or MODULE_COMPONENTS[name].build)(cs)
     except KeyError as exc:
         raise ConfigError(f"{source}: key {exc} missing (needed to build {name})") from None
     except (TypeError, ValueError, ZeroDivisionError) as exc:
@@ -277,6 +286,21 @@ def load_component(name: str, cs: CheckpointSet) -> tuple[nn.Module, LoadReport]
     if callable(after_load):
         after_load()
     return module, report
+
+
+def load_gpt_emotion(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
+    """The GPT's emotion path alone (:class:`tts.models.gpt.EmotionEncoder`) from gpt.pth.
+
+    Strict for what it holds: each of its tensors must be in the file with its shape, and an
+    unknown tensor under one of its four module names is an error. The rest of the file (81% of
+    it at full size) is not loaded; ``validate_weights`` checks the whole file once per set.
+    """
+    comp = MODULE_COMPONENTS["gpt"]
+    path = comp.file(cs)
+    module = build_empty("gpt", cs, _build_gpt_emotion)
+    prefixes = tuple(f"{child}." for child, _ in module.named_children())
+    state = {k: v for k, v in comp.read(path).items() if k.startswith(prefixes)}
+    return module, load_strict(module, state, str(path), comp.computed_ok)
 
 
 def manifest_rows(name: str, cs: CheckpointSet) -> list[tuple[str, str, str, str]]:

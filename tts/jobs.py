@@ -1093,6 +1093,7 @@ def run_emotion(
     _set_threads(threads)
     specs, speaker = _batch_inputs(spec_paths, speaker_dirs)
     engine = open_engine(config)
+    engine.emotion_gpt_alone = True  # this job needs the GPT's emotion path only
     tensors: dict = {}
     rows: dict = {}
     speakers: dict[str, tuple] = {}

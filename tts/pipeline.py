@@ -257,6 +257,10 @@ class Engine:
         self._prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self._vocoder_fused = False
         self.load_seconds: dict[str, float] = {}
+        # True in a process that computes emotion vectors and nothing after them (the workflow's
+        # emotion job): emotion conditioning then loads the GPT's emotion path alone
+        # ("gpt_emotion", 19% of gpt.pth) unless the whole GPT is loaded already.
+        self.emotion_gpt_alone = False
 
     @classmethod
     def open(
@@ -320,8 +324,8 @@ class Engine:
     # -- components ---------------------------------------------------------------------------
 
     def part(self, name: str):
-        """The loaded component ``name`` (gpt, s2mel, semantic_codec, campplus, bigvgan,
-        features, tokenizer, matrices, qwen), loading it on first use."""
+        """The loaded component ``name`` (gpt, gpt_emotion, s2mel, semantic_codec, campplus,
+        bigvgan, features, tokenizer, matrices, qwen), loading it on first use."""
         if name not in self._parts:
             start = time.perf_counter()
             self._parts[name] = self._load(name)
@@ -331,6 +335,11 @@ class Engine:
     def _load(self, name: str):
         from tts.components import load_component
 
+        if name == "gpt_emotion":
+            from tts.components import load_gpt_emotion
+
+            module, _ = load_gpt_emotion(self.cs)
+            return module.to(device=self.device, dtype=self.dtype).eval()
         if name in ("gpt", "s2mel", "semantic_codec", "campplus", "bigvgan"):
             module, _ = load_component(name, self.cs)
             dtype = self.dtype if name == "gpt" else torch.float32
@@ -491,7 +500,8 @@ class Engine:
         emo_cond = self._memo(
             "emotion", emo_key, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
         )
-        gpt = self.part("gpt")
+        alone = self.emotion_gpt_alone and "gpt" not in self._parts
+        gpt = self.part("gpt_emotion" if alone else "gpt")
         spk_cond = speaker["spk_cond_emb"]
         gen = torch.Generator(device="cpu").manual_seed(_seed(request))
 

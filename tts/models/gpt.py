@@ -247,7 +247,63 @@ def _pad_tokens_after(tokens: torch.Tensor, lengths: torch.Tensor, value: int) -
     return tokens.masked_fill(beyond, value)
 
 
-class UnifiedVoice(nn.Module):
+class EmotionPath:
+    """The GPT's emotion vector from w2v-bert features (spec 2.3), for any module holding
+    ``emo_conditioning_encoder``, ``emo_perceiver_encoder``, ``emovec_layer`` and ``emo_layer``
+    (:class:`UnifiedVoice`, or :class:`EmotionEncoder` alone)."""
+
+    def get_emo_conditioning(
+        self, speech_conditioning_input: torch.Tensor, cond_mel_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Emotion perceiver output ``[B, 1024]`` from features laid out ``[B, 1024, T]``."""
+        x = speech_conditioning_input.transpose(1, 2)
+        lengths = _default_lengths(cond_mel_lengths, x)
+        enc, mask = self.emo_conditioning_encoder(x, lengths)
+        keys = F.pad(mask.squeeze(1), (1, 0), value=True)
+        return self.emo_perceiver_encoder(enc, keys).squeeze(1)
+
+    def get_emovec(
+        self, emo_speech_conditioning_latent: torch.Tensor, emo_cond_lengths: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Emotion vector ``[B, model_dim]`` = emo_layer(emovec_layer(emo perceiver)).
+
+        Input features are ``[B, T, 1024]`` (note: not transposed, unlike get_*conditioning).
+        """
+        emo = self.get_emo_conditioning(
+            emo_speech_conditioning_latent.transpose(1, 2), emo_cond_lengths
+        )
+        return self.emo_layer(self.emovec_layer(emo))
+
+    def merge_emovec(
+        self,
+        speech_conditioning_latent: torch.Tensor,
+        emo_speech_conditioning_latent: torch.Tensor,
+        cond_lengths: torch.Tensor | None,
+        emo_cond_lengths: torch.Tensor | None,
+        alpha: float = 1.0,
+    ) -> torch.Tensor:
+        """``e(spk) + alpha * (e(emo) - e(spk))`` with e = :meth:`get_emovec` (same encoder).
+
+        Args mirror the reference: speaker features ``[B, T_s, 1024]``, emotion features
+        ``[B, T_e, 1024]``, their lengths ``[B]``, and the emotion strength ``alpha``.
+        Returns ``[B, model_dim]``.
+        """
+        emo_vec = self.get_emovec(emo_speech_conditioning_latent, emo_cond_lengths)
+        base_vec = self.get_emovec(speech_conditioning_latent, cond_lengths)
+        return base_vec + alpha * (emo_vec - base_vec)
+
+
+def _emo_perceiver(em: dict) -> PerceiverResampler:
+    return PerceiverResampler(
+        EMO_PERCEIVER_DIM,
+        dim_context=em["output_size"],
+        ff_mult=em["perceiver_mult"],
+        heads=em["attention_heads"],
+        num_latents=1,
+    )
+
+
+class UnifiedVoice(EmotionPath, nn.Module):
     """The IndexTTS2 GPT. Build with :meth:`from_config` from the ``gpt`` section of config.yaml."""
 
     def __init__(
@@ -294,13 +350,7 @@ class UnifiedVoice(nn.Module):
         )
         self.speed_emb = nn.Embedding(2, model_dim)
         self.emo_conditioning_encoder = _conformer(em)
-        self.emo_perceiver_encoder = PerceiverResampler(
-            EMO_PERCEIVER_DIM,
-            dim_context=em["output_size"],
-            ff_mult=em["perceiver_mult"],
-            heads=em["attention_heads"],
-            num_latents=1,
-        )
+        self.emo_perceiver_encoder = _emo_perceiver(em)
         self.text_embedding = nn.Embedding(number_text_tokens + 1, model_dim)
         self.emo_layer = nn.Linear(model_dim, model_dim)
         self.emovec_layer = nn.Linear(EMO_PERCEIVER_DIM, model_dim)
@@ -358,46 +408,6 @@ class UnifiedVoice(nn.Module):
         enc, mask = self.conditioning_encoder(x, lengths)
         keys = F.pad(mask.squeeze(1), (self.cond_num, 0), value=True)
         return self.perceiver_encoder(enc, keys)
-
-    def get_emo_conditioning(
-        self, speech_conditioning_input: torch.Tensor, cond_mel_lengths: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Emotion perceiver output ``[B, 1024]`` from features laid out ``[B, 1024, T]``."""
-        x = speech_conditioning_input.transpose(1, 2)
-        lengths = _default_lengths(cond_mel_lengths, x)
-        enc, mask = self.emo_conditioning_encoder(x, lengths)
-        keys = F.pad(mask.squeeze(1), (1, 0), value=True)
-        return self.emo_perceiver_encoder(enc, keys).squeeze(1)
-
-    def get_emovec(
-        self, emo_speech_conditioning_latent: torch.Tensor, emo_cond_lengths: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Emotion vector ``[B, model_dim]`` = emo_layer(emovec_layer(emo perceiver)).
-
-        Input features are ``[B, T, 1024]`` (note: not transposed, unlike get_*conditioning).
-        """
-        emo = self.get_emo_conditioning(
-            emo_speech_conditioning_latent.transpose(1, 2), emo_cond_lengths
-        )
-        return self.emo_layer(self.emovec_layer(emo))
-
-    def merge_emovec(
-        self,
-        speech_conditioning_latent: torch.Tensor,
-        emo_speech_conditioning_latent: torch.Tensor,
-        cond_lengths: torch.Tensor | None,
-        emo_cond_lengths: torch.Tensor | None,
-        alpha: float = 1.0,
-    ) -> torch.Tensor:
-        """``e(spk) + alpha * (e(emo) - e(spk))`` with e = :meth:`get_emovec` (same encoder).
-
-        Args mirror the reference: speaker features ``[B, T_s, 1024]``, emotion features
-        ``[B, T_e, 1024]``, their lengths ``[B]``, and the emotion strength ``alpha``.
-        Returns ``[B, model_dim]``.
-        """
-        emo_vec = self.get_emovec(emo_speech_conditioning_latent, emo_cond_lengths)
-        base_vec = self.get_emovec(speech_conditioning_latent, cond_lengths)
-        return base_vec + alpha * (emo_vec - base_vec)
 
     def conditioning_prefix(
         self, speaker_latent: torch.Tensor, emo_vec: torch.Tensor, batch: int
@@ -679,6 +689,28 @@ def prefix_attention_mask(valid: torch.Tensor, length: int) -> torch.Tensor:
     causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
     mask = causal & valid[:, None, None, :length]
     return mask | torch.eye(length, dtype=torch.bool, device=valid.device)
+
+
+class EmotionEncoder(EmotionPath, nn.Module):
+    """The four modules of ``gpt.pth`` that emotion conditioning uses, under the same names.
+
+    163M of the GPT's 871M values at full size: a job that only computes emotion vectors (the
+    workflow's emotion stage) loads this instead of the whole GPT. Its results are those of
+    :class:`UnifiedVoice` with the same weights (tests/test_gpt.py checks this).
+    """
+
+    def __init__(self, model_dim: int, emo_condition_module: dict):
+        super().__init__()
+        em = emo_condition_module
+        self.emo_conditioning_encoder = _conformer(em)
+        self.emo_perceiver_encoder = _emo_perceiver(em)
+        self.emo_layer = nn.Linear(model_dim, model_dim)
+        self.emovec_layer = nn.Linear(EMO_PERCEIVER_DIM, model_dim)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> EmotionEncoder:
+        """Build from the ``gpt`` section of config.yaml, as :meth:`UnifiedVoice.from_config`."""
+        return cls(int(cfg["model_dim"]), dict(cfg["emo_condition_module"]))
 
 
 def _conformer(cm: dict) -> ConformerEncoder:
