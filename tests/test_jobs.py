@@ -315,7 +315,8 @@ def test_prepare_writes_specs_only_when_changed(tmp_path, monkeypatch):
     plan = jobs.prepare(cfg)
     assert spec.stat().st_mtime_ns > old
     assert (tmp_path / "results/specs/welcome.json").stat().st_mtime_ns < spec.stat().st_mtime_ns
-    assert set(plan.speakers) == {plan.specs[r]["speaker_key"] for r in plan.specs}
+    planned = {key for group in plan.speaker_groups.values() for key in group}
+    assert planned == {plan.specs[r]["speaker_key"] for r in plan.specs}
 
 
 def test_print_summary_lists_failed_rows(tmp_path):

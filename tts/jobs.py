@@ -637,10 +637,10 @@ class Plan:
     table: Table
     batches: dict[str, list[str]]
     specs: dict[str, dict]  # every batch member (current rows and retained removed rows)
-    speakers: dict[str, str]  # speaker key -> audio path
     fingerprint: dict
     batch_of: dict[str, str] = field(default_factory=dict)
-    speaker_groups: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> path
+    # speaker group -> {speaker key: prompt file} (plan_speaker_groups)
+    speaker_groups: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def set_hash(self) -> str:
@@ -772,7 +772,7 @@ def prepare(config: dict) -> Plan:
     fingerprint = checkpoint_fingerprint(
         config["checkpoints"], Path(results, "checkpoints", "hash-cache.json")
     )
-    return Plan(results, table, batches, specs, speakers, fingerprint, batch_of, groups)
+    return Plan(results, table, batches, specs, fingerprint, batch_of, groups)
 
 
 # ---------------------------------------------------------------------------------------------
