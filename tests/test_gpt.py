@@ -87,7 +87,7 @@ def test_missing_tensor_is_refused(tmp_path):
 
 
 @needs_small
-def test_emotion_path_alone_meets_the_fixtures(monkeypatch):
+def test_emotion_path_alone_meets_the_fixtures(golden, monkeypatch):
     """The GPT's emotion path loaded alone (what the workflow's emotion job loads) passes the
     emotion-encoder and merge fixture cases, and equals the whole GPT bit for bit."""
     from tts import parity
@@ -113,10 +113,7 @@ def test_emotion_path_alone_meets_the_fixtures(monkeypatch):
             assert not parity.check_case(fs, case), parity.case_id(case)
             ran.add(parity.case_id(case))
     assert ran == wanted
-    from safetensors.torch import load_file  # the same inputs through both models
-
-    g = load_file(str(SMALL / "golden.safetensors"))
-    feat, lens = g["b2.emo_feat"], g["b2.emo_lens"]
+    feat, lens = golden["b2.emo_feat"], golden["b2.emo_lens"]  # through both models
     with torch.no_grad():
         assert torch.equal(alone.get_emovec(feat, lens), full.get_emovec(feat, lens))
         assert torch.equal(

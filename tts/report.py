@@ -86,11 +86,16 @@ def collect(
     groups = (_maybe(results / "speakers" / "plan.json") or {}).get("groups", {})
     group_of = {key: g for g, members in groups.items() for key in members}
 
+    speaker_cache: dict[str, dict] = {}
+
     def speaker_status(key: str | None) -> dict:
-        """The speaker job's record of one prompt file ({} if there is none)."""
+        """The speaker job's record of one prompt file ({} if there is none), read once."""
         if key not in group_of:
             return {}
-        return _maybe(results / "speakers" / group_of[key] / f"{key}.json") or {}
+        if key not in speaker_cache:
+            path = results / "speakers" / group_of[key] / f"{key}.json"
+            speaker_cache[key] = _maybe(path) or {}
+        return speaker_cache[key]
 
     specs = {}
     for entry in table["rows"]:

@@ -65,15 +65,11 @@ def _default_init_flag(name: str, t: torch.Tensor, std: float, lo: float, hi: fl
 def tensor_stats(file: str, name: str, t: torch.Tensor) -> TensorStats:
     """Statistics and flags of one tensor (computed in float64 on CPU)."""
     x = t.detach().to("cpu")
-    if x.is_floating_point():
-        if all_finite(x):  # the common case: no NaN to count, no copy to select
-            nan, finite = 0, x.double().flatten()
-        else:
-            nan = int(torch.isnan(x).sum())
-            finite = x[torch.isfinite(x)].double()
+    if all_finite(x):  # integer tensors, and the usual float case: no NaN to count or drop
+        nan, finite = 0, x.double().flatten()
     else:
-        nan = 0
-        finite = x.double().flatten()
+        nan = int(torch.isnan(x).sum())
+        finite = x[torch.isfinite(x)].double()
     if finite.numel():
         mean, lo, hi = float(finite.mean()), float(finite.min()), float(finite.max())
         std = float(finite.std()) if finite.numel() > 1 else 0.0
