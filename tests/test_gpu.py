@@ -288,7 +288,17 @@ def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
 # The decoder variants of tts.fast.decode.VARIANTS beyond graph / graphc (swap reorder, fused
 # compiled layers, Inductor-reduction projections, the few-row Triton kernels), through CUDA
 # graphs.
-NEW_VARIANTS = ("graphr", "graphf", "graphfr", "graphk", "graphka", "graphfi", "graphki", "graphkp")
+NEW_VARIANTS = (
+    "graphr",
+    "graphf",
+    "graphfr",
+    "graphk",
+    "graphka",
+    "graphfi",
+    "graphki",
+    "graphkp",
+    "graphkn",
+)
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
 

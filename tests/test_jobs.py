@@ -491,3 +491,26 @@ def test_cudnn_benchmark_is_opt_in():
         is False
     )
     assert parser.parse_args(["bench", "--cudnn-benchmark"]).cudnn_benchmark is True
+
+
+def test_compile_cache_points_inductor_and_triton_at_the_configured_folder(tmp_path, monkeypatch):
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    chosen = jobs.use_compile_cache({"compile_cache": "cache/tts"})
+    assert chosen == {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache" / "tts" / "inductor"),
+        "TRITON_CACHE_DIR": str(tmp_path / "cache" / "tts" / "triton"),
+    }
+    assert all(os.environ[k] == v for k, v in chosen.items())
+
+
+def test_compile_cache_leaves_a_users_variable_and_null_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/mine")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    chosen = jobs.use_compile_cache({"compile_cache": str(tmp_path)})
+    assert os.environ["TRITON_CACHE_DIR"] == "/mine" and "TRITON_CACHE_DIR" not in chosen
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert jobs.use_compile_cache({"compile_cache": None}) == {}
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ

@@ -280,3 +280,20 @@ def test_synth_command_refuses_half_render_precision_on_the_cpu(
     assert rc == 2
     assert "render_precision bfloat16 needs CUDA" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_opening_an_engine_does_not_import_torchdynamo(demo):
+    """Checking the configured decoder name must not import tts.fast.decode, whose TorchDynamo
+    import took ~3 s of every workflow job's start on the GPU machine (docs/benchmarks.md,
+    runs AQ-AS). A fresh interpreter, since this one may have imported it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tts.pipeline import Engine; "
+        f"Engine.open({str(demo)!r}, device='cpu', gpt_decoder='graphkn'); "
+        "print(sorted(m for m in ('torch._dynamo', 'tts.fast.decode') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -20,6 +20,7 @@ Intermediate results are plain ``dict[str, torch.Tensor]`` saved with safetensor
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import time
@@ -32,6 +33,8 @@ import torch
 from tts.checkpoints import CheckpointSet, missing_files, sha256
 from tts.loading import CheckpointError
 from tts.text.frontend import TextPlan
+
+log = logging.getLogger("tts.pipeline")
 
 SAMPLE_RATE = 22050
 
@@ -237,7 +240,7 @@ class Engine:
         if int(render_batch_items) < 1:
             raise ValueError(f"render_batch_items must be >= 1, got {render_batch_items}")
         self.render_batch_items = int(render_batch_items)
-        from tts.fast.decode import VARIANTS
+        from tts.fast.variants import VARIANTS
 
         if gpt_decoder not in VARIANTS:
             raise ValueError(f"gpt_decoder {gpt_decoder!r} is not one of {', '.join(VARIANTS)}")
@@ -700,9 +703,31 @@ class Engine:
         if self.fast:
             from tts.fast.decode import VARIANTS, generate
 
-            return generate(
-                gpt, prefix, valid, config, generator=generators, **VARIANTS[self.gpt_decoder]
+            stats: dict = {}
+            out = generate(
+                gpt,
+                prefix,
+                valid,
+                config,
+                generator=generators,
+                stats=stats,
+                **VARIANTS[self.gpt_decoder],
             )
+            # A job's log says where a GPT call's time went (first calls pay compiles, captures).
+            log.info(
+                "GPT decode (%s): %d items, prompt %d positions, %d steps; host set-up %.2f s, "
+                "step 0 %.2f s, graph captures %.2f s (%d graphs), loop %.2f s",
+                self.gpt_decoder,
+                prefix.size(0),
+                prefix.size(1),
+                stats.get("steps", 0),
+                stats.get("setup_s", 0.0),
+                stats.get("first_step_s", 0.0),
+                stats.get("capture_s", 0.0),
+                stats.get("graphs", 0),
+                stats.get("loop_s", 0.0),
+            )
+            return out
         from tts.generation import generate
 
         return generate(gpt, prefix, valid, config, generator=generators)
@@ -756,7 +781,9 @@ class Engine:
                     [text[j, : len(chunk[j].ids)] for j in idx],
                     [codes for _, codes, _ in keep],
                 )
-            fwd_share = _tock(dev, start) / len(keep)
+            fwd_s = _tock(dev, start)
+            fwd_share = fwd_s / len(keep)
+            log.info("GPT latent pass: %d items, %.2f s", len(keep), fwd_s)
             for (j, codes, warns), lat in zip(keep, latents, strict=True):
                 seg = chunk[j].segment
                 if not bool(torch.isfinite(lat).all()):

@@ -160,8 +160,9 @@ RERUN = {
     "'{O}/wav', '{O}/render.json', T)",
 }
 RUNNER = """
-import cProfile, io, json, pstats, sys, time
+import cProfile, io, json, logging, pstats, sys, time
 start = time.perf_counter()
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 import torch
 from tts import gpu_slots, jobs
 imports = time.perf_counter() - start
@@ -180,6 +181,8 @@ if prof:
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(45)
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+    # the project's own calls, below the imports that fill the top of the list above
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats("/tts/", 60)
     print(out.getvalue())
 """
 

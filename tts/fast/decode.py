@@ -64,6 +64,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from tts.fast.variants import REORDERS, VARIANTS  # noqa: F401 - VARIANTS: re-exported
 from tts.generation import (
     FAKE_PROMPT_ID,
     GenerationConfig,
@@ -114,70 +115,6 @@ def _compiled_select():
     if fn is None:
         fn = _COMPILED["select"] = torch.compile(_select, dynamic=False)
     return fn
-
-
-# Named decoder variants: the keyword arguments of generate() each one sets (graph = defaults).
-VARIANTS: dict[str, dict] = {
-    "graph": {},
-    "graphc": {"compile_logic": True},
-    "graphr": {"reorder": "swap"},
-    "graphl": {"fused": True, "compile_logic": True},
-    "graphf": {"fused": True, "reorder": "swap", "compile_logic": True, "compile_processors": True},
-    "graphfr": {
-        "fused": True,
-        "matmul": "reduce",
-        "reorder": "swap",
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-    "graphfa": {
-        "fused": True,
-        "matmul": "autotune",
-        "reorder": "swap",
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-    "graphk": {
-        "fused": True,
-        "matmul": "triton",
-        "reorder": "swap",
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-    "graphka": {
-        "fused": True,
-        "matmul": "triton",
-        "attention": "triton",
-        "reorder": "swap",
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-    "graphfi": {
-        "fused": True,
-        "reorder": "table",
-        "attention": "triton",
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-    "graphki": {
-        "fused": True,
-        "matmul": "triton",
-        "reorder": "table",
-        "attention": "triton",
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-    "graphkp": {
-        "fused": True,
-        "matmul": "triton",
-        "reorder": "table",
-        "attention": "triton",
-        "pdl": True,
-        "compile_logic": True,
-        "compile_processors": True,
-    },
-}
-REORDERS = ("copy", "swap", "table")
 
 
 @torch.compiler.disable
@@ -356,7 +293,9 @@ def generate(
     ``use_graph`` (default: on CUDA) replays one CUDA graph per step; ``check_every`` (default
     32 with graphs, else 1) is the number of steps between "all finished?" host checks (more
     steps only run past the end, they never change the result). ``stats``, if given, receives
-    ``loop_s`` (time of the decode loop after the prefill) and ``steps``. ``compile_logic``
+    ``loop_s`` (time of the decode loop after the prefill), ``steps``, and the host seconds of
+    the set-up (``setup_s``), of step 0 (``first_step_s``: its eager run, which compiles, and
+    the captures it makes) and of all captures (``capture_s``). ``compile_logic``
     runs the per-step decision logic through torch.compile (falls back to plain on failure).
 
     Speed variants (module notes; each falls back to the plain path, recorded in
@@ -387,6 +326,7 @@ def generate(
         use_graph = prefix.device.type == "cuda"
     if check_every is None:
         check_every = DEFAULT_CHECK_EVERY if use_graph else 1
+    started = time.perf_counter()
     dec = StaticDecoder(
         model,
         prefix,
@@ -406,6 +346,8 @@ def generate(
         ahead=ahead,
         pdl=pdl,
     )
+    if stats is not None:
+        stats["setup_s"] = time.perf_counter() - started  # host time: buffers, prefill launch
     return dec.run(check_every=max(1, int(check_every)), stats=stats)
 
 
@@ -542,6 +484,7 @@ class StaticDecoder:
         self.warm_windows: set[int] = set()  # cache windows whose attention ran once
         self.eager_steps = 0
         self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
+        self.first_step_s = 0.0  # host seconds of step 0 (run() sets it)
         self.stream = torch.cuda.Stream(device) if use_graph else None
 
     # -- the step ----------------------------------------------------------------------------
@@ -1038,7 +981,11 @@ class StaticDecoder:
                 begin = time.perf_counter()
         step = 0
         while True:
+            first = time.perf_counter() if step == 0 else None
             self._run_step(step)
+            if first is not None:
+                # host time of step 0: eager (compiles what the variant compiles) + captures
+                self.first_step_s = time.perf_counter() - first
             step += 1
             if step >= self.max_new or self._checkpoint(step, check_every):
                 break
@@ -1054,6 +1001,7 @@ class StaticDecoder:
             stats["graphs"] = len(self.graphs)
             stats["eager_steps"] = self.eager_steps  # steps run outside a graph (CUDA: 1)
             stats["capture_s"] = self.capture_s
+            stats["first_step_s"] = self.first_step_s
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
             stats["matmul"] = self.fused.matmul if self.fused is not None else None
             stats["attention"] = self.attend.keywords["kind"]

@@ -1,0 +1,81 @@
+"""The named variants of the fast GPT decoder (:func:`tts.fast.decode.generate`).
+
+Kept apart from :mod:`tts.fast.decode` so that checking a configured name costs no import of
+TorchDynamo (which ``decode`` needs and which takes seconds to import): jobs that never
+decode, such as the conditioning and render jobs, open an Engine without it.
+"""
+
+from __future__ import annotations
+
+# Named decoder variants: the keyword arguments of generate() each one sets (graph = defaults).
+VARIANTS: dict[str, dict] = {
+    "graph": {},
+    "graphc": {"compile_logic": True},
+    "graphr": {"reorder": "swap"},
+    "graphl": {"fused": True, "compile_logic": True},
+    "graphf": {"fused": True, "reorder": "swap", "compile_logic": True, "compile_processors": True},
+    "graphfr": {
+        "fused": True,
+        "matmul": "reduce",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphfa": {
+        "fused": True,
+        "matmul": "autotune",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphk": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphka": {
+        "fused": True,
+        "matmul": "triton",
+        "attention": "triton",
+        "reorder": "swap",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphfi": {
+        "fused": True,
+        "reorder": "table",
+        "attention": "triton",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphki": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "table",
+        "attention": "triton",
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    "graphkp": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "table",
+        "attention": "triton",
+        "pdl": True,
+        "compile_logic": True,
+        "compile_processors": True,
+    },
+    # graphkp with the token choice and the logits processors op by op (still inside the CUDA
+    # graph): a little more GPU time per step, but no compile of them in a new process, where a
+    # workflow job makes one GPT call (docs/benchmarks.md, runs AQ-AS).
+    "graphkn": {
+        "fused": True,
+        "matmul": "triton",
+        "reorder": "table",
+        "attention": "triton",
+        "pdl": True,
+    },
+}
+REORDERS = ("copy", "swap", "table")
