@@ -1,8 +1,9 @@
 """The named variants of the fast GPT decoder (:func:`tts.fast.decode.generate`).
 
-Kept apart from :mod:`tts.fast.decode` so that checking a configured name costs no import of
-TorchDynamo (which ``decode`` needs and which takes seconds to import): jobs that never
-decode, such as the conditioning and render jobs, open an Engine without it.
+Kept apart from :mod:`tts.fast.decode` so that opening an Engine, which checks the configured
+name, does not import TorchDynamo (``decode`` needs it; importing it took ~3 s of every
+workflow job's start on the GPU machine). What compiles still imports it when it runs, and so
+do libraries that import it themselves (transformers, for the w2v-bert features).
 """
 
 from __future__ import annotations
