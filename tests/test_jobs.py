@@ -493,10 +493,18 @@ def test_cudnn_benchmark_is_opt_in():
     assert parser.parse_args(["bench", "--cudnn-benchmark"]).cudnn_benchmark is True
 
 
-def test_compile_cache_points_inductor_and_triton_at_the_configured_folder(tmp_path, monkeypatch):
+@pytest.fixture
+def cache_env(monkeypatch):
+    """Neither cache variable set, and both restored afterwards: use_compile_cache writes
+    os.environ itself, which monkeypatch restores only for variables it has recorded."""
     for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv(var, "recorded")
+        monkeypatch.delenv(var)
+    return monkeypatch
+
+
+def test_compile_cache_points_inductor_and_triton_at_the_configured_folder(tmp_path, cache_env):
+    cache_env.chdir(tmp_path)
     chosen = jobs.use_compile_cache({"compile_cache": "cache/tts"})
     assert chosen == {
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache" / "tts" / "inductor"),
@@ -505,12 +513,11 @@ def test_compile_cache_points_inductor_and_triton_at_the_configured_folder(tmp_p
     assert all(os.environ[k] == v for k, v in chosen.items())
 
 
-def test_compile_cache_leaves_a_users_variable_and_null_alone(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_CACHE_DIR", "/mine")
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+def test_compile_cache_leaves_a_users_variable_and_null_alone(tmp_path, cache_env):
+    cache_env.setenv("TRITON_CACHE_DIR", "/mine")
     chosen = jobs.use_compile_cache({"compile_cache": str(tmp_path)})
     assert os.environ["TRITON_CACHE_DIR"] == "/mine" and "TRITON_CACHE_DIR" not in chosen
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    del os.environ["TORCHINDUCTOR_CACHE_DIR"]
     assert jobs.use_compile_cache({"compile_cache": None}) == {}
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ

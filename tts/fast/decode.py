@@ -484,7 +484,6 @@ class StaticDecoder:
         self.warm_windows: set[int] = set()  # cache windows whose attention ran once
         self.eager_steps = 0
         self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
-        self.first_step_s = 0.0  # host seconds of step 0 (run() sets it)
         self.stream = torch.cuda.Stream(device) if use_graph else None
 
     # -- the step ----------------------------------------------------------------------------
@@ -979,13 +978,11 @@ class StaticDecoder:
                 begin.record()
             else:
                 begin = time.perf_counter()
-        step = 0
+        step, started, first_step_s = 0, time.perf_counter(), 0.0
         while True:
-            first = time.perf_counter() if step == 0 else None
             self._run_step(step)
-            if first is not None:
-                # host time of step 0: eager (compiles what the variant compiles) + captures
-                self.first_step_s = time.perf_counter() - first
+            if step == 0:  # host time: its eager run (compiles what the variant compiles), captures
+                first_step_s = time.perf_counter() - started
             step += 1
             if step >= self.max_new or self._checkpoint(step, check_every):
                 break
@@ -1001,7 +998,7 @@ class StaticDecoder:
             stats["graphs"] = len(self.graphs)
             stats["eager_steps"] = self.eager_steps  # steps run outside a graph (CUDA: 1)
             stats["capture_s"] = self.capture_s
-            stats["first_step_s"] = self.first_step_s
+            stats["first_step_s"] = first_step_s
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
             stats["matmul"] = self.fused.matmul if self.fused is not None else None
             stats["attention"] = self.attend.keywords["kind"]
