@@ -10,6 +10,7 @@ tests/test_gpu.py repeats the fixture checks on CUDA, where the CUDA graphs are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -809,6 +810,273 @@ def test_topk_threshold_kernels_interpreted():
                 assert "outside" in str(exc)
         print("ok")
         """
+    )
+
+
+def _processed_rows(rows: int, vocab: int, device: str, seed: int = 0):
+    """Logits of bf16 precision (many ties, as a half GPT gives them) times 3, with 97 zeros of
+    both signs tied at the top of row 1 (97: no whole number of them holds exactly a top-p
+    share of the tests' settings, whose cumulative probability would be a rounding's toss
+    either way) and a row mostly -inf (row 2), and a random history (none among the ties)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    logits = (torch.randn(rows, vocab, device=device, generator=gen) * 3).bfloat16().float()
+    logits[1, :97] = 0.0
+    logits[1, 48:97] = -0.0
+    logits[1, 97:] -= 50
+    logits[2, 40:] = float("-inf")
+    seen = torch.rand(rows, vocab, device=device, generator=gen) < 0.05
+    seen[1, :97] = False
+    return logits, seen
+
+
+# Settings the processors' kernel is checked at: the official ones, and others that keep few,
+# many (ties past the draw kernel's tile) or no scores, without sampling, and greedy sampling.
+PROCESSOR_CONFIGS = (
+    ({}, True),
+    ({"top_k": 5, "top_p": 0.5, "temperature": 1.3, "repetition_penalty": 2.0}, True),
+    ({"top_k": 200, "top_p": 0.95}, True),
+    ({"top_k": 3, "top_p": 0.1}, True),
+    ({"do_sample": False}, True),
+    ({}, False),
+)
+
+
+def _processors_agree(rows: int, vocab: int, device: str) -> None:
+    """tts.fast.processors.process against tts.generation.process_scores: the same scores kept
+    (exactly the same -inf mask) and the kept ones to float32 rounding. Top-p's sort orders
+    equal scores by index, as CUDA's torch.sort does; the CPU's keeps no such order, so on the
+    CPU the reference sorts with ``stable=True``."""
+    from unittest import mock
+
+    import torch.nn.functional as F
+
+    from tts.fast import processors
+    from tts.generation import GenerationConfig, process_scores
+
+    logits, seen = _processed_rows(rows, vocab, device)
+    plain_sort = torch.sort
+    stable = mock.patch.object(
+        torch, "sort", lambda x, descending=False: plain_sort(x, descending=descending, stable=True)
+    )
+    for changes, beams in PROCESSOR_CONFIGS:
+        cfg = GenerationConfig(**changes)
+        keep = 2 if beams else 1
+        scores = F.log_softmax(logits, -1) if beams else logits
+        with stable if device == "cpu" else contextlib.nullcontext():
+            want = process_scores(scores, seen, cfg, keep)
+        got = processors.process(logits, seen, cfg, keep, log_softmax=beams)
+        kept = torch.isfinite(want)
+        assert torch.equal(kept, torch.isfinite(got)), (changes, beams)
+        torch.testing.assert_close(got[kept], want[kept], rtol=1e-6, atol=1e-6)
+
+
+def test_processors_kernel_interpreted():
+    """The logits processors' kernel (Triton's CPU interpreter) keeps exactly the scores
+    process_scores keeps, at 3 rows of the GPT's 8194 codes and 4 of 300, with ties (zeros of
+    both signs tied at the threshold, bf16-rounded logits), rows mostly -inf, and the settings
+    of PROCESSOR_CONFIGS; the kept scores agree to float32 rounding. Sampling without a small
+    top-k is left to torch."""
+    _run_interpreted(
+        """
+        import torch
+        from test_fast import _processors_agree
+        from tts.fast import processors
+        from tts.generation import GenerationConfig
+        _processors_agree(3, 8194, "cpu")
+        _processors_agree(4, 300, "cpu")
+        x = torch.zeros(2, 50)
+        assert processors.supported(x, GenerationConfig())
+        assert processors.supported(x, GenerationConfig(do_sample=False, top_k=None))
+        for top_k in (None, 0, processors.MAX_TOP_K + 1):
+            assert not processors.supported(x, GenerationConfig(top_k=top_k))
+        assert not processors.supported(x.double(), GenerationConfig())
+        print("ok")
+        """,
+        timeout=600,
+    )
+
+
+def _compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int) -> None:
+    """Compile the Triton kernel ``fn`` for an sm_90 GPU on this machine (Triton's front end,
+    its GPU passes and the ptxas it ships): what the CPU interpreter accepts but the GPU
+    compiler refuses fails here, before a GPU run."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def test_choice_kernels_compile_for_hopper():
+    """The processors' and the beam draw's kernels compile for sm_90 at the decoder's settings
+    (the first version of the former passed the interpreter and failed on the GPU)."""
+    from tts.fast import processors, sampling
+
+    flags = ("LOG_SOFTMAX", "PENALTY", "TEMPERATURE", "TOP_K", "TOP_P")
+    _compile_for_hopper(
+        processors._process_kernel,
+        {
+            **dict.fromkeys(("x_ptr", "out_ptr", "surv_v"), "*fp32"),
+            "seen_ptr": "*u8",
+            **dict.fromkeys(("surv_i", "surv_n", "invalid_ptr"), "*i32"),
+            **dict.fromkeys(("n", "stride_x", "stride_seen", "stride_out", "k", "keep"), "i32"),
+            **dict.fromkeys(("penalty", "temperature", "cut"), "fp32"),
+            **dict.fromkeys((*flags, "BLOCK", "PAIRS"), "constexpr"),
+        },
+        {**dict.fromkeys(flags, True), "BLOCK": 16384, "PAIRS": processors.PAIRS},
+        processors.NUM_WARPS,
+    )
+    _compile_for_hopper(
+        sampling._candidates_kernel,
+        {
+            **dict.fromkeys(("scores_ptr", "beam_ptr", "q_ptr", "cand_scores_ptr"), "*fp32"),
+            **dict.fromkeys(("surv_i", "surv_n", "invalid_ptr"), "*i32"),
+            "cand_ptr": "*i64",
+            "vocab": "i32",
+            **dict.fromkeys(("N", "BEAMS", "BEAMS_P", "CHUNK", "FIRST"), "constexpr"),
+        },
+        {"N": 6, "BEAMS": 3, "BEAMS_P": 4, "CHUNK": sampling.CHUNK, "FIRST": 16},
+        sampling.CANDIDATE_WARPS,
+    )
+
+
+def _candidates_agree(items: int, device: str, zeros: str) -> list[bool]:
+    """tts.fast.sampling.beam_candidates (after the processors' kernel) against the beam
+    step's torch ops (softmax, multinomial_rows, gather) from generators in the same states,
+    3 beams of 8194 codes, twice in a row. The candidates with a positive probability and all
+    scores must be identical. ``zeros``: where fewer than 6 are positive (top-k 3 and top-p
+    0.1, beams far apart), "lowest" checks that the rest are the lowest-index entries of
+    probability 0 in index order; returns, per call, whether they equal torch's too."""
+
+    from tts.fast import processors
+    from tts.fast.sampling import beam_candidates
+    from tts.generation import GenerationConfig, multinomial_rows
+
+    rows = items * 3
+    logits, seen = _processed_rows(rows, 8194, device, seed=items)
+    cfg = GenerationConfig() if zeros == "none" else GenerationConfig(top_k=3, top_p=0.1)
+    survivors = processors.survivor_buffers(rows, 8194, device)
+    invalid = torch.zeros(1, dtype=torch.int32, device=device)
+    processed = processors.process(
+        logits, seen, cfg, 2, log_softmax=True, survivors=survivors, invalid=invalid
+    )
+    gen = torch.Generator(device=device).manual_seed(1)
+    beam_scores = -torch.rand(rows, device=device, generator=gen) * 5
+    if zeros != "none":
+        beam_scores.view(items, 3)[:, 1:] = -1e9  # step 0: only the first beam counts
+    mine = [torch.Generator(device=device).manual_seed(10 + i) for i in range(items)]
+    torchs = [torch.Generator(device=device).manual_seed(10 + i) for i in range(items)]
+    total = (processed + beam_scores[:, None]).view(items, 3 * 8194)
+    probs = total.softmax(dim=-1)
+    same_as_torch = []
+    for _ in range(2):
+        want = multinomial_rows(probs, 6, torchs)
+        got, got_scores = beam_candidates(processed, survivors, beam_scores, 3, 6, mine, invalid)
+        assert torch.equal(got_scores, total.gather(1, got))
+        positive = probs.gather(1, want) > 0
+        assert torch.equal(got[positive], want[positive])
+        assert torch.equal(probs.gather(1, got) > 0, positive)
+        if zeros == "none":
+            assert positive.all() and torch.equal(got, want)
+        for row, pos in zip(got.tolist(), positive.tolist(), strict=True):
+            rest = [c for c, p in zip(row, pos, strict=True) if not p]
+            assert rest == sorted(rest)
+        same_as_torch.append(torch.equal(got, want))
+    assert int(invalid) == 0
+    return same_as_torch
+
+
+def test_beam_draw_kernel_interpreted():
+    """The beam step's draw kernel (Triton's CPU interpreter) draws torch.multinomial's
+    candidates with the same generators, with their scores (1 and 4 items); where fewer than
+    the 6 drawn have a positive probability, those are identical and the rest are the
+    lowest-index zero-probability entries (the CPU's torch.topk orders those ties otherwise).
+    NaN logits raise the kernels' invalid flag."""
+    _run_interpreted(
+        """
+        import torch
+        from test_fast import _candidates_agree
+        from tts.fast import processors
+        from tts.fast.sampling import beam_candidates
+        from tts.generation import GenerationConfig
+        for items in (1, 4):
+            _candidates_agree(items, "cpu", "none")
+            _candidates_agree(items, "cpu", "lowest")
+        logits = torch.randn(3, 100)
+        logits[0, 5] = float("nan")
+        survivors = processors.survivor_buffers(3, 100, "cpu")
+        invalid = torch.zeros(1, dtype=torch.int32)
+        out = processors.process(logits, torch.zeros(3, 100, dtype=torch.bool),
+                                 GenerationConfig(), 2, log_softmax=True,
+                                 survivors=survivors, invalid=invalid)
+        assert int(invalid) == 1
+        invalid.zero_()
+        beam_candidates(torch.full((3, 100), float("-inf")), (None, survivors[1],
+                        torch.zeros(3, dtype=torch.int32)), torch.zeros(3), 3, 6, None, invalid)
+        assert int(invalid) == 1
+        print("ok")
+        """,
+        timeout=600,
+    )
+
+
+def test_triton_choice_decoder_matches_plain_generation_interpreted():
+    """The decoder with choice="triton" (the logits processors and the beam draw as Triton
+    kernels, in Triton's CPU interpreter, around the plain layers; graphkt adds graphkp's
+    layers, whose kernels the tests above check; float32) gives tts.generation's codes and
+    scores with beam sampling on a padded batch, with sampling and with beam search, and the
+    kernels really ran. With
+    settings that leave fewer than 6 positive candidates, codes, steps and beam indices are
+    still identical (only a beam of score -inf can hold another token, from the ties at
+    probability 0). A raised invalid flag fails the next "all finished?" test with
+    torch.multinomial's message."""
+    _run_interpreted(
+        """
+        import torch
+        from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
+        from tts import fast
+        from tts.fast import decode, processors, sampling
+        from tts.generation import GenerationConfig, generate as plain_generate
+        torch.set_num_threads(1)
+        calls = {"process": 0, "draw": 0}
+        def counted(name, fn):
+            def wrapper(*args, **kwargs):
+                calls[name] += 1
+                return fn(*args, **kwargs)
+            return wrapper
+        processors.process = counted("process", processors.process)
+        sampling.beam_candidates = counted("draw", sampling.beam_candidates)
+        model = _gpt_small()
+        prefix, valid = _padded_prefix(model)
+        for beams, changes in ((3, {}), (1, {}), (3, {"do_sample": False}),
+                               (3, {"top_k": 3, "top_p": 0.1})):
+            cfg = GenerationConfig(num_beams=beams, max_mel_tokens=24, warn_on_limit=False,
+                                   repetition_penalty=2.0, **changes)
+            plain = plain_generate(model, prefix, valid, cfg,
+                                   generator=torch.Generator().manual_seed(9), output_scores=True)
+            out = decode.generate(model, prefix, valid, cfg, output_scores=True,
+                                  generator=torch.Generator().manual_seed(9), choice="triton")
+            assert not fast.FALLBACKS, fast.FALLBACKS
+            if "top_k" in changes:
+                assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps
+                assert torch.equal(plain.beam_indices, out.beam_indices)
+            else:
+                _assert_same_generation(plain, out, beams)
+        # 24 steps per call: the processors in all 4 calls, the draw in the 2 beam-sampling ones
+        assert calls == {"process": 4 * 24, "draw": 2 * 24}, calls
+        cfg = GenerationConfig(max_mel_tokens=4)
+        dec = decode.StaticDecoder(model, prefix, valid, cfg, generator=None, choice="triton")
+        assert dec.choice_kernels and not dec._all_finished()
+        dec.invalid.fill_(1)
+        try:
+            dec._all_finished()
+            raise SystemExit("a raised flag was not reported")
+        except RuntimeError as exc:
+            assert "probability tensor contains" in str(exc)
+        print("ok")
+        """,
+        timeout=900,
     )
 
 

@@ -59,7 +59,8 @@ GPT_DTYPES = ("float32", "bfloat16", "float16")
 # Every named variant of tts.fast.decode.VARIANTS (static cache + CUDA graphs; graph = op by op,
 # graphf = fused compiled layers + swap reorder + compiled token choice, graphfi = the same with
 # the table reorder and Triton attention, graphkp = graphfi with the Triton projections up to 8
-# rows, launched ahead (the Engine's default), ...) and eager: the plain tts.generation loop.
+# rows, launched ahead, graphkt = graphkp with the processors and the beam draw as Triton
+# kernels (the Engine's default), ...) and eager: the plain tts.generation loop.
 DECODERS = (*VARIANTS, "eager")
 
 # --tiny: shrunk sizes (everything the reference hard-codes - 1024-wide semantic features, 80

@@ -16,7 +16,10 @@ the rows of batch 1 and batch 16 with 3 beams and the GPT's 8194 codes:
   item, as the Engine draws: one ``torch.multinomial`` per item
   (:func:`tts.generation.multinomial_rows`) against :func:`tts.fast.sampling.multinomial_groups`;
 * ``processors``: the fast decoder's compiled logits processors (penalty, temperature, top-k,
-  top-p) as a whole.
+  top-p) as a whole;
+* ``process_kernel_wW`` / ``draw_kernel_wW``: what the decoder's ``choice="triton"`` runs
+  instead (:mod:`tts.fast.processors`, :func:`tts.fast.sampling.beam_candidates` with its
+  exponential draws), at W warps per program.
 
     python3 scripts/device/choice_bench.py --json "$OUT/choice.json"
 
@@ -35,7 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tts.bench import median_cuda_ms  # noqa: E402
-from tts.fast import decode, topk  # noqa: E402
+from tts.fast import decode, sampling, topk  # noqa: E402
+from tts.fast import processors as fast_processors  # noqa: E402
 from tts.fast.sampling import multinomial_groups  # noqa: E402
 from tts.generation import GenerationConfig, multinomial_rows  # noqa: E402
 
@@ -84,7 +88,35 @@ def pieces(batch: int, device: torch.device) -> tuple[dict, list]:
             "draw_items_batched": lambda: multinomial_groups(probs, 2 * BEAMS, gens),
         }
     )
+    # The Triton choice (decoder choice="triton"): the processors' kernel, then the draw's
+    # kernel on its output, at each launch setting of the sweep.
+    out = torch.empty_like(logits)
+    survivors = fast_processors.survivor_buffers(rows, VOCAB, device)
+    invalid = torch.zeros(1, dtype=torch.int32, device=device)
+    beam_scores = torch.zeros(rows, device=device)
+
+    def process(warps: int):
+        def call():
+            fast_processors.NUM_WARPS = warps
+            fast_processors.process(
+                logits, seen, cfg, 2, log_softmax=True, out=out, survivors=survivors,
+                invalid=invalid,
+            )  # fmt: skip
+
+        return call
+
+    def candidates(warps: int):
+        def call():
+            sampling.CANDIDATE_WARPS = warps
+            sampling.beam_candidates(out, survivors, beam_scores, BEAMS, 2 * BEAMS, gens, invalid)
+
+        return call
+
+    kernels = {f"process_kernel_w{w}": process(w) for w in (8, 16, 32)}
+    process(16)()  # the draw's input
+    kernels |= {f"draw_kernel_w{w}": candidates(w) for w in (1, 2, 4)}
     return {
+        **kernels,
         "topk30": lambda: torch.topk(scores, 30),
         "kth30": lambda: topk.kth_largest(scores, 30),
         "sort": lambda: torch.sort(scores),
@@ -108,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (int(b) for b in args.batches.split(",")):
         timed, gens = pieces(batch, device)
         for name, fn in timed.items():
-            ms = graph_ms(fn, args.inner, args.repeats, gens if name.startswith("draw") else ())
+            draws = name.startswith("draw")
+            ms = graph_ms(fn, args.inner, args.repeats, gens if draws else ())
             results.append({"batch": batch, "rows": batch * BEAMS, "piece": name, "us": 1e3 * ms})
             print(f"B={batch:<3d} {name:14s} {1e3 * ms:8.1f} us per call", flush=True)
     if args.json:

@@ -109,7 +109,9 @@ def count_kernels(dec: StaticDecoder, step: int) -> dict:
         entry[0] += 1
         entry[1] += float(e.get("dur", 0.0))
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:15]
+    ordered = sorted(kernels, key=lambda e: float(e.get("ts", 0.0)))
     return {
+        "sequence": [[str(e.get("name", "?"))[:70], float(e.get("dur", 0.0))] for e in ordered],
         "kernels": len(kernels),
         "copies": len(copies),
         "kernel_us": sum(float(e.get("dur", 0.0)) for e in kernels),
@@ -223,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--batches", help="comma-separated batch sizes (default 1,16)")
     ap.add_argument("--beams", type=int, default=3)
+    ap.add_argument(
+        "--greedy",
+        action="store_true",
+        help="do_sample=False (no temperature, top-k, top-p or draw): what the token choice's "
+        "sampling costs, against the default beam sampling",
+    )
     ap.add_argument("--steps", type=int, help="codes per run (default 200)")
     ap.add_argument("--runs", type=int, help="timed runs after one warm-up run (default 3)")
     ap.add_argument("--prefix", type=int, default=100, help="prompt positions (conds + text)")
@@ -286,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             * 0.5
         ).to(dtype)
-        cfg = GenerationConfig(num_beams=args.beams, max_mel_tokens=args.steps, warn_on_limit=False)
+        cfg = GenerationConfig(
+            num_beams=args.beams,
+            do_sample=not args.greedy,
+            max_mel_tokens=args.steps,
+            warn_on_limit=False,
+        )
         reference = None
         for name in variants:
             if args.budget is not None and time.perf_counter() - T0 > args.budget:

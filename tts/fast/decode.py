@@ -50,7 +50,12 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
 * ``pdl`` (with ``matmul="triton"`` and ``attention="triton"``): the layers' Triton kernels are
   programmatic dependent launches, each loading its weights while the kernel before it runs
   (:mod:`tts.fast.linear`). The same values are computed (tests/test_gpu.py: identical codes
-  and scores); variant ``graphkp``.
+  and scores); variant ``graphkp``;
+* ``choice="triton"``: the logits processors as one kernel per row (:mod:`tts.fast.processors`)
+  and, with beam sampling, the draw of the candidates as one kernel per item after torch's
+  exponential draws (:func:`tts.fast.sampling.beam_candidates`), instead of ~35 torch kernels;
+  the same function rounded differently (those modules' notes); the kernels' validity flag is
+  read with the "all finished?" test. Variant ``graphkt``, the Engine's default.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from tts.fast.variants import REORDERS, VARIANTS  # noqa: F401 - VARIANTS: re-exported
+from tts.fast import processors
+from tts.fast.sampling import INVALID_PROBABILITIES
+from tts.fast.variants import CHOICES, REORDERS, VARIANTS  # noqa: F401 - VARIANTS: re-exported
 from tts.generation import (
     FAKE_PROMPT_ID,
     GenerationConfig,
@@ -97,6 +104,37 @@ def _draw(probs: torch.Tensor, n: int, generator: Generators) -> torch.Tensor:
 
         return multinomial_groups(probs, n, generator)
     return multinomial_rows(probs, n, generator)
+
+
+@torch.compiler.disable
+def _candidates(
+    processed: torch.Tensor,
+    survivors: tuple[torch.Tensor, ...] | None,
+    beam_scores: torch.Tensor,
+    beams: int,
+    n: int,
+    generator: Generators,
+    invalid: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The beam step's ``n`` drawn candidates per item and their scores: one Triton kernel
+    (:func:`tts.fast.sampling.beam_candidates`) where the processors' kernel wrote
+    ``survivors`` (and the draw kernel did not fail before), else the softmax, :func:`_draw`
+    and a gather."""
+    if survivors is not None and ("draw kernel",) not in _FAILED:
+        from tts.fast.sampling import beam_candidates
+
+        try:
+            return beam_candidates(processed, survivors, beam_scores, beams, n, generator, invalid)
+        except Exception as exc:  # noqa: BLE001 - keep decoding with the torch ops
+            if _capturing(processed.device):
+                raise
+            from tts.fast import fallback
+
+            fallback("GPT beam draw Triton kernel", exc)
+            _FAILED.add(("draw kernel",))
+    total = (processed + beam_scores.unsqueeze(1)).view(-1, beams * processed.size(1))
+    cand = _draw(total.softmax(dim=-1), n, generator)
+    return cand, total.gather(1, cand)
 
 
 def _select(dec: StaticDecoder, processed: torch.Tensor):
@@ -287,6 +325,7 @@ def generate(
     attention: str | None = None,
     ahead: bool = True,
     pdl: bool = False,
+    choice: str = "torch",
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
@@ -310,11 +349,15 @@ def generate(
     still runs queued steps (False: at the bucket's first step, as the GPU waits); ``pdl``:
     launch the Triton projections (``matmul="triton"``) and attention as programmatic
     dependent launches, so each loads its weights while the kernel before it still runs
-    (CUDA on Hopper or newer; elsewhere ignored).
+    (CUDA on Hopper or newer; elsewhere ignored); ``choice``: "torch" (the logits processors and
+    the beam step's draw as torch ops) or "triton" (each as one kernel:
+    :mod:`tts.fast.processors`, :func:`tts.fast.sampling.beam_candidates`; where Triton runs).
     ``VARIANTS[name]`` gives the named combinations.
     """
     if reorder not in REORDERS:
         raise ValueError(f"reorder {reorder!r} is not one of {REORDERS}")
+    if choice not in CHOICES:
+        raise ValueError(f"choice {choice!r} is not one of {CHOICES}")
     from tts.fast.fused import MATMULS
 
     if matmul not in MATMULS:
@@ -345,6 +388,7 @@ def generate(
         attention=attention,
         ahead=ahead,
         pdl=pdl,
+        choice=choice,
     )
     if stats is not None:
         stats["setup_s"] = time.perf_counter() - started  # host time: buffers, prefill launch
@@ -374,6 +418,7 @@ class StaticDecoder:
         attention: str | None = None,
         ahead: bool = True,
         pdl: bool = False,
+        choice: str = "torch",
     ):
         self.model, self.cfg, self.generator = model, cfg, generator
         self.compile_logic = compile_logic
@@ -485,6 +530,19 @@ class StaticDecoder:
         self.eager_steps = 0
         self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
         self.stream = torch.cuda.Stream(device) if use_graph else None
+        # choice="triton": the processors' kernel writes `processed` and the survivors of
+        # top-k, which the draw's kernel reads; both raise `invalid` where torch.multinomial
+        # would refuse the probabilities (checked with the "all finished?" test).
+        self.choice_kernels = (
+            choice == "triton"
+            and ("processors kernel",) not in _FAILED
+            and processors.supported(self.logits, cfg)
+        )
+        self.invalid = None
+        if self.choice_kernels:
+            self.processed = torch.empty_like(self.logits)
+            self.survivors = processors.survivor_buffers(rows, vocab, device)
+            self.invalid = torch.zeros(1, dtype=torch.int32, device=device)
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -526,6 +584,26 @@ class StaticDecoder:
     def _process(self) -> torch.Tensor:
         """The logits processors of the step (after log_softmax with beams)."""
         beams = self.beams > 1
+        if self.choice_kernels:
+            try:
+                return processors.process(
+                    self.logits,
+                    self.seen,
+                    self.cfg,
+                    2 if beams else 1,
+                    log_softmax=beams,
+                    out=self.processed,
+                    survivors=self.survivors,
+                    invalid=self.invalid,
+                )
+            except Exception as exc:  # noqa: BLE001 - keep decoding with the torch ops
+                if _capturing(self.device):
+                    raise
+                from tts.fast import fallback
+
+                fallback("GPT logits processors Triton kernel", exc)
+                _FAILED.add(("processors kernel",))
+                self.choice_kernels = False
         key = (self.rows, self.vocab, beams, self.cfg, self.device.type)
         if self.compile_processors and ("processors", key) not in _FAILED:
             try:
@@ -571,14 +649,21 @@ class StaticDecoder:
         """tts.generation._BeamState.step with the step index on the device."""
         st, cfg = self.beam, self.cfg
         k, b, vocab = self.beams, self.batch, self.vocab
-        total = (processed + st.beam_scores.unsqueeze(1)).view(b, k * vocab)
         n_cand = 2 * k
         if cfg.do_sample:
-            cand = _draw(total.softmax(dim=-1), n_cand, self.generator)
-            cand_scores = total.gather(1, cand)
+            cand, cand_scores = _candidates(
+                processed,
+                self.survivors if self.choice_kernels else None,
+                st.beam_scores,
+                k,
+                n_cand,
+                self.generator,
+                self.invalid,
+            )
             cand_scores, order = torch.sort(cand_scores, dim=1, descending=True)
             cand = cand.gather(1, order)
         else:
+            total = (processed + st.beam_scores.unsqueeze(1)).view(b, k * vocab)
             cand_scores, cand = torch.topk(total, n_cand, dim=1, largest=True, sorted=True)
         cand_beam = torch.div(cand, vocab, rounding_mode="floor")
         cand_tok = cand % vocab
@@ -965,9 +1050,14 @@ class StaticDecoder:
         return self._all_finished()
 
     def _all_finished(self) -> bool:
-        if self.beams == 1:
-            return not bool(self.unfinished.any())
-        return bool(self.beam.done.all())
+        done = ~self.unfinished.any() if self.beams == 1 else self.beam.done.all()
+        if self.invalid is None:
+            return bool(done)
+        # One transfer for both: the finished test and the choice kernels' validity flag.
+        done, invalid = torch.stack((done.to(torch.int32), self.invalid[0])).tolist()
+        if invalid:
+            raise RuntimeError(INVALID_PROBABILITIES)
+        return bool(done)
 
     def run(self, check_every: int = 1, stats: dict | None = None) -> GenerationOutput:
         cuda = self.device.type == "cuda"
@@ -986,6 +1076,8 @@ class StaticDecoder:
             step += 1
             if step >= self.max_new or self._checkpoint(step, check_every):
                 break
+        if self.invalid is not None and int(self.invalid[0]):
+            raise RuntimeError(INVALID_PROBABILITIES)
         if stats is not None:
             if cuda:
                 end = torch.cuda.Event(enable_timing=True)

@@ -79,4 +79,9 @@ VARIANTS: dict[str, dict] = {
         "pdl": True,
     },
 }
+# graphkp with the logits processors and the beam step's draw as one Triton kernel each
+# (tts.fast.processors, tts.fast.sampling.beam_candidates) instead of ~35 torch kernels: the
+# Engine's default since run AX of docs/benchmarks.md.
+VARIANTS["graphkt"] = {**VARIANTS["graphkp"], "choice": "triton"}
 REORDERS = ("copy", "swap", "table")
+CHOICES = ("torch", "triton")
