@@ -577,6 +577,16 @@ def test_fused_estimator_matches_golden(item):
     assert comparison.failure() is None, comparison.failure()
 
 
+def _counted(calls: dict, name: str, fn):
+    """``fn``, counting its calls in ``calls[name]`` (which kernels a decoder really ran)."""
+
+    def wrapper(*args, **kwargs):
+        calls[name] += 1
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _run_interpreted(code: str, timeout: int = 300) -> None:
     """Run ``code`` in a fresh Python with Triton's CPU interpreter on (it must be set before
     Triton is imported); it must exit 0 and print "ok" last."""
@@ -708,19 +718,14 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
         """
         import sys
         import torch
-        from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
+        from test_fast import _assert_same_generation, _counted, _gpt_small, _padded_prefix
         from tts import fast
         from tts.fast import attention, decode, linear
         from tts.generation import GenerationConfig, generate as plain_generate
         torch.set_num_threads(1)
         calls = {"linear": 0, "attention": 0}
-        def counted(name, fn):
-            def wrapper(*args, **kwargs):
-                calls[name] += 1
-                return fn(*args, **kwargs)
-            return wrapper
-        linear.linear = counted("linear", linear.linear)
-        attention.attend = counted("attention", attention.attend)
+        linear.linear = _counted(calls, "linear", linear.linear)
+        attention.attend = _counted(calls, "attention", attention.attend)
         model = _gpt_small()
         prefix, valid = _padded_prefix(model)
         for beams, sample in ((1, False), (3, True)):
@@ -1034,19 +1039,14 @@ def test_triton_choice_decoder_matches_plain_generation_interpreted():
     _run_interpreted(
         """
         import torch
-        from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
+        from test_fast import _assert_same_generation, _counted, _gpt_small, _padded_prefix
         from tts import fast
         from tts.fast import decode, processors, sampling
         from tts.generation import GenerationConfig, generate as plain_generate
         torch.set_num_threads(1)
         calls = {"process": 0, "draw": 0}
-        def counted(name, fn):
-            def wrapper(*args, **kwargs):
-                calls[name] += 1
-                return fn(*args, **kwargs)
-            return wrapper
-        processors.process = counted("process", processors.process)
-        sampling.beam_candidates = counted("draw", sampling.beam_candidates)
+        processors.process = _counted(calls, "process", processors.process)
+        sampling.beam_candidates = _counted(calls, "draw", sampling.beam_candidates)
         model = _gpt_small()
         prefix, valid = _padded_prefix(model)
         for beams, changes in ((3, {}), (1, {}), (3, {"do_sample": False}),

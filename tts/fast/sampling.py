@@ -19,9 +19,9 @@ the batched call would take another path than the per-item calls, each item keep
 top-k call), so the drawn indices are identical, ties included (tests/test_fast.py,
 tests/test_gpu.py).
 
-:func:`beam_candidates` goes further for the beam step's draw: the softmax over an item's
-``beams x codes`` scores, the division by the exponential draws, the top-n and the gather of
-the candidates' scores run as one Triton kernel after the draws (see its docstring).
+:func:`beam_candidates` goes further for the beam step's draw: after the same exponential
+draws, the softmax over the item's scores that top-k left, the division by the draws, the top-n
+and the gather of the candidates' scores run as one Triton kernel (see its docstring).
 """
 
 from __future__ import annotations
