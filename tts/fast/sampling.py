@@ -66,6 +66,16 @@ def same_topk_path(size: int, rows: int, cats: int, device: torch.device) -> boo
     return _multiblock_topk(size, cats) == _multiblock_topk(rows, cats)
 
 
+def exponential_draws(shape, generators: Sequence, device, dtype=torch.float32) -> torch.Tensor:
+    """The exponential draws torch.multinomial makes without replacement, ``shape`` [rows,
+    categories] in the probabilities' ``dtype``: the rows split into ``len(generators)`` equal groups, group ``i``
+    drawn by ``generators[i]`` in one call, as one torch.multinomial call per group would."""
+    q = torch.empty(shape, dtype=dtype, device=device)
+    for part, gen in zip(q.view(len(generators), -1, shape[-1]), generators, strict=True):
+        part.exponential_(1, generator=gen)
+    return q
+
+
 def multinomial_groups(
     probs: torch.Tensor, n: int, generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
@@ -91,9 +101,7 @@ def multinomial_groups(
     # torch.multinomial's checks, for every group at once (device-side asserts on CUDA)
     torch._assert_async((probs.max() < torch.inf) & (probs.min() >= 0), INVALID_PROBABILITIES)
     torch._assert_async(~(probs.sum(1) == 0).any(), _ZERO)
-    q = torch.empty_like(probs)
-    for part, gen in zip(q.view(groups, size, cats), generators, strict=True):
-        part.exponential_(1, generator=gen)
+    q = exponential_draws(probs.shape, generators, probs.device, probs.dtype)
     s = torch.div(probs, q, out=q)
     if n == 1:
         return s.argmax(dim=-1, keepdim=True)
@@ -239,7 +247,8 @@ def beam_candidates(
     quotients, largest first, with their scores. The probabilities are the same formula
     summed in another order, so a candidate could change only where two quotients tie within
     that rounding. Equal quotients (zero probabilities, when fewer than ``n`` are positive)
-    are taken lowest index first, the ones torch.topk takes. torch.multinomial's checks
+    are taken lowest index first (torch.topk takes others: tests/test_gpu.py reports it; only a
+    beam of score -inf can hold another token for it). torch.multinomial's checks
     (a NaN, no positive probability) raise the int32 [1] flag ``invalid`` to 1, which the
     caller reports (the decoder at its next host check, with torch.multinomial's message).
     """
@@ -258,12 +267,10 @@ def beam_candidates(
             f"beam_candidates needs contiguous float32 scores [items x {beams}, codes], "
             f"beam scores [{rows}] and 1 <= n <= {width} // 2"
         )
-    q = torch.empty((items, width), dtype=torch.float32, device=scores.device)
     gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
     if items % len(gens):
         raise ValueError(f"{items} items do not split over {len(gens)} generators")
-    for part, gen in zip(q.view(len(gens), -1, width), gens, strict=True):
-        part.exponential_(1, generator=gen)
+    q = exponential_draws((items, width), gens, scores.device)
     cand = torch.empty((items, n), dtype=torch.int64, device=scores.device)
     cand_scores = torch.empty((items, n), dtype=torch.float32, device=scores.device)
     _, surv_i, surv_n = survivors
