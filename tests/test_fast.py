@@ -879,8 +879,10 @@ def test_processors_kernel_interpreted():
     """The logits processors' kernel (Triton's CPU interpreter) keeps exactly the scores
     process_scores keeps, at 3 rows of the GPT's 8194 codes and 4 of 300, with ties (zeros of
     both signs tied at the threshold, bf16-rounded logits), rows mostly -inf, and the settings
-    of PROCESSOR_CONFIGS; the kept scores agree to float32 rounding. Sampling without a small
-    top-k is left to torch."""
+    of PROCESSOR_CONFIGS; the kept scores agree to float32 rounding. Top-k's threshold is
+    searched among few candidates where it can (rows 0 and 1) and in the whole row where it
+    cannot (row 2, and every row with the candidates' room cut to 8). Sampling without a
+    small top-k is left to torch."""
     _run_interpreted(
         """
         import torch
@@ -889,6 +891,8 @@ def test_processors_kernel_interpreted():
         from tts.generation import GenerationConfig
         _processors_agree(3, 8194, "cpu")
         _processors_agree(4, 300, "cpu")
+        processors.CANDIDATES = 8  # every row through the whole-row search
+        _processors_agree(3, 8194, "cpu")
         x = torch.zeros(2, 50)
         assert processors.supported(x, GenerationConfig())
         assert processors.supported(x, GenerationConfig(do_sample=False, top_k=None))
@@ -914,9 +918,10 @@ def _compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int) -
 
 
 def test_choice_kernels_compile_for_hopper():
-    """The processors' and the beam draw's kernels compile for sm_90 at the decoder's settings
-    (the first version of the former passed the interpreter and failed on the GPU)."""
-    from tts.fast import processors, sampling
+    """The processors', the beam draw's and the beam step's kernels compile for sm_90 at the
+    decoder's settings (the first version of the first passed the interpreter and failed on
+    the GPU)."""
+    from tts.fast import beam_step, processors, sampling
 
     flags = ("LOG_SOFTMAX", "PENALTY", "TEMPERATURE", "TOP_K", "TOP_P")
     _compile_for_hopper(
@@ -927,9 +932,15 @@ def test_choice_kernels_compile_for_hopper():
             **dict.fromkeys(("surv_i", "surv_n", "invalid_ptr"), "*i32"),
             **dict.fromkeys(("n", "stride_x", "stride_seen", "stride_out", "k", "keep"), "i32"),
             **dict.fromkeys(("penalty", "temperature", "cut"), "fp32"),
-            **dict.fromkeys((*flags, "BLOCK", "PAIRS"), "constexpr"),
+            **dict.fromkeys((*flags, "BLOCK", "GROUPS", "CAND", "PAIRS"), "constexpr"),
         },
-        {**dict.fromkeys(flags, True), "BLOCK": 16384, "PAIRS": processors.PAIRS},
+        {
+            **dict.fromkeys(flags, True),
+            "BLOCK": 16384,
+            "GROUPS": processors.GROUPS,
+            "CAND": processors.CANDIDATES,
+            "PAIRS": processors.PAIRS,
+        },
         processors.NUM_WARPS,
     )
     _compile_for_hopper(
@@ -943,6 +954,31 @@ def test_choice_kernels_compile_for_hopper():
         },
         {"N": 6, "BEAMS": 3, "BEAMS_P": 4, "CHUNK": sampling.CHUNK, "FIRST": 16},
         sampling.CANDIDATE_WARPS,
+    )
+    i64 = ("cand_ptr", "step_ptr", "done_at", "history", "tokens", "chosen", "h_stamp")
+    i64 += ("h_length", "h_blen", "h_tokens", "h_beams", "snap_tokens", "snap_history")
+    scalars = ("vocab", "max_new", "cap", "lo", "end", "s_len", "stop", "pad")
+    _compile_for_hopper(
+        beam_step._beam_step_kernel,
+        {
+            **dict.fromkeys(i64, "*i64"),
+            **dict.fromkeys(("cs_ptr", "beam_scores"), "*fp32"),
+            **dict.fromkeys(("h_score", "denoms"), "*fp64"),
+            **dict.fromkeys(("done_ptr", "seen", "h_valid", "snap_seen"), "*i8"),
+            **dict.fromkeys(("src", "snap_src"), "*i32"),
+            **dict.fromkeys(scalars, "i32"),
+            **dict.fromkeys(("K", "N", "NP", "KP", "EARLY", "SNAPSHOT", "BLOCK"), "constexpr"),
+        },
+        {
+            "K": 3,
+            "N": 6,
+            "NP": 8,
+            "KP": 4,
+            "EARLY": False,
+            "SNAPSHOT": True,
+            "BLOCK": beam_step.BLOCK,
+        },
+        beam_step.NUM_WARPS,
     )
 
 
@@ -1074,6 +1110,72 @@ def test_triton_choice_decoder_matches_plain_generation_interpreted():
             raise SystemExit("a raised flag was not reported")
         except RuntimeError as exc:
             assert "probability tensor contains" in str(exc)
+        print("ok")
+        """,
+        timeout=900,
+    )
+
+
+def test_beam_step_kernel_matches_torch_bookkeeping_interpreted():
+    """The beam step's bookkeeping as one kernel (tts.fast.beam_step, in Triton's CPU
+    interpreter; choice="triton" with the table reorder) leaves every buffer the torch ops
+    leave, step by step: tokens, repetition history, source table, parent history, beam
+    scores, done flags and steps, the hypotheses, and so the next logits. Three padded items
+    finish at different steps (the stop code made likely), so done items take row 0's buffers
+    while item 0 still runs (the row-0 copies); beam sampling, beam search and early stopping.
+    The whole generation equals tts.generation's codes, steps and beam indices, and its
+    sequence scores to float32 rounding (the processors' kernel rounds otherwise)."""
+    _run_interpreted(
+        """
+        import torch
+        from test_fast import _counted, _gpt_small
+        from tts import fast
+        from tts.fast import beam_step, decode
+        from tts.generation import GenerationConfig, generate as plain_generate
+        torch.set_num_threads(1)
+        calls = {"step": 0}
+        beam_step.step = _counted(calls, "step", beam_step.step)
+        model = _gpt_small()
+        gen = torch.Generator().manual_seed(3)
+        prefix = torch.randn(3, 20, model.model_dim, generator=gen) * 0.5
+        valid = torch.ones(3, 20, dtype=torch.bool)
+        valid[1, :3] = False
+        generators = lambda: [torch.Generator().manual_seed(9 + i) for i in range(3)]
+        with torch.no_grad():
+            model.mel_head.bias[model.stop_mel_token] += 2.5  # items finish at steps 4-9
+        for beams, changes in ((3, {}), (3, {"do_sample": False}), (2, {"early_stopping": True})):
+            cfg = GenerationConfig(num_beams=beams, max_mel_tokens=12, warn_on_limit=False,
+                                   repetition_penalty=2.0, **changes)
+            torch_ops, kernel = (
+                decode.StaticDecoder(model, prefix, valid, cfg, generator=generators(),
+                                     choice="triton", reorder="table")
+                for _ in range(2)
+            )
+            torch_ops.beam_kernel = False
+            assert kernel.beam_kernel
+            before = calls["step"]
+            for step in range(cfg.max_mel_tokens):
+                end = kernel._window(step)
+                torch_ops._step(end)
+                kernel._step(end)
+                for d in (torch_ops, kernel):
+                    st = d.beam
+                    d.state = (d.tokens, d.seen, d.src, d.logits, st.history, st.beam_scores,
+                               st.done, st.done_at, *vars(st.hyps).values())
+                for a, b in zip(torch_ops.state, kernel.state):
+                    if isinstance(a, torch.Tensor):
+                        assert torch.equal(a, b), (beams, changes, step)
+            assert calls["step"] == before + cfg.max_mel_tokens, calls
+            done_at = kernel.beam.done_at.tolist()
+            assert not changes and len(set(done_at)) == 3 or changes, done_at
+            plain = plain_generate(model, prefix, valid, cfg, generator=generators())
+            out = decode.generate(model, prefix, valid, cfg, generator=generators(),
+                                  choice="triton", reorder="table")
+            assert not fast.FALLBACKS and calls["step"] > before + cfg.max_mel_tokens
+            same = (torch.equal(plain.codes, out.codes), plain.steps == out.steps,
+                    torch.equal(plain.beam_indices, out.beam_indices))
+            assert all(same), (beams, changes, same)
+            torch.testing.assert_close(out.sequences_scores, plain.sequences_scores)
         print("ok")
         """,
         timeout=900,

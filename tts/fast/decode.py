@@ -69,7 +69,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from tts.fast import processors
+from tts.fast import beam_step, processors
 from tts.fast.sampling import INVALID_PROBABILITIES
 from tts.fast.variants import CHOICES, REORDERS, VARIANTS  # noqa: F401 - VARIANTS: re-exported
 from tts.generation import (
@@ -543,6 +543,14 @@ class StaticDecoder:
             self.processed = torch.empty_like(self.logits)
             self.survivors = processors.survivor_buffers(rows, vocab, device)
             self.invalid = torch.zeros(1, dtype=torch.int32, device=device)
+        # With beams and the table reorder, the beam step's bookkeeping is one kernel too.
+        self.beam_kernel = self.choice_kernels and self.table and ("beam kernel",) not in _FAILED
+        if self.beam_kernel:
+            self.chosen = torch.empty(rows, dtype=torch.int64, device=device)
+            self.denominators = beam_step.denominators(max_new, cfg.length_penalty, device)
+            self.snapshots = beam_step.snapshots(
+                self.tokens, self.beam.history, self.seen, self.src
+            )
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -554,7 +562,7 @@ class StaticDecoder:
 
     def _step(self, end: int) -> None:
         """Decide the token of step ``step_t`` from ``logits``, then feed it (in place)."""
-        chosen, rows_from = self._decide()
+        chosen, rows_from = self._decide(end)
         if rows_from is not None:
             self._reorder_cache(rows_from, end)
         # Feed the new token: generated token j sits at mel position j + 2 (reference quirk),
@@ -562,15 +570,27 @@ class StaticDecoder:
         self._feed(chosen, self.step_t, end)
         self.step_t.add_(1)
 
-    def _decide(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decide(self, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits processors and the token choice of step ``step_t``; updates the token, history
-        and hypothesis buffers. Returns (tokens [rows], beam source rows or None)."""
+        and hypothesis buffers. Returns (tokens [rows], beam source rows or None: nothing
+        left to reorder). ``end``: the cache window of the step."""
         j = self.step_t
         if self.output_logits:
             self.rec_logits.index_copy_(0, j.view(1), self.logits.unsqueeze(0))
         processed = self._process()
         if self.output_scores:
             self.rec_scores.index_copy_(0, j.view(1), processed.unsqueeze(0))
+        if self.beam_kernel:
+            try:
+                return self._beam_kernel_step(processed, end), None
+            except Exception as exc:  # noqa: BLE001 - keep decoding with the torch ops
+                if _capturing(self.device):
+                    raise
+                from tts.fast import fallback
+
+                fallback("GPT beam step Triton kernel", exc)
+                _FAILED.add(("beam kernel",))
+                self.beam_kernel = False
         if self.compile_logic and ("select",) not in _FAILED:
             try:
                 return _compiled_select()(self, processed)
@@ -707,6 +727,38 @@ class StaticDecoder:
         st.history.copy_(st.history.index_select(0, rows_from))
         st.history.scatter_(1, j.view(1, 1).expand(self.rows, 1), rows_from.unsqueeze(1))
         return next_tok.view(-1), rows_from
+
+    def _beam_kernel_step(self, processed: torch.Tensor, end: int) -> torch.Tensor:
+        """:meth:`_beam_step`, :meth:`_select`'s buffer moves and :meth:`_reorder_cache` (the
+        table) as one kernel (:mod:`tts.fast.beam_step`) after the draw; returns the tokens."""
+        st, cfg = self.beam, self.cfg
+        k, n_cand = self.beams, 2 * self.beams
+        if cfg.do_sample:
+            cand, cand_scores = _candidates(
+                processed, self.survivors, st.beam_scores, k, n_cand, self.generator, self.invalid
+            )
+        else:
+            total = (processed + st.beam_scores.unsqueeze(1)).view(self.batch, k * self.vocab)
+            cand_scores, cand = torch.topk(total, n_cand, dim=1, largest=True, sorted=True)
+        beam_step.step(
+            cand.contiguous(),
+            cand_scores.contiguous(),
+            self.step_t,
+            st,
+            self.tokens,
+            self.seen,
+            self.src,
+            self.chosen,
+            self.denominators,
+            self.snapshots,
+            stop=self.stop,
+            pad=self.pad,
+            early_stopping=cfg.early_stopping,
+            lo=self.s_len,
+            end=end,
+            s_len=self.s_len,
+        )
+        return self.chosen
 
     def _worst(self) -> torch.Tensor:
         h = self.beam.hyps

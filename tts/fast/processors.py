@@ -11,7 +11,9 @@ per row:
 * top-k's threshold is the row's k-th largest value, found by a radix select over the scores'
   order-preserving integer keys: eight 16-bin histograms, each of the next 4-bit digit of the
   keys that match the digits found so far. Only values are compared, so it is torch.topk's
-  k-th value, ties included;
+  k-th value, ties included. The select runs over few candidates, not the row: the k-th
+  largest of the maxima of 512 groups of the row bounds the threshold from below, and
+  usually only ~k scores reach that bound (a row with more than 512 is searched whole);
 * the scores top-k leaves (the "survivors") are written, in index order, to a scratch row with
   their count: top-p reads them, and so does the beam draw's kernel
   (:func:`tts.fast.sampling.beam_candidates`);
@@ -27,8 +29,8 @@ divisions (PyTorch's CUDA division by a number multiplies by its reciprocal). So
 differ from the plain path's in its last bits (as the compiled processors' do), and a top-p
 decision can differ only for a score whose cumulative probability lies that close to
 ``1 - top_p`` (tests/test_fast.py through Triton's interpreter, tests/test_gpu.py on CUDA).
-On an H200 it takes 44 us for 3 rows of 8194 where the compiled processors took 104 us
-(docs/benchmarks.md, run AW)."""
+On an H200 its first version, which searched the whole row, took 44 us for 3 rows of 8194
+where the compiled processors took 104 us (docs/benchmarks.md, run AW)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,11 @@ except ImportError:  # pragma: no cover - Triton comes with CUDA builds of torch
 PAIRS = 32
 # The largest top-k before a top-p this kernel takes; larger ones (or none) are left to torch.
 MAX_TOP_K = 256
+# Groups of a row whose maxima bound top-k's threshold from below (fewer for rows under
+# GROUPS scores): the k-th largest group maximum is the bound, so well over MAX_TOP_K groups.
+GROUPS = 512
+# Top-k's threshold is searched among at most this many candidates (else in the whole row).
+CANDIDATES = 512
 # Warps per program (a row of 8194 scores is padded to 16384 lanes: 32 per thread at 16).
 NUM_WARPS = 16
 
@@ -80,12 +87,20 @@ if triton is not None:
         return prefix
 
     @triton.jit
+    def _keys(x):
+        """Order-preserving int32 keys of float32 ``x``; both zeros get +0's key, as they
+        compare equal."""
+        bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
+        return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+    @triton.jit
     def _process_kernel(
         x_ptr, seen_ptr, out_ptr, surv_v, surv_i, surv_n, invalid_ptr,
         n, stride_x, stride_seen, stride_out,
         penalty, temperature, k, cut, keep,
         LOG_SOFTMAX: tl.constexpr, PENALTY: tl.constexpr, TEMPERATURE: tl.constexpr,
-        TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr, PAIRS: tl.constexpr,
+        TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
+        CAND: tl.constexpr, PAIRS: tl.constexpr,
     ):  # fmt: skip
         """Program ``row``: the processed scores of one row (see the module docstring)."""
         row = tl.program_id(0)
@@ -107,23 +122,46 @@ if triton is not None:
         out = out_ptr + row * stride_out
         tl.store(out + i, x, mask=ok)
         if TOP_K:
-            # Order-preserving int32 keys; both zeros get +0's key, as they compare equal.
-            # Only the keys stay in registers while the threshold is searched (the scores are
-            # read back from the row just written, each thread its own).
-            bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
-            key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-            kept = ok & (key >= _kth_key(key, ok, k))
-            x = tl.load(out + i, mask=kept, other=neg_inf)
-            tl.store(out + i, x, mask=ok & ~kept)
-            # The scores left, in index order: the survivors the draw kernel reads.
-            kept = kept & (x > neg_inf)
-            count = tl.sum(kept.to(tl.int32), axis=0)
-            at = row * n + tl.cumsum(kept.to(tl.int32), axis=0) - 1
-            tl.store(surv_v + at, x, mask=kept)
-            tl.store(surv_i + at, i, mask=kept)
+            key = _keys(x)
+            # Candidates: split the row into GROUPS groups (score i in group i % GROUPS). The
+            # k-th largest group maximum t0 is at most the row's k-th largest score (k groups
+            # hold a score at least t0), so every score top-k keeps is at least t0. Usually
+            # only ~k scores are: the threshold is searched among those, not in the row.
+            lowest = -2147483648
+            maxima = tl.max(tl.reshape(tl.where(ok, key, lowest), [BLOCK // GROUPS, GROUPS]), 0)
+            t0 = _kth_key(maxima, maxima >= lowest, k)
+            base = row * n
+            cand = ok & (key >= t0)
+            count = tl.sum(cand.to(tl.int32), axis=0)
+            at = tl.cumsum(cand.to(tl.int32), axis=0) - 1
+            tl.store(surv_v + base + at, x, mask=cand)
+            tl.store(surv_i + base + at, i, mask=cand)
+            tl.debug_barrier()  # the candidates are written
+            if count <= CAND:
+                j = tl.arange(0, CAND)
+                j_ok = j < count
+                cv = tl.load(surv_v + base + j, mask=j_ok, other=neg_inf)
+                ci = tl.load(surv_i + base + j, mask=j_ok, other=0)
+                ckey = _keys(cv)
+                kth = _kth_key(ckey, j_ok, k)
+                # The scores left, in index order: the survivors the draw kernel reads.
+                left = j_ok & (ckey >= kth) & (cv > neg_inf)
+                count = tl.sum(left.to(tl.int32), axis=0)
+                c_at = tl.cumsum(left.to(tl.int32), axis=0) - 1
+                tl.debug_barrier()  # every candidate is read before the survivors overwrite them
+                tl.store(surv_v + base + c_at, cv, mask=left)
+                tl.store(surv_i + base + c_at, ci, mask=left)
+            else:  # many ties at the top: search the whole row
+                kth = _kth_key(key, ok, k)
+                kept = ok & (key >= kth) & (x > neg_inf)
+                count = tl.sum(kept.to(tl.int32), axis=0)
+                r_at = tl.cumsum(kept.to(tl.int32), axis=0) - 1
+                tl.store(surv_v + base + r_at, x, mask=kept)
+                tl.store(surv_i + base + r_at, i, mask=kept)
             tl.store(surv_n + row, count)
+            tl.store(out + i, tl.full([BLOCK], neg_inf, tl.float32), mask=ok & (key < kth))
         if TOP_P:
-            tl.debug_barrier()  # the survivors and the row above are written
+            tl.debug_barrier()  # the survivors are written
             base = row * n
             c = tl.arange(0, PAIRS)
             m = tl.full([], neg_inf, tl.float32)
@@ -226,7 +264,8 @@ def process(
         min(max(cfg.top_k, min_tokens_to_keep), n) if top_k else 1,
         float(1 - cfg.top_p) if top_p else 0.0, min_tokens_to_keep,
         LOG_SOFTMAX=log_softmax, PENALTY=cfg.repetition_penalty != 1.0,
-        TEMPERATURE=temperature, TOP_K=top_k, TOP_P=top_p, BLOCK=block, PAIRS=PAIRS,
+        TEMPERATURE=temperature, TOP_K=top_k, TOP_P=top_p, BLOCK=block, GROUPS=min(GROUPS, block),
+        CAND=CANDIDATES, PAIRS=PAIRS,
         num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
