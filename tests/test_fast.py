@@ -835,12 +835,14 @@ def _processed_rows(rows: int, vocab: int, device: str, seed: int = 0):
 
 
 # Settings the processors' kernel is checked at: the official ones, and others that keep few,
-# many (ties past the draw kernel's tile) or no scores, without sampling, and greedy sampling.
+# many (ties past the draw kernel's tile) or no scores, top-k alone, without sampling, and
+# greedy sampling.
 PROCESSOR_CONFIGS = (
     ({}, True),
     ({"top_k": 5, "top_p": 0.5, "temperature": 1.3, "repetition_penalty": 2.0}, True),
     ({"top_k": 200, "top_p": 0.95}, True),
     ({"top_k": 3, "top_p": 0.1}, True),
+    ({"top_k": 30, "top_p": 1.0}, True),
     ({"do_sample": False}, True),
     ({}, False),
 )

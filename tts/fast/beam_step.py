@@ -6,8 +6,9 @@ in place as ``tts.fast.decode.StaticDecoder._beam_step``): sort the item's ``2 x
 candidates, offer the stop candidates among the first ``beams`` as finished hypotheses, keep the
 first ``beams`` others, mark items done, and move every per-row buffer (tokens, repetition
 history, parent history, the cache's source table) to the rows the new beams come from. Even
-compiled that is ~35 small kernels one after the other, ~70 us of a ~0.86 ms step at batch 1
-(docs/benchmarks.md). :func:`step` runs all of it as one kernel, one program per item:
+compiled that is ~30 small kernels one after the other, ~50 us of a ~0.86 ms step at batch 1
+(docs/benchmarks.md, runs AZ-BA: the step fell to 0.81 ms with this kernel). :func:`step`
+runs all of it as one kernel, one program per item:
 
 * the candidates are sorted by score, largest first; equal scores keep the draw's order (the
   order the candidates come in). ``torch.sort`` there is not stable, so on exact ties the

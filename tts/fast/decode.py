@@ -55,7 +55,10 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   and, with beam sampling, the draw of the candidates as one kernel per item after torch's
   exponential draws (:func:`tts.fast.sampling.beam_candidates`), instead of ~35 torch kernels;
   the same function rounded differently (those modules' notes); the kernels' validity flag is
-  read with the "all finished?" test. Variant ``graphkt``, the Engine's default.
+  read with the "all finished?" test. With beams and ``reorder="table"``, the beam step's
+  bookkeeping after the draw (hypotheses, done flags, the moves of every per-row buffer and
+  of the source table) is one kernel too (:mod:`tts.fast.beam_step`; exact). Variant
+  ``graphkt``, the Engine's default.
 """
 
 from __future__ import annotations
@@ -351,7 +354,8 @@ def generate(
     dependent launches, so each loads its weights while the kernel before it still runs
     (CUDA on Hopper or newer; elsewhere ignored); ``choice``: "torch" (the logits processors and
     the beam step's draw as torch ops) or "triton" (each as one kernel:
-    :mod:`tts.fast.processors`, :func:`tts.fast.sampling.beam_candidates`; where Triton runs).
+    :mod:`tts.fast.processors`, :func:`tts.fast.sampling.beam_candidates`, with the table
+    reorder :mod:`tts.fast.beam_step`; where Triton runs).
     ``VARIANTS[name]`` gives the named combinations.
     """
     if reorder not in REORDERS:

@@ -8,12 +8,14 @@ and a decode step is bound by how many kernels it runs one after the other, not 
 (docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in one kernel, one program
 per row:
 
-* top-k's threshold is the row's k-th largest value, found by a radix select over the scores'
-  order-preserving integer keys: eight 16-bin histograms, each of the next 4-bit digit of the
-  keys that match the digits found so far. Only values are compared, so it is torch.topk's
-  k-th value, ties included. The select runs over few candidates, not the row: the k-th
-  largest of the maxima of 512 groups of the row bounds the threshold from below, and
-  usually only ~k scores reach that bound (a row with more than 512 is searched whole);
+* top-k keeps the scores at least the row's k-th largest. That threshold is bounded from
+  below by the k-th largest of the maxima of 512 groups of the row (found by a radix select
+  over the scores' order-preserving integer keys: eight 16-bin histograms, each of the next
+  4-bit digit of the keys that match the digits found so far). Usually only ~k scores reach
+  that bound: these candidates are written out, and one is kept when fewer than k
+  candidates are larger (all larger scores are candidates too). Only values are compared,
+  so the kept scores are torch.topk's, ties included. A row with more than 512 candidates
+  (many ties at the top) gets the radix select over the whole row;
 * the scores top-k leaves (the "survivors") are written, in index order, to a scratch row with
   their count: top-p reads them, and so does the beam draw's kernel
   (:func:`tts.fast.sampling.beam_candidates`);
@@ -29,8 +31,8 @@ divisions (PyTorch's CUDA division by a number multiplies by its reciprocal). So
 differ from the plain path's in its last bits (as the compiled processors' do), and a top-p
 decision can differ only for a score whose cumulative probability lies that close to
 ``1 - top_p`` (tests/test_fast.py through Triton's interpreter, tests/test_gpu.py on CUDA).
-On an H200 its first version, which searched the whole row, took 44 us for 3 rows of 8194
-where the compiled processors took 104 us (docs/benchmarks.md, run AW)."""
+On an H200 it takes 25 us for 3 rows of 8194 (its first version, which searched the whole
+row, 44 us; the compiled processors 104 us; docs/benchmarks.md, runs AW and BC)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ MAX_TOP_K = 256
 # Groups of a row whose maxima bound top-k's threshold from below (fewer for rows under
 # GROUPS scores): the k-th largest group maximum is the bound, so well over MAX_TOP_K groups.
 GROUPS = 512
-# Top-k's threshold is searched among at most this many candidates (else in the whole row).
+# Top-k is decided among at most this many candidates (else over the whole row).
 CANDIDATES = 512
 # Warps per program (a row of 8194 scores is padded to 16384 lanes: 32 per thread at 16).
 NUM_WARPS = 16
@@ -143,9 +145,21 @@ if triton is not None:
                 cv = tl.load(surv_v + base + j, mask=j_ok, other=neg_inf)
                 ci = tl.load(surv_i + base + j, mask=j_ok, other=0)
                 ckey = _keys(cv)
-                kth = _kth_key(ckey, j_ok, k)
+                # A score is kept when fewer than k scores are larger (all those are among
+                # the candidates too): count them, PAIRS candidates at a time.
+                larger = tl.zeros([CAND], dtype=tl.int32)
+                c = tl.arange(0, PAIRS)
+                b = 0
+                while b < count:
+                    b_ok = b + c < count
+                    bkey = _keys(tl.load(surv_v + base + b + c, mask=b_ok, other=neg_inf))
+                    above = (bkey[None, :] > ckey[:, None]) & b_ok[None, :]
+                    larger += tl.sum(above.to(tl.int32), axis=1)
+                    b += PAIRS
+                top = j_ok & (larger < k)
+                kth = tl.min(tl.where(top, ckey, 2147483647), axis=0)  # the k-th largest
                 # The scores left, in index order: the survivors the draw kernel reads.
-                left = j_ok & (ckey >= kth) & (cv > neg_inf)
+                left = top & (cv > neg_inf)
                 count = tl.sum(left.to(tl.int32), axis=0)
                 c_at = tl.cumsum(left.to(tl.int32), axis=0) - 1
                 tl.debug_barrier()  # every candidate is read before the survivors overwrite them
