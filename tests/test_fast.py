@@ -1118,6 +1118,63 @@ def test_triton_choice_decoder_matches_plain_generation_interpreted():
     )
 
 
+def _tries_kernel(model, prefix, valid, cfg, name: str) -> bool:
+    """Whether a new decoder would try the processors' (``name`` "process") or the beam
+    step's kernel."""
+    from tts.fast import decode
+
+    dec = decode.StaticDecoder(model, prefix, valid, cfg, choice="triton", reorder="table")
+    return dec.choice_kernels if name == "process" else dec.beam_kernel
+
+
+def test_choice_kernels_that_fail_fall_back_to_the_torch_ops(monkeypatch):
+    """A processors' or beam step kernel that fails (outside a graph capture) is recorded in
+    tts.fast.FALLBACKS and not tried again; the step goes on with the torch ops and the
+    generation equals tts.generation's."""
+    from tts import fast
+    from tts.fast import beam_step, decode, processors
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(decode, "_FAILED", set())
+    monkeypatch.setattr(fast, "FALLBACKS", [])
+    monkeypatch.setattr(processors, "supported", lambda logits, cfg: True)
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model)
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=6, warn_on_limit=False)
+    seeded = lambda: torch.Generator().manual_seed(9)  # noqa: E731
+    plain = plain_generate(model, prefix, valid, cfg, generator=seeded())
+    failed = []
+    for name in ("process", "step"):
+        module = processors if name == "process" else beam_step
+        with monkeypatch.context() as patch:
+            patch.setattr(module, name, broken)
+            dec = decode.StaticDecoder(
+                model, prefix, valid, cfg, generator=seeded(), choice="triton", reorder="table"
+            )
+            assert dec.choice_kernels and dec.beam_kernel
+            # one kernel at a time (without a GPU or the interpreter the other fails too)
+            if name == "process":
+                dec.beam_kernel = False
+            else:
+                dec.choice_kernels = False
+            with torch.no_grad():
+                out = dec.run()
+        assert not (dec.choice_kernels if name == "process" else dec.beam_kernel)
+        assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps
+        failed += decode._FAILED  # a later decoder in this process does not try it again
+        assert not _tries_kernel(model, prefix, valid, cfg, name)
+        decode._FAILED.clear()
+    assert [what for what, _ in fast.FALLBACKS] == [
+        "GPT logits processors Triton kernel",
+        "GPT beam step Triton kernel",
+    ]
+    assert failed == [("processors kernel",), ("beam kernel",)]
+
+
 def test_beam_step_kernel_matches_torch_bookkeeping_interpreted():
     """The beam step's bookkeeping as one kernel (tts.fast.beam_step, in Triton's CPU
     interpreter; choice="triton" with the table reorder) leaves every buffer the torch ops

@@ -140,8 +140,8 @@ def _candidates(
     return cand, total.gather(1, cand)
 
 
-def _select(dec: StaticDecoder, processed: torch.Tensor):
-    return dec._select(processed)
+def _select(dec: StaticDecoder, processed: torch.Tensor, drawn=None):
+    return dec._select(processed, drawn)
 
 
 _COMPILED: dict[str, object] = {}
@@ -584,26 +584,34 @@ class StaticDecoder:
         processed = self._process()
         if self.output_scores:
             self.rec_scores.index_copy_(0, j.view(1), processed.unsqueeze(0))
+        drawn = None  # the beam step's candidates, drawn once whichever path takes them
         if self.beam_kernel:
+            drawn = self._beam_candidates(processed)
             try:
-                return self._beam_kernel_step(processed, end), None
+                return self._beam_kernel_step(drawn, end), None
             except Exception as exc:  # noqa: BLE001 - keep decoding with the torch ops
-                if _capturing(self.device):
-                    raise
-                from tts.fast import fallback
-
-                fallback("GPT beam step Triton kernel", exc)
-                _FAILED.add(("beam kernel",))
+                self._give_up("GPT beam step Triton kernel", ("beam kernel",), exc)
                 self.beam_kernel = False
         if self.compile_logic and ("select",) not in _FAILED:
             try:
-                return _compiled_select()(self, processed)
+                return _compiled_select()(self, processed, drawn)
             except Exception as exc:  # noqa: BLE001 - compiled code failed: plain path
                 from tts.fast import fallback
 
                 fallback("GPT decision logic torch.compile", exc)
                 _FAILED.add(("select",))  # once per process: do not pay the attempt again
-        return self._select(processed)
+        return self._select(processed, drawn)
+
+    def _give_up(self, what: str, key: tuple, exc: Exception) -> None:
+        """A fast piece of the step failed: while a graph is captured, raise (the capture
+        falls back as a whole); else record the fallback and skip the piece from now on in
+        this process (``_FAILED``)."""
+        if _capturing(self.device):
+            raise exc
+        from tts.fast import fallback
+
+        fallback(what, exc)
+        _FAILED.add(key)
 
     def _process(self) -> torch.Tensor:
         """The logits processors of the step (after log_softmax with beams)."""
@@ -621,34 +629,27 @@ class StaticDecoder:
                     invalid=self.invalid,
                 )
             except Exception as exc:  # noqa: BLE001 - keep decoding with the torch ops
-                if _capturing(self.device):
-                    raise
-                from tts.fast import fallback
-
-                fallback("GPT logits processors Triton kernel", exc)
-                _FAILED.add(("processors kernel",))
+                self._give_up("GPT logits processors Triton kernel", ("processors kernel",), exc)
                 self.choice_kernels = False
         key = (self.rows, self.vocab, beams, self.cfg, self.device.type)
         if self.compile_processors and ("processors", key) not in _FAILED:
             try:
                 return _compiled_processors(key)(self.logits, self.seen, self.cfg, beams)
             except Exception as exc:  # noqa: BLE001 - compiled code failed: plain path
-                if _capturing(self.device):
-                    raise
-                from tts.fast import fallback
-
-                fallback("GPT logits processors torch.compile", exc)
-                _FAILED.add(("processors", key))
+                self._give_up("GPT logits processors torch.compile", ("processors", key), exc)
         return _processors(self.logits, self.seen, self.cfg, beams)
 
-    def _select(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Choose the tokens from the processed scores; update token / beam buffers."""
+    def _select(
+        self, processed: torch.Tensor, drawn: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Choose the tokens from the processed scores; update token / beam buffers.
+        ``drawn``: the beam step's candidates if already drawn (:meth:`_beam_candidates`)."""
         j = self.step_t
         rows_from = None
         if self.beams == 1:
             chosen = self._greedy_step(processed, j)
         else:
-            chosen, rows_from = self._beam_step(processed, j)
+            chosen, rows_from = self._beam_step(processed, j, drawn)
             self.tokens.copy_(self.tokens.index_select(0, rows_from))
             self.seen.copy_(self.seen.index_select(0, rows_from))
         self.tokens.scatter_(1, j.view(1, 1).expand(self.rows, 1), chosen.unsqueeze(1))
@@ -667,28 +668,33 @@ class StaticDecoder:
         self.unfinished.copy_(self.unfinished & ~ends)
         return chosen
 
+    def _beam_candidates(self, processed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The beam step's ``2 x beams`` candidates per item (flat indices into the item's
+        ``beams x vocab`` scores) and their scores: drawn in the draw's order when sampling,
+        else the largest, largest first."""
+        st, k = self.beam, self.beams
+        if self.cfg.do_sample:
+            survivors = self.survivors if self.choice_kernels else None  # none: it fell back
+            return _candidates(
+                processed, survivors, st.beam_scores, k, 2 * k, self.generator, self.invalid
+            )
+        total = (processed + st.beam_scores.unsqueeze(1)).view(self.batch, k * self.vocab)
+        cand_scores, cand = torch.topk(total, 2 * k, dim=1, largest=True, sorted=True)
+        return cand, cand_scores
+
     def _beam_step(
-        self, processed: torch.Tensor, j: torch.Tensor
+        self,
+        processed: torch.Tensor,
+        j: torch.Tensor,
+        drawn: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tts.generation._BeamState.step with the step index on the device."""
         st, cfg = self.beam, self.cfg
         k, b, vocab = self.beams, self.batch, self.vocab
-        n_cand = 2 * k
+        cand, cand_scores = self._beam_candidates(processed) if drawn is None else drawn
         if cfg.do_sample:
-            cand, cand_scores = _candidates(
-                processed,
-                self.survivors if self.choice_kernels else None,
-                st.beam_scores,
-                k,
-                n_cand,
-                self.generator,
-                self.invalid,
-            )
             cand_scores, order = torch.sort(cand_scores, dim=1, descending=True)
             cand = cand.gather(1, order)
-        else:
-            total = (processed + st.beam_scores.unsqueeze(1)).view(b, k * vocab)
-            cand_scores, cand = torch.topk(total, n_cand, dim=1, largest=True, sorted=True)
         cand_beam = torch.div(cand, vocab, rounding_mode="floor")
         cand_tok = cand % vocab
         cand_row = cand_beam + st.row0
@@ -732,23 +738,15 @@ class StaticDecoder:
         st.history.scatter_(1, j.view(1, 1).expand(self.rows, 1), rows_from.unsqueeze(1))
         return next_tok.view(-1), rows_from
 
-    def _beam_kernel_step(self, processed: torch.Tensor, end: int) -> torch.Tensor:
+    def _beam_kernel_step(self, drawn: tuple[torch.Tensor, torch.Tensor], end: int) -> torch.Tensor:
         """:meth:`_beam_step`, :meth:`_select`'s buffer moves and :meth:`_reorder_cache` (the
         table) as one kernel (:mod:`tts.fast.beam_step`) after the draw; returns the tokens."""
-        st, cfg = self.beam, self.cfg
-        k, n_cand = self.beams, 2 * self.beams
-        if cfg.do_sample:
-            cand, cand_scores = _candidates(
-                processed, self.survivors, st.beam_scores, k, n_cand, self.generator, self.invalid
-            )
-        else:
-            total = (processed + st.beam_scores.unsqueeze(1)).view(self.batch, k * self.vocab)
-            cand_scores, cand = torch.topk(total, n_cand, dim=1, largest=True, sorted=True)
+        cand, cand_scores = drawn
         beam_step.step(
             cand.contiguous(),
             cand_scores.contiguous(),
             self.step_t,
-            st,
+            self.beam,
             self.tokens,
             self.seen,
             self.src,
@@ -757,7 +755,7 @@ class StaticDecoder:
             self.snapshots,
             stop=self.stop,
             pad=self.pad,
-            early_stopping=cfg.early_stopping,
+            early_stopping=self.cfg.early_stopping,
             lo=self.s_len,
             end=end,
             s_len=self.s_len,
