@@ -18,7 +18,10 @@
   (``ahead``), while the GPU still runs the queued steps, through :func:`tts.fast.graphs.capture`
   (no device-wide synchronisation);
 * beam reordering moves only the generated part of the cache (the prompt part is the same for
-  every beam of an item).
+  every beam of an item). One consequence is visible: once an item is done, the reference
+  feeds its rows from row 0, prompt included, and here they keep their own prompt, so the
+  ``scores`` / ``logits`` recorded for a done item's rows (which nothing reads) differ from
+  tts.generation's. Codes, beam indices and sequence scores do not depend on those rows.
 
 The host synchronises only to test "is every row finished?" every ``check_every`` steps and to
 assemble the result. On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the
