@@ -390,6 +390,45 @@ def test_table_reorder_is_exact():
             assert torch.equal(copy_buf[layer], gather_rows(table_buf[layer], table_dec.src))
 
 
+def test_table_reorder_gives_done_items_row_0s_prompt():
+    """Once an item is done, the reference feeds its rows from row 0, prompt included; with
+    reorder="table" so does the fast decoder (its table's prompt entries move too), so even the
+    scores recorded for a done item's rows equal tts.generation's. Three padded items finish at
+    different steps (the stop code made likely); beam sampling, with and without early
+    stopping."""
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    gen = torch.Generator().manual_seed(3)
+    prefix = torch.randn(3, 20, model.model_dim, generator=gen) * 0.5
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    valid[1, :3] = False
+    generators = lambda: [torch.Generator().manual_seed(9 + i) for i in range(3)]  # noqa: E731
+    with torch.no_grad():
+        model.mel_head.bias[model.stop_mel_token] += 2.5
+        for beams, changes in ((3, {}), (2, {"early_stopping": True})):
+            cfg = GenerationConfig(
+                num_beams=beams,
+                max_mel_tokens=12,
+                warn_on_limit=False,
+                repetition_penalty=2.0,
+                **changes,
+            )
+            plain = plain_generate(model, prefix, valid, cfg, generator=generators(),
+                                   output_scores=True)  # fmt: skip
+            dec = StaticDecoder(model, prefix, valid, cfg, generator=generators(),
+                                output_scores=True, reorder="table")  # fmt: skip
+            out = dec.run()
+            done_at = dec.beam.done_at.tolist()
+            # the rows of the items done before the last really read row 0's prompt
+            early = [i for i in range(3) if done_at[i] < max(done_at)]
+            prompt = dec.src.view(3, beams, -1)[early, :, : dec.s_len + 1]
+            assert set(early) - {0} and bool((prompt == 0).all()), (changes, done_at)
+            _assert_same_generation(plain, out, beams=beams)
+
+
 def test_decode_profile_script_runs_on_cpu(tmp_path):
     """scripts/device/decode_profile.py (the GPU measurement) runs: tiny GPT, CPU, two variants
     that compile nothing (the fused ones are checked above)."""
@@ -959,7 +998,7 @@ def test_choice_kernels_compile_for_hopper():
     )
     i64 = ("cand_ptr", "step_ptr", "done_at", "history", "tokens", "chosen", "h_stamp")
     i64 += ("h_length", "h_blen", "h_tokens", "h_beams", "snap_tokens", "snap_history")
-    scalars = ("vocab", "max_new", "cap", "lo", "end", "s_len", "stop", "pad")
+    scalars = ("vocab", "max_new", "cap", "end", "s_len", "stop", "pad")
     _compile_for_hopper(
         beam_step._beam_step_kernel,
         {
@@ -1227,14 +1266,17 @@ def test_beam_step_kernel_matches_torch_bookkeeping_interpreted():
             assert calls["step"] == before + cfg.max_mel_tokens, calls
             done_at = kernel.beam.done_at.tolist()
             assert not changes and len(set(done_at)) == 3 or changes, done_at
-            plain = plain_generate(model, prefix, valid, cfg, generator=generators())
+            plain = plain_generate(model, prefix, valid, cfg, generator=generators(),
+                                   output_scores=True)
             out = decode.generate(model, prefix, valid, cfg, generator=generators(),
-                                  choice="triton", reorder="table")
+                                  choice="triton", reorder="table", output_scores=True)
             assert not fast.FALLBACKS and calls["step"] > before + cfg.max_mel_tokens
             same = (torch.equal(plain.codes, out.codes), plain.steps == out.steps,
                     torch.equal(plain.beam_indices, out.beam_indices))
             assert all(same), (beams, changes, same)
             torch.testing.assert_close(out.sequences_scores, plain.sequences_scores)
+            # done items' rows too: they read row 0's prompt through the table, as upstream
+            torch.testing.assert_close(out.scores, plain.scores, rtol=1e-5, atol=1e-5)
         print("ok")
         """,
         timeout=900,

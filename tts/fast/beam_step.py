@@ -17,10 +17,11 @@ runs all of it as one kernel, one program per item:
 * the hypotheses are offered one by one, by the rules of ``BeamHypotheses.add``, and the
   scores are divided in float64 by the same length-penalty denominators torch computed
   (``denominators``), so every comparison is the torch path's;
-* a done item's beams come from row 0, as upstream. Row 0 belongs to item 0's program, which
-  may be rewriting it meanwhile, so with several items program 0 leaves a copy of its row 0 at
-  the end of every step (two copies, alternating with the step's parity) and a done item reads
-  the copy of the step before.
+* a done item's beams come from row 0, as upstream: every buffer, and the source table's
+  whole window, prompt included (the reference moves the whole cache row). Row 0 belongs to
+  item 0's program, which may be rewriting it meanwhile, so with several items program 0
+  leaves a copy of its row 0 at the end of every step (two copies, alternating with the step's
+  parity) and a done item reads the copy of the step before.
 
 Exact: integers and comparisons only, besides the same float64 division (tests/test_fast.py
 through Triton's interpreter, against the torch bookkeeping; tests/test_gpu.py on CUDA)."""
@@ -84,7 +85,7 @@ if triton is not None:
         history, tokens, seen, src, chosen,
         h_score, h_valid, h_stamp, h_length, h_blen, h_tokens, h_beams, denoms,
         snap_tokens, snap_history, snap_seen, snap_src,
-        vocab, max_new, cap, lo, end, s_len, stop, pad,
+        vocab, max_new, cap, end, s_len, stop, pad,
         K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr,
         EARLY: tl.constexpr, SNAPSHOT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
@@ -186,7 +187,7 @@ if triton is not None:
                    snap_history + parity * max_new, from_snap, BLOCK, KP)  # fmt: skip
         _move_rows(seen, vocab, row0, next_row, q_ok, 0, vocab,
                    snap_seen + parity * vocab, from_snap, BLOCK, KP)  # fmt: skip
-        _move_rows(src, cap, row0, next_row, q_ok, lo, end,
+        _move_rows(src, cap, row0, next_row, q_ok, 0, end,
                    snap_src + parity * cap, from_snap, BLOCK, KP)  # fmt: skip
         rows = row0 + q
         tl.store(tokens + rows * max_new + j, next_tok, mask=q_ok)
@@ -230,7 +231,6 @@ def step(
     stop: int,
     pad: int,
     early_stopping: bool,
-    lo: int,
     end: int,
     s_len: int,
 ) -> None:
@@ -240,8 +240,9 @@ def step(
     :class:`tts.generation._BeamState` (its scores, done flags, history and hypotheses are
     updated), ``tokens`` / ``seen`` / ``src`` the decoder's per-row buffers (moved to the new
     beams' rows, then given this step's entries), ``chosen`` [rows] int64 the new tokens.
-    ``lo`` / ``end``: the columns of ``src`` that move (the generated part of the window);
-    ``s_len``: the prompt length (a step writes position ``s_len + 1 + step``)."""
+    ``end``: the columns of ``src`` that move (the window: the prompt's entries too, which
+    only a done item's rows change); ``s_len``: the prompt length (a step writes position
+    ``s_len + 1 + step``)."""
     items, n = cand.shape
     k = beam.beams
     hyps = beam.hyps
@@ -255,7 +256,7 @@ def step(
         beam.history, tokens, seen.view(torch.int8), src, chosen,
         hyps.score, hyps.valid.view(torch.int8), hyps.stamp, hyps.length, hyps.beams_len,
         hyps.tokens, hyps.beams, denoms, *snaps[:2], snaps[2].view(torch.int8), snaps[3],
-        vocab, max_new, src.size(1), lo, end, s_len, stop, pad,
+        vocab, max_new, src.size(1), end, s_len, stop, pad,
         K=k, N=n, NP=triton.next_power_of_2(n), KP=triton.next_power_of_2(k),
         EARLY=bool(early_stopping), SNAPSHOT=items > 1, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )  # fmt: skip

@@ -18,10 +18,12 @@
   (``ahead``), while the GPU still runs the queued steps, through :func:`tts.fast.graphs.capture`
   (no device-wide synchronisation);
 * beam reordering moves only the generated part of the cache (the prompt part is the same for
-  every beam of an item). One consequence is visible: once an item is done, the reference
-  feeds its rows from row 0, prompt included, and here they keep their own prompt, so the
-  ``scores`` / ``logits`` recorded for a done item's rows (which nothing reads) differ from
-  tts.generation's. Codes, beam indices and sequence scores do not depend on those rows.
+  every beam of an item). The one case where that differs from moving whole rows: once an
+  item is done, the reference feeds its rows from row 0, prompt included. With
+  ``reorder="table"`` the table's prompt entries move too (a few integers per row), so a done
+  item's rows read row 0's prompt as there; with ``"copy"`` and ``"swap"`` they keep their own,
+  and the ``scores`` / ``logits`` recorded for those rows (which nothing reads) differ from
+  tts.generation's. Codes, beam indices and sequence scores never depend on them.
 
 The host synchronises only to test "is every row finished?" every ``check_every`` steps and to
 assemble the result. On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the
@@ -759,7 +761,6 @@ class StaticDecoder:
             stop=self.stop,
             pad=self.pad,
             early_stopping=self.cfg.early_stopping,
-            lo=self.s_len,
             end=end,
             s_len=self.s_len,
         )
@@ -790,10 +791,11 @@ class StaticDecoder:
         h.beams.copy_(torch.where(hit.unsqueeze(2), beams.unsqueeze(1), h.beams))
 
     def _reorder_cache(self, rows_from: torch.Tensor, end: int) -> None:
-        """Gather the beams' cache rows; only the generated part differs between beams."""
+        """Gather the beams' cache rows; only the generated part differs between beams, except
+        for a done item's rows, which the table path (alone) points at row 0's prompt."""
         lo = self.s_len
         if self.table:  # the rows of the source table; the step's position is the row's own
-            part = self.src[:, lo:end]
+            part = self.src[:, :end]
             part.copy_(part.index_select(0, rows_from))
             self.src.index_copy_(1, (self.step_t + (self.s_len + 1)).view(1), self.row_ids)
             return
