@@ -236,6 +236,20 @@ def _padded_prefix(model, length: int = 20):
     return prefix, valid
 
 
+def _items_finishing_apart():
+    """The small GPT with its stop code made likely (+2.5 on its bias) and three items (the
+    second left-padded by 3) that finish at different steps (4-9 with beam sampling): returns
+    (model, prefix, valid, generators), ``generators()`` one new generator per item."""
+    model = _gpt_small()
+    gen = torch.Generator().manual_seed(3)
+    prefix = torch.randn(3, 20, model.model_dim, generator=gen) * 0.5
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    valid[1, :3] = False
+    with torch.no_grad():
+        model.mel_head.bias[model.stop_mel_token] += 2.5
+    return model, prefix, valid, lambda: [torch.Generator().manual_seed(9 + i) for i in range(3)]
+
+
 SEARCHES = {
     "greedy": (1, False),
     "sampling": (1, True),
@@ -400,14 +414,8 @@ def test_table_reorder_gives_done_items_row_0s_prompt():
     from tts.generation import GenerationConfig
     from tts.generation import generate as plain_generate
 
-    model = _gpt_small()
-    gen = torch.Generator().manual_seed(3)
-    prefix = torch.randn(3, 20, model.model_dim, generator=gen) * 0.5
-    valid = torch.ones(3, 20, dtype=torch.bool)
-    valid[1, :3] = False
-    generators = lambda: [torch.Generator().manual_seed(9 + i) for i in range(3)]  # noqa: E731
+    model, prefix, valid, generators = _items_finishing_apart()
     with torch.no_grad():
-        model.mel_head.bias[model.stop_mel_token] += 2.5
         for beams, changes in ((3, {}), (2, {"early_stopping": True})):
             cfg = GenerationConfig(
                 num_beams=beams,
@@ -1226,21 +1234,14 @@ def test_beam_step_kernel_matches_torch_bookkeeping_interpreted():
     _run_interpreted(
         """
         import torch
-        from test_fast import _counted, _gpt_small
+        from test_fast import _counted, _items_finishing_apart
         from tts import fast
         from tts.fast import beam_step, decode
         from tts.generation import GenerationConfig, generate as plain_generate
         torch.set_num_threads(1)
         calls = {"step": 0}
         beam_step.step = _counted(calls, "step", beam_step.step)
-        model = _gpt_small()
-        gen = torch.Generator().manual_seed(3)
-        prefix = torch.randn(3, 20, model.model_dim, generator=gen) * 0.5
-        valid = torch.ones(3, 20, dtype=torch.bool)
-        valid[1, :3] = False
-        generators = lambda: [torch.Generator().manual_seed(9 + i) for i in range(3)]
-        with torch.no_grad():
-            model.mel_head.bias[model.stop_mel_token] += 2.5  # items finish at steps 4-9
+        model, prefix, valid, generators = _items_finishing_apart()
         for beams, changes in ((3, {}), (3, {"do_sample": False}), (2, {"early_stopping": True})):
             cfg = GenerationConfig(num_beams=beams, max_mel_tokens=12, warn_on_limit=False,
                                    repetition_penalty=2.0, **changes)
