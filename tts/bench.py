@@ -651,6 +651,10 @@ class Bench:
             extra["decode_graphs"] = stats.get("graphs")
             extra["decode_eager_steps"] = stats.get("eager_steps")
             extra["decode_capture_s"] = stats.get("capture_s")  # host time of the captures
+            # Host time before the loop (buffers, prefill launch) and of its step 0 (the eager
+            # step and the captures it makes): the per-call cost that replays do not show.
+            extra["decode_setup_s"] = stats.get("setup_s")
+            extra["decode_first_step_s"] = stats.get("first_step_s")
         return times, extra
 
     def flop_rates(self, batch: int, run: dict, med: dict) -> dict:
@@ -702,6 +706,7 @@ class Bench:
                 f"   {'warmup' if rec['warmup'] else 'run'} {i}: wall {wall:.3f} s, "
                 + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in times.items())
                 + " ms"
+                + _decode_host_times(rec)
             )
         timed = [r for r in res.runs if not r["warmup"]] or res.runs
         med = {s: statistics.median(r["stages_s"].get(s, 0.0) for r in timed) for s in STAGES}
@@ -734,6 +739,22 @@ class Bench:
             summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         res.summary = summary
         return res
+
+
+def _decode_host_times(rec: dict) -> str:
+    """The decode loop's time and the decoder's host times of one pass, for its log line."""
+    keys = ("loop", "setup", "first_step", "capture")
+    if rec.get("decode_loop_s") is None:
+        return ""
+    return (
+        "; decode "
+        + ", ".join(
+            f"{k} {rec[f'decode_{k}_s'] * 1e3:.1f}"
+            for k in keys
+            if rec.get(f"decode_{k}_s") is not None
+        )
+        + " ms"
+    )
 
 
 def _log(text: str) -> None:

@@ -109,9 +109,9 @@ def measure(
             k_in = ws[0].size(1)
             settings += [
                 {"rows_per_program": n, "num_warps": warps}
-                for n in (1, 2, 4, 8)
-                for warps in (1, 2, 4)
-                if 8 <= n * k_in // (32 * warps) <= 80
+                for n in (1, 2, 4, 8, 16, 32)
+                for warps in (1, 2, 4, 8, 16)
+                if 20 <= n * k_in // (32 * warps) <= 80
             ]
         for setting in settings:
             t = timed(

@@ -34,6 +34,9 @@
 #             workflow's GPU stages for config/gpu_bench.tsv, from the text stage that
 #             scripts/device/prepare_workflow.sh ran here; carry .bench/whl, .bench/shared.tar.xz
 #             and .bench/wf)
+#   linear    scripts/device/linear_bench.py $LINEAR_ARGS (the GPT's few-row projections against
+#             cuBLAS, launch settings with --sweep, the 24-layer stack, --other FILE: an A/B against
+#             an earlier tts/fast/linear.py; no checkpoints)
 #   vocoder   scripts/device/vocoder_profile.py $VOCODER_ARGS (BigVGAN's forward at the benchmark's
 #             shapes: fused / plain activations / convolutions alone, FLOP rate, kernel table;
 #             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
@@ -69,14 +72,15 @@ COND_ARGS="${COND_ARGS:-}"
 RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
+LINEAR_ARGS="${LINEAR_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_RENDER="${T_RENDER:-240}"
-T_WORKFLOW="${T_WORKFLOW:-420}"
+T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json linear.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -282,6 +286,9 @@ main() {
   # shellcheck disable=SC2086
   want workflow && section workflow "$T_WORKFLOW" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/workflow_bench.py run --checkpoints "$CK" $WORKFLOW_ARGS --json "$OUT/workflow.json"
+  # shellcheck disable=SC2086
+  want linear && section linear "$T_LINEAR" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/linear_bench.py $LINEAR_ARGS --json "$OUT/linear.json"
   # shellcheck disable=SC2086
   want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \
