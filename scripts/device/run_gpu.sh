@@ -37,6 +37,9 @@
 #   linear    scripts/device/linear_bench.py $LINEAR_ARGS (the GPT's few-row projections against
 #             cuBLAS, launch settings with --sweep, the 24-layer stack, --other FILE: an A/B against
 #             an earlier tts/fast/linear.py; no checkpoints)
+#   calls     scripts/device/call_profile.py $CALLS_ARGS (one GPT generate call's host time outside
+#             its replayed steps: the decoder's stats over several calls, then cProfile of one;
+#             no checkpoints)
 #   vocoder   scripts/device/vocoder_profile.py $VOCODER_ARGS (BigVGAN's forward at the benchmark's
 #             shapes: fused / plain activations / convolutions alone, FLOP rate, kernel table;
 #             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
@@ -73,14 +76,15 @@ RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:-}"
+CALLS_ARGS="${CALLS_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_RENDER="${T_RENDER:-240}"
-T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}"
+T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json linear.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -289,6 +293,9 @@ main() {
   # shellcheck disable=SC2086
   want linear && section linear "$T_LINEAR" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/linear_bench.py $LINEAR_ARGS --json "$OUT/linear.json"
+  # shellcheck disable=SC2086
+  want calls && section calls "$T_CALLS" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/call_profile.py $CALLS_ARGS --json "$OUT/calls.json"
   # shellcheck disable=SC2086
   want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \

@@ -46,7 +46,20 @@ def pdl_available(device) -> bool:
     import torch
 
     device = torch.device(device)
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    if device.type != "cuda":
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _cuda_major(index) >= 9
+
+
+@functools.cache
+def _cuda_major(index: int) -> int:
+    """Compute capability major of CUDA device ``index``, looked up once: every kernel launch
+    of a decode step asks (~170 times per step), and the lookup is host time on the step's
+    critical path when the step runs eagerly or is captured (docs/benchmarks.md, run BJ)."""
+    import torch
+
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def fallback(where: str, exc: BaseException) -> None:

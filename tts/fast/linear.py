@@ -51,6 +51,8 @@ attention, with the signatures of :mod:`tts.fast.fused`'s compiled pieces (matmu
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tts.fast import pdl_available
@@ -194,6 +196,7 @@ if triton is not None:
 ROWS_PER_PROGRAM = 2
 
 
+@functools.cache
 def split_width(k_in: int) -> tuple[int, int]:
     """The input width as two power-of-two register tiles ``(KA, KB)``: KA the largest power
     of two <= ``k_in``, KB the rest rounded up to a power of two (1280 = 1024 + 256)."""
@@ -201,6 +204,7 @@ def split_width(k_in: int) -> tuple[int, int]:
     return ka, triton.next_power_of_2(max(1, k_in - ka))
 
 
+@functools.cache
 def warps_for(rows_per_program: int, k_in: int) -> int:
     """Warps per program: a power of two giving each thread at most ~80 weights."""
     warps = 1
