@@ -101,6 +101,14 @@ def test_bench_tiny_cpu(tmp_path, capsys):
         assert s["flops_per_row"]["s2mel"] > 0 and s["flops_per_row"]["vocoder"] > 0
         assert s["s2mel_tflops_per_s"] > 0 and s["vocoder_tflops_per_s"] > 0
     assert "TFLOP/s" in text
+    # The graph decoder's own host times are recorded per pass and printed on its line.
+    for r in results:
+        for run in r["runs"]:
+            if r["decoder"] == "graph":
+                assert run["decode_setup_s"] > 0 and run["decode_first_step_s"] > 0
+            else:
+                assert "decode_setup_s" not in run
+    assert text.count("; decode loop ") == 2
     assert (tmp_path / "ckpt" / "gpt.pth").is_file()
     assert "(TINY)" in data["what"]
 
