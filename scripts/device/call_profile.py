@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_profile import DTYPES, build_gpt  # noqa: E402
+from decode_profile import DTYPES, build_gpt, random_prefix  # noqa: E402
 
 from tts.fast import decode  # noqa: E402
 from tts.generation import GenerationConfig  # noqa: E402
@@ -115,16 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     dtype = DTYPES[args.dtype]
     model = build_gpt(False, device, dtype, args.seed)
-    prefix = (
-        torch.randn(
-            args.batch,
-            args.prefix,
-            model.model_dim,
-            device=device,
-            generator=torch.Generator(device=device).manual_seed(args.seed),
-        )
-        * 0.5
-    ).to(dtype)
+    prefix = random_prefix(model, args.batch, args.prefix, dtype, seed=args.seed)
     cfg = GenerationConfig(num_beams=args.beams, max_mel_tokens=args.steps, warn_on_limit=False)
     autocast = torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32)
     by_gc = {}

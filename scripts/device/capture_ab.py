@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_profile import agreement, build_gpt, log  # noqa: E402
+from decode_profile import agreement, build_gpt, log, random_prefix  # noqa: E402
 
 from tts.fast import decode as new_decode  # noqa: E402
 from tts.generation import GenerationConfig  # noqa: E402
@@ -99,16 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = {"old": old_decode, "new": new_decode}
     results = []
     for batch in (int(b) for b in args.batches.split(",") if b):
-        prefix = (
-            torch.randn(
-                batch,
-                args.prefix,
-                model.model_dim,
-                device=device,
-                generator=torch.Generator(device=device).manual_seed(batch),
-            )
-            * 0.5
-        ).to(torch.bfloat16)
+        prefix = random_prefix(model, batch, args.prefix, torch.bfloat16, seed=batch)
         for variant in args.variants.split(","):
             options = new_decode.VARIANTS[variant]
             calls = {name: (module, options) for name, module in versions.items()}

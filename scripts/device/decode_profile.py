@@ -83,6 +83,15 @@ def build_gpt(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int):
     return model.to(dtype).eval()
 
 
+def random_prefix(model, batch: int, positions: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A prompt prefix of ``positions`` random embeddings per item (N(0, 0.25)), in ``dtype``
+    on the model's device: what the conditioning and text embeddings give the decoder."""
+    device = model.mel_head.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.randn(batch, positions, model.model_dim, device=device, generator=gen)
+    return (noise * 0.5).to(dtype)
+
+
 def trace_events(prof) -> list[dict]:
     """The events of a finished torch.profiler run, as its Chrome trace lists them."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,16 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     results = []
     for batch in (int(b) for b in args.batches.split(",") if b):
-        prefix = (
-            torch.randn(
-                batch,
-                args.prefix,
-                model.model_dim,
-                device=device,
-                generator=torch.Generator(device=device).manual_seed(batch),
-            )
-            * 0.5
-        ).to(dtype)
+        prefix = random_prefix(model, batch, args.prefix, dtype, seed=batch)
         cfg = GenerationConfig(
             num_beams=args.beams,
             do_sample=not args.greedy,
