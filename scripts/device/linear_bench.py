@@ -18,8 +18,11 @@ Then the whole stack of 24 layers as one graph: cuBLAS's four GEMMs per layer al
 (LayerNorms, projections and their fused ops) with and without the Triton attention over a
 600-position window between qkv and the out projection, each with and without programmatic
 dependent launch (``pdl``; with ``--sweep`` also with each shape's fastest setting), and
-``--other FILE``: the stack of an earlier version of tts/fast/linear.py (e.g. from
-``git show REV:tts/fast/linear.py``) with PDL and the attention, for an A/B in one process.
+``--other FILE`` (repeatable): the stack of another version of tts/fast/linear.py (e.g. from
+``git show REV:tts/fast/linear.py``, or with scripts/device/linear_fold.patch applied) with PDL
+and the attention, for an A/B in one process. Last, the registers and spills per thread of
+every compiled projection kernel (registers bound how many programs, and so how many weight
+rows, can be resident and load their weights ahead).
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def measure(
                 {"rows_per_program": n, "num_warps": warps}
                 for n in (1, 2, 4, 8, 16, 32)
                 for warps in (1, 2, 4, 8, 16)
-                if 20 <= n * k_in // (32 * warps) <= 80
+                if 20 <= n * k_in // (32 * warps) <= 160
             ]
         for setting in settings:
             t = timed(
@@ -179,9 +182,9 @@ def measure(
                 stack[key.replace("ours", "best")] = timed(
                     lambda p=pdl, a=attend: stack_ours(p, a, best=True), replays
                 )
-    if other is not None:  # an earlier version of tts/fast/linear.py, default settings
-        stack["other_attention_pdl_ms"] = timed(
-            lambda: stack_ours(True, True, module=other), replays
+    for name, module in (other or {}).items():  # other versions of tts/fast/linear.py
+        stack[f"other_{name}_attention_pdl_ms"] = timed(
+            lambda m=module: stack_ours(True, True, module=m), replays
         )
     table["stack"] = stack
     print(
@@ -192,12 +195,35 @@ def measure(
     ref = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True)
     y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
     table["pdl_equal"] = bool(torch.equal(ref, y))
+    table["registers"] = registers(linear._linear_kernel)
+    for name, module in (other or {}).items():
+        table[f"registers_{name}"] = registers(module._linear_kernel)
     return table
+
+
+def registers(kernel) -> list[dict]:
+    """Registers and spills per thread of every compiled specialisation of the Triton
+    ``kernel`` (what limits how many of its programs are resident), with their constants."""
+    found = []
+    for caches in kernel.device_caches.values():
+        for compiled in caches[0].values():
+            names = list(compiled.src.signature)
+            const = {
+                names[k[0]] if isinstance(k, tuple) and len(k) == 1 else str(k): v
+                for k, v in compiled.src.constants.items()
+                if isinstance(v, (int, bool))
+            }
+            found.append(
+                {"n_regs": compiled.n_regs, "n_spills": compiled.n_spills, "constants": str(const)}
+            )
+    for f in found:
+        print(f"registers {f['n_regs']:3d} spills {f['n_spills']:3d} {f['constants']}")
+    return found
 
 
 def _module(path: str):
     """The Python file ``path`` imported as a module (an earlier tts/fast/linear.py)."""
-    spec = importlib.util.spec_from_file_location("linear_other", path)
+    spec = importlib.util.spec_from_file_location(f"linear_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -209,7 +235,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--sweep", action="store_true", help="time other launch settings too")
-    ap.add_argument("--other", help="an earlier tts/fast/linear.py to time the stack of too")
+    ap.add_argument(
+        "--other",
+        action="append",
+        help="another tts/fast/linear.py to time the stack of too (repeatable)",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -246,7 +276,7 @@ def main() -> None:
             args.replays,
             dtype,
             args.sweep,
-            _module(args.other) if args.other else None,
+            {Path(p).stem: _module(p) for p in args.other or ()},
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -35,8 +35,8 @@
 #             scripts/device/prepare_workflow.sh ran here; carry .bench/whl, .bench/shared.tar.xz
 #             and .bench/wf)
 #   linear    scripts/device/linear_bench.py $LINEAR_ARGS (the GPT's few-row projections against
-#             cuBLAS, launch settings with --sweep, the 24-layer stack, --other FILE: an A/B against
-#             an earlier tts/fast/linear.py; no checkpoints)
+#             cuBLAS, launch settings with --sweep, the 24-layer stack, --other FILE (repeatable):
+#             an A/B against another tts/fast/linear.py, registers per kernel; no checkpoints)
 #   calls     scripts/device/call_profile.py $CALLS_ARGS (one GPT generate call's host time outside
 #             its replayed steps: the decoder's stats over several calls, then cProfile of one;
 #             no checkpoints)
