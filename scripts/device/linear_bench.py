@@ -85,7 +85,7 @@ def measure(
     replays: int,
     dtype: torch.dtype,
     sweep: bool,
-    other=None,
+    other: dict | None = None,
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
     dev = "cuda"
@@ -195,15 +195,16 @@ def measure(
     ref = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True)
     y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
     table["pdl_equal"] = bool(torch.equal(ref, y))
-    table["registers"] = registers(linear._linear_kernel)
+    table["registers"] = registers(linear._linear_kernel, rows)
     for name, module in (other or {}).items():
-        table[f"registers_{name}"] = registers(module._linear_kernel)
+        table[f"registers_{name}"] = registers(module._linear_kernel, rows)
     return table
 
 
-def registers(kernel) -> list[dict]:
-    """Registers and spills per thread of every compiled specialisation of the Triton
-    ``kernel`` (what limits how many of its programs are resident), with their constants."""
+def registers(kernel, rows: int) -> list[dict]:
+    """Registers and spills per thread of every specialisation of the Triton ``kernel``
+    compiled for ``rows`` rows (what limits how many of its programs are resident), with
+    their constants."""
     found = []
     for caches in kernel.device_caches.values():
         for compiled in caches[0].values():
@@ -213,6 +214,8 @@ def registers(kernel) -> list[dict]:
                 for k, v in compiled.src.constants.items()
                 if isinstance(v, (int, bool))
             }
+            if const.get("M") != rows:
+                continue
             found.append(
                 {"n_regs": compiled.n_regs, "n_spills": compiled.n_spills, "constants": str(const)}
             )
@@ -222,7 +225,7 @@ def registers(kernel) -> list[dict]:
 
 
 def _module(path: str):
-    """The Python file ``path`` imported as a module (an earlier tts/fast/linear.py)."""
+    """The Python file ``path`` imported as a module (another tts/fast/linear.py)."""
     spec = importlib.util.spec_from_file_location(f"linear_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -266,6 +269,7 @@ def main() -> None:
         "copy_tb_s": bw / 1e12,
         "rows": {},
     }
+    others = {Path(p).stem: _module(p) for p in args.other or ()}
     for rows in (int(r) for r in args.rows.split(",")):
         results["rows"][rows] = measure(
             rows,
@@ -276,7 +280,7 @@ def main() -> None:
             args.replays,
             dtype,
             args.sweep,
-            {Path(p).stem: _module(p) for p in args.other or ()},
+            others,
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
