@@ -966,6 +966,41 @@ def _compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int) -
     triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
+def test_attention_kernel_compiles_for_hopper():
+    """The decode attention's first kernel compiles for sm_90 with PDL, with and without
+    reading its window ahead of the wait, and with and without the source-row table."""
+    from tts.fast import attention
+
+    strides = ("sq_row", "sq_head", "sk_row", "sk_head", "sk_pos", "sv_row", "sv_head")
+    strides += ("sv_pos", "sm_row", "ss_row", "splits")
+    flags = ("HEAD_DIM", "CHUNK", "BLOCK_T", "NO_SCORE", "HAS_SRC", "READ_AHEAD", "PDL")
+    signature = {  # in the kernel's argument order
+        **dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "mask_ptr"), "*bf16"),
+        "src_ptr": "*i32",
+        "written_ptr": "*i64",
+        "work_ptr": "*fp32",
+        "heads": "i32",
+        "end": "i32",
+        "scale": "fp32",
+        **dict.fromkeys(strides, "i32"),
+        **dict.fromkeys(flags, "constexpr"),
+    }
+    for ahead in (False, True):
+        for table in (False, True):
+            constexprs = {
+                "HEAD_DIM": 64,
+                "CHUNK": attention.CHUNK,
+                "BLOCK_T": attention.BLOCK_T,
+                "NO_SCORE": attention.NO_SCORE,
+                "HAS_SRC": table,
+                "READ_AHEAD": ahead,
+                "PDL": True,
+            }
+            _compile_for_hopper(
+                attention._partial_kernel, signature, constexprs, attention.NUM_WARPS
+            )
+
+
 def test_choice_kernels_compile_for_hopper():
     """The processors', the beam draw's and the beam step's kernels compile for sm_90 at the
     decoder's settings (the first version of the first passed the interpreter and failed on
@@ -1342,7 +1377,8 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
     positions at both ends (left padding longer than a chunk), float32 within 1e-6 and bf16
     within one ulp of the output (the float32 result rounded); and with a source-row table
     (``src``: each position read from another cache row) against SDPA over the rows it
-    names (attention.gather_rows)."""
+    names (attention.gather_rows). Reading the window ahead (``written``) gives the same
+    output exactly."""
     _run_interpreted(
         """
         import torch
@@ -1375,6 +1411,12 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
                     # same bounds
                     other = attention.attend(q, k, v, mask, src=table, chunk=128, block_t=32,
                                              num_warps=2)
+                    # the window read before the PDL wait (written: the one position read
+                    # again after it), inside and outside the window: the same arithmetic
+                    for w in (end - 6, 0, end + 3):
+                        ahead = attention.attend(q, k, v, mask, src=table,
+                                                 written=torch.tensor([w]))
+                        assert torch.equal(ahead, base), (rows, end, w)
                     for out in (base, other):
                         assert out.shape == q.shape and out.dtype == dtype
                         err = (out.double() - want).abs()
@@ -1389,6 +1431,12 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
             assert "block_t 64" in str(exc)
         else:
             raise AssertionError("chunk 96 with block_t 64 was accepted")
+        try:
+            attention.attend(q, k, v, mask, chunk=64, block_t=32, written=torch.tensor([3]))
+        except ValueError as exc:
+            assert "written needs chunk == block_t" in str(exc)
+        else:
+            raise AssertionError("written with two tiles per chunk was accepted")
         print("ok")
         """
     )

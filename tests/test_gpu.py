@@ -788,7 +788,8 @@ def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
     """tts.fast.attention on CUDA against SDPA in float64 at the GPT's head shape (20 x 64),
     over a strided window of a larger cache with left padding and unwritten positions masked,
     directly and through a random source-row table (against SDPA over the rows it names):
-    float32 within 1e-5, bf16 within one ulp of the output."""
+    float32 within 1e-5, bf16 within one ulp of the output; reading the window before the PDL
+    wait (``written``), with and without PDL, gives the same output exactly."""
     from tts.fast import attention
 
     torch.manual_seed(5)
@@ -802,8 +803,12 @@ def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):
     mask = torch.zeros(rows, end, dtype=dtype, device="cuda").masked_fill_(~keys, float("-inf"))
     mask = mask[:, None, None, :]
     src = torch.randint(0, rows, (rows, end + 100), dtype=torch.int32, device="cuda")[:, :end]
+    written = torch.tensor([end - 9], device="cuda")
     for table in (None, src):  # and through a source-row table (reorder="table")
         out = attention.attend(q, k, v, mask, src=table)
+        for pdl in (False, True):  # the window read before the PDL wait: the same output
+            ahead = attention.attend(q, k, v, mask, src=table, pdl=pdl, written=written)
+            assert torch.equal(ahead, out), (table is None, pdl)
         kt, vt = (
             (k, v)
             if table is None

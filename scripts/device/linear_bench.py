@@ -20,7 +20,8 @@ Then the whole stack of 24 layers as one graph: cuBLAS's four GEMMs per layer al
 dependent launch (``pdl``; with ``--sweep`` also with each shape's fastest setting), and
 ``--other FILE`` (repeatable): the stack of another version of tts/fast/linear.py (e.g. from
 ``git show REV:tts/fast/linear.py``, or with scripts/device/linear_fold.patch applied) with PDL
-and the attention, for an A/B in one process. Last, the registers and spills per thread of
+and the attention, for an A/B in one process, and ours with the attention reading its window
+before its PDL wait (``written``, tts.fast.attention.attend). Last, the registers and spills per thread of
 every compiled projection kernel (registers bound how many programs, and so how many weight
 rows, can be resident and load their weights ahead).
 """
@@ -138,7 +139,7 @@ def measure(
 
     mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
 
-    def stack_ours(pdl: bool, attend: bool, best: bool = False, module=linear):
+    def stack_ours(pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False):
         st = {name: table[name]["best"] if best else {} for name in kw}
         for i in range(LAYERS):
             q = module.linear(
@@ -157,6 +158,7 @@ def measure(
                     kv[1][:, :, :WINDOW],
                     mask,
                     pdl=pdl,
+                    written=pos if ahead else None,
                 )
                 q = q.transpose(1, 2).reshape(rows, DIM)
             y = module.linear(q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **st["out"])
@@ -182,6 +184,10 @@ def measure(
                 stack[key.replace("ours", "best")] = timed(
                     lambda p=pdl, a=attend: stack_ours(p, a, best=True), replays
                 )
+    # the attention reading its window before the PDL wait (attention.attend's ``written``)
+    stack["ours_attention_pdl_read_ahead_ms"] = timed(
+        lambda: stack_ours(True, True, ahead=True), replays
+    )
     for name, module in (other or {}).items():  # other versions of tts/fast/linear.py
         stack[f"other_{name}_attention_pdl_ms"] = timed(
             lambda m=module: stack_ours(True, True, module=m), replays

@@ -53,23 +53,51 @@ if triton is not None:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
+    def _window_rows(src_ptr, row, ss_row, t, inside, HAS_SRC: tl.constexpr):
+        """The cache row that holds each position ``t`` of ``row``'s history."""
+        if HAS_SRC:
+            return tl.load(src_ptr + row * ss_row + t, mask=inside, other=0).to(tl.int64)
+        return tl.full(t.shape, 0, dtype=tl.int64) + row
+
+    @triton.jit
+    def _window_tile(ptr, kv_row, head, t, d, s_row, s_head, s_pos, ok):
+        """Keys (or values) ``[positions, head_dim]`` of one head at positions ``t``."""
+        return tl.load(
+            ptr + kv_row[:, None] * s_row + head * s_head + t[:, None] * s_pos + d[None, :],
+            mask=ok[:, None],
+            other=0.0,
+        )
+
+    @triton.jit
     def _partial_kernel(
-        q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, work_ptr,
+        q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, written_ptr, work_ptr,
         heads, end, scale,
         sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
         splits,
         HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
-        NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr, PDL: tl.constexpr,
+        NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr, READ_AHEAD: tl.constexpr,
+        PDL: tl.constexpr,
     ):  # fmt: skip
-        """Program (row x head, chunk): the chunk's (m, l, weighted value sum)."""
-        if PDL:  # launched early (see attend): let the next kernel start, wait for the last
-            gdc_launch_dependents()
-            gdc_wait()
+        """Program (row x head, chunk): the chunk's (m, l, weighted value sum).
+
+        ``READ_AHEAD`` (``CHUNK == BLOCK_T``): the chunk's keys and values are read before
+        the PDL wait, and after it only position ``*written_ptr`` (the one the kernel just
+        before wrote) is read again (see :func:`attend`).
+        """
         rh = tl.program_id(0)
         chunk = tl.program_id(1)
         row = rh // heads
         head = rh % heads
         d = tl.arange(0, HEAD_DIM)
+        if READ_AHEAD:
+            t = chunk * CHUNK + tl.arange(0, BLOCK_T)
+            inside = t < end
+            kv_row = _window_rows(src_ptr, row, ss_row, t, inside, HAS_SRC)
+            k = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, inside)
+            v = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, inside)
+        if PDL:  # launched early (see attend): let the next kernel start, wait for the last
+            gdc_launch_dependents()
+            gdc_wait()
         q = tl.load(q_ptr + row * sq_row + head * sq_head + d).to(tl.float32) * scale
         m = tl.full([1], NO_SCORE, dtype=tl.float32)
         l_sum = tl.zeros([1], dtype=tl.float32)
@@ -77,34 +105,23 @@ if triton is not None:
         for i in tl.static_range(0, CHUNK, BLOCK_T):
             t = chunk * CHUNK + i + tl.arange(0, BLOCK_T)
             inside = t < end
-            if HAS_SRC:  # the cache row that holds each position of this row's history
-                kv_row = tl.load(src_ptr + row * ss_row + t, mask=inside, other=0).to(tl.int64)
+            if READ_AHEAD:  # the position written since: read again
+                fresh = inside & (t == tl.load(written_ptr))
+                k_now = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, fresh)
+                v_now = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, fresh)
+                k = tl.where(fresh[:, None], k_now, k)
+                v = tl.where(fresh[:, None], v_now, v)
             else:
-                kv_row = tl.full([BLOCK_T], 0, dtype=tl.int64) + row
-            k = tl.load(
-                k_ptr
-                + kv_row[:, None] * sk_row
-                + head * sk_head
-                + t[:, None] * sk_pos
-                + d[None, :],
-                mask=inside[:, None],
-                other=0.0,
-            )
+                kv_row = _window_rows(src_ptr, row, ss_row, t, inside, HAS_SRC)
+                k = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, inside)
             s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
             s += tl.load(mask_ptr + row * sm_row + t, mask=inside, other=0.0).to(tl.float32)
             s = tl.where(inside, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=0))
             p = tl.exp(s - m_new)  # masked keys: exp(-inf) = 0
             alpha = tl.exp(m - m_new)
-            v = tl.load(
-                v_ptr
-                + kv_row[:, None] * sv_row
-                + head * sv_head
-                + t[:, None] * sv_pos
-                + d[None, :],
-                mask=inside[:, None],
-                other=0.0,
-            )
+            if not READ_AHEAD:
+                v = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, inside)
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_sum = l_sum * alpha + tl.sum(p, axis=0)
             m = m_new
@@ -148,6 +165,7 @@ def attend(
     block_t: int = BLOCK_T,
     num_warps: int = NUM_WARPS,
     pdl: bool = False,
+    written: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
@@ -165,6 +183,16 @@ def attend(
     (CUDA, Hopper or newer; ignored elsewhere): each starts while the kernel before it runs
     and waits for it before reading anything, so the kernels after them (e.g. the projections
     of :mod:`tts.fast.linear`) can start loading their weights early.
+
+    ``written`` (optional, with ``chunk == block_t``): a 1-element int64 device tensor, the one
+    window position that the kernel launched just before may still be writing (a decode step's
+    own key and value, from the qkv projection's KV write). The first kernel then reads the
+    window's keys, values and ``src`` entries before its PDL wait, and after it reads only
+    that position again. This is safe only for what was written before the last kernel
+    launched without PDL (earlier decode steps: a kernel that starts early can run while
+    several PDL kernels before it still run). The query, the mask and ``written`` itself are
+    read after the wait. Not measured on a GPU yet, and no decoder passes it
+    (docs/benchmarks.md, runs BQ-BS).
     """
     if block_t & (block_t - 1) or chunk % block_t:
         raise ValueError(f"block_t {block_t} must be a power of two dividing chunk {chunk}")
@@ -185,17 +213,21 @@ def attend(
             f"src {tuple(src.shape)} {src.dtype}: need [{rows}, {end}] integers "
             "with a contiguous last dimension"
         )
+    if written is not None and (chunk != block_t or written.numel() != 1):
+        raise ValueError(f"written needs chunk == block_t (got {chunk}, {block_t}) and 1 element")
     pdl = pdl and pdl_available(q.device)
     splits = triton.cdiv(end, chunk)
     work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32, device=q.device)
     out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
     _partial_kernel[(rows * heads, splits)](
-        q, k, v, mask, q if src is None else src, work, heads, end, head_dim**-0.5,
+        q, k, v, mask, q if src is None else src, q if written is None else written, work,
+        heads, end, head_dim**-0.5,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
         0 if src is None else src.stride(0), splits,
         HEAD_DIM=head_dim, CHUNK=chunk, BLOCK_T=block_t, NO_SCORE=NO_SCORE,
-        HAS_SRC=src is not None, PDL=pdl, num_warps=num_warps, launch_pdl=pdl,
+        HAS_SRC=src is not None, READ_AHEAD=written is not None, PDL=pdl,
+        num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     _combine_kernel[(rows * heads,)](
         work, out, heads, splits, out.stride(0), out.stride(2),
