@@ -299,6 +299,7 @@ NEW_VARIANTS = (
     "graphkp",
     "graphkn",
     "graphkt",
+    "graphkr",
 )
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
@@ -883,6 +884,30 @@ def test_pdl_launch_equals_plain_launch_cuda(dtype):
         REPORT.append(
             {
                 "case": f"pdl_vs_plain_{str(dtype)[6:]}_{'sample' if sample else 'beam'}",
+                "identical": True,
+            }
+        )
+        _write_report()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_attention_read_ahead_equals_plain_launch_cuda(dtype):
+    """graphkr (graphkt whose attention loads the cache window before its PDL wait and reloads
+    the step's own position after it) against graphkt without PDL, through CUDA graphs: a
+    position read before its writer finished would change the codes or scores; they must be
+    identical (beam sampling and beam search, 160 codes, a batch of 2). Skipped below compute
+    capability 9.0, where there is no PDL."""
+    from tts import fast
+    from tts.fast.decode import VARIANTS
+
+    if not fast.pdl_available("cuda"):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    plain = {**VARIANTS["graphkt"], "pdl": False}
+    assert VARIANTS["graphkr"] == {**VARIANTS["graphkt"], "read_ahead": True}
+    for sample, _ in _identical_pair(dtype, plain, VARIANTS["graphkr"]):
+        REPORT.append(
+            {
+                "case": f"read_ahead_vs_plain_{str(dtype)[6:]}_{'sample' if sample else 'beam'}",
                 "identical": True,
             }
         )

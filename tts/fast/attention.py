@@ -191,7 +191,7 @@ def attend(
     that position again. This is safe only for what was written before the last kernel
     launched without PDL (earlier decode steps: a kernel that starts early can run while
     several PDL kernels before it still run). The query, the mask and ``written`` itself are
-    read after the wait. Not measured on a GPU yet, and no decoder passes it
+    read after the wait. Not measured on a GPU yet; decoder variant ``graphkr`` passes it
     (docs/benchmarks.md, runs BQ-BS).
     """
     if block_t & (block_t - 1) or chunk % block_t:

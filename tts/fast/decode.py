@@ -63,7 +63,11 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   read with the "all finished?" test. With beams and ``reorder="table"``, the beam step's
   bookkeeping after the draw (hypotheses, done flags, the moves of every per-row buffer and
   of the source table) is one kernel too (:mod:`tts.fast.beam_step`; exact). Variant
-  ``graphkt``, the Engine's default.
+  ``graphkt``, the Engine's default;
+* ``read_ahead`` (with ``attention="triton"``): the attention loads its cache window before
+  its PDL wait, and after it reloads only the position the step itself wrote
+  (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
+  ``graphkr``, not measured on a GPU yet (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -236,14 +240,16 @@ def _attend(
     kind: str = "sdpa",
     src: torch.Tensor | None = None,
     pdl: bool = False,
+    written: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of the step's queries over a cache window (additive ``mask``); ``src``: the
     cache row of each (row, position) (reorder="table"); ``pdl``: the Triton kernels'
-    programmatic dependent launch."""
+    programmatic dependent launch; ``written``: the step's own cache position, for the Triton
+    kernel's read-ahead (``read_ahead`` of :func:`generate`; the other kinds ignore it)."""
     from tts.fast import attention
 
     if kind == "triton":
-        return attention.attend(q, k, v, mask, src=src, pdl=pdl)
+        return attention.attend(q, k, v, mask, src=src, pdl=pdl, written=written)
     if src is not None:
         k, v = attention.gather_rows(k, src), attention.gather_rows(v, src)
     if kind == "math":  # one query: two small batched products and a softmax
@@ -334,6 +340,7 @@ def generate(
     ahead: bool = True,
     pdl: bool = False,
     choice: str = "torch",
+    read_ahead: bool = False,
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
@@ -398,6 +405,7 @@ def generate(
         ahead=ahead,
         pdl=pdl,
         choice=choice,
+        read_ahead=read_ahead,
     )
     if stats is not None:
         stats["setup_s"] = time.perf_counter() - started  # host time: buffers, prefill launch
@@ -428,8 +436,10 @@ class StaticDecoder:
         ahead: bool = True,
         pdl: bool = False,
         choice: str = "torch",
+        read_ahead: bool = False,
     ):
         self.model, self.cfg, self.generator = model, cfg, generator
+        self.read_ahead = read_ahead
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
         self.weights = decode_weights(model)
@@ -870,12 +880,15 @@ class StaticDecoder:
         """Whether beams read the cache through the source-row table (reorder="table")."""
         return self.src is not None
 
-    def _attend_fn(self, end: int):
+    def _attend_fn(self, end: int, pos: torch.Tensor | None = None):
         """The attention over the window ``[0, end)``: with reorder="table", through the rows
-        of the source table."""
-        if self.src is None:
-            return self.attend
-        return functools.partial(self.attend, src=self.src[:, :end])
+        of the source table; with ``read_ahead``, told the step's own position ``pos``."""
+        extra = {}
+        if self.src is not None:
+            extra["src"] = self.src[:, :end]
+        if self.read_ahead and pos is not None:
+            extra["written"] = pos
+        return functools.partial(self.attend, **extra) if extra else self.attend
 
     def _use(self, index: int) -> None:
         """Make cache ``index`` the one in use (reorder="swap")."""
@@ -927,7 +940,8 @@ class StaticDecoder:
         ks, vs = self.layer_views[self.cur]
         try:
             with torch.autocast(self.device.type, enabled=False):
-                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, self._attend_fn(end))
+                attend = self._attend_fn(end, pos)
+                stack.step(tokens, j, pos, mask, end, ks, vs, self.logits, attend)
         except Exception as exc:  # noqa: BLE001 - compiled code failed: plain layers
             if _capturing(self.device):
                 raise
@@ -943,7 +957,7 @@ class StaticDecoder:
         model = self.model
         gpt = model.gpt
         mask = None  # additive, in the query dtype, built once per step (not per layer)
-        attend = self._attend_fn(end)
+        attend = self._attend_fn(end, pos)
         for i, block in enumerate(gpt.h):
             attn = block.attn
             w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights[i]

@@ -83,5 +83,8 @@ VARIANTS: dict[str, dict] = {
 # (tts.fast.processors, tts.fast.sampling.beam_candidates) instead of ~35 torch kernels: the
 # Engine's default since run AX of docs/benchmarks.md.
 VARIANTS["graphkt"] = {**VARIANTS["graphkp"], "choice": "triton"}
+# graphkt with the attention reading its cache window before its PDL wait (tts.fast.attention,
+# ``written``); not measured on a GPU yet.
+VARIANTS["graphkr"] = {**VARIANTS["graphkt"], "read_ahead": True}
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")
