@@ -192,6 +192,9 @@ def measure(
         stack[f"other_{name}_attention_pdl_ms"] = timed(
             lambda m=module: stack_ours(True, True, module=m), replays
         )
+        stack[f"other_{name}_attention_pdl_read_ahead_ms"] = timed(
+            lambda m=module: stack_ours(True, True, module=m, ahead=True), replays
+        )
     table["stack"] = stack
     print(
         f"rows {rows:3d} stack of {LAYERS} layers (ms): "
