@@ -131,16 +131,22 @@ class _ReplayEagerly:
     """A stand-in for a captured CUDA graph on the CPU: "replay" runs the step it was captured
     for eagerly, after checking that the decoder is in the state the graph was captured in."""
 
-    def __init__(self, dec, key, end, log):
+    def __init__(self, dec, key, end, log, hide_prompt_length: bool = False):
         self.dec, self.key, self.end, self.log = dec, key, end, log
+        self.hide = hide_prompt_length  # the step must not read it: s_len is None meanwhile
 
     def replay(self):
         dec = self.dec
         step = int(dec.step_t)
-        assert (step // dec.bucket, dec.cur) == self.key, f"step {step}: wrong graph {self.key}"
+        assert dec._graph_key(step) == self.key, f"step {step}: wrong graph {self.key}"
         assert dec._window(step) == self.end, f"step {step}: window {self.end}"
-        cur = dec.cur
-        dec._step(self.end)
+        cur, s_len = dec.cur, dec.s_len
+        if self.hide:
+            dec.s_len = None
+        try:
+            dec._step(self.end)
+        finally:
+            dec.s_len = s_len
         dec._use(cur)  # the caller switches caches after a replay, as the device did
         self.log.append(("replay", step))
 
@@ -188,9 +194,10 @@ def test_graphs_are_captured_before_their_bucket(beams, bucket, check_every):
         replays = [e[1] for e in log if e[0] == "replay"]
         assert dec.eager_steps == 1 and replays == list(range(1, cfg.max_mel_tokens))
         # Ahead: every capture happens at a check (or right after the first step), never at
-        # a bucket's first step; otherwise at the first step of each bucket.
+        # a window's first step; otherwise at the first step of each window (the steps whose
+        # cache position, after the 11 prompt positions and the start code, starts a bucket).
         at = sorted({e[2] for e in log if e[0] == "capture"})
-        starts = range(bucket, cfg.max_mel_tokens, bucket)
+        starts = [s for s in range(1, cfg.max_mel_tokens) if (11 + 1 + s) % bucket == 0]
         assert at == (
             [1] + sorted({s - s % check_every for s in starts if s >= check_every})
             if ahead
@@ -435,6 +442,141 @@ def test_table_reorder_gives_done_items_row_0s_prompt():
             prompt = dec.src.view(3, beams, -1)[early, :, : dec.s_len + 1]
             assert set(early) - {0} and bool((prompt == 0).all()), (changes, done_at)
             _assert_same_generation(plain, out, beams=beams)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_kept_decoder_gives_plain_generations_results(beams):
+    """generate(keep=True): calls with prompts of other lengths (padded batches), seeds and
+    finishing steps reuse one decoder (the second and later calls report ``kept``; a prompt
+    too long for its cache makes a new one), and every call gives tts.generation's codes,
+    steps, beam indices and scores; release() drops it."""
+    from tts.fast import decode
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model, _, _, _ = _items_finishing_apart()  # items stop at different steps
+    cfg = GenerationConfig(
+        num_beams=beams, max_mel_tokens=30, warn_on_limit=False, repetition_penalty=2.0
+    )
+    decode.release()
+    kept = []
+    # 300 positions: more than the first decoder's 256 (20 + 1 + 30, rounded up)
+    for length, seed in ((20, 1), (9, 2), (20, 3), (27, 4), (270, 5), (12, 6)):
+        prefix, valid = _padded_prefix(model, length)
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(2)]
+        plain = plain_generate(model, prefix, valid, cfg, generator=gens, output_scores=True)
+        stats = {}
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(2)]
+        with torch.no_grad():
+            out = decode.generate(model, prefix, valid, cfg, generator=gens, output_scores=True,
+                                  stats=stats, keep=True, reorder="table")  # fmt: skip
+        _assert_same_generation(plain, out, beams)
+        # the callers' generators went on as the plain path's did
+        assert [g.initial_seed() for g in gens] == [seed, seed + 1]
+        kept.append(stats["kept"])
+    assert kept == [False, True, True, True, False, True], kept
+    assert decode._KEPT
+    decode.release()
+    assert not decode._KEPT
+
+
+def test_kept_decoder_starts_in_a_new_decoders_state():
+    """After a call whose items finished at different steps, start() leaves every buffer of
+    the decoder (caches, table, histories, hypotheses, flags) equal to a new decoder's for
+    the next prompt, in the same memory (so graphs captured before read and write it)."""
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+
+    model, prefix, valid, generators = _items_finishing_apart()
+    cfg = GenerationConfig(
+        num_beams=3, max_mel_tokens=12, warn_on_limit=False, repetition_penalty=2.0
+    )
+    options = {"reorder": "table", "output_scores": True, "capacity": 64}
+    other = torch.randn(3, 14, model.model_dim, generator=torch.Generator().manual_seed(8)) * 0.5
+    other_valid = torch.ones(3, 14, dtype=torch.bool)
+    other_valid[2, :5] = False
+    with torch.no_grad():
+        dec = StaticDecoder(model, prefix, valid, cfg, generator=generators(), **options)
+        dec.run()
+        assert len(set(dec.beam.done_at.tolist())) > 1  # the items finished apart
+        before = _tensors(dec)
+        dec.start(other, other_valid, generators())
+        fresh = StaticDecoder(model, other, other_valid, cfg, generator=generators(), **options)
+    after, want = _tensors(dec), _tensors(fresh)
+    assert after.keys() == want.keys() == before.keys()
+    for name, tensor in after.items():
+        assert tensor.data_ptr() == before[name].data_ptr(), f"{name} moved"
+        assert torch.equal(tensor, want[name]), f"{name} differs from a new decoder's"
+    assert dec.s_len == fresh.s_len == 14 and int(dec.first_pos) == 15
+
+
+def _tensors(dec) -> dict:
+    """Every tensor a decoder's steps use: its own, its beam state's and hypotheses', its
+    caches' and its choice kernels' buffers, by name."""
+    found = {}
+    for owner, obj in (("", dec), ("beam.", getattr(dec, "beam", None))):
+        if obj is None:
+            continue
+        for name, value in vars(obj).items():
+            if isinstance(value, torch.Tensor):
+                found[owner + name] = value
+    if getattr(dec, "beam", None) is not None:
+        for name, value in vars(dec.beam.hyps).items():
+            if isinstance(value, torch.Tensor):
+                found["hyps." + name] = value
+    for i, cache in enumerate(dec.caches):
+        found[f"cache{i}.k"], found[f"cache{i}.v"] = cache.k, cache.v
+    for name in ("survivors", "snapshots"):
+        for i, t in enumerate(getattr(dec, name, ()) or ()):
+            found[f"{name}{i}"] = t
+    return found
+
+
+def test_kept_decoder_replays_earlier_graphs_without_the_prompt_length():
+    """The graph bookkeeping of a kept decoder, on the CPU with the stand-in graph: a second
+    call with a longer prompt runs no eager step, replays the first call's graphs for the
+    windows both reach and captures only the windows the first did not reach; its steps
+    never read the prompt length on the host (it is None while a graph replays); and both
+    calls give tts.generation's codes."""
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=40, warn_on_limit=False)
+    log: list[tuple] = []
+    first, first_valid = _padded_prefix(model, 11)
+    with torch.no_grad():
+        dec = StaticDecoder(model, first, first_valid, cfg, bucket=16, reorder="table",
+                            generator=torch.Generator().manual_seed(5), capacity=96)  # fmt: skip
+        dec.use_graph = True  # dec.stream stays None: the eager step runs on the CPU
+
+        def fake_capture(w, end, dec=dec, log=log):
+            key = (w, dec.cur)
+            assert key not in dec.graphs, f"{key} captured twice"
+            dec.graphs[key] = _ReplayEagerly(dec, key, end, log, hide_prompt_length=True)
+            log.append(("capture", key))
+            return True
+
+        dec._capture = fake_capture
+        outs = [dec.run(check_every=8)]
+        windows = set(dec.graphs)
+        assert dec.eager_steps == 1 and windows == {(w, 0) for w in range(0, 4)}, windows
+        second, second_valid = _padded_prefix(model, 30)
+        dec.start(second, second_valid, torch.Generator().manual_seed(6))
+        log.clear()
+        outs.append(dec.run(check_every=8))
+    assert dec.eager_steps == 0
+    # positions 31 .. 70: windows 1-4, of which only 4 is new
+    assert [e[1] for e in log if e[0] == "capture"] == [(4, 0)], log
+    assert len([e for e in log if e[0] == "replay"]) == cfg.max_mel_tokens
+    for (prefix, valid), seed, out in zip(
+        ((first, first_valid), (second, second_valid)), (5, 6), outs, strict=True
+    ):
+        plain = plain_generate(
+            model, prefix, valid, cfg, generator=torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps
 
 
 def test_decode_profile_script_runs_on_cpu(tmp_path):
@@ -1048,7 +1190,8 @@ def test_choice_kernels_compile_for_hopper():
     )
     i64 = ("cand_ptr", "step_ptr", "done_at", "history", "tokens", "chosen", "h_stamp")
     i64 += ("h_length", "h_blen", "h_tokens", "h_beams", "snap_tokens", "snap_history")
-    scalars = ("vocab", "max_new", "cap", "end", "s_len", "stop", "pad")
+    i64 += ("first_ptr",)
+    scalars = ("vocab", "max_new", "cap", "end", "stop", "pad")
     _compile_for_hopper(
         beam_step._beam_step_kernel,
         {
@@ -1150,6 +1293,47 @@ def test_beam_draw_kernel_interpreted():
         print("ok")
         """,
         timeout=600,
+    )
+
+
+def test_kept_graphkk_decoder_matches_plain_generation_interpreted():
+    """graphkk (graphkt kept between calls: Triton projections, attention, processors, draw
+    and beam step kernel, in Triton's CPU interpreter; float32): three calls with prompts of
+    20, 9 and 27 positions whose items finish at different steps reuse one decoder after the
+    first, and each gives tts.generation's codes, steps, beam indices and scores, with the
+    beam step kernel run at every step (no fallback)."""
+    _run_interpreted(
+        """
+        import torch
+        from test_fast import (_assert_same_generation, _counted, _items_finishing_apart,
+                               _padded_prefix)
+        from tts import fast
+        from tts.fast import beam_step, decode
+        from tts.generation import GenerationConfig, generate as plain_generate
+        torch.set_num_threads(1)
+        calls = {"step": 0}
+        beam_step.step = _counted(calls, "step", beam_step.step)
+        model, _, _, generators = _items_finishing_apart()
+        cfg = GenerationConfig(num_beams=3, max_mel_tokens=12, warn_on_limit=False,
+                               repetition_penalty=2.0)
+        kept, steps = [], 0
+        for length in (20, 9, 27):
+            prefix, valid = _padded_prefix(model, length)
+            prefix, valid = prefix.repeat(2, 1, 1)[:3], valid.repeat(2, 1)[:3]
+            plain = plain_generate(model, prefix, valid, cfg, generator=generators(),
+                                   output_scores=True)
+            stats = {}
+            out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
+                                  generator=generators(), **decode.VARIANTS["graphkk"])
+            assert not fast.FALLBACKS, fast.FALLBACKS
+            _assert_same_generation(plain, out, 3)
+            kept.append(stats["kept"])
+            steps += stats["steps"]
+        assert kept == [False, True, True], kept
+        assert calls == {"step": steps}, (calls, steps)
+        print("ok")
+        """,
+        timeout=900,
     )
 
 

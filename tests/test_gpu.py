@@ -300,6 +300,7 @@ NEW_VARIANTS = (
     "graphkn",
     "graphkt",
     "graphkr",
+    "graphkk",
 )
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
@@ -888,6 +889,69 @@ def test_pdl_launch_equals_plain_launch_cuda(dtype):
             }
         )
         _write_report()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_kept_decoder_equals_new_decoders_cuda(dtype):
+    """graphkk (graphkt kept between calls: its graphs replay later calls) against graphkt
+    (a new decoder per call), through CUDA graphs, four calls with prompts of 30, 50, 30 and
+    12 positions, each item with its own generator, beam sampling then beam search: identical
+    codes and scores; the callers' generators continue identically (the kept decoder draws
+    from its own and gives the state back); the later calls reuse the decoder without an
+    eager step, and a prompt length seen before captures nothing."""
+    from tts import fast
+    from tts.fast import decode
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small_cuda(dtype)
+    decode.release()
+    before = len(fast.FALLBACKS)
+    for sample in (True, False):
+        cfg = GenerationConfig(num_beams=3, do_sample=sample, max_mel_tokens=100,
+                               warn_on_limit=False)  # fmt: skip
+        for call, length in enumerate((30, 50, 30, 12)):
+            torch.manual_seed(length)
+            prefix = (torch.randn(2, length, model.model_dim, device="cuda") * 0.5).to(dtype)
+            outs, stats, draws = [], [], []
+            for name in ("graphkt", "graphkk"):
+                gens = [torch.Generator(device="cuda").manual_seed(13 + i) for i in range(2)]
+                stats.append({})
+                with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                    outs.append(
+                        decode.generate(
+                            model,
+                            prefix,
+                            None,
+                            cfg,
+                            generator=gens,
+                            bucket=32,
+                            output_scores=True,
+                            stats=stats[-1],
+                            **decode.VARIANTS[name],
+                        )  # fmt: skip
+                    )
+                draws.append(torch.stack([torch.rand(4, device="cuda", generator=g) for g in gens]))
+            assert torch.equal(outs[0].codes, outs[1].codes), (sample, length)
+            assert torch.equal(outs[0].scores, outs[1].scores), (sample, length)
+            assert torch.equal(draws[0], draws[1]), "the callers' generators went elsewhere"
+            kept = stats[1]
+            assert kept["kept"] == (call > 0), kept  # a new setting (beam search): new decoder
+            if call > 0:
+                assert kept["eager_steps"] == 0, kept
+            if call == 2:
+                assert kept["captured"] == 0, kept
+            REPORT.append(
+                {
+                    "case": f"kept_vs_new_{str(dtype)[6:]}_{'sample' if sample else 'beam'}"
+                    f"_{length}",
+                    "identical": True,
+                    "kept": kept["kept"],
+                    "captured": kept["captured"],
+                }
+            )
+            _write_report()
+    assert len(fast.FALLBACKS) == before, f"fell back: {fast.FALLBACKS[before:]}"
+    decode.release()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

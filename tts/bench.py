@@ -655,6 +655,10 @@ class Bench:
             # step and the captures it makes): the per-call cost that replays do not show.
             extra["decode_setup_s"] = stats.get("setup_s")
             extra["decode_first_step_s"] = stats.get("first_step_s")
+            # graphkk: whether the call reused the decoder of the call before, and the graphs
+            # it still had to capture
+            extra["decode_kept"] = stats.get("kept")
+            extra["decode_captured"] = stats.get("captured")
         return times, extra
 
     def flop_rates(self, batch: int, run: dict, med: dict) -> dict:
@@ -754,6 +758,7 @@ def _decode_host_times(rec: dict) -> str:
             if rec.get(f"decode_{k}_s") is not None
         )
         + " ms"
+        + (f", kept, {rec.get('decode_captured')} captured" if rec.get("decode_kept") else "")
     )
 
 

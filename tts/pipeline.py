@@ -716,9 +716,10 @@ class Engine:
             )
             # A job's log says where a GPT call's time went (first calls pay compiles, captures).
             log.info(
-                "GPT decode (%s): %d items, prompt %d positions, %d steps; host set-up %.2f s, "
-                "step 0 %.2f s, graph captures %.2f s (%d graphs), loop %.2f s",
+                "GPT decode (%s%s): %d items, prompt %d positions, %d steps; host set-up "
+                "%.2f s, step 0 %.2f s, graph captures %.2f s (%d graphs), loop %.2f s",
                 self.gpt_decoder,
+                ", the decoder of the call before" if stats.get("kept") else "",
                 prefix.size(0),
                 prefix.size(1),
                 stats.get("steps", 0),

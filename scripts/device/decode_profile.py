@@ -157,6 +157,7 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     device = prefix.device
     cuda = device.type == "cuda"
     gen = torch.Generator(device=device).manual_seed(seed)
+    options = {k: v for k, v in options.items() if k != "keep"}  # generate()'s, not a step's
     dec = StaticDecoder(model, prefix, None, cfg, generator=gen, use_graph=cuda, **options)
     dec.check_every = DEFAULT_CHECK_EVERY  # as dec.run() does
     steps = cfg.max_mel_tokens
@@ -168,7 +169,7 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     else:
         begin = time.perf_counter()
     for step in range(steps):
-        replay = dec.use_graph and (step // dec.bucket, dec.cur) in dec.graphs
+        replay = dec.use_graph and dec._graph_key(step) in dec.graphs
         if cuda and replay and profile_kernels and kernels is None and step >= steps // 2:
             kernels = count_kernels(dec, step)  # a replay, not timed
             continue

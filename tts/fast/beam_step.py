@@ -84,8 +84,8 @@ if triton is not None:
         cand_ptr, cs_ptr, step_ptr, beam_scores, done_ptr, done_at,
         history, tokens, seen, src, chosen,
         h_score, h_valid, h_stamp, h_length, h_blen, h_tokens, h_beams, denoms,
-        snap_tokens, snap_history, snap_seen, snap_src,
-        vocab, max_new, cap, end, s_len, stop, pad,
+        snap_tokens, snap_history, snap_seen, snap_src, first_ptr,
+        vocab, max_new, cap, end, stop, pad,
         K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr,
         EARLY: tl.constexpr, SNAPSHOT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
@@ -193,7 +193,7 @@ if triton is not None:
         tl.store(tokens + rows * max_new + j, next_tok, mask=q_ok)
         tl.store(history + rows * max_new + j, next_row, mask=q_ok)
         tl.store(seen + rows * vocab + next_tok, tl.full([KP], 1, tl.int8), mask=q_ok)
-        tl.store(src + rows * cap + s_len + 1 + j, rows.to(tl.int32), mask=q_ok)
+        tl.store(src + rows * cap + tl.load(first_ptr) + j, rows.to(tl.int32), mask=q_ok)
         if SNAPSHOT:
             if item == 0:  # row 0 as it leaves this step, for the done items of the next one
                 tl.debug_barrier()
@@ -232,7 +232,7 @@ def step(
     pad: int,
     early_stopping: bool,
     end: int,
-    s_len: int,
+    first: torch.Tensor,
 ) -> None:
     """One beam step of every item, in place: ``cand`` / ``cand_scores`` [items, 2 x beams]
     (flat indices into an item's ``beams x vocab`` scores, in the draw's order, and their
@@ -241,8 +241,8 @@ def step(
     updated), ``tokens`` / ``seen`` / ``src`` the decoder's per-row buffers (moved to the new
     beams' rows, then given this step's entries), ``chosen`` [rows] int64 the new tokens.
     ``end``: the columns of ``src`` that move (the window: the prompt's entries too, which
-    only a done item's rows change); ``s_len``: the prompt length (a step writes position
-    ``s_len + 1 + step``)."""
+    only a done item's rows change); ``first``: a one-element int64 device tensor, the cache
+    position of step 0 (prompt + start code: step ``j`` writes position ``first + j``)."""
     items, n = cand.shape
     k = beam.beams
     hyps = beam.hyps
@@ -255,8 +255,8 @@ def step(
         cand, cand_scores, step_t, beam.beam_scores, beam.done.view(torch.int8), beam.done_at,
         beam.history, tokens, seen.view(torch.int8), src, chosen,
         hyps.score, hyps.valid.view(torch.int8), hyps.stamp, hyps.length, hyps.beams_len,
-        hyps.tokens, hyps.beams, denoms, *snaps[:2], snaps[2].view(torch.int8), snaps[3],
-        vocab, max_new, src.size(1), end, s_len, stop, pad,
+        hyps.tokens, hyps.beams, denoms, *snaps[:2], snaps[2].view(torch.int8), snaps[3], first,
+        vocab, max_new, src.size(1), end, stop, pad,
         K=k, N=n, NP=triton.next_power_of_2(n), KP=triton.next_power_of_2(k),
         EARLY=bool(early_stopping), SNAPSHOT=items > 1, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )  # fmt: skip

@@ -12,11 +12,18 @@
 * on CUDA that fixed sequence is captured as a CUDA graph and replayed, which removes the
   per-kernel launch cost (a full-size bf16 beam-3 step is ~800 small kernels: 20 ms/step
   eagerly, 3.4 ms/step replayed on an H100). The cache window grows in buckets of ``bucket``
-  positions, one graph per bucket, so attention and beam reordering only touch the part of
-  the cache in use. Only the very first step runs eagerly (it compiles and warms up what the
-  step uses); a later bucket's graph is captured at the "all finished?" test before it
-  (``ahead``), while the GPU still runs the queued steps, through :func:`tts.fast.graphs.capture`
-  (no device-wide synchronisation);
+  positions, one graph per bucket of the step's cache position, so attention and beam
+  reordering only touch the part of the cache in use. Only the very first step runs eagerly
+  (it compiles and warms up what the step uses); a later bucket's graph is captured at the
+  "all finished?" test before it (``ahead``), while the GPU still runs the queued steps,
+  through :func:`tts.fast.graphs.capture` (no device-wide synchronisation);
+* the prompt length lives on the device too (the cache position of step 0, ``first_pos``),
+  so with ``generate(keep=True)`` one decoder serves call after call of the same batch size
+  and settings: :meth:`StaticDecoder.start` runs the new prompt's prefill and sets every
+  buffer in place to a new decoder's state, and the steps replay the graphs captured by
+  earlier calls (a call captures only the windows no earlier call reached). The random
+  generators the graphs draw from are the decoder's own, given the caller's state before
+  the loop and giving it back after;
 * beam reordering moves only the generated part of the cache (the prompt part is the same for
   every beam of an item). The one case where that differs from moving whole rows: once an
   item is done, the reference feeds its rows from row 0, prompt included. With
@@ -75,6 +82,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import time
 import weakref
 
@@ -259,6 +267,23 @@ def _attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def _generator_shape(generator: Generators):
+    """What graphs captured with ``generator`` draw from: None, one generator, or how many."""
+    if generator is None:
+        return None
+    return len(generator) if isinstance(generator, (list, tuple)) else "one"
+
+
+def _copy_state(fresh, kept) -> None:
+    """Give ``kept`` the values of ``fresh`` (objects of one class): tensors copied in place,
+    so that graphs captured with ``kept``'s keep reading the right memory; numbers assigned."""
+    for name, value in vars(fresh).items():
+        if isinstance(value, torch.Tensor):
+            getattr(kept, name).copy_(value)
+        elif isinstance(value, (int, float, bool)):
+            setattr(kept, name, value)
+
+
 def _joint_cache(model, rows: int, capacity: int, device, dtype):
     """A KVCache whose keys and values are the halves of one tensor
     ``[layers, 2, rows, heads, capacity, head_dim]`` (so one gather moves both); returns
@@ -331,53 +356,60 @@ def generate(
     use_graph: bool | None = None,
     bucket: int = DEFAULT_BUCKET,
     stats: dict | None = None,
-    compile_logic: bool = False,
-    compile_processors: bool = False,
-    fused: bool = False,
-    matmul: str = "mm",
-    reorder: str = "copy",
-    attention: str | None = None,
-    ahead: bool = True,
-    pdl: bool = False,
-    choice: str = "torch",
-    read_ahead: bool = False,
+    keep: bool = False,
+    **options,
 ) -> GenerationOutput:
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
     ``use_graph`` (default: on CUDA) replays one CUDA graph per step; ``check_every`` (default
     32 with graphs, else 1) is the number of steps between "all finished?" host checks (more
     steps only run past the end, they never change the result). ``stats``, if given, receives
-    ``loop_s`` (time of the decode loop after the prefill), ``steps``, and the host seconds of
-    the set-up (``setup_s``), of step 0 (``first_step_s``: its eager run, which compiles, and
-    the captures it makes) and of all captures (``capture_s``). ``compile_logic``
-    runs the per-step decision logic through torch.compile (falls back to plain on failure).
+    ``loop_s`` (time of the decode loop after the prefill), ``steps``, ``kept`` (whether an
+    earlier call's decoder was reused), ``captured`` (graphs captured in this call), and the
+    host seconds of the set-up (``setup_s``), of step 0 (``first_step_s``: its eager run,
+    which compiles, and the captures it makes) and of all captures (``capture_s``).
 
-    Speed variants (module notes; each falls back to the plain path, recorded in
-    ``tts.fast.FALLBACKS``, if it cannot be used): ``compile_processors`` compiles the logits
+    ``keep``: keep the decoder (its buffers, compiled pieces and captured graphs) for the next
+    call with the same model, settings and batch size whose prompt fits its cache; that call
+    then runs its prefill and replays the graphs, with no eager step and no capture unless
+    its steps reach a window not captured before. One decoder is kept per process, the last
+    one; it holds its KV cache between calls (:func:`release` frees it). Only with ``reorder="table"`` or without beams (the other
+    reorders move the cache from a host-side prompt length); otherwise ignored.
+
+    ``options``: the speed variants, keyword arguments of :class:`StaticDecoder`
+    (``VARIANTS[name]`` gives the named combinations; each falls back to the plain path,
+    recorded in ``tts.fast.FALLBACKS``, if it cannot be used): ``compile_logic`` runs the
+    per-step decision logic through torch.compile; ``compile_processors`` compiles the logits
     processors; ``fused`` runs the layer stack as compiled fused pieces in the weights' dtype
-    (``matmul``: "mm" = cuBLAS GEMMs, "reduce" = Inductor reductions); ``reorder``: "copy"
-    (gather the beams' cache window into a temporary and copy it back), "swap" (gather into
-    a second cache and swap the two) or "table" (move nothing: attention reads through a table
-    of source rows); ``attention`` (default :data:`ATTENTION`): "sdpa",
-    "math" or "triton" (the split-K kernels of :mod:`tts.fast.attention`, where Triton runs);
-    ``ahead``: capture a bucket's graphs at the "all finished?" test before it, while the GPU
-    still runs queued steps (False: at the bucket's first step, as the GPU waits); ``pdl``:
-    launch the Triton projections (``matmul="triton"``) and attention as programmatic
-    dependent launches, so each loads its weights while the kernel before it still runs
-    (CUDA on Hopper or newer; elsewhere ignored); ``choice``: "torch" (the logits processors and
-    the beam step's draw as torch ops) or "triton" (each as one kernel:
-    :mod:`tts.fast.processors`, :func:`tts.fast.sampling.beam_candidates`, with the table
-    reorder :mod:`tts.fast.beam_step`; where Triton runs).
-    ``VARIANTS[name]`` gives the named combinations.
+    (``matmul``: "mm" = cuBLAS GEMMs, "reduce" = Inductor reductions, "autotune", "triton" =
+    :mod:`tts.fast.linear`); ``reorder``: "copy" (gather the beams' cache window into a
+    temporary and copy it back), "swap" (gather into a second cache and swap the two) or
+    "table" (move nothing: attention reads through a table of source rows); ``attention``
+    (default :data:`ATTENTION`): "sdpa", "math" or "triton" (the split-K kernels of
+    :mod:`tts.fast.attention`, where Triton runs); ``ahead``: capture a window's graphs at the
+    "all finished?" test before it, while the GPU still runs queued steps (False: at the
+    window's first step, as the GPU waits); ``pdl``: launch the Triton projections
+    (``matmul="triton"``) and attention as programmatic dependent launches, so each loads its
+    weights while the kernel before it still runs (CUDA on Hopper or newer; elsewhere
+    ignored); ``choice``: "torch" (the logits processors and the beam step's draw as torch
+    ops) or "triton" (each as one kernel: :mod:`tts.fast.processors`,
+    :func:`tts.fast.sampling.beam_candidates`, with the table reorder
+    :mod:`tts.fast.beam_step`; where Triton runs); ``read_ahead`` (with
+    ``attention="triton"``): the attention reads the cache window before its PDL wait and
+    only the step's own position after it (``written`` of :func:`tts.fast.attention.attend`).
     """
-    if reorder not in REORDERS:
-        raise ValueError(f"reorder {reorder!r} is not one of {REORDERS}")
-    if choice not in CHOICES:
-        raise ValueError(f"choice {choice!r} is not one of {CHOICES}")
     from tts.fast.fused import MATMULS
 
-    if matmul not in MATMULS:
-        raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown decoder options {sorted(unknown)}; known: {list(_OPTIONS)}")
+    settings = {**_OPTIONS, **options}
+    if settings["reorder"] not in REORDERS:
+        raise ValueError(f"reorder {settings['reorder']!r} is not one of {REORDERS}")
+    if settings["choice"] not in CHOICES:
+        raise ValueError(f"choice {settings['choice']!r} is not one of {CHOICES}")
+    if settings["matmul"] not in MATMULS:
+        raise ValueError(f"matmul {settings['matmul']!r} is not one of {MATMULS}")
     cfg = cfg or GenerationConfig()
     cfg.validate()
     check_generators(generator, prefix.size(0))
@@ -385,35 +417,99 @@ def generate(
         use_graph = prefix.device.type == "cuda"
     if check_every is None:
         check_every = DEFAULT_CHECK_EVERY if use_graph else 1
+    keep = keep and (settings["reorder"] == "table" or cfg.num_beams == 1)
+    key = (cfg, output_scores, output_logits, use_graph, bucket, tuple(sorted(settings.items())))
     started = time.perf_counter()
-    dec = StaticDecoder(
-        model,
-        prefix,
-        valid,
-        cfg,
-        generator=generator,
-        output_scores=output_scores,
-        output_logits=output_logits,
-        use_graph=use_graph,
-        bucket=bucket,
-        compile_logic=compile_logic,
-        compile_processors=compile_processors,
-        fused=fused,
-        matmul=matmul,
-        reorder=reorder,
-        attention=attention,
-        ahead=ahead,
-        pdl=pdl,
-        choice=choice,
-        read_ahead=read_ahead,
-    )
+    dec = _take_kept(model, key, prefix, generator) if keep else None
+    kept = dec is not None
+    if kept:
+        dec.start(prefix, valid, generator)
+    else:
+        # A kept decoder gets room for somewhat longer prompts than this one.
+        room = prefix.size(1) + 1 + cfg.max_mel_tokens
+        dec = StaticDecoder(
+            model,
+            prefix,
+            valid,
+            cfg,
+            generator=generator,
+            output_scores=output_scores,
+            output_logits=output_logits,
+            use_graph=use_graph,
+            bucket=bucket,
+            capacity=-(-room // KEEP_ROOM) * KEEP_ROOM if keep else 0,
+            **options,
+        )
     if stats is not None:
         stats["setup_s"] = time.perf_counter() - started  # host time: buffers, prefill launch
-    return dec.run(check_every=max(1, int(check_every)), stats=stats)
+        stats["kept"] = kept
+    try:
+        out = dec.run(check_every=max(1, int(check_every)), stats=stats)
+    except BaseException:
+        keep = False  # a decoder whose call failed is not reused
+        raise
+    finally:
+        if keep:
+            _give_kept(key, dec)
+    return out
+
+
+# StaticDecoder's speed options and their defaults (generate's **options).
+_OPTIONS = {
+    "compile_logic": False,
+    "compile_processors": False,
+    "fused": False,
+    "matmul": "mm",
+    "reorder": "copy",
+    "attention": None,
+    "ahead": True,
+    "pdl": False,
+    "choice": "torch",
+    "read_ahead": False,
+}
+# A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
+KEEP_ROOM = 256
+# generate(keep=True): the settings and decoder of the last kept call (one in the process,
+# which bounds the memory it holds), empty while a call runs with it (another thread's call
+# then makes its own).
+_KEPT: dict = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def _take_kept(model, key: tuple, prefix: torch.Tensor, generator: Generators):
+    """The kept decoder if it was made for ``model`` with ``key`` and takes ``prefix`` (it is
+    then lent to this call), else None (and the kept decoder is dropped, freeing its memory
+    before a new one is made)."""
+    with _KEPT_LOCK:
+        entry = _KEPT.pop("last", None)
+    if entry is None:
+        return None
+    kept_key, dec = entry
+    if (
+        dec.model is model
+        and kept_key == key
+        and dec.weights is decode_weights(model)
+        and dec.fits(prefix, generator)
+    ):
+        return dec
+    return None
+
+
+def _give_kept(key: tuple, dec: StaticDecoder) -> None:
+    """Keep ``dec`` for the next call (replacing what another thread kept meanwhile)."""
+    with _KEPT_LOCK:
+        _KEPT["last"] = (key, dec)
+
+
+def release() -> None:
+    """Drop the decoder kept by ``generate(keep=True)``, with its KV cache and graphs."""
+    with _KEPT_LOCK:
+        _KEPT.clear()
 
 
 class StaticDecoder:
-    """One generation call: static buffers, the in-place step, and the graphs that replay it."""
+    """Static buffers, the in-place step and the graphs that replay it: one generation call,
+    or (:meth:`start` between them) several calls of the same batch size and settings."""
 
     def __init__(
         self,
@@ -437,8 +533,12 @@ class StaticDecoder:
         pdl: bool = False,
         choice: str = "torch",
         read_ahead: bool = False,
+        capacity: int = 0,
     ):
-        self.model, self.cfg, self.generator = model, cfg, generator
+        """Allocate every buffer for calls shaped like ``prefix`` (its batch, dtype and
+        device; prompts up to ``capacity`` cache positions with the codes, at least this one's),
+        then :meth:`start` the call of ``prefix``."""
+        self.model, self.cfg = model, cfg
         self.read_ahead = read_ahead
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
@@ -447,31 +547,18 @@ class StaticDecoder:
         self.output_scores, self.output_logits = output_scores, output_logits
         self.stop = model.stop_mel_token
         self.pad = model.stop_mel_token
-        start = model.start_mel_token
         beams = self.beams = cfg.num_beams
         max_new = self.max_new = cfg.max_mel_tokens
         device = self.device = prefix.device
-        if valid is None:
-            valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device)
-        if beams == 1 and cfg.num_return_sequences > 1:
-            prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
-            valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
-        batch, s_len, _ = prefix.shape
-        self.batch, self.s_len = batch, s_len
+        self.prefix_dtype = prefix.dtype
+        copies = cfg.num_return_sequences if beams == 1 else 1  # rows per prompt
+        batch = self.batch = prefix.size(0) * copies
         rows = self.rows = batch * beams
-        has_padding = not bool(valid.all())  # one host sync, before the loop (as upstream)
-
         # Room for the prompt, the start code and every generated token (the last step also
         # feeds its token, whose key is never read), rounded to whole buckets.
-        need = s_len + 1 + max_new
         self.bucket = max(16, -(-int(bucket) // 16) * 16)  # whole multiples of 16 keys
+        need = max(prefix.size(1) + 1 + max_new, int(capacity))
         cap = self.capacity = -(-need // self.bucket) * self.bucket
-
-        # Step 0, eagerly: the prefix plus the start code (mel position 0), once per item.
-        valid_all = F.pad(valid, (0, cap - s_len), value=True)
-        start_tokens = torch.full((batch,), start, dtype=torch.int64, device=device)
-        emb = torch.cat((prefix, model.mel_input_embedding(start_tokens, 0)), dim=1)
-        mask = prefix_attention_mask(valid_all, s_len + 1) if has_padding else None
         # A half-precision GPT run under autocast gets a float32 prefix (autocast's LayerNorms
         # return float32), but every key / value is the output of a half-precision product:
         # a cache in the weights' dtype holds exactly the same values, in half the memory.
@@ -483,30 +570,23 @@ class StaticDecoder:
         # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
         self.swap = reorder == "swap" and beams > 1
         if self.swap:
-            self.cache, kv = _joint_cache(model, rows, cap, device, cache_dtype)
-            self.kv = [kv]
+            self.caches, self.kv = [], []
+            for _ in range(2):
+                cache, kv = _joint_cache(model, rows, cap, device, cache_dtype)
+                self.caches.append(cache)
+                self.kv.append(kv)
         else:
-            self.cache = model.new_cache(rows, cap, device=device, dtype=cache_dtype)
-        if beams == 1:
-            logits = model.decode(emb, self.cache, mask)
-        else:
-            first = model.new_cache(batch, s_len + 1, device=device, dtype=prefix.dtype)
-            logits = model.decode(emb, first, mask).repeat_interleave(beams, dim=0)
-            self.cache.fill_repeated(first, beams)
-            valid_all = valid_all.repeat_interleave(beams, dim=0)
-            del first
-        self.caches = [self.cache]
-        if self.swap:  # the second cache starts with the same prompt (+ start code) part
-            other, kv = _joint_cache(model, rows, cap, device, cache_dtype)
-            kv[..., : s_len + 1, :].copy_(self.kv[0][..., : s_len + 1, :])
-            self.caches.append(other)
-            self.kv.append(kv)
-        self.cur = 0  # index of the cache in use
+            self.caches = [model.new_cache(rows, cap, device=device, dtype=cache_dtype)]
+        self._use(0)
+        self.written_to = 0  # cache positions [0, written_to) may hold an earlier call's values
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
         self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl)
         self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
-        self.valid_all = valid_all  # [rows, cap] real (non left-pad) key positions
+        self.valid_all = torch.ones(rows, cap, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(cap, device=device)
+        # The cache position of step 0's token (prompt + start code), on the device: nothing
+        # a step runs depends on the prompt length on the host, so graphs outlive the call.
+        self.first_pos = torch.zeros((), dtype=torch.int64, device=device)
         # reorder="table": the cache row holding each (row, position). The beams of an item
         # hold the same prompt values (fill_repeated), so all of them read the prompt of the
         # item's first beam: one copy read by each, which the GPU's L2 cache can serve.
@@ -514,15 +594,12 @@ class StaticDecoder:
         self.row_ids = torch.arange(rows, dtype=torch.int32, device=device).unsqueeze(1)
         self.src = None
         if reorder == "table" and beams > 1:
-            first = torch.div(self.row_ids, beams, rounding_mode="floor") * beams
-            self.src = first.expand(rows, cap).contiguous()
+            self.src = torch.empty((rows, cap), dtype=torch.int32, device=device)
 
-        vocab = self.vocab = logits.size(-1)
-        self.logits = logits.float().contiguous()
+        vocab = self.vocab = model.mel_head.weight.size(0)
+        self.logits = torch.zeros(rows, vocab, device=device)
         self.step_t = torch.zeros((), dtype=torch.int64, device=device)  # step being decided
         self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
-        self.seen[:, FAKE_PROMPT_ID] = True
-        self.seen[:, start] = True
         self.tokens = torch.full((rows, max_new), self.pad, dtype=torch.int64, device=device)
         self.rec_scores = (
             torch.zeros(max_new, rows, vocab, device=device) if output_scores else None
@@ -539,15 +616,13 @@ class StaticDecoder:
             self.beam = _BeamState(batch, beams, max_new, cfg, self.pad, device)
             self.beam.beam_scores = self.beam.beam_scores.clone()
             self.slots = torch.arange(beams, device=device)
-        # One graph per (bucket, index of the cache in use before the step).
+        # One graph per (cache window, index of the cache in use before the step).
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.pool = None
         self.ahead = ahead
         self.check_every = 1  # steps between "all finished?" tests (run() sets it)
         self.warm = False  # the step ran once eagerly: its pieces are compiled, capture may go
         self.warm_windows: set[int] = set()  # cache windows whose attention ran once
-        self.eager_steps = 0
-        self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
         self.stream = torch.cuda.Stream(device) if use_graph else None
         # choice="triton": the processors' kernel writes `processed` and the survivors of
         # top-k, which the draw's kernel reads; both raise `invalid` where torch.multinomial
@@ -570,14 +645,159 @@ class StaticDecoder:
             self.snapshots = beam_step.snapshots(
                 self.tokens, self.beam.history, self.seen, self.src
             )
+        # Generators the graphs draw from (use_graph): the decoder's own, given each caller's
+        # state at start() and giving it back after run(), so graphs outlive the call.
+        self.own_generators: list[torch.Generator] | None = None
+        self.gen_shape = _generator_shape(generator)
+        self.start(prefix, valid, generator)
+
+    def start(
+        self, prefix: torch.Tensor, valid: torch.Tensor | None, generator: Generators = None
+    ) -> None:
+        """Set every buffer to the state of a new call for ``prefix`` (same batch, dtype and
+        device as the decoder's; a prompt that fits its capacity): the prompt's keys and
+        values (the eager prefill), step 0's logits, empty histories and hypotheses, and the
+        random generators. The buffers stay where they are, so the graphs of an earlier call
+        replay this one; after it the decoder is in the state of a new one."""
+        model, cfg, beams, device = self.model, self.cfg, self.beams, self.device
+        if not self.fits(prefix, generator):
+            raise ValueError(
+                f"a decoder for {self.batch} rows of {self.prefix_dtype} on {self.device} with "
+                f"{self.capacity} positions cannot take a prefix {tuple(prefix.shape)} of "
+                f"{prefix.dtype} on {prefix.device} and {self.max_new} codes"
+            )
+        check_generators(generator, prefix.size(0))
+        if valid is None:
+            valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device)
+        if beams == 1 and cfg.num_return_sequences > 1:
+            prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
+            valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
+        batch, s_len, _ = prefix.shape
+        self.s_len = s_len
+        cap = self.capacity
+        has_padding = not bool(valid.all())  # one host sync, before the loop (as upstream)
+        self.first_pos.fill_(s_len + 1)
+        # What an earlier call wrote after this prompt goes back to zeros, as in a new cache.
+        for cache in self.caches:
+            for buf in (cache.k, cache.v):
+                buf[:, :, :, s_len + 1 : self.written_to].zero_()
+        self.written_to = s_len + 1
+        self._use(0)
+
+        # Step 0, eagerly: the prefix plus the start code (mel position 0), once per item.
+        valid_all = F.pad(valid, (0, cap - s_len), value=True)
+        start_tokens = torch.full((batch,), model.start_mel_token, dtype=torch.int64, device=device)
+        emb = torch.cat((prefix, model.mel_input_embedding(start_tokens, 0)), dim=1)
+        mask = prefix_attention_mask(valid_all, s_len + 1) if has_padding else None
+        if beams == 1:
+            self.cache.length = 0
+            logits = model.decode(emb, self.cache, mask)
+        else:
+            first = model.new_cache(batch, s_len + 1, device=device, dtype=prefix.dtype)
+            logits = model.decode(emb, first, mask).repeat_interleave(beams, dim=0)
+            self.cache.fill_repeated(first, beams)
+            valid_all = valid_all.repeat_interleave(beams, dim=0)
+            del first
+        if self.swap:  # the second cache starts with the same prompt (+ start code) part
+            self.kv[1][..., : s_len + 1, :].copy_(self.kv[0][..., : s_len + 1, :])
+        self.valid_all.copy_(valid_all)  # [rows, cap] real (non left-pad) key positions
+        self.logits.copy_(logits)
+        self._reset_buffers()
+        self.generator = self._generators(generator)
+        self.eager_steps = 0
+        self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
+
+    def fits(self, prefix: torch.Tensor, generator: Generators = None) -> bool:
+        """Whether :meth:`start` can take ``prefix`` [items, s_len, width] and ``generator``
+        (one Generator, a list, or None: as the graphs were captured with)."""
+        items, s_len = prefix.shape[:2]
+        copies = self.cfg.num_return_sequences if self.beams == 1 else 1
+        return (
+            items * copies == self.batch
+            and prefix.dtype == self.prefix_dtype
+            and prefix.device == self.device
+            and s_len + 1 + self.max_new <= self.capacity
+            and (not self.use_graph or _generator_shape(generator) == self.gen_shape)
+        )
+
+    def _reset_buffers(self) -> None:
+        """Histories, hypotheses, flags and the source table as a new call starts them."""
+        self.step_t.zero_()
+        self.seen.zero_()
+        self.seen[:, FAKE_PROMPT_ID] = True
+        self.seen[:, self.model.start_mel_token] = True
+        self.tokens.fill_(self.pad)
+        for rec in (self.rec_scores, self.rec_logits):
+            if rec is not None:
+                rec.zero_()
+        if self.beams == 1:
+            self.unfinished.fill_(True)
+            self.finished_at.fill_(self.max_new)
+        else:
+            fresh = _BeamState(
+                self.batch, self.beams, self.max_new, self.cfg, self.pad, self.device
+            )
+            _copy_state(fresh, self.beam)
+            _copy_state(fresh.hyps, self.beam.hyps)
+        if self.src is not None:  # every beam reads its item's first beam's prompt
+            first = torch.div(self.row_ids, self.beams, rounding_mode="floor") * self.beams
+            self.src.copy_(first.expand_as(self.src))
+        if self.invalid is not None:
+            self.invalid.zero_()
+        if self.beam_kernel:
+            for snap, buf in zip(
+                self.snapshots, (self.tokens, self.beam.history, self.seen, self.src), strict=True
+            ):
+                snap.copy_(buf[:1].expand_as(snap))
+
+    def _generators(self, generator: Generators) -> Generators:
+        """The generators the steps draw from: the caller's, or with graphs the decoder's own
+        set to the caller's state (a graph replays draws from the generators it was captured
+        with; :meth:`run` gives the state back)."""
+        self.callers_generator = generator
+        if not self.use_graph or generator is None:
+            return generator
+        given = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        if any(g.device.type != "cuda" for g in given):
+            return generator
+        if self.own_generators is None:
+            self.own_generators = [torch.Generator(device=g.device) for g in given]
+        for own, theirs in zip(self.own_generators, given, strict=True):
+            own.set_state(theirs.get_state())
+        return (
+            self.own_generators if isinstance(generator, (list, tuple)) else self.own_generators[0]
+        )
+
+    def _give_back_generators(self) -> None:
+        """The caller's generators continue from where the call's draws left them."""
+        generator, self.callers_generator = self.callers_generator, None
+        if self.generator is generator or generator is None:
+            return
+        given = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        for own, theirs in zip(self.own_generators, given, strict=True):
+            theirs.set_state(own.get_state())
 
     # -- the step ----------------------------------------------------------------------------
 
+    def _window_index(self, step: int) -> int:
+        """The bucket of cache positions that holds ``step``'s position ``s_len + 1 + step``.
+        A graph serves one such bucket, whatever the prompt length (nothing a step runs
+        depends on it on the host), so a later call's steps replay it too."""
+        return (self.s_len + 1 + step) // self.bucket
+
     def _window(self, step: int) -> int:
-        """Cache positions the graph of ``step``'s bucket covers (enough for its last step)."""
-        b = step // self.bucket
-        end = self.s_len + 2 + (b + 1) * self.bucket
-        return min(self.capacity, -(-end // 16) * 16)  # 16-aligned mask rows for SDPA
+        """Cache positions ``[0, end)`` that ``step``'s graph covers: whole buckets, up to the
+        one holding its position (multiples of 16, as SDPA's mask rows want)."""
+        return min(self.capacity, (self._window_index(step) + 1) * self.bucket)
+
+    def _window_steps(self, w: int) -> range:
+        """This call's steps whose position falls in window bucket ``w``."""
+        first = w * self.bucket - self.s_len - 1
+        return range(max(0, first), min(self.max_new, first + self.bucket))
+
+    def _graph_key(self, step: int) -> tuple[int, int]:
+        """The graph that replays ``step``: (its window bucket, the cache in use before it)."""
+        return self._window_index(step), self.cur
 
     def _step(self, end: int) -> None:
         """Decide the token of step ``step_t`` from ``logits``, then feed it (in place)."""
@@ -585,7 +805,7 @@ class StaticDecoder:
         if rows_from is not None:
             self._reorder_cache(rows_from, end)
         # Feed the new token: generated token j sits at mel position j + 2 (reference quirk),
-        # cache position s_len + 1 + j.
+        # cache position s_len + 1 + j (first_pos + j).
         self._feed(chosen, self.step_t, end)
         self.step_t.add_(1)
 
@@ -772,7 +992,7 @@ class StaticDecoder:
             pad=self.pad,
             early_stopping=self.cfg.early_stopping,
             end=end,
-            s_len=self.s_len,
+            first=self.first_pos,
         )
         return self.chosen
 
@@ -807,7 +1027,7 @@ class StaticDecoder:
         if self.table:  # the rows of the source table; the step's position is the row's own
             part = self.src[:, :end]
             part.copy_(part.index_select(0, rows_from))
-            self.src.index_copy_(1, (self.step_t + (self.s_len + 1)).view(1), self.row_ids)
+            self.src.index_copy_(1, (self.step_t + self.first_pos).view(1), self.row_ids)
             return
         if self.swap:  # into the other cache (keys and values at once), which becomes current
             src, dst = self.kv[self.cur], self.kv[1 - self.cur]
@@ -824,7 +1044,7 @@ class StaticDecoder:
         if self.fused is not None and self._feed_fused(tokens, j, end):
             return
         model = self.model
-        pos = (j + (self.s_len + 1)).view(1)
+        pos = (j + self.first_pos).view(1)
         table = model.mel_pos_embedding.emb.weight
         # The last step feeds a token nobody reads; keep its position inside the table.
         x = model.mel_embedding(tokens) + table.index_select(
@@ -933,7 +1153,7 @@ class StaticDecoder:
         """The step through the fused stack; False (recorded in tts.fast.FALLBACKS) if its
         compile or first run failed, and the plain layers must run."""
         stack = self.fused
-        pos = (j + (self.s_len + 1)).view(1)
+        pos = (j + self.first_pos).view(1)
         keys = (self.key_pos[:end] <= pos) & self.valid_all[:, :end]
         mask = torch.zeros(keys.shape, dtype=stack.dtype, device=keys.device)
         mask = mask.masked_fill_(~keys, float("-inf"))[:, None, None, :]
@@ -998,14 +1218,13 @@ class StaticDecoder:
         if not self.use_graph:
             self._eager_step(end)
             return
-        b = step // self.bucket
-        if (b, self.cur) not in self.graphs and self.warm:
-            self._capture_bucket(b, step)  # the pieces ran once: capture without an eager step
+        w, cur = self._graph_key(step)
+        if (w, cur) not in self.graphs and self.warm:
+            self._capture_window(w, step)  # the pieces ran once: capture without an eager step
             if not self.use_graph:  # capture failed: this step (and the rest) run eagerly
                 self._eager_step(end)
                 return
-        cur = self.cur
-        graph = self.graphs.get((b, cur))
+        graph = self.graphs.get((w, cur))
         if graph is not None:
             graph.replay()
             if self.swap:
@@ -1015,8 +1234,8 @@ class StaticDecoder:
         # warm-up that capture needs), then capture the rest of its bucket.
         self._eager_step(end)
         self.warm = True
-        self._capture_bucket(b, step + 1)
-        self._capture_ahead(step + 1, self.check_every)  # buckets before the first check
+        self._capture_window(w, step + 1)
+        self._capture_ahead(step + 1, self.check_every)  # windows before the first check
 
     def _eager_step(self, end: int) -> None:
         """Run a step eagerly, on the capture stream where there is one (warm-up before capture
@@ -1031,11 +1250,11 @@ class StaticDecoder:
             self._step(end)
         torch.cuda.current_stream(self.device).wait_stream(stream)
 
-    def _capture_bucket(self, b: int, first: int) -> None:
-        """Capture the graphs that steps ``first`` .. end of bucket ``b`` replay: one, or with
-        reorder="swap" one per cache in use before the step (step ``s`` starts on cache
-        ``s % 2``: every step swaps)."""
-        last = min((b + 1) * self.bucket, self.max_new) - 1
+    def _capture_window(self, w: int, first: int) -> None:
+        """Capture the graphs that steps ``first`` .. end of window bucket ``w`` replay: one,
+        or with reorder="swap" one per cache in use before the step (step ``s`` starts on
+        cache ``s % 2``: every step swaps)."""
+        last = self._window_steps(w).stop - 1
         if first > last:
             return
         end = self._window(first)
@@ -1044,10 +1263,10 @@ class StaticDecoder:
         for cur in sorted(
             {s % 2 for s in range(first, min(first + 2, last + 1))} if self.swap else {0}
         ):
-            if (b, cur) in self.graphs:
+            if (w, cur) in self.graphs:
                 continue
             self._use(cur)
-            captured = self._capture(b, end)
+            captured = self._capture(w, end)
             self._use(now)
             if not captured:
                 return
@@ -1058,12 +1277,11 @@ class StaticDecoder:
         finished?" test), with up to ``steps`` replayed steps queued: the host time of the
         captures then overlaps the GPU's work instead of stalling it at a bucket's first step.
         """
-        if not (self.use_graph and self.warm and self.ahead):
+        last = min(step + steps, self.max_new) - 1
+        if not (self.use_graph and self.warm and self.ahead) or last < step:
             return
-        for b in range(
-            step // self.bucket, (min(step + steps, self.max_new) - 1) // self.bucket + 1
-        ):
-            self._capture_bucket(b, max(step, b * self.bucket))
+        for w in range(self._window_index(step), self._window_index(last) + 1):
+            self._capture_window(w, max(step, self._window_steps(w).start))
 
     def _warm_window(self, end: int) -> None:
         """Run the attention over a new cache window once, eagerly, on a zero query (the result
@@ -1085,12 +1303,12 @@ class StaticDecoder:
             self._attend_fn(end)(q, kc[:, :, :end], vc[:, :, :end], mask)
         self.warm_windows.add(end)
 
-    def _capture(self, b: int, end: int) -> bool:
-        """Capture the step of bucket ``b`` for the cache in use; False if capture failed (the
-        decoder then runs eagerly)."""
+    def _capture(self, w: int, end: int) -> bool:
+        """Capture the step of window bucket ``w`` for the cache in use; False if capture
+        failed (the decoder then runs eagerly)."""
         from tts.fast.graphs import capture
 
-        key = (b, self.cur)
+        key = (w, self.cur)
         start = time.perf_counter()
         graph = torch.cuda.CUDAGraph()
         saved = self.step_t.clone()
@@ -1142,13 +1360,18 @@ class StaticDecoder:
             else:
                 begin = time.perf_counter()
         step, started, first_step_s = 0, time.perf_counter(), 0.0
-        while True:
-            self._run_step(step)
-            if step == 0:  # host time: its eager run (compiles what the variant compiles), captures
-                first_step_s = time.perf_counter() - started
-            step += 1
-            if step >= self.max_new or self._checkpoint(step, check_every):
-                break
+        graphs_before = len(self.graphs)
+        try:
+            while True:
+                self._run_step(step)
+                if step == 0:  # host time: its eager run (compiles what the variant compiles),
+                    first_step_s = time.perf_counter() - started  # captures
+                step += 1
+                if step >= self.max_new or self._checkpoint(step, check_every):
+                    break
+        finally:
+            self.written_to = self.s_len + 2 + step  # at most one step more than counted
+            self._give_back_generators()
         if self.invalid is not None and int(self.invalid[0]):
             raise RuntimeError(INVALID_PROBABILITIES)
         if stats is not None:
@@ -1161,7 +1384,8 @@ class StaticDecoder:
                 stats["loop_s"] = time.perf_counter() - begin
             stats["steps"] = step
             stats["graphs"] = len(self.graphs)
-            stats["eager_steps"] = self.eager_steps  # steps run outside a graph (CUDA: 1)
+            stats["captured"] = len(self.graphs) - graphs_before  # in this call
+            stats["eager_steps"] = self.eager_steps  # steps run outside a graph (CUDA: <= 1)
             stats["capture_s"] = self.capture_s
             stats["first_step_s"] = first_step_s
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back

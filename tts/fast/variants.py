@@ -86,5 +86,8 @@ VARIANTS["graphkt"] = {**VARIANTS["graphkp"], "choice": "triton"}
 # graphkt with the attention reading its cache window before its PDL wait (tts.fast.attention,
 # ``written``); not measured on a GPU yet.
 VARIANTS["graphkr"] = {**VARIANTS["graphkt"], "read_ahead": True}
+# graphkt whose decoder (buffers, compiled pieces, captured graphs) is kept for the next call
+# of the same shape (tts.fast.decode.generate's ``keep``); not measured on a GPU yet.
+VARIANTS["graphkk"] = {**VARIANTS["graphkt"], "keep": True}
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")
