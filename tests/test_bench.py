@@ -252,3 +252,40 @@ def test_loop_trace_script_runs_on_cpu(tmp_path):
     assert report["driver"]["prefix"][0] == 1 and report["driver"]["prefix"][1] > 4
     assert report["trace"] == {}  # the profiler trace needs CUDA
     assert fast_decode.generate is plain
+
+
+def test_linear_bench_script_runs_interpreted(tmp_path):
+    """scripts/device/linear_bench.py (the GPU measurement of the decode step's projections,
+    the layer stack and its attention variants) runs every code path once on the CPU through
+    Triton's interpreter (tiny width, one layer, 3 rows, another linear.py for the A/B),
+    so a GPU call does not find its mistakes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "linear.json"
+    cmd = [
+        sys.executable,
+        str(root / "scripts" / "device" / "linear_bench.py"),
+        "--device",
+        "cpu",
+        "--tiny",
+        "--rows",
+        "3",
+        "--other",
+        str(root / "tts" / "fast" / "linear.py"),
+        "--json",
+        str(out),
+    ]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    stack = rows["3"]["stack"]
+    for name in ("read_ahead", "c16", "grouped", "shared", "shared_grouped"):
+        assert f"ours_attention_pdl_{name}_ms" in stack, sorted(stack)
+    assert "other_linear_attention_pdl_read_ahead_ms" in stack
+    assert rows["3"]["pdl_equal"] is True

@@ -481,9 +481,10 @@ def test_kept_decoder_gives_plain_generations_results(beams):
 
 
 def test_kept_decoder_starts_in_a_new_decoders_state():
-    """After a call whose items finished at different steps, start() leaves every buffer of
-    the decoder (caches, table, histories, hypotheses, flags) equal to a new decoder's for
-    the next prompt, in the same memory (so graphs captured before read and write it)."""
+    """A call whose items finished at different steps leaves every buffer of the decoder
+    (caches, table, histories, hypotheses, flags) where it was made, and start() then makes
+    each equal to a new decoder's for the next prompt, still in the same memory (so graphs
+    captured before read and write it)."""
     from tts.fast.decode import StaticDecoder
     from tts.generation import GenerationConfig
 
@@ -497,9 +498,11 @@ def test_kept_decoder_starts_in_a_new_decoders_state():
     other_valid[2, :5] = False
     with torch.no_grad():
         dec = StaticDecoder(model, prefix, valid, cfg, generator=generators(), **options)
+        before = _tensors(dec)
         dec.run()
         assert len(set(dec.beam.done_at.tolist())) > 1  # the items finished apart
-        before = _tensors(dec)
+        for name, tensor in _tensors(dec).items():  # (the result is assembled on copies)
+            assert tensor.data_ptr() == before[name].data_ptr(), f"{name} moved in run()"
         dec.start(other, other_valid, generators())
         fresh = StaticDecoder(model, other, other_valid, cfg, generator=generators(), **options)
     after, want = _tensors(dec), _tensors(fresh)
@@ -508,6 +511,32 @@ def test_kept_decoder_starts_in_a_new_decoders_state():
         assert tensor.data_ptr() == before[name].data_ptr(), f"{name} moved"
         assert torch.equal(tensor, want[name]), f"{name} differs from a new decoder's"
     assert dec.s_len == fresh.s_len == 14 and int(dec.first_pos) == 15
+
+
+def test_kept_decoder_generators_and_reuse_limits():
+    """What a kept decoder's graphs were captured with must match the next call: the same
+    generator given for two items is one generator (not two starting in the same state), a
+    decoder of the swap reorder with beams serves one call only, and a prompt too long for
+    the cache is refused."""
+    from tts.fast.decode import StaticDecoder, _generator_shape
+    from tts.generation import GenerationConfig
+
+    a, b = torch.Generator(), torch.Generator()
+    assert _generator_shape(None) is None and _generator_shape(a) == "one"
+    assert _generator_shape([a, b, a]) == (0, 1, 0) != _generator_shape([a, b, b])
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model, 10)
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=5, warn_on_limit=False)
+    with torch.no_grad():
+        dec = StaticDecoder(model, prefix, valid, cfg, reorder="swap", generator=a)
+        dec.run()
+        with pytest.raises(ValueError, match="serves one call"):
+            dec.start(prefix, valid, a)
+        dec = StaticDecoder(model, prefix, valid, cfg, reorder="table", capacity=32, bucket=16)
+        long, long_valid = _padded_prefix(model, 30)
+        assert not dec.fits(long) and dec.fits(prefix)
+        with pytest.raises(ValueError, match="cannot take"):
+            dec.start(long, long_valid)
 
 
 def _tensors(dec) -> dict:
@@ -1117,12 +1146,13 @@ def _compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int) -
 
 def test_attention_kernel_compiles_for_hopper():
     """The decode attention's first kernel compiles for sm_90 with PDL, with and without
-    reading its window ahead of the wait, and with and without the source-row table."""
+    reading its window ahead of the wait, with and without the source-row table, and with
+    three rows per program."""
     from tts.fast import attention
 
     strides = ("sq_row", "sq_head", "sk_row", "sk_head", "sk_pos", "sv_row", "sv_head")
     strides += ("sv_pos", "sm_row", "ss_row", "splits")
-    flags = ("HEAD_DIM", "CHUNK", "BLOCK_T", "NO_SCORE", "HAS_SRC", "READ_AHEAD", "PDL")
+    flags = ("HEAD_DIM", "CHUNK", "BLOCK_T", "NO_SCORE", "HAS_SRC", "READ_AHEAD", "PDL", "GROUP")
     signature = {  # in the kernel's argument order
         **dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "mask_ptr"), "*bf16"),
         "src_ptr": "*i32",
@@ -1134,7 +1164,7 @@ def test_attention_kernel_compiles_for_hopper():
         **dict.fromkeys(strides, "i32"),
         **dict.fromkeys(flags, "constexpr"),
     }
-    for ahead in (False, True):
+    for ahead, group in ((False, 1), (True, 1), (False, 3)):
         for table in (False, True):
             constexprs = {
                 "HEAD_DIM": 64,
@@ -1144,6 +1174,7 @@ def test_attention_kernel_compiles_for_hopper():
                 "HAS_SRC": table,
                 "READ_AHEAD": ahead,
                 "PDL": True,
+                "GROUP": group,
             }
             _compile_for_hopper(
                 attention._partial_kernel, signature, constexprs, attention.NUM_WARPS
@@ -1568,8 +1599,8 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
     positions at both ends (left padding longer than a chunk), float32 within 1e-6 and bf16
     within one ulp of the output (the float32 result rounded); and with a source-row table
     (``src``: each position read from another cache row) against SDPA over the rows it
-    names (attention.gather_rows). Reading the window ahead (``written``) gives the same
-    output exactly."""
+    names (attention.gather_rows). Reading the window ahead (``written``) and taking the
+    rows together in one program (``group``) give the same output exactly."""
     _run_interpreted(
         """
         import torch
@@ -1608,6 +1639,9 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
                         ahead = attention.attend(q, k, v, mask, src=table,
                                                  written=torch.tensor([w]))
                         assert torch.equal(ahead, base), (rows, end, w)
+                    # rows taken together by one program: the same arithmetic
+                    grouped = attention.attend(q, k, v, mask, src=table, group=rows)
+                    assert torch.equal(grouped, base), (rows, end)
                     for out in (base, other):
                         assert out.shape == q.shape and out.dtype == dtype
                         err = (out.double() - want).abs()
@@ -1622,6 +1656,13 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
             assert "block_t 64" in str(exc)
         else:
             raise AssertionError("chunk 96 with block_t 64 was accepted")
+        for group, written in ((3, None), (2, torch.tensor([3]))):
+            try:
+                attention.attend(q[:2], k[:2], v[:2], mask[:2], group=group, written=written)
+            except ValueError as exc:
+                assert f"group {group} must divide" in str(exc)
+            else:
+                raise AssertionError(f"group {group} was accepted")
         try:
             attention.attend(q, k, v, mask, chunk=64, block_t=32, written=torch.tensor([3]))
         except ValueError as exc:

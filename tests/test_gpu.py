@@ -228,6 +228,38 @@ def test_graph_decoder_matches_eager_cuda():
         assert agree == 1.0, f"beams {beams}: only {agree:.3f} of the sampled codes agree"
 
 
+def test_graph_decoder_draws_from_the_callers_generators_cuda():
+    """The graph decoders draw from generators of their own, given the caller's state and
+    giving it back: per-item generators, one of them given twice ([a, a, b]), sampling and
+    beam sampling through the graph decoder (its "all finished?" test after every step, so
+    that it runs no step past the end): the codes of the plain loop with the same generators,
+    and the callers' generators then draw what the plain loop's draw."""
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small_cuda()
+    torch.manual_seed(0)
+    prefix = torch.randn(3, 30, model.model_dim, device="cuda") * 0.5
+    for beams in (1, 3):
+        cfg = GenerationConfig(num_beams=beams, max_mel_tokens=120, warn_on_limit=False)
+        outs, after = [], []
+        for fast in (False, True):
+            a, b = (torch.Generator(device="cuda").manual_seed(s) for s in (7, 8))
+            gens = [a, a, b]
+            if fast:
+                outs.append(fast_generate(model, prefix, None, cfg, generator=gens,
+                                          check_every=1))  # fmt: skip
+            else:
+                outs.append(plain_generate(model, prefix, None, cfg, generator=gens))
+            after.append([torch.rand(3, device="cuda", generator=g) for g in (a, b)])
+        assert torch.equal(outs[0].codes, outs[1].codes), f"beams {beams}"
+        for x, y in zip(*after, strict=True):
+            assert torch.equal(x, y), f"beams {beams}: the callers' generators went elsewhere"
+        REPORT.append({"case": f"callers_generators_beams{beams}", "identical": True})
+        _write_report()
+
+
 @pytest.mark.parametrize("bucket", [16, 48])
 @pytest.mark.parametrize("variant", ["graph", "graphf", "graphfi"])
 def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):
@@ -895,7 +927,8 @@ def test_pdl_launch_equals_plain_launch_cuda(dtype):
 def test_kept_decoder_equals_new_decoders_cuda(dtype):
     """graphkk (graphkt kept between calls: its graphs replay later calls) against graphkt
     (a new decoder per call), through CUDA graphs, four calls with prompts of 30, 50, 30 and
-    12 positions, each item with its own generator, beam sampling then beam search: identical
+    12 positions (the stop code made likely, so items finish apart), each item with its own
+    generator, beam sampling then beam search: identical
     codes and scores; the callers' generators continue identically (the kept decoder draws
     from its own and gives the state back); the later calls reuse the decoder without an
     eager step, and a prompt length seen before captures nothing."""
@@ -904,6 +937,8 @@ def test_kept_decoder_equals_new_decoders_cuda(dtype):
     from tts.generation import GenerationConfig
 
     model = _gpt_small_cuda(dtype)
+    with torch.no_grad():  # items finish (at different steps): hypotheses are written
+        model.mel_head.bias[model.stop_mel_token] += 2.5
     decode.release()
     before = len(fast.FALLBACKS)
     for sample in (True, False):

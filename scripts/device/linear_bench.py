@@ -4,6 +4,9 @@ Run from the repository root on a CUDA machine (no checkpoints):
 
     python3 scripts/device/linear_bench.py --json "$OUT/linear_bench.json"
 
+(``TRITON_INTERPRET=1 ... --device cpu --tiny`` runs every code path once on the CPU, untimed:
+tests/test_bench.py.)
+
 For each projection of a full-size GPT-2 layer (width 1280: qkv 1280->3840 with ln_1 and the KV
 write, out 1280->1280 + residual, fc 1280->5120 with ln_2 + GELU, proj 5120->1280 + residual) and
 each row count of ``--rows`` (3 = batch 1 x 3 beams; at most 8), it captures one CUDA graph
@@ -20,8 +23,10 @@ Then the whole stack of 24 layers as one graph: cuBLAS's four GEMMs per layer al
 dependent launch (``pdl``; with ``--sweep`` also with each shape's fastest setting), and
 ``--other FILE`` (repeatable): the stack of another version of tts/fast/linear.py (e.g. from
 ``git show REV:tts/fast/linear.py``, or with scripts/device/linear_fold.patch applied) with PDL
-and the attention, for an A/B in one process, and ours with the attention reading its window
-before its PDL wait (``written``, tts.fast.attention.attend). Last, the registers and spills per thread of
+and the attention, for an A/B in one process, and ours with variants of the attention
+(tts.fast.attention.attend): reading its window before its PDL wait (``written``), 16-position
+chunks, all rows in one program (``group``), and every row reading row 0's cache through the
+source-row table (``src``, beams on one history), alone and grouped. Last, the registers and spills per thread of
 every compiled projection kernel (registers bound how many programs, and so how many weight
 rows, can be resident and load their weights ahead).
 """
@@ -45,10 +50,15 @@ from tts.fast import attention, linear  # noqa: E402
 
 DIM, HEADS, LAYERS = 1280, 20, 24
 WINDOW = 600  # cache positions the attention of the stack reads
+DEVICE = "cuda"
 
 
 def timed(fn, replays: int) -> float:
-    """Milliseconds of one ``fn()`` call captured in a CUDA graph (median of 5)."""
+    """Milliseconds of one ``fn()`` call captured in a CUDA graph (median of 5); on the CPU
+    (``--device cpu``, a dry run through Triton's interpreter) one call and NaN."""
+    if DEVICE == "cpu":
+        fn()
+        return float("nan")
     for _ in range(2):  # compile / autotune outside the capture
         fn()
     torch.cuda.synchronize()
@@ -89,7 +99,7 @@ def measure(
     other: dict | None = None,
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
-    dev = "cuda"
+    dev = DEVICE
     x = torch.randn(rows, DIM, device=dev).to(dtype)
     h = torch.randn(rows, 4 * DIM, device=dev).to(dtype)
     kv = torch.zeros(2, rows, HEADS, 1024, DIM // HEADS, device=dev, dtype=dtype)
@@ -139,7 +149,9 @@ def measure(
 
     mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
 
-    def stack_ours(pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False):
+    def stack_ours(
+        pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False, **attn_kw
+    ):
         st = {name: table[name]["best"] if best else {} for name in kw}
         for i in range(LAYERS):
             q = module.linear(
@@ -159,6 +171,7 @@ def measure(
                     mask,
                     pdl=pdl,
                     written=pos if ahead else None,
+                    **attn_kw,
                 )
                 q = q.transpose(1, 2).reshape(rows, DIM)
             y = module.linear(q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **st["out"])
@@ -184,10 +197,24 @@ def measure(
                 stack[key.replace("ours", "best")] = timed(
                     lambda p=pdl, a=attend: stack_ours(p, a, best=True), replays
                 )
-    # the attention reading its window before the PDL wait (attention.attend's ``written``)
-    stack["ours_attention_pdl_read_ahead_ms"] = timed(
-        lambda: stack_ours(True, True, ahead=True), replays
-    )
+    # Attention variants, each in the PDL stack: reading its window before the PDL wait
+    # (attention.attend's ``written``), 16-position chunks (fewer registers per program),
+    # all rows in one program (``group``), and every row reading row 0's cache through the
+    # table (``src``: beams on one history), alone and grouped.
+    shared = torch.zeros(rows, WINDOW, dtype=torch.int32, device=dev)
+    attention_variants = {
+        "read_ahead": {"ahead": True},
+        "c16": {"chunk": 16, "block_t": 16},
+        "read_ahead_c16": {"ahead": True, "chunk": 16, "block_t": 16},
+        "grouped": {"group": rows},
+        "shared": {"src": shared},
+        "shared_grouped": {"src": shared, "group": rows},
+        "shared_grouped_c16": {"src": shared, "group": rows, "chunk": 16, "block_t": 16},
+    }
+    for name, attn in attention_variants.items():  # (``kw`` is the projections' keywords)
+        stack[f"ours_attention_pdl_{name}_ms"] = timed(
+            lambda attn=attn: stack_ours(True, True, **attn), replays
+        )
     for name, module in (other or {}).items():  # other versions of tts/fast/linear.py
         stack[f"other_{name}_attention_pdl_ms"] = timed(
             lambda m=module: stack_ours(True, True, module=m), replays
@@ -215,7 +242,7 @@ def registers(kernel, rows: int) -> list[dict]:
     compiled for ``rows`` rows (what limits how many of its programs are resident), with
     their constants."""
     found = []
-    for caches in kernel.device_caches.values():
+    for caches in getattr(kernel, "device_caches", {}).values():  # none in the interpreter
         for compiled in caches[0].values():
             names = list(compiled.src.signature)
             const = {
@@ -253,12 +280,23 @@ def main() -> None:
         help="another tts/fast/linear.py to time the stack of too (repeatable)",
     )
     ap.add_argument("--json")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: a dry run of every code path (TRITON_INTERPRET=1, no times)",
+    )
+    ap.add_argument("--tiny", action="store_true", help="width 128, 2 heads, 1 layer, window 64")
     args = ap.parse_args()
+    global DEVICE, DIM, HEADS, LAYERS, WINDOW
+    DEVICE = dev = args.device
+    if args.tiny:
+        DIM, HEADS, LAYERS, WINDOW = 128, 2, 1, 64
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    dev = "cuda"
     bw = copy_bandwidth(torch.device(dev))
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}")
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s; {name}")
 
     def mats(n, k):
         return [(torch.randn(n, k, device=dev) * k**-0.5).to(dtype) for _ in range(LAYERS)]
@@ -273,7 +311,7 @@ def main() -> None:
     biases = {name: torch.randn(nk[0], device=dev).to(dtype) for name, nk in shapes.items()}
     ln = (torch.ones(DIM, device=dev, dtype=dtype), torch.zeros(DIM, device=dev, dtype=dtype), 1e-5)
     results = {
-        "device": torch.cuda.get_device_name(),
+        "device": name,
         "dtype": args.dtype,
         "copy_tb_s": bw / 1e12,
         "rows": {},

@@ -76,28 +76,56 @@ if triton is not None:
         splits,
         HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
         NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr, READ_AHEAD: tl.constexpr,
-        PDL: tl.constexpr,
+        PDL: tl.constexpr, GROUP: tl.constexpr,
     ):  # fmt: skip
-        """Program (row x head, chunk): the chunk's (m, l, weighted value sum).
+        """Program (group of ``GROUP`` rows x head, chunk): each row's (m, l, weighted value
+        sum) of the chunk, one row after the other.
 
-        ``READ_AHEAD`` (``CHUNK == BLOCK_T``): the chunk's keys and values are read before
-        the PDL wait, and after it only position ``*written_ptr`` (the one the kernel just
-        before wrote) is read again (see :func:`attend`).
+        ``READ_AHEAD`` (``CHUNK == BLOCK_T``, ``GROUP == 1``): the chunk's keys and values
+        are read before the PDL wait, and after it only the chunk holding position
+        ``*written_ptr`` (the one the kernel just before wrote) reads them again (see
+        :func:`attend`). Replacing the tiles whole keeps one copy of them live: a masked
+        reload merged into them took 255 registers and spilled (ptxas for sm_90a).
         """
-        rh = tl.program_id(0)
+        gh = tl.program_id(0)
         chunk = tl.program_id(1)
-        row = rh // heads
-        head = rh % heads
+        row = (gh // heads) * GROUP
+        head = gh % heads
         d = tl.arange(0, HEAD_DIM)
         if READ_AHEAD:
             t = chunk * CHUNK + tl.arange(0, BLOCK_T)
             inside = t < end
             kv_row = _window_rows(src_ptr, row, ss_row, t, inside, HAS_SRC)
             k = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, inside)
-            v = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, inside)
+            v = k  # (the values are read after the wait: both tiles ahead spill registers)
+        else:  # read by each row after the wait (these are never used)
+            kv_row = tl.zeros([BLOCK_T], dtype=tl.int64)
+            k = tl.zeros([BLOCK_T, HEAD_DIM], dtype=k_ptr.dtype.element_ty)
+            v = tl.zeros([BLOCK_T, HEAD_DIM], dtype=v_ptr.dtype.element_ty)
         if PDL:  # launched early (see attend): let the next kernel start, wait for the last
             gdc_launch_dependents()
             gdc_wait()
+        for _ in tl.static_range(GROUP):
+            _row_partial(
+                q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, written_ptr, work_ptr, k, v, kv_row,
+                row, head, chunk, heads, end, scale,
+                sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
+                splits, HEAD_DIM, CHUNK, BLOCK_T, NO_SCORE, HAS_SRC, READ_AHEAD,
+            )  # fmt: skip
+            row += 1
+
+    @triton.jit
+    def _row_partial(
+        q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, written_ptr, work_ptr, k, v, kv_row,
+        row, head, chunk, heads, end, scale,
+        sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
+        splits,
+        HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
+        NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr, READ_AHEAD: tl.constexpr,
+    ):  # fmt: skip
+        """One row's piece of :func:`_partial_kernel` (``k``, ``v``, ``kv_row``: the tiles
+        read ahead, with ``READ_AHEAD``)."""
+        d = tl.arange(0, HEAD_DIM)
         q = tl.load(q_ptr + row * sq_row + head * sq_head + d).to(tl.float32) * scale
         m = tl.full([1], NO_SCORE, dtype=tl.float32)
         l_sum = tl.zeros([1], dtype=tl.float32)
@@ -105,12 +133,10 @@ if triton is not None:
         for i in tl.static_range(0, CHUNK, BLOCK_T):
             t = chunk * CHUNK + i + tl.arange(0, BLOCK_T)
             inside = t < end
-            if READ_AHEAD:  # the position written since: read again
-                fresh = inside & (t == tl.load(written_ptr))
-                k_now = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, fresh)
-                v_now = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, fresh)
-                k = tl.where(fresh[:, None], k_now, k)
-                v = tl.where(fresh[:, None], v_now, v)
+            if READ_AHEAD:  # the chunk holding the position written since: read again
+                written = tl.load(written_ptr)
+                if (written >= chunk * CHUNK) & (written < chunk * CHUNK + BLOCK_T):
+                    k = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, inside)
             else:
                 kv_row = _window_rows(src_ptr, row, ss_row, t, inside, HAS_SRC)
                 k = _window_tile(k_ptr, kv_row, head, t, d, sk_row, sk_head, sk_pos, inside)
@@ -120,12 +146,11 @@ if triton is not None:
             m_new = tl.maximum(m, tl.max(s, axis=0))
             p = tl.exp(s - m_new)  # masked keys: exp(-inf) = 0
             alpha = tl.exp(m - m_new)
-            if not READ_AHEAD:
-                v = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, inside)
+            v = _window_tile(v_ptr, kv_row, head, t, d, sv_row, sv_head, sv_pos, inside)
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l_sum = l_sum * alpha + tl.sum(p, axis=0)
             m = m_new
-        base = work_ptr + (rh * splits + chunk) * (HEAD_DIM + 2)
+        base = work_ptr + ((row * heads + head) * splits + chunk) * (HEAD_DIM + 2)
         tl.store(base + tl.arange(0, 1), m)
         tl.store(base + 1 + tl.arange(0, 1), l_sum)
         tl.store(base + 2 + d, acc)
@@ -166,6 +191,7 @@ def attend(
     num_warps: int = NUM_WARPS,
     pdl: bool = False,
     written: torch.Tensor | None = None,
+    group: int = 1,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
@@ -193,6 +219,12 @@ def attend(
     several PDL kernels before it still run). The query, the mask and ``written`` itself are
     read after the wait. Not measured on a GPU yet; decoder variant ``graphkr`` passes it
     (docs/benchmarks.md, runs BQ-BS).
+
+    ``group``: rows per program of the first kernel (dividing ``rows``; 1 with ``written``),
+    taken one after the other with the same arithmetic, so the output is the same to the
+    bit. Beams that read the same cache rows (``src``) then load them in one program, and
+    there are ``group`` times fewer programs. Not measured on a GPU yet
+    (scripts/device/linear_bench.py times it).
     """
     if block_t & (block_t - 1) or chunk % block_t:
         raise ValueError(f"block_t {block_t} must be a power of two dividing chunk {chunk}")
@@ -215,18 +247,20 @@ def attend(
         )
     if written is not None and (chunk != block_t or written.numel() != 1):
         raise ValueError(f"written needs chunk == block_t (got {chunk}, {block_t}) and 1 element")
+    if group < 1 or rows % group or (group > 1 and written is not None):
+        raise ValueError(f"group {group} must divide the {rows} rows (and be 1 with written)")
     pdl = pdl and pdl_available(q.device)
     splits = triton.cdiv(end, chunk)
     work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32, device=q.device)
     out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
-    _partial_kernel[(rows * heads, splits)](
+    _partial_kernel[(rows // group * heads, splits)](
         q, k, v, mask, q if src is None else src, q if written is None else written, work,
         heads, end, head_dim**-0.5,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
         0 if src is None else src.stride(0), splits,
         HEAD_DIM=head_dim, CHUNK=chunk, BLOCK_T=block_t, NO_SCORE=NO_SCORE,
-        HAS_SRC=src is not None, READ_AHEAD=written is not None, PDL=pdl,
+        HAS_SRC=src is not None, READ_AHEAD=written is not None, PDL=pdl, GROUP=group,
         num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     _combine_kernel[(rows * heads,)](

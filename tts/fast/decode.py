@@ -80,6 +80,7 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import threading
@@ -268,10 +269,20 @@ def _attend(
 
 
 def _generator_shape(generator: Generators):
-    """What graphs captured with ``generator`` draw from: None, one generator, or how many."""
+    """What graphs captured with ``generator`` draw from: None, one generator, or for a list,
+    which entries are the same generator (the index of each one's first entry)."""
     if generator is None:
         return None
-    return len(generator) if isinstance(generator, (list, tuple)) else "one"
+    if not isinstance(generator, (list, tuple)):
+        return "one"
+    first: dict[int, int] = {}
+    return tuple(first.setdefault(id(g), i) for i, g in enumerate(generator))
+
+
+def _distinct(own: list, given: list) -> list[tuple]:
+    """The (own, caller's) generator pairs, each caller's generator once."""
+    pairs = {id(theirs): (mine, theirs) for mine, theirs in zip(own, given, strict=True)}
+    return list(pairs.values())
 
 
 def _copy_state(fresh, kept) -> None:
@@ -420,6 +431,7 @@ def generate(
     keep = keep and (settings["reorder"] == "table" or cfg.num_beams == 1)
     key = (cfg, output_scores, output_logits, use_graph, bucket, tuple(sorted(settings.items())))
     started = time.perf_counter()
+    lent_at = _RELEASES[0]
     dec = _take_kept(model, key, prefix, generator) if keep else None
     kept = dec is not None
     if kept:
@@ -449,8 +461,8 @@ def generate(
         keep = False  # a decoder whose call failed is not reused
         raise
     finally:
-        if keep:
-            _give_kept(key, dec)
+        if keep and dec.use_graph == use_graph:  # not after a capture failed: it runs eagerly
+            _give_kept(key, dec, lent_at)
     return out
 
 
@@ -474,6 +486,7 @@ KEEP_ROOM = 256
 # then makes its own).
 _KEPT: dict = {}
 _KEPT_LOCK = threading.Lock()
+_RELEASES = [0]  # release() calls so far: a decoder lent before one is not kept again
 
 
 def _take_kept(model, key: tuple, prefix: torch.Tensor, generator: Generators):
@@ -495,16 +508,19 @@ def _take_kept(model, key: tuple, prefix: torch.Tensor, generator: Generators):
     return None
 
 
-def _give_kept(key: tuple, dec: StaticDecoder) -> None:
-    """Keep ``dec`` for the next call (replacing what another thread kept meanwhile)."""
+def _give_kept(key: tuple, dec: StaticDecoder, lent_at: int) -> None:
+    """Keep ``dec`` for the next call (replacing what another thread kept meanwhile), unless
+    :func:`release` was called since it was lent (``lent_at``: the releases before)."""
     with _KEPT_LOCK:
-        _KEPT["last"] = (key, dec)
+        if _RELEASES[0] == lent_at:
+            _KEPT["last"] = (key, dec)
 
 
 def release() -> None:
     """Drop the decoder kept by ``generate(keep=True)``, with its KV cache and graphs."""
     with _KEPT_LOCK:
-        _KEPT.clear()
+        _KEPT.pop("last", None)
+        _RELEASES[0] += 1
 
 
 class StaticDecoder:
@@ -649,6 +665,7 @@ class StaticDecoder:
         # state at start() and giving it back after run(), so graphs outlive the call.
         self.own_generators: list[torch.Generator] | None = None
         self.gen_shape = _generator_shape(generator)
+        self.calls = 0  # calls started
         self.start(prefix, valid, generator)
 
     def start(
@@ -660,6 +677,11 @@ class StaticDecoder:
         random generators. The buffers stay where they are, so the graphs of an earlier call
         replay this one; after it the decoder is in the state of a new one."""
         model, cfg, beams, device = self.model, self.cfg, self.beams, self.device
+        if self.calls and not (beams == 1 or self.table):
+            raise ValueError(
+                f"reorder {'swap' if self.swap else 'copy'} with beams moves the cache from the "
+                "prompt length on the host: such a decoder serves one call"
+            )
         if not self.fits(prefix, generator):
             raise ValueError(
                 f"a decoder for {self.batch} rows of {self.prefix_dtype} on {self.device} with "
@@ -673,6 +695,7 @@ class StaticDecoder:
             prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
             valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
         batch, s_len, _ = prefix.shape
+        self.calls += 1
         self.s_len = s_len
         cap = self.capacity
         has_padding = not bool(valid.all())  # one host sync, before the loop (as upstream)
@@ -760,9 +783,10 @@ class StaticDecoder:
         given = list(generator) if isinstance(generator, (list, tuple)) else [generator]
         if any(g.device.type != "cuda" for g in given):
             return generator
-        if self.own_generators is None:
-            self.own_generators = [torch.Generator(device=g.device) for g in given]
-        for own, theirs in zip(self.own_generators, given, strict=True):
+        if self.own_generators is None:  # one per distinct generator, where the caller's are
+            mine = {id(g): torch.Generator(device=g.device) for g in given}
+            self.own_generators = [mine[id(g)] for g in given]
+        for own, theirs in _distinct(self.own_generators, given):
             own.set_state(theirs.get_state())
         return (
             self.own_generators if isinstance(generator, (list, tuple)) else self.own_generators[0]
@@ -774,7 +798,7 @@ class StaticDecoder:
         if self.generator is generator or generator is None:
             return
         given = list(generator) if isinstance(generator, (list, tuple)) else [generator]
-        for own, theirs in zip(self.own_generators, given, strict=True):
+        for own, theirs in _distinct(self.own_generators, given):
             theirs.set_state(own.get_state())
 
     # -- the step ----------------------------------------------------------------------------
@@ -1299,8 +1323,8 @@ class StaticDecoder:
             ctx = contextlib.nullcontext()
         q = torch.zeros((rows, heads, 1, head_dim), dtype=dtype, device=kc.device)
         mask = torch.zeros((rows, 1, 1, end), dtype=dtype, device=kc.device)
-        with ctx:
-            self._attend_fn(end)(q, kc[:, :, :end], vc[:, :, :end], mask)
+        with ctx:  # (with read_ahead, the kernel that the step runs: it reads ahead)
+            self._attend_fn(end, self.first_pos.view(1))(q, kc[:, :, :end], vc[:, :, :end], mask)
         self.warm_windows.add(end)
 
     def _capture(self, w: int, end: int) -> bool:
@@ -1401,7 +1425,10 @@ class StaticDecoder:
             codes = self.tokens[:, :steps].clone()
             out = GenerationOutput(codes=codes, hit_limit=codes[:, -1] != self.stop, steps=steps)
         else:
-            st = self.beam
+            # finalize() adds the open beams as hypotheses by replacing the hypotheses'
+            # tensors: on copies, so the ones the graphs write stay the decoder's
+            st = copy.copy(self.beam)
+            st.hyps = copy.copy(st.hyps)
             st.hyps._added = steps_run * self.beams  # what the eager stamps would have reached
             out = st.finalize(self.tokens, steps_run, cfg.num_return_sequences, self.stop, self.pad)
             steps = st.steps_needed(steps_run)
