@@ -286,12 +286,12 @@ def main() -> None:
         choices=["cuda", "cpu"],
         help="cpu: a dry run of every code path (TRITON_INTERPRET=1, no times)",
     )
-    ap.add_argument("--tiny", action="store_true", help="width 128, 2 heads, 1 layer, window 64")
+    ap.add_argument("--tiny", action="store_true", help="width 64, 1 head, 1 layer, window 64")
     args = ap.parse_args()
     global DEVICE, DIM, HEADS, LAYERS, WINDOW
     DEVICE = dev = args.device
     if args.tiny:
-        DIM, HEADS, LAYERS, WINDOW = 128, 2, 1, 64
+        DIM, HEADS, LAYERS, WINDOW = 64, 1, 1, 64
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     bw = copy_bandwidth(torch.device(dev))
