@@ -475,9 +475,9 @@ def test_kept_decoder_gives_plain_generations_results(beams):
         assert [g.initial_seed() for g in gens] == [seed, seed + 1]
         kept.append(stats["kept"])
     assert kept == [False, True, True, True, False, True], kept
-    assert decode._KEPT
+    assert decode._KEPT.entry is not None
     decode.release()
-    assert not decode._KEPT
+    assert decode._KEPT.entry is None
 
 
 def test_kept_decoder_starts_in_a_new_decoders_state():
@@ -517,7 +517,7 @@ def test_kept_decoder_generators_and_reuse_limits():
     """What a kept decoder's graphs were captured with must match the next call: the same
     generator given for two items is one generator (not two starting in the same state), a
     decoder of the swap reorder with beams serves one call only, and a prompt too long for
-    the cache is refused."""
+    the cache is refused; a release() while a call has the decoder is not undone."""
     from tts.fast.decode import StaticDecoder, _generator_shape
     from tts.generation import GenerationConfig
 
@@ -537,6 +537,17 @@ def test_kept_decoder_generators_and_reuse_limits():
         assert not dec.fits(long) and dec.fits(prefix)
         with pytest.raises(ValueError, match="cannot take"):
             dec.start(long, long_valid)
+    # release() while a call has the decoder: the call does not keep it afterwards
+    from tts.fast.decode import _Kept
+
+    kept = _Kept()
+    assert kept.take(model, (), prefix, None) == (None, 0)
+    kept.release()
+    kept.give((), dec, 0)
+    assert kept.entry is None
+    _, lent_at = kept.take(model, (), prefix, None)
+    kept.give((), dec, lent_at)
+    assert kept.entry == ((), dec)
 
 
 def _tensors(dec) -> dict:

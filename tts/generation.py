@@ -257,6 +257,19 @@ class BeamHypotheses:
 # ---------------------------------------------------------------------------------------------
 
 
+def expand_rows(
+    prefix: torch.Tensor, valid: torch.Tensor | None, cfg: GenerationConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefix and its valid-position mask (all true when None) with, without beams, each
+    item repeated ``num_return_sequences`` times (beams return their sequences from one row)."""
+    if valid is None:
+        valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
+    if cfg.num_beams == 1 and cfg.num_return_sequences > 1:
+        prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
+        valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
+    return prefix, valid
+
+
 def check_generators(generator: Generators, items: int) -> None:
     """A list of generators must hold exactly one Generator per batch item."""
     if isinstance(generator, (list, tuple)):
@@ -323,11 +336,7 @@ def generate(
     beams = cfg.num_beams
     max_new = cfg.max_mel_tokens
     device = prefix.device
-    if valid is None:
-        valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device)
-    if beams == 1 and cfg.num_return_sequences > 1:
-        prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
-        valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
+    prefix, valid = expand_rows(prefix, valid, cfg)
     batch, s_len, _ = prefix.shape
     rows = batch * beams
     has_padding = not bool(valid.all())

@@ -101,6 +101,7 @@ from tts.generation import (
     _BeamState,
     check_generators,
     cumulative_probs,
+    expand_rows,
     multinomial_rows,
     process_scores,
 )
@@ -431,8 +432,7 @@ def generate(
     keep = keep and (settings["reorder"] == "table" or cfg.num_beams == 1)
     key = (cfg, output_scores, output_logits, use_graph, bucket, tuple(sorted(settings.items())))
     started = time.perf_counter()
-    lent_at = _RELEASES[0]
-    dec = _take_kept(model, key, prefix, generator) if keep else None
+    dec, lent_at = _KEPT.take(model, key, prefix, generator) if keep else (None, 0)
     kept = dec is not None
     if kept:
         dec.start(prefix, valid, generator)
@@ -462,7 +462,7 @@ def generate(
         raise
     finally:
         if keep and dec.use_graph == use_graph:  # not after a capture failed: it runs eagerly
-            _give_kept(key, dec, lent_at)
+            _KEPT.give(key, dec, lent_at)
     return out
 
 
@@ -481,46 +481,57 @@ _OPTIONS = {
 }
 # A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
 KEEP_ROOM = 256
-# generate(keep=True): the settings and decoder of the last kept call (one in the process,
-# which bounds the memory it holds), empty while a call runs with it (another thread's call
-# then makes its own).
-_KEPT: dict = {}
-_KEPT_LOCK = threading.Lock()
-_RELEASES = [0]  # release() calls so far: a decoder lent before one is not kept again
 
 
-def _take_kept(model, key: tuple, prefix: torch.Tensor, generator: Generators):
-    """The kept decoder if it was made for ``model`` with ``key`` and takes ``prefix`` (it is
-    then lent to this call), else None (and the kept decoder is dropped, freeing its memory
-    before a new one is made)."""
-    with _KEPT_LOCK:
-        entry = _KEPT.pop("last", None)
-    if entry is None:
-        return None
-    kept_key, dec = entry
-    if (
-        dec.model is model
-        and kept_key == key
-        and dec.weights is decode_weights(model)
-        and dec.fits(prefix, generator)
-    ):
-        return dec
-    return None
+class _Kept:
+    """generate(keep=True)'s decoder: the last kept call's settings and decoder (one in the
+    process, which bounds the memory it holds), lent to one call at a time (another
+    thread's call meanwhile makes its own)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entry: tuple | None = None  # (settings key, decoder)
+        self.releases = 0  # release() calls so far
+
+    def take(self, model, key: tuple, prefix: torch.Tensor, generator: Generators):
+        """(the kept decoder if it was made for ``model`` with ``key`` and takes ``prefix``,
+        else None; the release count, for :meth:`give`). Either way nothing stays kept: a
+        decoder that does not fit is dropped, freeing its memory before a new one is made."""
+        with self.lock:
+            entry, self.entry = self.entry, None
+            lent_at = self.releases
+        if entry is None:
+            return None, lent_at
+        kept_key, dec = entry
+        if (
+            dec.model is model
+            and kept_key == key
+            and dec.weights is decode_weights(model)
+            and dec.fits(prefix, generator)
+        ):
+            return dec, lent_at
+        return None, lent_at
+
+    def give(self, key: tuple, dec: StaticDecoder, lent_at: int) -> None:
+        """Keep ``dec`` for the next call (replacing what another thread kept meanwhile),
+        unless :meth:`release` was called since :meth:`take`."""
+        with self.lock:
+            if self.releases == lent_at:
+                self.entry = (key, dec)
+
+    def release(self) -> None:
+        with self.lock:
+            self.entry = None
+            self.releases += 1
 
 
-def _give_kept(key: tuple, dec: StaticDecoder, lent_at: int) -> None:
-    """Keep ``dec`` for the next call (replacing what another thread kept meanwhile), unless
-    :func:`release` was called since it was lent (``lent_at``: the releases before)."""
-    with _KEPT_LOCK:
-        if _RELEASES[0] == lent_at:
-            _KEPT["last"] = (key, dec)
+_KEPT = _Kept()
 
 
 def release() -> None:
-    """Drop the decoder kept by ``generate(keep=True)``, with its KV cache and graphs."""
-    with _KEPT_LOCK:
-        _KEPT.pop("last", None)
-        _RELEASES[0] += 1
+    """Drop the decoder kept by ``generate(keep=True)``, with its KV cache and graphs (a
+    call using it meanwhile does not keep it)."""
+    _KEPT.release()
 
 
 class StaticDecoder:
@@ -689,11 +700,7 @@ class StaticDecoder:
                 f"{prefix.dtype} on {prefix.device} and {self.max_new} codes"
             )
         check_generators(generator, prefix.size(0))
-        if valid is None:
-            valid = torch.ones(prefix.shape[:2], dtype=torch.bool, device=device)
-        if beams == 1 and cfg.num_return_sequences > 1:
-            prefix = prefix.repeat_interleave(cfg.num_return_sequences, dim=0)
-            valid = valid.repeat_interleave(cfg.num_return_sequences, dim=0)
+        prefix, valid = expand_rows(prefix, valid, cfg)
         batch, s_len, _ = prefix.shape
         self.calls += 1
         self.s_len = s_len
