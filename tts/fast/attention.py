@@ -81,11 +81,12 @@ if triton is not None:
         """Program (group of ``GROUP`` rows x head, chunk): each row's (m, l, weighted value
         sum) of the chunk, one row after the other.
 
-        ``READ_AHEAD`` (``CHUNK == BLOCK_T``, ``GROUP == 1``): the chunk's keys and values
-        are read before the PDL wait, and after it only the chunk holding position
-        ``*written_ptr`` (the one the kernel just before wrote) reads them again (see
-        :func:`attend`). Replacing the tiles whole keeps one copy of them live: a masked
-        reload merged into them took 255 registers and spilled (ptxas for sm_90a).
+        ``READ_AHEAD`` (``CHUNK == BLOCK_T``, ``GROUP == 1``): the chunk's keys (and table
+        entries) are read before the PDL wait; after it the values, and the program whose
+        chunk holds position ``*written_ptr`` (the one the kernel just before wrote) reads its
+        key tile again (see :func:`attend`). Replacing the tile whole keeps one copy of it
+        live: values read ahead too, or a masked reload merged into the tiles, took 255
+        registers and spilled (ptxas for sm_90a).
         """
         gh = tl.program_id(0)
         chunk = tl.program_id(1)
@@ -213,8 +214,8 @@ def attend(
     ``written`` (optional, with ``chunk == block_t``): a 1-element int64 device tensor, the one
     window position that the kernel launched just before may still be writing (a decode step's
     own key and value, from the qkv projection's KV write). The first kernel then reads the
-    window's keys, values and ``src`` entries before its PDL wait, and after it reads only
-    that position again. This is safe only for what was written before the last kernel
+    window's keys and ``src`` entries before its PDL wait; after it, the values, and the key
+    tile holding that position again. This is safe only for what was written before the last kernel
     launched without PDL (earlier decode steps: a kernel that starts early can run while
     several PDL kernels before it still run). The query, the mask and ``written`` itself are
     read after the wait. Not measured on a GPU yet; decoder variant ``graphkr`` passes it
