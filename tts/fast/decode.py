@@ -71,8 +71,8 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   bookkeeping after the draw (hypotheses, done flags, the moves of every per-row buffer and
   of the source table) is one kernel too (:mod:`tts.fast.beam_step`; exact). Variant
   ``graphkt``, the Engine's default;
-* ``read_ahead`` (with ``attention="triton"``): the attention loads its cache window before
-  its PDL wait, and after it reloads only the position the step itself wrote
+* ``read_ahead`` (with ``attention="triton"``): the attention loads its window's keys before
+  its PDL wait, and after it the values and the key the step itself wrote
   (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
   ``graphkr``, not measured on a GPU yet (docs/benchmarks.md).
 """
@@ -385,8 +385,9 @@ def generate(
     call with the same model, settings and batch size whose prompt fits its cache; that call
     then runs its prefill and replays the graphs, with no eager step and no capture unless
     its steps reach a window not captured before. One decoder is kept per process, the last
-    one; it holds its KV cache between calls (:func:`release` frees it). Only with ``reorder="table"`` or without beams (the other
-    reorders move the cache from a host-side prompt length); otherwise ignored.
+    one; it holds its KV cache between calls (:func:`release` frees it). Only with
+    ``reorder="table"`` or without beams (the other reorders move the cache from a host-side
+    prompt length); otherwise ignored.
 
     ``options``: the speed variants, keyword arguments of :class:`StaticDecoder`
     (``VARIANTS[name]`` gives the named combinations; each falls back to the plain path,
@@ -407,8 +408,8 @@ def generate(
     ops) or "triton" (each as one kernel: :mod:`tts.fast.processors`,
     :func:`tts.fast.sampling.beam_candidates`, with the table reorder
     :mod:`tts.fast.beam_step`; where Triton runs); ``read_ahead`` (with
-    ``attention="triton"``): the attention reads the cache window before its PDL wait and
-    only the step's own position after it (``written`` of :func:`tts.fast.attention.attend`).
+    ``attention="triton"``): the attention reads the window's keys before its PDL wait, and
+    the step's own one again after it (``written`` of :func:`tts.fast.attention.attend`).
     """
     from tts.fast.fused import MATMULS
 
