@@ -260,6 +260,111 @@ def test_graph_decoder_draws_from_the_callers_generators_cuda():
         _write_report()
 
 
+def test_failed_capture_leaves_the_generators_as_they_were_cuda():
+    """A capture that fails (a host synchronisation inside it) raises, and the generator it
+    drew from and the default CUDA generator then draw eagerly what they would have drawn
+    without it (torch leaves both in capture mode after a failed capture_end; their next
+    eager draw raised)."""
+    from tts.fast.graphs import capture
+
+    gen, twin = (torch.Generator(device="cuda").manual_seed(3) for _ in range(2))
+    default_state = torch.cuda.get_rng_state()
+
+    def fn():
+        torch.rand(4, device="cuda", generator=gen)
+        torch.cuda.synchronize()  # not allowed while capturing
+
+    with pytest.raises(RuntimeError):
+        capture(torch.cuda.CUDAGraph(), fn, stream=torch.cuda.Stream(), generators=[gen])
+    assert torch.equal(torch.rand(4, device="cuda", generator=gen),
+                       torch.rand(4, device="cuda", generator=twin))  # fmt: skip
+    after = torch.rand(4, device="cuda")
+    torch.cuda.set_rng_state(default_state)
+    assert torch.equal(after, torch.rand(4, device="cuda"))
+
+
+def test_decoder_goes_on_eagerly_after_a_failed_capture_cuda(monkeypatch):
+    """The decode step's second capture fails: the decoder records the fallback, runs the rest
+    eagerly from its own generators, and gives the plain loop's codes, with the callers'
+    generators left where the plain loop's are."""
+    from tts import fast
+    from tts.fast import graphs
+    from tts.fast.decode import generate as fast_generate
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    real, made = graphs.capture, []
+
+    def failing_second(graph, fn, **kwargs):
+        made.append(graph)
+        if len(made) != 2:
+            return real(graph, fn, **kwargs)
+
+        def fn_and_sync():
+            fn()
+            torch.cuda.synchronize()  # not allowed while capturing
+
+        return real(graph, fn_and_sync, **kwargs)
+
+    model = _gpt_small_cuda()
+    torch.manual_seed(0)
+    prefix = torch.randn(3, 30, model.model_dim, device="cuda") * 0.5
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=120, warn_on_limit=False)
+    outs, after = [], []
+    before = len(fast.FALLBACKS)
+    for fast_path in (False, True):
+        gens = [torch.Generator(device="cuda").manual_seed(s) for s in (7, 8, 9)]
+        if fast_path:
+            monkeypatch.setattr(graphs, "capture", failing_second)
+            with pytest.warns(RuntimeWarning, match="capture"):
+                outs.append(fast_generate(model, prefix, None, cfg, generator=gens,
+                                          check_every=1, bucket=16))  # fmt: skip
+        else:
+            outs.append(plain_generate(model, prefix, None, cfg, generator=gens))
+        after.append([torch.rand(3, device="cuda", generator=g) for g in gens])
+    assert len(made) >= 2, "the decoder captured fewer than two graphs"
+    assert [w for w, _ in fast.FALLBACKS[before:]] == ["GPT decode step CUDA graph capture"]
+    assert torch.equal(outs[0].codes, outs[1].codes)
+    for x, y in zip(*after, strict=True):
+        assert torch.equal(x, y), "the callers' generators went elsewhere"
+    torch.rand(3, device="cuda")  # the default generator draws too
+    REPORT.append({"case": "decoder_after_failed_capture", "identical": True})
+    _write_report()
+
+
+def test_capture_while_another_thread_synchronises_cuda():
+    """Captures in thread-local mode: another thread's host synchronisations and allocations
+    meanwhile fail none of them, and each replay computes what it captured."""
+    import threading
+
+    from tts.fast.graphs import capture
+
+    stop, errors = threading.Event(), []
+
+    def busy():
+        try:
+            x = torch.randn(256, 256, device="cuda")
+            while not stop.is_set():
+                float((x @ x)[0, 0])  # a kernel, an allocation, a copy to the host, a wait
+                torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        stream, x = torch.cuda.Stream(), torch.randn(64, 64, device="cuda")
+        for i in range(50):
+            graph, out = torch.cuda.CUDAGraph(), []
+            capture(graph, lambda out=out, i=i: out.append(x * i + 1), stream=stream)
+            graph.replay()
+            assert torch.equal(out[0], x * i + 1), f"capture {i}"
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors
+
+
 @pytest.mark.parametrize("bucket", [16, 48])
 @pytest.mark.parametrize("variant", ["graph", "graphf", "graphfi"])
 def test_graphs_captured_ahead_replay_the_eager_steps_cuda(variant, bucket):

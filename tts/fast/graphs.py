@@ -8,13 +8,30 @@ queue, and the emptied caches make the next allocations go back to ``cudaMalloc`
 :func:`capture` does only what capture needs: a side stream, the graph's memory pool, and the
 random generators whose state the graph must advance on each replay, with the capture stream
 ordered after the work queued so far and before the work queued next (see :func:`capture`).
+
+Two more things it does that ``torch.cuda.graph`` does not:
+
+* it captures in CUDA's *thread-local* mode: only this thread's unsafe calls (a host
+  synchronisation, a ``cudaMalloc``) fail the capture, so another thread of the process
+  using the GPU meanwhile does not (the default, global mode fails on any thread's);
+* when a capture fails, it takes the generators out of capture mode. torch's
+  ``capture_begin`` puts every registered generator, and always the default CUDA generator,
+  into capture mode; a failed ``capture_end`` stops before taking them out, and each one's
+  next eager draw then raises "Offset increment outside graph capture encountered
+  unexpectedly". A small capture that succeeds takes them out, and changes nothing of their
+  state (:func:`_release_generators`), so the caller can go on eagerly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
+
+# CUDA's stream capture mode for every capture here (see the module docstring).
+CAPTURE_MODE = "thread_local"
 
 
 def capture(
@@ -30,14 +47,13 @@ def capture(
 
     ``pool``: a memory pool handle shared with earlier graphs (``other.pool()``), or None for a
     new one. ``generators``: the CUDA generators ``fn`` draws from (None and CPU ones are
-    skipped, each one is registered once), so every replay draws new numbers. If ``fn`` raises,
-    the capture is ended and the error propagates.
+    skipped, each one is registered once), so every replay draws new numbers. If the capture
+    fails, it is ended, the generators are taken out of capture mode (and keep the state
+    they had before) and the error propagates.
     """
-    seen: set[int] = set()
-    for gen in generators:
-        if gen is not None and gen.device.type == "cuda" and id(gen) not in seen:
-            seen.add(id(gen))
-            graph.register_generator_state(gen)
+    registered = _cuda_generators(generators)
+    for gen in registered:
+        graph.register_generator_state(gen)
     # capture_begin really runs one thing: each registered generator's "capture prologue"
     # fills that generator's seed / offset tensors on ``stream``. Every replay of every graph of
     # that generator refills and reads the same tensors on the current stream, so the fill must
@@ -46,15 +62,52 @@ def capture(
     stream.wait_stream(current)
     try:
         with torch.cuda.stream(stream):
-            graph.capture_begin(pool=pool)
-            try:
-                fn()
-            except BaseException:
-                try:
-                    graph.capture_end()
-                except Exception:  # noqa: BLE001, S110 - capture is broken anyway; keep fn's error
-                    pass
-                raise
-            graph.capture_end()
+            _record(graph, fn, pool)
+    except BaseException:
+        _release_generators(stream, registered)
+        raise
     finally:
         current.wait_stream(stream)
+
+
+def _cuda_generators(generators: Iterable[torch.Generator | None]) -> list[torch.Generator]:
+    """The CUDA generators among ``generators``, each once."""
+    seen: dict[int, torch.Generator] = {}
+    for gen in generators:
+        if gen is not None and gen.device.type == "cuda":
+            seen.setdefault(id(gen), gen)
+    return list(seen.values())
+
+
+def _record(graph: torch.cuda.CUDAGraph, fn: Callable[[], object], pool) -> None:
+    """capture_begin, ``fn()``, capture_end on the current stream; if ``fn`` raises, the
+    capture is still ended (its own error, the capture being broken anyway, is dropped)."""
+    graph.capture_begin(pool=pool, capture_error_mode=CAPTURE_MODE)
+    try:
+        fn()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            graph.capture_end()
+        raise
+    graph.capture_end()
+
+
+def _release_generators(stream: torch.cuda.Stream, generators: list[torch.Generator]) -> None:
+    """Take ``generators`` and the default CUDA generator out of the capture mode a failed
+    capture left them in, by a capture of one small kernel that succeeds (then dropped).
+    A capture's prologue and epilogue only set a generator's graph-side tensors and flag:
+    its seed and offset, what eager draws use, stay as they were."""
+    graph = torch.cuda.CUDAGraph()
+    for gen in generators:
+        graph.register_generator_state(gen)
+    try:
+        with torch.cuda.stream(stream):
+            _record(graph, lambda: torch.zeros(1, device=stream.device), None)
+    except Exception as exc:  # noqa: BLE001 - the caller's error is the one to raise
+        warnings.warn(
+            "tts.fast: after a failed CUDA graph capture, its random generators could not be "
+            f"taken out of capture mode ({type(exc).__name__}: {exc}); their next draw outside "
+            "a graph will fail",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tts.fast.graphs import capture
 from tts.models import cfm as _cfm
 from tts.models import dit as _dit
 
@@ -242,12 +243,15 @@ def _graph_solve(
         result = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)  # warm-up, and this call's result
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    captured: list[torch.Tensor] = []
+
+    def record() -> None:
+        with precision_context(precision, device):
+            captured.append(PLAIN_SOLVE(proxy, *static_in, cfg_rate, None))
+
     try:
-        with (
-            torch.cuda.graph(graph, pool=entry.pool, stream=stream),
-            precision_context(precision, device),
-        ):
-            static_out = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)
+        capture(graph, record, stream=stream, pool=entry.pool)
+        static_out = captured[0]
     except Exception as exc:  # noqa: BLE001 - this call's result is already computed
         from tts.fast import fallback
 
