@@ -619,6 +619,43 @@ def test_kept_decoder_replays_earlier_graphs_without_the_prompt_length():
         assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps
 
 
+def test_kept_decoder_captures_the_window_of_its_eager_first_step():
+    """A decoder made to be kept captures the window of its eager first step even when no
+    later step of that call is in it (prompt 14: step 0 at position 15 ends window 0), so a
+    later call with the same prompt length captures nothing (on the GPU it captured window 0,
+    run of 2026-12-05 in docs/benchmarks.md); a decoder not kept leaves that window alone."""
+    from tts.fast.decode import StaticDecoder
+    from tts.generation import GenerationConfig
+
+    model = _gpt_small()
+    cfg = GenerationConfig(num_beams=3, max_mel_tokens=20, warn_on_limit=False)
+    prefix, valid = _padded_prefix(model, 14)
+    captured = {}
+    for capacity in (0, 96):
+        log: list[tuple] = []
+        with torch.no_grad():
+            dec = StaticDecoder(model, prefix, valid, cfg, bucket=16, reorder="table",
+                                generator=torch.Generator().manual_seed(5), capacity=capacity)  # fmt: skip
+            dec.use_graph = True
+
+            def fake_capture(w, end, dec=dec, log=log):
+                dec.graphs[(w, dec.cur)] = _ReplayEagerly(dec, (w, dec.cur), end, log)
+                log.append(("capture", (w, dec.cur)))
+                return True
+
+            dec._capture = fake_capture
+            dec.run(check_every=8)
+            captured[capacity] = [e[1] for e in log if e[0] == "capture"]
+            if capacity:
+                log.clear()
+                dec.start(prefix, valid, torch.Generator().manual_seed(6))
+                dec.run(check_every=8)
+                assert dec.eager_steps == 0
+                assert [e for e in log if e[0] == "capture"] == [], log
+    assert captured[0] == [(1, 0), (2, 0)], captured  # step 0's window 0 ran eagerly only
+    assert captured[96] == [(0, 0), (1, 0), (2, 0)], captured
+
+
 def test_decode_profile_script_runs_on_cpu(tmp_path):
     """scripts/device/decode_profile.py (the GPU measurement) runs: tiny GPT, CPU, two variants
     that compile nothing (the fused ones are checked above)."""

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from tts.checkpoints import merge_config
+from tts.fast import decode as fast_decode
 from tts.fast.decode import VARIANTS
 
 SAMPLE_RATE = 22050
@@ -696,6 +697,9 @@ class Bench:
         repeats = args.repeats if repeats is None else repeats
         res = BenchResult(variant.name, batch, args.tokens, decoder)
         cuda = self.device.type == "cuda"
+        # A decoder kept by the configuration before (graphkk) would count in this one's peak
+        # memory: only this configuration's own passes may keep one.
+        fast_decode.release()
         if cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--gpt-decoder",
-        default="graphkt",  # tts.pipeline.DEFAULT_DECODER
+        default="graphkk",  # tts.pipeline.DEFAULT_DECODER
         help="fast GPT decoder variant (tts.fast.decode.VARIANTS)",
     )
     s.add_argument(

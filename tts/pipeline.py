@@ -56,7 +56,7 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 
 
 # The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
-DEFAULT_DECODER = "graphkt"
+DEFAULT_DECODER = "graphkk"
 # Prompts whose conditioning an Engine keeps, per kind (speaker conditioning, emotion features,
 # the merge of both, the GPT's speaker latent).
 PROMPT_CACHE_FILES = 16
@@ -206,11 +206,12 @@ class Engine:
     the segments of a call's rows solved together, up to ``render_batch_items`` per batch;
     eager loop: a CUDA graph per shape would rarely be replayed, segments differ in length) and
     BigVGAN's activation through the fused kernel. ``gpt_decoder`` names the fast decoder's
-    variant (:data:`tts.fast.decode.VARIANTS`; default ``graphkt``: Triton projections up to 8
+    variant (:data:`tts.fast.decode.VARIANTS`; default ``graphkk``: Triton projections up to 8
     rows launched ahead of their inputs (compiled fused pieces above), beams reading the cache
     through a source-row table with the Triton attention, the logits processors and the beam
-    draw as one Triton kernel each, the rest of the token choice compiled;
-    docs/benchmarks.md has the measurements).
+    draw as one Triton kernel each, the rest of the token choice compiled, and the decoder with
+    its CUDA graphs kept for the next call of the same batch size; docs/benchmarks.md has the
+    measurements).
     ``gpt_batch_items``: the most (row, segment) items one GPT generation call takes (see
     :meth:`semantic_tokens`). ``render_precision`` (CUDA with ``fast`` only): the precision of
     the flow-matching solve and of BigVGAN, as ``tts bench``'s s2mel/vocoder precisions

@@ -218,8 +218,8 @@ def attend(
     tile holding that position again. This is safe only for what was written before the last kernel
     launched without PDL (earlier decode steps: a kernel that starts early can run while
     several PDL kernels before it still run). The query, the mask and ``written`` itself are
-    read after the wait. Not measured on a GPU yet; decoder variant ``graphkr`` passes it
-    (docs/benchmarks.md, runs BQ-BS).
+    read after the wait. Decoder variant ``graphkr`` passes it (docs/benchmarks.md: why, runs
+    BQ-BS; on an H200 no faster than without it, run BU).
 
     ``group``: rows per program of the first kernel (dividing ``rows``; 1 with ``written``),
     taken one after the other with the same arithmetic, so the output is the same to the

@@ -70,11 +70,11 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   read with the "all finished?" test. With beams and ``reorder="table"``, the beam step's
   bookkeeping after the draw (hypotheses, done flags, the moves of every per-row buffer and
   of the source table) is one kernel too (:mod:`tts.fast.beam_step`; exact). Variant
-  ``graphkt``, the Engine's default;
+  ``graphkt``; ``graphkk``, the Engine's default, is ``graphkt`` kept between calls;
 * ``read_ahead`` (with ``attention="triton"``): the attention loads its window's keys before
   its PDL wait, and after it the values and the key the step itself wrote
   (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
-  ``graphkr``, not measured on a GPU yet (docs/benchmarks.md).
+  ``graphkr``, no faster on an H200 (docs/benchmarks.md, run BU).
 """
 
 from __future__ import annotations
@@ -570,6 +570,9 @@ class StaticDecoder:
         self.read_ahead = read_ahead
         self.compile_logic = compile_logic
         self.compile_processors = compile_processors
+        # A decoder made to be kept (capacity given) also captures the window of its eager
+        # first step: a later call with this prompt length starts in that window.
+        self.keeps_graphs = capacity > 0
         self.weights = decode_weights(model)
         self.use_graph = use_graph
         self.output_scores, self.output_logits = output_scores, output_logits
@@ -1266,7 +1269,7 @@ class StaticDecoder:
         # warm-up that capture needs), then capture the rest of its bucket.
         self._eager_step(end)
         self.warm = True
-        self._capture_window(w, step + 1)
+        self._capture_window(w, step if self.keeps_graphs else step + 1)
         self._capture_ahead(step + 1, self.check_every)  # windows before the first check
 
     def _eager_step(self, end: int) -> None:

@@ -13,7 +13,10 @@ Two more things it does that ``torch.cuda.graph`` does not:
 
 * it captures in CUDA's *thread-local* mode: only this thread's unsafe calls (a host
   synchronisation, a ``cudaMalloc``) fail the capture, so another thread of the process
-  using the GPU meanwhile does not (the default, global mode fails on any thread's);
+  copying to the host or waiting for its own stream meanwhile does not (the default, global
+  mode fails on any thread's). A device-wide synchronisation (``torch.cuda.synchronize()``)
+  by any thread still fails it, in either mode (scripts/device/capture_threads.py measures
+  this); the decoder then goes on eagerly;
 * when a capture fails, it takes the generators out of capture mode. torch's
   ``capture_begin`` puts every registered generator, and always the default CUDA generator,
   into capture mode; a failed ``capture_end`` stops before taking them out, and each one's

@@ -81,13 +81,14 @@ VARIANTS: dict[str, dict] = {
 }
 # graphkp with the logits processors and the beam step's draw as one Triton kernel each
 # (tts.fast.processors, tts.fast.sampling.beam_candidates) instead of ~35 torch kernels: the
-# Engine's default since run AX of docs/benchmarks.md.
+# Engine's default from run AX to run BU of docs/benchmarks.md.
 VARIANTS["graphkt"] = {**VARIANTS["graphkp"], "choice": "triton"}
 # graphkt with the attention reading its cache window before its PDL wait (tts.fast.attention,
-# ``written``); not measured on a GPU yet.
+# ``written``); no faster on an H200 (run BU of docs/benchmarks.md).
 VARIANTS["graphkr"] = {**VARIANTS["graphkt"], "read_ahead": True}
 # graphkt whose decoder (buffers, compiled pieces, captured graphs) is kept for the next call
-# of the same shape (tts.fast.decode.generate's ``keep``); not measured on a GPU yet.
+# of the same shape (tts.fast.decode.generate's ``keep``): the Engine's default since run BU
+# (5-11% less GPT time on an H200, runs BU-BV; the kept KV cache stays allocated between calls).
 VARIANTS["graphkk"] = {**VARIANTS["graphkt"], "keep": True}
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")
