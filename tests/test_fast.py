@@ -622,8 +622,9 @@ def test_kept_decoder_replays_earlier_graphs_without_the_prompt_length():
 def test_kept_decoder_captures_the_window_of_its_eager_first_step():
     """A decoder made to be kept captures the window of its eager first step even when no
     later step of that call is in it (prompt 14: step 0 at position 15 ends window 0), so a
-    later call with the same prompt length captures nothing (on the GPU it captured window 0,
-    run of 2026-12-05 in docs/benchmarks.md); a decoder not kept leaves that window alone."""
+    later call with the same prompt length captures nothing (before the fix, the GPU test of
+    kept decoders saw it capture that window: docs/benchmarks.md run BT); a decoder not kept
+    leaves that window alone."""
     from tts.fast.decode import StaticDecoder
     from tts.generation import GenerationConfig
 
