@@ -151,6 +151,22 @@ class _ReplayEagerly:
         self.log.append(("replay", step))
 
 
+def _stand_in_graphs(dec, log: list, hide_prompt_length: bool = False) -> None:
+    """Make ``dec`` capture :class:`_ReplayEagerly` stand-ins on the CPU (``dec.stream`` stays
+    None: the eager step runs on the CPU). Each capture is logged as ``("capture", (window,
+    cache), step)`` and may happen once per key."""
+    dec.use_graph = True
+
+    def fake_capture(w, end):
+        key = (w, dec.cur)
+        assert key not in dec.graphs, f"{key} captured twice"
+        dec.graphs[key] = _ReplayEagerly(dec, key, end, log, hide_prompt_length)
+        log.append(("capture", key, int(dec.step_t)))
+        return True
+
+    dec._capture = fake_capture
+
+
 @pytest.mark.parametrize("bucket,check_every", [(16, 32), (16, 5), (48, 32)])
 @pytest.mark.parametrize("beams", [1, 3])
 def test_graphs_are_captured_before_their_bucket(beams, bucket, check_every):
@@ -178,17 +194,8 @@ def test_graphs_are_captured_before_their_bucket(beams, bucket, check_every):
             reorder="swap",
             ahead=ahead,
         )
-        dec.use_graph = True  # dec.stream stays None: the eager step runs on the CPU
         log: list[tuple] = []
-
-        def fake_capture(b, end, dec=dec, log=log):
-            key = (b, dec.cur)
-            assert key not in dec.graphs, f"{key} captured twice"
-            dec.graphs[key] = _ReplayEagerly(dec, key, end, log)
-            log.append(("capture", key, int(dec.step_t)))
-            return True
-
-        dec._capture = fake_capture
+        _stand_in_graphs(dec, log)
         with torch.no_grad():
             out = dec.run(check_every=check_every)
         replays = [e[1] for e in log if e[0] == "replay"]
@@ -589,16 +596,7 @@ def test_kept_decoder_replays_earlier_graphs_without_the_prompt_length():
     with torch.no_grad():
         dec = StaticDecoder(model, first, first_valid, cfg, bucket=16, reorder="table",
                             generator=torch.Generator().manual_seed(5), capacity=96)  # fmt: skip
-        dec.use_graph = True  # dec.stream stays None: the eager step runs on the CPU
-
-        def fake_capture(w, end, dec=dec, log=log):
-            key = (w, dec.cur)
-            assert key not in dec.graphs, f"{key} captured twice"
-            dec.graphs[key] = _ReplayEagerly(dec, key, end, log, hide_prompt_length=True)
-            log.append(("capture", key))
-            return True
-
-        dec._capture = fake_capture
+        _stand_in_graphs(dec, log, hide_prompt_length=True)
         outs = [dec.run(check_every=8)]
         windows = set(dec.graphs)
         assert dec.eager_steps == 1 and windows == {(w, 0) for w in range(0, 4)}, windows
@@ -637,14 +635,7 @@ def test_kept_decoder_captures_the_window_of_its_eager_first_step():
         with torch.no_grad():
             dec = StaticDecoder(model, prefix, valid, cfg, bucket=16, reorder="table",
                                 generator=torch.Generator().manual_seed(5), capacity=capacity)  # fmt: skip
-            dec.use_graph = True
-
-            def fake_capture(w, end, dec=dec, log=log):
-                dec.graphs[(w, dec.cur)] = _ReplayEagerly(dec, (w, dec.cur), end, log)
-                log.append(("capture", (w, dec.cur)))
-                return True
-
-            dec._capture = fake_capture
+            _stand_in_graphs(dec, log)
             dec.run(check_every=8)
             captured[capacity] = [e[1] for e in log if e[0] == "capture"]
             if capacity:
