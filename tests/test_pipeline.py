@@ -297,3 +297,51 @@ def test_opening_an_engine_does_not_import_torchdynamo(demo):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_row_out_of_gpu_memory_is_tried_again_without_the_kept_decoder(
+    engine, speaker_wav, monkeypatch
+):
+    """synthesize: a stage that runs out of GPU memory is run once more after the kept GPT
+    decoder is released, with the same result as a row that fitted; a row that does not fit
+    the second time fails alone with an out-of-memory error, and the other rows complete."""
+    want = engine.synthesize([_request(speaker_wav)])[0]
+    released = []
+    monkeypatch.setattr(engine, "release_decoder", lambda: released.append(1))
+    render = engine.render
+    tight = {"r1": 1, "never": 2}  # OOMs left per row id
+
+    def render_short_of_memory(requests, *rest):
+        if tight.get(requests[0].id, 0) > 0:
+            tight[requests[0].id] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return render(requests, *rest)
+
+    monkeypatch.setattr(engine, "render", render_short_of_memory)
+    retried = engine.synthesize([_request(speaker_wav)])[0]
+    assert retried.ok, retried.error
+    assert torch.equal(retried.value["wav"], want.value["wav"])
+    assert released == [1]
+    results = engine.synthesize(
+        [_request(speaker_wav, id="never"), _request(speaker_wav, id="fits")]
+    )
+    assert not results[0].ok and "out of GPU memory" in results[0].error
+    assert results[1].ok and torch.equal(results[1].value["wav"], want.value["wav"])
+    assert released == [1, 1, 1]
+
+
+def test_close_frees_the_engine_which_loads_again_when_used(demo, speaker_wav):
+    """close() (and leaving a ``with`` block) drops the loaded components, the prompt cache
+    and the process's kept decoder; the Engine still works afterwards, with the same result."""
+    from tts.fast import decode
+
+    with Engine.open(demo, device="cpu") as eng:
+        first = eng.synthesize([_request(speaker_wav)])[0]
+        assert eng._parts and eng._prompt_cache
+        eng.fast = True  # the CPU never runs the fast paths; this checks the release's wiring
+        decode._KEPT.entry = ("settings", object())
+    assert not eng._parts and not eng._prompt_cache
+    assert decode._KEPT.entry is None
+    eng.fast = False
+    again = eng.synthesize([_request(speaker_wav)])[0]
+    assert torch.equal(again.value["wav"], first.value["wav"])

@@ -53,6 +53,11 @@ FAKE_PROMPT_ID = 1
 Generators = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...] | None
 
 
+def generator_list(generator: Generators) -> list:
+    """``generator`` as a list: the list or tuple's generators, else ``[generator]``."""
+    return list(generator) if isinstance(generator, (list, tuple)) else [generator]
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Generation controls; defaults are the official ``infer_v2`` ones (beam sampling)."""

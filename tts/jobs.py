@@ -1261,6 +1261,9 @@ def _engine_call(fn, requests, *lists):
         return out
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
+            from tts.fast.decode import release
+
+            release()  # a GPT decoder kept from an earlier call, with its KV cache
             torch.cuda.empty_cache()
         if len(requests) == 1:
             log.error("row %s: out of GPU memory even alone", requests[0].id)

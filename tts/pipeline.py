@@ -806,7 +806,11 @@ class Engine:
     # -- everything, for single jobs -------------------------------------------------------------
 
     def synthesize(self, requests: list[SynthesisRequest]) -> list[RowResult]:
-        """All stages for each request (the `tts synth` command); one RowResult per request."""
+        """All stages for each request (the `tts synth` command); one RowResult per request.
+
+        A row that runs out of GPU memory is tried once more after :meth:`release_decoder`
+        (the kept GPT decoder can hold GiBs while the row renders); if it still does not fit,
+        it fails alone and the other rows go on."""
         results = []
         for req in requests:
             timings: dict[str, float] = {}
@@ -818,15 +822,67 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - reported as this row's error
                 results.append(RowResult(req.id, error=f"{type(exc).__name__}: {exc}"))
                 continue
-            tok = self.semantic_tokens([req], [spk], [emo])[0]
+            tok = self._fitting(
+                req.id, lambda r=req, s=spk, e=emo: self.semantic_tokens([r], [s], [e])
+            )
             if not tok.ok:
                 results.append(tok)
                 continue
-            wav = self.render([req], [spk], [tok.value])[0]
+            wav = self._fitting(
+                req.id, lambda r=req, s=spk, t=tok: self.render([r], [s], [t.value])
+            )
             wav.timings = {**timings, **tok.timings, **wav.timings}
             wav.warnings = tok.warnings + wav.warnings
             results.append(wav)
         return results
+
+    def _fitting(self, row_id: str, stage) -> RowResult:
+        """``stage()[0]`` (one row's batched stage); out of GPU memory, once more after freeing
+        the kept decoder and the allocator's cached blocks, then the row's error."""
+        for attempt in range(2):
+            try:
+                return stage()[0]
+            except torch.OutOfMemoryError:
+                self.release_decoder()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if attempt == 0:
+                    log.warning(
+                        "row %s: out of GPU memory; retrying without the kept decoder", row_id
+                    )
+        return RowResult(
+            row_id,
+            error="out of GPU memory (try a shorter text, a lower max_mel_tokens, dtype "
+            "bfloat16 or float16, or gpt_decoder graphkt)",
+        )
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    def release_decoder(self) -> None:
+        """Drop the fast GPT decoder that ``graphkk`` keeps between calls (its KV cache and
+        CUDA graphs: +0.5 GiB at batch 1, +3.8 GiB at batch 16 in docs/benchmarks.md, run BU);
+        the next GPT call makes a new one. Nothing to do on the plain paths."""
+        if self.fast:
+            from tts.fast.decode import release
+
+            release()
+
+    def close(self) -> None:
+        """Free what this Engine holds on its device: the kept decoder, the prompt cache and
+        the loaded components (a later call loads them again). ``with Engine.open(...) as
+        engine:`` calls it on leaving the block."""
+        self.release_decoder()
+        self.clear_prompt_cache()
+        self._parts.clear()
+        self._vocoder_fused = False
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- stage 4: s2mel + vocoder ---------------------------------------------------------------
 

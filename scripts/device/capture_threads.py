@@ -62,7 +62,7 @@ def _worker(kind: str, side_stream: bool, stop: threading.Event, errors: list) -
 
 def trial(mode: str, kind: str, side_stream: bool, captures: int) -> dict:
     """``captures`` captures in ``mode`` while a worker does ``kind``; the counts."""
-    graphs.CAPTURE_MODE = mode
+    saved_mode, graphs.CAPTURE_MODE = graphs.CAPTURE_MODE, mode
     stop, errors, failed, wrong = threading.Event(), [], [], 0
     worker = None
     if kind != "none":
@@ -83,6 +83,7 @@ def trial(mode: str, kind: str, side_stream: bool, captures: int) -> dict:
             graph.replay()
             wrong += not torch.equal(out[0], x * i + 1)
     finally:
+        graphs.CAPTURE_MODE = saved_mode
         stop.set()
         if worker is not None:
             worker.join()

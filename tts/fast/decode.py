@@ -102,6 +102,7 @@ from tts.generation import (
     check_generators,
     cumulative_probs,
     expand_rows,
+    generator_list,
     multinomial_rows,
     process_scores,
 )
@@ -791,7 +792,7 @@ class StaticDecoder:
         self.callers_generator = generator
         if not self.use_graph or generator is None:
             return generator
-        given = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        given = generator_list(generator)
         if any(g.device.type != "cuda" for g in given):
             return generator
         if self.own_generators is None:  # one per distinct generator, where the caller's are
@@ -808,7 +809,7 @@ class StaticDecoder:
         generator, self.callers_generator = self.callers_generator, None
         if self.generator is generator or generator is None:
             return
-        given = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        given = generator_list(generator)
         for own, theirs in _distinct(self.own_generators, given):
             theirs.set_state(own.get_state())
 
@@ -1347,7 +1348,7 @@ class StaticDecoder:
         start = time.perf_counter()
         graph = torch.cuda.CUDAGraph()
         saved = self.step_t.clone()
-        gens = self.generator if isinstance(self.generator, (list, tuple)) else [self.generator]
+        gens = generator_list(self.generator)
         try:
             capture(
                 graph, lambda: self._step(end), stream=self.stream, pool=self.pool, generators=gens

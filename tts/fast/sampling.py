@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from tts.fast import triton_runs as available  # noqa: F401 - part of this module's API
-from tts.generation import Generators, multinomial_rows
+from tts.generation import Generators, generator_list, multinomial_rows
 
 try:
     import triton
@@ -267,7 +267,7 @@ def beam_candidates(
             f"beam_candidates needs contiguous float32 scores [items x {beams}, codes], "
             f"beam scores [{rows}] and 1 <= n <= {width} // 2"
         )
-    gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+    gens = generator_list(generator)
     if items % len(gens):
         raise ValueError(f"{items} items do not split over {len(gens)} generators")
     q = exponential_draws((items, width), gens, scores.device)
