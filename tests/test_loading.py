@@ -38,6 +38,27 @@ def test_params_on_meta_until_loaded():
     assert m.table.device.type == "cpu"  # buffers are real, computed values
 
 
+def test_params_on_meta_skips_only_the_meta_parameters_initialisation():
+    """Inside params_on_meta the parameters' initialising fills are skipped (they have no
+    values); fills of real tensors, such as a buffer drawn at construction, still happen."""
+
+    class Drawn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 3)  # its reset_parameters fills a meta weight
+            g = torch.Generator().manual_seed(3)
+            self.register_buffer("noise", torch.empty(4).normal_(generator=g))
+            self.register_buffer("halves", torch.zeros(2).fill_(0.5))
+
+    with params_on_meta():
+        m = Drawn()
+    want = torch.empty(4).normal_(generator=torch.Generator().manual_seed(3))
+    assert m.emb.weight.is_meta
+    assert torch.equal(m.noise, want) and torch.equal(m.halves, torch.full((2,), 0.5))
+    outside = nn.Embedding(5, 3)  # and the skipping ends with the context
+    assert not outside.weight.is_meta and outside.weight.std() > 0
+
+
 def test_strict_load_roundtrip():
     state = _state()
     with params_on_meta():

@@ -116,13 +116,43 @@ def flatten_state(
 # --------------------------------------------------------------------------------------------
 
 
+class _NoFillsOnMeta(torch.overrides.TorchFunctionMode):
+    """Initialising fills of meta tensors (``torch.nn.init``'s functions and the in-place
+    fills they call) return them untouched: a meta tensor has no values to fill. Why not let them run: PyTorch's ``normal_`` for meta tensors imports TorchDynamo
+    (~0.8-3 s; an ``nn.Embedding``'s initialisation calls it), which a job that compiles
+    nothing, such as the workflow's render job, would otherwise pay."""
+
+    FILLS = frozenset(
+        getattr(torch.Tensor, name)
+        for name in (
+            "normal_",
+            "uniform_",
+            "zero_",
+            "fill_",
+            "copy_",
+            "exponential_",
+            "bernoulli_",
+            "random_",
+        )
+    )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        fills = func in self.FILLS or getattr(func, "__module__", None) == "torch.nn.init"
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes tensor=
+        if fills and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def params_on_meta() -> Iterator[None]:
     """Build modules with every *parameter* on the meta device; buffers stay real.
 
     Parameters have no values until a checkpoint provides them, so a parameter the loader misses
     cannot survive as a plausible-looking random tensor. Buffers are created normally because
-    the deterministic ones (sinusoid tables, filters) must hold their computed values.
+    the deterministic ones (sinusoid tables, filters) must hold their computed values; the
+    parameters' random initialisation is skipped (:class:`_NoFillsOnMeta`).
     """
     original = nn.Module.register_parameter
 
@@ -134,7 +164,8 @@ def params_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:
-        yield
+        with _NoFillsOnMeta():
+            yield
     finally:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
