@@ -365,3 +365,42 @@ def test_the_render_stage_loads_without_importing_torchdynamo(demo):
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_speaker_conditioning_loads_the_length_regulator_alone(demo, engine, speaker_wav):
+    """A speaker job needs s2mel's length regulator only: a new Engine loads that part of
+    s2mel.pth alone and conditions exactly as an Engine that has the whole s2mel loaded."""
+    engine.part("s2mel")
+    want = engine.speaker_conditioning(speaker_wav)
+    lean = Engine.open(demo, device="cpu")
+    got = lean.speaker_conditioning(speaker_wav)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert "length_regulator" in lean.load_seconds and "s2mel" not in lean.load_seconds
+
+
+def test_the_length_regulator_alone_is_strict(demo, tmp_path):
+    """A tensor of the length regulator missing, or an unknown one under it, is an error
+    naming it; the rest of s2mel.pth is the whole-s2mel load's (and validate_weights')."""
+    import shutil
+
+    from tts.checkpoints import CheckpointSet
+    from tts.components import load_length_regulator
+
+    shutil.copytree(demo, tmp_path / "set")
+    path = tmp_path / "set" / "s2mel.pth"
+    state = torch.load(demo / "s2mel.pth", weights_only=True)
+    regulator = state["net"]["length_regulator"]
+    name = sorted(regulator)[0]
+
+    def save_and_load(change):
+        net = {part: dict(tensors) for part, tensors in state["net"].items()}
+        change(net)
+        torch.save({**state, "net": net}, path)
+        return load_length_regulator(CheckpointSet.open(tmp_path / "set"))
+
+    module, report = save_and_load(lambda net: net["cfm"].popitem())  # not its business: loads
+    assert report.loaded == len(regulator)
+    with pytest.raises(CheckpointError, match=f"length_regulator.{name}"):
+        save_and_load(lambda net: net["length_regulator"].pop(name))
+    with pytest.raises(CheckpointError, match="length_regulator.extra"):
+        save_and_load(lambda net: net["length_regulator"].update(extra=torch.zeros(2)))

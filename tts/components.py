@@ -82,6 +82,14 @@ def _build_s2mel(cs: CheckpointSet) -> nn.Module:
     return S2Mel.from_config(cs.config["s2mel"])
 
 
+def _build_length_regulator(cs: CheckpointSet) -> nn.Module:
+    from tts.models.length_regulator import LengthRegulator
+
+    # Under its s2mel name, so that the state dict's keys (and errors) read as s2mel.pth's.
+    regulator = LengthRegulator.from_config(cs.config["s2mel"]["length_regulator"])
+    return nn.ModuleDict({"length_regulator": regulator})
+
+
 def _build_codec(cs: CheckpointSet) -> nn.Module:
     from tts.models.semantic_codec import RepCodec
 
@@ -300,6 +308,21 @@ def load_gpt_emotion(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
     module = build_empty("gpt", cs, _build_gpt_emotion)
     prefixes = tuple(f"{child}." for child, _ in module.named_children())
     state = {k: v for k, v in comp.read(path).items() if k.startswith(prefixes)}
+    return module, load_strict(module, state, str(path), comp.computed_ok)
+
+
+def load_length_regulator(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
+    """s2mel's length regulator alone (``module["length_regulator"]``) from s2mel.pth: all
+    that speaker conditioning needs of the file, 5% of it at full size (the flow-matching
+    decoder, 95%, is not loaded).
+
+    Strict for what it holds, as :func:`load_gpt_emotion` is: each of its tensors must be in
+    the file with its shape, and an unknown tensor under ``length_regulator.`` is an error.
+    """
+    comp = MODULE_COMPONENTS["s2mel"]
+    path = comp.file(cs)
+    module = build_empty("s2mel", cs, _build_length_regulator)
+    state = {k: v for k, v in comp.read(path).items() if k.startswith("length_regulator.")}
     return module, load_strict(module, state, str(path), comp.computed_ok)
 
 

@@ -329,8 +329,9 @@ class Engine:
     # -- components ---------------------------------------------------------------------------
 
     def part(self, name: str):
-        """The loaded component ``name`` (gpt, gpt_emotion, s2mel, semantic_codec, campplus,
-        bigvgan, features, tokenizer, matrices, qwen), loading it on first use."""
+        """The loaded component ``name`` (gpt, gpt_emotion, s2mel, length_regulator,
+        semantic_codec, campplus, bigvgan, features, tokenizer, matrices, qwen), loading it on
+        first use."""
         if name not in self._parts:
             start = time.perf_counter()
             self._parts[name] = self._load(name)
@@ -345,6 +346,11 @@ class Engine:
 
             module, _ = load_gpt_emotion(self.cs)
             return module.to(device=self.device, dtype=self.dtype).eval()
+        if name == "length_regulator":
+            from tts.components import load_length_regulator
+
+            module, _ = load_length_regulator(self.cs)
+            return module["length_regulator"].to(device=self.device, dtype=torch.float32).eval()
         if name in ("gpt", "s2mel", "semantic_codec", "campplus", "bigvgan"):
             module, _ = load_component(name, self.cs)
             dtype = self.dtype if name == "gpt" else torch.float32
@@ -462,7 +468,13 @@ class Engine:
         ref_mel = mel_spectrogram(wav22.to(dev), **mel_kwargs(self.cs.config["s2mel"]))
         style = self.part("campplus")(campplus_features(wav16).unsqueeze(0).to(dev))
         ylens = torch.tensor([ref_mel.size(2)], device=dev)
-        prompt_condition = self.part("s2mel").regulate(s_ref, ylens)
+        # s2mel's length regulator; loaded alone unless s2mel is (a speaker job needs no DiT).
+        regulator = (
+            self._parts["s2mel"].length_regulator
+            if "s2mel" in self._parts
+            else self.part("length_regulator")
+        )
+        prompt_condition = regulator(s_ref, ylens)[0]
         out = {
             "spk_cond_emb": spk_cond_emb,
             "style": style,
