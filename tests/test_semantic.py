@@ -102,6 +102,35 @@ def test_w2v_renamed_tensor_named(tmp_path):
 
 
 @needs_small
+def test_w2v_bert_loaded_to_its_layer_reads_only_those_layers(tmp_path):
+    """load_w2v_bert (what a conditioning job loads): the first 17 layers, equal to the whole
+    model's; it is strict for what it holds, and never reads the dropped layers, so a tensor
+    missing there fails only the whole-file load (validate_weights)."""
+    from tts.components import load_w2v_bert
+    from tts.models.w2v_bert import HIDDEN_STATE_INDEX as LAYERS
+
+    full, _ = load_component("w2v_bert", _small_set())
+    lean, report = load_w2v_bert(_small_set(), LAYERS)
+    assert len(full.encoder.layers) > LAYERS == len(lean.encoder.layers)
+    assert report.loaded == len(lean.state_dict())
+    whole = full.state_dict()
+    for key, tensor in lean.state_dict().items():
+        assert torch.equal(tensor, whole[key]), key
+
+    dropped = f"encoder.layers.{LAYERS}.self_attn.linear_k.weight"
+    cs = _small_w2v_copy(tmp_path / "a", lambda s: s.pop(dropped))
+    assert len(load_w2v_bert(cs, LAYERS)[0].encoder.layers) == LAYERS
+    with pytest.raises(CheckpointError, match="missing tensor " + dropped.replace(".", "[.]")):
+        load_component("w2v_bert", cs)
+    cs = _small_w2v_copy(tmp_path / "b", lambda s: s.pop(NAME))  # layer 3: kept
+    with pytest.raises(CheckpointError, match="missing tensor " + NAME.replace(".", "[.]")):
+        load_w2v_bert(cs, LAYERS)
+    cs = _small_w2v_copy(tmp_path / "c", lambda s: s.__setitem__("encoder.extra", s[NAME].clone()))
+    with pytest.raises(CheckpointError, match="unexpected tensor encoder[.]extra"):
+        load_w2v_bert(cs, LAYERS)
+
+
+@needs_small
 def test_truncated_layers_equal_full_hidden17():
     from tts.models.w2v_bert import (
         HIDDEN_STATE_INDEX,

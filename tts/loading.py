@@ -20,7 +20,7 @@ import fnmatch
 import io
 import pickle
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +34,13 @@ from tts.checkpoints import CheckpointError  # defined there (torch-free), re-ex
 # --------------------------------------------------------------------------------------------
 
 
-def read_tensor_file(path: str | Path) -> object:
+def read_tensor_file(path: str | Path, keep: Callable[[str], bool] | None = None) -> object:
     """Read a ``.safetensors`` file or a torch pickle without ever executing pickled code.
 
     Torch pickles are opened with ``weights_only=True``: a pickle that would run code is rejected
     before anything runs. Errors are re-raised as :class:`CheckpointError` with a one-line reason.
+    ``keep`` (safetensors only; ignored for pickles): read only the tensors whose names it
+    accepts, the rest of the file is never read.
     """
     from tts.preflight import check_file
 
@@ -46,16 +48,21 @@ def read_tensor_file(path: str | Path) -> object:
     # Missing, directory, empty, unreadable, text, LFS pointer, truncated, wrong container,
     # a zip that is not a torch checkpoint, a zip pickle importing code: one line, nothing run.
     if check_file(path) == "safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path, keep)
     return _read_torch_pickle(path)
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
+def _read_safetensors(
+    path: Path, keep: Callable[[str], bool] | None = None
+) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        if keep is None:
+            return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys() if keep(name)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None

@@ -78,7 +78,8 @@ def build_w2v_bert(config: dict, attn_implementation: str = DEFAULT_ATTENTION) -
 
 
 def truncate_layers(model: Wav2Vec2BertModel, num_layers: int) -> Wav2Vec2BertModel:
-    """Keep only encoder layers ``0 .. num_layers-1`` (in place; after loading, never before).
+    """Keep only encoder layers ``0 .. num_layers-1`` (in place). Before loading, the model
+    expects only those layers' tensors (:func:`tts.components.load_w2v_bert` reads only them).
 
     The last remaining layer's output is then ``last_hidden_state`` (there is no adapter or
     final norm after the stack in w2v-bert-2.0; both are refused here).
@@ -227,9 +228,9 @@ class SemanticFeatures:
         layer: int = HIDDEN_STATE_INDEX,
     ) -> SemanticFeatures:
         """Strictly load w2v-bert, its extractor and the stats from a checkpoint set."""
-        from tts.components import load_component
+        from tts.components import load_w2v_bert
 
-        model, _ = load_component("w2v_bert", cs)
+        model, _ = load_w2v_bert(cs, layer)
         model = model.to(device=device, dtype=dtype)
         extractor = load_feature_extractor(cs.path("w2v_bert"))
         mean, std = load_stats(cs.path("w2v_stats"))
