@@ -69,7 +69,7 @@ class WNConv(nn.Module):
         if self.weight is not None:
             return
         with torch.no_grad():
-            weight = self.effective_weight().detach().clone()
+            weight = self.effective_weight()  # a new tensor: nothing else holds it
         del self.weight_g
         del self.weight_v
         self.weight = nn.Parameter(weight)
