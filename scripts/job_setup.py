@@ -1,0 +1,60 @@
+"""Seconds from a process's start until a workflow job's models are ready (its "set-up").
+
+Every workflow job is a new process that imports PyTorch and ``tts`` and loads what its stage
+needs (docs/benchmarks.md, "Per-job set-up"). This times that in one fresh process: the
+imports a job script makes, ``Engine.open`` and the loads, and for ``speaker`` also one
+conditioning of a short prompt (the parts it loads are decided by running it).
+
+    python3 scripts/job_setup.py CHECKPOINTS speaker --prompt voice.wav
+    python3 scripts/job_setup.py CHECKPOINTS render
+
+Run it several times (the page cache and the host's load move it) and compare medians.
+"""
+
+import time
+
+START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import torch  # noqa: E402
+
+from tts import jobs  # noqa: E402, F401 - what a job script imports
+from tts.pipeline import Engine  # noqa: E402
+
+RENDER_PARTS = ("s2mel", "semantic_codec", "bigvgan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints")
+    ap.add_argument("stage", choices=("speaker", "render"))
+    ap.add_argument("--prompt", help="speaker prompt WAV (stage speaker)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = Engine.open(args.checkpoints, device=args.device)
+    if args.stage == "speaker":
+        if not args.prompt:
+            ap.error("stage speaker needs --prompt")
+        engine.speaker_conditioning(args.prompt)
+    else:
+        for name in RENDER_PARTS:
+            engine.part(name)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    print(
+        json.dumps(
+            {
+                "stage": args.stage,
+                "seconds": round(time.perf_counter() - START, 3),
+                "loads": {k: round(v, 3) for k, v in engine.load_seconds.items()},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
