@@ -9,6 +9,7 @@ The same table drives ``tts validate`` and ``tts manifest``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -335,8 +336,6 @@ def load_w2v_bert(cs: CheckpointSet, layers: int) -> tuple[nn.Module, LoadReport
     and the rest of the model must be in the file with its shape, and any other unknown tensor
     is an error; the dropped layers are ``validate_weights``' business (the whole file).
     """
-    import re
-
     from tts.models.w2v_bert import truncate_layers
 
     comp = MODULE_COMPONENTS["w2v_bert"]

@@ -125,9 +125,11 @@ def flatten_state(
 
 class _NoFillsOnMeta(torch.overrides.TorchFunctionMode):
     """Initialising fills of meta tensors (``torch.nn.init``'s functions and the in-place
-    fills they call) return them untouched: a meta tensor has no values to fill. Why not let them run: PyTorch's ``normal_`` for meta tensors imports TorchDynamo
-    (~0.8-3 s; an ``nn.Embedding``'s initialisation calls it), which a job that compiles
-    nothing, such as the workflow's render job, would otherwise pay."""
+    fills they call) return them untouched: a meta tensor has no values to fill.
+
+    Why not let them run: PyTorch's ``normal_`` for meta tensors imports TorchDynamo (~0.8-3
+    s; an ``nn.Embedding``'s initialisation calls it), which a job that compiles nothing, such
+    as the workflow's render job, would otherwise pay."""
 
     FILLS = frozenset(
         getattr(torch.Tensor, name)
