@@ -297,49 +297,46 @@ def load_component(name: str, cs: CheckpointSet) -> tuple[nn.Module, LoadReport]
     return module, report
 
 
-def load_gpt_emotion(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
-    """The GPT's emotion path alone (:class:`tts.models.gpt.EmotionEncoder`) from gpt.pth.
-
-    Strict for what it holds: each of its tensors must be in the file with its shape, and an
-    unknown tensor under one of its four module names is an error. The rest of the file (81% of
-    it at full size) is not loaded; ``validate_weights`` checks the whole file once per set.
-    """
-    comp = MODULE_COMPONENTS["gpt"]
+def _load_subset(
+    name: str, cs: CheckpointSet, module: nn.Module, keep: Callable[[str], bool]
+) -> tuple[nn.Module, LoadReport]:
+    """Strictly load ``module``, a part of component ``name``, from the tensors of its file
+    whose names ``keep`` accepts: each tensor the part expects must be there with its shape,
+    and any other accepted tensor is an error. The rest of the file is not loaded (of a
+    safetensors file, not even read; a torch zip file is memory-mapped, so its other tensors
+    are not read either); ``validate_weights`` checks the whole file once per set."""
+    comp = MODULE_COMPONENTS[name]
     path = comp.file(cs)
+    if path.suffix == ".safetensors":
+        read = flatten_state(read_tensor_file(path, keep=keep), path)
+    else:
+        read = comp.read(path)
+    state = {k: v for k, v in read.items() if keep(k)}
+    return module, load_strict(module, state, str(path), comp.computed_ok)
+
+
+def load_gpt_emotion(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
+    """The GPT's emotion path alone (:class:`tts.models.gpt.EmotionEncoder`) from gpt.pth,
+    what the workflow's emotion job needs: the tensors under its four module names (19% of
+    the file at full size; see :func:`_load_subset`)."""
     module = build_empty("gpt", cs, _build_gpt_emotion)
     prefixes = tuple(f"{child}." for child, _ in module.named_children())
-    state = {k: v for k, v in comp.read(path).items() if k.startswith(prefixes)}
-    return module, load_strict(module, state, str(path), comp.computed_ok)
+    return _load_subset("gpt", cs, module, lambda k: k.startswith(prefixes))
 
 
 def load_length_regulator(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
-    """s2mel's length regulator alone (``module["length_regulator"]``) from s2mel.pth: all
-    that speaker conditioning needs of the file, 5% of it at full size (the flow-matching
-    decoder, 95%, is not loaded).
-
-    Strict for what it holds, as :func:`load_gpt_emotion` is: each of its tensors must be in
-    the file with its shape, and an unknown tensor under ``length_regulator.`` is an error.
-    """
-    comp = MODULE_COMPONENTS["s2mel"]
-    path = comp.file(cs)
+    """s2mel's length regulator alone (``module["length_regulator"]``) from s2mel.pth, all
+    that speaker conditioning needs of the file: 5% of it at full size, without the
+    flow-matching decoder (see :func:`_load_subset`)."""
     module = build_empty("s2mel", cs, _build_length_regulator)
-    state = {k: v for k, v in comp.read(path).items() if k.startswith("length_regulator.")}
-    return module, load_strict(module, state, str(path), comp.computed_ok)
+    return _load_subset("s2mel", cs, module, lambda k: k.startswith("length_regulator."))
 
 
 def load_w2v_bert(cs: CheckpointSet, layers: int) -> tuple[nn.Module, LoadReport]:
     """w2v-bert with its first ``layers`` encoder layers only, all that ``hidden_states[layers]``
-    needs: the other layers' tensors are not read (17 of 24 layers read 71% of the file at
-    full size).
-
-    Strict for what it holds, as :func:`load_gpt_emotion` is: each tensor of the kept layers
-    and the rest of the model must be in the file with its shape, and any other unknown tensor
-    is an error; the dropped layers are ``validate_weights``' business (the whole file).
-    """
+    needs: 17 of 24 layers read 71% of the file at full size (see :func:`_load_subset`)."""
     from tts.models.w2v_bert import truncate_layers
 
-    comp = MODULE_COMPONENTS["w2v_bert"]
-    path = comp.file(cs)
     module = truncate_layers(build_empty("w2v_bert", cs), layers)
     layer_of = re.compile(r"encoder\.layers\.(\d+)\.")
 
@@ -347,9 +344,7 @@ def load_w2v_bert(cs: CheckpointSet, layers: int) -> tuple[nn.Module, LoadReport
         match = layer_of.match(name)
         return match is None or int(match.group(1)) < layers
 
-    read = flatten_state(read_tensor_file(path, keep=kept), path)
-    state = {k: v for k, v in read.items() if kept(k)}
-    return module, load_strict(module, state, str(path), comp.computed_ok)
+    return _load_subset("w2v_bert", cs, module, kept)
 
 
 def manifest_rows(name: str, cs: CheckpointSet) -> list[tuple[str, str, str, str]]:

@@ -1252,7 +1252,7 @@ def _engine_call(fn, requests, *lists):
     never the job."""
     import torch
 
-    from tts.pipeline import RowResult
+    from tts.pipeline import RowResult, free_gpu_memory
 
     try:
         out = fn(requests, *lists)
@@ -1260,11 +1260,7 @@ def _engine_call(fn, requests, *lists):
             raise RuntimeError(f"engine returned {len(out)} results for {len(requests)} rows")
         return out
     except torch.OutOfMemoryError:
-        if torch.cuda.is_available():
-            from tts.fast.decode import release
-
-            release()  # a GPT decoder kept from an earlier call, with its KV cache
-            torch.cuda.empty_cache()
+        free_gpu_memory()
         if len(requests) == 1:
             log.error("row %s: out of GPU memory even alone", requests[0].id)
             return [

@@ -820,7 +820,7 @@ class Engine:
     def synthesize(self, requests: list[SynthesisRequest]) -> list[RowResult]:
         """All stages for each request (the `tts synth` command); one RowResult per request.
 
-        A row that runs out of GPU memory is tried once more after :meth:`release_decoder`
+        A row that runs out of GPU memory is tried once more after :func:`free_gpu_memory`
         (the kept GPT decoder can hold GiBs while the row renders); if it still does not fit,
         it fails alone and the other rows go on."""
         results = []
@@ -849,15 +849,13 @@ class Engine:
         return results
 
     def _fitting(self, row_id: str, stage) -> RowResult:
-        """``stage()[0]`` (one row's batched stage); out of GPU memory, once more after freeing
-        the kept decoder and the allocator's cached blocks, then the row's error."""
+        """``stage()[0]`` (one row's batched stage); out of GPU memory, once more after
+        :func:`free_gpu_memory`, then the row's error."""
         for attempt in range(2):
             try:
                 return stage()[0]
             except torch.OutOfMemoryError:
-                self.release_decoder()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                free_gpu_memory()
                 if attempt == 0:
                     log.warning(
                         "row %s: out of GPU memory; retrying without the kept decoder", row_id
@@ -1143,6 +1141,17 @@ class Engine:
         ) as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return RowResult(row_id, error=f"{type(exc).__name__}: {text}")
+
+
+def free_gpu_memory() -> None:
+    """After running out of GPU memory: drop the GPT decoder kept between calls (``graphkk``:
+    its KV cache and CUDA graphs) and the allocator's cached blocks, so that a retry gets
+    the memory they held."""
+    if torch.cuda.is_available():
+        from tts.fast.decode import release
+
+        release()
+        torch.cuda.empty_cache()
 
 
 def _git_describe() -> str | None:
