@@ -3,10 +3,13 @@
 Every workflow job is a new process that imports PyTorch and ``tts`` and loads what its stage
 needs (docs/benchmarks.md, "Per-job set-up"). This times that in one fresh process: the
 imports a job script makes, ``Engine.open`` and the loads, and for ``speaker`` also one
-conditioning of a short prompt (the parts it loads are decided by running it).
+conditioning of a short prompt (the parts it loads are decided by running it). ``tokens`` loads
+the GPT as the tokens job does (without its emotion path; ``--whole-gpt``: all of it, as
+before 2026-12-05) and imports the fast decoder's module.
 
     python3 scripts/job_setup.py CHECKPOINTS speaker --prompt voice.wav
     python3 scripts/job_setup.py CHECKPOINTS render
+    python3 scripts/job_setup.py CHECKPOINTS tokens [--whole-gpt]
 
 Run it several times (the page cache and the host's load move it) and compare medians.
 """
@@ -17,6 +20,7 @@ START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -29,8 +33,9 @@ RENDER_PARTS = ("s2mel", "semantic_codec", "bigvgan")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints")
-    ap.add_argument("stage", choices=("speaker", "render"))
+    ap.add_argument("stage", choices=("speaker", "render", "tokens"))
     ap.add_argument("--prompt", help="speaker prompt WAV (stage speaker)")
+    ap.add_argument("--whole-gpt", action="store_true", help="stage tokens: load all of gpt.pth")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -40,6 +45,11 @@ def main() -> None:
         if not args.prompt:
             ap.error("stage speaker needs --prompt")
         engine.speaker_conditioning(args.prompt)
+    elif args.stage == "tokens":
+        import tts.fast.decode  # noqa: F401 - what the job's first GPT call imports
+
+        engine.gpt_speech_alone = not args.whole_gpt
+        engine.part("gpt")
     else:
         for name in RENDER_PARTS:
             engine.part(name)
@@ -51,6 +61,7 @@ def main() -> None:
                 "stage": args.stage,
                 "seconds": round(time.perf_counter() - START, 3),
                 "loads": {k: round(v, 3) for k, v in engine.load_seconds.items()},
+                "dynamo_imported": "torch._dynamo" in sys.modules,
             }
         )
     )

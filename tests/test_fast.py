@@ -311,6 +311,47 @@ def test_fused_decoder_matches_plain_generation(search):
     _assert_same_generation(plain, fused, beams)
 
 
+@pytest.mark.parametrize("search", list(SEARCHES))
+def test_uncompiled_fused_decoder_matches_plain_generation(search):
+    """The fused pieces op by op (``compile_stack=False``, table reorder, as in graphke) give
+    tts.generation's codes, steps and beam indices, scores to float32 rounding, with no
+    fallback: the same functions as the compiled pieces, nothing compiled."""
+    from tts import fast
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model = _gpt_small()
+    prefix, valid = _padded_prefix(model)
+    beams, sample = SEARCHES[search]
+    cfg = GenerationConfig(
+        num_beams=beams,
+        do_sample=sample,
+        max_mel_tokens=24,
+        warn_on_limit=False,
+        repetition_penalty=2.0,
+    )
+    before = len(fast.FALLBACKS)
+    plain = plain_generate(
+        model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9), output_scores=True
+    )
+    stats: dict = {}
+    out = decode.generate(
+        model,
+        prefix,
+        valid,
+        cfg,
+        generator=torch.Generator().manual_seed(9),
+        output_scores=True,
+        stats=stats,
+        fused=True,
+        reorder="table",
+        compile_stack=False,
+    )
+    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
+    assert stats["fused"]
+    _assert_same_generation(plain, out, beams)
+
+
 def test_fused_reduce_matmul_matches_plain_generation():
     """matmul="reduce" (projections as Inductor reductions): same codes in beam search."""
     from tts import fast
@@ -1402,6 +1443,40 @@ def test_kept_graphkk_decoder_matches_plain_generation_interpreted():
             steps += stats["steps"]
         assert kept == [False, True, True], kept
         assert calls == {"step": steps}, (calls, steps)
+        print("ok")
+        """,
+        timeout=900,
+    )
+
+
+def test_graphke_decoder_compiles_nothing_interpreted():
+    """graphke (graphkk with nothing through torch.compile; Triton kernels in Triton's CPU
+    interpreter; float32) gives tts.generation's codes, beam indices and scores with beam
+    sampling, with no fallback, and the process never imports TorchDynamo: not with the
+    Engine's modules, not while decoding (graphkk's compiled pieces import it)."""
+    _run_interpreted(
+        """
+        import sys
+        import torch
+        import tts.pipeline
+        from test_fast import _assert_same_generation, _items_finishing_apart
+        from tts import fast
+        from tts.fast import decode
+        from tts.generation import GenerationConfig, generate as plain_generate
+        assert "torch._dynamo" not in sys.modules, "imported with the Engine's modules"
+        torch.set_num_threads(1)
+        model, prefix, valid, generators = _items_finishing_apart()
+        cfg = GenerationConfig(num_beams=3, max_mel_tokens=12, warn_on_limit=False,
+                               repetition_penalty=2.0)
+        plain = plain_generate(model, prefix, valid, cfg, generator=generators(),
+                               output_scores=True)
+        stats = {}
+        out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
+                              generator=generators(), **decode.VARIANTS["graphke"])
+        assert not fast.FALLBACKS, fast.FALLBACKS
+        assert stats["fused"]
+        _assert_same_generation(plain, out, 3)
+        assert "torch._dynamo" not in sys.modules, "imported while decoding"
         print("ok")
         """,
         timeout=900,

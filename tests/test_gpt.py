@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tts.checkpoints import CheckpointSet, load_config
-from tts.components import load_component, load_gpt_emotion, manifest_rows
+from tts.components import load_component, load_gpt_emotion, load_gpt_speech, manifest_rows
 from tts.generation import GenerationConfig, _BeamState, generate
 from tts.loading import CheckpointError
 from tts.models.gpt import UnifiedVoice, prefix_attention_mask
@@ -120,6 +120,63 @@ def test_emotion_path_alone_meets_the_fixtures(golden, monkeypatch):
             alone.merge_emovec(feat, feat.flip(0), lens, lens.flip(0), alpha=0.4),
             full.merge_emovec(feat, feat.flip(0), lens, lens.flip(0), alpha=0.4),
         )
+
+
+@needs_small
+def test_gpt_without_emotion_path_meets_the_fixtures(monkeypatch):
+    """The GPT loaded without its emotion path and text head (what the workflow's tokens job
+    loads) holds every other tensor of the whole GPT bit for bit, passes the speaker
+    conditioning, generation and forward fixture cases (those given the emotion vector, as the
+    tokens job is), and says it has no emotion path."""
+    from tts import parity
+    from tts.models.gpt import NOT_FOR_SPEECH, has_emotion_path
+    from tts.parity import gpt_cases
+
+    speech, report = load_gpt_speech(CheckpointSet.open(SMALL))
+    full, _ = load_component("gpt", CheckpointSet.open(SMALL))
+    children = {name for name, _ in full.named_children()}
+    assert {name for name, _ in speech.named_children()} == children - set(NOT_FOR_SPEECH)
+    assert report.loaded == len(speech.state_dict()) - len(report.computed)
+    whole = full.state_dict()
+    assert speech.state_dict().keys() == {k for k in whole if k.split(".")[0] not in NOT_FOR_SPEECH}
+    for k, v in speech.state_dict().items():
+        assert torch.equal(v, whole[k]), k
+    assert has_emotion_path(full) and not has_emotion_path(speech)
+    monkeypatch.setattr(gpt_cases, "_gpt", lambda fs, opts: speech)
+    wanted = {"cond_spk_b2", "cond_spk_b1_inferv2", "fwd_b1", "fwd_b2_padded"}
+    ran = set()
+    for fs, case in parity.all_cases():
+        cid = parity.case_id(case)
+        if fs.root.resolve() == SMALL.resolve() and (cid in wanted or cid.startswith("gen_")):
+            assert not parity.check_case(fs, case), cid
+            ran.add(cid)
+    assert wanted < ran and len(ran) == len(wanted) + 5, sorted(ran)
+
+
+@needs_small
+def test_gpt_without_emotion_path_is_strict(tmp_path):
+    """A tensor the speech GPT runs that is missing or mis-shaped, or an unknown one, is an
+    error naming it; the emotion path's tensors are the emotion job's business."""
+    for name in ("config.yaml", "feat1.pt", "feat2.pt"):
+        shutil.copy(SMALL / name, tmp_path / name)
+    state = torch.load(SMALL / "gpt.pth", weights_only=True)
+    nested = "model" in state and isinstance(state["model"], dict)
+    flat = state["model"] if nested else state
+
+    def save_and_load(change):
+        edited = dict(flat)
+        change(edited)
+        torch.save({**state, "model": edited} if nested else edited, tmp_path / "gpt.pth")
+        return load_gpt_speech(CheckpointSet.open(tmp_path))
+
+    save_and_load(lambda st: st.pop("emo_layer.weight"))  # not the speech path's: loads
+    save_and_load(lambda st: st.pop("text_head.bias"))
+    with pytest.raises(CheckpointError, match="speed_emb.weight"):
+        save_and_load(lambda st: st.pop("speed_emb.weight"))
+    with pytest.raises(CheckpointError, match="mel_head.bias"):
+        save_and_load(lambda st: st.update({"mel_head.bias": torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match="gpt.h.0.extra"):
+        save_and_load(lambda st: st.update({"gpt.h.0.extra": torch.zeros(2)}))
 
 
 @needs_small

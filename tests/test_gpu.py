@@ -440,6 +440,7 @@ NEW_VARIANTS = (
     "graphkt",
     "graphkr",
     "graphkk",
+    "graphke",
 )
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
 
@@ -651,14 +652,19 @@ def _planned_rows(engine):
     return reqs
 
 
+@pytest.mark.parametrize("decoder", ["graphkk", "graphke"])
 @pytest.mark.parametrize("items", [16, 2])
-def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items, monkeypatch):
-    """float32: the batched GPT stage through the default fast decoder gives the plain path's
-    codes and (within float32 rounding) latents, and the fast render the same waveform.
-    ``items`` per GPT call: 16 = the four segments in one call (12 rows with the beams, above
-    the Triton projections' 8: the compiled pieces run); 2 = calls of 6 rows (Triton)."""
+def test_engine_fast_batched_rows_equal_the_plain_path_cuda(
+    demo_engines, items, decoder, monkeypatch
+):
+    """float32: the batched GPT stage through the Engine's default fast decoder (graphkk) and
+    the workflow's (graphke) gives the plain path's codes and (within float32 rounding)
+    latents, and the fast render the same waveform. ``items`` per GPT call: 16 = the four
+    segments in one call (12 rows with the beams, above the Triton projections' 8: the fused
+    pieces run, compiled or op by op); 2 = calls of 6 rows (Triton)."""
     fast, plain = demo_engines
     assert fast.fast and not plain.fast
+    monkeypatch.setattr(fast, "gpt_decoder", decoder)
     fast.gpt_batch_items = plain.gpt_batch_items = items
     from tts.fast import decode
 
@@ -677,7 +683,7 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items,
     emos = [fast.emotion_conditioning(r, s) for r, s in zip(reqs, spks, strict=True)]
     tok_fast = fast.semantic_tokens(reqs, spks, emos)
     tok_plain = plain.semantic_tokens(reqs, spks, emos)
-    if fast.gpt_decoder in ("graphkp", "graphkt", "graphkk"):
+    if fast.gpt_decoder in ("graphkp", "graphkt", "graphkk", "graphke"):
         assert ran == (["mm"] if items == 16 else ["triton", "triton"]), ran
     worst = {"latent": 0.0, "wav": 0.0}
     for a, b in zip(tok_fast, tok_plain, strict=True):
@@ -700,12 +706,61 @@ def test_engine_fast_batched_rows_equal_the_plain_path_cuda(demo_engines, items,
         worst["wav"] = max(worst["wav"], float((a.value["wav"] - b.value["wav"]).abs().max()))
     REPORT.append(
         {
-            "case": f"engine_fast_batched_vs_plain_float32_items{items}",
+            "case": f"engine_fast_batched_vs_plain_float32_items{items}_{decoder}",
             "worst_abs": worst,
             "decoder": fast.gpt_decoder,
             "matmul": ran,
         }
     )
+    _write_report()
+
+
+def test_graphke_process_never_imports_dynamo_cuda():
+    """graphke, the workflow's decoder, in a new process on CUDA: 2 items x 3 beams (the
+    Triton projections) and 16 x 3 (the fused pieces op by op), each with CUDA graphs captured
+    and replayed over two cache windows, nothing falling back, and TorchDynamo never
+    imported (graphkk's compiled pieces import it)."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = """
+        import sys
+        import torch
+        from test_gpu import _gpt_small_cuda
+        from tts import fast
+        from tts.fast import decode
+        from tts.generation import GenerationConfig
+        model = _gpt_small_cuda()
+        cfg = GenerationConfig(num_beams=3, max_mel_tokens=100, warn_on_limit=False)
+        for items in (2, 16):
+            prefix = torch.randn(items, 30, model.model_dim, device="cuda") * 0.5
+            stats = {}
+            out = decode.generate(model, prefix, None, cfg, stats=stats,
+                                  **decode.VARIANTS["graphke"])
+            torch.cuda.synchronize()
+            assert stats["fused"] and stats["captured"] >= 2, stats
+            assert out.codes.shape[0] == items, out.codes.shape
+            print(items, stats["matmul"], stats["captured"])
+        assert not fast.FALLBACKS, fast.FALLBACKS
+        assert "torch._dynamo" not in sys.modules
+        print("ok")
+    """
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok"), proc.stdout
+    REPORT.append({"case": "graphke_process_without_dynamo", "runs": proc.stdout.split("\n")[:2]})
     _write_report()
 
 

@@ -115,6 +115,28 @@ def test_emotion_job_loads_the_gpt_emotion_path_alone(demo, engine, speaker_wav)
     assert calls == [1]
 
 
+def test_tokens_job_loads_the_gpt_without_its_emotion_path(demo, engine, speaker_wav):
+    """An engine that generates from emotion vectors computed elsewhere (the workflow's
+    tokens job) loads the GPT without its emotion path and gets the same codes and latents;
+    emotion conditioning asked of it all the same loads the emotion path alone, with the
+    same vectors."""
+    from tts.models.gpt import has_emotion_path
+
+    lean = Engine.open(demo, device="cpu")
+    lean.gpt_speech_alone = True
+    req = _request(speaker_wav)
+    spk = engine.speaker_conditioning(speaker_wav)
+    emo = engine.emotion_conditioning(req, spk)
+    want = engine.semantic_tokens([req], [spk], [emo])[0]
+    got = lean.semantic_tokens([req], [spk], [emo])[0]
+    assert want.ok and got.ok, (want.error, got.error)
+    assert got.value.keys() == want.value.keys()
+    assert all(torch.equal(got.value[k], want.value[k]) for k in want.value)
+    assert not has_emotion_path(lean.part("gpt")) and "gpt_emotion" not in lean.load_seconds
+    again = lean.emotion_conditioning(req, spk)
+    assert all(torch.equal(again[k], emo[k]) for k in emo) and "gpt_emotion" in lean.load_seconds
+
+
 def test_row_failures_do_not_stop_other_rows(engine, speaker_wav, tmp_path):
     good = _request(speaker_wav, id="good")
     empty = _request(speaker_wav, id="empty", text="   ")

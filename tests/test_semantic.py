@@ -268,20 +268,23 @@ def test_filterbanks_refuse_what_the_extractor_cannot_normalise(tmp_path):
         filterbanks(ext, torch.zeros(2, 16000))
 
 
-def test_w2v_bert_module_loads_transformers_without_scikit_learn():
+def test_w2v_bert_module_loads_transformers_without_scikit_learn_or_scipy():
     """Importing the w2v-bert module (every prompt-conditioning job does) does not import
-    scikit-learn through transformers' generation utilities, and scikit-learn imports normally
-    afterwards (scoring's librosa needs it)."""
+    scikit-learn (transformers' generation utilities) or scipy (its object-detection losses),
+    and both import normally afterwards (scoring's librosa needs them)."""
     import subprocess
     import sys
 
     code = (
         "import sys; import tts.models.w2v_bert\n"
-        "print('sklearn' in sys.modules)\n"
-        "import sklearn.metrics; print(sklearn.metrics.roc_curve.__name__)"
+        "print('sklearn' in sys.modules, 'scipy' in sys.modules)\n"
+        "import sklearn.metrics; print(sklearn.metrics.roc_curve.__name__)\n"
+        "import scipy.optimize; print(scipy.optimize.linear_sum_assignment.__name__)"
     )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["False", "roc_curve"], out.stdout + out.stderr
+    assert out.stdout.split() == ["False", "False", "roc_curve", "linear_sum_assignment"], (
+        out.stdout + out.stderr
+    )

@@ -77,6 +77,12 @@ def _build_gpt_emotion(cs: CheckpointSet) -> nn.Module:
     return EmotionEncoder.from_config(cs.config["gpt"])
 
 
+def _build_gpt_speech(cs: CheckpointSet) -> nn.Module:
+    from tts.models.gpt import without_emotion_path
+
+    return without_emotion_path(_build_gpt(cs))
+
+
 def _build_s2mel(cs: CheckpointSet) -> nn.Module:
     from tts.models.s2mel import S2Mel
 
@@ -322,6 +328,18 @@ def load_gpt_emotion(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
     module = build_empty("gpt", cs, _build_gpt_emotion)
     prefixes = tuple(f"{child}." for child, _ in module.named_children())
     return _load_subset("gpt", cs, module, lambda k: k.startswith(prefixes))
+
+
+def load_gpt_speech(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:
+    """The GPT without its emotion path and unused text head
+    (:func:`tts.models.gpt.without_emotion_path`) from gpt.pth, what the workflow's tokens job
+    runs (its emotion vectors come from the emotion job): 79% of the file at full size (see
+    :func:`_load_subset`)."""
+    from tts.models.gpt import NOT_FOR_SPEECH
+
+    module = build_empty("gpt", cs, _build_gpt_speech)
+    dropped = tuple(f"{name}." for name in NOT_FOR_SPEECH)
+    return _load_subset("gpt", cs, module, lambda k: not k.startswith(dropped))
 
 
 def load_length_regulator(cs: CheckpointSet) -> tuple[nn.Module, LoadReport]:

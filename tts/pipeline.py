@@ -266,6 +266,11 @@ class Engine:
         # emotion job): emotion conditioning then loads the GPT's emotion path alone
         # ("gpt_emotion", 19% of gpt.pth) unless the whole GPT is loaded already.
         self.emotion_gpt_alone = False
+        # True in a process that generates speech from emotion vectors computed elsewhere (the
+        # workflow's tokens job): "gpt" then loads without its emotion path and text head
+        # (tts.components.load_gpt_speech, 79% of gpt.pth); emotion conditioning, if asked for
+        # all the same, loads the emotion path alone.
+        self.gpt_speech_alone = False
 
     @classmethod
     def open(
@@ -345,6 +350,11 @@ class Engine:
             from tts.components import load_gpt_emotion
 
             module, _ = load_gpt_emotion(self.cs)
+            return module.to(device=self.device, dtype=self.dtype).eval()
+        if name == "gpt" and self.gpt_speech_alone:
+            from tts.components import load_gpt_speech
+
+            module, _ = load_gpt_speech(self.cs)
             return module.to(device=self.device, dtype=self.dtype).eval()
         if name == "length_regulator":
             from tts.components import load_length_regulator
@@ -517,8 +527,7 @@ class Engine:
         emo_cond = self._memo(
             "emotion", emo_key, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
         )
-        alone = self.emotion_gpt_alone and "gpt" not in self._parts
-        gpt = self.part("gpt_emotion" if alone else "gpt")
+        gpt = self._emotion_gpt()
         spk_cond = speaker["spk_cond_emb"]
         gen = torch.Generator(device="cpu").manual_seed(_seed(request))
 
@@ -554,6 +563,17 @@ class Engine:
         if plan.emo_vector is not None:
             out["emo_vector"] = torch.tensor(plan.emo_vector)
         return out
+
+    def _emotion_gpt(self):
+        """The module emotion conditioning runs: the whole GPT where it is (or is to be) loaded
+        with its emotion path, else the emotion path alone (``gpt_emotion``)."""
+        from tts.models.gpt import has_emotion_path
+
+        loaded = self._parts.get("gpt")
+        if loaded is not None and has_emotion_path(loaded):
+            return loaded
+        lean = loaded is not None or self.emotion_gpt_alone or self.gpt_speech_alone
+        return self.part("gpt_emotion" if lean else "gpt")
 
     def _gpt_autocast(self):
         enabled = self.dtype != torch.float32

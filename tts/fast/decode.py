@@ -74,7 +74,12 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
 * ``read_ahead`` (with ``attention="triton"``): the attention loads its window's keys before
   its PDL wait, and after it the values and the key the step itself wrote
   (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
-  ``graphkr``, no faster on an H200 (docs/benchmarks.md, run BU).
+  ``graphkr``, no faster on an H200 (docs/benchmarks.md, run BU);
+* ``compile_stack=False`` (with ``fused``): the fused stack's pieces run op by op instead of
+  through torch.compile (the same functions; inside the CUDA graphs all the same). With
+  ``compile_logic`` and ``compile_processors`` off too, nothing compiles and TorchDynamo is
+  never imported: variant ``graphke`` (``graphkk`` without torch.compile), the workflow's
+  choice, whose jobs each make one GPT call in a new process.
 """
 
 from __future__ import annotations
@@ -116,7 +121,6 @@ ATTENTION = os.environ.get("TTS_DECODE_ATTN", "sdpa")
 ATTENTIONS = ("sdpa", "math", "triton")
 
 
-@torch.compiler.disable
 def _draw(probs: torch.Tensor, n: int, generator: Generators) -> torch.Tensor:
     """``torch.multinomial`` without replacement, kept out of torch.compile (its generator
     would otherwise be guarded on, and every call brings a new one). ``generator``: one
@@ -129,7 +133,6 @@ def _draw(probs: torch.Tensor, n: int, generator: Generators) -> torch.Tensor:
     return multinomial_rows(probs, n, generator)
 
 
-@torch.compiler.disable
 def _candidates(
     processed: torch.Tensor,
     survivors: tuple[torch.Tensor, ...] | None,
@@ -165,6 +168,21 @@ def _select(dec: StaticDecoder, processed: torch.Tensor, drawn=None):
 
 
 _COMPILED: dict[str, object] = {}
+# What the compiled token choice and processors call but TorchDynamo must not trace (generator
+# arguments, user kernels, a scan Inductor fails on). They are wrapped in
+# torch.compiler.disable when something first compiles, not at import: that wrapper imports
+# TorchDynamo, which a decoder that compiles nothing (compile_stack=False) never needs.
+_EAGER_ONLY = ("_draw", "_candidates", "_cumulative", "_kth_largest")
+
+
+def _keep_eager_only_out_of_compile() -> None:
+    """Wrap the :data:`_EAGER_ONLY` functions in ``torch.compiler.disable`` (once)."""
+    if "eager only" in _COMPILED:
+        return
+    namespace = globals()
+    for name in _EAGER_ONLY:
+        namespace[name] = torch.compiler.disable(namespace[name])
+    _COMPILED["eager only"] = True
 
 
 def _compiled_select():
@@ -174,17 +192,16 @@ def _compiled_select():
     decoder: guards are on shapes and settings, so a new call with the same shapes reuses it."""
     fn = _COMPILED.get("select")
     if fn is None:
+        _keep_eager_only_out_of_compile()
         fn = _COMPILED["select"] = torch.compile(_select, dynamic=False)
     return fn
 
 
-@torch.compiler.disable
 def _cumulative(sorted_scores: torch.Tensor) -> torch.Tensor:
     """Top-p's cumulative probabilities, eager (Inductor 2.11 fails on this scan on CUDA)."""
     return cumulative_probs(sorted_scores)
 
 
-@torch.compiler.disable
 def _kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Top-k's threshold through the two Triton kernels of :mod:`tts.fast.topk` on CUDA (the
     same values as ``torch.topk``, without its one-block-per-row kernel), else torch.topk;
@@ -230,6 +247,7 @@ def _compiled_processors(key: tuple):
 
     fn = _COMPILED.get(("processors", key))
     if fn is None:
+        _keep_eager_only_out_of_compile()
         fn = _COMPILED[("processors", key)] = torch.compile(_own_code(_processors), dynamic=False)
     return fn
 
@@ -410,7 +428,8 @@ def generate(
     :func:`tts.fast.sampling.beam_candidates`, with the table reorder
     :mod:`tts.fast.beam_step`; where Triton runs); ``read_ahead`` (with
     ``attention="triton"``): the attention reads the window's keys before its PDL wait, and
-    the step's own one again after it (``written`` of :func:`tts.fast.attention.attend`).
+    the step's own one again after it (``written`` of :func:`tts.fast.attention.attend`);
+    ``compile_stack`` (default True): the fused pieces through torch.compile (False: op by op).
     """
     from tts.fast.fused import MATMULS
 
@@ -480,6 +499,7 @@ _OPTIONS = {
     "pdl": False,
     "choice": "torch",
     "read_ahead": False,
+    "compile_stack": True,
 }
 # A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
 KEEP_ROOM = 256
@@ -562,6 +582,7 @@ class StaticDecoder:
         pdl: bool = False,
         choice: str = "torch",
         read_ahead: bool = False,
+        compile_stack: bool = True,
         capacity: int = 0,
     ):
         """Allocate every buffer for calls shaped like ``prefix`` (its batch, dtype and
@@ -612,7 +633,7 @@ class StaticDecoder:
         self._use(0)
         self.written_to = 0  # cache positions [0, written_to) may hold an earlier call's values
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
-        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl)
+        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack)
         self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
         self.valid_all = torch.ones(rows, cap, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(cap, device=device)
@@ -1151,9 +1172,11 @@ class StaticDecoder:
         self.cur = index
         self.cache = self.caches[index]
 
-    def _fused_stack(self, fused: bool, matmul: str, cache_dtype: torch.dtype, pdl: bool):
+    def _fused_stack(
+        self, fused: bool, matmul: str, cache_dtype: torch.dtype, pdl: bool, compile: bool
+    ):
         """The :class:`tts.fast.fused.FusedStack` of this decoder, or None (not asked for,
-        not applicable, or its compile failed before in this process)."""
+        not applicable, or its compile or first run failed before in this process)."""
         if not fused:
             return None
         from tts.fast import fallback
@@ -1171,7 +1194,9 @@ class StaticDecoder:
             mixed = {p.dtype for m in used for p in m.parameters()} | {cache_dtype}
             if len(mixed) > 1:
                 raise TypeError(f"one dtype needed, got {sorted(map(str, mixed))}")
-            stack = FusedStack(model, self.weights.layers, self.rows, matmul, pdl=pdl)
+            stack = FusedStack(
+                model, self.weights.layers, self.rows, matmul, pdl=pdl, compile=compile
+            )
         except Exception as exc:  # noqa: BLE001 - not applicable: plain layers
             fallback("GPT fused decode layers", exc)
             return None
@@ -1203,7 +1228,8 @@ class StaticDecoder:
                 raise
             from tts.fast import fallback
 
-            fallback("GPT fused decode layers torch.compile", exc)
+            what = "torch.compile" if stack.compile else "op by op"
+            fallback(f"GPT fused decode layers ({what})", exc)
             _FAILED.add(("fused", stack.key))  # once per process and shape
             self.fused = None
             return False

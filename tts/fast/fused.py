@@ -44,6 +44,12 @@ and ``head`` stay compiled.
 ``matmul="autotune"`` keeps the GEMMs but compiles with Inductor's max-autotune: per shape it
 times its Triton GEMM templates (epilogues fused) against cuBLAS and keeps the fastest. The
 first compile takes minutes; Inductor caches the choice on disk for later processes.
+
+``compile=False`` runs the same pure functions op by op (inside the decoder's CUDA graphs all
+the same): a few more small kernels per step, but nothing is traced or compiled, so neither
+TorchDynamo nor Inductor is imported. That suits a process that makes one GPT call, such as a
+workflow job, where the compiles took 5 s with warm caches and 20 s with empty ones (H200,
+docs/benchmarks.md, run AS).
 """
 
 from __future__ import annotations
@@ -141,7 +147,15 @@ class FusedStack:
     projections' programmatic dependent launch (``matmul="triton"``).
     """
 
-    def __init__(self, model, matrices, rows: int, matmul: str = "mm", pdl: bool = False):
+    def __init__(
+        self,
+        model,
+        matrices,
+        rows: int,
+        matmul: str = "mm",
+        pdl: bool = False,
+        compile: bool = True,
+    ):
         if matmul not in MATMULS:
             raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
         from tts.fast import linear
@@ -195,16 +209,23 @@ class FusedStack:
         weight = model.mel_head.weight
         self.dtype = weight.dtype
         self.key = (rows, model.model_dim, self.heads, weight.dtype, weight.device.type, matmul)
-        self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
+        self.compile = compile
+        if compile:
+            self.fns = {name: compiled(name, self.key) for name in _FUNCTIONS}
+        else:
+            self.key += ("op by op",)
+            self.fns = dict(_FUNCTIONS)
         if matmul == "triton":
             if not linear.available(weight):
                 raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
             self.fns["pre"] = functools.partial(linear.decode_pre, pdl=pdl)
             self.fns["post"] = functools.partial(linear.decode_post, pdl=pdl)
 
-    @staticmethod
-    def mark_cache(views: list[torch.Tensor]) -> None:
-        """Let the cache length (dim 2 of ``[rows, heads, capacity, head_dim]``) vary."""
+    def mark_cache(self, views: list[torch.Tensor]) -> None:
+        """Let the cache length (dim 2 of ``[rows, heads, capacity, head_dim]``) vary in the
+        compiled pieces (nothing to do op by op)."""
+        if not self.compile:
+            return
         for view in views:
             torch._dynamo.mark_dynamic(view, 2)
 

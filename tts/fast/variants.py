@@ -90,5 +90,15 @@ VARIANTS["graphkr"] = {**VARIANTS["graphkt"], "read_ahead": True}
 # of the same shape (tts.fast.decode.generate's ``keep``): the Engine's default since run BU
 # (5-11% less GPT time on an H200, runs BU-BV; the kept KV cache stays allocated between calls).
 VARIANTS["graphkk"] = {**VARIANTS["graphkt"], "keep": True}
+# graphkk with nothing through torch.compile: the fused stack's few pieces that graphkk compiles
+# (embedding and head; above 8 rows the layers' projections too) run op by op inside the CUDA
+# graphs. No TorchDynamo import and no compile in the process: a GPT job of the workflow makes
+# one GPT call in a new process, where graphkk's compiles took seconds (docs/benchmarks.md).
+VARIANTS["graphke"] = {
+    **VARIANTS["graphkk"],
+    "compile_stack": False,
+    "compile_logic": False,
+    "compile_processors": False,
+}
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")

@@ -691,6 +691,32 @@ def prefix_attention_mask(valid: torch.Tensor, length: int) -> torch.Tensor:
     return mask | torch.eye(length, dtype=torch.bool, device=valid.device)
 
 
+# UnifiedVoice's children that generating speech codes and latents never runs: the emotion
+# path (the emotion vector is an input there, from emotion conditioning) and the text head (a
+# training loss's). 21% of gpt.pth at full size.
+NOT_FOR_SPEECH = (
+    "emo_conditioning_encoder",
+    "emo_perceiver_encoder",
+    "emo_layer",
+    "emovec_layer",
+    "text_head",
+)
+
+
+def without_emotion_path(model: UnifiedVoice) -> UnifiedVoice:
+    """``model`` with its :data:`NOT_FOR_SPEECH` children removed (in place): what a process
+    that only generates speech loads. Its emotion methods then fail; see
+    :func:`has_emotion_path`."""
+    for name in NOT_FOR_SPEECH:
+        delattr(model, name)
+    return model
+
+
+def has_emotion_path(model: nn.Module) -> bool:
+    """Whether ``model`` can compute emotion vectors (not a :func:`without_emotion_path` GPT)."""
+    return all(hasattr(model, name) for name in NOT_FOR_SPEECH[:4])
+
+
 class EmotionEncoder(EmotionPath, nn.Module):
     """The four modules of ``gpt.pth`` that emotion conditioning uses, under the same names.
 

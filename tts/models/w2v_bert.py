@@ -24,26 +24,32 @@ from torch import nn
 
 from tts.checkpoints import CheckpointSet
 
+# Packages transformers imports at load time only for code this project never runs: the
+# generation utilities' assisted decoding (scikit-learn) and the object-detection losses'
+# matching (scipy). Installed all the same, for librosa (scoring).
+UNUSED_BY_TRANSFORMERS = ("sklearn", "scipy")
+
 
 @contextlib.contextmanager
-def _scikit_learn_hidden() -> Iterator[None]:
-    """While transformers loads its model code, scikit-learn looks absent (a ``None`` entry in
-    ``sys.modules`` makes ``importlib.util.find_spec`` answer None), so its generation
-    utilities skip importing it: 0.6 s of every job that conditions a prompt, on a 2-core CPU.
-    Only their assisted decoding uses it, which nothing here runs. It is installed for
-    librosa (scoring); an import of it after this block works as usual."""
-    if "sklearn" in sys.modules:
-        yield
-        return
-    sys.modules["sklearn"] = None  # type: ignore[assignment]
+def _unused_packages_hidden() -> Iterator[None]:
+    """While transformers loads its model code, the :data:`UNUSED_BY_TRANSFORMERS` packages not
+    imported yet look absent (a ``None`` entry in ``sys.modules`` makes
+    ``importlib.util.find_spec`` answer None), so transformers skips importing them: 0.6 s
+    (scikit-learn) and 0.2 s (scipy) of every job that conditions a prompt, on a 2-core CPU
+    (docs/benchmarks.md, "Per-job set-up"). An import of them after this block works as
+    usual."""
+    hidden = [name for name in UNUSED_BY_TRANSFORMERS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        if sys.modules.get("sklearn", 0) is None:
-            del sys.modules["sklearn"]
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
-with _scikit_learn_hidden():
+with _unused_packages_hidden():
     from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
 HIDDEN_STATE_INDEX = 17  # IndexTTS2.get_emb uses hidden_states[17]
