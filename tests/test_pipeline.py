@@ -115,6 +115,65 @@ def test_emotion_job_loads_the_gpt_emotion_path_alone(demo, engine, speaker_wav)
     assert calls == [1]
 
 
+def test_emotion_job_uses_the_speaker_jobs_emotion_features(demo, engine, speaker_wav):
+    """Given the speaker file's emotion features in its conditioning (the workflow's speaker
+    job stores them), an engine conditions emotion without w2v-bert where the speaker file is
+    the emotion prompt (no emotion audio; emotion vector), with the same vectors as one that
+    computes them; emotion audio of another file still gets its own features."""
+    from tts.pipeline import EMOTION_FEATURES
+
+    spk = engine.speaker_conditioning(speaker_wav)
+    given = {**spk, EMOTION_FEATURES: engine.emotion_features(speaker_wav).float().cpu()}
+    lean = Engine.open(demo, device="cpu")
+    lean.emotion_gpt_alone = True
+    for kw in ({}, {"emo_vector": [0, 0, 0.6, 0, 0, 0, 0, 0.2]}):
+        want = engine.emotion_conditioning(_request(speaker_wav, **kw), spk)
+        got = lean.emotion_conditioning(_request(speaker_wav, **kw), given)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), kw
+    assert "features" not in lean.load_seconds
+    other = sorted(SPEAKERS.glob("*.wav"))[-1]
+    assert other != speaker_wav
+    req = _request(speaker_wav, emo_audio=other, emo_alpha=0.7)
+    want = engine.emotion_conditioning(req, spk)
+    got = lean.emotion_conditioning(req, given)
+    assert all(torch.equal(got[k], want[k]) for k in want) and "features" in lean.load_seconds
+
+
+def test_emotion_with_given_features_does_not_import_transformers(
+    demo, engine, speaker_wav, tmp_path
+):
+    """The emotion job's engine, given the speaker job's emotion features, imports neither
+    transformers nor TorchDynamo in its process (the w2v-bert features were their only
+    reason there)."""
+    import subprocess
+    import sys
+
+    from tts.pipeline import EMOTION_FEATURES
+
+    spk = engine.speaker_conditioning(speaker_wav)
+    spk[EMOTION_FEATURES] = engine.emotion_features(speaker_wav).float().cpu()
+    save_tensors(tmp_path / "speaker.safetensors", spk)
+    code = f"""
+import sys
+from tts.pipeline import Engine, SynthesisRequest, load_tensors
+spk = load_tensors({str(tmp_path / "speaker.safetensors")!r})
+engine = Engine.open({str(demo)!r}, device="cpu")
+engine.emotion_gpt_alone = True
+req = SynthesisRequest(id="r", text="Hello.", speaker={str(speaker_wav)!r})
+out = engine.emotion_conditioning(req, spk)
+print(sorted(out), "transformers" in sys.modules, "torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['emovec']", "False", "False"], out.stdout + out.stderr
+
+
 def test_tokens_job_loads_the_gpt_without_its_emotion_path(demo, engine, speaker_wav):
     """An engine that generates from emotion vectors computed elsewhere (the workflow's
     tokens job) loads the GPT without its emotion path and gets the same codes and latents;

@@ -1048,11 +1048,14 @@ def _unprefixed(rid: str, tensors: dict) -> dict:
 def run_speakers(config: dict, speakers: dict[str, str], out_dir: str, threads: int = 1) -> None:
     """Speaker conditioning for a group of prompt files (key -> path), in one process.
 
-    Writes ``<key>.safetensors`` and ``<key>.json`` per speaker into ``out_dir``. A bad file
+    Writes ``<key>.safetensors`` and ``<key>.json`` per speaker into ``out_dir``; the tensors
+    include the file's emotion features (``Engine.emotion_features``), which the emotion job
+    uses where the file is a row's emotion prompt too. A bad file
     fails its own speaker (and so its rows) only. The folder is filled under a temporary name
     and renamed into place, so a killed job never leaves a partial group behind.
     """
     from tts.audio import AudioError
+    from tts.pipeline import EMOTION_FEATURES
 
     _set_threads(threads)
     out = Path(out_dir)
@@ -1066,6 +1069,9 @@ def run_speakers(config: dict, speakers: dict[str, str], out_dir: str, threads: 
         status: dict = {"audio": audio, "ok": True, "error": None}
         try:
             tensors = engine.speaker_conditioning(Path(audio))
+            # The file is also the emotion prompt of its rows without emotion audio: their
+            # emotion job then needs no w2v-bert (nor transformers) of its own.
+            tensors[EMOTION_FEATURES] = engine.emotion_features(Path(audio)).float().cpu()
         except (AudioError, ValueError, FloatingPointError, OSError) as exc:
             tensors = {}
             status.update(ok=False, error=f"speaker {audio}: {_first_line(exc)}")

@@ -57,6 +57,9 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 
 # The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
 DEFAULT_DECODER = "graphkk"
+# Key of a speaker file's emotion features (Engine.emotion_features) in its speaker
+# conditioning, where the workflow's speaker job stores them for the emotion job.
+EMOTION_FEATURES = "emo_cond_emb"
 # Prompts whose conditioning an Engine keeps, per kind (speaker conditioning, emotion features,
 # the merge of both, the GPT's speaker latent).
 PROMPT_CACHE_FILES = 16
@@ -498,6 +501,20 @@ class Engine:
     # -- stage 2: emotion -----------------------------------------------------------------------
 
     @torch.no_grad()
+    def emotion_features(self, audio_path: str | Path) -> torch.Tensor:
+        """w2v-bert features ``[1, T, 1024]`` of an emotion prompt file through the 16 kHz
+        emotion chain (on the device), computed once per file (:meth:`_memo`). They differ
+        from a speaker prompt's ``spk_cond_emb`` of the same file, which goes through 22.05 kHz
+        and a resampler, as in the reference. Shared with later calls: do not modify."""
+        from tts.audio import load_prompt
+
+        return self._memo(
+            "emotion",
+            _file_key(audio_path),
+            lambda: self.part("features")(load_prompt(audio_path, 16000)[0]),
+        )
+
+    @torch.no_grad()
     def emotion_conditioning(
         self, request: SynthesisRequest, speaker: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
@@ -507,9 +524,10 @@ class Engine:
         audio; without emotion audio the speaker prompt (through the 16 kHz emotion chain) is the
         emotion prompt. The emotion prompt's w2v-bert features are computed once per file
         (:meth:`_memo`), and so is their merge with the speaker's: a batch's rows mostly share
-        them.
+        them. ``speaker`` may carry the speaker file's emotion features under
+        :data:`EMOTION_FEATURES` (:meth:`emotion_features`, computed where the speaker was
+        conditioned); they are used when the speaker file is the emotion prompt.
         """
-        from tts.audio import load_prompt
         from tts.emotion import merge_prompts, plan_emotion, resolve_emotion
 
         use_text = request.emo_text is not None
@@ -524,9 +542,11 @@ class Engine:
         )
         emo_path = plan.emo_audio or request.speaker
         emo_key = _file_key(emo_path)
-        emo_cond = self._memo(
-            "emotion", emo_key, lambda: self.part("features")(load_prompt(emo_path, 16000)[0])
-        )
+        given = speaker.get(EMOTION_FEATURES)
+        if given is not None and emo_key is not None and emo_key == _file_key(request.speaker):
+            emo_cond = given.to(self.device)  # the speaker job computed them (the workflow)
+        else:
+            emo_cond = self.emotion_features(emo_path)
         gpt = self._emotion_gpt()
         spk_cond = speaker["spk_cond_emb"]
         gen = torch.Generator(device="cpu").manual_seed(_seed(request))
