@@ -168,35 +168,35 @@ def test_schema_sampling_limits_match_jobs():
 
 def test_schema_decoder_names_match_the_decoder_variants():
     """The schema lists every decoder variant; the workflow's default (schema, config.yaml)
-    is WORKFLOW_DECODER, the CLI's the Engine's."""
+    and `tts synth`'s, processes that make one GPT call, is ONE_CALL_DECODER."""
     from tts.fast.decode import VARIANTS
-    from tts.jobs import WORKFLOW_DECODER
-    from tts.pipeline import DEFAULT_DECODER
+    from tts.pipeline import DEFAULT_DECODER, ONE_CALL_DECODER
 
     schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
     prop = schema["properties"]["gpt_decoder"]
     assert set(prop["enum"]) == set(VARIANTS)
-    assert WORKFLOW_DECODER in VARIANTS and DEFAULT_DECODER in VARIANTS
-    assert prop["default"] == WORKFLOW_DECODER
+    assert ONE_CALL_DECODER in VARIANTS and DEFAULT_DECODER in VARIANTS
+    assert prop["default"] == ONE_CALL_DECODER
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
-    assert config["gpt_decoder"] == WORKFLOW_DECODER
+    assert config["gpt_decoder"] == ONE_CALL_DECODER
     from tts.cli import build_parser
 
     synth = build_parser().parse_args(
         ["synth", "--text", "x", "--speaker", "s.wav", "--out", "o.wav", "--checkpoints", "ck"]
     )
-    assert synth.gpt_decoder == DEFAULT_DECODER
+    assert synth.gpt_decoder == ONE_CALL_DECODER
 
 
 def test_workflow_engine_defaults_to_the_workflow_decoder(tmp_path):
-    """A job's Engine gets WORKFLOW_DECODER when the config has no gpt_decoder key, and the
+    """A job's Engine gets ONE_CALL_DECODER when the config has no gpt_decoder key, and the
     configured one otherwise."""
     from tts.demo import write_demo_checkpoints
-    from tts.jobs import WORKFLOW_DECODER, open_engine
+    from tts.jobs import open_engine
+    from tts.pipeline import ONE_CALL_DECODER
 
     root = write_demo_checkpoints(tmp_path / "ckpt", seed=1)
     config = {"checkpoints": str(root), "device": "cpu", "compile_cache": None}
-    assert open_engine(config).gpt_decoder == WORKFLOW_DECODER
+    assert open_engine(config).gpt_decoder == ONE_CALL_DECODER
     assert open_engine({**config, "gpt_decoder": "graphkt"}).gpt_decoder == "graphkt"
 
 

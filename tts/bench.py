@@ -548,7 +548,6 @@ class Bench:
 
     @torch.no_grad()
     def run_once(self, variant: Variant, batch: int, decoder: str) -> tuple[dict, dict]:
-        from tts.fast import decode as fast_decode
         from tts.fast import s2mel as fast_s2mel
         from tts.fast.bigvgan import fuse_activations
         from tts.generation import GenerationConfig

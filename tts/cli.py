@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--gpt-decoder",
-        default="graphkk",  # tts.pipeline.DEFAULT_DECODER
+        default="graphke",  # tts.pipeline.ONE_CALL_DECODER: one GPT call per process
         help="fast GPT decoder variant (tts.fast.decode.VARIANTS)",
     )
     s.add_argument(

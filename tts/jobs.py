@@ -89,9 +89,6 @@ _TRUE = {"true", "yes", "1", "y", "on"}
 _FALSE = {"false", "no", "0", "n", "off"}
 
 DEFAULT_LIMITS = {"max_text_chars": 2000, "min_prompt_seconds": 0.5}
-# The workflow's fast GPT decoder (config gpt_decoder): graphkk without torch.compile, because
-# each GPT job is a new process that makes one GPT call (tts.fast.variants).
-WORKFLOW_DECODER = "graphke"
 
 
 class TableError(ValueError):
@@ -920,7 +917,7 @@ def open_engine(config: dict):
     """Open the engine (after :func:`use_compile_cache`); a missing device or checkpoint
     becomes a :class:`StageError`."""
     from tts.loading import CheckpointError
-    from tts.pipeline import DeviceError, Engine
+    from tts.pipeline import ONE_CALL_DECODER, DeviceError, Engine
 
     use_compile_cache(config)
     device = str(config.get("device", "cuda"))
@@ -937,7 +934,7 @@ def open_engine(config: dict):
             fast=bool(config.get("fast", True)),
             gpt_batch_items=int(config.get("gpt_batch_items", 16)),
             render_batch_items=int(config.get("render_batch_items", 16)),
-            gpt_decoder=str(config.get("gpt_decoder", WORKFLOW_DECODER)),
+            gpt_decoder=str(config.get("gpt_decoder", ONE_CALL_DECODER)),
             render_precision=str(config.get("render_precision", "float32")),
             cudnn_benchmark=bool(config.get("cudnn_benchmark", False)),
         )

@@ -57,6 +57,9 @@ DEFAULT_SAMPLING: dict[str, float | int | bool] = {
 
 # The fast GPT decoder variant the Engine uses on CUDA (tts.fast.decode.VARIANTS).
 DEFAULT_DECODER = "graphkk"
+# The one for a process that makes one GPT call (a workflow job, `tts synth`): graphkk without
+# torch.compile, whose compiles would cost such a process seconds (tts.fast.variants).
+ONE_CALL_DECODER = "graphke"
 # Key of a speaker file's emotion features (Engine.emotion_features) in its speaker
 # conditioning, where the workflow's speaker job stores them for the emotion job.
 EMOTION_FEATURES = "emo_cond_emb"

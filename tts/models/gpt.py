@@ -691,16 +691,17 @@ def prefix_attention_mask(valid: torch.Tensor, length: int) -> torch.Tensor:
     return mask | torch.eye(length, dtype=torch.bool, device=valid.device)
 
 
-# UnifiedVoice's children that generating speech codes and latents never runs: the emotion
-# path (the emotion vector is an input there, from emotion conditioning) and the text head (a
-# training loss's). 21% of gpt.pth at full size.
-NOT_FOR_SPEECH = (
+# UnifiedVoice's emotion path (EmotionPath's modules).
+EMOTION_CHILDREN = (
     "emo_conditioning_encoder",
     "emo_perceiver_encoder",
     "emo_layer",
     "emovec_layer",
-    "text_head",
 )
+# UnifiedVoice's children that generating speech codes and latents never runs: the emotion
+# path (the emotion vector is an input there, from emotion conditioning) and the text head (a
+# training loss's). 21% of gpt.pth at full size.
+NOT_FOR_SPEECH = (*EMOTION_CHILDREN, "text_head")
 
 
 def without_emotion_path(model: UnifiedVoice) -> UnifiedVoice:
@@ -714,7 +715,7 @@ def without_emotion_path(model: UnifiedVoice) -> UnifiedVoice:
 
 def has_emotion_path(model: nn.Module) -> bool:
     """Whether ``model`` can compute emotion vectors (not a :func:`without_emotion_path` GPT)."""
-    return all(hasattr(model, name) for name in NOT_FOR_SPEECH[:4])
+    return all(hasattr(model, name) for name in EMOTION_CHILDREN)
 
 
 class EmotionEncoder(EmotionPath, nn.Module):
