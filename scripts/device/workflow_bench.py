@@ -287,16 +287,20 @@ def run(
                     )
                     for stage in RERUN
                 }
-            entry["tokens_by_decoder"] = {
-                dec: rerun(
+            # A decoder named twice (a cold then a warm compile cache) keeps both runs:
+            # graphkk, graphkk#2, ...
+            entry["tokens_by_decoder"] = {}
+            for i, dec in enumerate(decoders):
+                run_name = (
+                    dec if dec not in decoders[:i] else f"{dec}#{decoders[:i].count(dec) + 1}"
+                )
+                entry["tokens_by_decoder"][run_name] = rerun(
                     results,
                     {**cfg, "gpt_decoder": dec},
                     "tokens",
-                    out_json.parent / f"tokens-{name}-{dec}.log",
+                    out_json.parent / f"tokens-{name}-{run_name.replace('#', '-')}.log",
                     False,
                 )
-                for dec in decoders
-            }
         report["variants"][name] = entry
         print(json.dumps({name: {k: v for k, v in entry.items() if k != "provenance"}}, indent=1))
         out_json.write_text(json.dumps(report, indent=1))
