@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -773,7 +774,8 @@ class Engine:
             # A job's log says where a GPT call's time went (first calls pay compiles, captures).
             log.info(
                 "GPT decode (%s%s): %d items, prompt %d positions, %d steps; host set-up "
-                "%.2f s, step 0 %.2f s, graph captures %.2f s (%d graphs), loop %.2f s",
+                "%.2f s, step 0 %.2f s, graph captures %.2f s (%d graphs), loop %.2f s; "
+                "TorchDynamo %s",
                 self.gpt_decoder,
                 ", the decoder of the call before" if stats.get("kept") else "",
                 prefix.size(0),
@@ -784,6 +786,7 @@ class Engine:
                 stats.get("capture_s", 0.0),
                 stats.get("graphs", 0),
                 stats.get("loop_s", 0.0),
+                "imported" if "torch._dynamo" in sys.modules else "not imported",
             )
             return out
         from tts.generation import generate
