@@ -193,6 +193,20 @@ def test_every_output_is_complete(finished):
     assert len(list((res / "batches").glob("b*/render.json"))) == 1
     (group,) = [p for p in (res / "speakers").iterdir() if p.is_dir()]
     assert sorted(p.name[:2] for p in group.glob("*.json")) == ["a-", "b-"]
+    # Each job loads what its stage runs: the speaker job w2v-bert ("features"), and it stores
+    # the files' emotion features, so the emotion job (no emo_audio rows here) loads the GPT's
+    # emotion path alone and no w2v-bert; the GPT job the GPT (without its emotion path).
+    from tts.pipeline import EMOTION_FEATURES, load_tensors
+
+    for spk in group.glob("*.safetensors"):
+        assert EMOTION_FEATURES in load_tensors(spk), spk
+    (batch,) = (res / "batches").glob("b*")
+    speaker_parts = {p for j in group.glob("*.json") for p in json.loads(j.read_text())["loaded"]}
+    assert {"features", "semantic_codec", "campplus", "length_regulator"} <= speaker_parts
+    emotion_parts = set(json.loads((batch / "emotion.json").read_text())["loaded"])
+    assert "gpt_emotion" in emotion_parts and not emotion_parts & {"features", "gpt"}
+    assert set(json.loads((batch / "tokens.json").read_text())["loaded"]) == {"gpt"}
+    assert "gpt_emotion" not in json.loads((batch / "render.json").read_text())["loaded"]
     assert len(list((res / "benchmarks" / "speakers").glob("*.tsv"))) == 1
     # Progress per row in the logs, and the closing summary names the failed row.
     logs = "".join(p.read_text() for p in (res / "logs" / "tokens").glob("*.log"))

@@ -1021,6 +1021,12 @@ def _loaded(engine) -> float:
     return float(sum(getattr(engine, "load_seconds", {}).values()))
 
 
+def _parts_loaded(engine) -> dict[str, float]:
+    """The parts the engine loaded (``Engine.part`` names) and the seconds each took: what a
+    job's status records, so that a job that loads more than its stage needs shows."""
+    return {name: round(s, 3) for name, s in getattr(engine, "load_seconds", {}).items()}
+
+
 def _save(path: str | Path, tensors: dict) -> None:
     from tts.pipeline import save_tensors
 
@@ -1074,6 +1080,7 @@ def run_speakers(config: dict, speakers: dict[str, str], out_dir: str, threads: 
             status.update(ok=False, error=f"speaker {audio}: {_first_line(exc)}")
         status["load_seconds"] = _loaded(engine) - load0
         status["seconds"] = time.perf_counter() - start - status["load_seconds"]
+        status["loaded"] = _parts_loaded(engine)  # so far in this job
         _progress(
             "speakers", i, len(speakers), key, status["ok"], status["seconds"], status["error"]
         )
@@ -1146,7 +1153,9 @@ def run_emotion(
         load_total += loading
         _progress("emotion", i, len(specs), rid, error is None, seconds, error)
     _save(out_tensors, tensors)
-    write_json(out_status, {"rows": rows, "load_seconds": load_total})
+    write_json(
+        out_status, {"rows": rows, "load_seconds": load_total, "loaded": _parts_loaded(engine)}
+    )
 
 
 def _stage_rows(status_path: str) -> dict:
@@ -1250,7 +1259,10 @@ def run_tokens(
                 row.update(ok=False, error=f"semantic tokens: {res.error}")
             _progress("tokens", i, len(todo), s["id"], res.ok, wall / len(todo), res.error)
     _save(out_tensors, tensors)
-    write_json(out_status, {"rows": rows, "load_seconds": _loaded(engine)})
+    write_json(
+        out_status,
+        {"rows": rows, "load_seconds": _loaded(engine), "loaded": _parts_loaded(engine)},
+    )
 
 
 def _engine_call(fn, requests, *lists):
@@ -1349,6 +1361,7 @@ def run_render(
             "rows": rows,
             "demo": engine.is_demo,
             "load_seconds": _loaded(engine),
+            "loaded": _parts_loaded(engine),
             "provenance": _safe_provenance(engine),
         },
     )
