@@ -335,6 +335,43 @@ def test_prepare_writes_specs_only_when_changed(tmp_path, monkeypatch):
     assert planned == {plan.specs[r]["speaker_key"] for r in plan.specs}
 
 
+def test_emotion_audio_files_join_the_speaker_groups_of_new_batches_only(tmp_path, monkeypatch):
+    """A batch planned now has its rows' emotion audio files conditioned by the speaker jobs
+    (in the speaker groups, and the folders its emotion job reads); a batch sealed under a plan
+    that did not record this (an earlier version's) keeps the inputs it ran with, and stays
+    so when the plan is written again."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    tsv = tmp_path / "config/texts.tsv"
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    rows = [line.split("\t") + [""] * (6 - len(line.split("\t"))) for line in lines]
+    table = ["\t".join([*rows[0], "emo_audio"])]
+    shutil.copy(tmp_path / "config/speakers/flite_slt_female.wav", tmp_path / "config/mood.wav")
+    table += ["\t".join([*r, "mood.wav" if i == 1 else ""]) for i, r in enumerate(rows[1:], 1)]
+    tsv.write_text("\n".join(table) + "\n", encoding="utf-8")
+    cfg = {**_base_config(), "checkpoints": str(tmp_path / "no-checkpoints")}
+    plan = jobs.prepare(cfg)
+    (batch,) = plan.batches
+    emo = plan.specs["welcome"]["emo_audio"]
+    key = jobs.file_key(emo)
+    assert batch in plan.emotion_prompt_batches
+    groups = {g for g, members in plan.speaker_groups.items() if key in members}
+    assert len(groups) == 1 and plan.batch_emotion_prompt_dirs(batch) == [
+        jobs.speaker_group_dir(plan.results, groups.pop())
+    ]
+    # The same batch sealed under an earlier version's plan (no emotion_prompt_batches).
+    plan_path = tmp_path / "results/batches/plan.json"
+    jobs.write_json(plan_path, {"batches": plan.batches})
+    shutil.rmtree(tmp_path / "results/speakers")
+    (tmp_path / "results/batches" / batch).mkdir(parents=True)
+    jobs.write_json(tmp_path / f"results/batches/{batch}/emotion.json", {"rows": {}})
+    for _ in range(2):
+        old = jobs.prepare(cfg)
+        assert list(old.batches) == [batch] and old.emotion_prompt_batches == set()
+        assert old.batch_emotion_prompt_dirs(batch) == []
+        assert key not in {k for members in old.speaker_groups.values() for k in members}
+
+
 def test_print_summary_lists_failed_rows(tmp_path):
     import io
 

@@ -118,8 +118,9 @@ def test_emotion_job_loads_the_gpt_emotion_path_alone(demo, engine, speaker_wav)
 def test_emotion_job_uses_the_speaker_jobs_emotion_features(demo, engine, speaker_wav):
     """Given the speaker file's emotion features in its conditioning (the workflow's speaker
     job stores them), an engine conditions emotion without w2v-bert where the speaker file is
-    the emotion prompt (no emotion audio; emotion vector), with the same vectors as one that
-    computes them; emotion audio of another file still gets its own features."""
+    the emotion prompt (no emotion audio; emotion vector), and given the emotion audio file's
+    features where it has its own (the speaker job conditions those files too), with the same
+    vectors as one that computes them; without them it computes them."""
     from tts.pipeline import EMOTION_FEATURES
 
     spk = engine.speaker_conditioning(speaker_wav)
@@ -135,6 +136,9 @@ def test_emotion_job_uses_the_speaker_jobs_emotion_features(demo, engine, speake
     assert other != speaker_wav
     req = _request(speaker_wav, emo_audio=other, emo_alpha=0.7)
     want = engine.emotion_conditioning(req, spk)
+    prompt = {EMOTION_FEATURES: engine.emotion_features(other).float().cpu()}
+    got = lean.emotion_conditioning(req, given, prompt)  # the emotion file's features given
+    assert all(torch.equal(got[k], want[k]) for k in want) and "features" not in lean.load_seconds
     got = lean.emotion_conditioning(req, given)
     assert all(torch.equal(got[k], want[k]) for k in want) and "features" in lean.load_seconds
 

@@ -317,6 +317,32 @@ def test_only_new_and_edited_rows_rerun(finished):
     assert out.count("wildcards: batch=") == len(BATCH_RULES + CPU_BATCH_RULES)
 
 
+def test_a_row_with_emotion_audio_reads_its_features_from_a_speaker_job(finished):
+    """A new row whose emotion audio is no row's speaker: its file joins a speaker job of its
+    own, and the new batch's emotion job reads the file's emotion features from it instead of
+    loading w2v-bert; nothing else reruns (the emo_audio column, empty for them, leaves the
+    other rows as they were), and a second run has nothing to do."""
+    src, _ = finished
+    wd = src.parent / "emotion_audio"  # beside ckpt/, like the original
+    shutil.copytree(src, wd, symlinks=True)
+    lines = ["id\ttext\tspeaker\temo_vector\temo_audio"]
+    lines += ["\t".join((*row, "")) for row in ROWS]
+    lines.append("\t".join(("moody", "How do I sound?", "voices/a.wav", "", "voices/c.wav")))
+    (wd / "tables" / "rows.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert job_counts(wd) == {
+        **dict.fromkeys(BATCH_RULES + CPU_BATCH_RULES, 1),
+        "speaker_conditioning": 1,
+        "report": 1,
+        "all": 1,
+    }
+    snakemake(wd)
+    assert _metrics(wd)["moody"]["status"] == "ok"
+    statuses = [json.loads(p.read_text()) for p in (wd / "out").glob("batches/b*/emotion.json")]
+    (status,) = [s for s in statuses if "moody" in s["rows"]]
+    assert "gpt_emotion" in status["loaded"] and "features" not in status["loaded"], status
+    assert job_counts(wd) == {}
+
+
 def test_killed_run_resumes_to_the_same_results(base, finished):
     ref, _ = finished
     wd = make_workdir(base / "killed")

@@ -641,6 +641,9 @@ class Plan:
     batch_of: dict[str, str] = field(default_factory=dict)
     # speaker group -> {speaker key: prompt file} (plan_speaker_groups)
     speaker_groups: dict[str, dict[str, str]] = field(default_factory=dict)
+    # batches whose emotion audio files are conditioned by the speaker jobs too (planned since
+    # 2026-12-05; batches sealed before keep the inputs they ran with)
+    emotion_prompt_batches: set[str] = field(default_factory=set)
 
     @property
     def set_hash(self) -> str:
@@ -663,6 +666,16 @@ class Plan:
         groups = {g for g, members in self.speaker_groups.items() if keys & members.keys()}
         return [speaker_group_dir(self.results, g) for g in sorted(groups)]
 
+    def batch_emotion_prompt_dirs(self, batch: str) -> list[str]:
+        """The speaker-group folders holding the emotion features of a batch's emotion audio
+        files (the emotion job reads them instead of running w2v-bert); none for a batch
+        planned before they were."""
+        if batch not in self.emotion_prompt_batches:
+            return []
+        keys = set(_emotion_audio_keys(self.specs[r] for r in self.batches[batch]))
+        groups = {g for g, members in self.speaker_groups.items() if keys & members.keys()}
+        return [speaker_group_dir(self.results, g) for g in sorted(groups)]
+
     def batch_emo_audio(self, batch: str) -> list[str]:
         paths = {
             self.specs[r].get("emo_audio")
@@ -678,6 +691,15 @@ class Plan:
 
 def _sealed(results: str, batch: str) -> bool:
     return Path(results, "batches", batch, "emotion.json").exists()
+
+
+def _emotion_audio_keys(specs: Iterable[dict]) -> dict[str, str]:
+    """{prompt key: file} of the emotion audio files of the valid rows among ``specs``."""
+    return {
+        file_key(spec["emo_audio"]): spec["emo_audio"]
+        for spec in specs
+        if not spec.get("error") and spec.get("emo_audio")
+    }
 
 
 def speaker_group_dir(results: str | Path, group: str) -> str:
@@ -732,11 +754,18 @@ def prepare(config: dict) -> Plan:
     previous: dict[str, list[str]] = {}
     with contextlib.suppress(OSError, ValueError, KeyError):
         previous = read_json(plan_path)["batches"]
+    previous_emotion: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        previous_emotion = set(read_json(plan_path).get("emotion_prompt_batches", []))
     good = [r.id for r in table.rows if r.ok]
-    batches = plan_batches(
-        good, previous, lambda b: _sealed(results, b), int(config.get("batch_size", 16))
+    sealed = {b for b in previous if _sealed(results, b)}
+    batches = plan_batches(good, previous, sealed.__contains__, int(config.get("batch_size", 16)))
+    # A batch planned now (not sealed) has its emotion audio conditioned by the speaker jobs; a
+    # sealed one keeps what it was planned with, so its inputs do not change.
+    emotion_batches = {b for b in batches if b not in sealed or b in previous_emotion}
+    write_if_changed(
+        plan_path, {"batches": batches, "emotion_prompt_batches": sorted(emotion_batches)}
     )
-    write_if_changed(plan_path, {"batches": batches})
     batch_of = {rid: name for name, members in batches.items() for rid in members}
     for rid in batch_of:  # members of sealed batches that left the table keep their old spec
         if rid not in specs:
@@ -751,6 +780,9 @@ def prepare(config: dict) -> Plan:
         for rid in members
         if specs[rid].get("speaker_key")
     }
+    for batch in sorted(emotion_batches):
+        for key, path in _emotion_audio_keys(specs[r] for r in batches[batch]).items():
+            speakers.setdefault(key, path)
     groups = plan_speaker_groups(results, speakers, int(config.get("batch_size", 16)))
     write_if_changed(
         f"{results}/table.json",
@@ -772,7 +804,7 @@ def prepare(config: dict) -> Plan:
     fingerprint = checkpoint_fingerprint(
         config["checkpoints"], Path(results, "checkpoints", "hash-cache.json")
     )
-    return Plan(results, table, batches, specs, fingerprint, batch_of, groups)
+    return Plan(results, table, batches, specs, fingerprint, batch_of, groups, emotion_batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1123,7 +1155,11 @@ def run_emotion(
     out_status: str,
     threads: int = 1,
 ) -> None:
-    """Emotion conditioning for every row of a batch."""
+    """Emotion conditioning for every row of a batch.
+
+    ``speaker_dirs``: the speaker-group folders of the batch's speakers and of its emotion
+    audio files (whose emotion features, where a speaker job computed them, spare this job
+    w2v-bert)."""
     _set_threads(threads)
     specs, speaker = _batch_inputs(spec_paths, speaker_dirs)
     engine = open_engine(config)
@@ -1143,7 +1179,11 @@ def run_emotion(
             spk, error = speakers[key]
         if not error:
             try:
-                value = engine.emotion_conditioning(request_from_spec(spec), spk)
+                request = request_from_spec(spec)
+                emotion_prompt = None
+                if spec.get("emo_audio"):
+                    emotion_prompt, _ = speaker(file_key(spec["emo_audio"]))  # None: not there
+                value = engine.emotion_conditioning(request, spk, emotion_prompt)
                 tensors.update(_prefixed(rid, value))
             except Exception as exc:  # noqa: BLE001 - a row's failure must not stop the batch
                 error = f"emotion: {_first_line(exc)}"

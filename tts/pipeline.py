@@ -520,7 +520,10 @@ class Engine:
 
     @torch.no_grad()
     def emotion_conditioning(
-        self, request: SynthesisRequest, speaker: dict[str, torch.Tensor]
+        self,
+        request: SynthesisRequest,
+        speaker: dict[str, torch.Tensor],
+        emotion_prompt: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The row's emotion vector ``emovec`` [1, model_dim] (spec 2.1, 2.3, 2.4, 2.6a).
 
@@ -530,7 +533,8 @@ class Engine:
         (:meth:`_memo`), and so is their merge with the speaker's: a batch's rows mostly share
         them. ``speaker`` may carry the speaker file's emotion features under
         :data:`EMOTION_FEATURES` (:meth:`emotion_features`, computed where the speaker was
-        conditioned); they are used when the speaker file is the emotion prompt.
+        conditioned), and ``emotion_prompt`` those of the row's emotion audio file; each is
+        used where its file is the emotion prompt.
         """
         from tts.emotion import merge_prompts, plan_emotion, resolve_emotion
 
@@ -546,10 +550,15 @@ class Engine:
         )
         emo_path = plan.emo_audio or request.speaker
         emo_key = _file_key(emo_path)
-        given = speaker.get(EMOTION_FEATURES)
-        if given is not None and emo_key is not None and emo_key == _file_key(request.speaker):
-            emo_cond = given.to(self.device)  # the speaker job computed them (the workflow)
-        else:
+        emo_cond = None  # the prompt's features, from a speaker job where it ran them
+        for path, conditioning in ((request.speaker, speaker), (request.emo_audio, emotion_prompt)):
+            given = (conditioning or {}).get(EMOTION_FEATURES)
+            if given is None or path is None or emo_key is None:
+                continue
+            if _file_key(path) == emo_key:
+                emo_cond = given.to(self.device)  # computed by a speaker job (the workflow)
+                break
+        if emo_cond is None:
             emo_cond = self.emotion_features(emo_path)
         gpt = self._emotion_gpt()
         spk_cond = speaker["spk_cond_emb"]

@@ -5,6 +5,7 @@ rule emotion_conditioning:
     input:
         specs=lambda w: PLAN.batch_specs(w.batch),
         speakers=lambda w: PLAN.batch_speaker_dirs(w.batch),
+        emotion_prompts=lambda w: PLAN.batch_emotion_prompt_dirs(w.batch),
         emo_audio=lambda w: PLAN.batch_emo_audio(w.batch),
         validation=VALIDATION,
         settings=SETTINGS,

@@ -8,7 +8,7 @@ with jobs.job_log(snakemake.log[0]):
     jobs.run_emotion(
         snakemake.config,
         list(snakemake.input.specs),
-        list(snakemake.input.speakers),
+        list(snakemake.input.speakers) + list(snakemake.input.emotion_prompts),
         snakemake.output.tensors,
         snakemake.output.status,
         snakemake.threads,
