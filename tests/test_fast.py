@@ -272,15 +272,25 @@ SEARCHES = {
 }
 
 
+# The fused stack compiled (graphf: swap reorder, compiled processors and token choice) and op
+# by op (compile_stack=False with the table reorder, as in graphke), with the reorder each uses.
+FUSED_STACKS = {
+    "compiled": (decode.VARIANTS["graphf"], "swap"),
+    "op_by_op": ({"fused": True, "reorder": "table", "compile_stack": False}, "table"),
+}
+
+
+@pytest.mark.parametrize("stack", list(FUSED_STACKS))
 @pytest.mark.parametrize("search", list(SEARCHES))
-def test_fused_decoder_matches_plain_generation(search):
-    """The fused variant (compiled layer pieces in float32, swap reorder, compiled processors
-    and token choice) gives the codes of tts.generation; scores agree to float32 rounding
-    (Inductor's LayerNorm / GELU and sums round in another order than ATen's)."""
+def test_fused_decoder_matches_plain_generation(search, stack):
+    """The fused layer pieces in float32, compiled or op by op, give the codes, steps and beam
+    indices of tts.generation, with no fallback; scores agree to float32 rounding (Inductor's
+    LayerNorm / GELU and sums round in another order than ATen's)."""
     from tts import fast
     from tts.generation import GenerationConfig
     from tts.generation import generate as plain_generate
 
+    options, reorder = FUSED_STACKS[stack]
     model = _gpt_small()
     prefix, valid = _padded_prefix(model)
     beams, sample = SEARCHES[search]
@@ -304,52 +314,11 @@ def test_fused_decoder_matches_plain_generation(search):
         generator=torch.Generator().manual_seed(9),
         output_scores=True,
         stats=stats,
-        **decode.VARIANTS["graphf"],
+        **options,
     )
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
-    assert stats["fused"] and stats["reorder"] == ("swap" if beams > 1 else "copy")
+    assert stats["fused"] and stats["reorder"] == (reorder if beams > 1 else "copy")
     _assert_same_generation(plain, fused, beams)
-
-
-@pytest.mark.parametrize("search", list(SEARCHES))
-def test_uncompiled_fused_decoder_matches_plain_generation(search):
-    """The fused pieces op by op (``compile_stack=False``, table reorder, as in graphke) give
-    tts.generation's codes, steps and beam indices, scores to float32 rounding, with no
-    fallback: the same functions as the compiled pieces, nothing compiled."""
-    from tts import fast
-    from tts.generation import GenerationConfig
-    from tts.generation import generate as plain_generate
-
-    model = _gpt_small()
-    prefix, valid = _padded_prefix(model)
-    beams, sample = SEARCHES[search]
-    cfg = GenerationConfig(
-        num_beams=beams,
-        do_sample=sample,
-        max_mel_tokens=24,
-        warn_on_limit=False,
-        repetition_penalty=2.0,
-    )
-    before = len(fast.FALLBACKS)
-    plain = plain_generate(
-        model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9), output_scores=True
-    )
-    stats: dict = {}
-    out = decode.generate(
-        model,
-        prefix,
-        valid,
-        cfg,
-        generator=torch.Generator().manual_seed(9),
-        output_scores=True,
-        stats=stats,
-        fused=True,
-        reorder="table",
-        compile_stack=False,
-    )
-    assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
-    assert stats["fused"]
-    _assert_same_generation(plain, out, beams)
 
 
 def test_fused_reduce_matmul_matches_plain_generation():

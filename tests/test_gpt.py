@@ -153,10 +153,9 @@ def test_gpt_without_emotion_path_meets_the_fixtures(monkeypatch):
     assert wanted < ran and len(ran) == len(wanted) + 5, sorted(ran)
 
 
-@needs_small
-def test_gpt_without_emotion_path_is_strict(tmp_path):
-    """A tensor the speech GPT runs that is missing or mis-shaped, or an unknown one, is an
-    error naming it; the emotion path's tensors are the emotion job's business."""
+def _edited_gpt_loader(tmp_path: Path, load):
+    """``save_and_load(change)``: the small fixture set copied into ``tmp_path`` with gpt.pth's
+    tensors edited by ``change(state)`` in place, then loaded by ``load(CheckpointSet)``."""
     for name in ("config.yaml", "feat1.pt", "feat2.pt"):
         shutil.copy(SMALL / name, tmp_path / name)
     state = torch.load(SMALL / "gpt.pth", weights_only=True)
@@ -167,8 +166,16 @@ def test_gpt_without_emotion_path_is_strict(tmp_path):
         edited = dict(flat)
         change(edited)
         torch.save({**state, "model": edited} if nested else edited, tmp_path / "gpt.pth")
-        return load_gpt_speech(CheckpointSet.open(tmp_path))
+        return load(CheckpointSet.open(tmp_path))
 
+    return save_and_load
+
+
+@needs_small
+def test_gpt_without_emotion_path_is_strict(tmp_path):
+    """A tensor the speech GPT runs that is missing or mis-shaped, or an unknown one, is an
+    error naming it; the emotion path's tensors are the emotion job's business."""
+    save_and_load = _edited_gpt_loader(tmp_path, load_gpt_speech)
     save_and_load(lambda st: st.pop("emo_layer.weight"))  # not the speech path's: loads
     save_and_load(lambda st: st.pop("text_head.bias"))
     with pytest.raises(CheckpointError, match="speed_emb.weight"):
@@ -183,18 +190,7 @@ def test_gpt_without_emotion_path_is_strict(tmp_path):
 def test_emotion_path_alone_is_strict(tmp_path):
     """A tensor of the emotion path missing, or an unknown one under its modules, is an error
     naming it; the rest of gpt.pth is the whole-GPT load's (and validate_weights') business."""
-    for name in ("config.yaml", "feat1.pt", "feat2.pt"):
-        shutil.copy(SMALL / name, tmp_path / name)
-    state = torch.load(SMALL / "gpt.pth", weights_only=True)
-    nested = "model" in state and isinstance(state["model"], dict)
-    flat = state["model"] if nested else state
-
-    def save_and_load(change):
-        edited = dict(flat)
-        change(edited)
-        torch.save({**state, "model": edited} if nested else edited, tmp_path / "gpt.pth")
-        return load_gpt_emotion(CheckpointSet.open(tmp_path))
-
+    save_and_load = _edited_gpt_loader(tmp_path, load_gpt_emotion)
     save_and_load(lambda st: st.pop("speed_emb.weight"))  # not the emotion path's: loads
     with pytest.raises(CheckpointError, match="emo_layer.weight"):
         save_and_load(lambda st: st.pop("emo_layer.weight"))

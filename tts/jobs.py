@@ -660,11 +660,16 @@ class Plan:
         its speaker then fails alone, see :func:`run_speakers`)."""
         return [p for p in self.speaker_groups[group].values() if Path(p).is_file()]
 
-    def batch_speaker_dirs(self, batch: str) -> list[str]:
-        """The speaker-group folders holding the conditioning of a batch's speakers."""
-        keys = {self.specs[r].get("speaker_key") for r in self.batches[batch]} - {None}
+    def _group_dirs(self, keys: set[str]) -> list[str]:
+        """The folders of the speaker groups holding any of the prompt ``keys``."""
         groups = {g for g, members in self.speaker_groups.items() if keys & members.keys()}
         return [speaker_group_dir(self.results, g) for g in sorted(groups)]
+
+    def batch_speaker_dirs(self, batch: str) -> list[str]:
+        """The speaker-group folders holding the conditioning of a batch's speakers."""
+        return self._group_dirs(
+            {self.specs[r].get("speaker_key") for r in self.batches[batch]} - {None}
+        )
 
     def batch_emotion_prompt_dirs(self, batch: str) -> list[str]:
         """The speaker-group folders holding the emotion features of a batch's emotion audio
@@ -672,9 +677,9 @@ class Plan:
         planned before they were."""
         if batch not in self.emotion_prompt_batches:
             return []
-        keys = set(_emotion_audio_keys(self.specs[r] for r in self.batches[batch]))
-        groups = {g for g, members in self.speaker_groups.items() if keys & members.keys()}
-        return [speaker_group_dir(self.results, g) for g in sorted(groups)]
+        return self._group_dirs(
+            set(_emotion_audio_keys(self.specs[r] for r in self.batches[batch]))
+        )
 
     def batch_emo_audio(self, batch: str) -> list[str]:
         paths = {
@@ -751,12 +756,11 @@ def prepare(config: dict) -> Plan:
         specs[row.id] = spec
         write_if_changed(f"{results}/specs/{row.id}.json", spec)
     plan_path = Path(results, "batches", "plan.json")
-    previous: dict[str, list[str]] = {}
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        previous = read_json(plan_path)["batches"]
-    previous_emotion: set[str] = set()
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        previous_emotion = set(read_json(plan_path).get("emotion_prompt_batches", []))
+    previous_plan: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        previous_plan = read_json(plan_path)
+    previous: dict[str, list[str]] = previous_plan.get("batches", {})
+    previous_emotion = set(previous_plan.get("emotion_prompt_batches", []))
     good = [r.id for r in table.rows if r.ok]
     sealed = {b for b in previous if _sealed(results, b)}
     batches = plan_batches(good, previous, sealed.__contains__, int(config.get("batch_size", 16)))
@@ -1104,8 +1108,8 @@ def run_speakers(config: dict, speakers: dict[str, str], out_dir: str, threads: 
         status: dict = {"audio": audio, "ok": True, "error": None}
         try:
             tensors = engine.speaker_conditioning(Path(audio))
-            # The file is also the emotion prompt of its rows without emotion audio: their
-            # emotion job then needs no w2v-bert (nor transformers) of its own.
+            # The file is also an emotion prompt (of its rows without emotion audio, or a
+            # row's emotion audio): their emotion job then needs no w2v-bert of its own.
             tensors[EMOTION_FEATURES] = engine.emotion_features(Path(audio)).float().cpu()
         except (AudioError, ValueError, FloatingPointError, OSError) as exc:
             tensors = {}
