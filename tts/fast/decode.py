@@ -175,14 +175,12 @@ _COMPILED: dict[str, object] = {}
 _EAGER_ONLY = ("_draw", "_candidates", "_cumulative", "_kth_largest")
 
 
+@functools.cache
 def _keep_eager_only_out_of_compile() -> None:
     """Wrap the :data:`_EAGER_ONLY` functions in ``torch.compiler.disable`` (once)."""
-    if "eager only" in _COMPILED:
-        return
     namespace = globals()
     for name in _EAGER_ONLY:
         namespace[name] = torch.compiler.disable(namespace[name])
-    _COMPILED["eager only"] = True
 
 
 def _compiled_select():
