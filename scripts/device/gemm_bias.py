@@ -1,0 +1,79 @@
+"""cuBLAS with the bias in the GEMM (``F.linear``) against the GEMM alone plus a bias add, at
+the GPT decode step's projection shapes (issue 8; GPU device, no checkpoints).
+
+    python3 scripts/device/gemm_bias.py [--rows 16,48] [--dtypes float32,bfloat16]
+
+Why: the op-by-op stack of ``graphke`` runs each projection as ``F.linear(x, w, b)`` (cuBLASLt
+with a bias epilogue), the compiled stack of ``graphkk`` as a GEMM plus an Inductor epilogue.
+At 48 rows in float32 ``graphke``'s step took ~3 ms more (docs/benchmarks.md, run BX). Each
+form is timed as a CUDA graph of 24 calls (one per layer), median of 20 replays after warm-up,
+and the outputs compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {"qkv": (1280, 3840), "out": (1280, 1280), "fc": (1280, 5120), "proj": (5120, 1280)}
+
+
+def _graph_ms(fn, reps: int = 20) -> float:
+    """Median ms of one replay of a CUDA graph holding 24 calls of ``fn``."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(24):
+            fn()
+    times = []
+    for _ in range(reps + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times[3:]) / 24
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", default="16,48")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    print(f"{torch.cuda.get_device_name()}; us per call (graph of 24 calls)")
+    for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
+        for rows in (int(r) for r in args.rows.split(",")):
+            for name, (k_in, n_out) in SHAPES.items():
+                x = torch.randn(rows, 1, k_in, device="cuda", generator=gen).to(dtype)
+                w = (torch.randn(n_out, k_in, device="cuda", generator=gen) * 0.02).to(dtype)
+                b = torch.randn(n_out, device="cuda", generator=gen).to(dtype)
+                res = {}
+
+                def linear(out=res, x=x, w=w, b=b):
+                    out["linear"] = F.linear(x, w, b)
+
+                def mm_add(out=res, x=x, w=w, b=b):
+                    out["mm_add"] = torch.matmul(x, w.t()) + b
+
+                t_lin, t_mm = _graph_ms(linear), _graph_ms(mm_add)
+                diff = (res["linear"].float() - res["mm_add"].float()).abs().max().item()
+                print(
+                    f"{str(dtype).removeprefix('torch.'):9s} rows {rows:3d} {name:5s} "
+                    f"F.linear {t_lin * 1e3:7.2f}  mm + add {t_mm * 1e3:7.2f}  "
+                    f"max |diff| {diff:.3g}"
+                )
+
+
+if __name__ == "__main__":
+    main()
