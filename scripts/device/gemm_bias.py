@@ -1,4 +1,5 @@
-"""cuBLAS with the bias in the GEMM (``F.linear``) against the GEMM alone plus a bias add, at
+"""cuBLAS with the bias in the GEMM (``F.linear``: cuBLASLt's bias epilogue) against the GEMM
+plus a bias add, and ``addmm`` with the bias as its C matrix (cuBLAS's GEMM with beta = 1), at
 the GPT decode step's projection shapes (issue 8; GPU device, no checkpoints).
 
     python3 scripts/device/gemm_bias.py [--rows 16,48] [--dtypes float32,bfloat16]
@@ -66,12 +67,22 @@ def main() -> None:
                 def mm_add(out=res, x=x, w=w, b=b):
                     out["mm_add"] = torch.matmul(x, w.t()) + b
 
-                t_lin, t_mm = _graph_ms(linear), _graph_ms(mm_add)
-                diff = (res["linear"].float() - res["mm_add"].float()).abs().max().item()
+                c = b.expand(rows, n_out)
+
+                def addmm_c(out=res, x=x, w=w, c=c):
+                    out["addmm_c"] = torch.addmm(c, x.view(x.size(0), -1), w.t())
+
+                times = {f.__name__: _graph_ms(f) for f in (linear, mm_add, addmm_c)}
+                ref = res["linear"].float().view(rows, n_out)
+                diffs = {
+                    k: (res[k].float().view(rows, n_out) - ref).abs().max().item()
+                    for k in ("mm_add", "addmm_c")
+                }
                 print(
                     f"{str(dtype).removeprefix('torch.'):9s} rows {rows:3d} {name:5s} "
-                    f"F.linear {t_lin * 1e3:7.2f}  mm + add {t_mm * 1e3:7.2f}  "
-                    f"max |diff| {diff:.3g}"
+                    + "  ".join(f"{k} {t * 1e3:7.2f}" for k, t in times.items())
+                    + "  max |diff| vs F.linear: "
+                    + ", ".join(f"{k} {d:.3g}" for k, d in diffs.items())
                 )
 
 
