@@ -1452,6 +1452,73 @@ def test_graphke_decoder_compiles_nothing_interpreted():
     )
 
 
+def test_op_by_op_stack_uses_the_one_kernel_norm_in_half_precision_interpreted():
+    """The op-by-op fused stack (graphke) where Triton runs (here Triton's CPU interpreter):
+    in bf16 its LayerNorms are tts.fast.linear's one-kernel norm, above 8 rows as below, in the
+    layers and the head; in float32 torch's (one kernel already). The norm is torch's within
+    one bf16 ulp (the layers' bf16 rows, and the head's float32 rows with bf16 parameters
+    within float32 rounding), and a 12-row decode step's logits are the step's with torch's
+    norms within a few bf16 roundings (relative L2 < 1e-2; a wrong norm is off by O(1))."""
+    _run_interpreted(
+        """
+        import torch
+        import torch.nn.functional as F
+        from test_fast import _gpt_small
+        from tts.fast import fused
+        from tts.fast.decode import DecodeWeights
+
+        torch.manual_seed(0)
+        for model_dtype, want in ((torch.bfloat16, fused._row_norm), (torch.float32, None)):
+            model = _gpt_small().to(model_dtype)
+            stack = fused.FusedStack(model, DecodeWeights(model).layers, 12, "triton",
+                                     compile=False)
+            assert stack.matmul == "mm"
+            for name in ("pre", "post", "head"):
+                fn = stack.fns[name]
+                norm = getattr(fn, "keywords", {}).get("norm")
+                assert norm is want, (model_dtype, name, fn)
+        # the norm alone
+        dim = model.model_dim
+        w, b = torch.randn(dim).bfloat16(), torch.randn(dim).bfloat16()
+        x = (torch.randn(12, 1, dim) * 3 + 1).bfloat16()
+        got, ref = fused._row_norm(x, w, b, 1e-5), fused._norm(x, w, b, 1e-5)
+        assert got.dtype == ref.dtype == torch.bfloat16 and got.shape == ref.shape
+        ulp = 2.0 ** -7 * ref.float().abs() + 1e-30
+        assert ((got.float() - ref.float()).abs() <= ulp).all()
+        h = torch.randn(12, dim) * 3 + 1
+        got, ref = fused._row_norm(h, w, b, 1e-5), fused._norm(h, w, b, 1e-5)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+        # one decode step of 12 rows, bf16, the Triton norms against torch's
+        model = _gpt_small().bfloat16()
+        rows, heads = 12, model.gpt.h[0].attn.heads
+        stack = fused.FusedStack(model, DecodeWeights(model).layers, rows, "triton",
+                                 compile=False)
+        plain = dict(fused._FUNCTIONS)
+        tokens = torch.randint(0, model.mel_head.out_features - 2, (rows,))
+        j, pos, end = torch.tensor(3), torch.tensor([7]), 8
+        mask = torch.zeros(rows, 1, 1, end, dtype=torch.bfloat16)
+        logits = []
+        for fns in (stack.fns, plain):
+            stack.fns = fns
+            torch.manual_seed(1)
+            caches = [torch.randn(rows, heads, 16, dim // heads).bfloat16()
+                      for _ in range(2 * len(model.gpt.h))]
+            out = torch.empty(rows, model.mel_head.out_features)
+            attend = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+            with torch.no_grad():
+                stack.step(tokens, j, pos, mask, end, caches[0::2], caches[1::2], out, attend)
+            logits.append(out)
+        got, ref = logits
+        rel = float((got - ref).norm() / ref.norm())
+        assert 0 <= rel < 1e-2, rel
+        print("rel", rel)
+        print("ok")
+        """,
+        timeout=600,
+    )
+
+
 def test_triton_choice_decoder_matches_plain_generation_interpreted():
     """The decoder with choice="triton" (the logits processors and the beam draw as Triton
     kernels, in Triton's CPU interpreter, around the plain layers; graphkt adds graphkp's

@@ -47,7 +47,8 @@ first compile takes minutes; Inductor caches the choice on disk for later proces
 
 ``compile=False`` runs the same pure functions op by op (inside the decoder's CUDA graphs all
 the same): a few more small kernels per step, but nothing is traced or compiled, so neither
-TorchDynamo nor Inductor is imported. That suits a process that makes one GPT call, such as a
+TorchDynamo nor Inductor is imported. In half precision, where Triton runs, the LayerNorms are
+:func:`tts.fast.linear.layer_norm`'s one kernel instead of torch's five. That suits a process that makes one GPT call, such as a
 workflow job, where the compiles took 5 s with warm caches and 20 s with empty ones (H200,
 docs/benchmarks.md, run AS).
 """
@@ -227,9 +228,11 @@ class FusedStack:
         else:
             self.key += ("op by op",)
             self.fns = dict(_FUNCTIONS)
-            if linear.available(weight):
-                # Measured on an H200 at 16 rows: 2.45 ms per step with torch's LayerNorms
-                # against 1.68 ms compiled (docs/benchmarks.md, run BW).
+            if linear.available(weight) and weight.dtype != torch.float32:
+                # In half precision torch's LayerNorm op by op is five kernels (float32 copies
+                # of input, weight and bias, the norm, the cast back), Triton's one; in float32
+                # both are one. At 48 rows in bf16 the op-by-op step took 2.45 ms against 1.68
+                # compiled (H200, docs/benchmarks.md, run BY).
                 for name in ("pre", "post", "head"):
                     self.fns[name] = functools.partial(_FUNCTIONS[name], norm=_row_norm)
         if matmul == "triton":
