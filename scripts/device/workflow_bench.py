@@ -113,16 +113,20 @@ def rule_times(results: Path) -> dict:
 
 
 def stage_times(results: Path) -> dict:
-    """Per GPU stage: model loading and the rest of the jobs' recorded work (status files)."""
+    """Per GPU stage: model loading (in all and by part: ``loaded``) and the rest of the jobs'
+    recorded work (status files)."""
     out: dict[str, dict] = {}
     for stage in ("emotion", "tokens", "render"):
         load = work = 0.0
+        parts: dict[str, float] = {}
         for status in results.glob(f"batches/*/{stage}.json"):
             data = json.loads(status.read_text())
             load += float(data.get("load_seconds") or 0.0)
+            for part, seconds in (data.get("loaded") or {}).items():
+                parts[part] = round(parts.get(part, 0.0) + float(seconds), 3)
             for row in data.get("rows", {}).values():
                 work += float((row.get("timings") or {}).get(stage, 0.0))
-        out[stage] = {"load_s": round(load, 2), "rows_s": round(work, 2)}
+        out[stage] = {"load_s": round(load, 2), "rows_s": round(work, 2), "loaded": parts}
     return out
 
 
@@ -269,7 +273,7 @@ def run(
             entry["x_real_time"] = round(entry["audio_s"] / entry["wall_s"], 2)
         entry["provenance"] = provenance(results)
         entry["speaker_jobs"] = [
-            {k: json.loads(p.read_text()).get(k) for k in ("load_seconds", "seconds")}
+            {k: json.loads(p.read_text()).get(k) for k in ("load_seconds", "seconds", "loaded")}
             for p in sorted(results.glob("speakers/s*/*.json"))
         ]
         for logs in results.glob("logs/*/*.log"):  # the jobs' own logs travel back too
