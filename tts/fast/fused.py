@@ -47,10 +47,10 @@ first compile takes minutes; Inductor caches the choice on disk for later proces
 
 ``compile=False`` runs the same pure functions op by op (inside the decoder's CUDA graphs all
 the same): a few more small kernels per step, but nothing is traced or compiled, so neither
-TorchDynamo nor Inductor is imported. In half precision, where Triton runs, the LayerNorms are
-:func:`tts.fast.linear.layer_norm`'s one kernel instead of torch's five. That suits a process that makes one GPT call, such as a
+TorchDynamo nor Inductor is imported. That suits a process that makes one GPT call, such as a
 workflow job, where the compiles took 5 s with warm caches and 20 s with empty ones (H200,
-docs/benchmarks.md, run AS).
+docs/benchmarks.md, run AS). In half precision, where Triton runs, its LayerNorms are
+:func:`tts.fast.linear.layer_norm`'s one kernel instead of torch's five.
 """
 
 from __future__ import annotations
