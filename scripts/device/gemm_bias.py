@@ -5,44 +5,21 @@ the GPT decode step's projection shapes (issue 8; GPU device, no checkpoints).
     python3 scripts/device/gemm_bias.py [--rows 16,48] [--dtypes float32,bfloat16]
 
 Why: the op-by-op stack of ``graphke`` runs each projection as ``F.linear(x, w, b)`` (cuBLASLt
-with a bias epilogue), the compiled stack of ``graphkk`` as a GEMM plus an Inductor epilogue.
-At 48 rows in float32 ``graphke``'s step took ~3 ms more (docs/benchmarks.md, run BX). Each
-form is timed as a CUDA graph of 24 calls (one per layer), median of 20 replays after warm-up,
-and the outputs compared.
+with a bias epilogue); Inductor can move the bias of ``graphkk``'s compiled stack into the
+pointwise kernel after a plain GEMM (not checked). At 48 rows in float32 ``graphke``'s step took ~3 ms more (docs/benchmarks.md, run BX). Each
+form is timed as a CUDA graph of 24 calls (one per layer; ``choice_bench.graph_ms``, median of
+20 replays after warm-up), and the outputs compared.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
+from choice_bench import graph_ms  # this folder: the CUDA-graph timing of the kernel scripts
 
 SHAPES = {"qkv": (1280, 3840), "out": (1280, 1280), "fc": (1280, 5120), "proj": (5120, 1280)}
-
-
-def _graph_ms(fn, reps: int = 20) -> float:
-    """Median ms of one replay of a CUDA graph holding 24 calls of ``fn``."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(24):
-            fn()
-    times = []
-    for _ in range(reps + 3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times[3:]) / 24
 
 
 def main() -> None:
@@ -72,7 +49,7 @@ def main() -> None:
                 def addmm_c(out=res, x=x, w=w, c=c):
                     out["addmm_c"] = torch.addmm(c, x.view(x.size(0), -1), w.t())
 
-                times = {f.__name__: _graph_ms(f) for f in (linear, mm_add, addmm_c)}
+                times = {f.__name__: graph_ms(f, 24, 20) for f in (linear, mm_add, addmm_c)}
                 ref = res["linear"].float().view(rows, n_out)
                 diffs = {
                     k: (res[k].float().view(rows, n_out) - ref).abs().max().item()
