@@ -1468,8 +1468,9 @@ def test_op_by_op_stack_uses_the_one_kernel_norm_in_half_precision_interpreted()
         from tts.fast.decode import DecodeWeights
 
         torch.manual_seed(0)
+        models = {dtype: _gpt_small().to(dtype) for dtype in (torch.bfloat16, torch.float32)}
         for model_dtype, want in ((torch.bfloat16, fused._row_norm), (torch.float32, None)):
-            model = _gpt_small().to(model_dtype)
+            model = models[model_dtype]
             stack = fused.FusedStack(model, DecodeWeights(model).layers, 12, "triton",
                                      compile=False)
             assert stack.matmul == "mm"
@@ -1490,7 +1491,7 @@ def test_op_by_op_stack_uses_the_one_kernel_norm_in_half_precision_interpreted()
         assert got.dtype == torch.float32
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
         # one decode step of 12 rows, bf16, the Triton norms against torch's
-        model = _gpt_small().bfloat16()
+        model = models[torch.bfloat16]
         rows, heads = 12, model.gpt.h[0].attn.heads
         stack = fused.FusedStack(model, DecodeWeights(model).layers, rows, "triton",
                                  compile=False)
