@@ -7,8 +7,8 @@ the GPT decode step's projection shapes (issue 8; GPU device, no checkpoints).
 Why: the op-by-op stack of ``graphke`` runs each projection as ``F.linear(x, w, b)`` (cuBLASLt
 with a bias epilogue); Inductor can move the bias of ``graphkk``'s compiled stack into the
 pointwise kernel after a plain GEMM (not checked). At 48 rows in float32 ``graphke``'s step took ~3 ms more (docs/benchmarks.md, run BX). Each
-form is timed as a CUDA graph of 24 calls (one per layer; ``choice_bench.graph_ms``, median of
-20 replays after warm-up), and the outputs compared.
+form is timed as a CUDA graph of 24 calls, one per layer with that layer's own weights
+(``choice_bench.graph_ms``, median of 20 replays after warm-up), and the outputs compared.
 """
 
 from __future__ import annotations
@@ -19,7 +19,54 @@ import torch
 import torch.nn.functional as F
 from choice_bench import graph_ms  # this folder: the CUDA-graph timing of the kernel scripts
 
+LAYERS = 24  # the GPT's, each with its own weights
 SHAPES = {"qkv": (1280, 3840), "out": (1280, 1280), "fc": (1280, 5120), "proj": (5120, 1280)}
+
+
+def forms(x: torch.Tensor, ws: list, bs: list, res: dict) -> tuple:
+    """The three forms of ``x @ w.T + b``; each call takes the next layer's weights and keeps
+    its output in ``res[form, layer]``."""
+    turn = iter(range(10**9))
+    rows, n_out = x.size(0), ws[0].size(0)
+
+    def linear() -> None:
+        i = next(turn) % LAYERS
+        res["linear", i] = F.linear(x, ws[i], bs[i])
+
+    def mm_add() -> None:
+        i = next(turn) % LAYERS
+        res["mm_add", i] = torch.matmul(x, ws[i].t()) + bs[i]
+
+    def addmm_c() -> None:
+        i = next(turn) % LAYERS
+        res["addmm_c", i] = torch.addmm(bs[i].expand(rows, n_out), x.view(rows, -1), ws[i].t())
+
+    return linear, mm_add, addmm_c
+
+
+def time_shape(rows: int, k_in: int, n_out: int, dtype: torch.dtype, gen) -> tuple[dict, dict]:
+    """Microseconds per call of each form, and each form's largest difference from F.linear."""
+    x = torch.randn(rows, 1, k_in, device="cuda", generator=gen).to(dtype)
+    # One weight per layer, as the stack reads them: one matrix called 24 times would stay
+    # in L2 and time a read the step never gets.
+    ws = [
+        (torch.randn(n_out, k_in, device="cuda", generator=gen) * 0.02).to(dtype)
+        for _ in range(LAYERS)
+    ]
+    bs = [torch.randn(n_out, device="cuda", generator=gen).to(dtype) for _ in ws]
+    res: dict = {}
+    times = {f.__name__: graph_ms(f, LAYERS, 20) * 1e3 for f in forms(x, ws, bs, res)}
+    diffs = {
+        k: max(
+            (res[k, i].float().reshape(rows, n_out) - res["linear", i].float().reshape(rows, n_out))
+            .abs()
+            .max()
+            .item()
+            for i in range(LAYERS)
+        )
+        for k in ("mm_add", "addmm_c")
+    }
+    return times, diffs
 
 
 def main() -> None:
@@ -29,38 +76,27 @@ def main() -> None:
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     gen = torch.Generator(device="cuda").manual_seed(0)
-    print(f"{torch.cuda.get_device_name()}; us per call (graph of 24 calls)")
+    print(f"{torch.cuda.get_device_name()}; us per call (graph of {LAYERS} layers' calls)")
     for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
         for rows in (int(r) for r in args.rows.split(",")):
+            total = dict.fromkeys(("linear", "mm_add", "addmm_c"), 0.0)
             for name, (k_in, n_out) in SHAPES.items():
-                x = torch.randn(rows, 1, k_in, device="cuda", generator=gen).to(dtype)
-                w = (torch.randn(n_out, k_in, device="cuda", generator=gen) * 0.02).to(dtype)
-                b = torch.randn(n_out, device="cuda", generator=gen).to(dtype)
-                res = {}
-
-                def linear(out=res, x=x, w=w, b=b):
-                    out["linear"] = F.linear(x, w, b)
-
-                def mm_add(out=res, x=x, w=w, b=b):
-                    out["mm_add"] = torch.matmul(x, w.t()) + b
-
-                c = b.expand(rows, n_out)
-
-                def addmm_c(out=res, x=x, w=w, c=c):
-                    out["addmm_c"] = torch.addmm(c, x.view(x.size(0), -1), w.t())
-
-                times = {f.__name__: graph_ms(f, 24, 20) for f in (linear, mm_add, addmm_c)}
-                ref = res["linear"].float().view(rows, n_out)
-                diffs = {
-                    k: (res[k].float().view(rows, n_out) - ref).abs().max().item()
-                    for k in ("mm_add", "addmm_c")
-                }
+                times, diffs = time_shape(rows, k_in, n_out, dtype, gen)
+                for k, t in times.items():
+                    total[k] += t
                 print(
                     f"{str(dtype).removeprefix('torch.'):9s} rows {rows:3d} {name:5s} "
-                    + "  ".join(f"{k} {t * 1e3:7.2f}" for k, t in times.items())
+                    + "  ".join(f"{k} {t:7.2f}" for k, t in times.items())
                     + "  max |diff| vs F.linear: "
                     + ", ".join(f"{k} {d:.3g}" for k, d in diffs.items())
                 )
+            print(
+                f"{str(dtype).removeprefix('torch.'):9s} rows {rows:3d} layer "
+                + "  ".join(f"{k} {t:7.2f}" for k, t in total.items())
+                + f"  (x{LAYERS} layers = per step, ms: "
+                + ", ".join(f"{k} {t * LAYERS / 1e3:.3f}" for k, t in total.items())
+                + ")"
+            )
 
 
 if __name__ == "__main__":
