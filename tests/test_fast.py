@@ -1520,6 +1520,35 @@ def test_op_by_op_stack_uses_the_one_kernel_norm_in_half_precision_interpreted()
     )
 
 
+def test_op_by_op_projection_skips_the_bias_epilogue_in_float32(monkeypatch):
+    """The op-by-op stack's projection (tts.fast.fused._proj, cuBLAS path) in float32 is a
+    GEMM plus a bias add, not F.linear: cuBLASLt's bias epilogue picked float32 kernels twice
+    as slow at 16-48 rows (docs/benchmarks.md, run BZ). In half precision, and in what
+    torch.compile traces, F.linear stays. Both give F.linear's values (float32 rounding)."""
+    from tts.fast import fused
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(6, 1, 32), torch.randn(48, 32), torch.randn(48)
+    linear = torch.nn.functional.linear
+    ref = linear(x, w, b)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[1].dtype)
+        return linear(*args)
+
+    monkeypatch.setattr(fused.F, "linear", counted)
+    got = fused._proj(x, w, b, reduce=False)
+    assert calls == [] and got.shape == ref.shape
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+    half = fused._proj(x.bfloat16(), w.bfloat16(), b.bfloat16(), reduce=False)
+    assert calls == [torch.bfloat16] and half.dtype == torch.bfloat16
+    # what torch.compile traces (graphkk's pieces) keeps F.linear in float32 too
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    fused._proj(x, w, b, reduce=False)
+    assert calls == [torch.bfloat16, torch.float32]
+
+
 def test_triton_choice_decoder_matches_plain_generation_interpreted():
     """The decoder with choice="triton" (the logits processors and the beam draw as Triton
     kernels, in Triton's CPU interpreter, around the plain layers; graphkt adds graphkp's

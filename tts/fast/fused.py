@@ -50,7 +50,9 @@ the same): a few more small kernels per step, but nothing is traced or compiled,
 TorchDynamo nor Inductor is imported. That suits a process that makes one GPT call, such as a
 workflow job, where the compiles took 5 s with warm caches and 20 s with empty ones (H200,
 docs/benchmarks.md, run AS). In half precision, where Triton runs, its LayerNorms are
-:func:`tts.fast.linear.layer_norm`'s one kernel instead of torch's five.
+:func:`tts.fast.linear.layer_norm`'s one kernel instead of torch's five. In float32 its
+projections are a cuBLAS GEMM and a bias add: ``F.linear``'s bias epilogue made the float32
+step at 48 rows 1.8x slower (H100, run BZ).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torc
 def _proj(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, reduce: bool) -> torch.Tensor:
     """``F.linear(x, w, b)`` for ``x`` [rows, 1, in], ``w`` [out, in]; see the module notes."""
     if not reduce:
+        if w.dtype == torch.float32 and not torch.compiler.is_compiling():
+            # Op by op: cuBLASLt's bias epilogue runs float32 at these row counts twice as
+            # slowly as a plain GEMM and an add (docs/benchmarks.md, run BZ). What Inductor
+            # compiles keeps F.linear, as measured before that run.
+            return torch.matmul(x, w.t()) + b
         return F.linear(x, w, b)
     rows = x.size(0)
     acc = (w.float().unsqueeze(1) * x.float().reshape(1, rows, -1)).sum(-1)  # [out, rows]
