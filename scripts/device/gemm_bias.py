@@ -6,7 +6,8 @@ the GPT decode step's projection shapes (issue 8; GPU device, no checkpoints).
 
 Why: the op-by-op stack of ``graphke`` runs each projection as ``F.linear(x, w, b)`` (cuBLASLt
 with a bias epilogue); Inductor can move the bias of ``graphkk``'s compiled stack into the
-pointwise kernel after a plain GEMM (not checked). At 48 rows in float32 ``graphke``'s step took ~3 ms more (docs/benchmarks.md, run BX). Each
+pointwise kernel after a plain GEMM (not checked). At 48 rows in float32 ``graphke``'s step
+took ~3 ms more (docs/benchmarks.md, run BX); run BZ found the epilogue 2x slower there. Each
 form is timed as a CUDA graph of 24 calls, one per layer with that layer's own weights
 (``choice_bench.graph_ms``, median of 20 replays after warm-up), and the outputs compared.
 """
@@ -23,25 +24,34 @@ LAYERS = 24  # the GPT's, each with its own weights
 SHAPES = {"qkv": (1280, 3840), "out": (1280, 1280), "fc": (1280, 5120), "proj": (5120, 1280)}
 
 
-def forms(x: torch.Tensor, ws: list, bs: list, res: dict) -> tuple:
-    """The three forms of ``x @ w.T + b``; each call takes the next layer's weights and keeps
-    its output in ``res[form, layer]``."""
+def _mm_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(x, w.t()) + b
+
+
+def _addmm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // x.size(-1)
+    out = torch.addmm(b.expand(rows, w.size(0)), x.reshape(rows, -1), w.t())
+    return out.view(*x.shape[:-1], w.size(0))
+
+
+# The forms of ``x @ w.T + b`` (``x`` [rows, 1, in], ``w`` [out, in]); proj_ab.py uses them too.
+FORMS = {"linear": F.linear, "mm_add": _mm_add, "addmm": _addmm}
+
+
+def forms(x: torch.Tensor, ws: list, bs: list, res: dict) -> list:
+    """One callable per form; each call takes the next layer's weights and keeps its output
+    in ``res[form, layer]``."""
     turn = iter(range(10**9))
-    rows, n_out = x.size(0), ws[0].size(0)
 
-    def linear() -> None:
-        i = next(turn) % LAYERS
-        res["linear", i] = F.linear(x, ws[i], bs[i])
+    def call(name: str):
+        def run() -> None:
+            i = next(turn) % LAYERS
+            res[name, i] = FORMS[name](x, ws[i], bs[i])
 
-    def mm_add() -> None:
-        i = next(turn) % LAYERS
-        res["mm_add", i] = torch.matmul(x, ws[i].t()) + bs[i]
+        run.__name__ = name
+        return run
 
-    def addmm_c() -> None:
-        i = next(turn) % LAYERS
-        res["addmm_c", i] = torch.addmm(bs[i].expand(rows, n_out), x.view(rows, -1), ws[i].t())
-
-    return linear, mm_add, addmm_c
+    return [call(name) for name in FORMS]
 
 
 def time_shape(rows: int, k_in: int, n_out: int, dtype: torch.dtype, gen) -> tuple[dict, dict]:
@@ -64,7 +74,8 @@ def time_shape(rows: int, k_in: int, n_out: int, dtype: torch.dtype, gen) -> tup
             .item()
             for i in range(LAYERS)
         )
-        for k in ("mm_add", "addmm_c")
+        for k in FORMS
+        if k != "linear"
     }
     return times, diffs
 
@@ -79,7 +90,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}; us per call (graph of {LAYERS} layers' calls)")
     for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
         for rows in (int(r) for r in args.rows.split(",")):
-            total = dict.fromkeys(("linear", "mm_add", "addmm_c"), 0.0)
+            total = dict.fromkeys(FORMS, 0.0)
             for name, (k_in, n_out) in SHAPES.items():
                 times, diffs = time_shape(rows, k_in, n_out, dtype, gen)
                 for k, t in times.items():

@@ -6,8 +6,10 @@
 runs ``decode_profile.py`` (everything after ``--``) with :func:`tts.fast.fused._proj` replaced
 for ``x @ w.T + b`` (its ``reduce=False`` path) by ``--form``:
 
-* ``linear``: as landed, ``F.linear(x, w, b)`` (cuBLASLt with the bias as an epilogue);
-* ``mm_add``: ``torch.matmul(x, w.t()) + b`` (a plain GEMM and a bias kernel);
+* ``linear``: ``F.linear(x, w, b)`` (cuBLASLt with the bias as an epilogue; what ``_proj``
+  runs in half precision, and ran in float32 before run BZ);
+* ``mm_add``: ``torch.matmul(x, w.t()) + b`` (a plain GEMM and a bias kernel; ``_proj``'s
+  float32 form since run BZ);
 * ``addmm``: ``torch.addmm(b.expand(rows, out), x, w.t())`` (the bias as C, beta = 1).
 
 Only the variants that run the stack op by op (``graphke``) use ``_proj`` at call time; the
@@ -20,20 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-import torch.nn.functional as F
-
-
-def _forms() -> dict:
-    def mm_add(x, w, b):
-        return torch.matmul(x, w.t()) + b
-
-    def addmm(x, w, b):
-        rows = x.size(0) * x.size(1)
-        out = torch.addmm(b.expand(rows, w.size(0)), x.reshape(rows, -1), w.t())
-        return out.view(*x.shape[:-1], w.size(0))
-
-    return {"linear": F.linear, "mm_add": mm_add, "addmm": addmm}
+from gemm_bias import FORMS  # this folder
 
 
 def main() -> int:
@@ -41,13 +30,13 @@ def main() -> int:
     rest = argv[argv.index("--") + 1 :] if "--" in argv else []
     ours = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--form", choices=sorted(_forms()), default="linear")
+    ap.add_argument("--form", choices=sorted(FORMS), default="linear")
     args = ap.parse_args(ours)
     import decode_profile  # this folder
 
     from tts.fast import fused
 
-    landed, form = fused._proj, _forms()[args.form]
+    landed, form = fused._proj, FORMS[args.form]
 
     def proj(x, w, b, reduce):
         return landed(x, w, b, reduce) if reduce else form(x, w, b)
