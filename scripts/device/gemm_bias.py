@@ -4,10 +4,11 @@ the GPT decode step's projection shapes (issue 8; GPU device, no checkpoints).
 
     python3 scripts/device/gemm_bias.py [--rows 16,48] [--dtypes float32,bfloat16]
 
-Why: the op-by-op stack of ``graphke`` runs each projection as ``F.linear(x, w, b)`` (cuBLASLt
+Why: the op-by-op stack of ``graphke`` ran each projection as ``F.linear(x, w, b)`` (cuBLASLt
 with a bias epilogue); Inductor can move the bias of ``graphkk``'s compiled stack into the
 pointwise kernel after a plain GEMM (not checked). At 48 rows in float32 ``graphke``'s step
-took ~3 ms more (docs/benchmarks.md, run BX); run BZ found the epilogue 2x slower there. Each
+took ~3 ms more (docs/benchmarks.md, run BX); run BZ found the epilogue 2x slower there, and
+it now runs a GEMM and an add in float32. Each
 form is timed as a CUDA graph of 24 calls, one per layer with that layer's own weights
 (``choice_bench.graph_ms``, median of 20 replays after warm-up), and the outputs compared.
 """
