@@ -1521,13 +1521,19 @@ def test_op_by_op_stack_uses_the_one_kernel_norm_in_half_precision_interpreted()
 
 
 def test_op_by_op_projection_skips_the_bias_epilogue_in_float32(monkeypatch):
-    """The op-by-op stack's projection (tts.fast.fused._proj, cuBLAS path) in float32 is a
-    GEMM plus a bias add, not F.linear: cuBLASLt's bias epilogue picked float32 kernels twice
-    as slow at 16-48 rows (docs/benchmarks.md, run BZ). In half precision, and in what
-    torch.compile traces, F.linear stays. Both give F.linear's values (float32 rounding)."""
+    """The op-by-op stack's projections (tts.fast.fused, cuBLAS path) in float32 are a GEMM
+    plus a bias add, not F.linear: cuBLASLt's bias epilogue picked float32 kernels twice as
+    slow at 16-48 rows (docs/benchmarks.md, run BZ). In half precision, and in what
+    torch.compile traces (the plain functions), F.linear stays. Both give F.linear's values
+    (float32 rounding)."""
     from tts.fast import fused
+    from tts.fast.decode import DecodeWeights
 
     torch.manual_seed(0)
+    model = _gpt_small()
+    stack = fused.FusedStack(model, DecodeWeights(model).layers, 12, "mm", compile=False)
+    for name in ("pre", "post", "head"):
+        assert stack.fns[name].keywords["proj"] is fused._gemm_add, name
     x, w, b = torch.randn(6, 1, 32), torch.randn(48, 32), torch.randn(48)
     linear = torch.nn.functional.linear
     ref = linear(x, w, b)
@@ -1538,15 +1544,15 @@ def test_op_by_op_projection_skips_the_bias_epilogue_in_float32(monkeypatch):
         return linear(*args)
 
     monkeypatch.setattr(fused.F, "linear", counted)
-    got = fused._proj(x, w, b, reduce=False)
+    got = fused._gemm_add(x, w, b, reduce=False)
     assert calls == [] and got.shape == ref.shape
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
-    half = fused._proj(x.bfloat16(), w.bfloat16(), b.bfloat16(), reduce=False)
-    assert calls == [torch.bfloat16] and half.dtype == torch.bfloat16
-    # what torch.compile traces (graphkk's pieces) keeps F.linear in float32 too
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    fused._proj(x, w, b, reduce=False)
-    assert calls == [torch.bfloat16, torch.float32]
+    fused._proj(x, w, b, reduce=False)  # the plain function, which torch.compile traces
+    assert calls == [torch.float32]
+    half = model.to(torch.bfloat16)
+    stack = fused.FusedStack(half, DecodeWeights(half).layers, 12, "mm", compile=False)
+    for name in ("pre", "post", "head"):
+        assert "proj" not in getattr(stack.fns[name], "keywords", {}), name
 
 
 def test_triton_choice_decoder_matches_plain_generation_interpreted():

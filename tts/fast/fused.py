@@ -75,15 +75,17 @@ def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torc
 def _proj(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, reduce: bool) -> torch.Tensor:
     """``F.linear(x, w, b)`` for ``x`` [rows, 1, in], ``w`` [out, in]; see the module notes."""
     if not reduce:
-        if w.dtype == torch.float32 and not torch.compiler.is_compiling():
-            # Op by op: cuBLASLt's bias epilogue runs float32 at these row counts twice as
-            # slowly as a plain GEMM and an add (docs/benchmarks.md, run BZ). What Inductor
-            # compiles keeps F.linear, as measured before that run.
-            return torch.matmul(x, w.t()) + b
         return F.linear(x, w, b)
     rows = x.size(0)
     acc = (w.float().unsqueeze(1) * x.float().reshape(1, rows, -1)).sum(-1)  # [out, rows]
     return (acc + b.float().unsqueeze(1)).t().to(x.dtype).reshape(rows, 1, -1)
+
+
+def _gemm_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, reduce: bool) -> torch.Tensor:
+    """:func:`_proj` as a cuBLAS GEMM and a bias add: op by op in float32, cuBLASLt's bias
+    epilogue (``F.linear``) ran twice as slowly at these row counts (docs/benchmarks.md, run
+    BZ)."""
+    return _proj(x, w, b, reduce) if reduce else torch.matmul(x, w.t()) + b
 
 
 def _row_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -95,12 +97,24 @@ def _row_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> 
 
 
 def _pre(
-    x, ln_w, ln_b, eps: float, w_qkv, b_qkv, kc, vc, pos, heads: int, reduce: bool, norm=_norm
+    x,
+    ln_w,
+    ln_b,
+    eps: float,
+    w_qkv,
+    b_qkv,
+    kc,
+    vc,
+    pos,
+    heads: int,
+    reduce: bool,
+    norm=_norm,
+    proj=_proj,
 ):
     """Queries ``[rows, heads, 1, head_dim]`` of layer input ``x``; writes the step's key and
     value at cache position ``pos`` (a 1-element device tensor) of ``kc`` / ``vc``."""
     rows, _, dim = x.shape
-    qkv = _proj(norm(x, ln_w, ln_b, eps), w_qkv, b_qkv, reduce)
+    qkv = proj(norm(x, ln_w, ln_b, eps), w_qkv, b_qkv, reduce)
     q, k, v = (t.view(rows, 1, heads, dim // heads).transpose(1, 2) for t in qkv.split(dim, 2))
     kc.index_copy_(2, pos, k.to(kc.dtype))
     vc.index_copy_(2, pos, v.to(vc.dtype))
@@ -108,13 +122,26 @@ def _pre(
 
 
 def _post(
-    x, att, w_o, b_o, ln_w, ln_b, eps: float, w_fc, b_fc, w_proj, b_proj, reduce: bool, norm=_norm
+    x,
+    att,
+    w_o,
+    b_o,
+    ln_w,
+    ln_b,
+    eps: float,
+    w_fc,
+    b_fc,
+    w_proj,
+    b_proj,
+    reduce: bool,
+    norm=_norm,
+    proj=_proj,
 ):
     """The rest of the layer after attention output ``att`` [rows, heads, 1, head_dim]."""
     rows, _, dim = x.shape
-    x = x + _proj(att.transpose(1, 2).reshape(rows, 1, dim), w_o, b_o, reduce)
-    h = F.gelu(_proj(norm(x, ln_w, ln_b, eps), w_fc, b_fc, reduce), approximate="tanh")
-    return x + _proj(h, w_proj, b_proj, reduce)
+    x = x + proj(att.transpose(1, 2).reshape(rows, 1, dim), w_o, b_o, reduce)
+    h = F.gelu(proj(norm(x, ln_w, ln_b, eps), w_fc, b_fc, reduce), approximate="tanh")
+    return x + proj(h, w_proj, b_proj, reduce)
 
 
 def _embed(tokens, j, emb_w, pos_w):
@@ -125,12 +152,24 @@ def _embed(tokens, j, emb_w, pos_w):
 
 
 def _head(
-    x, f_w, f_b, f_eps: float, n_w, n_b, n_eps: float, w_head, b_head, out, reduce: bool, norm=_norm
+    x,
+    f_w,
+    f_b,
+    f_eps: float,
+    n_w,
+    n_b,
+    n_eps: float,
+    w_head,
+    b_head,
+    out,
+    reduce: bool,
+    norm=_norm,
+    proj=_proj,
 ):
     """Logits of the last hidden state into ``out`` [rows, vocab] (float32): both final norms in
     float32, the head in the weights' dtype."""
     h = norm(norm(x[:, -1].float(), f_w, f_b, f_eps), n_w, n_b, n_eps)
-    logits = _proj(h.to(x.dtype).unsqueeze(1), w_head, b_head, reduce).squeeze(1)
+    logits = proj(h.to(x.dtype).unsqueeze(1), w_head, b_head, reduce).squeeze(1)
     out.copy_(logits.float())
 
 
@@ -235,13 +274,18 @@ class FusedStack:
         else:
             self.key += ("op by op",)
             self.fns = dict(_FUNCTIONS)
+            chosen = {}
             if linear.available(weight) and weight.dtype != torch.float32:
                 # In half precision torch's LayerNorm op by op is five kernels (float32 copies
                 # of input, weight and bias, the norm, the cast back), Triton's one; in float32
                 # both are one. At 48 rows in bf16 the op-by-op step took 2.45 ms against 1.68
                 # compiled (H200, docs/benchmarks.md, run BY).
+                chosen["norm"] = _row_norm
+            if weight.dtype == torch.float32:
+                chosen["proj"] = _gemm_add  # what compiles keeps F.linear, as measured
+            if chosen:
                 for name in ("pre", "post", "head"):
-                    self.fns[name] = functools.partial(_FUNCTIONS[name], norm=_row_norm)
+                    self.fns[name] = functools.partial(_FUNCTIONS[name], **chosen)
         if matmul == "triton":
             if not linear.available(weight):
                 raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
