@@ -3,23 +3,24 @@
     python3 scripts/device/proj_ab.py --form mm_add -- --variants graphke --batches 16 \
         --dtype float32 --steps 100 --runs 2
 
-runs ``decode_profile.py`` (everything after ``--``) with :func:`tts.fast.fused._proj` replaced
-for ``x @ w.T + b`` (its ``reduce=False`` path) by ``--form``:
+runs ``decode_profile.py`` (everything after ``--``) with the op-by-op stack's projection
+(``proj=`` of :mod:`tts.fast.fused`'s functions, its ``reduce=False`` path) as ``--form``:
 
-* ``linear``: ``F.linear(x, w, b)`` (cuBLASLt with the bias as an epilogue; what ``_proj``
+* ``linear``: ``F.linear(x, w, b)`` (cuBLASLt with the bias as an epilogue; what the stack
   runs in half precision, and ran in float32 before run BZ);
-* ``mm_add``: ``torch.matmul(x, w.t()) + b`` (a plain GEMM and a bias kernel; ``_proj``'s
-  float32 form since run BZ);
+* ``mm_add``: ``torch.matmul(x, w.t()) + b`` (a plain GEMM and a bias kernel; the stack's
+  op-by-op float32 form, ``_gemm_add``, since run BZ);
 * ``addmm``: ``torch.addmm(b.expand(rows, out), x, w.t())`` (the bias as C, beta = 1).
 
-Only the variants that run the stack op by op (``graphke``) use ``_proj`` at call time; the
-compiled ones trace it once. Why: ``scripts/device/gemm_bias.py`` times the three forms alone;
+For the variants that run the stack op by op (``graphke``) only: the compiled ones trace
+their own functions. Why: ``scripts/device/gemm_bias.py`` times the three forms alone;
 this times them in the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from gemm_bias import FORMS  # this folder
@@ -41,7 +42,11 @@ def main() -> int:
     def proj(x, w, b, reduce):
         return landed(x, w, b, reduce) if reduce else form(x, w, b)
 
-    fused._proj = proj
+    # The op-by-op stack takes its projection as an argument (``proj=``; ``_gemm_add`` in
+    # float32): give every function this one.
+    fused._gemm_add = proj
+    for name in ("pre", "post", "head"):
+        fused._FUNCTIONS[name] = functools.partial(fused._FUNCTIONS[name], proj=proj)
     print(f"proj_ab: tts.fast.fused._proj's GEMM as {args.form}", flush=True)
     return decode_profile.main(rest)
 
