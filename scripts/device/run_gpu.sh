@@ -28,6 +28,8 @@
 #             piece, each as a CUDA graph: top-k, top-p's sort, the draws; no checkpoints)
 #   cond      scripts/device/cond_profile.py --checkpoints $CK $COND_ARGS (the prompt conditioning,
 #             speaker and emotion, whole and piece by piece, and a profiler summary of each)
+#   load      scripts/device/load_profile.py --checkpoints $CK $LOAD_ARGS (a new process's imports,
+#             CUDA start-up and each part load of the speaker job, under cProfile)
 #   render    scripts/device/render_ab.py --checkpoints $CK $RENDER_ARGS (the render stage of a batch
 #             job: segments solved one by one against padded solve batches, render_batch_items)
 #   workflow  scripts/device/workflow_bench.py run --checkpoints $CK $WORKFLOW_ARGS (the Snakemake
@@ -72,6 +74,7 @@ TRACE_ARGS="${TRACE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch
 SWEEP_ARGS="${SWEEP_ARGS:-}"
 CHOICE_ARGS="${CHOICE_ARGS:-}"
 COND_ARGS="${COND_ARGS:-}"
+LOAD_ARGS="${LOAD_ARGS:-}"
 RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
@@ -81,10 +84,10 @@ TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: a
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
-T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_RENDER="${T_RENDER:-240}"
+T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
 T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -234,14 +237,14 @@ PY
 main() {
   local s
   setup || { echo "setup failed"; return 1; }
-  if ! want set && { want bench || want official || want cudnn || want trace || want cond \
+  if ! want set && { want bench || want official || want cudnn || want trace || want cond || want load \
       || want render || want workflow; } \
       && [ ! -f "$CK/.complete" ]; then
     SECTIONS="set $SECTIONS"
   fi
   if want set && ! section set "$T_SET" bash -c write_set; then
     echo ">> no checkpoint set: bench, official and compare left out"
-    drop bench official compare cudnn trace cond render workflow
+    drop bench official compare cudnn trace cond load render workflow
   fi
   # shellcheck disable=SC2086
   want bench && section bench "$T_BENCH" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" -m tts.cli bench \
@@ -283,6 +286,10 @@ main() {
   want cond && section cond "$T_COND" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/cond_profile.py --device "$DEVICE" --checkpoints "$CK" $COND_ARGS \
     --json "$OUT/cond.json"
+  # shellcheck disable=SC2086
+  want load && section load "$T_LOAD" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/load_profile.py --device "$DEVICE" --checkpoints "$CK" $LOAD_ARGS \
+    --json "$OUT/load.json"
   # shellcheck disable=SC2086
   want render && section render "$T_RENDER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/render_ab.py --device "$DEVICE" --checkpoints "$CK" $RENDER_ARGS \
