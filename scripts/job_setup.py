@@ -59,7 +59,7 @@ def main() -> None:
     if args.stage == "speaker":
         if not args.prompt:
             ap.error("stage speaker needs --prompt")
-        tensors = engine.speaker_conditioning(args.prompt)
+        tensors = engine.speaker_conditioning(args.prompt, emotion_too=True)
         tensors[EMOTION_FEATURES] = engine.emotion_features(args.prompt).float().cpu()
         if args.save:
             save_tensors(args.save, tensors)

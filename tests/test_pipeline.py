@@ -143,6 +143,40 @@ def test_emotion_job_uses_the_speaker_jobs_emotion_features(demo, engine, speake
     assert all(torch.equal(got[k], want[k]) for k in want) and "features" in lean.load_seconds
 
 
+def test_speaker_and_emotion_features_in_one_forward(demo, engine, speaker_wav):
+    """``speaker_conditioning(emotion_too=True)`` runs w2v-bert once for the speaker's and
+    the same file's emotion features, keeps the latter for ``emotion_features`` (no second
+    forward), and both equal what the separate calls compute, within float32 rounding."""
+    from tts.pipeline import speaker_is_emotion_prompt
+
+    both = Engine.open(demo, device="cpu")
+    features = both.part("features")
+    forwards = []
+    hidden = features.hidden
+    features.hidden = lambda *a, **k: forwards.append(a[0].shape) or hidden(*a, **k)
+    spk = both.speaker_conditioning(speaker_wav, emotion_too=True)
+    emo = both.emotion_features(speaker_wav)
+    assert len(forwards) == 1 and forwards[0][0] == 2  # one forward, two rows
+    alone = Engine.open(demo, device="cpu")
+    want_spk = alone.speaker_conditioning(speaker_wav)
+    torch.testing.assert_close(spk["spk_cond_emb"], want_spk["spk_cond_emb"], atol=5e-5, rtol=1e-5)
+    assert torch.equal(spk["style"], want_spk["style"])  # no w2v-bert in these two
+    assert torch.equal(spk["ref_mel"], want_spk["ref_mel"])
+    torch.testing.assert_close(
+        spk["prompt_condition"], want_spk["prompt_condition"], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(emo, alone.emotion_features(speaker_wav), atol=5e-5, rtol=1e-5)
+    # The speaker file is the emotion prompt unless the row has other emotion audio in force.
+    other = sorted(SPEAKERS.glob("*.wav"))[-1]
+    assert speaker_is_emotion_prompt(_request(speaker_wav))
+    assert speaker_is_emotion_prompt(_request(speaker_wav, emo_audio=speaker_wav))
+    assert not speaker_is_emotion_prompt(_request(speaker_wav, emo_audio=other))
+    assert speaker_is_emotion_prompt(
+        _request(speaker_wav, emo_audio=other, emo_vector=[0.5] + [0] * 7)
+    )
+    assert speaker_is_emotion_prompt(_request(speaker_wav, emo_audio=other, emo_text=""))
+
+
 def test_emotion_with_given_features_does_not_import_transformers(
     demo, engine, speaker_wav, tmp_path
 ):

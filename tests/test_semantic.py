@@ -177,6 +177,33 @@ def test_semantic_features_from_waveform():
 
 
 @needs_small
+def test_batched_features_equal_each_waveform_alone():
+    """Waveforms of three lengths in one w2v-bert forward (``SemanticFeatures.batch``): each
+    result has its own length and equals the waveform's features computed alone, up to the
+    float32 rounding of batched matrix products, and the goldens as closely as the plain call.
+    One waveform has an odd frame count, so its own mask already ends in a masked frame; the
+    others are padded and masked to the longest."""
+    from tts.models.w2v_bert import SemanticFeatures
+
+    golden = load_file(str(SMALL / "golden.safetensors"))
+    sem = SemanticFeatures.from_checkpoints(_small_set())
+    odd, even = golden["resample.wave_16k"], golden["w2v.even.wave_16k"]
+    assert int(golden["w2v.attention_mask"][0, -1]) == 0  # the odd case's own masked frame
+    short = odd[..., : odd.shape[-1] * 2 // 3]
+    waves = [even, odd, short]
+    batched = sem.batch(waves)
+    for wave, got in zip(waves, batched, strict=True):
+        alone = sem(wave)
+        assert got.shape == alone.shape
+        torch.testing.assert_close(got, alone, atol=5e-5, rtol=1e-5)
+    for got, feat in (
+        (batched[1], "w2v.feat_normalized"),
+        (batched[0], "w2v.even.feat_normalized"),
+    ):
+        torch.testing.assert_close(got, golden[feat], atol=2e-4, rtol=1e-4)
+
+
+@needs_small
 def test_codec_batching():
     codec, _ = load_component("semantic_codec", _small_set())
     golden = load_file(str(SMALL / "golden.safetensors"))

@@ -9,7 +9,9 @@ codes (500 codes = 9.98 s of audio).
 
 One run = the stages of one synthesis job, for ``B`` rows that share one voice prompt:
 
-* ``spk_cond``  - :meth:`Engine.speaker_conditioning` of the prompt file (once per batch);
+* ``spk_cond``  - :meth:`Engine.speaker_conditioning` of the prompt file (once per batch), with
+  the file's emotion features in the same w2v-bert forward, as the Engine computes them for a
+  row whose speaker file is its emotion prompt;
 * ``emo_cond``  - :meth:`Engine.emotion_conditioning` (once per batch: every row asks for the
   same emotion);
 * ``gpt_generate`` - ``UnifiedVoice.inference_speech`` for the B texts at once, with the official
@@ -552,6 +554,7 @@ class Bench:
         from tts.fast.bigvgan import fuse_activations
         from tts.generation import GenerationConfig
         from tts.generation import generate as plain_generate
+        from tts.pipeline import speaker_is_emotion_prompt
 
         args, dev = self.args, self.device
         eng = self.engine_for(variant.gpt)
@@ -572,7 +575,7 @@ class Bench:
 
         eng.clear_prompt_cache()  # every pass conditions the prompt anew, as a new prompt is
         clock = StageClock(dev)
-        spk = eng.speaker_conditioning(self.prompt)
+        spk = eng.speaker_conditioning(self.prompt, speaker_is_emotion_prompt(self.request))
         clock.mark("spk_cond")
         emo = eng.emotion_conditioning(self.request, spk)
         clock.mark("emo_cond")

@@ -1107,9 +1107,10 @@ def run_speakers(config: dict, speakers: dict[str, str], out_dir: str, threads: 
         start, load0 = time.perf_counter(), _loaded(engine)
         status: dict = {"audio": audio, "ok": True, "error": None}
         try:
-            tensors = engine.speaker_conditioning(Path(audio))
             # The file is also an emotion prompt (of its rows without emotion audio, or a
-            # row's emotion audio): their emotion job then needs no w2v-bert of its own.
+            # row's emotion audio): their emotion job then needs no w2v-bert of its own, and
+            # both features come from one w2v-bert forward.
+            tensors = engine.speaker_conditioning(Path(audio), emotion_too=True)
             tensors[EMOTION_FEATURES] = engine.emotion_features(Path(audio)).float().cpu()
         except (AudioError, ValueError, FloatingPointError, OSError) as exc:
             tensors = {}

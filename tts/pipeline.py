@@ -182,6 +182,18 @@ def configure_cudnn(benchmark: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def speaker_is_emotion_prompt(request: SynthesisRequest) -> bool:
+    """True when the row's speaker file is also its emotion prompt: no emotion audio, or one
+    that emotion text or an emotion vector disables (:func:`tts.emotion.plan_emotion`'s
+    precedence), or the speaker file itself."""
+    if request.emo_audio is None or request.emo_text is not None:
+        return True
+    if request.emo_vector is not None:
+        return True
+    key = _file_key(request.emo_audio)
+    return key is not None and key == _file_key(request.speaker)
+
+
 def _file_key(path: str | Path) -> tuple | None:
     """(resolved path, size, modification time in ns) of a file, None if it cannot be read:
     what :meth:`Engine._memo` keys a prompt file's conditioning by."""
@@ -461,26 +473,44 @@ class Engine:
         pass)."""
         self._prompt_cache.clear()
 
-    def speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
+    def speaker_conditioning(
+        self, audio_path: str | Path, emotion_too: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Speaker prompt file -> features every later stage needs (spec 2.2), on the CPU.
 
         ``spk_cond_emb`` [1, T, 1024] normalised w2v-bert features, ``style`` [1, 192] CAMPPlus
         embedding, ``ref_mel`` [1, 80, T_ref] and ``prompt_condition`` [1, T_ref, C]. Computed
         once per prompt file (:meth:`_memo`); each call returns new tensors.
+
+        ``emotion_too``: the file is an emotion prompt as well (a row without emotion audio,
+        see :func:`speaker_is_emotion_prompt`). Its :meth:`emotion_features`, which come from
+        the file read at 16 kHz rather than resampled from 22.05 kHz, are then computed in the
+        same w2v-bert forward as the speaker's (:meth:`SemanticFeatures.batch`) and kept for
+        :meth:`emotion_features`: one forward instead of two.
         """
         out = self._memo(
-            "speaker", _file_key(audio_path), lambda: self._speaker_conditioning(audio_path)
+            "speaker",
+            _file_key(audio_path),
+            lambda: self._speaker_conditioning(audio_path, emotion_too),
         )
         return {k: v.clone() for k, v in out.items()}  # callers own what they get
 
     @torch.no_grad()
-    def _speaker_conditioning(self, audio_path: str | Path) -> dict[str, torch.Tensor]:
+    def _speaker_conditioning(
+        self, audio_path: str | Path, emotion_too: bool = False
+    ) -> dict[str, torch.Tensor]:
         from tts.audio import campplus_features, load_prompt, mel_kwargs, mel_spectrogram, resample
 
         wav22, sr = load_prompt(audio_path, SAMPLE_RATE)
         wav16 = resample(wav22, sr, 16000)
         dev = self.device
-        spk_cond_emb = self.part("features")(wav16)
+        features = self.part("features")
+        key = _file_key(audio_path)
+        if emotion_too and key is not None and ("emotion", *key) not in self._prompt_cache:
+            spk_cond_emb, emo_cond = features.batch([wav16, load_prompt(audio_path, 16000)[0]])
+            self._memo("emotion", key, lambda: emo_cond)
+        else:
+            spk_cond_emb = features(wav16)
         _, s_ref = self.part("semantic_codec").quantize(spk_cond_emb)
         ref_mel = mel_spectrogram(wav22.to(dev), **mel_kwargs(self.cs.config["s2mel"]))
         style = self.part("campplus")(campplus_features(wav16).unsqueeze(0).to(dev))
@@ -883,7 +913,7 @@ class Engine:
             timings: dict[str, float] = {}
             try:
                 start = time.perf_counter()
-                spk = self.speaker_conditioning(req.speaker)
+                spk = self.speaker_conditioning(req.speaker, speaker_is_emotion_prompt(req))
                 emo = self.emotion_conditioning(req, spk)
                 timings["conditioning"] = time.perf_counter() - start
             except Exception as exc:  # noqa: BLE001 - reported as this row's error

@@ -109,6 +109,40 @@ def pieces(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -
     return ms
 
 
+def pair(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> dict:
+    """A row's whole prompt conditioning (speaker, then emotion), with the file's two
+    w2v-bert passes as two forwards and as one batched forward (``emotion_too``), the two
+    forms alternating so that a drifting host slows both alike; and the two forwards alone
+    (``SemanticFeatures.__call__`` twice against ``SemanticFeatures.batch``). Medians, ms;
+    and the batched features' largest difference from the calls one by one."""
+    dev = eng.device
+
+    def whole(emotion_too: bool):
+        eng.clear_prompt_cache()
+        spk = eng.speaker_conditioning(prompt, emotion_too=emotion_too)
+        return eng.emotion_conditioning(request, spk)
+
+    runs: dict[str, list[float]] = {"two_forwards": [], "one_forward": []}
+    for _ in range(repeats):
+        timed(lambda: whole(False), 1, dev, runs["two_forwards"])
+        timed(lambda: whole(True), 1, dev, runs["one_forward"])
+    feats = eng.part("features")
+    wav22, sr = load_prompt(prompt, SPEAKER_SAMPLE_RATE)
+    wav16, w16 = resample(wav22, sr, 16000), load_prompt(prompt, 16000)[0]
+    out = {f"conditioning.{k}": statistics.median(v) for k, v in runs.items()}
+    out["w2v_bert.two_calls"], _ = timed(lambda: (feats(wav16), feats(w16)), repeats, dev)
+    out["w2v_bert.batch"], batched = timed(lambda: feats.batch([wav16, w16]), repeats, dev)
+    # How far the batched forward's features are from the calls one by one (float rounding).
+    for name, wave, got in (("speaker", wav16, batched[0]), ("emotion", w16, batched[1])):
+        alone = feats(wave)
+        out[f"max_abs_diff.{name}"] = float((got - alone).abs().max())
+        out[f"max_abs.{name}"] = float(alone.abs().max())
+    print(
+        "speaker + emotion conditioning, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items())
+    )
+    return out
+
+
 def profile(fn, device: torch.device, rows: int) -> dict:
     """torch.profiler of one call: the top ops by CUDA and by CPU time, and the kernel count."""
     from torch.profiler import ProfilerActivity
@@ -188,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     result["gpt_latent_ms"], _ = timed(lambda: latent(True), args.repeats, dev)
     result["gpt_latent_cached_ms"], _ = timed(lambda: latent(False), args.repeats, dev)
     result["pieces_ms"] = pieces(eng, prompt, request, args.repeats)
+    result["pair_ms"] = pair(eng, prompt, request, args.repeats)
     print(
         f"speaker_conditioning {result['spk_cond_ms']:.2f} ms, "
         f"emotion_conditioning {result['emo_cond_ms']:.2f} ms (medians)"

@@ -275,3 +275,28 @@ class SemanticFeatures:
         feats, mask = self.extract(wave_16k)
         hidden, _ = self.hidden(feats, mask)
         return self.normalize(hidden)
+
+    @torch.no_grad()
+    def batch(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What :meth:`__call__` gives for each waveform, ``[1, T_i, hidden]``, from one
+        forward pass of the encoder over all of them.
+
+        Why: on a GPU one forward of this model at batch 1 is bound by the host issuing its
+        ~900 small kernels, not by the GPU (docs/benchmarks.md, run CD), so two waveforms in one
+        batch cost about what one does. Each waveform's filterbanks are its own (they are
+        normalised over its own frames); shorter inputs are padded at the end and masked.
+        Padding changes nothing a kept position sees: masked keys get no attention weight,
+        and the encoder zeroes masked positions before its convolutions, which are causal
+        (padded on the left). The results equal the calls one by one up to float rounding of
+        the batched matrix products (tests/test_semantic.py).
+        """
+        extracted = [self.extract(w) for w in waves]
+        longest = max(f.size(1) for f, _ in extracted)
+        feats = torch.cat(
+            [nn.functional.pad(f, (0, 0, 0, longest - f.size(1))) for f, _ in extracted]
+        )
+        mask = torch.cat([nn.functional.pad(m, (0, longest - m.size(1))) for _, m in extracted])
+        hidden, _ = self.hidden(feats, mask)
+        return [
+            self.normalize(hidden[i : i + 1, : f.size(1)]) for i, (f, _) in enumerate(extracted)
+        ]
