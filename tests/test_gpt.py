@@ -123,6 +123,29 @@ def test_emotion_path_alone_meets_the_fixtures(golden, monkeypatch):
 
 
 @needs_small
+def test_merge_of_equal_shapes_is_one_encoder_pass():
+    """``merge_emovec`` of speaker and emotion features of one shape (the speaker file as the
+    emotion prompt) runs the emotion encoder once on both as a batch, and equals the two
+    passes one by one up to float rounding; other shapes take two passes."""
+    from safetensors.torch import load_file
+
+    golden = load_file(str(SMALL / "golden.safetensors"))
+    gpt, _ = load_component("gpt", CheckpointSet.open(SMALL))
+    calls = []
+    gpt.emo_conditioning_encoder.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
+    feat, lens = golden["b2.emo_feat"], golden["b2.emo_lens"]  # two rows, one padded
+    assert lens[0] != lens[1]
+    with torch.no_grad():
+        got = gpt.merge_emovec(feat, feat.flip(0), lens, lens.flip(0), alpha=0.4)
+        assert len(calls) == 1 and calls[0][0] == 4
+        base, emo = gpt.get_emovec(feat, lens), gpt.get_emovec(feat.flip(0), lens.flip(0))
+        torch.testing.assert_close(got, base + 0.4 * (emo - base), atol=1e-6, rtol=1e-5)
+        calls.clear()
+        gpt.merge_emovec(feat, feat[:, :-3].flip(0), lens, lens.flip(0).clamp(max=feat.size(1) - 3))
+        assert len(calls) == 2
+
+
+@needs_small
 def test_gpt_without_emotion_path_meets_the_fixtures(monkeypatch):
     """The GPT loaded without its emotion path and text head (what the workflow's tokens job
     loads) holds every other tensor of the whole GPT bit for bit, passes the speaker

@@ -137,8 +137,26 @@ def pair(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> 
         alone = feats(wave)
         out[f"max_abs_diff.{name}"] = float((got - alone).abs().max())
         out[f"max_abs.{name}"] = float(alone.abs().max())
+    # The emotion merge's two encoder passes (speaker and emotion features of one shape) as
+    # one batch (merge_emovec) against one by one, as the Engine runs them (GPT dtype).
+    gpt = eng._emotion_gpt()
+    spk, emo = batched[0].to(eng.dtype), batched[1].to(eng.dtype)
+    if spk.shape == emo.shape:
+        n = torch.tensor([spk.shape[-1]], device=dev)
+
+        def two():
+            e, b = gpt.get_emovec(emo, n), gpt.get_emovec(spk, n)
+            return b + 1.0 * (e - b)
+
+        with eng._gpt_autocast():
+            one_ms, one = timed(lambda: gpt.merge_emovec(spk, emo, n, n, alpha=1.0), repeats, dev)
+            out["merge.one_pass"] = one_ms
+            out["merge.two_passes"], sep = timed(two, repeats, dev)
+        out["max_abs_diff.merge"] = float((one - sep).abs().max())
+        out["max_abs.merge"] = float(sep.abs().max())
     print(
-        "speaker + emotion conditioning, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items())
+        "speaker + emotion conditioning (ms, and differences): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in out.items())
     )
     return out
 

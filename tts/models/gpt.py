@@ -288,8 +288,16 @@ class EmotionPath:
         ``[B, T_e, 1024]``, their lengths ``[B]``, and the emotion strength ``alpha``.
         Returns ``[B, model_dim]``.
         """
-        emo_vec = self.get_emovec(emo_speech_conditioning_latent, emo_cond_lengths)
-        base_vec = self.get_emovec(speech_conditioning_latent, cond_lengths)
+        emo, spk = emo_speech_conditioning_latent, speech_conditioning_latent
+        if emo.shape == spk.shape and (emo_cond_lengths is None) == (cond_lengths is None):
+            # The usual case (the speaker file is the emotion prompt: equal lengths): both
+            # through the encoder as one batch, each row computed as alone. On a GPU one
+            # pass at batch 1 is bound by launching its small kernels, so this halves them.
+            lengths = None if cond_lengths is None else torch.cat([emo_cond_lengths, cond_lengths])
+            emo_vec, base_vec = self.get_emovec(torch.cat([emo, spk]), lengths).chunk(2)
+        else:
+            emo_vec = self.get_emovec(emo, emo_cond_lengths)
+            base_vec = self.get_emovec(spk, cond_lengths)
         return base_vec + alpha * (emo_vec - base_vec)
 
 
