@@ -50,6 +50,20 @@ def test_randomize_is_deterministic_and_finite():
     torch.testing.assert_close(g, torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
 
 
+def test_randomize_sets_every_norm_scale_to_one():
+    """Norm scales are 1 whatever their name (an RMSNorm's ``gamma`` too: at 0, as before
+    this test, the GPT's perceivers gave all-zero latents and emotion vectors on the benchmark
+    set), so the random set's conditioning paths carry signal."""
+    from tts.models.perceiver import PerceiverResampler
+
+    torch.manual_seed(0)
+    perceiver = randomize_(PerceiverResampler(32, dim_context=16, num_latents=2, heads=2), seed=3)
+    assert torch.equal(perceiver.norm.gamma, torch.ones_like(perceiver.norm.gamma))
+    with torch.no_grad():
+        out = perceiver(torch.randn(1, 7, 16))
+    assert out.abs().max() > 0.1
+
+
 def test_bench_tiny_cpu(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "bench.json"

@@ -152,7 +152,8 @@ def _fan_in(module: nn.Module, name: str, p: torch.Tensor) -> int:
 def randomize_(module: nn.Module, seed: int, device: torch.device | str | None = None) -> nn.Module:
     """Deterministic, well-scaled random weights for every parameter of ``module``.
 
-    Norm scales 1 and shifts 0, Snake log-parameters 0 (a = b = 1), biases 0, other tensors
+    Norm scales 1 (``weight``, or ``gamma`` as the perceivers' RMSNorm names it) and shifts 0,
+    Snake log-parameters 0 (a = b = 1), biases 0, other tensors
     N(0, 1/fan_in); weight-norm magnitudes equal ``||v||`` (the effective weight is ``v``).
     Buffers (sinusoid tables, filters, running statistics) keep their constructed values.
     """
@@ -164,8 +165,8 @@ def randomize_(module: nn.Module, seed: int, device: torch.device | str | None =
         for name, p in params.items():
             if name == "weight_g" or p.numel() == 0:
                 continue
-            if "Norm" in kind:
-                p.fill_(1.0 if name == "weight" else 0.0)
+            if "Norm" in kind:  # scales (weight, or an RMSNorm's gamma) 1, shifts 0
+                p.fill_(0.0 if name == "bias" else 1.0)
             elif kind in ("Snake", "SnakeBeta"):
                 p.fill_(0.0 if getattr(mod, "logscale", True) else 1.0)
             elif name == "bias":

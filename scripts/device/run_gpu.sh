@@ -63,6 +63,9 @@ mkdir -p "$OUT"
 SECTIONS="${SECTIONS:-set bench official compare tests profile}"
 BUDGET="${BUDGET:-540}"
 RESERVE=15  # seconds kept for packing $OUT
+# What tts.bench.randomize_ writes; a kept set of another format is written anew (2: the
+# perceivers' RMSNorm scales 1, not 0).
+SET_FORMAT=2
 CK="${CK:-/tmp/bench_ckpt}"
 SEED="${SEED:-1234}"
 BENCH_ARGS="${BENCH_ARGS:---precision bfloat16:bfloat16+compile:bfloat16@1,16#graphkp --precision float32@1#graphkp,graphfi --warmup 1 --repeats 3}"
@@ -164,7 +167,7 @@ setup() {
 # shellcheck disable=SC2317
 # The full-size random set, written to a temporary folder first so that a cut run leaves none.
 write_set() {
-  if [ -f "$CK/.complete" ] && [ "$(cat "$CK/.complete")" = "seed $SEED tiny $TINY" ]; then
+  if [ -f "$CK/.complete" ] && [ "$(cat "$CK/.complete")" = "seed $SEED tiny $TINY $SET_FORMAT" ]; then
     echo ">> $CK is complete (seed $SEED, tiny $TINY): kept"
     cp "$CK/set.json" "$OUT/set.json" 2>/dev/null
     return 0
@@ -184,7 +187,7 @@ info = {"path": sys.argv[1].removesuffix(".tmp"), "seed": seed, "device": sys.ar
         "tiny": sys.argv[5] == "1", "write_s": took, "files": files}
 Path(sys.argv[3]).write_text(json.dumps(info, indent=1))
 PY
-  cp "$OUT/set.json" "$CK.tmp/set.json" && echo "seed $SEED tiny $TINY" > "$CK.tmp/.complete" && mv "$CK.tmp" "$CK"
+  cp "$OUT/set.json" "$CK.tmp/set.json" && echo "seed $SEED tiny $TINY $SET_FORMAT" > "$CK.tmp/.complete" && mv "$CK.tmp" "$CK"
 }
 
 # shellcheck disable=SC2317
@@ -319,6 +322,6 @@ main() {
 }
 
 export -f write_set compare
-export CK SEED OUT SITE_OURS PY DEVICE TINY
+export CK SEED OUT SITE_OURS PY DEVICE TINY SET_FORMAT
 main 2>&1 | tee "$OUT/run.log"
 exit "${PIPESTATUS[0]}"
