@@ -186,9 +186,7 @@ def speaker_is_emotion_prompt(request: SynthesisRequest) -> bool:
     """True when the row's speaker file is also its emotion prompt: no emotion audio, or one
     that emotion text or an emotion vector disables (:func:`tts.emotion.plan_emotion`'s
     precedence), or the speaker file itself."""
-    if request.emo_audio is None or request.emo_text is not None:
-        return True
-    if request.emo_vector is not None:
+    if request.emo_audio is None or request.emo_text is not None or request.emo_vector is not None:
         return True
     key = _file_key(request.emo_audio)
     return key is not None and key == _file_key(request.speaker)
