@@ -466,6 +466,10 @@ class Engine:
             del self._prompt_cache[oldest]
         return value
 
+    def _is_kept(self, kind: str, key: tuple) -> bool:
+        """True when :meth:`_memo` holds a value under ``(kind, *key)``."""
+        return (kind, *key) in self._prompt_cache
+
     def clear_prompt_cache(self) -> None:
         """Forget every prompt's conditioning and latent (``tts bench`` times a new prompt each
         pass)."""
@@ -504,7 +508,7 @@ class Engine:
         dev = self.device
         features = self.part("features")
         key = _file_key(audio_path)
-        if emotion_too and key is not None and ("emotion", *key) not in self._prompt_cache:
+        if emotion_too and key is not None and not self._is_kept("emotion", key):
             spk_cond_emb, emo_cond = features.batch([wav16, load_prompt(audio_path, 16000)[0]])
             self._memo("emotion", key, lambda: emo_cond)
         else:

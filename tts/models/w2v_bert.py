@@ -272,9 +272,7 @@ class SemanticFeatures:
     @torch.no_grad()
     def __call__(self, wave_16k: torch.Tensor) -> torch.Tensor:
         """Waveform -> ``(hidden_states[17] - mean) / std``, ``[1, T, hidden]``."""
-        feats, mask = self.extract(wave_16k)
-        hidden, _ = self.hidden(feats, mask)
-        return self.normalize(hidden)
+        return self.batch([wave_16k])[0]
 
     @torch.no_grad()
     def batch(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
