@@ -202,6 +202,39 @@ def _gpt_small_cuda(dtype: torch.dtype = torch.float32):
     return load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
 
 
+def test_batched_conditioning_equals_one_by_one_cuda():
+    """float32 on CUDA, as tests/test_semantic.py and tests/test_gpt.py on the CPU: w2v-bert
+    features of three waveforms of different lengths in one forward
+    (``SemanticFeatures.batch``) equal each computed alone, and ``merge_emovec`` of two
+    same-shape inputs (one encoder pass of both) equals the two passes, up to float rounding."""
+    from safetensors.torch import load_file
+
+    from tts.checkpoints import CheckpointSet
+    from tts.models.w2v_bert import SemanticFeatures
+
+    root = next((fs.root for fs, _ in CASES if fs.name == "s2mel-small"), None)
+    if root is None:
+        pytest.skip("s2mel-small fixture set not found")
+    golden = load_file(str(root / "golden.safetensors"))
+    sem = SemanticFeatures.from_checkpoints(CheckpointSet.open(root), device="cuda")
+    odd, even = golden["resample.wave_16k"], golden["w2v.even.wave_16k"]
+    waves = [even, odd, odd[..., : odd.shape[-1] * 2 // 3]]
+    for wave, got in zip(waves, sem.batch(waves), strict=True):
+        alone = sem(wave)
+        assert got.shape == alone.shape
+        torch.testing.assert_close(got, alone, atol=5e-5, rtol=1e-5)
+
+    gpt = _gpt_small_cuda()
+    gpt_golden = load_file(
+        str(next(fs.root for fs, _ in CASES if fs.name == "gpt-small") / "golden.safetensors")
+    )
+    feat, lens = gpt_golden["b2.emo_feat"].cuda(), gpt_golden["b2.emo_lens"].cuda()
+    with torch.no_grad():
+        got = gpt.merge_emovec(feat, feat.flip(0), lens, lens.flip(0), alpha=0.4)
+        base, emo = gpt.get_emovec(feat, lens), gpt.get_emovec(feat.flip(0), lens.flip(0))
+    torch.testing.assert_close(got, base + 0.4 * (emo - base), atol=1e-6, rtol=1e-5)
+
+
 def test_graph_decoder_matches_eager_cuda():
     """Sampling through CUDA graphs vs the plain loop, same seed: same codes (beams 1 and 3)."""
     from tts.fast.decode import generate as fast_generate
