@@ -303,3 +303,24 @@ def test_linear_bench_script_runs_interpreted(tmp_path):
         assert f"ours_attention_pdl_{name}_ms" in stack, sorted(stack)
     assert "other_linear_attention_pdl_read_ahead_ms" in stack
     assert rows["3"]["pdl_equal"] is True
+
+
+def test_barrier_bench_script_runs_interpreted(tmp_path):
+    """scripts/device/barrier_bench.py runs its kernel-per-phase form on the CPU through Triton's
+    interpreter, and each phase finds the stamps the phase before it wrote (the check that
+    must also read 0 errors on the GPU)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "barrier.json"
+    cmd = [sys.executable, str(root / "scripts" / "device" / "barrier_bench.py"), "--device"]
+    cmd += ["cpu", "--programs", "3,5", "--warps", "1", "--phases", "4", "--json", str(out)]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["programs"], r["plain_errors"]) for r in rows] == [(3, 0), (5, 0)]

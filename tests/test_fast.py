@@ -1231,6 +1231,52 @@ def test_attention_kernel_compiles_for_hopper():
             )
 
 
+def test_linear_lanes_cover_the_width():
+    """tts.fast.linear.lanes: the first tile lies inside the width, both tiles cover it, and the
+    GPT's widths need no padding (1280 on one warp: 256 x (4 + 1); 5120 on four: 1024 x (4 +
+    1))."""
+    from tts.fast import linear
+
+    pytest.importorskip("triton")
+    assert linear.lanes(1280, 1) == (256, 4, 1)
+    assert linear.lanes(5120, 4) == (1024, 4, 1)
+    for k_in in (1, 7, 48, 64, 96, 1000, 1280, 3840, 5120):
+        for warps in (1, 2, 4, 8):
+            lane, ja, jb = linear.lanes(k_in, warps)
+            assert lane * ja <= k_in <= lane * (ja + jb), (k_in, warps)
+            assert k_in % lane == 0 and lane <= 256 * warps
+            assert all(n & (n - 1) == 0 for n in (lane, ja, jb))
+
+
+def test_linear_kernel_compiles_for_hopper():
+    """The few-row projection kernel compiles for sm_90 with PDL at the GPT's shapes (1280 and
+    5120 inputs), 1, 3 and 8 rows, bf16 and float32, with each epilogue."""
+    from tts.fast import linear
+
+    ints = ("N", "stride_x", "stride_res", "stride_out", "kv_row", "kv_head", "kv_pos")
+    ints += ("width", "head_dim")
+    flags = ("M", "K", "LANE", "JA", "JB", "GELU", "RES", "KV", "BLOCK_M", "BLOCK_N", "PDL")
+    for dtype in ("bf16", "fp32"):
+        signature = {  # in the kernel's argument order
+            **dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr"), f"*{dtype}"),
+            **dict.fromkeys(("k_ptr", "v_ptr"), f"*{dtype}"),
+            "pos_ptr": "*i64",
+            **dict.fromkeys(ints, "i32"),
+            **dict.fromkeys(flags, "constexpr"),
+        }
+        for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
+                                    (5120, False, True, False)):  # fmt: skip
+            warps = linear.warps_for(linear.ROWS_PER_PROGRAM, k_in)
+            lane, ja, jb = linear.lanes(k_in, warps)
+            for rows in (1, 3, 8):
+                constexprs = {
+                    "M": rows, "K": k_in, "LANE": lane, "JA": ja, "JB": jb, "GELU": gelu,
+                    "RES": res, "KV": kv, "BLOCK_M": 1 << (rows - 1).bit_length(),
+                    "BLOCK_N": linear.ROWS_PER_PROGRAM, "PDL": True,
+                }  # fmt: skip
+                _compile_for_hopper(linear._linear_kernel, signature, constexprs, warps)
+
+
 def test_choice_kernels_compile_for_hopper():
     """The processors', the beam draw's and the beam step's kernels compile for sm_90 at the
     decoder's settings (the first version of the first passed the interpreter and failed on

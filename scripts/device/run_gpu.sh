@@ -39,6 +39,9 @@
 #   linear    scripts/device/linear_bench.py $LINEAR_ARGS (the GPT's few-row projections against
 #             cuBLAS, launch settings with --sweep, the 24-layer stack, --other FILE (repeatable):
 #             an A/B against another tts/fast/linear.py, registers per kernel; no checkpoints)
+#   barrier   scripts/device/barrier_bench.py $BARRIER_ARGS (one dependent phase: a grid barrier inside
+#             a persistent Triton kernel against a kernel boundary with and without PDL; no
+#             checkpoints)
 #   calls     scripts/device/call_profile.py $CALLS_ARGS (one GPT generate call's host time outside
 #             its replayed steps: the decoder's stats over several calls, then cProfile of one;
 #             no checkpoints)
@@ -82,15 +85,16 @@ RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:-}"
+BARRIER_ARGS="${BARRIER_ARGS:-}"
 CALLS_ARGS="${CALLS_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
-T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_CALLS="${T_CALLS:-180}"
+T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_BARRIER="${T_BARRIER:-120}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json barrier.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -303,6 +307,9 @@ main() {
   # shellcheck disable=SC2086
   want linear && section linear "$T_LINEAR" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/linear_bench.py $LINEAR_ARGS --json "$OUT/linear.json"
+  # shellcheck disable=SC2086
+  want barrier && section barrier "$T_BARRIER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/barrier_bench.py $BARRIER_ARGS --json "$OUT/barrier.json"
   # shellcheck disable=SC2086
   want calls && section calls "$T_CALLS" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/call_profile.py $CALLS_ARGS --json "$OUT/calls.json"

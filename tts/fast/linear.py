@@ -26,10 +26,16 @@ is rounded to the output dtype before GELU or the residual add, which then run i
 round once. Products and sums are float32 (CUDA-core multiply-adds, no TF32), so float32
 weights give IEEE float32 results.
 
-Each program holds :data:`ROWS_PER_PROGRAM` whole weight rows in registers (the width as two
-power-of-two tiles, 1280 = 1024 + 256, see :func:`split_width`), loads every input row at once
-and reduces each row's products inside one warp. A projection is a matrix-vector product per
-row, so this is a GEMV with the few rows sharing each weight load.
+Each program holds :data:`ROWS_PER_PROGRAM` whole weight rows in registers (the width as
+lanes of up to 256 inputs per warp, 1280 = (4 + 1) x 256, see :func:`lanes`), loads every input
+row at once in the weights' own layout, and sums each row's products within each thread before
+one reduction across the warp. A projection is a matrix-vector product per row, so this is a
+GEMV with the few rows sharing each weight load. The lanes replaced two power-of-two tiles
+(1024 + 256) reduced separately, with each input row picked out of the row tile by a float sum:
+at 3 rows that cost 833 instructions per program after the PDL wait against 688 now (fc,
+sm_90 SASS), and the 24-layer stack with attention and PDL took 0.815 / 0.818 ms against 0.795 /
+0.799 now; at 1 row it was faster, 0.585 / 0.595 against 0.611 / 0.611 ms (H100, two calls,
+docs/benchmarks.md, runs CI-CJ).
 
 ``pdl=True`` launches the kernels as programmatic dependent launches (Hopper or newer): a
 kernel starts while the one before it in the stream still runs, loads its weights (which do
@@ -116,58 +122,71 @@ if triton is not None:
         tl.store(out + kb, (db * rstd * gb + sb).to(out_ptr.dtype.element_ty), mask=kb_ok)
 
     @triton.jit
+    def _pick(x, rows, m: tl.constexpr):
+        """Row ``m`` of ``x`` [rows, ...] as float32 [1, ...]. Picked on the bits: where the rows
+        are held by each thread, a sum of integer zeros folds away (a float sum would cost an
+        add per element: ``x + 0.0`` is not ``x`` for ``x = -0.0``)."""
+        if x.dtype.primitive_bitwidth == 16:
+            bits = x.to(tl.int16, bitcast=True)
+        else:
+            bits = x.to(tl.int32, bitcast=True)
+        one = tl.sum(tl.where(rows[:, None, None] == m, bits, 0), axis=0, keep_dims=True)
+        return one.to(bits.dtype).to(x.dtype, bitcast=True).to(tl.float32)
+
+    @triton.jit
     def _linear_kernel(
         x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
-        M: tl.constexpr, K: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr,
-        GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
+        M: tl.constexpr, K: tl.constexpr, LANE: tl.constexpr, JA: tl.constexpr,
+        JB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
 
-        The input width is two power-of-two parts, ``[0, KA)`` and ``[KA, KA + KB)`` (KB may
-        be padded past ``K``), so the program's whole weight rows fit two register tiles
-        without padding 1280 to 2048.
+        A weight row is read as ``JA + JB`` lanes of ``LANE`` inputs (:func:`split_width`;
+        1280 = (4 + 1) x 256), so the program's whole weight rows fit two register tiles
+        ``[BLOCK_N, JA, LANE]`` and ``[BLOCK_N, JB, LANE]`` without padding 1280 to 2048.
+        Each input row is loaded in the weights' own layout, so its products are summed
+        first within each thread (over the lanes, both tiles) and then once across the
+        threads: one cross-thread reduction per input row and weight row.
         """
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        ka = tl.arange(0, KA)
-        kb = KA + tl.arange(0, KB)
-        kb_ok = kb < K
+        col_ok = cols[:, None, None] < N
+        lane = tl.arange(0, LANE)[None, None, :]
+        at_a = tl.arange(0, JA)[None, :, None] * LANE + lane  # [1, JA, LANE]
+        at_b = (JA + tl.arange(0, JB))[None, :, None] * LANE + lane  # [1, JB, LANE]
+        b_ok = at_b < K
+        w_row = w_ptr + cols[:, None, None] * K
         # Everything that does not depend on the previous kernel is loaded first: the weights
         # and the bias. With PDL the kernel is launched while the previous one still runs, and
         # these loads overlap it.
-        wa = tl.load(w_ptr + cols[:, None] * K + ka[None, :], mask=col_ok[:, None], other=0.0)
-        wb = tl.load(
-            w_ptr + cols[:, None] * K + kb[None, :],
-            mask=col_ok[:, None] & kb_ok[None, :],
-            other=0.0,
-        )
-        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        wa = tl.load(w_row + at_a, mask=col_ok, other=0.0)
+        wb = tl.load(w_row + at_b, mask=col_ok & b_ok, other=0.0)
+        bias = tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
         if PDL:
             gdc_launch_dependents()  # the next kernel may start its own weight loads
             gdc_wait()  # the previous kernel's outputs (our input rows) are complete
         rows = tl.arange(0, BLOCK_M)
         row_ok = rows < M
-        # All input rows at once, so their loads are in flight together.
-        xa = tl.load(
-            x_ptr + rows[:, None] * stride_x + ka[None, :], mask=row_ok[:, None], other=0.0
-        )
-        xb = tl.load(
-            x_ptr + rows[:, None] * stride_x + kb[None, :],
-            mask=row_ok[:, None] & kb_ok[None, :],
-            other=0.0,
-        )
-        # Row by row: the row picked out of the tile (a sum with zeros: exact).
+        # All input rows in one load, so their loads are in flight together (loads of one row
+        # at a time were each issued just before that row's products, waiting in turn).
+        rows = tl.arange(0, BLOCK_M)
+        at_x = x_ptr + rows[:, None, None] * stride_x
+        xa = tl.load(at_x + at_a, mask=rows[:, None, None] < M, other=0.0)
+        xb = tl.load(at_x + at_b, mask=(rows[:, None, None] < M) & b_ok, other=0.0)
+        wa = wa.to(tl.float32)
+        wb = wb.to(tl.float32)
         y = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for m in tl.static_range(M):
-            pick = rows[:, None] == m
-            xm_a = tl.sum(tl.where(pick, xa.to(tl.float32), 0.0), axis=0)
-            xm_b = tl.sum(tl.where(pick, xb.to(tl.float32), 0.0), axis=0)
-            acc = tl.sum(wa.to(tl.float32) * xm_a[None, :], axis=1)
-            acc += tl.sum(wb.to(tl.float32) * xm_b[None, :], axis=1)
-            y = tl.where(pick, acc[None, :], y)
+            # The weight rows' dot products with input row m: the products summed within
+            # each thread first (lanes of both tiles), then once across threads.
+            part = tl.sum(wa * _pick(xa, rows, m), axis=1)
+            part += tl.sum(wb * _pick(xb, rows, m), axis=1)  # [BLOCK_N, LANE]
+            y = tl.where(rows[:, None] == m, tl.sum(part, axis=1)[None, :], y)
+        row_ok = rows < M
         # The projection's own rounding, then the epilogue in float32.
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
         y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
         if GELU:
             y = _gelu_tanh(y)
@@ -202,6 +221,19 @@ def split_width(k_in: int) -> tuple[int, int]:
     of two <= ``k_in``, KB the rest rounded up to a power of two (1280 = 1024 + 256)."""
     ka = 1 << (k_in.bit_length() - 1)
     return ka, triton.next_power_of_2(max(1, k_in - ka))
+
+
+@functools.cache
+def lanes(k_in: int, warps: int) -> tuple[int, int, int]:
+    """The input width as ``(LANE, JA, JB)`` for :func:`_linear_kernel`: ``LANE`` inputs (the
+    largest power of two dividing ``k_in``, at most 8 per thread of the program's warps) side
+    by side, ``JA`` (a power of two) lanes of them in the first tile and the rest in ``JB``
+    (rounded up to a power of two, at least 1; lanes past ``k_in`` are masked). 1280 inputs on
+    one warp: 256 x (4 + 1); 5120 on four: 1024 x (4 + 1)."""
+    lane = min(k_in & -k_in, 8 * 32 * warps)
+    count = k_in // lane
+    ja = 1 << (count.bit_length() - 1)
+    return lane, ja, triton.next_power_of_2(max(1, count - ja))
 
 
 @functools.cache
@@ -293,18 +325,19 @@ def linear(
     else:
         kc = vc = pos = dummy
         head_dim, kv_strides = 1, (0, 0, 0)
-    ka, kb = split_width(k_in)
     per_program = rows_per_program or ROWS_PER_PROGRAM
     pdl = pdl and pdl_available(x.device)
+    warps = num_warps or warps_for(per_program, k_in)
+    lane, ja, jb = lanes(k_in, warps)
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
     _linear_kernel[(triton.cdiv(n_out, per_program),)](
         x, w, b, res, out, kc, vc, pos, n_out,
         x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
         *kv_strides, width, head_dim,
-        M=rows, K=k_in, KA=ka, KB=kb, GELU=gelu,
+        M=rows, K=k_in, LANE=lane, JA=ja, JB=jb, GELU=gelu,
         RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
-        BLOCK_N=per_program, PDL=pdl, num_warps=num_warps or warps_for(per_program, k_in),
+        BLOCK_N=per_program, PDL=pdl, num_warps=warps,
         launch_pdl=pdl,
     )  # fmt: skip
     return out
