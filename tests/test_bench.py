@@ -324,3 +324,32 @@ def test_barrier_bench_script_runs_interpreted(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["programs"], r["plain_errors"]) for r in rows] == [(3, 0), (5, 0)]
+
+
+def test_persistent_bench_script_runs_interpreted(tmp_path):
+    """scripts/device/persistent_bench.py's persistent stack kernel, each phase launched on its
+    own through Triton's interpreter (tiny width, 2 layers), equals the tts.fast.linear chain
+    (float32 within 1e-4, bf16 within its rounding bound; the script raises otherwise), at 1
+    and 3 rows and two program counts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"persistent_{dtype}.json"
+        cmd = [sys.executable, str(root / "scripts" / "device" / "persistent_bench.py")]
+        cmd += ["--device", "cpu", "--rows", "1,3", "--configs", "1x4,2x2", "--dtype", dtype]
+        cmd += ["--json", str(out)]
+        env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows = json.loads(out.read_text())["rows"]
+        for r in ("1", "3"):
+            assert sorted(k for k in rows[r] if k.endswith("_maxdiff")) == [
+                "persistent_3x4_maxdiff",
+                "persistent_6x2_maxdiff",
+            ]
+            assert not any(k.endswith("_failed") for k in rows[r])

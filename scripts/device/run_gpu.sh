@@ -42,6 +42,9 @@
 #   barrier   scripts/device/barrier_bench.py $BARRIER_ARGS (one dependent phase: a grid barrier inside
 #             a persistent Triton kernel against a kernel boundary with and without PDL; no
 #             checkpoints)
+#   persistent scripts/device/persistent_bench.py $PERSISTENT_ARGS (the 24-layer projection stack as
+#             one persistent Triton kernel with grid barriers against the tts.fast.linear chain;
+#             checked against it first; no checkpoints)
 #   calls     scripts/device/call_profile.py $CALLS_ARGS (one GPT generate call's host time outside
 #             its replayed steps: the decoder's stats over several calls, then cProfile of one;
 #             no checkpoints)
@@ -86,15 +89,16 @@ WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:-}"
 BARRIER_ARGS="${BARRIER_ARGS:-}"
+PERSISTENT_ARGS="${PERSISTENT_ARGS:-}"
 CALLS_ARGS="${CALLS_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
-T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_BARRIER="${T_BARRIER:-120}" T_CALLS="${T_CALLS:-180}"
+T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json barrier.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json barrier.json persistent.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -310,6 +314,9 @@ main() {
   # shellcheck disable=SC2086
   want barrier && section barrier "$T_BARRIER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/barrier_bench.py $BARRIER_ARGS --json "$OUT/barrier.json"
+  # shellcheck disable=SC2086
+  want persistent && section persistent "$T_PERSISTENT" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/persistent_bench.py $PERSISTENT_ARGS --json "$OUT/persistent.json"
   # shellcheck disable=SC2086
   want calls && section calls "$T_CALLS" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/call_profile.py $CALLS_ARGS --json "$OUT/calls.json"
