@@ -22,6 +22,13 @@ two roundings allow, as tests/kernel_reference.py; float32 within 1e-5), then ti
 CUDA graphs (median of 5 rounds of ``--replays`` replays, CUDA events) and prints ms per
 stack, with the bandwidth floor (weight bytes / device copy bandwidth).
 
+Measured on an H100 (docs/benchmarks.md, runs CK and CM): correct (the output equal to the
+chain's) but 5.5-10x slower than the chain: 3.46 ms at 1 row and 6.59 ms at 3 rows (132
+programs x 4 warps) against 0.514 / 0.637 ms for the chain with PDL. The same phases launched
+as separate kernels, without any barrier, take as long (3.47 / 5.83 ms): the phases' own code
+is slow, not the barriers. Why is not known yet (the compiled kernel holds 16-64 KiB of shared
+memory for layout conversions and 255 registers per thread).
+
 ``--device cpu`` (TRITON_INTERPRET=1) checks each phase launched as its own kernel (the
 interpreter runs programs one after another, so the barrier cannot run there), at a tiny width.
 """
@@ -314,6 +321,12 @@ class Stack:
             BN=warps, ONLY=only, num_warps=warps,
         )  # fmt: skip
 
+    def phases(self, programs: int, warps: int) -> None:
+        """The persistent kernel's phases launched one by one (``only``), no barriers."""
+        for lay in range(self.layers):
+            for only in range(4):
+                self.persistent(programs, warps, only=only, layer=lay)
+
 
 def check(stack: Stack, got: torch.Tensor, want: torch.Tensor) -> float:
     """Largest difference of the stack's output from the chain's; raises beyond the bound
@@ -377,9 +390,7 @@ def main() -> None:
             g = per_sm * sms
             stack.xs[1:].zero_()
             if cpu:  # phase by phase: the interpreter cannot run a grid barrier
-                for lay in range(layers):
-                    for only in range(4):
-                        stack.persistent(g, warps, only=only, layer=lay)
+                stack.phases(g, warps)
             else:
                 stack.persistent(g, warps)
             key = f"persistent_{g}x{warps}"
@@ -391,6 +402,11 @@ def main() -> None:
                 continue
             if not cpu:
                 out[f"{key}_ms"] = timed(lambda s=stack, g=g, w=warps: s.persistent(g, w), 20)
+                # The same phases as 4 x layers kernels (no barrier): is it the phases' own
+                # code or the barriers that cost?
+                out[f"phases_{g}x{warps}_ms"] = timed(
+                    lambda s=stack, g=g, w=warps: s.phases(g, w), args.replays
+                )
         if not cpu:
             out["chain_pdl_ms"] = timed(lambda s=stack: s.chain(pdl=True), args.replays)
             out["chain_ms"] = timed(lambda s=stack: s.chain(pdl=False), args.replays)
