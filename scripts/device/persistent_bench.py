@@ -69,13 +69,14 @@ def _grid_barrier(counter_ptr, target):
 
 @triton.jit
 def _offsets(JA: tl.constexpr, JB: tl.constexpr, BN: tl.constexpr, LANE: tl.constexpr):
-    """Offsets of a row's inputs in the two tiles ``[JA, BN, LANE]`` and ``[JB, BN, LANE]``
-    (lane j, position i: j * LANE + i; the same for every weight row n of the tile)."""
+    """Offsets of a row's inputs in the two tiles ``[BN, JA, LANE]`` and ``[BN, JB, LANE]``
+    (lane j, position i: j * LANE + i; the same for every weight row n of the tile). The
+    weight rows come first so that Triton gives them the warps (one row per warp): with the
+    lanes first it put the warps on the lanes, and every lane sum crossed warps."""
     lane = tl.arange(0, LANE)[None, None, :]
-    at_a = tl.arange(0, JA)[:, None, None] * LANE + lane + 0 * tl.arange(0, BN)[None, :, None]
-    at_b = (
-        (JA + tl.arange(0, JB))[:, None, None] * LANE + lane + 0 * tl.arange(0, BN)[None, :, None]
-    )
+    n0 = 0 * tl.arange(0, BN)[:, None, None]
+    at_a = n0 + tl.arange(0, JA)[None, :, None] * LANE + lane
+    at_b = n0 + (JA + tl.arange(0, JB))[None, :, None] * LANE + lane
     return at_a, at_b
 
 
@@ -85,7 +86,7 @@ def _tile(w_ptr, t, n_tiles, K: tl.constexpr, JA: tl.constexpr, JB: tl.constexpr
     """Weight tile ``t`` (rows ``[t * BN, (t + 1) * BN)`` of ``w`` [N, K]; nothing past the
     last tile), as the two tiles of :func:`_offsets`."""
     at_a, at_b = _offsets(JA, JB, BN, LANE)
-    rows = t * BN + tl.arange(0, BN)[None, :, None]
+    rows = t * BN + tl.arange(0, BN)[:, None, None]
     ok = t < n_tiles
     wa = tl.load(w_ptr + rows * K + at_a, mask=ok, other=0.0)
     wb = tl.load(w_ptr + rows * K + at_b, mask=ok & (at_b < K), other=0.0)
@@ -103,18 +104,18 @@ def _input_row(x_ptr, m: tl.constexpr, sx, lnw_ptr, lnb_ptr, eps, K: tl.constexp
     xa = tl.load(x_ptr + m * sx + at_a).to(tl.float32)
     xb = tl.load(x_ptr + m * sx + at_b, mask=b_ok, other=0.0).to(tl.float32)
     if LN:
-        mean = (tl.sum(tl.sum(xa, axis=2), axis=0) + tl.sum(tl.sum(xb, axis=2), axis=0)) / K
-        da = xa - mean[None, :, None]
-        db = tl.where(b_ok, xb - mean[None, :, None], 0.0)
-        var = tl.sum(tl.sum(da * da, axis=2), axis=0) + tl.sum(tl.sum(db * db, axis=2), axis=0)
+        mean = (tl.sum(tl.sum(xa, axis=2), axis=1) + tl.sum(tl.sum(xb, axis=2), axis=1)) / K
+        da = xa - mean[:, None, None]
+        db = tl.where(b_ok, xb - mean[:, None, None], 0.0)
+        var = tl.sum(tl.sum(da * da, axis=2), axis=1) + tl.sum(tl.sum(db * db, axis=2), axis=1)
         rstd = 1.0 / tl.sqrt(var / K + eps)
         ga = tl.load(lnw_ptr + at_a).to(tl.float32)
         gb = tl.load(lnw_ptr + at_b, mask=b_ok, other=0.0).to(tl.float32)
         sa = tl.load(lnb_ptr + at_a).to(tl.float32)
         sb = tl.load(lnb_ptr + at_b, mask=b_ok, other=0.0).to(tl.float32)
         dt = x_ptr.dtype.element_ty
-        xa = (da * rstd[None, :, None] * ga + sa).to(dt).to(tl.float32)
-        xb = (db * rstd[None, :, None] * gb + sb).to(dt).to(tl.float32)
+        xa = (da * rstd[:, None, None] * ga + sa).to(dt).to(tl.float32)
+        xb = (db * rstd[:, None, None] * gb + sb).to(dt).to(tl.float32)
     return xa, xb
 
 
@@ -123,7 +124,7 @@ def _emit(fa, fb, xa, xb, bias, cols, col_ok, m: tl.constexpr, res_ptr, sres, ou
           GELU: tl.constexpr, RES: tl.constexpr):  # fmt: skip
     """Output row ``m`` of the tile's columns: the dot products (summed within each thread
     first, then across the warp), rounded as tts.fast.linear.linear, GELU / residual."""
-    part = tl.sum(fa * xa, axis=0) + tl.sum(fb * xb, axis=0)  # [BN, LANE]
+    part = tl.sum(fa * xa, axis=1) + tl.sum(fb * xb, axis=1)  # [BN, LANE]
     y = (tl.sum(part, axis=1) + bias).to(out_ptr.dtype.element_ty).to(tl.float32)
     if GELU:
         y = linear._gelu_tanh(y)
