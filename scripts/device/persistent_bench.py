@@ -22,12 +22,19 @@ two roundings allow, as tests/kernel_reference.py; float32 within 1e-5), then ti
 CUDA graphs (median of 5 rounds of ``--replays`` replays, CUDA events) and prints ms per
 stack, with the bandwidth floor (weight bytes / device copy bandwidth).
 
-Measured on an H100 (docs/benchmarks.md, runs CK and CM): correct (the output equal to the
-chain's) but 5.5-10x slower than the chain: 3.46 ms at 1 row and 6.59 ms at 3 rows (132
-programs x 4 warps) against 0.514 / 0.637 ms for the chain with PDL. The same phases launched
-as separate kernels, without any barrier, take as long (3.47 / 5.83 ms): the phases' own code
-is slow, not the barriers. Why is not known yet (the compiled kernel holds 16-64 KiB of shared
-memory for layout conversions and 255 registers per thread).
+Measured on an H100 (docs/benchmarks.md, runs CK-CN). The output equals the chain's exactly
+(bf16). The first version (runs CK, CM) put the tiles' lanes first, and Triton gave the warps
+to the lanes: every lane sum crossed warps through shared memory, and the stack took 3.46 /
+6.59 ms at 1 / 3 rows. With the weight rows first (run CN) it takes, ms per stack:
+
+| rows | persistent 264 x 4 warps | 132 x 8 | 132 x 4 | its phases as kernels (264 x 4) | chain, PDL | chain |
+|---|---|---|---|---|---|---|
+| 1 | 0.581 | 0.609 | 0.681 | 0.668 | **0.511** | 0.670 |
+| 3 | 0.794 | 0.902 | 1.014 | 0.863 | **0.632** | 0.766 |
+
+So the barriers save 70-90 us against the same phases launched one by one, about what PDL
+saves the chain (160 / 134 us), but the phases' own code is slower than the chain's kernels,
+and the persistent stack loses to the chain with PDL by 14-26%.
 
 ``--device cpu`` (TRITON_INTERPRET=1) checks each phase launched as its own kernel (the
 interpreter runs programs one after another, so the barrier cannot run there), at a tiny width.
