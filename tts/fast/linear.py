@@ -143,7 +143,7 @@ if triton is not None:
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
 
-        A weight row is read as ``JA + JB`` lanes of ``LANE`` inputs (:func:`split_width`;
+        A weight row is read as ``JA + JB`` lanes of ``LANE`` inputs (:func:`lanes`;
         1280 = (4 + 1) x 256), so the program's whole weight rows fit two register tiles
         ``[BLOCK_N, JA, LANE]`` and ``[BLOCK_N, JB, LANE]`` without padding 1280 to 2048.
         Each input row is loaded in the weights' own layout, so its products are summed
@@ -151,29 +151,29 @@ if triton is not None:
         threads: one cross-thread reduction per input row and weight row.
         """
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols[:, None, None] < N
+        col_ok = cols < N
         lane = tl.arange(0, LANE)[None, None, :]
         at_a = tl.arange(0, JA)[None, :, None] * LANE + lane  # [1, JA, LANE]
         at_b = (JA + tl.arange(0, JB))[None, :, None] * LANE + lane  # [1, JB, LANE]
         b_ok = at_b < K
         w_row = w_ptr + cols[:, None, None] * K
+        w_ok = col_ok[:, None, None]
         # Everything that does not depend on the previous kernel is loaded first: the weights
         # and the bias. With PDL the kernel is launched while the previous one still runs, and
         # these loads overlap it.
-        wa = tl.load(w_row + at_a, mask=col_ok, other=0.0)
-        wb = tl.load(w_row + at_b, mask=col_ok & b_ok, other=0.0)
-        bias = tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+        wa = tl.load(w_row + at_a, mask=w_ok, other=0.0)
+        wb = tl.load(w_row + at_b, mask=w_ok & b_ok, other=0.0)
+        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         if PDL:
             gdc_launch_dependents()  # the next kernel may start its own weight loads
             gdc_wait()  # the previous kernel's outputs (our input rows) are complete
-        rows = tl.arange(0, BLOCK_M)
-        row_ok = rows < M
         # All input rows in one load, so their loads are in flight together (loads of one row
         # at a time were each issued just before that row's products, waiting in turn).
         rows = tl.arange(0, BLOCK_M)
+        row_ok = rows < M
         at_x = x_ptr + rows[:, None, None] * stride_x
-        xa = tl.load(at_x + at_a, mask=rows[:, None, None] < M, other=0.0)
-        xb = tl.load(at_x + at_b, mask=(rows[:, None, None] < M) & b_ok, other=0.0)
+        xa = tl.load(at_x + at_a, mask=row_ok[:, None, None], other=0.0)
+        xb = tl.load(at_x + at_b, mask=row_ok[:, None, None] & b_ok, other=0.0)
         wa = wa.to(tl.float32)
         wb = wb.to(tl.float32)
         y = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -183,10 +183,7 @@ if triton is not None:
             part = tl.sum(wa * _pick(xa, rows, m), axis=1)
             part += tl.sum(wb * _pick(xb, rows, m), axis=1)  # [BLOCK_N, LANE]
             y = tl.where(rows[:, None] == m, tl.sum(part, axis=1)[None, :], y)
-        row_ok = rows < M
         # The projection's own rounding, then the epilogue in float32.
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
         y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
         if GELU:
             y = _gelu_tanh(y)
