@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -54,6 +53,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from scripts.device.linear_bench import timed  # noqa: E402
 from tts.bench import copy_bandwidth  # noqa: E402
 from tts.fast import linear  # noqa: E402
 
@@ -191,6 +191,55 @@ def _phase(x_ptr, sx, lnw_ptr, lnb_ptr, eps, w_ptr, b_ptr, res_ptr, sres, out_pt
 
 
 @triton.jit
+def _first_tile(KIND: tl.constexpr, lay, pid, w_qkv, w_o, w_fc, w_pr, D: tl.constexpr,
+                LANE: tl.constexpr, JA: tl.constexpr, JB: tl.constexpr, LANE4: tl.constexpr,
+                JA4: tl.constexpr, JB4: tl.constexpr, BN: tl.constexpr):  # fmt: skip
+    """This program's first weight tile of phase ``KIND`` (0 qkv, 1 out, 2 fc, 3 proj) of
+    layer ``lay``: loaded before the barrier that opens the phase."""
+    if KIND == 0:
+        wa, wb = _tile(w_qkv + lay * 3 * D * D, pid, tl.cdiv(3 * D, BN), D, JA, JB, BN, LANE)
+    elif KIND == 1:
+        wa, wb = _tile(w_o + lay * D * D, pid, tl.cdiv(D, BN), D, JA, JB, BN, LANE)
+    elif KIND == 2:
+        wa, wb = _tile(w_fc + lay * 4 * D * D, pid, tl.cdiv(4 * D, BN), D, JA, JB, BN, LANE)
+    else:
+        wa, wb = _tile(w_pr + lay * D * 4 * D, pid, tl.cdiv(D, BN), 4 * D, JA4, JB4, BN, LANE4)
+    return wa, wb
+
+
+@triton.jit
+def _layer_phase(KIND: tl.constexpr, lay, wa, wb, pid, xs_ptr, qkv_ptr, ys_ptr, hs_ptr,
+                 w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_pr, b_pr, ln1_w, ln1_b, ln2_w, ln2_b,
+                 eps, G: tl.constexpr, M: tl.constexpr, D: tl.constexpr, LANE: tl.constexpr,
+                 JA: tl.constexpr, JB: tl.constexpr, LANE4: tl.constexpr, JA4: tl.constexpr,
+                 JB4: tl.constexpr, BN: tl.constexpr):  # fmt: skip
+    """Phase ``KIND`` of layer ``lay`` (:func:`_first_tile`'s kinds), its first tile given:
+    ln_1 + qkv; the out projection of the queries + residual; ln_2 + fc + GELU; proj +
+    residual into the next layer's input."""
+    D3: tl.constexpr = 3 * D
+    D4: tl.constexpr = 4 * D
+    x = xs_ptr + lay * M * D
+    y = ys_ptr + lay * M * D
+    q = qkv_ptr + lay * M * D3
+    h = hs_ptr + lay * M * D4
+    if KIND == 0:
+        _phase(x, D, ln1_w + lay * D, ln1_b + lay * D, eps, w_qkv + lay * D3 * D,
+               b_qkv + lay * D3, x, 0, q, D3, wa, wb, pid, G, D3,
+               M, D, JA, JB, BN, LANE, True, False, False, True)  # fmt: skip
+    if KIND == 1:
+        _phase(q, D3, ln1_w, ln1_b, eps, w_o + lay * D * D, b_o + lay * D, x, D, y, D,
+               wa, wb, pid, G, D, M, D, JA, JB, BN, LANE, False, False, True, True)  # fmt: skip
+    if KIND == 2:
+        _phase(y, D, ln2_w + lay * D, ln2_b + lay * D, eps, w_fc + lay * D4 * D,
+               b_fc + lay * D4, y, 0, h, D4, wa, wb, pid, G, D4,
+               M, D, JA, JB, BN, LANE, True, True, False, True)  # fmt: skip
+    if KIND == 3:
+        _phase(h, D4, ln1_w, ln1_b, eps, w_pr + lay * D * D4, b_pr + lay * D, y, D,
+               xs_ptr + (lay + 1) * M * D, D, wa, wb, pid, G, D,
+               M, D4, JA4, JB4, BN, LANE4, False, False, True, False)  # fmt: skip
+
+
+@triton.jit
 def _stack_kernel(
     xs_ptr, qkv_ptr, ys_ptr, hs_ptr,
     w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_pr, b_pr, ln1_w, ln1_b, ln2_w, ln2_b,
@@ -205,62 +254,127 @@ def _stack_kernel(
     cached before it was written. ``ONLY`` >= 0: just phase ``ONLY`` (0 qkv, 1 out, 2 fc, 3 proj)
     of layer ``layer_lo``, no barrier (the CPU interpreter); -1: every phase, with barriers."""
     pid = tl.program_id(0)
-    D3: tl.constexpr = 3 * D
-    D4: tl.constexpr = 4 * D
+    weights = (w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_pr, b_pr, ln1_w, ln1_b, ln2_w, ln2_b)
+    mats = (w_qkv, w_o, w_fc, w_pr)
+    acts = (xs_ptr, qkv_ptr, ys_ptr, hs_ptr)
     if ONLY >= 0:
-        lay = layer_lo
-        x = xs_ptr + lay * M * D
-        y = ys_ptr + lay * M * D
-        if ONLY == 0:
-            wa, wb = _tile(w_qkv + lay * D3 * D, pid, tl.cdiv(D3, BN), D, JA, JB, BN, LANE)
-            _phase(x, D, ln1_w + lay * D, ln1_b + lay * D, eps, w_qkv + lay * D3 * D,
-                   b_qkv + lay * D3, x, 0, qkv_ptr + lay * M * D3, D3, wa, wb, pid, G, D3,
-                   M, D, JA, JB, BN, LANE, True, False, False, True)  # fmt: skip
-        if ONLY == 1:
-            wa, wb = _tile(w_o + lay * D * D, pid, tl.cdiv(D, BN), D, JA, JB, BN, LANE)
-            _phase(qkv_ptr + lay * M * D3, D3, ln1_w, ln1_b, eps, w_o + lay * D * D,
-                   b_o + lay * D, x, D, y, D, wa, wb, pid, G, D,
-                   M, D, JA, JB, BN, LANE, False, False, True, True)  # fmt: skip
-        if ONLY == 2:
-            wa, wb = _tile(w_fc + lay * D4 * D, pid, tl.cdiv(D4, BN), D, JA, JB, BN, LANE)
-            _phase(y, D, ln2_w + lay * D, ln2_b + lay * D, eps, w_fc + lay * D4 * D,
-                   b_fc + lay * D4, y, 0, hs_ptr + lay * M * D4, D4, wa, wb, pid, G, D4,
-                   M, D, JA, JB, BN, LANE, True, True, False, True)  # fmt: skip
-        if ONLY == 3:
-            wa, wb = _tile(w_pr + lay * D * D4, pid, tl.cdiv(D, BN), D4, JA4, JB4, BN, LANE4)
-            _phase(hs_ptr + lay * M * D4, D4, ln1_w, ln1_b, eps, w_pr + lay * D * D4,
-                   b_pr + lay * D, y, D, xs_ptr + (lay + 1) * M * D, D, wa, wb, pid, G, D,
-                   M, D4, JA4, JB4, BN, LANE4, False, False, True, False)  # fmt: skip
+        wa, wb = _first_tile(ONLY, layer_lo, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
+        _layer_phase(
+            ONLY,
+            layer_lo,
+            wa,
+            wb,
+            pid,
+            *acts,
+            *weights,
+            eps,
+            G,
+            M,
+            D,
+            LANE,
+            JA,
+            JB,
+            LANE4,
+            JA4,
+            JB4,
+            BN,
+        )
     else:
         arrived = 0
-        qa, qb = _tile(w_qkv + layer_lo * D3 * D, pid, tl.cdiv(D3, BN), D, JA, JB, BN, LANE)
+        qa, qb = _first_tile(0, layer_lo, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
         for lay in range(layer_lo, layer_hi):
-            x = xs_ptr + lay * M * D
-            y = ys_ptr + lay * M * D
-            q = qkv_ptr + lay * M * D3
-            h = hs_ptr + lay * M * D4
-            _phase(x, D, ln1_w + lay * D, ln1_b + lay * D, eps, w_qkv + lay * D3 * D,
-                   b_qkv + lay * D3, x, 0, q, D3, qa, qb, pid, G, D3,
-                   M, D, JA, JB, BN, LANE, True, False, False, True)  # fmt: skip
-            wa, wb = _tile(w_o + lay * D * D, pid, tl.cdiv(D, BN), D, JA, JB, BN, LANE)
+            _layer_phase(
+                0,
+                lay,
+                qa,
+                qb,
+                pid,
+                *acts,
+                *weights,
+                eps,
+                G,
+                M,
+                D,
+                LANE,
+                JA,
+                JB,
+                LANE4,
+                JA4,
+                JB4,
+                BN,
+            )
+            # Each next phase's first tile loads before the barrier that opens the phase.
+            wa, wb = _first_tile(1, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
             arrived += G
             _grid_barrier(counter_ptr, arrived)
-            _phase(q, D3, ln1_w, ln1_b, eps, w_o + lay * D * D, b_o + lay * D, x, D, y, D,
-                   wa, wb, pid, G, D, M, D, JA, JB, BN, LANE, False, False, True, True)  # fmt: skip
-            wa, wb = _tile(w_fc + lay * D4 * D, pid, tl.cdiv(D4, BN), D, JA, JB, BN, LANE)
+            _layer_phase(
+                1,
+                lay,
+                wa,
+                wb,
+                pid,
+                *acts,
+                *weights,
+                eps,
+                G,
+                M,
+                D,
+                LANE,
+                JA,
+                JB,
+                LANE4,
+                JA4,
+                JB4,
+                BN,
+            )
+            wa, wb = _first_tile(2, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
             arrived += G
             _grid_barrier(counter_ptr, arrived)
-            _phase(y, D, ln2_w + lay * D, ln2_b + lay * D, eps, w_fc + lay * D4 * D,
-                   b_fc + lay * D4, y, 0, h, D4, wa, wb, pid, G, D4,
-                   M, D, JA, JB, BN, LANE, True, True, False, True)  # fmt: skip
-            pa, pb = _tile(w_pr + lay * D * D4, pid, tl.cdiv(D, BN), D4, JA4, JB4, BN, LANE4)
+            _layer_phase(
+                2,
+                lay,
+                wa,
+                wb,
+                pid,
+                *acts,
+                *weights,
+                eps,
+                G,
+                M,
+                D,
+                LANE,
+                JA,
+                JB,
+                LANE4,
+                JA4,
+                JB4,
+                BN,
+            )
+            pa, pb = _first_tile(3, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
             arrived += G
             _grid_barrier(counter_ptr, arrived)
-            _phase(h, D4, ln1_w, ln1_b, eps, w_pr + lay * D * D4, b_pr + lay * D, y, D,
-                   xs_ptr + (lay + 1) * M * D, D, pa, pb, pid, G, D,
-                   M, D4, JA4, JB4, BN, LANE4, False, False, True, False)  # fmt: skip
+            _layer_phase(
+                3,
+                lay,
+                pa,
+                pb,
+                pid,
+                *acts,
+                *weights,
+                eps,
+                G,
+                M,
+                D,
+                LANE,
+                JA,
+                JB,
+                LANE4,
+                JA4,
+                JB4,
+                BN,
+            )
             nxt = tl.minimum(lay + 1, layer_hi - 1)  # (the last layer loads a tile it drops)
-            qa, qb = _tile(w_qkv + nxt * D3 * D, pid, tl.cdiv(D3, BN), D, JA, JB, BN, LANE)
+            qa, qb = _first_tile(0, nxt, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
             arrived += G
             _grid_barrier(counter_ptr, arrived)
 
@@ -346,28 +460,6 @@ def check(stack: Stack, got: torch.Tensor, want: torch.Tensor) -> float:
     if not diff <= bound:
         raise AssertionError(f"persistent stack differs from the chain by {diff} (> {bound})")
     return diff
-
-
-def timed(fn, replays: int) -> float:
-    """Milliseconds per ``fn()`` captured in a CUDA graph (median of 5 rounds)."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    for _ in range(3):
-        graph.replay()
-    rounds = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(replays):
-            graph.replay()
-        b.record()
-        b.synchronize()
-        rounds.append(a.elapsed_time(b) / replays)
-    return statistics.median(rounds)
 
 
 def main() -> None:
