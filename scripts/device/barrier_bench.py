@@ -51,12 +51,16 @@ from tts.fast import pdl_available  # noqa: E402
 @triton.jit
 def _grid_barrier(counter_ptr, target):
     """Wait until ``target`` arrivals have been counted at ``counter_ptr`` (this program's
-    included). The CTA barrier orders every thread's writes before the release."""
+    included). The CTA barrier orders every thread's writes before the release. Gives up
+    after 2^18 polls: programs that cannot all be resident at once would otherwise wait
+    forever (what they computed is then wrong, which the callers' checks report)."""
     tl.debug_barrier()
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while seen < target:
+    polls = 0
+    while (seen < target) & (polls < 262144):
         seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        polls += 1
     tl.debug_barrier()
 
 

@@ -53,25 +53,10 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from scripts.device.barrier_bench import _grid_barrier  # noqa: E402
 from scripts.device.linear_bench import timed  # noqa: E402
 from tts.bench import copy_bandwidth  # noqa: E402
 from tts.fast import linear  # noqa: E402
-
-
-@triton.jit
-def _grid_barrier(counter_ptr, target):
-    """Wait until ``target`` arrivals have been counted at ``counter_ptr`` (this program's
-    included); scripts/device/barrier_bench.py measures and checks this form. Gives up after
-    2^18 polls (programs that cannot all be resident would otherwise wait forever; the
-    result then differs from the chain's and the check says so)."""
-    tl.debug_barrier()
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    polls = 0
-    while (seen < target) & (polls < 262144):
-        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-        polls += 1
-    tl.debug_barrier()
 
 
 @triton.jit
