@@ -244,120 +244,21 @@ def _stack_kernel(
     acts = (xs_ptr, qkv_ptr, ys_ptr, hs_ptr)
     if ONLY >= 0:
         wa, wb = _first_tile(ONLY, layer_lo, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
-        _layer_phase(
-            ONLY,
-            layer_lo,
-            wa,
-            wb,
-            pid,
-            *acts,
-            *weights,
-            eps,
-            G,
-            M,
-            D,
-            LANE,
-            JA,
-            JB,
-            LANE4,
-            JA4,
-            JB4,
-            BN,
-        )
+        _layer_phase(ONLY, layer_lo, wa, wb, pid, *acts, *weights, eps,
+                     G, M, D, LANE, JA, JB, LANE4, JA4, JB4, BN)  # fmt: skip
     else:
         arrived = 0
         qa, qb = _first_tile(0, layer_lo, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
         for lay in range(layer_lo, layer_hi):
-            _layer_phase(
-                0,
-                lay,
-                qa,
-                qb,
-                pid,
-                *acts,
-                *weights,
-                eps,
-                G,
-                M,
-                D,
-                LANE,
-                JA,
-                JB,
-                LANE4,
-                JA4,
-                JB4,
-                BN,
-            )
-            # Each next phase's first tile loads before the barrier that opens the phase.
-            wa, wb = _first_tile(1, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
-            arrived += G
-            _grid_barrier(counter_ptr, arrived)
-            _layer_phase(
-                1,
-                lay,
-                wa,
-                wb,
-                pid,
-                *acts,
-                *weights,
-                eps,
-                G,
-                M,
-                D,
-                LANE,
-                JA,
-                JB,
-                LANE4,
-                JA4,
-                JB4,
-                BN,
-            )
-            wa, wb = _first_tile(2, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
-            arrived += G
-            _grid_barrier(counter_ptr, arrived)
-            _layer_phase(
-                2,
-                lay,
-                wa,
-                wb,
-                pid,
-                *acts,
-                *weights,
-                eps,
-                G,
-                M,
-                D,
-                LANE,
-                JA,
-                JB,
-                LANE4,
-                JA4,
-                JB4,
-                BN,
-            )
-            pa, pb = _first_tile(3, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
-            arrived += G
-            _grid_barrier(counter_ptr, arrived)
-            _layer_phase(
-                3,
-                lay,
-                pa,
-                pb,
-                pid,
-                *acts,
-                *weights,
-                eps,
-                G,
-                M,
-                D,
-                LANE,
-                JA,
-                JB,
-                LANE4,
-                JA4,
-                JB4,
-                BN,
-            )
+            _layer_phase(0, lay, qa, qb, pid, *acts, *weights, eps,
+                         G, M, D, LANE, JA, JB, LANE4, JA4, JB4, BN)  # fmt: skip
+            for kind in tl.static_range(1, 4):
+                # Each next phase's first tile loads before the barrier that opens the phase.
+                wa, wb = _first_tile(kind, lay, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
+                arrived += G
+                _grid_barrier(counter_ptr, arrived)
+                _layer_phase(kind, lay, wa, wb, pid, *acts, *weights, eps,
+                             G, M, D, LANE, JA, JB, LANE4, JA4, JB4, BN)  # fmt: skip
             nxt = tl.minimum(lay + 1, layer_hi - 1)  # (the last layer loads a tile it drops)
             qa, qb = _first_tile(0, nxt, pid, *mats, D, LANE, JA, JB, LANE4, JA4, JB4, BN)
             arrived += G
