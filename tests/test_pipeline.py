@@ -340,6 +340,33 @@ def test_cuda_requested_without_cuda_is_a_clear_error(demo):
         Engine.open(demo, device="cuda")
 
 
+def test_auto_device_is_cuda_where_there_is_one_else_the_cpu(demo):
+    engine = Engine.open(demo, device="auto")
+    assert engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="cuda, cuda:N, cpu or auto"):
+        Engine.open(demo, device="mps")
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:", "cuda:x", "CPU", "cpu "])
+def test_synth_command_refuses_a_device_the_config_would_refuse(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(
+            ["synth", "--checkpoints", "c", "--text", "t", "--speaker", "s", "--out", "o",
+             "--device", value]
+        )  # fmt: skip
+    assert exc.value.code == 2
+    assert "use cuda, cuda:N, cpu or auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["cuda", "cuda:1", "cpu", "auto"])
+def test_synth_command_takes_the_devices_the_config_takes(value):
+    args = cli.build_parser().parse_args(
+        ["synth", "--checkpoints", "c", "--text", "t", "--speaker", "s", "--out", "o",
+         "--device", value]
+    )  # fmt: skip
+    assert args.device == value
+
+
 def test_missing_files_are_listed_with_sources(tmp_path):
     (tmp_path / "config.yaml").write_text("gpt: {model_dim: 8}\n")
     with pytest.raises(CheckpointError, match="Hugging Face repo IndexTeam/IndexTTS-2"):

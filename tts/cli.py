@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -224,6 +225,16 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
+
+
+def device_arg(value: str) -> str:
+    """A ``--device`` value as the workflow's config takes it: cuda, cuda:N, cpu or auto."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: use cuda, cuda:N, cpu or auto")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tts",
@@ -256,17 +267,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("synth", help="synthesise one text to a WAV file")
-    s.add_argument("--checkpoints", required=True)
-    s.add_argument("--text", required=True)
-    s.add_argument("--speaker", required=True, help="speaker prompt audio")
-    s.add_argument("--out", required=True)
-    s.add_argument("--emo-audio")
-    s.add_argument("--emo-alpha", type=float, default=1.0)
-    s.add_argument("--emo-vector", help="8 comma-separated values")
+    s.add_argument("--checkpoints", required=True, help="the IndexTTS-2 model folder")
+    s.add_argument("--text", required=True, help="the text to speak")
+    s.add_argument("--speaker", required=True, help="speaker prompt audio (the voice)")
+    s.add_argument("--out", required=True, help="output WAV (22.05 kHz, 16-bit)")
+    s.add_argument("--emo-audio", help="emotion prompt audio (default: the speaker prompt)")
+    s.add_argument(
+        "--emo-alpha",
+        type=float,
+        default=1.0,
+        help="emotion strength, 0-1 (how much of the emotion prompt, vector or text)",
+    )
+    s.add_argument(
+        "--emo-vector",
+        help="8 comma-separated weights: happy, angry, sad, afraid, disgusted, melancholic, "
+        "surprised, calm",
+    )
     s.add_argument("--emo-text", help="emotion from this text via the Qwen emotion model")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--max-mel-tokens", type=int)
-    s.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    s.add_argument("--seed", type=int, help="sampling seed (default: one derived from the text)")
+    s.add_argument("--max-mel-tokens", type=int, help="most semantic codes per text segment")
+    s.add_argument(
+        "--device", default="cuda", type=device_arg, help="cuda (default), cuda:N, cpu or auto"
+    )
     s.add_argument(
         "--dtype",
         default="float32",

@@ -956,16 +956,11 @@ def open_engine(config: dict):
     from tts.pipeline import ONE_CALL_DECODER, DeviceError, Engine
 
     use_compile_cache(config)
-    device = str(config.get("device", "cuda"))
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         start = time.perf_counter()
         engine = Engine.open(
             Path(config["checkpoints"]),
-            device=device,
+            device=str(config.get("device", "cuda")),  # cuda, cuda:N, cpu or auto
             dtype=str(config.get("dtype", "float32")),
             fast=bool(config.get("fast", True)),
             gpt_batch_items=int(config.get("gpt_batch_items", 16)),
@@ -977,7 +972,7 @@ def open_engine(config: dict):
         log.info(
             "engine opened in %.2f s (device %s, demo=%s, fast paths %s)",
             time.perf_counter() - start,
-            device,
+            engine.device,
             engine.is_demo,
             "on" if engine.fast else "off",
         )

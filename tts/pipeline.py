@@ -114,7 +114,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str) -> torch.device:
-    """``cuda``/``cuda:N``/``cpu`` -> torch.device, with a clear error when CUDA is missing."""
+    """``cuda``/``cuda:N``/``cpu``/``auto`` -> torch.device, with a clear error when CUDA is
+    asked for and missing. ``auto``: the first CUDA device where there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
@@ -123,7 +126,7 @@ def resolve_device(device: str) -> torch.device:
             "`--config device=cpu` for the workflow (or set device: cpu in config/config.yaml)"
         )
     if dev.type not in ("cuda", "cpu"):
-        raise DeviceError(f"unsupported device {device!r}; use cuda, cuda:N or cpu")
+        raise DeviceError(f"unsupported device {device!r}; use cuda, cuda:N, cpu or auto")
     return dev
 
 
