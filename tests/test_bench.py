@@ -115,6 +115,8 @@ def test_bench_tiny_cpu(tmp_path, capsys):
         assert s["flops_per_row"]["s2mel"] > 0 and s["flops_per_row"]["vocoder"] > 0
         assert s["s2mel_tflops_per_s"] > 0 and s["vocoder_tflops_per_s"] > 0
     assert "TFLOP/s" in text
+    assert all(r["summary"]["kv_cache_bytes"] > 0 for r in results)
+    assert "GPT per token: the floor (its weights) plus the KV cache" in text
     # The graph decoder's own host times are recorded per pass and printed on its line.
     for r in results:
         for run in r["runs"]:
@@ -125,6 +127,42 @@ def test_bench_tiny_cpu(tmp_path, capsys):
     assert text.count("; decode loop ") == 2
     assert (tmp_path / "ckpt" / "gpt.pth").is_file()
     assert "(TINY)" in data["what"]
+
+
+def test_decode_cache_bytes_equal_what_the_decode_steps_attend_over(monkeypatch):
+    """decode_cache_bytes (the KV-cache share of a decode step's reads in `tts bench`) equals
+    the keys and values the eager decoder's single-code steps hand to the attention, counted
+    in a generation of 2 items x 2 beams, 7 codes, on the tiny configuration."""
+    from tts.bench import bench_config, decode_cache_bytes, randomize_
+    from tts.models.gpt import SPEAKER_LATENTS, KVCache, UnifiedVoice
+
+    cfg, _, _ = bench_config(tiny=True)
+    gpt = randomize_(UnifiedVoice.from_config(cfg["gpt"]), seed=5).eval()
+    with torch.no_grad():
+        gpt.mel_head.bias[gpt.stop_mel_token] = -1e4  # exactly max_mel_tokens codes
+    read = {"bytes": 0, "steps": 0}
+    write = KVCache.write
+
+    def counting(self, layer, start, k, v):
+        keys, values = write(self, layer, start, k, v)
+        if k.size(2) == 1:  # a decode step (the prefill writes the whole prefix)
+            read["bytes"] += (keys.numel() + values.numel()) * keys.element_size()
+            read["steps"] += layer == 0
+        return keys, values
+
+    monkeypatch.setattr(KVCache, "write", counting)
+    text = torch.randint(2, 200, (2, 5))
+    with torch.no_grad():
+        out, _ = gpt.inference_speech(
+            torch.randn(2, 30, 1024),
+            text,
+            max_generate_length=7,
+            num_beams=2,
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert out.codes.size(1) == 7 and read["steps"] == 6
+    prefix = SPEAKER_LATENTS + 2 + text.size(1) + 2
+    assert decode_cache_bytes(gpt, rows=4, prefix=prefix, tokens=7) == read["bytes"]
 
 
 def test_render_flops_follow_steps_guidance_and_length():

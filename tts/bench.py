@@ -26,7 +26,8 @@ One run = the stages of one synthesis job, for ``B`` rows that share one voice p
 Each stage is timed with CUDA events (wall clock on the CPU) after ``--warmup`` untimed runs;
 medians of ``--repeats`` runs are reported with tokens/s, real-time factor (RTF = seconds of
 compute per second of audio), peak GPU memory and the GPT time per token against its floor:
-the bytes of the weights one decode step must read over the measured device copy bandwidth.
+the bytes of the weights one decode step must read over the measured device copy bandwidth,
+and that floor plus the keys and values the decode steps read (:func:`decode_cache_bytes`).
 
 ``--official-json`` adds the official implementation's numbers from a run of
 ``official_bench.py`` on the same files (see docs/benchmarks.md) and prints the speed ratio.
@@ -52,6 +53,7 @@ from torch import nn
 from tts.checkpoints import merge_config
 from tts.fast import decode as fast_decode
 from tts.fast.decode import VARIANTS
+from tts.models.gpt import SPEAKER_LATENTS
 
 SAMPLE_RATE = 22050
 HOP = 256  # BigVGAN samples per mel frame
@@ -369,6 +371,23 @@ def decode_weight_bytes(gpt: nn.Module) -> int:
     of the mel embedding and position tables, negligible and left out)."""
     parts = [gpt.gpt, gpt.final_norm, gpt.mel_head]
     return sum(p.numel() * p.element_size() for m in parts for p in m.parameters())
+
+
+def decode_cache_bytes(gpt: nn.Module, rows: int, prefix: int, tokens: int) -> int:
+    """Bytes of keys and values that the decode steps of one generation read from the KV
+    cache, each of ``rows`` rows reading its own history (beams that share positions could
+    read fewer): what a decode step must read besides its weights.
+
+    Code 0 comes from the prefill (the ``prefix`` positions and the start code); decode step
+    ``j`` (1 .. tokens - 1) feeds code ``j`` at position ``prefix + j`` and attends over
+    ``prefix + j + 1`` positions in every layer.
+    """
+    blocks = gpt.gpt.h
+    dim = blocks[0].ln_1.normalized_shape[0]
+    per_position = len(blocks) * 2 * dim * next(blocks.parameters()).element_size()
+    steps = max(tokens - 1, 0)
+    positions = steps * (prefix + 1) + steps * (steps + 1) // 2
+    return rows * positions * per_position
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,6 +761,11 @@ class Bench:
             "all_finite": all(r["finite"] for r in timed),
         }
         summary.update(self.flop_rates(batch, timed[-1], med))
+        # The GPT's prefix: speaker latents, the two speed rows, the text ids framed by start
+        # and stop (tts.models.gpt.UnifiedVoice.prepare_gpt_inputs).
+        prefix = SPEAKER_LATENTS + 2 + self.text_ids.numel() + 2
+        gpt = self.engine_for(variant.gpt).part("gpt")
+        summary["kv_cache_bytes"] = decode_cache_bytes(gpt, batch * args.beams, prefix, n)
         loops = [r["decode_loop_s"] for r in timed if r.get("decode_loop_s")]
         if loops:
             steps = timed[-1].get("decode_steps") or n
@@ -823,6 +847,19 @@ def print_table(
             f" {s['x_realtime_aggregate']:7.1f} {s['tokens_per_s_aggregate']:8.0f}"
             f" {s['gpt_ms_per_token']:7.3f} {loop:6.3f} {floor:6.3f}"
             f" {s.get('peak_gpu_mem_gib', 0.0):6.2f}"
+        )
+    print(
+        "GPT per token: the floor (its weights) plus the KV cache its rows read (the"
+        " generation's average) at the same bandwidth, against the time measured:"
+    )
+    for r in results:
+        s = r.summary
+        floor = floors.get(r.variant.split(":")[0], float("nan"))
+        kv = s.get("kv_cache_ms_per_token", float("nan"))
+        print(
+            f"   {r.variant:26s} {r.decoder:6s} B={r.batch:<3d} {floor:.3f} + {kv:.3f} ="
+            f" {floor + kv:.3f} ms; measured {s['gpt_ms_per_token']:.3f} ms ="
+            f" {s['gpt_ms_per_token'] / (floor + kv):.2f}x"
         )
     print("s2mel / vocoder FLOPs per row (torch.utils.flop_counter) and the rate reached:")
     for r in results:
@@ -947,6 +984,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:  # rewritten after every configuration: a cut run keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    for r in results:
+        r.summary["kv_cache_ms_per_token"] = (
+            1e3 * r.summary["kv_cache_bytes"] / max(r.summary["generated_tokens"], 1) / bandwidth
+        )
     print_table(results, floors, official)
     if not math.isnan(bandwidth):
         print(
