@@ -258,6 +258,27 @@ def test_kv_cached_decoding_equals_full_recomputation(gpt, golden, batch2):
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [[0, 1, 2], [0, 0, 1], [1, 2, 0], [2, 2, 2], [2, 0, 1, 5, 3, 3], [1, 0, 3, 2, 4, 4]],
+)
+def test_kv_cache_reorder_moves_rows_as_index_select(rows):
+    """KVCache.reorder (on the CPU: only the rows that change, their overwritten sources saved
+    first) equals index_select over the filled positions, bit for bit, and leaves the rest."""
+    from tts.models.gpt import KVCache
+
+    cache = KVCache(2, len(rows), 3, 9, 4, "cpu", torch.float32)
+    cache.k.normal_(generator=torch.Generator().manual_seed(1))
+    cache.v.normal_(generator=torch.Generator().manual_seed(2))
+    cache.length = 6
+    index = torch.tensor(rows)
+    want_k, want_v = cache.k.clone(), cache.v.clone()
+    want_k[:, :, :, :6] = want_k[:, :, :, :6].index_select(1, index)
+    want_v[:, :, :, :6] = want_v[:, :, :, :6].index_select(1, index)
+    cache.reorder(index)
+    assert torch.equal(cache.k, want_k) and torch.equal(cache.v, want_v)
+
+
 @needs_small
 def test_beam_cache_reordering_equals_full_recomputation(gpt, golden):
     # At step t the returned sequence came from cache row beam_indices[t], whose history was
