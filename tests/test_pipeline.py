@@ -358,6 +358,26 @@ def test_synth_command_refuses_a_device_the_config_would_refuse(value, capsys):
     assert "use cuda, cuda:N, cpu or auto" in capsys.readouterr().err
 
 
+def test_synth_command_reads_its_text_from_a_file(tmp_path, capsys):
+    parser = cli.build_parser()
+    given = tmp_path / "chapter.txt"
+    given.write_text("Erster Satz.\nZweiter, längerer Satz.\n", encoding="utf-8")
+    common = ["synth", "--checkpoints", "c", "--speaker", "s", "--out", "o"]
+    args = parser.parse_args([*common, "--text-file", str(given)])
+    assert cli.synth_text(args) == "Erster Satz.\nZweiter, längerer Satz.\n"
+    assert cli.synth_text(parser.parse_args([*common, "--text", "Hi."])) == "Hi."
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("längerer".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.txt: not UTF-8"):
+        cli.synth_text(parser.parse_args([*common, "--text-file", str(latin1)]))
+    for both_or_neither in ([*common], [*common, "--text", "a", "--text-file", str(given)]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(both_or_neither)
+    assert "--text-file" in capsys.readouterr().err
+    rc = cli.main([*common, "--text-file", str(tmp_path / "missing.txt"), "--device", "cpu"])
+    assert rc == 2 and "missing.txt" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["cuda", "cuda:1", "cpu", "auto"])
 def test_synth_command_takes_the_devices_the_config_takes(value):
     args = cli.build_parser().parse_args(

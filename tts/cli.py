@@ -149,11 +149,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def synth_text(args: argparse.Namespace) -> str:
+    """The text of a synth job: ``--text``, or the content of ``--text-file`` (UTF-8)."""
+    if args.text is not None:
+        return args.text
+    try:
+        return Path(args.text_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{args.text_file}: not UTF-8 text ({exc.reason})") from None
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     """Synthesise one text in one voice to a WAV file."""
     from tts.audio import write_wav
     from tts.pipeline import Engine, SynthesisRequest
 
+    text = synth_text(args)  # before the models load: a bad file fails at once
     engine = Engine.open(
         Path(args.checkpoints),
         device=args.device,
@@ -166,7 +177,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     vector = [float(v) for v in args.emo_vector.split(",")] if args.emo_vector else None
     request = SynthesisRequest(
         id="cli",
-        text=args.text,
+        text=text,
         speaker=Path(args.speaker),
         emo_audio=Path(args.emo_audio) if args.emo_audio else None,
         emo_alpha=args.emo_alpha,
@@ -268,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="synthesise one text to a WAV file")
     s.add_argument("--checkpoints", required=True, help="the IndexTTS-2 model folder")
-    s.add_argument("--text", required=True, help="the text to speak")
+    text = s.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text to speak")
+    text.add_argument("--text-file", help="a UTF-8 file holding the text to speak")
     s.add_argument("--speaker", required=True, help="speaker prompt audio (the voice)")
     s.add_argument("--out", required=True, help="output WAV (22.05 kHz, 16-bit)")
     s.add_argument("--emo-audio", help="emotion prompt audio (default: the speaker prompt)")
