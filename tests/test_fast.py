@@ -1018,11 +1018,11 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
 
 
 def test_table_reorder_decoders_match_plain_generation_interpreted():
-    """graphfi, graphki, graphkp and graphkr (reorder="table": attention reads through the
-    source-row table, in Triton's CPU interpreter; float32; graphkp's PDL is left out where
-    there is none) give tts.generation's codes with beam sampling and a padded batch, every
-    attention call got the table (no fallback), and graphkr's got the step's position to read
-    ahead around."""
+    """graphfi, graphkp and graphkr (reorder="table": attention reads through the source-row
+    table, in Triton's CPU interpreter; float32) give tts.generation's codes with beam
+    sampling and a padded batch, every attention call got the table (no fallback), and
+    graphkr's got the step's position to read ahead around. Without PDL (the CPU) graphkp is
+    graphki, so graphki is not run again: each Triton variant takes ~210 s here."""
     _run_interpreted(
         """
         import torch
@@ -1044,7 +1044,7 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
                                warn_on_limit=False, repetition_penalty=2.0)
         plain = plain_generate(model, prefix, valid, cfg,
                                generator=torch.Generator().manual_seed(9), output_scores=True)
-        variants = ("graphfi", "graphki", "graphkp", "graphkr")  # no PDL on the CPU
+        variants = ("graphfi", "graphkp", "graphkr")  # no PDL on the CPU
         for variant in variants:
             stats = {}
             out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
@@ -1053,12 +1053,12 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
             assert not fast.FALLBACKS, fast.FALLBACKS
             assert stats["reorder"] == "table" and stats["attention"] == "triton", stats
             _assert_same_generation(plain, out, 3)
-        # 2 layers x 24 fed tokens x 4 variants, each with the table
-        assert len(tables) == 2 * 24 * 4 and all(tables), tables
+        # 2 layers x 24 fed tokens x 3 variants, each with the table
+        assert len(tables) == 2 * 24 * 3 and all(tables), tables
         # graphkr (the last 48 calls) tells the step's position: prompt + start code + step
         s_len = prefix.size(1)
-        assert written[: 2 * 24 * 3] == [None] * (2 * 24 * 3), written
-        assert written[2 * 24 * 3 :] == [s_len + 1 + j for j in range(24) for _ in range(2)]
+        assert written[: 2 * 24 * 2] == [None] * (2 * 24 * 2), written
+        assert written[2 * 24 * 2 :] == [s_len + 1 + j for j in range(24) for _ in range(2)]
         print("ok")
         """,
         timeout=600,
