@@ -539,6 +539,7 @@ class Bench:
         for name in ("gpt", "s2mel", "semantic_codec", "campplus", "bigvgan", "features"):
             self.engine.part(name)
         self.load_s = time.perf_counter() - start
+        self.bandwidth = copy_bandwidth(self.device)  # bytes/s, NaN on the CPU
         self._dtypes = DTYPES
         self._engines: dict[str, Engine] = {"float32": self.engine}
         self._Engine = Engine
@@ -766,6 +767,9 @@ class Bench:
         prefix = SPEAKER_LATENTS + 2 + self.text_ids.numel() + 2
         gpt = self.engine_for(variant.gpt).part("gpt")
         summary["kv_cache_bytes"] = decode_cache_bytes(gpt, batch * args.beams, prefix, n)
+        summary["kv_cache_ms_per_token"] = (
+            1e3 * summary["kv_cache_bytes"] / max(n, 1) / self.bandwidth
+        )
         loops = [r["decode_loop_s"] for r in timed if r.get("decode_loop_s")]
         if loops:
             steps = timed[-1].get("decode_steps") or n
@@ -936,7 +940,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f">> checkpoints {bench.root} (written in {bench.write_s:.1f} s, loaded in "
         f"{bench.load_s:.1f} s); {env['gpu'] or platform.processor() or 'cpu'}"
     )
-    bandwidth = copy_bandwidth(bench.device)
+    bandwidth = bench.bandwidth
     floors = {}
     for v in variants:
         gpt = bench.engine_for(v.gpt).part("gpt")
@@ -984,10 +988,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.json:  # rewritten after every configuration: a cut run keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    for r in results:
-        r.summary["kv_cache_ms_per_token"] = (
-            1e3 * r.summary["kv_cache_bytes"] / max(r.summary["generated_tokens"], 1) / bandwidth
-        )
     print_table(results, floors, official)
     if not math.isnan(bandwidth):
         print(
