@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -113,21 +114,26 @@ class DeviceError(RuntimeError):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(device: str) -> torch.device:
-    """``cuda``/``cuda:N``/``cpu``/``auto`` -> torch.device, with a clear error when CUDA is
-    asked for and missing. ``auto``: the first CUDA device where there is one, else the CPU."""
+# The device values every entry point takes (workflow/schemas/config.schema.yaml: the same).
+DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cuda``/``cuda:N``/``cpu``/``auto`` -> torch.device, with a clear error for anything
+    else and when CUDA is asked for and missing. ``auto``: the first CUDA device where there
+    is one, else the CPU."""
+    device = str(device)
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise DeviceError(f"unsupported device {device!r}; use cuda, cuda:N, cpu or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(
             f"device {device!r} was requested but CUDA is not available on this machine; "
             "run on the CPU instead: `--device cpu` for the tts command, "
             "`--config device=cpu` for the workflow (or set device: cpu in config/config.yaml)"
         )
-    if dev.type not in ("cuda", "cpu"):
-        raise DeviceError(f"unsupported device {device!r}; use cuda, cuda:N, cpu or auto")
-    return dev
+    return torch.device(device)
 
 
 def default_seed(request: SynthesisRequest) -> int:
