@@ -102,7 +102,7 @@ class KVCache:
             self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, rows)
             return
         # On the CPU, index_select over the strided cache view gathers value by value; copying
-        # just the rows that change is 4-10x faster (beam search keeps ~40% of its rows).
+        # just the rows that change is 3.7-23x faster (beam search keeps ~40% of its rows).
         source = rows.tolist()
         moved = [i for i, s in enumerate(source) if s != i]
         overwritten = {source[i] for i in moved} & set(moved)
