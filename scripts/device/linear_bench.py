@@ -97,6 +97,7 @@ def measure(
     dtype: torch.dtype,
     sweep: bool,
     other: dict | None = None,
+    prefetch_settings: list | None = None,
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
     dev = DEVICE
@@ -149,11 +150,34 @@ def measure(
 
     mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
 
+    # The stack's projections in order, for ``prefetch``: the kernel at place j fetches the
+    # weights of the projection at place j + distance into the L2 cache.
+    order = [(name, i) for i in range(LAYERS) for name in kw]
+
+    def ahead_of(name: str, i: int, prefetch: tuple | None) -> dict:
+        """The ``linear`` keywords of the projection ``name`` of layer ``i`` for ``prefetch``
+        = (distance, evict-last hint)."""
+        if prefetch is None:
+            return {}
+        j = order.index((name, i)) + prefetch[0]
+        if j >= len(order):
+            return {}
+        return {"prefetch": weights[order[j][0]][order[j][1]], "prefetch_last": prefetch[1]}
+
     def stack_ours(
-        pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False, **attn_kw
+        pdl: bool,
+        attend: bool,
+        best: bool = False,
+        module=linear,
+        ahead=False,
+        prefetch: tuple | None = None,
+        **attn_kw,
     ):
-        st = {name: table[name]["best"] if best else {} for name in kw}
         for i in range(LAYERS):
+            st = {
+                name: {**(table[name]["best"] if best else {}), **ahead_of(name, i, prefetch)}
+                for name in kw
+            }
             q = module.linear(
                 x,
                 weights["qkv"][i],
@@ -215,6 +239,11 @@ def measure(
         stack[f"ours_attention_pdl_{name}_ms"] = timed(
             lambda attn=attn: stack_ours(True, True, **attn), replays
         )
+    for distance, last in prefetch_settings or ():
+        hint = "last" if last else "normal"
+        stack[f"ours_attention_pdl_prefetch{distance}_{hint}_ms"] = timed(
+            lambda d=distance, h=last: stack_ours(True, True, prefetch=(d, h)), replays
+        )
     for name, module in (other or {}).items():  # other versions of tts/fast/linear.py
         stack[f"other_{name}_attention_pdl_ms"] = timed(
             lambda m=module: stack_ours(True, True, module=m), replays
@@ -231,6 +260,13 @@ def measure(
     ref = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True)
     y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
     table["pdl_equal"] = bool(torch.equal(ref, y))
+    if prefetch_settings:  # fetching another tensor ahead changes nothing computed
+        z = linear.linear(
+            x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True,
+            prefetch=weights["proj"][0], prefetch_last=True,
+        )  # fmt: skip
+        table["prefetch_equal"] = bool(torch.equal(ref, z))
+        print(f"prefetch result equal: {table['prefetch_equal']}")
     table["registers"] = registers(linear._linear_kernel, rows)
     for name, module in (other or {}).items():
         table[f"registers_{name}"] = registers(module._linear_kernel, rows)
@@ -278,6 +314,12 @@ def main() -> None:
         "--other",
         action="append",
         help="another tts/fast/linear.py to time the stack of too (repeatable)",
+    )
+    ap.add_argument(
+        "--prefetch",
+        default="",
+        help="distances (e.g. 1,2): time the stack with each projection fetching the weights "
+        "of the projection that many places later into L2 (plain and evict-last)",
     )
     ap.add_argument("--json")
     ap.add_argument(
@@ -328,6 +370,7 @@ def main() -> None:
             dtype,
             args.sweep,
             others,
+            [(int(d), h) for d in args.prefetch.split(",") if d for h in (False, True)],
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -134,12 +134,45 @@ if triton is not None:
         return one.to(bits.dtype).to(x.dtype, bitcast=True).to(tl.float32)
 
     @triton.jit
+    def _prefetch_l2(pf_ptr, pf_lines, STEP: tl.constexpr, BLOCK: tl.constexpr, LAST: tl.constexpr):
+        """This program's share of ``pf_lines`` 128-byte lines from ``pf_ptr`` (``STEP``
+        elements each) fetched into the L2 cache, without waiting for them (the PTX
+        ``prefetch`` needs no registers for the data). ``LAST``: with the evict-last hint."""
+        per = tl.cdiv(pf_lines, tl.num_programs(0))
+        for start in range(0, per, BLOCK):
+            i = start + tl.arange(0, BLOCK)
+            line = tl.program_id(0) * per + i
+            ok = ((i < per) & (line < pf_lines)).to(tl.int32)
+            at = pf_ptr + line * STEP
+            if LAST:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred q; setp.ne.b32 q, $2, 0; "
+                    "@q prefetch.global.L2::evict_last [$1]; mov.b32 $0, 0; }",
+                    "=r,l,r",
+                    [at, ok],
+                    dtype=tl.int32,
+                    is_pure=False,
+                    pack=1,
+                )
+            else:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred q; setp.ne.b32 q, $2, 0; @q prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
+                    "=r,l,r",
+                    [at, ok],
+                    dtype=tl.int32,
+                    is_pure=False,
+                    pack=1,
+                )
+
+    @triton.jit
     def _linear_kernel(
-        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
+        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr, pf_ptr, pf_lines,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
         M: tl.constexpr, K: tl.constexpr, LANE: tl.constexpr, JA: tl.constexpr,
         JB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+        PREFETCH: tl.constexpr, PF_STEP: tl.constexpr, PF_BLOCK: tl.constexpr,
+        PF_LAST: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
 
@@ -164,6 +197,10 @@ if triton is not None:
         wa = tl.load(w_row + at_a, mask=w_ok, other=0.0)
         wb = tl.load(w_row + at_b, mask=w_ok & b_ok, other=0.0)
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if PREFETCH:
+            # A later kernel's weights, into the L2 cache while this chain's kernels read
+            # little memory (the attention, the LayerNorms, kernel starts and ends).
+            _prefetch_l2(pf_ptr, pf_lines, PF_STEP, PF_BLOCK, PF_LAST)
         if PDL:
             gdc_launch_dependents()  # the next kernel may start its own weight loads
             gdc_wait()  # the previous kernel's outputs (our input rows) are complete
@@ -281,6 +318,8 @@ def linear(
     residual: torch.Tensor | None = None,
     kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
     pdl: bool = False,
+    prefetch: torch.Tensor | None = None,
+    prefetch_last: bool = False,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
@@ -292,7 +331,10 @@ def linear(
     device tensor; then only the queries (the first ``width`` columns) are returned.
     ``pdl``: launch as a programmatic dependent launch (CUDA, Hopper or newer): the kernel
     starts while the previous kernel of the stream runs, loads its weights, and waits for
-    that kernel before reading ``x`` (ignored under the interpreter). ``rows_per_program`` /
+    that kernel before reading ``x`` (ignored under the interpreter). ``prefetch``: a
+    contiguous tensor (a later projection's weights) the kernel's programs fetch into the L2
+    cache before they wait, ``prefetch_last`` with the evict-last hint (CUDA only; it changes
+    no result). ``rows_per_program`` /
     ``num_warps``: launch settings (default :data:`ROWS_PER_PROGRAM`, :func:`warps_for`).
     Returns a new tensor in ``x``'s dtype.
     """
@@ -328,14 +370,19 @@ def linear(
     lane, ja, jb = lanes(k_in, warps)
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
+    ahead = prefetch is not None and x.is_cuda  # the interpreter has no inline assembly
+    if ahead and not prefetch.is_contiguous():
+        raise ValueError("prefetch must be a contiguous tensor")
+    pf = prefetch if ahead else b
+    pf_lines = triton.cdiv(pf.numel() * pf.element_size(), 128) if ahead else 0
     _linear_kernel[(triton.cdiv(n_out, per_program),)](
-        x, w, b, res, out, kc, vc, pos, n_out,
+        x, w, b, res, out, kc, vc, pos, pf, pf_lines, n_out,
         x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
         *kv_strides, width, head_dim,
         M=rows, K=k_in, LANE=lane, JA=ja, JB=jb, GELU=gelu,
         RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
-        BLOCK_N=per_program, PDL=pdl, num_warps=warps,
-        launch_pdl=pdl,
+        BLOCK_N=per_program, PDL=pdl, PREFETCH=ahead, PF_STEP=128 // pf.element_size(),
+        PF_BLOCK=64 * warps, PF_LAST=prefetch_last, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
@@ -353,12 +400,21 @@ def decode_pre(
     heads: int,
     reduce: bool,
     pdl: bool = False,
+    prefetch: torch.Tensor | None = None,
 ):
     """:func:`tts.fast.fused._pre` as one kernel: queries ``[rows, heads, 1, head_dim]``; the
-    step's key and value written at cache position ``pos`` of ``kc`` / ``vc``."""
+    step's key and value written at cache position ``pos`` of ``kc`` / ``vc``. ``prefetch``:
+    as :func:`linear`'s (with the evict-last hint)."""
     rows, _, dim = x.shape
     q = linear(
-        x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim), pdl=pdl
+        x.view(rows, dim),
+        w_qkv,
+        b_qkv,
+        ln=(ln_w, ln_b, eps),
+        kv=(kc, vc, pos, dim),
+        pdl=pdl,
+        prefetch=prefetch,
+        prefetch_last=True,
     )
     return q.view(rows, 1, heads, dim // heads).transpose(1, 2)
 
@@ -377,12 +433,15 @@ def decode_post(
     b_proj,
     reduce: bool,
     pdl: bool = False,
+    prefetch: tuple = (None, None, None),
 ):
     """:func:`tts.fast.fused._post` as three kernels: out projection + residual, ln_2 + fc +
-    GELU, proj + residual."""
+    GELU, proj + residual. ``prefetch``: each kernel's :func:`linear` ``prefetch`` (with the
+    evict-last hint)."""
     rows, _, dim = x.shape
     x = x.reshape(rows, dim)
     att = att.transpose(1, 2).reshape(rows, dim)
-    x = linear(att, w_o, b_o, residual=x, pdl=pdl)
-    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl)
-    return linear(h, w_proj, b_proj, residual=x, pdl=pdl).view(rows, 1, dim)
+    ahead = [{"prefetch": t, "prefetch_last": True} for t in prefetch]
+    x = linear(att, w_o, b_o, residual=x, pdl=pdl, **ahead[0])
+    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl, **ahead[1])
+    return linear(h, w_proj, b_proj, residual=x, pdl=pdl, **ahead[2]).view(rows, 1, dim)
