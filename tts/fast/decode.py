@@ -75,6 +75,10 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   its PDL wait, and after it the values and the key the step itself wrote
   (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
   ``graphkr``, no faster on an H200 (docs/benchmarks.md, run BU);
+* ``prefetch=d`` (with ``matmul="triton"``): each projection kernel fetches into the L2 cache
+  the weights of the projection ``d`` places later in the step, before its PDL wait
+  (:func:`tts.fast.linear.linear`'s ``prefetch``; nothing computed changes). Variants
+  ``graphkl`` (1) and ``graphkl2`` (2), opt-in and not yet measured on a GPU;
 * ``compile_stack=False`` (with ``fused``): the fused stack's pieces run op by op instead of
   through torch.compile (the same functions; inside the CUDA graphs all the same). With
   ``compile_logic`` and ``compile_processors`` off too, nothing compiles and TorchDynamo is
