@@ -134,35 +134,18 @@ if triton is not None:
         return one.to(bits.dtype).to(x.dtype, bitcast=True).to(tl.float32)
 
     @triton.jit
-    def _prefetch_l2(pf_ptr, pf_lines, STEP: tl.constexpr, BLOCK: tl.constexpr, LAST: tl.constexpr):
+    def _prefetch_l2(pf_ptr, pf_lines, STEP: tl.constexpr, BLOCK: tl.constexpr, ASM: tl.constexpr):
         """This program's share of ``pf_lines`` 128-byte lines from ``pf_ptr`` (``STEP``
-        elements each) fetched into the L2 cache, without waiting for them (the PTX
-        ``prefetch`` needs no registers for the data). ``LAST``: with the evict-last hint."""
+        elements each) fetched into the L2 cache by ``ASM`` (:func:`prefetch_asm`), without
+        waiting for them (a prefetch needs no registers for the data)."""
         per = tl.cdiv(pf_lines, tl.num_programs(0))
         for start in range(0, per, BLOCK):
             i = start + tl.arange(0, BLOCK)
             line = tl.program_id(0) * per + i
             ok = ((i < per) & (line < pf_lines)).to(tl.int32)
-            at = pf_ptr + line * STEP
-            if LAST:
-                tl.inline_asm_elementwise(
-                    "{ .reg .pred q; setp.ne.b32 q, $2, 0; "
-                    "@q prefetch.global.L2::evict_last [$1]; mov.b32 $0, 0; }",
-                    "=r,l,r",
-                    [at, ok],
-                    dtype=tl.int32,
-                    is_pure=False,
-                    pack=1,
-                )
-            else:
-                tl.inline_asm_elementwise(
-                    "{ .reg .pred q; setp.ne.b32 q, $2, 0; @q prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
-                    "=r,l,r",
-                    [at, ok],
-                    dtype=tl.int32,
-                    is_pure=False,
-                    pack=1,
-                )
+            tl.inline_asm_elementwise(
+                ASM, "=r,l,r", [pf_ptr + line * STEP, ok], dtype=tl.int32, is_pure=False, pack=1
+            )
 
     @triton.jit
     def _linear_kernel(
@@ -172,7 +155,7 @@ if triton is not None:
         JB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
         PREFETCH: tl.constexpr, PF_STEP: tl.constexpr, PF_BLOCK: tl.constexpr,
-        PF_LAST: tl.constexpr,
+        PF_ASM: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
 
@@ -200,7 +183,7 @@ if triton is not None:
         if PREFETCH:
             # A later kernel's weights, into the L2 cache while this chain's kernels read
             # little memory (the attention, the LayerNorms, kernel starts and ends).
-            _prefetch_l2(pf_ptr, pf_lines, PF_STEP, PF_BLOCK, PF_LAST)
+            _prefetch_l2(pf_ptr, pf_lines, PF_STEP, PF_BLOCK, PF_ASM)
         if PDL:
             gdc_launch_dependents()  # the next kernel may start its own weight loads
             gdc_wait()  # the previous kernel's outputs (our input rows) are complete
@@ -277,6 +260,16 @@ def warps_for(rows_per_program: int, k_in: int) -> int:
     while rows_per_program * k_in > 80 * 32 * warps and warps < 8:
         warps *= 2
     return warps
+
+
+def prefetch_asm(last: bool) -> str:
+    """The PTX of one predicated L2 prefetch (``$1`` the address, ``$2`` non-zero to fetch;
+    ``$0`` a dummy result), with the evict-last hint if ``last``."""
+    hint = "::evict_last" if last else ""
+    return (
+        "{ .reg .pred q; setp.ne.b32 q, $2, 0; "
+        f"@q prefetch.global.L2{hint} [$1]; mov.b32 $0, 0; }}"
+    )
 
 
 def layer_norm(
@@ -382,7 +375,8 @@ def linear(
         M=rows, K=k_in, LANE=lane, JA=ja, JB=jb, GELU=gelu,
         RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
         BLOCK_N=per_program, PDL=pdl, PREFETCH=ahead, PF_STEP=128 // pf.element_size(),
-        PF_BLOCK=64 * warps, PF_LAST=prefetch_last, num_warps=warps, launch_pdl=pdl,
+        PF_BLOCK=64 * warps, PF_ASM=prefetch_asm(prefetch_last) if ahead else "",
+        num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
