@@ -26,9 +26,11 @@ dependent launch (``pdl``; with ``--sweep`` also with each shape's fastest setti
 and the attention, for an A/B in one process, and ours with variants of the attention
 (tts.fast.attention.attend): reading its window before its PDL wait (``written``), 16-position
 chunks, all rows in one program (``group``), and every row reading row 0's cache through the
-source-row table (``src``, beams on one history), alone and grouped. Last, the registers and spills per thread of
-every compiled projection kernel (registers bound how many programs, and so how many weight
-rows, can be resident and load their weights ahead).
+source-row table (``src``, beams on one history), alone and grouped; with ``--prefetch D,...``
+the PDL stack whose projections each fetch the weights of the projection D places later into
+the L2 cache (``linear``'s ``prefetch``, with and without the evict-last hint). Last, the
+registers and spills per thread of every compiled projection kernel (registers bound how many
+programs, and so how many weight rows, can be resident and load their weights ahead).
 """
 
 from __future__ import annotations
