@@ -152,19 +152,20 @@ def measure(
 
     mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
 
-    # The stack's projections in order, for ``prefetch``: the kernel at place j fetches the
-    # weights of the projection at place j + distance into the L2 cache.
-    order = [(name, i) for i in range(LAYERS) for name in kw]
-
-    def ahead_of(name: str, i: int, prefetch: tuple | None) -> dict:
-        """The ``linear`` keywords of the projection ``name`` of layer ``i`` for ``prefetch``
-        = (distance, evict-last hint)."""
+    def prefetches(prefetch: tuple | None) -> list[dict]:
+        """Per layer, each projection's extra ``linear`` keywords for ``prefetch`` = (distance,
+        evict-last hint): the weights of the projection that many places later
+        (linear.prefetch_plan; the stack has no head after its last layer)."""
         if prefetch is None:
-            return {}
-        j = order.index((name, i)) + prefetch[0]
-        if j >= len(order):
-            return {}
-        return {"prefetch": weights[order[j][0]][order[j][1]], "prefetch_last": prefetch[1]}
+            return [{name: {} for name in kw} for _ in range(LAYERS)]
+        layers = [tuple(weights[name][i] for name in kw) for i in range(LAYERS)]
+        return [
+            {
+                name: {} if t is None else {"prefetch": t, "prefetch_last": prefetch[1]}
+                for name, t in zip(kw, plan, strict=True)
+            }
+            for plan in linear.prefetch_plan(layers, None, prefetch[0])
+        ]
 
     def stack_ours(
         pdl: bool,
@@ -175,11 +176,9 @@ def measure(
         prefetch: tuple | None = None,
         **attn_kw,
     ):
+        fetch = prefetches(prefetch)
         for i in range(LAYERS):
-            st = {
-                name: {**(table[name]["best"] if best else {}), **ahead_of(name, i, prefetch)}
-                for name in kw
-            }
+            st = {name: {**(table[name]["best"] if best else {}), **fetch[i][name]} for name in kw}
             q = module.linear(
                 x,
                 weights["qkv"][i],

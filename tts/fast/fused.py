@@ -301,15 +301,10 @@ class FusedStack:
         fetches into the L2 cache ahead (nothing unless ``distance`` and the Triton kernels)."""
         if not distance or self.matmul != "triton":
             return [({}, {}) for _ in matrices]
-        order = [w for m in matrices for w in (m[0], m[2], m[4], m[6])] + [head]
+        from tts.fast import linear
 
-        def later(j: int) -> torch.Tensor | None:
-            return order[j + distance] if j + distance < len(order) else None
-
-        return [
-            ({"prefetch": later(4 * i)}, {"prefetch": tuple(later(4 * i + k) for k in (1, 2, 3))})
-            for i in range(len(matrices))
-        ]
+        plan = linear.prefetch_plan([(m[0], m[2], m[4], m[6]) for m in matrices], head, distance)
+        return [({"prefetch": p[0]}, {"prefetch": p[1:]}) for p in plan]
 
     def mark_cache(self, views: list[torch.Tensor]) -> None:
         """Let the cache length (dim 2 of ``[rows, heads, capacity, head_dim]``) vary in the

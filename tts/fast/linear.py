@@ -262,6 +262,22 @@ def warps_for(rows_per_program: int, k_in: int) -> int:
     return warps
 
 
+def prefetch_plan(
+    layers: list[tuple], head: torch.Tensor | None, distance: int
+) -> list[tuple[torch.Tensor | None, ...]]:
+    """Per layer, what each of its projections (``layers[i]``: the weights of qkv, out, fc and
+    proj, in the step's order) gives :func:`linear` as ``prefetch``: the weights of the
+    projection ``distance`` places later in the step, ``head`` after the last layer's, None
+    past the end."""
+    order = [w for layer in layers for w in layer] + ([head] if head is not None else [])
+    n = len(layers[0]) if layers else 0
+
+    def later(j: int) -> torch.Tensor | None:
+        return order[j + distance] if j + distance < len(order) else None
+
+    return [tuple(later(n * i + k) for k in range(n)) for i in range(len(layers))]
+
+
 def prefetch_asm(last: bool) -> str:
     """The PTX of one predicated L2 prefetch (``$1`` the address, ``$2`` non-zero to fetch;
     ``$0`` a dummy result), with the evict-last hint if ``last``."""
