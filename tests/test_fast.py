@@ -2004,27 +2004,3 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
     for i, (got, want) in enumerate(zip(mels, alone, strict=True)):
         assert got.shape == want.shape, i
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"segment {i}")
-
-
-def test_prefetch_order_names_the_projection_that_many_places_later():
-    """FusedStack's L2 prefetch (decoders graphkl / graphkl2): each projection fetches the
-    weights of the projection ``distance`` places later in the step's order (qkv, out, fc,
-    proj of each layer, then the mel head); the last ones fetch nothing, and without the
-    Triton projections nothing is fetched."""
-    from types import SimpleNamespace
-
-    from tts.fast.fused import FusedStack
-
-    layers = [tuple(torch.full((1,), 10.0 * i + k) for k in range(8)) for i in range(3)]
-    head = torch.full((1,), -1.0)
-    order = [float(w) for m in layers for w in (m[0], m[2], m[4], m[6])] + [-1.0]
-    for distance in (1, 2):
-        ahead = FusedStack._prefetches(SimpleNamespace(matmul="triton"), layers, head, distance)
-        got = []
-        for pre, post in ahead:
-            got += [pre["prefetch"], *post["prefetch"]]
-        names = [None if t is None else float(t) for t in got]
-        assert names == order[distance:] + [None] * (distance - 1), (distance, names)
-    off = FusedStack._prefetches(SimpleNamespace(matmul="mm"), layers, head, 1)
-    assert off == [({}, {})] * 3
-    assert FusedStack._prefetches(SimpleNamespace(matmul="triton"), layers, head, 0) == off

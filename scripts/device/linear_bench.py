@@ -26,11 +26,9 @@ dependent launch (``pdl``; with ``--sweep`` also with each shape's fastest setti
 and the attention, for an A/B in one process, and ours with variants of the attention
 (tts.fast.attention.attend): reading its window before its PDL wait (``written``), 16-position
 chunks, all rows in one program (``group``), and every row reading row 0's cache through the
-source-row table (``src``, beams on one history), alone and grouped; with ``--prefetch D,...``
-the PDL stack whose projections each fetch the weights of the projection D places later into
-the L2 cache (``linear``'s ``prefetch``, with and without the evict-last hint). Last, the
-registers and spills per thread of every compiled projection kernel (registers bound how many
-programs, and so how many weight rows, can be resident and load their weights ahead).
+source-row table (``src``, beams on one history), alone and grouped. Last, the registers and spills per thread of
+every compiled projection kernel (registers bound how many programs, and so how many weight
+rows, can be resident and load their weights ahead).
 """
 
 from __future__ import annotations
@@ -99,7 +97,6 @@ def measure(
     dtype: torch.dtype,
     sweep: bool,
     other: dict | None = None,
-    prefetch_settings: list | None = None,
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
     dev = DEVICE
@@ -152,33 +149,11 @@ def measure(
 
     mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
 
-    def prefetches(prefetch: tuple | None) -> list[dict]:
-        """Per layer, each projection's extra ``linear`` keywords for ``prefetch`` = (distance,
-        evict-last hint): the weights of the projection that many places later
-        (linear.prefetch_plan; the stack has no head after its last layer)."""
-        if prefetch is None:
-            return [{name: {} for name in kw} for _ in range(LAYERS)]
-        layers = [tuple(weights[name][i] for name in kw) for i in range(LAYERS)]
-        return [
-            {
-                name: {} if t is None else {"prefetch": t, "prefetch_last": prefetch[1]}
-                for name, t in zip(kw, plan, strict=True)
-            }
-            for plan in linear.prefetch_plan(layers, None, prefetch[0])
-        ]
-
     def stack_ours(
-        pdl: bool,
-        attend: bool,
-        best: bool = False,
-        module=linear,
-        ahead=False,
-        prefetch: tuple | None = None,
-        **attn_kw,
+        pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False, **attn_kw
     ):
-        fetch = prefetches(prefetch)
+        st = {name: table[name]["best"] if best else {} for name in kw}
         for i in range(LAYERS):
-            st = {name: {**(table[name]["best"] if best else {}), **fetch[i][name]} for name in kw}
             q = module.linear(
                 x,
                 weights["qkv"][i],
@@ -240,11 +215,6 @@ def measure(
         stack[f"ours_attention_pdl_{name}_ms"] = timed(
             lambda attn=attn: stack_ours(True, True, **attn), replays
         )
-    for distance, last in prefetch_settings or ():
-        hint = "last" if last else "normal"
-        stack[f"ours_attention_pdl_prefetch{distance}_{hint}_ms"] = timed(
-            lambda d=distance, h=last: stack_ours(True, True, prefetch=(d, h)), replays
-        )
     for name, module in (other or {}).items():  # other versions of tts/fast/linear.py
         stack[f"other_{name}_attention_pdl_ms"] = timed(
             lambda m=module: stack_ours(True, True, module=m), replays
@@ -261,13 +231,6 @@ def measure(
     ref = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True)
     y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
     table["pdl_equal"] = bool(torch.equal(ref, y))
-    if prefetch_settings:  # fetching another tensor ahead changes nothing computed
-        z = linear.linear(
-            x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True,
-            prefetch=weights["proj"][0], prefetch_last=True,
-        )  # fmt: skip
-        table["prefetch_equal"] = bool(torch.equal(ref, z))
-        print(f"prefetch result equal: {table['prefetch_equal']}")
     table["registers"] = registers(linear._linear_kernel, rows)
     for name, module in (other or {}).items():
         table[f"registers_{name}"] = registers(module._linear_kernel, rows)
@@ -315,12 +278,6 @@ def main() -> None:
         "--other",
         action="append",
         help="another tts/fast/linear.py to time the stack of too (repeatable)",
-    )
-    ap.add_argument(
-        "--prefetch",
-        default="",
-        help="distances (e.g. 1,2): time the stack with each projection fetching the weights "
-        "of the projection that many places later into L2 (plain and evict-last)",
     )
     ap.add_argument("--json")
     ap.add_argument(
@@ -371,7 +328,6 @@ def main() -> None:
             dtype,
             args.sweep,
             others,
-            [(int(d), h) for d in args.prefetch.split(",") if d for h in (False, True)],
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -75,10 +75,6 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   its PDL wait, and after it the values and the key the step itself wrote
   (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
   ``graphkr``, no faster on an H200 (docs/benchmarks.md, run BU);
-* ``prefetch=d`` (with ``matmul="triton"``): each projection kernel fetches into the L2 cache
-  the weights of the projection ``d`` places later in the step, before its PDL wait
-  (:func:`tts.fast.linear.linear`'s ``prefetch``; nothing computed changes). Variants
-  ``graphkl`` (1) and ``graphkl2`` (2), opt-in and not yet measured on a GPU;
 * ``compile_stack=False`` (with ``fused``): the fused stack's pieces run op by op instead of
   through torch.compile (the same functions; inside the CUDA graphs all the same). With
   ``compile_logic`` and ``compile_processors`` off too, nothing compiles and TorchDynamo is
@@ -431,9 +427,7 @@ def generate(
     :mod:`tts.fast.beam_step`; where Triton runs); ``read_ahead`` (with
     ``attention="triton"``): the attention reads the window's keys before its PDL wait, and
     the step's own one again after it (``written`` of :func:`tts.fast.attention.attend`);
-    ``compile_stack`` (default True): the fused pieces through torch.compile (False: op by op);
-    ``prefetch`` (with ``matmul="triton"``; 0 = off): each projection fetches the weights of
-    the one that many places later into the L2 cache (:class:`tts.fast.fused.FusedStack`).
+    ``compile_stack`` (default True): the fused pieces through torch.compile (False: op by op).
     """
     from tts.fast.fused import MATMULS
 
@@ -504,7 +498,6 @@ _OPTIONS = {
     "choice": "torch",
     "read_ahead": False,
     "compile_stack": True,
-    "prefetch": 0,
 }
 # A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
 KEEP_ROOM = 256
@@ -588,7 +581,6 @@ class StaticDecoder:
         choice: str = "torch",
         read_ahead: bool = False,
         compile_stack: bool = True,
-        prefetch: int = 0,
         capacity: int = 0,
     ):
         """Allocate every buffer for calls shaped like ``prefix`` (its batch, dtype and
@@ -639,7 +631,7 @@ class StaticDecoder:
         self._use(0)
         self.written_to = 0  # cache positions [0, written_to) may hold an earlier call's values
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
-        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack, prefetch)
+        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack)
         self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
         self.valid_all = torch.ones(rows, cap, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(cap, device=device)
@@ -1179,13 +1171,7 @@ class StaticDecoder:
         self.cache = self.caches[index]
 
     def _fused_stack(
-        self,
-        fused: bool,
-        matmul: str,
-        cache_dtype: torch.dtype,
-        pdl: bool,
-        compile: bool,
-        prefetch: int = 0,
+        self, fused: bool, matmul: str, cache_dtype: torch.dtype, pdl: bool, compile: bool
     ):
         """The :class:`tts.fast.fused.FusedStack` of this decoder, or None (not asked for,
         not applicable, or its compile or first run failed before in this process)."""
@@ -1207,13 +1193,7 @@ class StaticDecoder:
             if len(mixed) > 1:
                 raise TypeError(f"one dtype needed, got {sorted(map(str, mixed))}")
             stack = FusedStack(
-                model,
-                self.weights.layers,
-                self.rows,
-                matmul,
-                pdl=pdl,
-                compile=compile,
-                prefetch=prefetch,
+                model, self.weights.layers, self.rows, matmul, pdl=pdl, compile=compile
             )
         except Exception as exc:  # noqa: BLE001 - not applicable: plain layers
             fallback("GPT fused decode layers", exc)

@@ -203,9 +203,7 @@ class FusedStack:
     ``matrices``: per layer ``(w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj)`` with the
     matrices ``[out, in]`` (tts.fast.decode.DecodeWeights). Call :meth:`step` with the step's
     tokens and the layer caches; it writes the logits into ``out``. ``pdl``: the Triton
-    projections' programmatic dependent launch (``matmul="triton"``). ``prefetch`` (with
-    ``matmul="triton"``, 0 = off): each projection fetches into the L2 cache the weights of
-    the projection that many places later in the step (the last ones: the mel head's).
+    projections' programmatic dependent launch (``matmul="triton"``).
     """
 
     def __init__(
@@ -216,7 +214,6 @@ class FusedStack:
         matmul: str = "mm",
         pdl: bool = False,
         compile: bool = True,
-        prefetch: int = 0,
     ):
         if matmul not in MATMULS:
             raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
@@ -254,7 +251,6 @@ class FusedStack:
                     ),
                 )
             )
-        self.ahead = self._prefetches(matrices, model.mel_head.weight.detach(), prefetch)
         self.tables = (
             model.mel_embedding.weight.detach(),
             model.mel_pos_embedding.emb.weight.detach(),
@@ -296,16 +292,6 @@ class FusedStack:
             self.fns["pre"] = functools.partial(linear.decode_pre, pdl=pdl)
             self.fns["post"] = functools.partial(linear.decode_post, pdl=pdl)
 
-    def _prefetches(self, matrices, head: torch.Tensor, distance: int) -> list[tuple[dict, dict]]:
-        """Per layer, the extra keywords of its pre and post calls: what each projection
-        fetches into the L2 cache ahead (nothing unless ``distance`` and the Triton kernels)."""
-        if not distance or self.matmul != "triton":
-            return [({}, {}) for _ in matrices]
-        from tts.fast import linear
-
-        plan = linear.prefetch_plan([(m[0], m[2], m[4], m[6]) for m in matrices], head, distance)
-        return [({"prefetch": p[0]}, {"prefetch": p[1:]}) for p in plan]
-
     def mark_cache(self, views: list[torch.Tensor]) -> None:
         """Let the cache length (dim 2 of ``[rows, heads, capacity, head_dim]``) vary in the
         compiled pieces (nothing to do op by op)."""
@@ -330,10 +316,8 @@ class FusedStack:
         ``attend(q, k, v, mask)`` is the attention over the window ``[0, end)``."""
         fns, reduce = self.fns, self.reduce
         x = fns["embed"](tokens, j, *self.tables)
-        for (pre, post), (ahead_pre, ahead_post), kc, vc in zip(
-            self.layers, self.ahead, ks, vs, strict=True
-        ):
-            q = fns["pre"](x, *pre, kc, vc, pos, self.heads, reduce, **ahead_pre)
+        for (pre, post), kc, vc in zip(self.layers, ks, vs, strict=True):
+            q = fns["pre"](x, *pre, kc, vc, pos, self.heads, reduce)
             att = attend(q, kc[:, :, :end], vc[:, :, :end], mask)
-            x = fns["post"](x, att, *post, reduce, **ahead_post)
+            x = fns["post"](x, att, *post, reduce)
         fns["head"](x, *self.head, out, reduce)

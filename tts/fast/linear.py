@@ -134,28 +134,12 @@ if triton is not None:
         return one.to(bits.dtype).to(x.dtype, bitcast=True).to(tl.float32)
 
     @triton.jit
-    def _prefetch_l2(pf_ptr, pf_lines, STEP: tl.constexpr, BLOCK: tl.constexpr, ASM: tl.constexpr):
-        """This program's share of ``pf_lines`` 128-byte lines from ``pf_ptr`` (``STEP``
-        elements each) fetched into the L2 cache by ``ASM`` (:func:`prefetch_asm`), without
-        waiting for them (a prefetch needs no registers for the data)."""
-        per = tl.cdiv(pf_lines, tl.num_programs(0))
-        for start in range(0, per, BLOCK):
-            i = start + tl.arange(0, BLOCK)
-            line = tl.program_id(0) * per + i
-            ok = ((i < per) & (line < pf_lines)).to(tl.int32)
-            tl.inline_asm_elementwise(
-                ASM, "=r,l,r", [pf_ptr + line * STEP, ok], dtype=tl.int32, is_pure=False, pack=1
-            )
-
-    @triton.jit
     def _linear_kernel(
-        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr, pf_ptr, pf_lines,
+        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
         M: tl.constexpr, K: tl.constexpr, LANE: tl.constexpr, JA: tl.constexpr,
         JB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
-        PREFETCH: tl.constexpr, PF_STEP: tl.constexpr, PF_BLOCK: tl.constexpr,
-        PF_ASM: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
 
@@ -180,10 +164,6 @@ if triton is not None:
         wa = tl.load(w_row + at_a, mask=w_ok, other=0.0)
         wb = tl.load(w_row + at_b, mask=w_ok & b_ok, other=0.0)
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if PREFETCH:
-            # A later kernel's weights, into the L2 cache while this chain's kernels read
-            # little memory (the attention, the LayerNorms, kernel starts and ends).
-            _prefetch_l2(pf_ptr, pf_lines, PF_STEP, PF_BLOCK, PF_ASM)
         if PDL:
             gdc_launch_dependents()  # the next kernel may start its own weight loads
             gdc_wait()  # the previous kernel's outputs (our input rows) are complete
@@ -262,32 +242,6 @@ def warps_for(rows_per_program: int, k_in: int) -> int:
     return warps
 
 
-def prefetch_plan(
-    layers: list[tuple], head: torch.Tensor | None, distance: int
-) -> list[tuple[torch.Tensor | None, ...]]:
-    """Per layer, what each of its projections (``layers[i]``: the weights of qkv, out, fc and
-    proj, in the step's order) gives :func:`linear` as ``prefetch``: the weights of the
-    projection ``distance`` places later in the step, ``head`` after the last layer's, None
-    past the end."""
-    order = [w for layer in layers for w in layer] + ([head] if head is not None else [])
-    n = len(layers[0]) if layers else 0
-
-    def later(j: int) -> torch.Tensor | None:
-        return order[j + distance] if j + distance < len(order) else None
-
-    return [tuple(later(n * i + k) for k in range(n)) for i in range(len(layers))]
-
-
-def prefetch_asm(last: bool) -> str:
-    """The PTX of one predicated L2 prefetch (``$1`` the address, ``$2`` non-zero to fetch;
-    ``$0`` a dummy result), with the evict-last hint if ``last``."""
-    hint = "::evict_last" if last else ""
-    return (
-        "{ .reg .pred q; setp.ne.b32 q, $2, 0; "
-        f"@q prefetch.global.L2{hint} [$1]; mov.b32 $0, 0; }}"
-    )
-
-
 def layer_norm(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, *, pdl: bool = False
 ) -> torch.Tensor:
@@ -327,8 +281,6 @@ def linear(
     residual: torch.Tensor | None = None,
     kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
     pdl: bool = False,
-    prefetch: torch.Tensor | None = None,
-    prefetch_last: bool = False,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
@@ -340,10 +292,7 @@ def linear(
     device tensor; then only the queries (the first ``width`` columns) are returned.
     ``pdl``: launch as a programmatic dependent launch (CUDA, Hopper or newer): the kernel
     starts while the previous kernel of the stream runs, loads its weights, and waits for
-    that kernel before reading ``x`` (ignored under the interpreter). ``prefetch``: a
-    contiguous tensor (a later projection's weights) the kernel's programs fetch into the L2
-    cache before they wait, ``prefetch_last`` with the evict-last hint (CUDA only; it changes
-    no result). ``rows_per_program`` /
+    that kernel before reading ``x`` (ignored under the interpreter). ``rows_per_program`` /
     ``num_warps``: launch settings (default :data:`ROWS_PER_PROGRAM`, :func:`warps_for`).
     Returns a new tensor in ``x``'s dtype.
     """
@@ -379,20 +328,14 @@ def linear(
     lane, ja, jb = lanes(k_in, warps)
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
-    ahead = prefetch is not None and x.is_cuda  # the interpreter has no inline assembly
-    if ahead and not prefetch.is_contiguous():
-        raise ValueError("prefetch must be a contiguous tensor")
-    pf = prefetch if ahead else b
-    pf_lines = triton.cdiv(pf.numel() * pf.element_size(), 128) if ahead else 0
     _linear_kernel[(triton.cdiv(n_out, per_program),)](
-        x, w, b, res, out, kc, vc, pos, pf, pf_lines, n_out,
+        x, w, b, res, out, kc, vc, pos, n_out,
         x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
         *kv_strides, width, head_dim,
         M=rows, K=k_in, LANE=lane, JA=ja, JB=jb, GELU=gelu,
         RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
-        BLOCK_N=per_program, PDL=pdl, PREFETCH=ahead, PF_STEP=128 // pf.element_size(),
-        PF_BLOCK=64 * warps, PF_ASM=prefetch_asm(prefetch_last) if ahead else "",
-        num_warps=warps, launch_pdl=pdl,
+        BLOCK_N=per_program, PDL=pdl, num_warps=warps,
+        launch_pdl=pdl,
     )  # fmt: skip
     return out
 
@@ -410,21 +353,12 @@ def decode_pre(
     heads: int,
     reduce: bool,
     pdl: bool = False,
-    prefetch: torch.Tensor | None = None,
 ):
     """:func:`tts.fast.fused._pre` as one kernel: queries ``[rows, heads, 1, head_dim]``; the
-    step's key and value written at cache position ``pos`` of ``kc`` / ``vc``. ``prefetch``:
-    as :func:`linear`'s (with the evict-last hint)."""
+    step's key and value written at cache position ``pos`` of ``kc`` / ``vc``."""
     rows, _, dim = x.shape
     q = linear(
-        x.view(rows, dim),
-        w_qkv,
-        b_qkv,
-        ln=(ln_w, ln_b, eps),
-        kv=(kc, vc, pos, dim),
-        pdl=pdl,
-        prefetch=prefetch,
-        prefetch_last=True,
+        x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim), pdl=pdl
     )
     return q.view(rows, 1, heads, dim // heads).transpose(1, 2)
 
@@ -443,15 +377,12 @@ def decode_post(
     b_proj,
     reduce: bool,
     pdl: bool = False,
-    prefetch: tuple = (None, None, None),
 ):
     """:func:`tts.fast.fused._post` as three kernels: out projection + residual, ln_2 + fc +
-    GELU, proj + residual. ``prefetch``: each kernel's :func:`linear` ``prefetch`` (with the
-    evict-last hint)."""
+    GELU, proj + residual."""
     rows, _, dim = x.shape
     x = x.reshape(rows, dim)
     att = att.transpose(1, 2).reshape(rows, dim)
-    ahead = [{"prefetch": t, "prefetch_last": True} for t in prefetch]
-    x = linear(att, w_o, b_o, residual=x, pdl=pdl, **ahead[0])
-    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl, **ahead[1])
-    return linear(h, w_proj, b_proj, residual=x, pdl=pdl, **ahead[2]).view(rows, 1, dim)
+    x = linear(att, w_o, b_o, residual=x, pdl=pdl)
+    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl)
+    return linear(h, w_proj, b_proj, residual=x, pdl=pdl).view(rows, 1, dim)

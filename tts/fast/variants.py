@@ -100,9 +100,5 @@ VARIANTS["graphke"] = {
     "compile_logic": False,
     "compile_processors": False,
 }
-# graphkk whose projections each fetch a later projection's weights into the L2 cache while
-# the step's other kernels run (tts.fast.linear's ``prefetch``): one and two places ahead.
-VARIANTS["graphkl"] = {**VARIANTS["graphkk"], "prefetch": 1}
-VARIANTS["graphkl2"] = {**VARIANTS["graphkk"], "prefetch": 2}
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")
