@@ -344,6 +344,161 @@ def test_linear_bench_script_runs_interpreted(tmp_path):
     assert rows["3"]["pdl_equal"] is True
 
 
+def test_linear_bench_once_runs_interpreted(tmp_path):
+    """``linear_bench.py --once`` (what scripts/device/kernel_counters.py runs under Nsight
+    Compute) runs the stack with the attention for each row count without timing anything."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        str(root / "scripts" / "device" / "linear_bench.py"),
+        "--device",
+        "cpu",
+        "--tiny",
+        "--once",
+        "--rows",
+        "1,3",
+    ]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rows 1: one pass of 1 layers" in done.stdout
+    assert "rows 3: one pass of 1 layers" in done.stdout
+    assert "stack of" not in done.stdout  # nothing timed
+
+
+def _ncu_csv(kc, layers: int, drop: int | None = None) -> str:
+    """Text in the layout of ``ncu --csv --page raw --print-units base``: a tool message, the
+    header, the units line, then one line per kernel (``layers`` layers of the stack; the
+    kernel at index ``drop`` left out), for ``kc`` (the kernel_counters module). Kernel j of
+    layer i takes 1000 * (j + 1) + 10 * i ns."""
+    head = ["ID", "Process ID", "Kernel Name", "gpu__time_duration.sum"]
+    head += ["launch__registers_per_thread", "dram__bytes_read.sum"]
+    stalls = ["long_scoreboard", "barrier", "wait", "math_pipe_throttle", "no_instruction"]
+    head += [f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in stalls]
+    units = ["", "", "", "nsecond", "register/thread", "byte"] + ["ratio"] * len(stalls)
+    lines = ["==PROF== Connected to process 1234", ",".join(f'"{h}"' for h in head)]
+    lines.append(",".join(f'"{u}"' for u in units))
+    n = 0
+    for i in range(layers):
+        for j, (_, kernel) in enumerate(kc.LAYER):
+            if drop is not None and i * len(kc.LAYER) + j == drop:
+                continue
+            cells = [str(n), "1234", f"{kernel}(int)", f"{1000 * (j + 1) + 10 * i:,}"]
+            cells += ["128", "9830400"] + [str(float(k + j)) for k in range(len(stalls))]
+            lines.append(",".join(f'"{c}"' for c in cells))
+            n += 1
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def kernel_counters():
+    """scripts/device/kernel_counters.py imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "kernel_counters.py"
+    spec = importlib.util.spec_from_file_location("scripts_device_kernel_counters", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_counters_labels_and_summarizes_ncu_csv(kernel_counters):
+    """kernel_counters.py reads ncu's raw CSV (tool messages before it, a units line, numbers
+    with thousands separators), labels each kernel by its place in the layer, and gives per
+    label the median over the layers in microseconds and megabytes and the largest stalls."""
+    kernels, units = kernel_counters.read_csv(_ncu_csv(kernel_counters, 3))
+    assert len(kernels) == 24 and units["gpu__time_duration.sum"] == "nsecond"
+    summary = kernel_counters.summarize(kernels, units)
+    assert summary["layer_order_found"] is True
+    rows = summary["kernels"]
+    assert list(rows) == [name for name, _ in kernel_counters.LAYER]
+    # qkv is place 1: 2000 + 10 * layer ns, median over layers 0-2 = 2010 ns
+    assert rows["qkv"]["count"] == 3 and rows["qkv"]["us"] == pytest.approx(2.010)
+    assert rows["proj"]["us"] == pytest.approx(8.010)
+    assert rows["fc"]["dram_read_mb"] == pytest.approx(9.8304)
+    assert rows["ln_1"]["registers"] == 128
+    # stall k of kernel j is k + j: the four largest are the last four reasons, in order
+    assert list(rows["out"]["stalls"]) == [
+        "no_instruction",
+        "math_pipe_throttle",
+        "wait",
+        "barrier",
+    ]
+    assert rows["out"]["stalls"]["no_instruction"] == pytest.approx(4 + 4)
+
+
+def test_kernel_counters_keeps_names_when_the_layer_order_is_not_found(kernel_counters):
+    """A profile that is not whole layers in the expected order (here one kernel missing) is
+    not labelled by place: each kernel keeps its own name, and the summary says so."""
+    kernels, units = kernel_counters.read_csv(_ncu_csv(kernel_counters, 2, drop=5))
+    summary = kernel_counters.summarize(kernels, units)
+    assert summary["layer_order_found"] is False
+    assert set(summary["kernels"]) == {
+        "_norm_kernel",
+        "_linear_kernel",
+        "_partial_kernel",
+        "_combine_kernel",
+    }
+    assert summary["kernels"]["_norm_kernel"]["count"] == 3
+    with pytest.raises(ValueError, match="no ncu CSV header"):
+        kernel_counters.read_csv("==PROF== nothing profiled\n")
+
+
+def test_kernel_counters_command_profiles_one_marked_pass(kernel_counters, tmp_path):
+    """The ncu command leaves the clocks alone, records only the NVTX range that
+    ``linear_bench.py --once`` marks, and can drop the named metrics (the retry when this ncu
+    does not know one of them)."""
+    log = tmp_path / "c.csv"
+    cmd = kernel_counters.command("ncu", 3, 6, "bfloat16", log)
+    assert cmd[cmd.index("--clock-control") + 1] == "none"
+    assert cmd[cmd.index("--nvtx-include") + 1] == "measure/"
+    assert cmd[cmd.index("--log-file") + 1] == str(log)
+    assert cmd[-7:] == ["--once", "--rows", "3", "--layers", "6", "--dtype", "bfloat16"]
+    assert cmd[-8].endswith("linear_bench.py")
+    assert "--metrics" in cmd
+    assert "--metrics" not in kernel_counters.command("ncu", 3, 6, "bfloat16", log, False)
+
+
+def test_kernel_counters_retries_without_the_metrics_an_ncu_does_not_know(
+    kernel_counters, tmp_path, monkeypatch
+):
+    """kernel_counters.py end to end with a stand-in for ncu that fails whenever metrics are
+    named and otherwise writes a profile to its --log-file: the run is retried without them,
+    the JSON says which options the kept run used, and the summary comes from its CSV."""
+    import stat
+    import sys
+
+    profile = tmp_path / "profile.csv"
+    profile.write_text(_ncu_csv(kernel_counters, 2))
+    fake = tmp_path / "ncu"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import shutil, sys\n"
+        "args = sys.argv[1:]\n"
+        "if '--metrics' in args:\n"
+        "    sys.exit(1)\n"
+        f"shutil.copy({str(profile)!r}, args[args.index('--log-file') + 1])\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "counters.json"
+    argv = ["kernel_counters.py", "--ncu", str(fake), "--rows", "1,3"]
+    argv += ["--raw", str(tmp_path / "raw"), "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    kernel_counters.main()
+    result = json.loads(out.read_text())["rows"]
+    assert set(result) == {"1", "3"}
+    assert result["3"]["metrics_named"] is False and result["3"]["nvtx_range"] is True
+    assert result["3"]["kernels"]["fc"]["count"] == 2
+    assert (tmp_path / "raw" / "counters_rows3.csv").is_file()
+
+
 def test_barrier_bench_script_runs_interpreted(tmp_path):
     """scripts/device/barrier_bench.py runs its kernel-per-phase form on the CPU through Triton's
     interpreter, and each phase finds the stamps the phase before it wrote (the check that

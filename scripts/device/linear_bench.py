@@ -29,6 +29,10 @@ chunks, all rows in one program (``group``), and every row reading row 0's cache
 source-row table (``src``, beams on one history), alone and grouped. Last, the registers and spills per thread of
 every compiled projection kernel (registers bound how many programs, and so how many weight
 rows, can be resident and load their weights ahead).
+
+``--once`` times nothing: per row count it runs the stack (attention, PDL) once to compile it
+and once more inside the NVTX range ``measure``, for Nsight Compute to record each kernel's
+counters (scripts/device/kernel_counters.py).
 """
 
 from __future__ import annotations
@@ -100,10 +104,9 @@ def measure(
 ) -> dict:
     """The per-projection and whole-stack times at ``rows`` rows (see the module notes)."""
     dev = DEVICE
-    x = torch.randn(rows, DIM, device=dev).to(dtype)
+    state = stack_state(rows, dtype)
+    x, kv, pos = state["x"], state["kv"], state["pos"]
     h = torch.randn(rows, 4 * DIM, device=dev).to(dtype)
-    kv = torch.zeros(2, rows, HEADS, 1024, DIM // HEADS, device=dev, dtype=dtype)
-    pos = torch.tensor([WINDOW - 1], device=dev)
     kw = {
         "qkv": {"ln": ln, "kv": (kv[0], kv[1], pos, DIM)},
         "out": {"residual": x},
@@ -147,38 +150,11 @@ def measure(
         )
         table[name] = row
 
-    mask = torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype)
-
     def stack_ours(
         pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False, **attn_kw
     ):
         st = {name: table[name]["best"] if best else {} for name in kw}
-        for i in range(LAYERS):
-            q = module.linear(
-                x,
-                weights["qkv"][i],
-                biases["qkv"],
-                ln=ln,
-                kv=(kv[0], kv[1], pos, DIM),
-                pdl=pdl,
-                **st["qkv"],
-            )
-            if attend:
-                q = attention.attend(
-                    q.view(rows, 1, HEADS, -1).transpose(1, 2),
-                    kv[0][:, :, :WINDOW],
-                    kv[1][:, :, :WINDOW],
-                    mask,
-                    pdl=pdl,
-                    written=pos if ahead else None,
-                    **attn_kw,
-                )
-                q = q.transpose(1, 2).reshape(rows, DIM)
-            y = module.linear(q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **st["out"])
-            f = module.linear(
-                y, weights["fc"][i], biases["fc"], ln=ln, gelu=True, pdl=pdl, **st["fc"]
-            )
-            module.linear(f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl, **st["proj"])
+        run_stack(state, weights, biases, ln, pdl, attend, st, module, ahead, **attn_kw)
 
     def stack_blas():
         for i in range(LAYERS):
@@ -237,6 +213,85 @@ def measure(
     return table
 
 
+def stack_state(rows: int, dtype: torch.dtype) -> dict:
+    """The stack's input rows, its KV cache (``[2, rows, heads, 1024, head_dim]``), the step's
+    position (the window's last) and the attention's all-zero additive mask."""
+    dev = DEVICE
+    return {
+        "rows": rows,
+        "x": torch.randn(rows, DIM, device=dev).to(dtype),
+        "kv": torch.zeros(2, rows, HEADS, 1024, DIM // HEADS, device=dev, dtype=dtype),
+        "pos": torch.tensor([WINDOW - 1], device=dev),
+        "mask": torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype),
+    }
+
+
+def run_stack(
+    state: dict,
+    weights: dict,
+    biases: dict,
+    ln: tuple,
+    pdl: bool,
+    attend: bool,
+    settings: dict | None = None,
+    module=linear,
+    ahead: bool = False,
+    **attn_kw,
+) -> None:
+    """One pass of the layer stack as the decode step runs it: per layer the LayerNorm and qkv
+    (with the KV write), the attention over the window if ``attend``, out (+ residual), the
+    LayerNorm and fc (+ GELU), proj (+ residual); ``settings``: launch settings per projection,
+    ``module``: the tts/fast/linear.py to run, ``ahead`` and ``attn_kw``: attention variants."""
+    rows, x, kv, pos = state["rows"], state["x"], state["kv"], state["pos"]
+    st = settings or {}
+    for i in range(LAYERS):
+        q = module.linear(
+            x,
+            weights["qkv"][i],
+            biases["qkv"],
+            ln=ln,
+            kv=(kv[0], kv[1], pos, DIM),
+            pdl=pdl,
+            **st.get("qkv", {}),
+        )
+        if attend:
+            q = attention.attend(
+                q.view(rows, 1, HEADS, -1).transpose(1, 2),
+                kv[0][:, :, :WINDOW],
+                kv[1][:, :, :WINDOW],
+                state["mask"],
+                pdl=pdl,
+                written=pos if ahead else None,
+                **attn_kw,
+            )
+            q = q.transpose(1, 2).reshape(rows, DIM)
+        y = module.linear(
+            q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **st.get("out", {})
+        )
+        f = module.linear(
+            y, weights["fc"][i], biases["fc"], ln=ln, gelu=True, pdl=pdl, **st.get("fc", {})
+        )
+        module.linear(
+            f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl, **st.get("proj", {})
+        )
+
+
+def once(rows: int, weights: dict, biases: dict, ln: tuple, dtype: torch.dtype) -> None:
+    """For a kernel profiler (scripts/device/kernel_counters.py): one pass of the stack with
+    the attention and PDL, untimed, to compile every kernel; then one more inside the NVTX
+    range ``measure``, the pass a profiler told ``--nvtx-include measure/`` records."""
+    state = stack_state(rows, dtype)
+    run_stack(state, weights, biases, ln, pdl=True, attend=True)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.nvtx.range_push("measure")
+    run_stack(state, weights, biases, ln, pdl=True, attend=True)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.nvtx.range_pop()
+    print(f"rows {rows}: one pass of {LAYERS} layers inside NVTX range 'measure'")
+
+
 def registers(kernel, rows: int) -> list[dict]:
     """Registers and spills per thread of every specialisation of the Triton ``kernel``
     compiled for ``rows`` rows (what limits how many of its programs are resident), with
@@ -269,6 +324,7 @@ def _module(path: str):
 
 
 def main() -> None:
+    global DEVICE, DIM, HEADS, LAYERS, WINDOW
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", default="1,3,8")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -287,11 +343,18 @@ def main() -> None:
         help="cpu: a dry run of every code path (TRITON_INTERPRET=1, no times)",
     )
     ap.add_argument("--tiny", action="store_true", help="width 64, 1 head, 1 layer, window 64")
+    ap.add_argument(
+        "--once",
+        action="store_true",
+        help="no timing: one pass of the stack (attention, PDL) per row count inside the NVTX "
+        "range 'measure', for a kernel profiler (scripts/device/kernel_counters.py)",
+    )
+    ap.add_argument("--layers", type=int, help=f"layers of the stack (default {LAYERS})")
     args = ap.parse_args()
-    global DEVICE, DIM, HEADS, LAYERS, WINDOW
     DEVICE = dev = args.device
     if args.tiny:
         DIM, HEADS, LAYERS, WINDOW = 64, 1, 1, 64
+    LAYERS = args.layers or LAYERS
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     bw = copy_bandwidth(torch.device(dev))
@@ -316,6 +379,10 @@ def main() -> None:
         "copy_tb_s": bw / 1e12,
         "rows": {},
     }
+    if args.once:
+        for rows in (int(r) for r in args.rows.split(",")):
+            once(rows, weights, biases, ln, dtype)
+        return
     others = {Path(p).stem: _module(p) for p in args.other or ()}
     for rows in (int(r) for r in args.rows.split(",")):
         results["rows"][rows] = measure(

@@ -39,6 +39,10 @@
 #   linear    scripts/device/linear_bench.py $LINEAR_ARGS (the GPT's few-row projections against
 #             cuBLAS, launch settings with --sweep, the 24-layer stack, --other FILE (repeatable):
 #             an A/B against another tts/fast/linear.py, registers per kernel; no checkpoints)
+#   counters  scripts/device/kernel_counters.py $COUNTERS_ARGS (Nsight Compute's counters of the
+#             layer stack's kernels at 1 and 3 rows: duration, DRAM bytes and throughput,
+#             occupancy, registers, instructions, stall reasons; raw CSVs in $OUT/counters;
+#             no checkpoints)
 #   barrier   scripts/device/barrier_bench.py $BARRIER_ARGS (one dependent phase: a grid barrier inside
 #             a persistent Triton kernel against a kernel boundary with and without PDL; no
 #             checkpoints)
@@ -88,6 +92,7 @@ RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:-}"
+COUNTERS_ARGS="${COUNTERS_ARGS:-}"
 BARRIER_ARGS="${BARRIER_ARGS:-}"
 PERSISTENT_ARGS="${PERSISTENT_ARGS:-}"
 CALLS_ARGS="${CALLS_ARGS:-}"
@@ -96,9 +101,9 @@ T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
-T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
+T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_COUNTERS="${T_COUNTERS:-240}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json barrier.json persistent.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json trace.json sweep.json vocoder.json choice.json cond.json load.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -311,6 +316,9 @@ main() {
   # shellcheck disable=SC2086
   want linear && section linear "$T_LINEAR" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/linear_bench.py $LINEAR_ARGS --json "$OUT/linear.json"
+  # shellcheck disable=SC2086
+  want counters && section counters "$T_COUNTERS" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/kernel_counters.py $COUNTERS_ARGS --raw "$OUT/counters" --json "$OUT/counters.json"
   # shellcheck disable=SC2086
   want barrier && section barrier "$T_BARRIER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/barrier_bench.py $BARRIER_ARGS --json "$OUT/barrier.json"
