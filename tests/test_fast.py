@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -855,23 +856,47 @@ def _counted(calls: dict, name: str, fn):
     return wrapper
 
 
-def _run_interpreted(code: str, timeout: int = 300) -> None:
-    """Run ``code`` in a fresh Python with Triton's CPU interpreter on (it must be set before
-    Triton is imported); it must exit 0 and print "ok" last."""
+def _text(file) -> str:
+    """Everything written to an open temporary file."""
+    file.seek(0)
+    return file.read()
+
+
+def _run_interpreted(*codes: str, timeout: int = 300) -> None:
+    """Run each of ``codes`` in a fresh Python with Triton's CPU interpreter on (it must be set
+    before Triton is imported); each must exit 0 and print "ok" last. Several run at the same
+    time: the interpreter keeps one core busy, and the slowest of these tests took minutes
+    each on CI's two cores."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}:{root / 'tests'}"}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-        cwd=root,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("ok")
+    # Output goes to files, not pipes: a process that filled a pipe nobody reads yet would
+    # stop until its turn came.
+    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in codes]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=root,
+        )
+        for code, (out, err) in zip(codes, logs, strict=True)
+    ]
+    try:
+        for proc, files in zip(procs, logs, strict=True):
+            proc.wait(timeout=timeout)
+            out, err = (_text(f) for f in files)
+            assert proc.returncode == 0, out + err
+            assert out.strip().endswith("ok"), out + err
+    finally:
+        for proc, files in zip(procs, logs, strict=True):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for f in files:
+                f.close()
 
 
 def test_fused_activation_interpreted():
@@ -979,11 +1004,10 @@ def test_few_row_linear_kernels_interpreted():
 
 def test_triton_kernel_decoder_matches_plain_generation_interpreted():
     """The graphka variant (few-row Triton projections and Triton attention, run by Triton's
-    CPU interpreter, float32) gives tts.generation's codes, greedy and beam sampling; scores
-    agree to float32 rounding; the kernels really ran (no fallback). graphk is graphka with
-    SDPA attention, so this covers its kernels too."""
-    _run_interpreted(
-        """
+    CPU interpreter, float32) gives tts.generation's codes, greedy and beam sampling (one
+    process each); scores agree to float32 rounding; the kernels really ran (no fallback).
+    graphk is graphka with SDPA attention, so this covers its kernels too."""
+    code = """
         import sys
         import torch
         from test_fast import _assert_same_generation, _counted, _gpt_small, _padded_prefix
@@ -996,41 +1020,43 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
         attention.attend = _counted(calls, "attention", attention.attend)
         model = _gpt_small()
         prefix, valid = _padded_prefix(model)
-        for beams, sample in ((1, False), (3, True)):
-            cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=24,
-                                   warn_on_limit=False, repetition_penalty=2.0)
-            plain = plain_generate(model, prefix, valid, cfg,
-                                   generator=torch.Generator().manual_seed(9), output_scores=True)
-            stats = {}
-            out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
-                                  generator=torch.Generator().manual_seed(9),
-                                  **decode.VARIANTS["graphka"])
-            assert not fast.FALLBACKS, fast.FALLBACKS
-            assert stats["fused"] and stats["matmul"] == stats["attention"] == "triton"
-            _assert_same_generation(plain, out, beams)
-        # per layer and fed token (2 layers, 24 tokens per call, 2 calls): 4 projections and
-        # one attention
-        assert calls == {"linear": 2 * 4 * 24 * 2, "attention": 2 * 24 * 2}, calls
+        beams, sample = __BEAMS_SAMPLE__
+        cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=24,
+                               warn_on_limit=False, repetition_penalty=2.0)
+        plain = plain_generate(model, prefix, valid, cfg,
+                               generator=torch.Generator().manual_seed(9), output_scores=True)
+        stats = {}
+        out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
+                              generator=torch.Generator().manual_seed(9),
+                              **decode.VARIANTS["graphka"])
+        assert not fast.FALLBACKS, fast.FALLBACKS
+        assert stats["fused"] and stats["matmul"] == stats["attention"] == "triton"
+        _assert_same_generation(plain, out, beams)
+        # per layer and fed token (2 layers, 24 tokens): 4 projections and one attention
+        assert calls == {"linear": 2 * 4 * 24, "attention": 2 * 24}, calls
         print("ok")
-        """,
+        """
+    _run_interpreted(
+        code.replace("__BEAMS_SAMPLE__", "1, False"),
+        code.replace("__BEAMS_SAMPLE__", "3, True"),
         timeout=600,
     )
 
 
 def test_table_reorder_decoders_match_plain_generation_interpreted():
     """graphfi, graphkp and graphkr (reorder="table": attention reads through the source-row
-    table, in Triton's CPU interpreter; float32) give tts.generation's codes with beam
-    sampling and a padded batch, every attention call got the table (no fallback), and
-    graphkr's got the step's position to read ahead around. Without PDL (the CPU) graphkp is
-    graphki, so graphki is not run again: each Triton variant takes ~210 s here."""
-    _run_interpreted(
-        """
+    table, in Triton's CPU interpreter; float32; one process each) give tts.generation's codes
+    with beam sampling and a padded batch, every attention call got the table (no fallback),
+    and graphkr's got the step's position to read ahead around. Without PDL (the CPU) graphkp
+    is graphki, so graphki is not run again: each Triton variant takes ~170 s here."""
+    code = """
         import torch
         from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
         from tts import fast
         from tts.fast import attention, decode
         from tts.generation import GenerationConfig, generate as plain_generate
         torch.set_num_threads(1)
+        variant = __VARIANT__
         tables, written = [], []
         plain_attend = attention.attend
         def counted(*args, src=None, **kwargs):
@@ -1044,25 +1070,25 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
                                warn_on_limit=False, repetition_penalty=2.0)
         plain = plain_generate(model, prefix, valid, cfg,
                                generator=torch.Generator().manual_seed(9), output_scores=True)
-        variants = ("graphfi", "graphkp", "graphkr")  # no PDL on the CPU
-        for variant in variants:
-            stats = {}
-            out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
-                                  generator=torch.Generator().manual_seed(9),
-                                  **decode.VARIANTS[variant])
-            assert not fast.FALLBACKS, fast.FALLBACKS
-            assert stats["reorder"] == "table" and stats["attention"] == "triton", stats
-            _assert_same_generation(plain, out, 3)
-        # 2 layers x 24 fed tokens x 3 variants, each with the table
-        assert len(tables) == 2 * 24 * 3 and all(tables), tables
-        # graphkr (the last 48 calls) tells the step's position: prompt + start code + step
-        s_len = prefix.size(1)
-        assert written[: 2 * 24 * 2] == [None] * (2 * 24 * 2), written
-        assert written[2 * 24 * 2 :] == [s_len + 1 + j for j in range(24) for _ in range(2)]
+        stats = {}
+        out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
+                              generator=torch.Generator().manual_seed(9),
+                              **decode.VARIANTS[variant])
+        assert not fast.FALLBACKS, fast.FALLBACKS
+        assert stats["reorder"] == "table" and stats["attention"] == "triton", stats
+        _assert_same_generation(plain, out, 3)
+        # 2 layers x 24 fed tokens, each with the table
+        assert len(tables) == 2 * 24 and all(tables), tables
+        if variant == "graphkr":  # it tells the step's position: prompt + start code + step
+            s_len = prefix.size(1)
+            assert written == [s_len + 1 + j for j in range(24) for _ in range(2)], written
+        else:
+            assert written == [None] * (2 * 24), written
         print("ok")
-        """,
-        timeout=600,
-    )
+        """
+    # no PDL on the CPU
+    variants = ("graphfi", "graphkp", "graphkr")
+    _run_interpreted(*(code.replace("__VARIANT__", repr(v)) for v in variants), timeout=600)
 
 
 def test_topk_threshold_kernels_interpreted():
