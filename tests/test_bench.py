@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,35 +311,27 @@ def test_loop_trace_script_runs_on_cpu(tmp_path):
     assert fast_decode.generate is plain
 
 
+def _run_device_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``scripts/device/<name>`` with ``args`` in a new Python with Triton's CPU interpreter
+    (set before Triton is imported); it must exit 0."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "scripts" / "device" / name), *args]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_linear_bench_script_runs_interpreted(tmp_path):
     """scripts/device/linear_bench.py (the GPU measurement of the decode step's projections,
     the layer stack and its attention variants) runs every code path once on the CPU through
     Triton's interpreter (tiny width, one layer, 3 rows, another linear.py for the A/B),
     so a GPU call does not find its mistakes."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "linear.json"
-    cmd = [
-        sys.executable,
-        str(root / "scripts" / "device" / "linear_bench.py"),
-        "--device",
-        "cpu",
-        "--tiny",
-        "--rows",
-        "3",
-        "--other",
-        str(root / "tts" / "fast" / "linear.py"),
-        "--json",
-        str(out),
-    ]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    other = str(Path(__file__).resolve().parents[1] / "tts" / "fast" / "linear.py")
+    args = ["--device", "cpu", "--tiny", "--rows", "3", "--other", other, "--json", str(out)]
+    _run_device_script("linear_bench.py", *args)
     rows = json.loads(out.read_text())["rows"]
     stack = rows["3"]["stack"]
     for name in ("read_ahead", "c16", "grouped", "shared", "shared_grouped"):
@@ -347,26 +343,8 @@ def test_linear_bench_script_runs_interpreted(tmp_path):
 def test_linear_bench_once_runs_interpreted(tmp_path):
     """``linear_bench.py --once`` (what scripts/device/kernel_counters.py runs under Nsight
     Compute) runs the stack with the attention for each row count without timing anything."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[1]
-    cmd = [
-        sys.executable,
-        str(root / "scripts" / "device" / "linear_bench.py"),
-        "--device",
-        "cpu",
-        "--tiny",
-        "--once",
-        "--rows",
-        "1,3",
-    ]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--device", "cpu", "--tiny", "--once", "--rows", "1,3"]
+    done = _run_device_script("linear_bench.py", *args)
     assert "rows 1: one pass of 1 layers" in done.stdout
     assert "rows 3: one pass of 1 layers" in done.stdout
     assert "stack of" not in done.stdout  # nothing timed
@@ -503,19 +481,9 @@ def test_barrier_bench_script_runs_interpreted(tmp_path):
     """scripts/device/barrier_bench.py runs its kernel-per-phase form on the CPU through Triton's
     interpreter, and each phase finds the stamps the phase before it wrote (the check that
     must also read 0 errors on the GPU)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "barrier.json"
-    cmd = [sys.executable, str(root / "scripts" / "device" / "barrier_bench.py"), "--device"]
-    cmd += ["cpu", "--programs", "3,5", "--warps", "1", "--phases", "4", "--json", str(out)]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["--device", "cpu", "--programs", "3,5", "--warps", "1", "--phases", "4"]
+    _run_device_script("barrier_bench.py", *args, "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert [(r["programs"], r["plain_errors"]) for r in rows] == [(3, 0), (5, 0)]
 
@@ -525,21 +493,10 @@ def test_persistent_bench_script_runs_interpreted(tmp_path):
     own through Triton's interpreter (tiny width, 2 layers), equals the tts.fast.linear chain
     (float32 within 1e-4, bf16 within its rounding bound; the script raises otherwise), at 1
     and 3 rows and two program counts."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[1]
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / f"persistent_{dtype}.json"
-        cmd = [sys.executable, str(root / "scripts" / "device" / "persistent_bench.py")]
-        cmd += ["--device", "cpu", "--rows", "1,3", "--configs", "1x4,2x2", "--dtype", dtype]
-        cmd += ["--json", str(out)]
-        env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        args = ["--device", "cpu", "--rows", "1,3", "--configs", "1x4,2x2", "--dtype", dtype]
+        _run_device_script("persistent_bench.py", *args, "--json", str(out))
         rows = json.loads(out.read_text())["rows"]
         for r in ("1", "3"):
             assert sorted(k for k in rows[r] if k.endswith("_maxdiff")) == [
