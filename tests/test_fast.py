@@ -100,6 +100,40 @@ def _assert_same_generation(plain, fast, beams: int) -> None:
         torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores)
 
 
+def _variant_against_plain(model, beams: int, sample: bool, variant: str):
+    """For the interpreted decoder tests: 24 codes of tts.generation and of the fast decoder
+    ``variant`` from one padded prompt (repetition penalty 2, generators seeded 9), checked
+    equal by :func:`_assert_same_generation`. Returns the prompt and the decoder's stats."""
+    from tts.fast import decode
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    prefix, valid = _padded_prefix(model)
+    cfg = GenerationConfig(
+        num_beams=beams,
+        do_sample=sample,
+        max_mel_tokens=24,
+        warn_on_limit=False,
+        repetition_penalty=2.0,
+    )
+    plain = plain_generate(
+        model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9), output_scores=True
+    )
+    stats = {}
+    out = decode.generate(
+        model,
+        prefix,
+        valid,
+        cfg,
+        output_scores=True,
+        stats=stats,
+        generator=torch.Generator().manual_seed(9),
+        **decode.VARIANTS[variant],
+    )
+    _assert_same_generation(plain, out, beams)
+    return prefix, stats
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_sampling_matches_plain_generation(beams):
     """Same generator, same draws: identical codes (sampling and beam sampling, B = 2 padded)."""
@@ -1008,30 +1042,17 @@ def test_triton_kernel_decoder_matches_plain_generation_interpreted():
     process each); scores agree to float32 rounding; the kernels really ran (no fallback).
     graphk is graphka with SDPA attention, so this covers its kernels too."""
     code = """
-        import sys
         import torch
-        from test_fast import _assert_same_generation, _counted, _gpt_small, _padded_prefix
+        from test_fast import _counted, _gpt_small, _variant_against_plain
         from tts import fast
-        from tts.fast import attention, decode, linear
-        from tts.generation import GenerationConfig, generate as plain_generate
+        from tts.fast import attention, linear
         torch.set_num_threads(1)
         calls = {"linear": 0, "attention": 0}
         linear.linear = _counted(calls, "linear", linear.linear)
         attention.attend = _counted(calls, "attention", attention.attend)
-        model = _gpt_small()
-        prefix, valid = _padded_prefix(model)
-        beams, sample = __BEAMS_SAMPLE__
-        cfg = GenerationConfig(num_beams=beams, do_sample=sample, max_mel_tokens=24,
-                               warn_on_limit=False, repetition_penalty=2.0)
-        plain = plain_generate(model, prefix, valid, cfg,
-                               generator=torch.Generator().manual_seed(9), output_scores=True)
-        stats = {}
-        out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
-                              generator=torch.Generator().manual_seed(9),
-                              **decode.VARIANTS["graphka"])
+        _, stats = _variant_against_plain(_gpt_small(), __BEAMS_SAMPLE__, "graphka")
         assert not fast.FALLBACKS, fast.FALLBACKS
         assert stats["fused"] and stats["matmul"] == stats["attention"] == "triton"
-        _assert_same_generation(plain, out, beams)
         # per layer and fed token (2 layers, 24 tokens): 4 projections and one attention
         assert calls == {"linear": 2 * 4 * 24, "attention": 2 * 24}, calls
         print("ok")
@@ -1051,10 +1072,9 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
     is graphki, so graphki is not run again: each Triton variant takes ~170 s here."""
     code = """
         import torch
-        from test_fast import _assert_same_generation, _gpt_small, _padded_prefix
+        from test_fast import _gpt_small, _variant_against_plain
         from tts import fast
-        from tts.fast import attention, decode
-        from tts.generation import GenerationConfig, generate as plain_generate
+        from tts.fast import attention
         torch.set_num_threads(1)
         variant = __VARIANT__
         tables, written = [], []
@@ -1064,19 +1084,9 @@ def test_table_reorder_decoders_match_plain_generation_interpreted():
             written.append(None if kwargs.get("written") is None else int(kwargs["written"]))
             return plain_attend(*args, src=src, **kwargs)
         attention.attend = counted
-        model = _gpt_small()
-        prefix, valid = _padded_prefix(model)
-        cfg = GenerationConfig(num_beams=3, do_sample=True, max_mel_tokens=24,
-                               warn_on_limit=False, repetition_penalty=2.0)
-        plain = plain_generate(model, prefix, valid, cfg,
-                               generator=torch.Generator().manual_seed(9), output_scores=True)
-        stats = {}
-        out = decode.generate(model, prefix, valid, cfg, output_scores=True, stats=stats,
-                              generator=torch.Generator().manual_seed(9),
-                              **decode.VARIANTS[variant])
+        prefix, stats = _variant_against_plain(_gpt_small(), 3, True, variant)
         assert not fast.FALLBACKS, fast.FALLBACKS
         assert stats["reorder"] == "table" and stats["attention"] == "triton", stats
-        _assert_same_generation(plain, out, 3)
         # 2 layers x 24 fed tokens, each with the table
         assert len(tables) == 2 * 24 and all(tables), tables
         if variant == "graphkr":  # it tells the step's position: prompt + start code + step
