@@ -1036,6 +1036,64 @@ def test_few_row_linear_kernels_interpreted():
     )
 
 
+def test_tensor_core_linear_kernel_interpreted():
+    """tts.fast.linear's tensor-core kernel (Triton's CPU interpreter; bf16 and fp16 at widths it
+    takes: 384 = (2 + 1) x 128 and 256 = 2 x 128 slices, 80 outputs, so the last program's
+    columns are masked) against the op-by-op computation within the error two roundings may
+    make, with each epilogue and the KV write, 1 to 8 rows; the kernel really ran; float32 and
+    a width it does not take go to the CUDA-core kernel."""
+    _run_interpreted(
+        """
+        import torch
+        from kernel_reference import assert_qkv_written
+        from kernel_reference import assert_rounding_close as close
+        from kernel_reference import linear_reference as ref
+        from tts.fast import linear
+        torch.manual_seed(1)
+        launches = {"mma": 0, "cuda_cores": 0}
+
+        class Counted:
+            def __init__(self, name, kernel):
+                self.name, self.kernel = name, kernel
+
+            def __getitem__(self, grid):
+                launches[self.name] += 1
+                return self.kernel[grid]
+
+        linear._mma_kernel = Counted("mma", linear._mma_kernel)
+        linear._linear_kernel = Counted("cuda_cores", linear._linear_kernel)
+        assert linear.mma_slices(384) == (2, 1) and linear.mma_slices(256) == (2, 0)
+        assert linear.mma_slices(1280) == (8, 2) and linear.mma_slices(5120) is None
+        assert linear.mma_slices(48) is None and linear.mma_slices(896) is None  # 7 = 4 + 3
+        assert [linear.mma_block_rows(r) for r in range(1, 9)] == [4, 4, 4, 4, 8, 8, 8, 8]
+        N = 80
+        for dtype in (torch.bfloat16, torch.float16):
+            for K in (384, 256):
+                for rows in (1, 3, 8):
+                    x = (torch.randn(rows, K) + 0.5).to(dtype)
+                    w = (torch.randn(N, K) * K**-0.5).to(dtype)
+                    b = torch.randn(N).to(dtype)
+                    ln = (torch.randn(K).to(dtype), torch.randn(K).to(dtype), 1e-5)
+                    res = torch.randn(rows, N).to(dtype)
+                    for kw in ({}, {"ln": ln, "gelu": True}, {"residual": res}):
+                        close(linear.linear(x, w, b, **kw), *ref(x, w, b, **kw))
+            rows, heads, hd, width = 3, 4, 96, 384
+            x = torch.randn(rows, width).to(dtype)
+            w = (torch.randn(3 * width, width) * width**-0.5).to(dtype)
+            b = torch.randn(3 * width).to(dtype)
+            ln = (torch.randn(width).to(dtype), torch.randn(width).to(dtype), 1e-5)
+            kv = torch.zeros(2, rows, heads, 10, hd).to(dtype)
+            q = linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], torch.tensor([5]), width))
+            assert_qkv_written(q, kv, 5, *ref(x, w, b, ln=ln))
+        assert launches == {"mma": 2 * (2 * 3 * 3 + 1), "cuda_cores": 0}, launches
+        for x in (torch.randn(3, 384), torch.randn(3, 48).bfloat16()):  # float32; 48 wide
+            linear.linear(x, torch.randn(N, x.size(1)).to(x.dtype), torch.randn(N).to(x.dtype))
+        assert launches["cuda_cores"] == 2, launches
+        print("ok")
+        """
+    )
+
+
 def test_triton_kernel_decoder_matches_plain_generation_interpreted():
     """The graphka variant (few-row Triton projections and Triton attention, run by Triton's
     CPU interpreter, float32) gives tts.generation's codes, greedy and beam sampling (one
@@ -1311,6 +1369,35 @@ def test_linear_kernel_compiles_for_hopper():
                     "BLOCK_N": linear.ROWS_PER_PROGRAM, "PDL": True,
                 }  # fmt: skip
                 _compile_for_hopper(linear._linear_kernel, signature, constexprs, warps)
+
+
+def test_tensor_core_linear_kernel_compiles_for_hopper():
+    """The tensor-core projection kernel compiles for sm_90 with PDL at the GPT's 1280 inputs
+    (8 + 2 slices) and at 256 (no second slice tile), 1, 3 and 8 rows, bf16 and fp16, with
+    each epilogue."""
+    from tts.fast import linear
+
+    ints = ("N", "stride_x", "stride_res", "stride_out", "kv_row", "kv_head", "kv_pos")
+    ints += ("width", "head_dim")
+    flags = ("M", "K", "KS", "SA", "SB", "GELU", "RES", "KV", "BLOCK_M", "BLOCK_N", "WIDEN")
+    for dtype in ("bf16", "fp16"):
+        signature = {  # in the kernel's argument order
+            **dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr"), f"*{dtype}"),
+            **dict.fromkeys(("k_ptr", "v_ptr"), f"*{dtype}"),
+            "pos_ptr": "*i64",
+            **dict.fromkeys(ints, "i32"),
+            **dict.fromkeys((*flags, "PDL"), "constexpr"),
+        }
+        for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
+                                    (256, False, True, False)):  # fmt: skip
+            sa, sb = linear.mma_slices(k_in)
+            for rows in (1, 3, 8):
+                constexprs = {
+                    "M": rows, "K": k_in, "KS": linear.MMA_SLICE, "SA": sa, "SB": sb,
+                    "GELU": gelu, "RES": res, "KV": kv, "BLOCK_M": linear.mma_block_rows(rows),
+                    "BLOCK_N": linear.MMA_ROWS_PER_PROGRAM, "WIDEN": False, "PDL": True,
+                }  # fmt: skip
+                _compile_for_hopper(linear._mma_kernel, signature, constexprs, linear.MMA_WARPS)
 
 
 def test_choice_kernels_compile_for_hopper():

@@ -965,13 +965,16 @@ def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
     _write_report()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows", [1, 3, 8])
-def test_few_row_linear_kernels_cuda(rows, dtype):
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"]
+)
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
+def test_few_row_linear_kernels_cuda(rows, dtype, monkeypatch):
     """tts.fast.linear at the full GPT width on CUDA against the op-by-op computation (float32
-    reference of the same rounding steps): float32 within 1e-5, bf16 within the error two
-    roundings may make (2^-7 of the rounded magnitudes); the KV write lands at the step's
-    position only."""
+    reference of the same rounding steps): float32 within 1e-5, bf16 / fp16 within the error
+    two roundings may make (2^-7 of the rounded magnitudes); the KV write lands at the step's
+    position only. In bf16 / fp16 the 1280-wide projections (qkv, out, fc) ran on the
+    tensor-core kernel and proj (5120) on the CUDA-core one; in float32 all on CUDA cores."""
     from kernel_reference import assert_qkv_written
     from kernel_reference import assert_rounding_close as close
     from kernel_reference import linear_reference as ref
@@ -979,6 +982,18 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
     from tts import fast
     from tts.fast import linear
 
+    launches = {"mma": 0, "cuda_cores": 0}
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches[self.name] += 1
+            return self.kernel[grid]
+
+    monkeypatch.setattr(linear, "_mma_kernel", Counted("mma", linear._mma_kernel))
+    monkeypatch.setattr(linear, "_linear_kernel", Counted("cuda_cores", linear._linear_kernel))
     torch.manual_seed(3)
     dim, heads = 1280, 20
 
@@ -1009,6 +1024,11 @@ def test_few_row_linear_kernels_cuda(rows, dtype):
     pos = torch.tensor([17], device="cuda")
     q = linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], pos, dim))
     assert_qkv_written(q, kv, 17, *ref(x, w, b, ln=ln))
+    per = 3 if fast.pdl_available("cuda") else 1  # with PDL each projection runs twice more
+    if dtype == torch.float32:
+        assert launches == {"mma": 0, "cuda_cores": 4 * per + 1}, launches
+    else:
+        assert launches == {"mma": 3 * per + 1, "cuda_cores": per}, launches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -83,12 +83,17 @@ def timed(fn, replays: int) -> float:
     return statistics.median(times)
 
 
-def _label(setting: dict, k_in: int) -> str:
-    """A launch setting as ``rows x warps``, with "(default)" for the defaults."""
+def _label(setting: dict, k_in: int, dtype: torch.dtype) -> str:
+    """A launch setting as ``rows x warps`` (``mma`` first where the tensor-core kernel runs),
+    with "(default)" for the defaults."""
+    mma = dtype != torch.float32 and linear.mma_slices(k_in) is not None
+    kind = "mma " if mma else ""
     if not setting:
+        if mma:
+            return f"mma {linear.MMA_ROWS_PER_PROGRAM}x{linear.MMA_WARPS} (default)"
         n = linear.ROWS_PER_PROGRAM
         return f"{n}x{linear.warps_for(n, k_in)} (default)"
-    return f"{setting['rows_per_program']}x{setting['num_warps']}"
+    return f"{kind}{setting['rows_per_program']}x{setting['num_warps']}"
 
 
 def measure(
@@ -124,12 +129,16 @@ def measure(
         settings = [{}]
         if sweep:
             k_in = ws[0].size(1)
-            settings += [
-                {"rows_per_program": n, "num_warps": warps}
-                for n in (1, 2, 4, 8, 16, 32)
-                for warps in (1, 2, 4, 8, 16)
-                if 20 <= n * k_in // (32 * warps) <= 160
-            ]
+            if dtype != torch.float32 and linear.mma_slices(k_in) is not None:
+                grid = [(n, warps) for n in (4, 8, 16, 32) for warps in (2, 4, 8)]
+            else:  # the CUDA-core kernel: ~20-160 weights per thread
+                grid = [
+                    (n, warps)
+                    for n in (1, 2, 4, 8, 16, 32)
+                    for warps in (1, 2, 4, 8, 16)
+                    if 20 <= n * k_in // (32 * warps) <= 160
+                ]
+            settings += [{"rows_per_program": n, "num_warps": warps} for n, warps in grid]
         for setting in settings:
             t = timed(
                 lambda ws=ws, b=b, i=inp, e=extra, st=setting: [
@@ -137,13 +146,15 @@ def measure(
                 ],
                 replays,
             )
-            label = _label(setting, ws[0].size(1))
+            label = _label(setting, ws[0].size(1), dtype)
             row["settings"][label] = t * 1e3 / LAYERS
             print(
                 f"rows {rows:3d} {name:5s} {label:22s} {t * 1e3 / LAYERS:6.2f} us "
                 f"({nbytes / (t / LAYERS / 1e3) / 1e12:.2f} TB/s)"
             )
-        row["best"] = min(settings, key=lambda st: row["settings"][_label(st, ws[0].size(1))])
+        row["best"] = min(
+            settings, key=lambda st: row["settings"][_label(st, ws[0].size(1), dtype)]
+        )
         print(
             f"rows {rows:3d} {name:5s} cuBLAS F.linear {row['cublas_us']:6.2f} us "
             f"({nbytes / (t_blas / LAYERS / 1e3) / 1e12:.2f} TB/s)  floor {floor_us:.2f} us"
@@ -208,8 +219,11 @@ def measure(
     y = linear.linear(x, weights["fc"][0], biases["fc"], ln=ln, gelu=True, pdl=True)
     table["pdl_equal"] = bool(torch.equal(ref, y))
     table["registers"] = registers(linear._linear_kernel, rows)
+    table["registers_mma"] = registers(linear._mma_kernel, rows)
     for name, module in (other or {}).items():
         table[f"registers_{name}"] = registers(module._linear_kernel, rows)
+        if hasattr(module, "_mma_kernel"):
+            table[f"registers_mma_{name}"] = registers(module._mma_kernel, rows)
     return table
 
 

@@ -37,6 +37,15 @@ sm_90 SASS), and the 24-layer stack with attention and PDL took 0.815 / 0.818 ms
 0.799 now; at 1 row it was faster, 0.585 / 0.595 against 0.611 / 0.611 ms (H100, two calls,
 docs/benchmarks.md, runs CI-CJ).
 
+On tensor cores (:func:`_mma_kernel`, bf16 and fp16 inputs up to 1280 wide: qkv, out and fc
+of the GPT), a program multiplies 16 weight rows by all input rows with ``tl.dot`` (the rows
+padded to the MMA shape; float32 accumulation, so each product is exact and only the order of
+the sums differs from the CUDA-core kernel). At 3 rows the CUDA-core kernel spends ~690
+instructions per warp after its PDL wait, a third of them converting bf16 to float32; the
+tensor-core one ~300 per warp for 8 times the weight rows (sm_90 SASS). The 24-layer stack
+with attention and PDL: 0.662 against 0.791 ms at 3 rows, 0.565 against 0.612 at 1 (H100,
+docs/benchmarks.md, run CU). proj (5120 inputs) and float32 stay on CUDA cores.
+
 ``pdl=True`` launches the kernels as programmatic dependent launches (Hopper or newer): a
 kernel starts while the one before it in the stream still runs, loads its weights (which do
 not depend on that kernel), lets the next kernel start too, and only then waits
@@ -205,11 +214,93 @@ if triton is not None:
             ok = ok & (part == 0)[None, :]
         tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
 
+    @triton.jit
+    def _mma_kernel(
+        x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
+        N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
+        M: tl.constexpr, K: tl.constexpr, KS: tl.constexpr, SA: tl.constexpr,
+        SB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDEN: tl.constexpr, PDL: tl.constexpr,
+    ):  # fmt: skip
+        """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows on
+        tensor cores (half-precision inputs, float32 accumulation), with
+        :func:`_linear_kernel`'s epilogue.
+
+        The width is cut into ``SA + SB`` slices of ``KS`` inputs (1280 = (8 + 2) x 128), and
+        each slice's weights ``[BLOCK_N, KS]`` times the input rows ``[KS, BLOCK_M]`` is one
+        batched ``tl.dot``; the slices' partial products are summed last. The batch dimension
+        spreads the slices over the warps, so each warp multiplies its own part of the width.
+        ``WIDEN``: the operands are widened to float32 first (Triton's CPU interpreter, whose
+        bf16 ``tl.dot`` is wrong; the products of two half-precision numbers are exact in
+        float32, so it computes what the tensor cores do up to the order of the sums).
+        """
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        k = tl.arange(0, KS)
+        sa = tl.arange(0, SA)[:, None, None] * KS
+        w_at = w_ptr + cols[None, :, None] * K + k[None, None, :]
+        # The weights and the bias first: with PDL they load while the previous kernel runs.
+        wa = tl.load(w_at + sa, mask=col_ok[None, :, None], other=0.0)  # [SA, BLOCK_N, KS]
+        if SB > 0:
+            sb = (SA + tl.arange(0, SB))[:, None, None] * KS
+            wb = tl.load(w_at + sb, mask=col_ok[None, :, None], other=0.0)  # [SB, BLOCK_N, KS]
+        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        rows = tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        x_at = x_ptr + rows[None, None, :] * stride_x + k[None, :, None]
+        xa = tl.load(x_at + sa, mask=row_ok[None, None, :], other=0.0)  # [SA, KS, BLOCK_M]
+        if WIDEN:
+            wa, xa = wa.to(tl.float32), xa.to(tl.float32)
+        part = tl.sum(tl.dot(wa, xa), axis=0)
+        if SB > 0:
+            xb = tl.load(x_at + sb, mask=row_ok[None, None, :], other=0.0)
+            if WIDEN:
+                wb, xb = wb.to(tl.float32), xb.to(tl.float32)
+            part += tl.sum(tl.dot(wb, xb), axis=0)
+        y = tl.trans(part)  # [BLOCK_M, BLOCK_N]
+        y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
+        if GELU:
+            y = _gelu_tanh(y)
+        ok = row_ok[:, None] & col_ok[None, :]
+        if RES:
+            r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=ok, other=0.0)
+            y = y + r.to(tl.float32)
+        y = y.to(out_ptr.dtype.element_ty)
+        if KV:
+            part = cols // width  # 0: queries, 1: keys, 2: values
+            c = cols % width
+            pos = tl.load(pos_ptr)
+            to = (
+                rows[:, None] * kv_row
+                + ((c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
+            )
+            tl.store(k_ptr + to, y, mask=ok & (part == 1)[None, :])
+            tl.store(v_ptr + to, y, mask=ok & (part == 2)[None, :])
+            ok = ok & (part == 0)[None, :]
+        tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
+
 
 # Launch settings, from scripts/device/linear_bench.py on an H200 (docs/benchmarks.md, run U):
 # each program holds ROWS_PER_PROGRAM whole weight rows in registers, with one warp per 1280
 # inputs (~80 weights per thread): one warp keeps every reduction inside the warp.
 ROWS_PER_PROGRAM = 2
+
+# The tensor-core kernel (half-precision weights; float32 keeps the CUDA-core one, whose
+# float32 products tensor cores would round to TF32): 16 weight rows per program on four warps,
+# the width in slices of 128 inputs (scripts/device/linear_bench.py on an H100,
+# docs/benchmarks.md, run CU: the 24-layer stack with attention and PDL at 1 / 2 / 3 rows
+# 0.565 / 0.600 / 0.662 ms against 0.612 / 0.704 / 0.791 for the CUDA-core kernel; 8 rows per
+# program or slices of 256 were within a few percent, 2 or 8 warps and 4 or 32 rows slower).
+# A program keeps its weights in shared memory (16 x 1280 x 2 B = 40 KB): at 5120 inputs
+# (proj) that is 160 KB, one program per SM, and that projection measured slower on tensor
+# cores (0.80-0.98 ms for the stack), so it stays on the CUDA-core kernel.
+MMA_ROWS_PER_PROGRAM = 16
+MMA_WARPS = 4
+MMA_SLICE = 128
+MMA_MAX_WIDTH = 1280
 
 
 @functools.cache
@@ -218,6 +309,29 @@ def split_width(k_in: int) -> tuple[int, int]:
     of two <= ``k_in``, KB the rest rounded up to a power of two (1280 = 1024 + 256)."""
     ka = 1 << (k_in.bit_length() - 1)
     return ka, triton.next_power_of_2(max(1, k_in - ka))
+
+
+@functools.cache
+def mma_slices(k_in: int) -> tuple[int, int] | None:
+    """The input width as ``(SA, SB)`` slices of :data:`MMA_SLICE` inputs for
+    :func:`_mma_kernel` (SA a power of two, SB one or 0: 1280 = (8 + 2) x 128), or None where the
+    tensor-core kernel does not take it (not a whole number of slices, a remainder that is not
+    a power of two, or wider than :data:`MMA_MAX_WIDTH`)."""
+    count, rest = divmod(k_in, MMA_SLICE)
+    if rest or not count or k_in > MMA_MAX_WIDTH:
+        return None
+    sa = 1 << (count.bit_length() - 1)
+    sb = count - sa
+    if sb and sb & (sb - 1):
+        return None
+    return sa, sb
+
+
+def mma_block_rows(rows: int) -> int:
+    """The input rows of a :func:`_mma_kernel` program, padded: 4 or 8. One row (a ``tl.dot``
+    one column wide) gave wrong sums on an H100 (Triton 3.6, docs/benchmarks.md, run CV), and
+    the hardware's narrowest MMA is 8 columns wide anyway, so nothing is saved below 4."""
+    return max(4, triton.next_power_of_2(rows))
 
 
 @functools.cache
@@ -292,9 +406,11 @@ def linear(
     device tensor; then only the queries (the first ``width`` columns) are returned.
     ``pdl``: launch as a programmatic dependent launch (CUDA, Hopper or newer): the kernel
     starts while the previous kernel of the stream runs, loads its weights, and waits for
-    that kernel before reading ``x`` (ignored under the interpreter). ``rows_per_program`` /
-    ``num_warps``: launch settings (default :data:`ROWS_PER_PROGRAM`, :func:`warps_for`).
-    Returns a new tensor in ``x``'s dtype.
+    that kernel before reading ``x`` (ignored under the interpreter). bf16 / fp16 inputs whose
+    width :func:`mma_slices` takes run on tensor cores (:func:`_mma_kernel`), the rest on CUDA
+    cores (:func:`_linear_kernel`). ``rows_per_program`` / ``num_warps``: launch settings of
+    whichever runs (defaults :data:`MMA_ROWS_PER_PROGRAM` and :data:`MMA_WARPS`, or
+    :data:`ROWS_PER_PROGRAM` and :func:`warps_for`). Returns a new tensor in ``x``'s dtype.
     """
     rows, k_in = x.shape
     n_out = w.size(0)
@@ -322,15 +438,27 @@ def linear(
     else:
         kc = vc = pos = dummy
         head_dim, kv_strides = 1, (0, 0, 0)
-    per_program = rows_per_program or ROWS_PER_PROGRAM
     pdl = pdl and pdl_available(x.device)
-    warps = num_warps or warps_for(per_program, k_in)
-    lane, ja, jb = lanes(k_in, warps)
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
+    res_stride = res.stride(0) if residual is not None else 0
+    slices = mma_slices(k_in) if x.dtype in (torch.bfloat16, torch.float16) else None
+    if slices is not None:
+        per_program = rows_per_program or MMA_ROWS_PER_PROGRAM
+        _mma_kernel[(triton.cdiv(n_out, per_program),)](
+            x, w, b, res, out, kc, vc, pos, n_out, x.stride(0), res_stride, out.stride(0),
+            *kv_strides, width, head_dim,
+            M=rows, K=k_in, KS=MMA_SLICE, SA=slices[0], SB=slices[1], GELU=gelu,
+            RES=residual is not None, KV=kv is not None, BLOCK_M=mma_block_rows(rows),
+            BLOCK_N=per_program, WIDEN=not x.is_cuda, PDL=pdl,
+            num_warps=num_warps or MMA_WARPS, launch_pdl=pdl,
+        )  # fmt: skip
+        return out
+    per_program = rows_per_program or ROWS_PER_PROGRAM
+    warps = num_warps or warps_for(per_program, k_in)
+    lane, ja, jb = lanes(k_in, warps)
     _linear_kernel[(triton.cdiv(n_out, per_program),)](
-        x, w, b, res, out, kc, vc, pos, n_out,
-        x.stride(0), res.stride(0) if residual is not None else 0, out.stride(0),
+        x, w, b, res, out, kc, vc, pos, n_out, x.stride(0), res_stride, out.stride(0),
         *kv_strides, width, head_dim,
         M=rows, K=k_in, LANE=lane, JA=ja, JB=jb, GELU=gelu,
         RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
