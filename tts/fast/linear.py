@@ -43,8 +43,8 @@ padded to the MMA shape; float32 accumulation, so each product is exact and only
 the sums differs from the CUDA-core kernel). At 3 rows the CUDA-core kernel spends ~690
 instructions per warp after its PDL wait, a third of them converting bf16 to float32; the
 tensor-core one ~300 per warp for 8 times the weight rows (sm_90 SASS). The 24-layer stack
-with attention and PDL: 0.662 against 0.791 ms at 3 rows, 0.565 against 0.612 at 1 (H100,
-docs/benchmarks.md, run CU). proj (5120 inputs) and float32 stay on CUDA cores.
+with attention and PDL: 0.698 against 0.792 ms at 3 rows, 0.588 against 0.613 at 1 (H100,
+docs/benchmarks.md, run CW). proj (5120 inputs) and float32 stay on CUDA cores.
 
 ``pdl=True`` launches the kernels as programmatic dependent launches (Hopper or newer): a
 kernel starts while the one before it in the stream still runs, loads its weights (which do
@@ -291,9 +291,10 @@ ROWS_PER_PROGRAM = 2
 # The tensor-core kernel (half-precision weights; float32 keeps the CUDA-core one, whose
 # float32 products tensor cores would round to TF32): 16 weight rows per program on four warps,
 # the width in slices of 128 inputs (scripts/device/linear_bench.py on an H100,
-# docs/benchmarks.md, run CU: the 24-layer stack with attention and PDL at 1 / 2 / 3 rows
-# 0.565 / 0.600 / 0.662 ms against 0.612 / 0.704 / 0.791 for the CUDA-core kernel; 8 rows per
-# program or slices of 256 were within a few percent, 2 or 8 warps and 4 or 32 rows slower).
+# docs/benchmarks.md, run CW: the 24-layer stack with attention and PDL at 1 / 2 / 3 rows
+# 0.588 / 0.647 / 0.698 ms against 0.613 / 0.705 / 0.792 for the CUDA-core kernel, in one
+# process; runs CT-CU: 8 rows per program or slices of 256 within a few percent, 2 or 8 warps
+# and 4 or 32 rows slower).
 # A program keeps its weights in shared memory (16 x 1280 x 2 B = 40 KB): at 5120 inputs
 # (proj) that is 160 KB, one program per SM, and that projection measured slower on tensor
 # cores (0.80-0.98 ms for the stack), so it stays on the CUDA-core kernel.
