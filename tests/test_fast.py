@@ -1587,42 +1587,6 @@ def test_kept_graphkk_decoder_matches_plain_generation_interpreted():
     )
 
 
-def test_graphkc_decoder_matches_plain_generation_interpreted():
-    """graphkc (graphkk whose attention reads its keys ahead in 16-position chunks; Triton's
-    CPU interpreter, float32) gives tts.generation's codes, steps, beam indices and scores,
-    and every attention call got 16-position chunks and the step's position (no fallback)."""
-    _run_interpreted(
-        """
-        import torch
-        from test_fast import _assert_same_generation, _items_finishing_apart, _padded_prefix
-        from tts import fast
-        from tts.fast import attention, decode
-        from tts.generation import GenerationConfig, generate as plain_generate
-        torch.set_num_threads(1)
-        seen = []
-        plain_attend = attention.attend
-        def counted(*args, **kwargs):
-            seen.append((kwargs.get("chunk"), kwargs.get("block_t"), kwargs.get("written")))
-            return plain_attend(*args, **kwargs)
-        attention.attend = counted
-        model, _, _, generators = _items_finishing_apart()
-        cfg = GenerationConfig(num_beams=3, max_mel_tokens=12, warn_on_limit=False,
-                               repetition_penalty=2.0)
-        prefix, valid = _padded_prefix(model, 20)
-        prefix, valid = prefix.repeat(2, 1, 1)[:3], valid.repeat(2, 1)[:3]
-        plain = plain_generate(model, prefix, valid, cfg, generator=generators(),
-                               output_scores=True)
-        out = decode.generate(model, prefix, valid, cfg, output_scores=True,
-                              generator=generators(), **decode.VARIANTS["graphkc"])
-        assert not fast.FALLBACKS, fast.FALLBACKS
-        _assert_same_generation(plain, out, 3)
-        assert seen and all(c == b == 16 and w is not None for c, b, w in seen), seen[:3]
-        print("ok")
-        """,
-        timeout=900,
-    )
-
-
 def test_graphke_decoder_compiles_nothing_interpreted():
     """graphke (graphkk with nothing through torch.compile; Triton kernels in Triton's CPU
     interpreter; float32) gives tts.generation's codes, beam indices and scores with beam

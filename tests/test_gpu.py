@@ -473,7 +473,6 @@ NEW_VARIANTS = (
     "graphkt",
     "graphkr",
     "graphkk",
-    "graphkc",
     "graphke",
 )
 GEN = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("gen_")]
@@ -1208,8 +1207,7 @@ def test_kept_decoder_equals_new_decoders_cuda(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_attention_read_ahead_equals_plain_launch_cuda(dtype):
     """graphkr (graphkt whose attention loads the cache window before its PDL wait and reloads
-    the step's own position after it) against graphkt without PDL, and graphkc (the same in
-    16-position chunks, kept) against 16-position chunks without PDL, through CUDA graphs: a
+    the step's own position after it) against graphkt without PDL, through CUDA graphs: a
     position read before its writer finished would change the codes or scores; they must be
     identical (beam sampling and beam search, 160 codes, a batch of 2). Skipped below compute
     capability 9.0, where there is no PDL."""
@@ -1224,19 +1222,6 @@ def test_attention_read_ahead_equals_plain_launch_cuda(dtype):
         REPORT.append(
             {
                 "case": f"read_ahead_vs_plain_{str(dtype)[6:]}_{'sample' if sample else 'beam'}",
-                "identical": True,
-            }
-        )
-        _write_report()
-    # graphkc: the same read-ahead in 16-position chunks, against 16-position chunks plainly
-    # launched (a chunk size changes the order of the attention's sums, so both use it).
-    chunked = {**VARIANTS["graphkk"], "attention_chunk": 16}
-    assert VARIANTS["graphkc"] == {**chunked, "read_ahead": True}
-    for sample, _ in _identical_pair(dtype, {**chunked, "pdl": False}, VARIANTS["graphkc"]):
-        REPORT.append(
-            {
-                "case": f"read_ahead_c16_vs_plain_{str(dtype)[6:]}_"
-                f"{'sample' if sample else 'beam'}",
                 "identical": True,
             }
         )

@@ -75,9 +75,6 @@ combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.
   its PDL wait, and after it the values and the key the step itself wrote
   (:func:`tts.fast.attention.attend`'s ``written``). The same values are read; variant
   ``graphkr``, no faster on an H200 (docs/benchmarks.md, run BU);
-* ``attention_chunk`` (with ``attention="triton"``): the attention's positions per program
-  (default 32); with ``read_ahead`` and 16 positions, variant ``graphkc`` (the 3-row layer
-  stack 0.673 against 0.698 ms, docs/benchmarks.md, run CW);
 * ``compile_stack=False`` (with ``fused``): the fused stack's pieces run op by op instead of
   through torch.compile (the same functions; inside the CUDA graphs all the same). With
   ``compile_logic`` and ``compile_processors`` off too, nothing compiles and TorchDynamo is
@@ -271,19 +268,15 @@ def _attend(
     src: torch.Tensor | None = None,
     pdl: bool = False,
     written: torch.Tensor | None = None,
-    chunk: int | None = None,
 ) -> torch.Tensor:
     """Attention of the step's queries over a cache window (additive ``mask``); ``src``: the
     cache row of each (row, position) (reorder="table"); ``pdl``: the Triton kernels'
     programmatic dependent launch; ``written``: the step's own cache position, for the Triton
-    kernel's read-ahead (``read_ahead`` of :func:`generate`); ``chunk``: the Triton kernel's
-    positions per program, all loaded at once (``attention_chunk``); the other kinds ignore
-    the last two."""
+    kernel's read-ahead (``read_ahead`` of :func:`generate`; the other kinds ignore it)."""
     from tts.fast import attention
 
     if kind == "triton":
-        size = {"chunk": chunk, "block_t": chunk} if chunk else {}
-        return attention.attend(q, k, v, mask, src=src, pdl=pdl, written=written, **size)
+        return attention.attend(q, k, v, mask, src=src, pdl=pdl, written=written)
     if src is not None:
         k, v = attention.gather_rows(k, src), attention.gather_rows(v, src)
     if kind == "math":  # one query: two small batched products and a softmax
@@ -434,8 +427,6 @@ def generate(
     :mod:`tts.fast.beam_step`; where Triton runs); ``read_ahead`` (with
     ``attention="triton"``): the attention reads the window's keys before its PDL wait, and
     the step's own one again after it (``written`` of :func:`tts.fast.attention.attend`);
-    ``attention_chunk`` (with ``attention="triton"``): cache positions per program of the
-    attention's first kernel, loaded all at once (default :data:`tts.fast.attention.CHUNK`);
     ``compile_stack`` (default True): the fused pieces through torch.compile (False: op by op).
     """
     from tts.fast.fused import MATMULS
@@ -506,7 +497,6 @@ _OPTIONS = {
     "pdl": False,
     "choice": "torch",
     "read_ahead": False,
-    "attention_chunk": None,
     "compile_stack": True,
 }
 # A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
@@ -590,7 +580,6 @@ class StaticDecoder:
         pdl: bool = False,
         choice: str = "torch",
         read_ahead: bool = False,
-        attention_chunk: int | None = None,
         compile_stack: bool = True,
         capacity: int = 0,
     ):
@@ -643,9 +632,7 @@ class StaticDecoder:
         self.written_to = 0  # cache positions [0, written_to) may hold an earlier call's values
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
         self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack)
-        self.attend = functools.partial(
-            _attend, kind=self._attention(attention, prefix), pdl=pdl, chunk=attention_chunk
-        )
+        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
         self.valid_all = torch.ones(rows, cap, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(cap, device=device)
         # The cache position of step 0's token (prompt + start code), on the device: nothing

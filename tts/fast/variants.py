@@ -90,10 +90,6 @@ VARIANTS["graphkr"] = {**VARIANTS["graphkt"], "read_ahead": True}
 # of the same shape (tts.fast.decode.generate's ``keep``): the Engine's default since run BU
 # (5-11% less GPT time on an H200, runs BU-BV; the kept KV cache stays allocated between calls).
 VARIANTS["graphkk"] = {**VARIANTS["graphkt"], "keep": True}
-# graphkk whose attention reads its keys before its PDL wait in 16-position chunks (one
-# 16-position tile per program): the 24-layer stack with attention at 3 rows 0.673 against
-# 0.698 ms, at 1 row 0.578 against 0.588 (linear_bench.py, H100, docs/benchmarks.md, run CW).
-VARIANTS["graphkc"] = {**VARIANTS["graphkk"], "read_ahead": True, "attention_chunk": 16}
 # graphkk with nothing through torch.compile: the fused stack's few pieces that graphkk compiles
 # (embedding and head; above 8 rows the layers' projections too) run op by op inside the CUDA
 # graphs. No TorchDynamo import and no compile in the process: a GPT job of the workflow makes
