@@ -315,9 +315,9 @@ def split_width(k_in: int) -> tuple[int, int]:
 @functools.cache
 def mma_slices(k_in: int) -> tuple[int, int] | None:
     """The input width as ``(SA, SB)`` slices of :data:`MMA_SLICE` inputs for
-    :func:`_mma_kernel` (SA a power of two, SB one or 0: 1280 = (8 + 2) x 128), or None where the
-    tensor-core kernel does not take it (not a whole number of slices, a remainder that is not
-    a power of two, or wider than :data:`MMA_MAX_WIDTH`)."""
+    :func:`_mma_kernel` (SA a power of two, SB a smaller one or 0: 1280 = (8 + 2) x 128), or
+    None where the tensor-core kernel does not take it (not a whole number of slices, a
+    remainder that is not a power of two, or wider than :data:`MMA_MAX_WIDTH`)."""
     count, rest = divmod(k_in, MMA_SLICE)
     if rest or not count or k_in > MMA_MAX_WIDTH:
         return None
@@ -330,8 +330,8 @@ def mma_slices(k_in: int) -> tuple[int, int] | None:
 
 def mma_block_rows(rows: int) -> int:
     """The input rows of a :func:`_mma_kernel` program, padded: 4 or 8. One row (a ``tl.dot``
-    one column wide) gave wrong sums on an H100 (Triton 3.6, docs/benchmarks.md, run CV), and
-    the hardware's narrowest MMA is 8 columns wide anyway, so nothing is saved below 4."""
+    one column wide) gave wrong sums on an H100 (Triton 3.6, docs/benchmarks.md, run CV); the
+    tensor cores' narrowest MMA is 8 columns wide, so a narrower tile saves them no work."""
     return max(4, triton.next_power_of_2(rows))
 
 
