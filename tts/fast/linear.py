@@ -143,6 +143,38 @@ if triton is not None:
         return one.to(bits.dtype).to(x.dtype, bitcast=True).to(tl.float32)
 
     @triton.jit
+    def _epilogue(
+        y, bias, rows, row_ok, cols, col_ok, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
+        stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
+        GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
+    ):  # fmt: skip
+        """Both projection kernels' end: ``y`` [rows, cols] (float32 sums) plus the bias,
+        rounded to the output dtype as the projection's own result, then GELU and the residual
+        add in float32 and one rounding; stored to ``out``, or, for a qkv projection (``KV``),
+        its keys and values to the layer's cache at position ``*pos_ptr`` and its queries to
+        ``out``."""
+        y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
+        if GELU:
+            y = _gelu_tanh(y)
+        ok = row_ok[:, None] & col_ok[None, :]
+        if RES:
+            r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=ok, other=0.0)
+            y = y + r.to(tl.float32)
+        y = y.to(out_ptr.dtype.element_ty)
+        if KV:
+            part = cols // width  # 0: queries, 1: keys, 2: values
+            c = cols % width
+            pos = tl.load(pos_ptr)
+            to = (
+                rows[:, None] * kv_row
+                + ((c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
+            )
+            tl.store(k_ptr + to, y, mask=ok & (part == 1)[None, :])
+            tl.store(v_ptr + to, y, mask=ok & (part == 2)[None, :])
+            ok = ok & (part == 0)[None, :]
+        tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
+
+    @triton.jit
     def _linear_kernel(
         x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
@@ -192,27 +224,10 @@ if triton is not None:
             part = tl.sum(wa * _pick(xa, rows, m), axis=1)
             part += tl.sum(wb * _pick(xb, rows, m), axis=1)  # [BLOCK_N, LANE]
             y = tl.where(rows[:, None] == m, tl.sum(part, axis=1)[None, :], y)
-        # The projection's own rounding, then the epilogue in float32.
-        y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
-        if GELU:
-            y = _gelu_tanh(y)
-        ok = row_ok[:, None] & col_ok[None, :]
-        if RES:
-            r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=ok, other=0.0)
-            y = y + r.to(tl.float32)
-        y = y.to(out_ptr.dtype.element_ty)
-        if KV:
-            part = cols // width  # 0: queries, 1: keys, 2: values
-            c = cols % width
-            pos = tl.load(pos_ptr)
-            to = (
-                rows[:, None] * kv_row
-                + ((c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
-            )
-            tl.store(k_ptr + to, y, mask=ok & (part == 1)[None, :])
-            tl.store(v_ptr + to, y, mask=ok & (part == 2)[None, :])
-            ok = ok & (part == 0)[None, :]
-        tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
+        _epilogue(
+            y, bias, rows, row_ok, cols, col_ok, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
+            stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim, GELU, RES, KV,
+        )  # fmt: skip
 
     @triton.jit
     def _mma_kernel(
@@ -224,7 +239,7 @@ if triton is not None:
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows on
         tensor cores (half-precision inputs, float32 accumulation), with
-        :func:`_linear_kernel`'s epilogue.
+        :func:`_epilogue` as the CUDA-core kernel.
 
         The width is cut into ``SA + SB`` slices of ``KS`` inputs (1280 = (8 + 2) x 128), and
         each slice's weights ``[BLOCK_N, KS]`` times the input rows ``[KS, BLOCK_M]`` is one
@@ -261,26 +276,10 @@ if triton is not None:
                 wb, xb = wb.to(tl.float32), xb.to(tl.float32)
             part += tl.sum(tl.dot(wb, xb), axis=0)
         y = tl.trans(part)  # [BLOCK_M, BLOCK_N]
-        y = (y + bias[None, :]).to(out_ptr.dtype.element_ty).to(tl.float32)
-        if GELU:
-            y = _gelu_tanh(y)
-        ok = row_ok[:, None] & col_ok[None, :]
-        if RES:
-            r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=ok, other=0.0)
-            y = y + r.to(tl.float32)
-        y = y.to(out_ptr.dtype.element_ty)
-        if KV:
-            part = cols // width  # 0: queries, 1: keys, 2: values
-            c = cols % width
-            pos = tl.load(pos_ptr)
-            to = (
-                rows[:, None] * kv_row
-                + ((c // head_dim) * kv_head + pos * kv_pos + c % head_dim)[None, :]
-            )
-            tl.store(k_ptr + to, y, mask=ok & (part == 1)[None, :])
-            tl.store(v_ptr + to, y, mask=ok & (part == 2)[None, :])
-            ok = ok & (part == 0)[None, :]
-        tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
+        _epilogue(
+            y, bias, rows, row_ok, cols, col_ok, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
+            stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim, GELU, RES, KV,
+        )  # fmt: skip
 
 
 # Launch settings, from scripts/device/linear_bench.py on an H200 (docs/benchmarks.md, run U):
