@@ -45,3 +45,15 @@ def assert_qkv_written(q, kv, pos: int, want, tol) -> None:
         assert_rounding_close(got.reshape(rows, width), want[:, cols], tol[:, cols])
     kv[:, :, :, pos] = 0
     assert not bool(kv.any())
+
+
+class CountedLaunches:
+    """A Triton kernel that counts its launches: ``kernel[grid](...)`` through it adds one to
+    ``counts[name]`` (which kernel a dispatcher chose, e.g. tts.fast.linear's two)."""
+
+    def __init__(self, counts: dict, name: str, kernel) -> None:
+        self.counts, self.name, self.kernel = counts, name, kernel
+
+    def __getitem__(self, grid):
+        self.counts[self.name] += 1
+        return self.kernel[grid]

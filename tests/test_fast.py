@@ -1046,22 +1046,14 @@ def test_tensor_core_linear_kernel_interpreted():
         """
         import torch
         from kernel_reference import assert_qkv_written
+        from kernel_reference import CountedLaunches
         from kernel_reference import assert_rounding_close as close
         from kernel_reference import linear_reference as ref
         from tts.fast import linear
         torch.manual_seed(1)
         launches = {"mma": 0, "cuda_cores": 0}
-
-        class Counted:
-            def __init__(self, name, kernel):
-                self.name, self.kernel = name, kernel
-
-            def __getitem__(self, grid):
-                launches[self.name] += 1
-                return self.kernel[grid]
-
-        linear._mma_kernel = Counted("mma", linear._mma_kernel)
-        linear._linear_kernel = Counted("cuda_cores", linear._linear_kernel)
+        linear._mma_kernel = CountedLaunches(launches, "mma", linear._mma_kernel)
+        linear._linear_kernel = CountedLaunches(launches, "cuda_cores", linear._linear_kernel)
         assert linear.mma_slices(384) == (2, 1) and linear.mma_slices(256) == (2, 0)
         assert linear.mma_slices(1280) == (8, 2) and linear.mma_slices(5120) is None
         assert linear.mma_slices(48) is None and linear.mma_slices(896) is None  # 7 = 4 + 3
@@ -1342,22 +1334,30 @@ def test_linear_lanes_cover_the_width():
             assert all(n & (n - 1) == 0 for n in (lane, ja, jb))
 
 
+def _projection_signature(kernel, dtype: str) -> dict:
+    """The Triton signature of a tts.fast.linear projection kernel in its argument order: the
+    tensors in ``dtype`` (the cache position int64), the sizes and strides int32, the rest
+    constexpr."""
+    ints = ("N", "stride_x", "stride_res", "stride_out", "kv_row", "kv_head", "kv_pos")
+    ints += ("width", "head_dim")
+
+    def kind(name: str) -> str:
+        if name == "pos_ptr":
+            return "*i64"
+        if name.endswith("_ptr"):
+            return f"*{dtype}"
+        return "i32" if name in ints else "constexpr"
+
+    return {name: kind(name) for name in kernel.arg_names}
+
+
 def test_linear_kernel_compiles_for_hopper():
     """The few-row projection kernel compiles for sm_90 with PDL at the GPT's shapes (1280 and
     5120 inputs), 1, 3 and 8 rows, bf16 and float32, with each epilogue."""
     from tts.fast import linear
 
-    ints = ("N", "stride_x", "stride_res", "stride_out", "kv_row", "kv_head", "kv_pos")
-    ints += ("width", "head_dim")
-    flags = ("M", "K", "LANE", "JA", "JB", "GELU", "RES", "KV", "BLOCK_M", "BLOCK_N", "PDL")
     for dtype in ("bf16", "fp32"):
-        signature = {  # in the kernel's argument order
-            **dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr"), f"*{dtype}"),
-            **dict.fromkeys(("k_ptr", "v_ptr"), f"*{dtype}"),
-            "pos_ptr": "*i64",
-            **dict.fromkeys(ints, "i32"),
-            **dict.fromkeys(flags, "constexpr"),
-        }
+        signature = _projection_signature(linear._linear_kernel, dtype)
         for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
                                     (5120, False, True, False)):  # fmt: skip
             warps = linear.warps_for(linear.ROWS_PER_PROGRAM, k_in)
@@ -1377,17 +1377,8 @@ def test_tensor_core_linear_kernel_compiles_for_hopper():
     each epilogue."""
     from tts.fast import linear
 
-    ints = ("N", "stride_x", "stride_res", "stride_out", "kv_row", "kv_head", "kv_pos")
-    ints += ("width", "head_dim")
-    flags = ("M", "K", "KS", "SA", "SB", "GELU", "RES", "KV", "BLOCK_M", "BLOCK_N", "WIDEN")
     for dtype in ("bf16", "fp16"):
-        signature = {  # in the kernel's argument order
-            **dict.fromkeys(("x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr"), f"*{dtype}"),
-            **dict.fromkeys(("k_ptr", "v_ptr"), f"*{dtype}"),
-            "pos_ptr": "*i64",
-            **dict.fromkeys(ints, "i32"),
-            **dict.fromkeys((*flags, "PDL"), "constexpr"),
-        }
+        signature = _projection_signature(linear._mma_kernel, dtype)
         for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
                                     (256, False, True, False)):  # fmt: skip
             sa, sb = linear.mma_slices(k_in)

@@ -975,7 +975,7 @@ def test_few_row_linear_kernels_cuda(rows, dtype, monkeypatch):
     two roundings may make (2^-7 of the rounded magnitudes); the KV write lands at the step's
     position only. In bf16 / fp16 the 1280-wide projections (qkv, out, fc) ran on the
     tensor-core kernel and proj (5120) on the CUDA-core one; in float32 all on CUDA cores."""
-    from kernel_reference import assert_qkv_written
+    from kernel_reference import CountedLaunches, assert_qkv_written
     from kernel_reference import assert_rounding_close as close
     from kernel_reference import linear_reference as ref
 
@@ -983,17 +983,8 @@ def test_few_row_linear_kernels_cuda(rows, dtype, monkeypatch):
     from tts.fast import linear
 
     launches = {"mma": 0, "cuda_cores": 0}
-
-    class Counted:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            launches[self.name] += 1
-            return self.kernel[grid]
-
-    monkeypatch.setattr(linear, "_mma_kernel", Counted("mma", linear._mma_kernel))
-    monkeypatch.setattr(linear, "_linear_kernel", Counted("cuda_cores", linear._linear_kernel))
+    for attr, name in (("_mma_kernel", "mma"), ("_linear_kernel", "cuda_cores")):
+        monkeypatch.setattr(linear, attr, CountedLaunches(launches, name, getattr(linear, attr)))
     torch.manual_seed(3)
     dim, heads = 1280, 20
 
