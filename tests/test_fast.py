@@ -1057,6 +1057,8 @@ def test_tensor_core_linear_kernel_interpreted():
         assert linear.mma_slices(384) == (2, 1) and linear.mma_slices(256) == (2, 0)
         assert linear.mma_slices(1280) == (8, 2) and linear.mma_slices(5120) is None
         assert linear.mma_slices(48) is None and linear.mma_slices(896) is None  # 7 = 4 + 3
+        assert linear.on_tensor_cores(torch.bfloat16, 1280) == (8, 2)
+        assert linear.on_tensor_cores(torch.float32, 1280) is None
         assert [linear.mma_block_rows(r) for r in range(1, 9)] == [4, 4, 4, 4, 8, 8, 8, 8]
         N = 80
         for dtype in (torch.bfloat16, torch.float16):

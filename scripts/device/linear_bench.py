@@ -86,7 +86,7 @@ def timed(fn, replays: int) -> float:
 def _label(setting: dict, k_in: int, dtype: torch.dtype) -> str:
     """A launch setting as ``rows x warps`` (``mma`` first where the tensor-core kernel runs),
     with "(default)" for the defaults."""
-    mma = dtype != torch.float32 and linear.mma_slices(k_in) is not None
+    mma = linear.on_tensor_cores(dtype, k_in) is not None
     kind = "mma " if mma else ""
     if not setting:
         if mma:
@@ -129,7 +129,7 @@ def measure(
         settings = [{}]
         if sweep:
             k_in = ws[0].size(1)
-            if dtype != torch.float32 and linear.mma_slices(k_in) is not None:
+            if linear.on_tensor_cores(dtype, k_in) is not None:
                 grid = [(n, warps) for n in (4, 8, 16, 32) for warps in (2, 4, 8)]
             else:  # the CUDA-core kernel: ~20-160 weights per thread
                 grid = [

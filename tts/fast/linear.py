@@ -327,6 +327,12 @@ def mma_slices(k_in: int) -> tuple[int, int] | None:
     return sa, sb
 
 
+def on_tensor_cores(dtype: torch.dtype, k_in: int) -> tuple[int, int] | None:
+    """Where :func:`linear` runs ``k_in``-wide inputs of ``dtype`` on tensor cores, their
+    :func:`mma_slices`; else None (float32, or a width it does not take: CUDA cores)."""
+    return mma_slices(k_in) if dtype in (torch.bfloat16, torch.float16) else None
+
+
 def mma_block_rows(rows: int) -> int:
     """The input rows of a :func:`_mma_kernel` program, padded: 4 or 8. One row (a ``tl.dot``
     one column wide) gave wrong sums on an H100 (Triton 3.6, docs/benchmarks.md, run CV); the
@@ -406,8 +412,8 @@ def linear(
     device tensor; then only the queries (the first ``width`` columns) are returned.
     ``pdl``: launch as a programmatic dependent launch (CUDA, Hopper or newer): the kernel
     starts while the previous kernel of the stream runs, loads its weights, and waits for
-    that kernel before reading ``x`` (ignored under the interpreter). bf16 / fp16 inputs whose
-    width :func:`mma_slices` takes run on tensor cores (:func:`_mma_kernel`), the rest on CUDA
+    that kernel before reading ``x`` (ignored under the interpreter). Inputs that
+    :func:`on_tensor_cores` takes run on tensor cores (:func:`_mma_kernel`), the rest on CUDA
     cores (:func:`_linear_kernel`). ``rows_per_program`` / ``num_warps``: launch settings of
     whichever runs (defaults :data:`MMA_ROWS_PER_PROGRAM` and :data:`MMA_WARPS`, or
     :data:`ROWS_PER_PROGRAM` and :func:`warps_for`). Returns a new tensor in ``x``'s dtype.
@@ -442,7 +448,7 @@ def linear(
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
     res_stride = res.stride(0) if residual is not None else 0
-    slices = mma_slices(k_in) if x.dtype in (torch.bfloat16, torch.float16) else None
+    slices = on_tensor_cores(x.dtype, k_in)
     if slices is not None:
         per_program = rows_per_program or MMA_ROWS_PER_PROGRAM
         _mma_kernel[(triton.cdiv(n_out, per_program),)](
