@@ -100,10 +100,11 @@ def _assert_same_generation(plain, fast, beams: int) -> None:
         torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores)
 
 
-def _variant_against_plain(model, beams: int, sample: bool, variant: str):
-    """For the interpreted decoder tests: 24 codes of tts.generation and of the fast decoder
-    ``variant`` from one padded prompt (repetition penalty 2, generators seeded 9), checked
-    equal by :func:`_assert_same_generation`. Returns the prompt and the decoder's stats."""
+def _variant_against_plain(model, beams: int, sample: bool, variant: str | dict):
+    """For the decoder tests: 24 codes of tts.generation and of the fast decoder ``variant``
+    (a name of ``decode.VARIANTS``, or its options) from one padded prompt (repetition penalty
+    2, generators seeded 9), checked equal by :func:`_assert_same_generation`. Returns the
+    prompt and the decoder's stats."""
     from tts.fast import decode
     from tts.generation import GenerationConfig
     from tts.generation import generate as plain_generate
@@ -128,7 +129,7 @@ def _variant_against_plain(model, beams: int, sample: bool, variant: str):
         output_scores=True,
         stats=stats,
         generator=torch.Generator().manual_seed(9),
-        **decode.VARIANTS[variant],
+        **(decode.VARIANTS[variant] if isinstance(variant, str) else variant),
     )
     _assert_same_generation(plain, out, beams)
     return prefix, stats
@@ -322,38 +323,13 @@ def test_fused_decoder_matches_plain_generation(search, stack):
     indices of tts.generation, with no fallback; scores agree to float32 rounding (Inductor's
     LayerNorm / GELU and sums round in another order than ATen's)."""
     from tts import fast
-    from tts.generation import GenerationConfig
-    from tts.generation import generate as plain_generate
 
     options, reorder = FUSED_STACKS[stack]
-    model = _gpt_small()
-    prefix, valid = _padded_prefix(model)
     beams, sample = SEARCHES[search]
-    cfg = GenerationConfig(
-        num_beams=beams,
-        do_sample=sample,
-        max_mel_tokens=24,
-        warn_on_limit=False,
-        repetition_penalty=2.0,
-    )
     before = len(fast.FALLBACKS)
-    plain = plain_generate(
-        model, prefix, valid, cfg, generator=torch.Generator().manual_seed(9), output_scores=True
-    )
-    stats: dict = {}
-    fused = decode.generate(
-        model,
-        prefix,
-        valid,
-        cfg,
-        generator=torch.Generator().manual_seed(9),
-        output_scores=True,
-        stats=stats,
-        **options,
-    )
+    _, stats = _variant_against_plain(_gpt_small(), beams, sample, options)
     assert len(fast.FALLBACKS) == before, fast.FALLBACKS[before:]
     assert stats["fused"] and stats["reorder"] == (reorder if beams > 1 else "copy")
-    _assert_same_generation(plain, fused, beams)
 
 
 def test_fused_reduce_matmul_matches_plain_generation():
