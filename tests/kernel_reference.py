@@ -57,25 +57,3 @@ class CountedLaunches:
     def __getitem__(self, grid):
         self.counts[self.name] += 1
         return self.kernel[grid]
-
-
-def assert_norm_tail(linear, x, w, b, norm, count, **kw) -> None:
-    """:func:`tts.fast.linear.linear` with ``then_norm=norm`` (the LayerNorm of its result
-    computed by the kernel's last program): the result is what the projection gives without
-    it, exactly; its LayerNorm is :func:`tts.fast.linear.layer_norm` of that result up to the
-    order of the float32 sums (float32: 1e-5; half precision: one rounding, 2^-7 of the
-    magnitude in bf16, 2^-10 in fp16, where the ulp of the result is at most that); the
-    arrival counter ``count`` is back at zero. Twice, so the second launch counts from the
-    zero the first left."""
-    plain = linear.linear(x, w, b, **kw)
-    want = linear.layer_norm(plain, *norm)
-    for _ in range(2):
-        out, normed = linear.linear(x, w, b, then_norm=norm, count=count, **kw)
-        assert torch.equal(out, plain)
-        assert int(count.item()) == 0
-        if normed.dtype == torch.float32:
-            torch.testing.assert_close(normed, want, rtol=1e-5, atol=1e-5)
-        else:
-            step = 2**-7 if normed.dtype == torch.bfloat16 else 2**-10
-            worst = (normed.double() - want.double()).abs() - step * want.double().abs()
-            assert float(worst.max()) <= 1e-12, f"beyond one rounding by {float(worst.max())}"

@@ -1064,47 +1064,6 @@ def test_tensor_core_linear_kernel_interpreted():
     )
 
 
-def test_projection_then_norm_interpreted():
-    """``then_norm`` (the LayerNorm of a projection's result computed by the kernel's last
-    program instead of a kernel of its own) on both projection kernels (Triton's CPU
-    interpreter; float32 on CUDA cores, fp16 and bf16 on tensor cores at 256 inputs, 80
-    outputs, so the norm's width is 64 + 16 with the second tile masked; 1, 3 and 8 rows, with
-    a residual and with GELU): the result unchanged, its LayerNorm as the LayerNorm kernel's,
-    the arrival counter back at zero after each launch; a qkv projection refuses it."""
-    _run_interpreted(
-        """
-        import torch
-        from kernel_reference import CountedLaunches, assert_norm_tail
-        from tts.fast import linear
-        torch.manual_seed(2)
-        launches = {"mma": 0, "cuda_cores": 0}
-        linear._mma_kernel = CountedLaunches(launches, "mma", linear._mma_kernel)
-        linear._linear_kernel = CountedLaunches(launches, "cuda_cores", linear._linear_kernel)
-        N, K = 80, 256
-        count = torch.zeros(1, dtype=torch.int32)
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            norm = ((1 + 0.2 * torch.randn(N)).to(dtype), (0.1 * torch.randn(N)).to(dtype), 1e-5)
-            w = (torch.randn(N, K) * K**-0.5).to(dtype)
-            b = torch.randn(N).to(dtype)
-            for rows in (1, 3, 8):
-                x = (torch.randn(rows, K) + 0.5).to(dtype)
-                res = torch.randn(rows, N).to(dtype)
-                assert_norm_tail(linear, x, w, b, norm, count, residual=res)
-            assert_norm_tail(linear, x, w, b, norm, count, gelu=True)
-        assert launches == {"mma": 2 * 4 * 3, "cuda_cores": 4 * 3}, launches
-        kv = torch.zeros(2, 3, 1, 4, K)
-        try:
-            linear.linear(x[:3].float(), torch.randn(3 * K, K), torch.randn(3 * K),
-                          kv=(kv[0], kv[1], torch.tensor([0]), K), then_norm=norm)
-        except ValueError as e:
-            assert "then_norm" in str(e)
-        else:
-            raise AssertionError("then_norm with kv was accepted")
-        print("ok")
-        """
-    )
-
-
 def test_triton_kernel_decoder_matches_plain_generation_interpreted():
     """The graphka variant (few-row Triton projections and Triton attention, run by Triton's
     CPU interpreter, float32) gives tts.generation's codes, greedy and beam sampling (one
@@ -1355,18 +1314,14 @@ def test_linear_lanes_cover_the_width():
 
 def _projection_signature(kernel, dtype: str) -> dict:
     """The Triton signature of a tts.fast.linear projection kernel in its argument order: the
-    tensors in ``dtype`` (the cache position int64, the arrival counter int32), the sizes and
-    strides int32, the LayerNorm's eps float32, the rest constexpr."""
+    tensors in ``dtype`` (the cache position int64), the sizes and strides int32, the rest
+    constexpr."""
     ints = ("N", "stride_x", "stride_res", "stride_out", "kv_row", "kv_head", "kv_pos")
-    ints += ("width", "head_dim", "stride_norm")
+    ints += ("width", "head_dim")
 
     def kind(name: str) -> str:
         if name == "pos_ptr":
             return "*i64"
-        if name == "count_ptr":
-            return "*i32"
-        if name == "norm_eps":
-            return "fp32"
         if name.endswith("_ptr"):
             return f"*{dtype}"
         return "i32" if name in ints else "constexpr"
@@ -1376,24 +1331,20 @@ def _projection_signature(kernel, dtype: str) -> dict:
 
 def test_linear_kernel_compiles_for_hopper():
     """The few-row projection kernel compiles for sm_90 with PDL at the GPT's shapes (1280 and
-    5120 inputs), 1, 3 and 8 rows, bf16 and float32, with each epilogue, and with the
-    LayerNorm of its output at its end (proj + residual, ``then_norm``)."""
+    5120 inputs), 1, 3 and 8 rows, bf16 and float32, with each epilogue."""
     from tts.fast import linear
 
     for dtype in ("bf16", "fp32"):
         signature = _projection_signature(linear._linear_kernel, dtype)
-        for k_in, gelu, res, kv, norm in ((1280, False, False, True, False),
-                                          (1280, True, False, False, False),
-                                          (5120, False, True, False, False),
-                                          (5120, False, True, False, True)):  # fmt: skip
+        for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
+                                    (5120, False, True, False)):  # fmt: skip
             warps = linear.warps_for(linear.ROWS_PER_PROGRAM, k_in)
             lane, ja, jb = linear.lanes(k_in, warps)
             for rows in (1, 3, 8):
                 constexprs = {
                     "M": rows, "K": k_in, "LANE": lane, "JA": ja, "JB": jb, "GELU": gelu,
                     "RES": res, "KV": kv, "BLOCK_M": 1 << (rows - 1).bit_length(),
-                    "BLOCK_N": linear.ROWS_PER_PROGRAM, "PDL": True, "NORM": norm,
-                    "NA": 1024 if norm else 1, "NB": 256 if norm else 1,
+                    "BLOCK_N": linear.ROWS_PER_PROGRAM, "PDL": True,
                 }  # fmt: skip
                 _compile_for_hopper(linear._linear_kernel, signature, constexprs, warps)
 
@@ -1401,23 +1352,19 @@ def test_linear_kernel_compiles_for_hopper():
 def test_tensor_core_linear_kernel_compiles_for_hopper():
     """The tensor-core projection kernel compiles for sm_90 with PDL at the GPT's 1280 inputs
     (8 + 2 slices) and at 256 (no second slice tile), 1, 3 and 8 rows, bf16 and fp16, with
-    each epilogue, and with the LayerNorm of its output at its end (out + residual,
-    ``then_norm``)."""
+    each epilogue."""
     from tts.fast import linear
 
     for dtype in ("bf16", "fp16"):
         signature = _projection_signature(linear._mma_kernel, dtype)
-        for k_in, gelu, res, kv, norm in ((1280, False, False, True, False),
-                                          (1280, True, False, False, False),
-                                          (256, False, True, False, False),
-                                          (1280, False, True, False, True)):  # fmt: skip
+        for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
+                                    (256, False, True, False)):  # fmt: skip
             sa, sb = linear.mma_slices(k_in)
             for rows in (1, 3, 8):
                 constexprs = {
                     "M": rows, "K": k_in, "KS": linear.MMA_SLICE, "SA": sa, "SB": sb,
                     "GELU": gelu, "RES": res, "KV": kv, "BLOCK_M": linear.mma_block_rows(rows),
                     "BLOCK_N": linear.MMA_ROWS_PER_PROGRAM, "WIDEN": False, "PDL": True,
-                    "NORM": norm, "NA": 1024 if norm else 1, "NB": 256 if norm else 1,
                 }  # fmt: skip
                 _compile_for_hopper(linear._mma_kernel, signature, constexprs, linear.MMA_WARPS)
 

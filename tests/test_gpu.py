@@ -1022,45 +1022,6 @@ def test_few_row_linear_kernels_cuda(rows, dtype, monkeypatch):
         assert launches == {"mma": 3 * per + 1, "cuda_cores": per}, launches
 
 
-@pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"]
-)
-@pytest.mark.parametrize("rows", [1, 3, 8])
-def test_projection_then_norm_cuda(rows, dtype):
-    """``then_norm`` at the GPT's width on CUDA, for out (1280 inputs, tensor cores in half
-    precision) and proj (5120, CUDA cores), each + residual, with and without PDL: the result
-    unchanged, its LayerNorm as the LayerNorm kernel's up to the order of the sums, the arrival
-    counter back at zero (tests/kernel_reference.py: assert_norm_tail); then 48 launches in a
-    row sharing one counter give the same LayerNorm every time."""
-    from kernel_reference import assert_norm_tail
-
-    from tts import fast
-    from tts.fast import linear
-
-    torch.manual_seed(4)
-    dim = 1280
-    count = torch.zeros(1, dtype=torch.int32, device="cuda")
-    norm = (
-        (1 + 0.2 * torch.randn(dim, device="cuda")).to(dtype),
-        (0.1 * torch.randn(dim, device="cuda")).to(dtype),
-        1e-5,
-    )
-    res = torch.randn(rows, dim, device="cuda").to(dtype)
-    pdls = (False, True) if fast.pdl_available("cuda") else (False,)
-    for k in (dim, 4 * dim):
-        x = (torch.randn(rows, k, device="cuda") + 0.3).to(dtype)
-        w = (torch.randn(dim, k, device="cuda") * k**-0.5).to(dtype)
-        b = torch.randn(dim, device="cuda").to(dtype)
-        for pdl in pdls:
-            assert_norm_tail(linear, x, w, b, norm, count, residual=res, pdl=pdl)
-        outs = [
-            linear.linear(x, w, b, residual=res, then_norm=norm, count=count, pdl=pdls[-1])[1]
-            for _ in range(48)
-        ]
-        assert all(torch.equal(o, outs[0]) for o in outs)
-        assert int(count.item()) == 0
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("rows,end", [(3, 200), (3, 1000), (48, 700)])
 def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):

@@ -162,16 +162,10 @@ def measure(
         table[name] = row
 
     def stack_ours(
-        pdl: bool,
-        attend: bool,
-        best: bool = False,
-        module=linear,
-        ahead=False,
-        norm_tail=False,
-        **attn_kw,
+        pdl: bool, attend: bool, best: bool = False, module=linear, ahead=False, **attn_kw
     ):
         st = {name: table[name]["best"] if best else {} for name in kw}
-        run_stack(state, weights, biases, ln, pdl, attend, st, module, ahead, norm_tail, **attn_kw)
+        run_stack(state, weights, biases, ln, pdl, attend, st, module, ahead, **attn_kw)
 
     def stack_blas():
         for i in range(LAYERS):
@@ -208,10 +202,6 @@ def measure(
         stack[f"ours_attention_pdl_{name}_ms"] = timed(
             lambda attn=attn: stack_ours(True, True, **attn), replays
         )
-    # The LayerNorms computed at the end of the projection before them (``then_norm``).
-    stack["ours_attention_pdl_norm_tail_ms"] = timed(
-        lambda: stack_ours(True, True, norm_tail=True), replays
-    )
     for name, module in (other or {}).items():  # other versions of tts/fast/linear.py
         stack[f"other_{name}_attention_pdl_ms"] = timed(
             lambda m=module: stack_ours(True, True, module=m), replays
@@ -247,7 +237,6 @@ def stack_state(rows: int, dtype: torch.dtype) -> dict:
         "kv": torch.zeros(2, rows, HEADS, 1024, DIM // HEADS, device=dev, dtype=dtype),
         "pos": torch.tensor([WINDOW - 1], device=dev),
         "mask": torch.zeros(rows, 1, 1, WINDOW, device=dev, dtype=dtype),
-        "count": torch.zeros(1, device=dev, dtype=torch.int32),
     }
 
 
@@ -261,26 +250,20 @@ def run_stack(
     settings: dict | None = None,
     module=linear,
     ahead: bool = False,
-    norm_tail: bool = False,
     **attn_kw,
 ) -> None:
     """One pass of the layer stack as the decode step runs it: per layer the LayerNorm and qkv
     (with the KV write), the attention over the window if ``attend``, out (+ residual), the
     LayerNorm and fc (+ GELU), proj (+ residual); ``settings``: launch settings per projection,
-    ``module``: the tts/fast/linear.py to run, ``ahead`` and ``attn_kw``: attention variants.
-    ``norm_tail``: each LayerNorm but the first computed at the end of the projection before
-    it (``then_norm``), not as its own kernel."""
+    ``module``: the tts/fast/linear.py to run, ``ahead`` and ``attn_kw``: attention variants."""
     rows, x, kv, pos = state["rows"], state["x"], state["kv"], state["pos"]
     st = settings or {}
-    tail = {"then_norm": ln, "count": state["count"]} if norm_tail else {}
-    if norm_tail:
-        normed = module.layer_norm(x, *ln, pdl=pdl)
     for i in range(LAYERS):
         q = module.linear(
-            normed if norm_tail else x,
+            x,
             weights["qkv"][i],
             biases["qkv"],
-            ln=None if norm_tail else ln,
+            ln=ln,
             kv=(kv[0], kv[1], pos, DIM),
             pdl=pdl,
             **st.get("qkv", {}),
@@ -297,24 +280,14 @@ def run_stack(
             )
             q = q.transpose(1, 2).reshape(rows, DIM)
         y = module.linear(
-            q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **tail, **st.get("out", {})
+            q, weights["out"][i], biases["out"], residual=x, pdl=pdl, **st.get("out", {})
         )
-        if norm_tail:
-            y, normed = y
         f = module.linear(
-            normed if norm_tail else y,
-            weights["fc"][i],
-            biases["fc"],
-            ln=None if norm_tail else ln,
-            gelu=True,
-            pdl=pdl,
-            **st.get("fc", {}),
+            y, weights["fc"][i], biases["fc"], ln=ln, gelu=True, pdl=pdl, **st.get("fc", {})
         )
-        out = module.linear(
-            f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl, **tail, **st.get("proj", {})
+        module.linear(
+            f, weights["proj"][i], biases["proj"], residual=y, pdl=pdl, **st.get("proj", {})
         )
-        if norm_tail:
-            normed = out[1]
 
 
 def once(rows: int, weights: dict, biases: dict, ln: tuple, dtype: torch.dtype) -> None:

@@ -175,54 +175,12 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y, mask=ok)
 
     @triton.jit
-    def _norm_tail(
-        src_ptr, stride_src, w_ptr, b_ptr, eps, dst_ptr, stride_dst, count_ptr, M, N,
-        BLOCK_M: tl.constexpr, NA: tl.constexpr, NB: tl.constexpr,
-    ):  # fmt: skip
-        """A projection kernel's end with ``then_norm`` (:func:`linear`): every program, once
-        its outputs are stored, counts itself in ``*count_ptr``; the last one to arrive (all
-        ``M`` rows of ``N`` columns then complete) writes their LayerNorm to ``dst`` as
-        :func:`_norm_kernel` computes it, and sets the count back to 0 for the next launch.
-        This spares the LayerNorm its own kernel in the chain (a kernel boundary and a launch
-        of ``M`` programs) at the price of one atomic per program."""
-        tl.debug_barrier()  # all of this program's stores come before its arrival
-        arrived = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
-        if arrived == tl.num_programs(0) - 1:
-            tl.store(count_ptr, 0)
-            rows = tl.arange(0, BLOCK_M)
-            row_ok = rows[:, None] < M
-            ka = tl.arange(0, NA)[None, :]
-            kb = NA + tl.arange(0, NB)[None, :]
-            kb_ok = kb < N
-            src = src_ptr + rows[:, None] * stride_src
-            # .cg: read from L2, where the other programs' stores are, never a stale L1 line.
-            xa = tl.load(src + ka, mask=row_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-            xb = tl.load(src + kb, mask=row_ok & kb_ok, other=0.0, cache_modifier=".cg")
-            xb = xb.to(tl.float32)
-            mean = (tl.sum(xa, axis=1) + tl.sum(xb, axis=1)) / N
-            da = xa - mean[:, None]
-            db = tl.where(kb_ok, xb - mean[:, None], 0.0)
-            var = (tl.sum(da * da, axis=1) + tl.sum(db * db, axis=1)) / N
-            rstd = (1.0 / tl.sqrt(var + eps))[:, None]
-            ga = tl.load(w_ptr + ka).to(tl.float32)
-            gb = tl.load(w_ptr + kb, mask=kb_ok, other=0.0).to(tl.float32)
-            sa = tl.load(b_ptr + ka).to(tl.float32)
-            sb = tl.load(b_ptr + kb, mask=kb_ok, other=0.0).to(tl.float32)
-            dst = dst_ptr + rows[:, None] * stride_dst
-            tl.store(dst + ka, (da * rstd * ga + sa).to(dst_ptr.dtype.element_ty), mask=row_ok)
-            tl.store(
-                dst + kb, (db * rstd * gb + sb).to(dst_ptr.dtype.element_ty), mask=row_ok & kb_ok
-            )
-
-    @triton.jit
     def _linear_kernel(
         x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
-        nw_ptr, nb_ptr, norm_eps, norm_ptr, stride_norm, count_ptr,
         M: tl.constexpr, K: tl.constexpr, LANE: tl.constexpr, JA: tl.constexpr,
         JB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
-        NORM: tl.constexpr, NA: tl.constexpr, NB: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows.
 
@@ -270,21 +228,14 @@ if triton is not None:
             y, bias, rows, row_ok, cols, col_ok, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
             stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim, GELU, RES, KV,
         )  # fmt: skip
-        if NORM:
-            _norm_tail(
-                out_ptr, stride_out, nw_ptr, nb_ptr, norm_eps, norm_ptr, stride_norm, count_ptr,
-                M, N, BLOCK_M, NA, NB,
-            )  # fmt: skip
 
     @triton.jit
     def _mma_kernel(
         x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
-        nw_ptr, nb_ptr, norm_eps, norm_ptr, stride_norm, count_ptr,
         M: tl.constexpr, K: tl.constexpr, KS: tl.constexpr, SA: tl.constexpr,
         SB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDEN: tl.constexpr, PDL: tl.constexpr,
-        NORM: tl.constexpr, NA: tl.constexpr, NB: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows on
         tensor cores (half-precision inputs, float32 accumulation), with
@@ -329,11 +280,6 @@ if triton is not None:
             y, bias, rows, row_ok, cols, col_ok, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
             stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim, GELU, RES, KV,
         )  # fmt: skip
-        if NORM:
-            _norm_tail(
-                out_ptr, stride_out, nw_ptr, nb_ptr, norm_eps, norm_ptr, stride_norm, count_ptr,
-                M, N, BLOCK_M, NA, NB,
-            )  # fmt: skip
 
 
 # Launch settings, from scripts/device/linear_bench.py on an H200 (docs/benchmarks.md, run U):
@@ -457,9 +403,7 @@ def linear(
     pdl: bool = False,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
-    then_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
-    count: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """``act(LN(x) @ w.T + b) (+ residual)`` for ``x`` [rows, in], ``w`` [out, in].
 
     ``ln``: (weight, bias, eps) of a LayerNorm applied to ``x`` first; ``residual``: [rows, out];
@@ -473,13 +417,6 @@ def linear(
     cores (:func:`_linear_kernel`). ``rows_per_program`` / ``num_warps``: launch settings of
     whichever runs (defaults :data:`MMA_ROWS_PER_PROGRAM` and :data:`MMA_WARPS`, or
     :data:`ROWS_PER_PROGRAM` and :func:`warps_for`). Returns a new tensor in ``x``'s dtype.
-
-    ``then_norm``: (weight, bias, eps) of a LayerNorm of the result, which the kernel's last
-    program computes (:func:`_norm_tail`); then returns ``(result, its LayerNorm)``. ``count``:
-    the int32 counter that finds the last program, zero before the launch and set back to
-    zero by it; one counter may serve every launch of one stream (each launch's programs
-    count only after the launch before it has completed), but not launches that may run at
-    the same time. Without it a zeroed counter is made for the call.
     """
     rows, k_in = x.shape
     n_out = w.size(0)
@@ -507,48 +444,34 @@ def linear(
     else:
         kc = vc = pos = dummy
         head_dim, kv_strides = 1, (0, 0, 0)
-    if then_norm is not None:
-        if kv is not None:
-            raise ValueError("then_norm needs the whole output: not with kv")
-        nw, nb, neps = then_norm
-        if nw.shape != (n_out,) or nb.shape != (n_out,):
-            raise ValueError(f"then_norm needs [{n_out}] parameters")
-        normed = torch.empty_like(out)
-        if count is None:
-            count = torch.zeros(1, dtype=torch.int32, device=x.device)
-        norm_args = (nw, nb, float(neps), normed, normed.stride(0), count)
-        na, nbw = split_width(n_out)
-    else:
-        norm_args, na, nbw = (dummy, dummy, 0.0, dummy, 0, dummy), 1, 1
     pdl = pdl and pdl_available(x.device)
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
     res_stride = res.stride(0) if residual is not None else 0
-    norm_kw = {"NORM": then_norm is not None, "NA": na, "NB": nbw}
     slices = on_tensor_cores(x.dtype, k_in)
     if slices is not None:
         per_program = rows_per_program or MMA_ROWS_PER_PROGRAM
         _mma_kernel[(triton.cdiv(n_out, per_program),)](
             x, w, b, res, out, kc, vc, pos, n_out, x.stride(0), res_stride, out.stride(0),
-            *kv_strides, width, head_dim, *norm_args,
+            *kv_strides, width, head_dim,
             M=rows, K=k_in, KS=MMA_SLICE, SA=slices[0], SB=slices[1], GELU=gelu,
             RES=residual is not None, KV=kv is not None, BLOCK_M=mma_block_rows(rows),
-            BLOCK_N=per_program, WIDEN=not x.is_cuda, PDL=pdl, **norm_kw,
+            BLOCK_N=per_program, WIDEN=not x.is_cuda, PDL=pdl,
             num_warps=num_warps or MMA_WARPS, launch_pdl=pdl,
         )  # fmt: skip
-        return out if then_norm is None else (out, normed)
+        return out
     per_program = rows_per_program or ROWS_PER_PROGRAM
     warps = num_warps or warps_for(per_program, k_in)
     lane, ja, jb = lanes(k_in, warps)
     _linear_kernel[(triton.cdiv(n_out, per_program),)](
         x, w, b, res, out, kc, vc, pos, n_out, x.stride(0), res_stride, out.stride(0),
-        *kv_strides, width, head_dim, *norm_args,
+        *kv_strides, width, head_dim,
         M=rows, K=k_in, LANE=lane, JA=ja, JB=jb, GELU=gelu,
         RES=residual is not None, KV=kv is not None, BLOCK_M=triton.next_power_of_2(rows),
-        BLOCK_N=per_program, PDL=pdl, **norm_kw, num_warps=warps,
+        BLOCK_N=per_program, PDL=pdl, num_warps=warps,
         launch_pdl=pdl,
     )  # fmt: skip
-    return out if then_norm is None else (out, normed)
+    return out
 
 
 def decode_pre(
