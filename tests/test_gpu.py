@@ -235,41 +235,6 @@ def test_batched_conditioning_equals_one_by_one_cuda():
     torch.testing.assert_close(got, base + 0.4 * (emo - base), atol=1e-6, rtol=1e-5)
 
 
-def test_w2v_bert_graphs_cuda():
-    """tts.fast.features on CUDA (float32, the s2mel-small set's w2v-bert): features through the
-    length-bucket graphs equal the plain forward's up to float rounding (the bounds of the
-    batch test above) for three lengths and a batch of two; one graph per (batch size, bucket);
-    the calls after the first replay (no new capture) and give the same features exactly; no
-    fallback."""
-    from safetensors.torch import load_file
-
-    from tts import fast
-    from tts.checkpoints import CheckpointSet
-    from tts.fast.features import BUCKET, bucketed
-    from tts.models.w2v_bert import SemanticFeatures
-
-    root = next((fs.root for fs, _ in CASES if fs.name == "s2mel-small"), None)
-    if root is None:
-        pytest.skip("s2mel-small fixture set not found")
-    golden = load_file(str(root / "golden.safetensors"))
-    sem = SemanticFeatures.from_checkpoints(CheckpointSet.open(root), device="cuda")
-    odd, even = golden["resample.wave_16k"], golden["w2v.even.wave_16k"]
-    waves = [even, odd, odd[..., : odd.shape[-1] * 2 // 3]]
-    plain = [sem(w) for w in waves] + sem.batch(waves[:2])
-    sem.use_graphs()
-    fast.FALLBACKS.clear()
-    frames = [sem.extract(w)[0].size(1) for w in waves]
-    keys = {(1, bucketed(n, BUCKET)) for n in frames} | {(2, bucketed(max(frames[:2]), BUCKET))}
-    runs = [[sem(w) for w in waves] + sem.batch(waves[:2]) for _ in range(3)]
-    for run in runs:  # the first captures (its results from the warm-up), the others replay
-        for got, want in zip(run, plain, strict=True):
-            assert got.shape == want.shape
-            torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-5)
-    assert all(torch.equal(a, b) for a, b in zip(runs[2], runs[1], strict=True))
-    assert sem.graphs.captures == len(keys)
-    assert not fast.FALLBACKS, fast.FALLBACKS
-
-
 def test_graph_decoder_matches_eager_cuda():
     """Sampling through CUDA graphs vs the plain loop, same seed: same codes (beams 1 and 3)."""
     from tts.fast.decode import generate as fast_generate

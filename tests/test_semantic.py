@@ -204,31 +204,6 @@ def test_batched_features_equal_each_waveform_alone():
 
 
 @needs_small
-def test_frames_padded_to_a_bucket_change_no_kept_frame():
-    """What tts.fast.features' CUDA graphs rest on: the encoder's input frames padded at the end
-    to a length bucket (zeros, masked) leave every kept frame's hidden state as the unpadded
-    forward gives it, up to float32 rounding, for odd and even frame counts and a shorter
-    waveform, one bucket and two buckets up. On the CPU ``use_graphs`` changes nothing."""
-    from tts.fast.features import bucketed, pad_frames
-    from tts.models.w2v_bert import SemanticFeatures
-
-    assert [bucketed(n, 64) for n in (1, 63, 64, 65, 500)] == [64, 64, 64, 128, 512]
-    golden = load_file(str(SMALL / "golden.safetensors"))
-    sem = SemanticFeatures.from_checkpoints(_small_set())
-    odd, even = golden["resample.wave_16k"], golden["w2v.even.wave_16k"]
-    for wave in (even, odd, odd[..., : odd.shape[-1] * 2 // 3]):
-        feats, mask = sem.extract(wave)
-        frames = feats.size(1)
-        alone, _ = sem.hidden(feats, mask)
-        for padded_to in (bucketed(frames, 64), bucketed(frames, 64) + 64):
-            got, _ = sem.hidden(*pad_frames(feats, mask, padded_to))
-            assert got.shape[1] == padded_to
-            torch.testing.assert_close(got[:, :frames], alone, atol=5e-5, rtol=1e-5)
-    sem.use_graphs()
-    assert sem.graphs is None
-
-
-@needs_small
 def test_codec_batching():
     codec, _ = load_component("semantic_codec", _small_set())
     golden = load_file(str(SMALL / "golden.safetensors"))

@@ -9,8 +9,8 @@ Stages (each a method of :class:`Engine`, each batched over rows):
 4. :meth:`Engine.render` - codes + latents + speaker features -> 22.05 kHz waveform (GPU).
 
 On CUDA the Engine uses the fast paths of :mod:`tts.fast` (static-cache CUDA-graph GPT decoder,
-fused s2mel solve, fused BigVGAN activation, w2v-bert through CUDA graphs) unless it was opened
-with ``fast=False``; on the CPU it always runs the plain reference paths.
+fused s2mel solve, fused BigVGAN activation) unless it was opened with ``fast=False``; on the CPU
+it always runs the plain reference paths.
 
 Every stage returns one :class:`RowResult` per input row: a failing row (bad text, NaN in a
 tensor, out of memory after retries) never takes the other rows of its batch down with it.
@@ -237,8 +237,7 @@ class Engine:
     through a source-row table with the Triton attention, the logits processors and the beam
     draw as one Triton kernel each, the rest of the token choice compiled, and the decoder with
     its CUDA graphs kept for the next call of the same batch size; docs/benchmarks.md has the
-    measurements), and the prompts' w2v-bert forward through CUDA graphs, one per length
-    bucket (:mod:`tts.fast.features`).
+    measurements).
     ``gpt_batch_items``: the most (row, segment) items one GPT generation call takes (see
     :meth:`semantic_tokens`). ``render_precision`` (CUDA with ``fast`` only): the precision of
     the flow-matching solve and of BigVGAN, as ``tts bench``'s s2mel/vocoder precisions
@@ -399,10 +398,7 @@ class Engine:
             from tts.models.w2v_bert import SemanticFeatures
 
             layer = int(self.cs.config.get("w2v_bert_layer", 17))
-            features = SemanticFeatures.from_checkpoints(self.cs, device=self.device, layer=layer)
-            if self.fast:
-                features.use_graphs()
-            return features
+            return SemanticFeatures.from_checkpoints(self.cs, device=self.device, layer=layer)
         if name == "tokenizer":
             from tts.text.tokenizer import TextTokenizer
 

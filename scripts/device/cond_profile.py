@@ -12,8 +12,7 @@ op, kernel count).
 
     python3 scripts/device/cond_profile.py --checkpoints /tmp/bench_ckpt --json "$OUT/cond.json"
 
-(or ``SECTIONS=cond bash scripts/device/run_gpu.sh``). Last, on CUDA, the row's conditioning with
-w2v-bert through CUDA graphs (tts.fast.features) against the plain forward, alternating.
+(or ``SECTIONS=cond bash scripts/device/run_gpu.sh``).
 """
 
 from __future__ import annotations
@@ -162,49 +161,6 @@ def pair(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> 
     return out
 
 
-def graphs_ab(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> dict:
-    """A row's whole prompt conditioning (the file's two w2v-bert passes in one forward) and
-    that forward alone, with the encoder through CUDA graphs (tts.fast.features, what the
-    Engine runs on CUDA) and plain, alternating so that a drifting host slows both alike.
-    Medians, ms; and the largest difference between the two forms' features."""
-    dev = eng.device
-    feats = eng.part("features")
-    graphed = feats.graphs
-    if graphed is None:  # not on CUDA
-        return {}
-    wav22, sr = load_prompt(prompt, SPEAKER_SAMPLE_RATE)
-    wav16, w16 = resample(wav22, sr, 16000), load_prompt(prompt, 16000)[0]
-
-    def whole():
-        eng.clear_prompt_cache()
-        spk = eng.speaker_conditioning(prompt, emotion_too=True)
-        return eng.emotion_conditioning(request, spk)
-
-    whole()  # captures the batch-of-two graph
-    runs: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        for name, encoder in (("graphs", graphed), ("plain", None)):
-            feats.graphs = encoder
-            timed(whole, 1, dev, runs.setdefault(f"conditioning.{name}", []))
-            timed(
-                lambda: feats.batch([wav16, w16]), 1, dev, runs.setdefault(f"w2v_bert.{name}", [])
-            )
-    feats.graphs = None
-    plain = feats.batch([wav16, w16])
-    feats.graphs = graphed
-    out = {k: statistics.median(v) for k, v in runs.items()}
-    graphed_out = feats.batch([wav16, w16])
-    for name, got, want in zip(("speaker", "emotion"), graphed_out, plain, strict=True):
-        out[f"max_abs_diff.{name}"] = float((got - want).abs().max())
-        out[f"max_abs.{name}"] = float(want.abs().max())
-    out["captures"] = graphed.captures
-    print(
-        "w2v-bert through CUDA graphs against plain (ms, and differences): "
-        + ", ".join(f"{k} {v:.4g}" for k, v in out.items())
-    )
-    return out
-
-
 def profile(fn, device: torch.device, rows: int) -> dict:
     """torch.profiler of one call: the top ops by CUDA and by CPU time, and the kernel count."""
     from torch.profiler import ProfilerActivity
@@ -285,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     result["gpt_latent_cached_ms"], _ = timed(lambda: latent(False), args.repeats, dev)
     result["pieces_ms"] = pieces(eng, prompt, request, args.repeats)
     result["pair_ms"] = pair(eng, prompt, request, args.repeats)
-    result["graphs_ab_ms"] = graphs_ab(eng, prompt, request, args.repeats)
     print(
         f"speaker_conditioning {result['spk_cond_ms']:.2f} ms, "
         f"emotion_conditioning {result['emo_cond_ms']:.2f} ms (medians)"

@@ -224,17 +224,6 @@ class SemanticFeatures:
         self.device, self.dtype = param.device, param.dtype
         self.mean = mean.to(self.device, self.dtype)
         self.std = std.to(self.device, self.dtype)
-        self.graphs = None  # a tts.fast.features.GraphedEncoder once use_graphs() was called
-
-    def use_graphs(self) -> None:
-        """Run the encoder through CUDA graphs, one per batch size and length bucket
-        (:mod:`tts.fast.features`: the frames padded and masked; the same features up to
-        float rounding). Only on CUDA, and only for :meth:`hidden` without all hidden states;
-        elsewhere the plain forward runs."""
-        if self.device.type == "cuda" and self.graphs is None:
-            from tts.fast.features import GraphedEncoder
-
-            self.graphs = GraphedEncoder(self.model)
 
     @classmethod
     def from_checkpoints(
@@ -272,8 +261,6 @@ class SemanticFeatures:
         """(``hidden_states[layer]`` ``[B, T, hidden]``, all hidden states 0..layer or None)."""
         feats = input_features.to(self.device, self.dtype)
         mask = None if attention_mask is None else attention_mask.to(self.device)
-        if self.graphs is not None and mask is not None and not output_hidden_states:
-            return self.graphs(feats, mask), None
         out = self.model(
             input_features=feats, attention_mask=mask, output_hidden_states=output_hidden_states
         )
