@@ -736,6 +736,23 @@ def test_decode_profile_critical_path():
     assert sum(c["us"] for c in out["critical"]) == out["span_us"]
 
 
+def test_s2mel_profile_script_runs_on_cpu(tmp_path):
+    """scripts/device/s2mel_profile.py (the GPU profile of one DiT call) runs: tiny DiT, CPU,
+    uncompiled; it counts the call's FLOPs (timings and kernels are CUDA-only)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "s2mel.json"
+    cmd = [
+        sys.executable,
+        str(root / "scripts" / "device" / "s2mel_profile.py"),
+        *("--tiny", "--device", "cpu", "--no-compile", "--frames", "30"),
+        *("--batches", "1,2", "--json", str(out)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "B=1: ran on cpu" in proc.stdout and "B=2: ran on cpu" in proc.stdout, proc.stdout
+    assert json.loads(out.read_text())["frames"] == 30
+
+
 def test_vocoder_profile_script_runs_on_cpu(tmp_path):
     """scripts/device/vocoder_profile.py (the GPU measurement of BigVGAN) runs: tiny vocoder,
     CPU, the plain variants (the fused kernel is CUDA-only there)."""
@@ -934,6 +951,65 @@ def test_fused_activation_interpreted():
                 worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
         assert worst < 1e-5, worst
         print("worst", worst)
+        print("ok")
+        """
+    )
+
+
+def test_vocoder_bias_and_residual_folding_interpreted():
+    """The AMP blocks with the convolutions' biases, the residuals and the stages' block means
+    inside the kernels (Triton's CPU interpreter) give the plain forward's bits: the activation
+    with a bias equals the activation of ``x + bias`` rounded to x's dtype, the residual pass
+    equals torch's separate adds, and the whole vocoder equals the plain forward with fused
+    activations, for one, two and four blocks per stage
+    (a mean over 3, IndexTTS2's, is checked on CUDA: on the CPU torch divides where on CUDA it
+    multiplies by the reciprocal, as the kernel does). Not bf16 here: the interpreter truncates
+    float32 to bf16 where GPUs round; tests/test_gpu.py has it."""
+    _run_interpreted(
+        """
+        import torch
+        from tts.bench import randomize_
+        from tts.fast import FALLBACKS
+        from tts.fast.bigvgan import bias_residual, fuse_activations, fused_activation
+        from tts.models.bigvgan import Activation1d, BigVGAN, SnakeBeta
+        torch.manual_seed(0)
+        for dtype in (torch.float32, torch.float16):
+            act = SnakeBeta(6, logscale=True)
+            with torch.no_grad():
+                act.alpha.normal_(0, 0.3)
+                act.beta.normal_(0, 0.3)
+            m = Activation1d(act)
+            x = (torch.randn(2, 6, 37) * 2).to(dtype)
+            bias = torch.randn(6)
+            want = fused_activation(m, (x + bias.to(dtype)[:, None]).to(dtype), block=16)
+            got = fused_activation(m, x, block=16, bias=bias)
+            assert torch.equal(got, want), dtype
+            y, r, acc = (torch.randn(2, 6, 37).to(dtype) for _ in range(3))
+            b = bias.to(dtype)[:, None]
+            assert torch.equal(bias_residual(y.clone(), r, bias, block=16), (y + b) + r)
+            assert torch.equal(bias_residual(y.clone(), r, None, acc, block=16), acc + (y + r))
+            got = bias_residual(y.clone(), r, bias, acc, 3, block=16)
+            inv = torch.ones((), dtype=torch.float32) / 3
+            want = ((acc + ((y + b) + r)).float() * inv).to(dtype)
+            assert torch.equal(got, want), dtype
+        for kernels in ([3], [3, 5], [3, 5, 7, 9]):
+            cfg = dict(
+                num_mels=8, upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4],
+                upsample_initial_channel=16, resblock="1", resblock_kernel_sizes=kernels,
+                resblock_dilation_sizes=[[1, 3]] * len(kernels), activation="snakebeta",
+                snake_logscale=True,
+            )
+            with torch.no_grad():
+                voc = randomize_(BigVGAN.from_config(cfg), seed=3).remove_weight_norm().eval()
+                for name, p in voc.named_parameters():
+                    if name.endswith("bias"):
+                        p.normal_(0, 0.5)  # randomize_ zeroes biases: make them count
+                mel = torch.randn(2, 8, 23)
+                fuse_activations(voc, "triton")
+                got = voc(mel)
+                want = BigVGAN.forward(voc, mel)  # the class's forward: activations fused only
+            assert not FALLBACKS, FALLBACKS
+            assert torch.equal(got, want), (kernels, float((got - want).abs().max()))
         print("ok")
         """
     )

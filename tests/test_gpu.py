@@ -904,6 +904,42 @@ def test_fused_activation_at_vocoder_shapes_cuda(dtype):
             assert bool((err <= bound).all()), (channels, length, float(err.max()))
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16"])
+def test_vocoder_bias_and_residual_folding_cuda(precision):
+    """The official-size vocoder with the convolutions' biases, the residuals and the stages'
+    block means inside the kernels (:func:`fused_vocoder_forward`) gives the same bits as the
+    plain forward with fused activations, in float32 and under bf16 / fp16 autocast (random
+    weights and biases; 3 blocks per stage, so the mean's reciprocal is exercised)."""
+    import json
+    from importlib import resources
+
+    from tts.bench import randomize_
+    from tts.fast import FALLBACKS
+    from tts.fast.bigvgan import fuse_activations
+    from tts.fast.s2mel import precision_context
+    from tts.models.bigvgan import BigVGAN
+
+    cfg = json.loads(
+        resources.files("tts.data").joinpath("bigvgan_v2_22khz_80band_256x.json").read_text()
+    )
+    with torch.no_grad():
+        torch.manual_seed(0)
+        voc = randomize_(BigVGAN.from_config(cfg), seed=5).remove_weight_norm()
+        for name, param in voc.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)  # randomize_ zeroes biases: make them count
+        voc = voc.cuda().eval()
+        fuse_activations(voc, "triton")
+        mel = torch.randn(2, 80, 173, device="cuda")
+        before = len(FALLBACKS)
+        with precision_context(precision, torch.device("cuda")):
+            got = voc(mel)
+            want = BigVGAN.forward(voc, mel)  # the class's forward: activations fused only
+    assert len(FALLBACKS) == before, FALLBACKS[before:]
+    assert got.shape == (2, 1, 173 * 256)
+    assert torch.equal(got, want), float((got.float() - want.float()).abs().max())
+
+
 def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
     """How the Engine runs a bf16 GPT: weights cast, autocast on, a float32 prefix (autocast's
     LayerNorms return float32). The static cache is then in the weights' dtype (every key and

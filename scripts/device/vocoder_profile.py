@@ -5,8 +5,12 @@ with ``tts.bench.randomize_`` weights, fuses its weight norm (as the Engine does
 forward of ``[B, 80, frames]`` mels (CUDA events, median of ``--repeats`` after two warm-ups) in
 these variants:
 
-* ``fused``: the anti-aliased activations through ``tts.fast.bigvgan`` (what the Engine and
-  ``tts bench`` run), under ``--precision`` (bfloat16 autocast by default, as the benchmark);
+* ``blocks``: what the Engine and ``tts bench`` run: the anti-aliased activations through
+  ``tts.fast.bigvgan`` and the AMP blocks with the convolutions' biases, the residuals and
+  the stages' block means inside its kernels (``fused_vocoder_forward``), under
+  ``--precision`` (bfloat16 autocast by default, as the benchmark); its output is compared
+  with ``fused``'s (it should be the same bits);
+* ``fused``: the activations through ``tts.fast.bigvgan`` only (the Engine before 2026-12-06);
 * ``other``: the same with the kernel of ``--other FILE`` (an earlier ``tts/fast/bigvgan.py``,
   e.g. ``git show REV:tts/fast/bigvgan.py > .bench/bigvgan_v1.py``): an A/B in one process;
   every output is compared with ``fused``'s;
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"eager": None, "convs": lambda m, x: x}
     if device.type == "cuda":  # the Triton kernels: CUDA only here
         variants = {
+            "blocks": fused,
             "fused": fused,
             **variants,
             "convs-nlc": variants["convs"],
@@ -180,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, how in variants.items():
             patch_forward(model, Activation1d, how)
             patch_forward(model, WNConv, conv_channels_last if name == "convs-nlc" else None)
+            if name == "blocks":
+                model.forward = functools.partial(fast_bigvgan.fused_vocoder_forward, model)
+            else:
+                model.__dict__.pop("forward", None)
             saved = torch.backends.cudnn.benchmark
             torch.backends.cudnn.benchmark = name.endswith("+cudnn")
             try:
                 seconds = time_forward(model, mel, args.precision, args.repeats)
-                if name in ("fused", "other"):
+                if name in ("blocks", "fused", "other"):
                     with torch.no_grad(), precision_context(args.precision, device):
                         outputs[name] = model(mel).float()
             finally:
@@ -194,18 +203,25 @@ def main(argv: list[str] | None = None) -> int:
             result["times"].append(
                 {"batch": batch, "variant": name, "seconds": seconds, "tflops": rate}
             )
-        if "other" in outputs:
-            diff = float((outputs["fused"] - outputs["other"]).abs().max())
-            print(f"B={batch:3d} fused vs other: max |diff| {diff:.3e}")
-            result["checks"][f"fused_vs_other_B{batch}"] = diff
+        for name in ("blocks", "other"):
+            if name in outputs:
+                diff = float((outputs["fused"] - outputs[name]).abs().max())
+                print(f"B={batch:3d} fused vs {name}: max |diff| {diff:.3e}")
+                result["checks"][f"fused_vs_{name}_B{batch}"] = diff
     if device.type == "cuda":
         patch_forward(model, Activation1d, fused)
+        patch_forward(model, WNConv, None)
         mel = torch.randn(max(batches), 80, args.frames, generator=gen).to(device)
-        table = kernel_table(model, mel, args.precision)
-        result["kernels"] = table
-        print(f"kernels of one fused forward, B={max(batches)}:")
-        for row in table:
-            print(f"  {row['us'] / 1e3:9.2f} ms  {row['count']:5d}  {row['kernel']}")
+        for name in ("fused", "blocks"):
+            if name == "blocks":
+                model.forward = functools.partial(fast_bigvgan.fused_vocoder_forward, model)
+            else:
+                model.__dict__.pop("forward", None)
+            table = kernel_table(model, mel, args.precision)
+            result["kernels" if name == "fused" else "kernels_blocks"] = table
+            print(f"kernels of one {name} forward, B={max(batches)}:")
+            for row in table:
+                print(f"  {row['us'] / 1e3:9.2f} ms  {row['count']:5d}  {row['kernel']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

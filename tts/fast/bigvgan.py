@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from tts.models import bigvgan as _bigvgan
 
@@ -50,6 +51,7 @@ if triton is not None:
         beta_ptr,
         fu_ptr,
         fd_ptr,
+        bias_ptr,
         T,
         C,
         stride_xb,
@@ -65,6 +67,7 @@ if triton is not None:
         OUT: tl.constexpr,
         HAS_BETA: tl.constexpr,
         LOGSCALE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0)
@@ -81,6 +84,8 @@ if triton is not None:
             beta = tl.exp(beta)
         inv_beta = 1.0 / (beta + 1e-9)
         x_row = x_ptr + b * stride_xb + c * stride_xc
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + c).to(tl.float32)
         # The tile: R * BLOCK upsampled positions from R * (t0 - HALO), clamped (the
         # replicate padding of the low-pass), upsampled and activated once each.
         n = R * (t0 - HALO) + tl.arange(0, R * BLOCK)
@@ -92,7 +97,10 @@ if triton is not None:
             k = r + R * q
             i = (m - k) // R - PAD_UP
             i = tl.minimum(tl.maximum(i, 0), T - 1)
-            u += tl.load(fu_ptr + k) * tl.load(x_row + i).to(tl.float32)
+            xi = tl.load(x_row + i)
+            if HAS_BIAS:  # the convolution's bias add, rounded to its dtype as torch does
+                xi = (xi.to(tl.float32) + bias).to(x_ptr.dtype.element_ty)
+            u += tl.load(fu_ptr + k) * xi.to(tl.float32)
         u = u * R
         s = tl.sin(u * alpha)
         v = u + inv_beta * (s * s)
@@ -126,12 +134,22 @@ def tile_layout(ratio: int, taps: int, pad_down: int, block: int) -> tuple[int, 
     return halo, offset, outputs
 
 
-def fused_activation(module, x: torch.Tensor, block: int = 256, num_warps: int = 4) -> torch.Tensor:
+def fused_activation(
+    module,
+    x: torch.Tensor,
+    block: int = 256,
+    num_warps: int = 4,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``module(x)`` for an :class:`Activation1d` through the Triton kernel.
 
     Each program upsamples and activates a tile of ``block`` input positions once (2 per
     position), then low-passes it into ``block - 6`` outputs (ratio 2, 12 taps): the tiles
     overlap by 6 positions instead of every output recomputing its 12 activated neighbours.
+
+    ``bias`` [C]: compute ``module(x + bias[:, None])`` instead, the sum rounded to ``x``'s dtype
+    as torch's separate bias add after a convolution rounds it, so that a convolution run
+    without its bias and this give the same bits as the convolution with it and ``module``.
     """
     if triton is None:
         raise RuntimeError("the fused BigVGAN activation needs Triton")
@@ -149,6 +167,9 @@ def fused_activation(module, x: torch.Tensor, block: int = 256, num_warps: int =
     has_beta = hasattr(act, "beta")
     alpha = act.alpha.detach().contiguous()
     beta = act.beta.detach().contiguous() if has_beta else alpha
+    has_bias = bias is not None
+    # As autocast casts a convolution's bias: to the dtype of the convolution's output.
+    bias = bias.detach().to(x.dtype).contiguous() if has_bias else alpha  # (unread if none)
     grid = (b * c, triton.cdiv(t, outputs))
     _aa_activation_kernel[grid](
         x,
@@ -157,6 +178,7 @@ def fused_activation(module, x: torch.Tensor, block: int = 256, num_warps: int =
         beta,
         fu,
         fd,
+        bias,
         t,
         c,
         x.stride(0),
@@ -172,10 +194,130 @@ def fused_activation(module, x: torch.Tensor, block: int = 256, num_warps: int =
         OUT=outputs,
         HAS_BETA=has_beta,
         LOGSCALE=bool(act.logscale),
+        HAS_BIAS=has_bias,
         BLOCK=block,
         num_warps=num_warps,
     )
     return y
+
+
+if triton is not None:
+
+    @triton.jit
+    def _residual_kernel(
+        y_ptr,
+        x_ptr,
+        bias_ptr,
+        acc_ptr,
+        T,
+        C,
+        scale,
+        HAS_BIAS: tl.constexpr,
+        HAS_ACC: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        # In place into y, each sum rounded to the dtype as torch's separate ops round it:
+        # y + bias (the convolution's bias add), + x (the residual), + acc (the sum of the
+        # stage's AMP blocks), * scale (their mean: torch divides by a scalar as a product
+        # with its reciprocal).
+        row = tl.program_id(0)
+        t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        keep = t < T
+        at = row.to(tl.int64) * T + t
+        dtype = y_ptr.dtype.element_ty
+        v = tl.load(y_ptr + at, mask=keep)
+        if HAS_BIAS:
+            v = (v.to(tl.float32) + tl.load(bias_ptr + row % C).to(tl.float32)).to(dtype)
+        v = (v.to(tl.float32) + tl.load(x_ptr + at, mask=keep).to(tl.float32)).to(dtype)
+        if HAS_ACC:
+            v = (tl.load(acc_ptr + at, mask=keep).to(tl.float32) + v.to(tl.float32)).to(dtype)
+        if HAS_SCALE:
+            v = (v.to(tl.float32) * scale).to(dtype)
+        tl.store(y_ptr + at, v, mask=keep)
+
+
+def bias_residual(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    acc: torch.Tensor | None = None,
+    divisor: int | None = None,
+    block: int = 1024,
+) -> torch.Tensor:
+    """``((y + bias) + x + acc) / divisor`` for ``[B, C, T]`` tensors, into ``y`` (returned).
+
+    What the AMP block's last steps compute with separate torch ops (the second convolution's
+    bias add, the residual add, the sum of a stage's blocks and their mean), in one pass and
+    with the same roundings, so the result has the same bits. ``bias``, ``acc`` and
+    ``divisor`` are optional.
+    """
+    if not (y.is_contiguous() and x.is_contiguous() and x.shape == y.shape):
+        raise ValueError("bias_residual: y and x must be contiguous tensors of one shape")
+    if acc is not None and not (acc.is_contiguous() and acc.shape == y.shape):
+        raise ValueError("bias_residual: acc must be contiguous and shaped like y")
+    if x.dtype != y.dtype or (acc is not None and acc.dtype != y.dtype):
+        raise ValueError("bias_residual: y, x and acc must share one dtype")
+    b, c, t = y.shape
+    bias_arg = y if bias is None else bias.detach().to(y.dtype).contiguous()
+    grid = (b * c, triton.cdiv(t, block))
+    _residual_kernel[grid](
+        y,
+        x,
+        bias_arg,
+        y if acc is None else acc,
+        t,
+        c,
+        # torch's reciprocal of a scalar divisor, in float32 (its opmath for these dtypes)
+        float(torch.ones((), dtype=torch.float32) / divisor) if divisor else 1.0,
+        HAS_BIAS=bias is not None,
+        HAS_ACC=acc is not None,
+        HAS_SCALE=bool(divisor),
+        BLOCK=block,
+    )
+    return y
+
+
+def _conv_without_bias(conv, x: torch.Tensor) -> torch.Tensor:
+    """A (non-transposed) :class:`WNConv` without its bias add."""
+    w = conv.effective_weight()
+    return F.conv1d(x, w, None, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+
+
+def fused_amp_block(
+    block, x: torch.Tensor, acc: torch.Tensor | None = None, divisor: int | None = None
+) -> torch.Tensor:
+    """:class:`AMPBlock1`'s forward with the fused kernels, and the stage's block sum.
+
+    Each pair's first convolution runs without its bias, which the next activation adds as it
+    reads (:func:`fused_activation`); the second's bias, the residual and, after the last pair,
+    ``+ acc`` and ``/ divisor`` are one :func:`bias_residual` pass. Bit for bit what the plain
+    forward with fused activations computes, with about half its elementwise passes.
+    """
+    acts = block.activations
+    last = len(block.convs1) - 1
+    for i, (c1, c2) in enumerate(zip(block.convs1, block.convs2, strict=True)):
+        t = _conv_without_bias(c1, fused_activation(acts[2 * i], x))
+        t = _conv_without_bias(c2, fused_activation(acts[2 * i + 1], t, bias=c1.bias))
+        end = i == last
+        x = bias_residual(t, x, c2.bias, acc if end else None, divisor if end else None)
+    return x
+
+
+def fused_vocoder_forward(vocoder, mel: torch.Tensor) -> torch.Tensor:
+    """:meth:`BigVGAN.forward` through :func:`fused_amp_block` (AMP blocks of kind 1)."""
+    x = vocoder.conv_pre(mel)
+    k = vocoder.num_kernels
+    for i in range(vocoder.num_upsamples):
+        for up in vocoder.ups[i]:
+            x = up(x).contiguous()
+        blocks = vocoder.resblocks[i * k : (i + 1) * k]
+        xs = None
+        for j, block in enumerate(blocks):
+            xs = fused_amp_block(block, x, xs, k if j == k - 1 else None)
+        x = xs
+    x = vocoder.conv_post(vocoder.activation_post(x))
+    return torch.tanh(x) if vocoder.use_tanh_at_final else torch.clamp(x, min=-1.0, max=1.0)
 
 
 # The plain forward, kept before tts.fast.patched() can replace it.
@@ -226,9 +368,40 @@ def _interpreting() -> bool:
 
 
 def fuse_activations(vocoder: torch.nn.Module, mode: str = "auto") -> torch.nn.Module:
-    """Make every Activation1d of ``vocoder`` use ``mode`` (in place, this instance only)."""
+    """Make every Activation1d of ``vocoder`` use ``mode`` (in place, this instance only).
+
+    Where the mode is ``triton`` and the vocoder's AMP blocks are of kind 1 (IndexTTS2's), its
+    forward also runs :func:`fused_vocoder_forward`: the convolutions' bias adds, the residual
+    adds and the stages' block means inside the kernels, with the same bits as the plain
+    forward with fused activations.
+    """
     forward = patched_forward(mode)
     for module in vocoder.modules():
         if isinstance(module, _bigvgan.Activation1d):
             module.forward = forward.__get__(module, _bigvgan.Activation1d)
+    blocks = getattr(vocoder, "resblocks", None)
+    if isinstance(vocoder, _bigvgan.BigVGAN) and all(
+        isinstance(b, _bigvgan.AMPBlock1) for b in blocks
+    ):
+        vocoder.forward = _patched_vocoder_forward(mode).__get__(vocoder, _bigvgan.BigVGAN)
     return vocoder
+
+
+def _patched_vocoder_forward(mode: str):
+    """``BigVGAN.forward`` through :func:`fused_vocoder_forward` where ``mode`` resolves to
+    ``triton`` for the input (CUDA, or the interpreter), else the plain forward."""
+    plain = _bigvgan.BigVGAN.forward
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        runs = resolve_mode(mode, mel.device) == "triton" and not _BROKEN.get("blocks")
+        if runs and (mel.device.type == "cuda" or _interpreting()):
+            try:
+                return fused_vocoder_forward(self, mel)
+            except Exception as exc:  # noqa: BLE001 - a kernel that does not build: plain path
+                from tts.fast import fallback
+
+                _BROKEN["blocks"] = True
+                fallback("BigVGAN fused blocks", exc)
+        return plain(self, mel)
+
+    return forward

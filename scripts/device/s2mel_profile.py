@@ -1,0 +1,129 @@
+"""Where one DiT call of the s2mel solve spends its GPU time, at the benchmark's shapes (issue 8).
+
+Builds the s2mel DiT at the official configuration with ``tts.bench.randomize_`` weights, takes
+its fused inference copy (``tts.fast.s2mel.fused``) and, for each batch size B, times one
+estimator call on ``[2B, 80, frames]`` (both guidance branches, as the solve runs it; CUDA
+events, median of ``--repeats`` after warm-up) through ``torch.compile`` under ``--precision``
+(bfloat16 autocast by default, as ``tts bench``). Then it lists the kernels of one such call
+(torch.profiler), grouped by name, with their share of the call: what the 25 calls of a solve
+are made of. The FLOPs of the call (``torch.utils.flop_counter``) give the rate reached.
+
+    python3 scripts/device/s2mel_profile.py --batches 1,16 --json "$OUT/s2mel.json"
+
+(or ``SECTIONS=s2mel bash scripts/device/run_gpu.sh``). CPU smoke test: ``--device cpu
+--tiny --no-compile`` (tests/test_fast.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tts.bench import bench_config, median_cuda_ms, randomize_  # noqa: E402
+from tts.fast.s2mel import fused, precision_context  # noqa: E402
+from tts.models.s2mel import S2Mel  # noqa: E402
+
+
+def inputs(dit, rows: int, frames: int, device: torch.device, gen: torch.Generator) -> tuple:
+    """The estimator's arguments for ``rows`` rows (x, prompt_x, x_lens, t, style, cond)."""
+    width = dit.cond_projection.in_features
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    return (
+        rand(rows, 80, frames),
+        rand(rows, 80, frames),
+        torch.full((rows,), frames, device=device),
+        torch.rand(rows, generator=gen).to(device),
+        rand(rows, 192),
+        rand(rows, frames, width),
+    )
+
+
+def kernel_table(fn, top: int) -> tuple[list[dict], float]:
+    """Kernels of one ``fn()``, grouped by name (count, total us), and their summed time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows: dict[str, dict] = {}
+    for ev in prof.events():
+        if ev.device_type.name != "CUDA":
+            continue
+        row = rows.setdefault(ev.name[:100], {"kernel": ev.name[:100], "count": 0, "us": 0.0})
+        row["count"] += 1
+        row["us"] += ev.device_time
+    busy = sum(r["us"] for r in rows.values())
+    return sorted(rows.values(), key=lambda r: -r["us"])[:top], busy
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--frames", type=int, default=1721, help="prompt 861 + generated 860 frames")
+    p.add_argument("--batches", default="1,16", help="rows B (the call runs 2B: both branches)")
+    p.add_argument("--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16"])
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--top", type=int, default=16)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cfg, _, _ = bench_config(args.tiny)
+    with torch.no_grad():
+        s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()
+    entry = fused(s2mel.cfm.estimator)
+    est = entry.estimator if args.no_compile else entry.compiled()
+    entry.estimator.transformer.drop = True  # no padded row: no key mask, as in the solve
+    gen = torch.Generator().manual_seed(0)
+    result = {"frames": args.frames, "precision": args.precision, "batches": []}
+    for batch in (int(b) for b in args.batches.split(",")):
+        args_in = inputs(s2mel.cfm.estimator, 2 * batch, args.frames, device, gen)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            entry.estimator(*args_in)
+        flops = counter.get_total_flops()
+
+        def call(a=args_in):
+            with torch.no_grad(), precision_context(args.precision, device):
+                return est(*a)
+
+        if device.type != "cuda":
+            call()
+            print(f"B={batch}: ran on {device} ({flops / 1e9:.1f} GFLOP per call)")
+            continue
+        ms = median_cuda_ms(call, repeats=args.repeats, warmup=3)
+        table, busy_us = kernel_table(call, args.top)
+        rate = flops / (ms / 1e3) / 1e12
+        print(
+            f"B={batch:3d}: one estimator call {ms:.3f} ms ({flops / 1e9:.1f} GFLOP, "
+            f"{rate:.0f} TFLOP/s); kernels busy {busy_us / 1e3:.3f} ms; "
+            f"x 25 steps = {25 * ms:.1f} ms per solve"
+        )
+        for row in table:
+            print(
+                f"  {row['us'] / 1e3:8.3f} ms {100 * row['us'] / busy_us:5.1f}%"
+                f"  {row['count']:4d}  {row['kernel']}"
+            )
+        result["batches"].append(
+            {"batch": batch, "ms": ms, "flops": flops, "busy_ms": busy_us / 1e3, "kernels": table}
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
