@@ -873,6 +873,37 @@ def test_fused_estimator_matches_golden(item):
     assert comparison.failure() is None, comparison.failure()
 
 
+@pytest.mark.parametrize("item", DIT[:2], ids=[_id(c) for c in DIT[:2]])
+def test_half_precision_estimator_gives_the_autocast_bits(item):
+    """The solve's bf16 estimator (its Linear / Conv1d weights and biases stored in bf16)
+    gives the same bits as the float32 estimator under the same bf16 autocast, which casts
+    those weights in every call; everything else in it stays float32."""
+    from tts.fast.s2mel import _FusedConv1d, fused, precision_context
+    from tts.parity import s2mel_cases as sc
+
+    fs, case = item
+    model = sc._model(fs, parity.RunOptions())
+    names = ("x", "prompt_x", "x_lens", "t", "style", "cond")
+    args = [sc._inp(fs, case, n, parity.RunOptions()) for n in names]
+    entry = fused(model.cfm.estimator)
+    half = entry.for_precision("bfloat16")
+    assert (
+        half is entry.for_precision("bfloat16")
+        and entry.for_precision("float32") is entry.estimator
+    )
+    matrix = (torch.nn.Linear, torch.nn.Conv1d, _FusedConv1d)
+    for module in half.modules():
+        own = list(module.parameters(recurse=False))
+        want = torch.bfloat16 if isinstance(module, matrix) else torch.float32
+        assert all(p.dtype == want for p in own), type(module).__name__
+    drop = bool((args[2] >= args[0].size(-1)).all())
+    half.transformer.drop = entry.estimator.transformer.drop = drop
+    with torch.no_grad(), precision_context("bfloat16", torch.device("cpu")):
+        got = half(*args)
+        want = entry.estimator(*args)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def _counted(calls: dict, name: str, fn):
     """``fn``, counting its calls in ``calls[name]`` (which kernels a decoder really ran)."""
 

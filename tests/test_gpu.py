@@ -940,6 +940,38 @@ def test_vocoder_bias_and_residual_folding_cuda(precision):
     assert torch.equal(got, want), float((got.float() - want.float()).abs().max())
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_half_precision_estimator_gives_the_autocast_bits_cuda(precision):
+    """At the official DiT size on CUDA, the solve's half-precision estimator (Linear / Conv1d
+    weights stored in half) gives the same bits as the float32 estimator under the same
+    autocast, both guidance branches of two rows at once."""
+    from tts.bench import bench_config, randomize_
+    from tts.fast.s2mel import fused, precision_context
+    from tts.models.s2mel import S2Mel
+
+    cfg, _, _ = bench_config(False)
+    with torch.no_grad():
+        s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).cuda().eval()
+    entry = fused(s2mel.cfm.estimator)
+    half = entry.for_precision(precision)
+    width = s2mel.cfm.estimator.cond_projection.in_features
+    gen = torch.Generator().manual_seed(0)
+    rows, frames = 4, 301
+    args = [
+        torch.randn(rows, 80, frames, generator=gen).cuda(),
+        torch.randn(rows, 80, frames, generator=gen).cuda(),
+        torch.full((rows,), frames, device="cuda"),
+        torch.rand(rows, generator=gen).cuda(),
+        torch.randn(rows, 192, generator=gen).cuda(),
+        torch.randn(rows, frames, width, generator=gen).cuda(),
+    ]
+    half.transformer.drop = entry.estimator.transformer.drop = True
+    with torch.no_grad(), precision_context(precision, torch.device("cuda")):
+        got = half(*args)
+        want = entry.estimator(*args)
+    assert torch.equal(got, want), float((got.float() - want.float()).abs().max())
+
+
 def test_half_gpt_under_autocast_keeps_a_half_cache_and_the_fused_path_cuda():
     """How the Engine runs a bf16 GPT: weights cast, autocast on, a float32 prefix (autocast's
     LayerNorms return float32). The static cache is then in the weights' dtype (every key and

@@ -47,6 +47,20 @@ def inputs(dit, rows: int, frames: int, device: torch.device, gen: torch.Generat
     )
 
 
+def replay_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` captured once in a CUDA graph and replayed (as the solve
+    runs its steps: the GPU's time without the host's launches)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_cuda_ms(graph.replay, repeats=repeats, warmup=2)
+
+
 def kernel_table(fn, top: int) -> tuple[list[dict], float]:
     """Kernels of one ``fn()``, grouped by name (count, total us), and their summed time."""
     from torch.profiler import ProfilerActivity, profile
@@ -84,8 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()
     entry = fused(s2mel.cfm.estimator)
-    est = entry.estimator if args.no_compile else entry.compiled()
-    entry.estimator.transformer.drop = True  # no padded row: no key mask, as in the solve
+    # What the solve runs under --precision (in half precision: the matrix layers' weights
+    # already in that dtype), and, as an A/B, the float32 estimator under the same autocast
+    # (the solve before 2026-12-06, which cast those weights in every call).
+    variants = {"solve": entry.for_precision(args.precision)}
+    if variants["solve"] is not entry.estimator:
+        variants["float32-weights"] = entry.estimator
+    for module in variants.values():
+        module.transformer.drop = True  # no padded row: no key mask, as in the solve
+    if not args.no_compile:
+        variants = {
+            "solve": entry.compiled(args.precision),
+            **({"float32-weights": entry.compiled("float32")} if len(variants) > 1 else {}),
+        }
     gen = torch.Generator().manual_seed(0)
     result = {"frames": args.frames, "precision": args.precision, "batches": []}
     for batch in (int(b) for b in args.batches.split(",")):
@@ -96,30 +121,47 @@ def main(argv: list[str] | None = None) -> int:
             entry.estimator(*args_in)
         flops = counter.get_total_flops()
 
-        def call(a=args_in):
-            with torch.no_grad(), precision_context(args.precision, device):
-                return est(*a)
-
         if device.type != "cuda":
-            call()
+            for module in variants.values():
+                with torch.no_grad(), precision_context(args.precision, device):
+                    module(*args_in)
             print(f"B={batch}: ran on {device} ({flops / 1e9:.1f} GFLOP per call)")
             continue
-        ms = median_cuda_ms(call, repeats=args.repeats, warmup=3)
-        table, busy_us = kernel_table(call, args.top)
-        rate = flops / (ms / 1e3) / 1e12
-        print(
-            f"B={batch:3d}: one estimator call {ms:.3f} ms ({flops / 1e9:.1f} GFLOP, "
-            f"{rate:.0f} TFLOP/s); kernels busy {busy_us / 1e3:.3f} ms; "
-            f"x 25 steps = {25 * ms:.1f} ms per solve"
-        )
-        for row in table:
+        entry_out: dict = {"batch": batch, "flops": flops, "variants": {}}
+        outputs = {}
+        for name, module in variants.items():
+
+            def call(m=module, a=args_in):
+                with torch.no_grad(), precision_context(args.precision, device):
+                    return m(*a)
+
+            ms = median_cuda_ms(call, repeats=args.repeats, warmup=3)
+            outputs[name] = call()
+            graph_ms = replay_ms(call, args.repeats)
+            rate = flops / (graph_ms / 1e3) / 1e12
             print(
-                f"  {row['us'] / 1e3:8.3f} ms {100 * row['us'] / busy_us:5.1f}%"
-                f"  {row['count']:4d}  {row['kernel']}"
+                f"B={batch:3d} {name}: one estimator call {ms:.3f} ms launched, {graph_ms:.3f} ms "
+                f"replayed from a CUDA graph ({flops / 1e9:.1f} GFLOP, {rate:.0f} TFLOP/s); "
+                f"x 25 steps = {25 * graph_ms:.1f} ms per solve"
             )
-        result["batches"].append(
-            {"batch": batch, "ms": ms, "flops": flops, "busy_ms": busy_us / 1e3, "kernels": table}
-        )
+            entry_out["variants"][name] = {"launched_ms": ms, "replayed_ms": graph_ms}
+            if name != "solve":
+                continue
+            table, busy_us = kernel_table(call, args.top)
+            print(f"  kernels busy {busy_us / 1e3:.3f} ms per call:")
+            for row in table:
+                print(
+                    f"  {row['us'] / 1e3:8.3f} ms {100 * row['us'] / busy_us:5.1f}%"
+                    f"  {row['count']:4d}  {row['kernel']}"
+                )
+            entry_out.update(busy_ms=busy_us / 1e3, kernels=table)
+        for name, out in outputs.items():
+            if name != "solve":
+                diff = float((out.float() - outputs["solve"].float()).abs().max())
+                same = torch.equal(out, outputs["solve"])
+                print(f"B={batch:3d} solve vs {name}: identical {same}, max |diff| {diff:.3e}")
+                entry_out[f"identical_{name}"] = same
+        result["batches"].append(entry_out)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -90,15 +90,35 @@ class FusedEstimator:
         self.versions = _versions(dit)
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.pool = None
-        self._compiled = None
+        self._half: dict[str, nn.Module] = {}
+        self._compiled: dict[str, nn.Module] = {}
         self.compile_failed = False
 
-    def compiled(self) -> nn.Module:
-        """``torch.compile`` of the fused estimator (Inductor fuses the norm / RoPE / gating
-        elementwise work between the matrix products); built on first use."""
-        if self._compiled is None:
-            self._compiled = torch.compile(self.estimator, dynamic=False)
-        return self._compiled
+    def for_precision(self, precision: str) -> nn.Module:
+        """The estimator to run under ``precision``. For ``bfloat16`` / ``float16`` a copy
+        whose matrix layers (Linear, Conv1d) hold their weights and biases in that dtype, made
+        on first use: autocast would cast them to it in every call anyway (about a hundred
+        small kernels per DiT call, a tenth of its GPU time at batch 1: docs/benchmarks.md, run
+        DD), and their products take the same operands either way. Everything else (norm
+        scales, embeddings) stays float32, as autocast leaves it."""
+        if precision not in ("bfloat16", "float16"):
+            return self.estimator
+        if precision not in self._half:
+            dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+            half = copy.deepcopy(self.estimator)
+            for module in half.modules():
+                if isinstance(module, (nn.Linear, nn.Conv1d, _FusedConv1d)):
+                    module.to(dtype)
+            self._half[precision] = half
+        return self._half[precision]
+
+    def compiled(self, precision: str = "float32") -> nn.Module:
+        """``torch.compile`` of :meth:`for_precision`'s estimator (Inductor fuses the norm /
+        RoPE / gating elementwise work between the matrix products); built on first use."""
+        key = precision if precision in ("bfloat16", "float16") else "float32"
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(self.for_precision(precision), dynamic=False)
+        return self._compiled[key]
 
 
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -163,12 +183,12 @@ def solve(
     :meth:`CFM.solve` (rows with prompts of different lengths; no CUDA graph then).
     """
     entry = fused(cfm.estimator)
-    est = entry.estimator
+    est = entry.for_precision(precision)
     # One host check before the loop: is any row padded? (x_lens lives on the device.)
     est.transformer.drop = bool((x_lens >= z.size(-1)).all())
     use_compiled = compile and not entry.compile_failed
     proxy = types.SimpleNamespace(
-        estimator=entry.compiled() if use_compiled else est,
+        estimator=entry.compiled(precision) if use_compiled else est,
         zero_prompt_speech_token=cfm.zero_prompt_speech_token,
     )
     if graphs is None:
@@ -180,7 +200,13 @@ def solve(
                     proxy, z, x_lens, prompt, mu, style, t_span, cfg_rate, trace, prompt_lens
                 )
         return _graph_solve(
-            entry, proxy, (z, x_lens, prompt, mu, style, t_span), cfg_rate, precision, use_compiled
+            entry,
+            proxy,
+            (z, x_lens, prompt, mu, style, t_span),
+            cfg_rate,
+            precision,
+            use_compiled,
+            est.transformer.drop,
         )
     except Exception as exc:
         if not use_compiled:
@@ -213,6 +239,7 @@ def _graph_solve(
     cfg_rate: float,
     precision: str,
     compiled: bool = False,
+    drop: bool = False,
 ) -> torch.Tensor:
     device = inputs[0].device
     # cuDNN's mode is in the key: a graph keeps the kernels chosen when it was captured.
@@ -220,7 +247,7 @@ def _graph_solve(
         tuple((tuple(t.shape), t.dtype) for t in inputs),
         float(cfg_rate),
         precision,
-        entry.estimator.transformer.drop,
+        drop,
         compiled,
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
