@@ -47,6 +47,16 @@ def inputs(dit, rows: int, frames: int, device: torch.device, gen: torch.Generat
     )
 
 
+def load_other(path: str):
+    """The module of another ``tts/fast/s2mel.py`` (its own cache of fused estimators)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("s2mel_other", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def replay_ms(fn, repeats: int) -> float:
     """Median milliseconds of ``fn()`` captured once in a CUDA graph and replayed (as the solve
     runs its steps: the GPU's time without the host's launches)."""
@@ -91,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--top", type=int, default=16)
+    p.add_argument(
+        "--other", default=None, help="an earlier tts/fast/s2mel.py: its solve estimator as an A/B"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -111,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             "solve": entry.compiled(args.precision),
             **({"float32-weights": entry.compiled("float32")} if len(variants) > 1 else {}),
         }
+    if args.other:
+        other = load_other(args.other).fused(s2mel.cfm.estimator)
+        module = other.for_precision(args.precision)
+        module.transformer.drop = True
+        variants["other"] = module if args.no_compile else other.compiled(args.precision)
     gen = torch.Generator().manual_seed(0)
     result = {"frames": args.frames, "precision": args.precision, "batches": []}
     for batch in (int(b) for b in args.batches.split(",")):

@@ -38,16 +38,26 @@ MAX_GRAPHS = 8
 
 
 class _FusedConv1d(nn.Module):
-    """A Conv1d with a fixed (already weight-normalised) weight and no padding of its own."""
+    """A Conv1d with a fixed (already weight-normalised) weight and no padding of its own.
+
+    ``channels_last``: run it as a 2-d convolution on a channels-last ``[B, C, 1, T]`` view, so
+    that cuDNN's NHWC kernels need no layout transposes around them (a tenth of a half-precision
+    DiT call at batch 1, docs/benchmarks.md, run DE); under torch.compile the layout change is
+    written by the kernel before. Other rounding than the 1-d form: half precision only."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.dilation = dilation
+        self.channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
+        if not self.channels_last:
+            return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        w4 = self.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x4, w4, self.bias, dilation=(1, self.dilation)).squeeze(2)
 
 
 class _MaskSwitch(nn.Module):
@@ -109,6 +119,8 @@ class FusedEstimator:
             for module in half.modules():
                 if isinstance(module, (nn.Linear, nn.Conv1d, _FusedConv1d)):
                     module.to(dtype)
+                if isinstance(module, _FusedConv1d):
+                    module.channels_last = True
             self._half[precision] = half
         return self._half[precision]
 
