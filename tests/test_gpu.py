@@ -830,6 +830,46 @@ def test_batched_render_equals_each_segment_alone_cuda(demo_engines, monkeypatch
     _write_report()
 
 
+def test_speaker_conditioning_queues_campplus_while_w2v_bert_runs_cuda(demo_engines, monkeypatch):
+    """Between w2v-bert's forward and the length regulator (the semantic codec, the prompt's
+    mel and CAMPPlus) a speaker conditioning makes no host-device synchronisation: nothing
+    there holds the host until w2v-bert's kernels have run (CUDA's sync debug mode raises on
+    one), so CAMPPlus's small kernels are queued meanwhile. The result is that of a
+    conditioning without the mode (the reordering changes no value)."""
+    from pathlib import Path
+
+    fast, _ = demo_engines
+    speaker = sorted((Path(__file__).resolve().parents[1] / "config" / "speakers").glob("*.wav"))[0]
+    fast.clear_prompt_cache()
+    want = fast.speaker_conditioning(speaker, emotion_too=True)
+    features = fast.part("features")
+    regulator = fast.part("s2mel").length_regulator
+    batch, regulate = features.batch, regulator.forward
+    entered = []
+
+    def batch_then_strict(waves):
+        out = batch(waves)
+        torch.cuda.set_sync_debug_mode("error")
+        entered.append("features")
+        return out
+
+    def lenient_regulate(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("default")
+        entered.append("regulator")
+        return regulate(*args, **kwargs)
+
+    monkeypatch.setattr(features, "batch", batch_then_strict)
+    monkeypatch.setattr(regulator, "forward", lenient_regulate)
+    fast.clear_prompt_cache()
+    try:
+        got = fast.speaker_conditioning(speaker, emotion_too=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert entered == ["features", "regulator"], entered
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name
+
+
 def test_filterbanks_equal_the_transformers_extractor_cuda(tmp_path):
     """The w2v-bert input filterbanks on CUDA (cuFFT in float64, the statistics by numpy on
     the CPU) against the transformers extractor on the CPU: the CPU test's waves and bound."""

@@ -199,6 +199,16 @@ def _mel_tables(
     return slaney_mel_filters(sample_rate, n_fft, n_mels, fmin, fmax), torch.hann_window(win_size)
 
 
+@lru_cache(maxsize=8)
+def _mel_tables_on(
+    device: str, dtype: torch.dtype, *table_args
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_mel_tables` on ``device`` in ``dtype``, copied there once: a copy from the host
+    makes the host wait for the GPU's queue to drain, which in the middle of the prompt
+    conditioning kept it from queueing the next model's kernels meanwhile."""
+    return tuple(t.to(device=device, dtype=dtype) for t in _mel_tables(*table_args))
+
+
 def mel_spectrogram(
     y: torch.Tensor,
     n_fft: int = 1024,
@@ -217,9 +227,9 @@ def mel_spectrogram(
     ``fmax=None`` means Nyquist. With ``center=False`` there are ``(N + pad*2 - n_fft)//hop + 1``
     frames.
     """
-    basis, window = _mel_tables(sampling_rate, n_fft, num_mels, float(fmin), fmax, win_size)
-    basis = basis.to(device=y.device, dtype=y.dtype)
-    window = window.to(device=y.device, dtype=y.dtype)
+    basis, window = _mel_tables_on(
+        str(y.device), y.dtype, sampling_rate, n_fft, num_mels, float(fmin), fmax, win_size
+    )
     pad = int((n_fft - hop_size) / 2)
     y = torch.nn.functional.pad(y.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
     spec = torch.stft(

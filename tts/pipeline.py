@@ -515,6 +515,12 @@ class Engine:
         wav22, sr = load_prompt(audio_path, SAMPLE_RATE)
         wav16 = resample(wav22, sr, 16000)
         dev = self.device
+        # Every copy from the host first (the mel's tables too, on a first call): such a copy
+        # waits for the GPU's queue to drain, so one made after w2v-bert's kernels were queued
+        # would hold the host until they ran, instead of letting it queue CAMPPlus's ~900
+        # small kernels meanwhile (tests/test_gpu.py checks that nothing there waits).
+        ref_mel = mel_spectrogram(wav22.to(dev), **mel_kwargs(self.cs.config["s2mel"]))
+        fbank = campplus_features(wav16).unsqueeze(0).to(dev)
         features = self.part("features")
         key = _file_key(audio_path)
         if emotion_too and key is not None and not self._is_kept("emotion", key):
@@ -523,9 +529,8 @@ class Engine:
         else:
             spk_cond_emb = features(wav16)
         _, s_ref = self.part("semantic_codec").quantize(spk_cond_emb)
-        ref_mel = mel_spectrogram(wav22.to(dev), **mel_kwargs(self.cs.config["s2mel"]))
-        style = self.part("campplus")(campplus_features(wav16).unsqueeze(0).to(dev))
-        ylens = torch.tensor([ref_mel.size(2)], device=dev)
+        style = self.part("campplus")(fbank)
+        ylens = torch.full((1,), ref_mel.size(2), device=dev)
         # s2mel's length regulator; loaded alone unless s2mel is (a speaker job needs no DiT).
         regulator = (
             self._parts["s2mel"].length_regulator

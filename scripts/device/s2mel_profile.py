@@ -53,6 +53,7 @@ def load_other(path: str):
 
     spec = importlib.util.spec_from_file_location("s2mel_other", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["s2mel_other"] = module  # TorchDynamo imports the module of what it traces
     spec.loader.exec_module(module)
     return module
 
