@@ -10,7 +10,9 @@ how the loop is launched:
 * when no row is padded (every ``x_lens`` covers the whole sequence, as in single-segment
   inference) the all-true key mask is dropped, so SDPA can pick flash attention;
 * ``precision``: ``float32`` (the reference), ``tf32`` (float32 tensors, TF32 matrix units) or
-  ``bfloat16`` / ``float16`` (autocast); parity bounds for each are in docs/gpu.md;
+  ``bfloat16`` / ``float16`` (autocast, on a copy whose matrix weights are stored in that dtype
+  and whose WaveNet convolutions run channels-last: :meth:`FusedEstimator.for_precision`);
+  parity bounds for each are in docs/gpu.md;
 * on CUDA the whole loop (25 steps x 13 DiT layers + WaveNet, ~10k kernels) is captured as one
   CUDA graph per input shape and replayed; the host never waits inside the loop.
 """
@@ -42,8 +44,8 @@ class _FusedConv1d(nn.Module):
 
     ``channels_last``: run it as a 2-d convolution on a channels-last ``[B, C, 1, T]`` view, so
     that cuDNN's NHWC kernels need no layout transposes around them (a tenth of a half-precision
-    DiT call at batch 1, docs/benchmarks.md, run DE); under torch.compile the layout change is
-    written by the kernel before. Other rounding than the 1-d form: half precision only."""
+    DiT call at batch 1, docs/benchmarks.md, runs DD-DF); under torch.compile the layout change
+    is written by the kernel before. Other rounding than the 1-d form: half precision only."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> None:
         super().__init__()
