@@ -992,7 +992,7 @@ def test_vocoder_bias_and_residual_folding_interpreted():
     inside the kernels (Triton's CPU interpreter) give the plain forward's bits: the activation
     with a bias equals the activation of ``x + bias`` rounded to x's dtype, the residual pass
     equals torch's separate adds, and the whole vocoder equals the plain forward with fused
-    activations, for one, two and four blocks per stage
+    activations, for one and four blocks per stage
     (a mean over 3, IndexTTS2's, is checked on CUDA: on the CPU torch divides where on CUDA it
     multiplies by the reciprocal, as the kernel does). Not bf16 here: the interpreter truncates
     float32 to bf16 where GPUs round; tests/test_gpu.py has it."""
@@ -1023,7 +1023,7 @@ def test_vocoder_bias_and_residual_folding_interpreted():
             inv = torch.ones((), dtype=torch.float32) / 3
             want = ((acc + ((y + b) + r)).float() * inv).to(dtype)
             assert torch.equal(got, want), dtype
-        for kernels in ([3], [3, 5], [3, 5, 7, 9]):
+        for kernels in ([3], [3, 5, 7, 9]):
             cfg = dict(
                 num_mels=8, upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4],
                 upsample_initial_channel=16, resblock="1", resblock_kernel_sizes=kernels,
@@ -1035,7 +1035,7 @@ def test_vocoder_bias_and_residual_folding_interpreted():
                 for name, p in voc.named_parameters():
                     if name.endswith("bias"):
                         p.normal_(0, 0.5)  # randomize_ zeroes biases: make them count
-                mel = torch.randn(2, 8, 23)
+                mel = torch.randn(2, 8, 11)
                 fuse_activations(voc, "triton")
                 got = voc(mel)
                 want = BigVGAN.forward(voc, mel)  # the class's forward: activations fused only
