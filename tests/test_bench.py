@@ -187,6 +187,35 @@ def test_render_flops_follow_steps_guidance_and_length():
     assert 1.9 * base["vocoder"] < longer["vocoder"] < 2.1 * base["vocoder"]
 
 
+def test_kernel_rows_group_cuda_kernels_by_name():
+    """scripts/device/'s kernel tables: CUDA events only, grouped by their names' first
+    ``width`` characters, counted and summed, longest first."""
+    from types import SimpleNamespace
+
+    from tts.bench import kernel_rows
+
+    def event(name, device, us):
+        return SimpleNamespace(name=name, device_type=SimpleNamespace(name=device), device_time=us)
+
+    events = [
+        event("gemm_kernel_a", "CUDA", 5.0),
+        event("aten::mm", "CPU", 100.0),
+        event("gemm_kernel_b", "CUDA", 7.0),
+        event("add", "CUDA", 1.5),
+        event("add", "CUDA", 2.5),
+    ]
+    prof = SimpleNamespace(events=lambda: events)
+    assert kernel_rows(prof) == [
+        {"kernel": "gemm_kernel_b", "count": 1, "us": 7.0},
+        {"kernel": "gemm_kernel_a", "count": 1, "us": 5.0},
+        {"kernel": "add", "count": 2, "us": 4.0},
+    ]
+    assert kernel_rows(prof, width=4) == [
+        {"kernel": "gemm", "count": 2, "us": 12.0},
+        {"kernel": "add", "count": 2, "us": 4.0},
+    ]
+
+
 def test_bench_refuses_half_on_cpu(tmp_path):
     args = build_parser().parse_args(
         [

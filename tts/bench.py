@@ -328,6 +328,21 @@ class StageClock:
         return out
 
 
+def kernel_rows(prof, width: int = 90) -> list[dict]:
+    """The CUDA kernels a ``torch.profiler`` run recorded, grouped by name (its first ``width``
+    characters): ``kernel``, ``count`` and total ``us``, longest first (the kernel tables of
+    scripts/device/)."""
+    rows: dict[str, dict] = {}
+    for ev in prof.events():
+        if ev.device_type.name != "CUDA":
+            continue
+        name = ev.name[:width]
+        row = rows.setdefault(name, {"kernel": name, "count": 0, "us": 0.0})
+        row["count"] += 1
+        row["us"] += ev.device_time
+    return sorted(rows.values(), key=lambda r: -r["us"])
+
+
 def median_cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
     """Median milliseconds of ``fn()`` on the current CUDA stream (CUDA events around each
     call, after ``warmup`` untimed calls): the kernel-timing helper of scripts/device/."""

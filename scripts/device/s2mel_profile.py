@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tts.bench import bench_config, median_cuda_ms, randomize_  # noqa: E402
+from tts.bench import bench_config, kernel_rows, median_cuda_ms, randomize_  # noqa: E402
 from tts.fast.s2mel import fused, precision_context  # noqa: E402
 from tts.models.s2mel import S2Mel  # noqa: E402
 
@@ -81,15 +81,8 @@ def kernel_table(fn, top: int) -> tuple[list[dict], float]:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    rows: dict[str, dict] = {}
-    for ev in prof.events():
-        if ev.device_type.name != "CUDA":
-            continue
-        row = rows.setdefault(ev.name[:100], {"kernel": ev.name[:100], "count": 0, "us": 0.0})
-        row["count"] += 1
-        row["us"] += ev.device_time
-    busy = sum(r["us"] for r in rows.values())
-    return sorted(rows.values(), key=lambda r: -r["us"])[:top], busy
+    rows = kernel_rows(prof, width=100)
+    return rows[:top], sum(r["us"] for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:

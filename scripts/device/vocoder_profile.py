@@ -47,7 +47,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tts.bench import TINY_BIGVGAN, median_cuda_ms, randomize_, vocoder_flops  # noqa: E402
+from tts.bench import (  # noqa: E402
+    TINY_BIGVGAN,
+    kernel_rows,
+    median_cuda_ms,
+    randomize_,
+    vocoder_flops,
+)
 from tts.fast import bigvgan as fast_bigvgan  # noqa: E402
 from tts.fast.s2mel import precision_context  # noqa: E402
 from tts.models.bigvgan import Activation1d, BigVGAN, WNConv  # noqa: E402
@@ -127,14 +133,7 @@ def kernel_table(model, mel, precision: str, top: int = 14) -> list[dict]:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(mel)
             torch.cuda.synchronize()
-    rows = {}
-    for ev in prof.events():
-        if ev.device_type.name != "CUDA":
-            continue
-        row = rows.setdefault(ev.name[:90], {"kernel": ev.name[:90], "count": 0, "us": 0.0})
-        row["count"] += 1
-        row["us"] += ev.device_time
-    return sorted(rows.values(), key=lambda r: -r["us"])[:top]
+    return kernel_rows(prof)[:top]
 
 
 def main(argv: list[str] | None = None) -> int:
