@@ -36,6 +36,7 @@ from tts.models import dit as _dit
 # The plain solver, kept before tts.fast.patched() can replace CFM.solve.
 PLAIN_SOLVE = _cfm.CFM.solve
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # the autocast precisions
 MAX_GRAPHS = 8
 
 
@@ -113,14 +114,13 @@ class FusedEstimator:
         small kernels per DiT call, a tenth of its GPU time at batch 1: docs/benchmarks.md, run
         DD), and their products take the same operands either way. Everything else (norm
         scales, embeddings) stays float32, as autocast leaves it."""
-        if precision not in ("bfloat16", "float16"):
+        if precision not in HALF:
             return self.estimator
         if precision not in self._half:
-            dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
             half = copy.deepcopy(self.estimator)
             for module in half.modules():
                 if isinstance(module, (nn.Linear, nn.Conv1d, _FusedConv1d)):
-                    module.to(dtype)
+                    module.to(HALF[precision])
                 if isinstance(module, _FusedConv1d):
                     module.channels_last = True
             self._half[precision] = half
@@ -129,7 +129,7 @@ class FusedEstimator:
     def compiled(self, precision: str = "float32") -> nn.Module:
         """``torch.compile`` of :meth:`for_precision`'s estimator (Inductor fuses the norm /
         RoPE / gating elementwise work between the matrix products); built on first use."""
-        key = precision if precision in ("bfloat16", "float16") else "float32"
+        key = precision if precision in HALF else "float32"
         if key not in self._compiled:
             self._compiled[key] = torch.compile(self.for_precision(precision), dynamic=False)
         return self._compiled[key]
@@ -155,8 +155,8 @@ def precision_context(precision: str, device: torch.device):
     """Autocast / TF32 settings for one solve (restored afterwards)."""
     if precision not in PRECISIONS:
         raise ValueError(f"s2mel precision {precision!r} is not one of {PRECISIONS}")
-    if precision in ("bfloat16", "float16"):
-        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+    if precision in HALF:
+        dtype = HALF[precision]
         # No autocast weight cache: a CUDA graph must not keep pointers to cached casts.
         with torch.autocast(device.type, dtype=dtype, cache_enabled=False):
             yield
