@@ -379,9 +379,8 @@ def fuse_activations(vocoder: torch.nn.Module, mode: str = "auto") -> torch.nn.M
     for module in vocoder.modules():
         if isinstance(module, _bigvgan.Activation1d):
             module.forward = forward.__get__(module, _bigvgan.Activation1d)
-    blocks = getattr(vocoder, "resblocks", None)
     if isinstance(vocoder, _bigvgan.BigVGAN) and all(
-        isinstance(b, _bigvgan.AMPBlock1) for b in blocks
+        isinstance(b, _bigvgan.AMPBlock1) for b in vocoder.resblocks
     ):
         vocoder.forward = _patched_vocoder_forward(mode).__get__(vocoder, _bigvgan.BigVGAN)
     return vocoder
