@@ -533,3 +533,68 @@ def test_persistent_bench_script_runs_interpreted(tmp_path):
                 "persistent_6x2_maxdiff",
             ]
             assert not any(k.endswith("_failed") for k in rows[r])
+
+
+def _pass_timeline_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "pass_timeline.py"
+    spec = importlib.util.spec_from_file_location("pass_timeline", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_pass_timeline_charges_idle_time_to_the_host_stage():
+    """pass_timeline.idle_report on a made-up trace: kernels overlapping in time count once,
+    an idle gap is charged to the stage the host was in when it began, and the longest gap
+    names the host's innermost operator then."""
+    script = _pass_timeline_script()
+
+    def mark(t, name):
+        return {"name": script.MARK + name, "ph": "X", "ts": t, "dur": 0, "cat": "user_annotation"}
+
+    events = [
+        mark(0, "begin"),
+        {"cat": "kernel", "ts": 10, "dur": 40},
+        {"cat": "kernel", "ts": 30, "dur": 30},  # overlaps the first: busy 10-60
+        {"cat": "gpu_memcpy", "ts": 100, "dur": 50},  # idle 60-100 (spk), busy 100-150
+        mark(120, "spk"),
+        {"cat": "cpu_op", "name": "outer", "ts": 140, "dur": 200},
+        {"cat": "cpu_op", "name": "inner", "ts": 150, "dur": 50},
+        {"cat": "kernel", "ts": 400, "dur": 100},  # idle 150-400, begins in gpt, at "inner"
+        mark(500, "gpt"),
+    ]
+    rec = script.idle_report(events, min_gap_us=1.0)
+    assert rec["span_ms"] == 0.5 and rec["busy_ms"] == 0.2
+    assert abs(rec["idle_ms"] - 0.3) < 1e-12
+    assert rec["idle_ms_by_host_stage"] == {"spk": 0.05, "gpt": 0.25}
+    assert rec["host_stage_ms"] == {"spk": 0.12, "gpt": 0.38}
+    first = rec["longest_gaps"][0]
+    assert first["ms"] == 0.25 and first["stage"] == "gpt" and first["host"] == "inner"
+
+
+def test_pass_timeline_script_runs_on_cpu(tmp_path):
+    """scripts/device/pass_timeline.py (the GPU's idle time in a whole benchmark pass) runs:
+    tiny set, CPU; with no GPU events the whole pass is idle time, charged to the stages."""
+    torch.set_num_threads(1)
+    script = _pass_timeline_script()
+    out = tmp_path / "timeline.json"
+    argv = ["--tiny", "--device", "cpu", "--batch", "1", "--tokens", "3", "--text-tokens", "4"]
+    argv += ["--prompt-seconds", "1", "--diffusion-steps", "2", "--precision", "float32"]
+    argv += ["--gpt-decoder", "graphkk", "--passes", "1", "--json", str(out)]
+    argv += ["--write-checkpoints", str(tmp_path / "ckpt")]
+    assert script.main(argv) == 0
+    rec = json.loads(out.read_text())["passes"][0]
+    assert rec["busy_ms"] == 0 and rec["span_ms"] > 0
+    assert set(rec["host_stage_ms"]) == {
+        "spk_cond",
+        "emo_cond",
+        "gpt_generate",
+        "gpt_latent",
+        "s2mel",
+        "vocoder",
+        "post",
+    }
+    assert abs(sum(rec["idle_ms_by_host_stage"].values()) - rec["span_ms"]) < 1e-6

@@ -896,12 +896,34 @@ def test_half_precision_estimator_gives_the_autocast_bits(item):
         own = list(module.parameters(recurse=False))
         want = torch.bfloat16 if isinstance(module, matrix) else torch.float32
         assert all(p.dtype == want for p in own), type(module).__name__
+        if isinstance(module, _FusedConv1d):  # stored once in the layout its 2-d form reads
+            assert module.channels_last
+            assert module.weight.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
     drop = bool((args[2] >= args[0].size(-1)).all())
     half.transformer.drop = entry.estimator.transformer.drop = drop
     with torch.no_grad(), precision_context("bfloat16", torch.device("cpu")):
         got = half(*args)
         want = entry.estimator(*args)
     assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_fused_conv_switches_between_its_1d_and_channels_last_forms():
+    """A WaveNet convolution of the solve's copy stores its weight once in the layout of the
+    form it runs (channels-last for the 2-d form, so no call copies it; contiguous for the
+    1-d one), and both forms compute the same convolution."""
+    from tts.fast.s2mel import _FusedConv1d
+
+    gen = torch.Generator().manual_seed(3)
+    conv = _FusedConv1d(torch.randn(6, 4, 3, generator=gen), torch.randn(6, generator=gen), 2)
+    x = torch.randn(2, 4, 17, generator=gen)
+    want = torch.nn.functional.conv1d(x, conv.weight, conv.bias, dilation=2)
+    conv.set_channels_last(True)
+    assert conv.weight.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    torch.testing.assert_close(conv(x), want, rtol=1e-6, atol=1e-6)
+    conv.set_channels_last(False)
+    assert conv.weight.is_contiguous() and not conv.channels_last
+    assert torch.equal(conv(x), want)
 
 
 def _counted(calls: dict, name: str, fn):

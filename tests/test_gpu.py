@@ -999,6 +999,9 @@ def test_half_precision_estimator_gives_the_autocast_bits_cuda(precision):
     half = entry.for_precision(precision)
     convs = [m for m in half.modules() if isinstance(m, _FusedConv1d)]
     assert convs and all(m.channels_last for m in convs)
+    assert all(
+        m.weight.unsqueeze(2).is_contiguous(memory_format=torch.channels_last) for m in convs
+    )
     width = s2mel.cfm.estimator.cond_projection.in_features
     gen = torch.Generator().manual_seed(0)
     rows, frames = 4, 301
@@ -1017,12 +1020,12 @@ def test_half_precision_estimator_gives_the_autocast_bits_cuda(precision):
             want = entry.estimator(*args)
             got = half(*args)
             for m in convs:
-                m.channels_last = False
+                m.set_channels_last(False)
             try:
                 got_1d = half(*args)
             finally:
                 for m in convs:
-                    m.channels_last = True
+                    m.set_channels_last(True)
     assert torch.equal(got_1d, want), float((got_1d.float() - want.float()).abs().max())
     bound = HALF_BOUNDS["autocast"][torch.bfloat16 if precision == "bfloat16" else torch.float16]
     for name, out in (("channels-last", got), ("autocast", want)):

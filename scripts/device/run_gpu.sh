@@ -22,6 +22,9 @@
 #   trace     scripts/device/loop_trace.py --checkpoints $CK $TRACE_ARGS (the benchmark's decode
 #             loop against decode_profile's stepping on the same GPT and prompt, other buckets,
 #             and a torch.profiler summary of the loop: kernels, busy time, gaps)
+#   timeline  scripts/device/pass_timeline.py --checkpoints $CK $TIMELINE_ARGS (one benchmark pass
+#             under torch.profiler: the GPU's busy and idle time, the idle time by the host's
+#             stage, the longest gaps and the host's operator in each)
 #   sweep     scripts/device/attention_sweep.py $SWEEP_ARGS (launch settings of the decode
 #             attention kernel at the GPT's shapes; no checkpoints)
 #   choice    scripts/device/choice_bench.py $CHOICE_ARGS (the decode step's token choice, piece by
@@ -86,6 +89,7 @@ PROFILE_ARGS="${PROFILE_ARGS:-}"
 AB_OLD="${AB_OLD:-.bench/decode_old.py}" AB_ARGS="${AB_ARGS:-}"
 CUDNN_ARGS="${CUDNN_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --gpt-decoder graphkp --batch 1,16 --repeats 2 --rounds 2}"
 TRACE_ARGS="${TRACE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphkp --repeats 3}"
+TIMELINE_ARGS="${TIMELINE_ARGS:---precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphkk}"
 SWEEP_ARGS="${SWEEP_ARGS:-}"
 CHOICE_ARGS="${CHOICE_ARGS:-}"
 COND_ARGS="${COND_ARGS:-}"
@@ -102,11 +106,11 @@ CALLS_ARGS="${CALLS_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
-T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_SWEEP="${T_SWEEP:-180}"
+T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_TIMELINE="${T_TIMELINE:-150}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_S2MEL="${T_S2MEL:-150}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
 T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_COUNTERS="${T_COUNTERS:-240}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json trace.json sweep.json vocoder.json s2mel.json choice.json cond.json load.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json s2mel.json choice.json cond.json load.json render.json cudnn.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -257,7 +261,7 @@ main() {
   local s
   setup || { echo "setup failed"; return 1; }
   if ! want set && { want bench || want official || want cudnn || want trace || want cond || want load \
-      || want render || want workflow; } \
+      || want render || want workflow || want timeline; } \
       && [ ! -f "$CK/.complete" ]; then
     SECTIONS="set $SECTIONS"
   fi
@@ -292,6 +296,10 @@ main() {
     scripts/device/cudnn_ab.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $CUDNN_ARGS \
     --json "$OUT/cudnn.json"
   # shellcheck disable=SC2086
+  # shellcheck disable=SC2086
+  want timeline && section timeline "$T_TIMELINE" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/pass_timeline.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" \
+    $TIMELINE_ARGS --json "$OUT/timeline.json"
   want trace && section trace "$T_TRACE" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/loop_trace.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $TRACE_ARGS \
     --json "$OUT/trace.json"

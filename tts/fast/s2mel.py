@@ -46,7 +46,8 @@ class _FusedConv1d(nn.Module):
     ``channels_last``: run it as a 2-d convolution on a channels-last ``[B, C, 1, T]`` view, so
     that cuDNN's NHWC kernels need no layout transposes around them (a tenth of a half-precision
     DiT call at batch 1, docs/benchmarks.md, runs DD-DF); under torch.compile the layout change
-    is written by the kernel before. Other rounding than the 1-d form: half precision only."""
+    is written by the kernel before. Other rounding than the 1-d form: half precision only.
+    :meth:`set_channels_last` stores the weight in that layout once, so no call copies it."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int) -> None:
         super().__init__()
@@ -55,11 +56,21 @@ class _FusedConv1d(nn.Module):
         self.dilation = dilation
         self.channels_last = False
 
+    def set_channels_last(self, on: bool) -> None:
+        """Run as the channels-last 2-d convolution (``on``) or as the plain 1-d one, with the
+        weight stored for that form: [out, in, k] in (out, k, in) order for the former, so that
+        its [out, in, 1, k] view is already channels-last (run DF's profile: 8 weight copies a
+        DiT call otherwise), and contiguous for the latter, whose cuDNN kernel would otherwise
+        follow the weight's layout."""
+        w = self.weight.data
+        self.weight.data = w.transpose(1, 2).contiguous().transpose(1, 2) if on else w.contiguous()
+        self.channels_last = on
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.channels_last:
             return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        w4 = self.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        w4 = self.weight.unsqueeze(2)  # channels-last already (set_channels_last)
         return F.conv2d(x4, w4, self.bias, dilation=(1, self.dilation)).squeeze(2)
 
 
@@ -122,7 +133,7 @@ class FusedEstimator:
                 if isinstance(module, (nn.Linear, nn.Conv1d, _FusedConv1d)):
                     module.to(HALF[precision])
                 if isinstance(module, _FusedConv1d):
-                    module.channels_last = True
+                    module.set_channels_last(True)
             self._half[precision] = half
         return self._half[precision]
 
