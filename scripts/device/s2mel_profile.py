@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tts.bench import bench_config, kernel_rows, median_cuda_ms, randomize_  # noqa: E402
 from tts.fast.s2mel import fused, precision_context  # noqa: E402
 from tts.models.s2mel import S2Mel  # noqa: E402
+from tts.pipeline import configure_cudnn  # noqa: E402
 
 
 def inputs(dit, rows: int, frames: int, device: torch.device, gen: torch.Generator) -> tuple:
@@ -47,13 +48,13 @@ def inputs(dit, rows: int, frames: int, device: torch.device, gen: torch.Generat
     )
 
 
-def load_other(path: str):
+def load_other(path: str, name: str = "s2mel_other"):
     """The module of another ``tts/fast/s2mel.py`` (its own cache of fused estimators)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("s2mel_other", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["s2mel_other"] = module  # TorchDynamo imports the module of what it traces
+    sys.modules[name] = module  # TorchDynamo imports the module of what it traces
     spec.loader.exec_module(module)
     return module
 
@@ -96,11 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--top", type=int, default=16)
     p.add_argument(
-        "--other", default=None, help="an earlier tts/fast/s2mel.py: its solve estimator as an A/B"
+        "--other",
+        action="append",
+        default=[],
+        help="another tts/fast/s2mel.py (repeatable): its solve estimator as an A/B",
     )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    configure_cudnn()  # as the Engine runs: cuDNN's deterministic kernels, TF32 off
+    # Each variant and batch size compiles the DiT's forward anew, one Dynamo cache entry each;
+    # past Dynamo's limit (8) the later ones would run eagerly, silently (run DL).
+    torch._dynamo.config.recompile_limit = 64
     cfg, _, _ = bench_config(args.tiny)
     with torch.no_grad():
         s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()
@@ -118,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             "solve": entry.compiled(args.precision),
             **({"float32-weights": entry.compiled("float32")} if len(variants) > 1 else {}),
         }
-    if args.other:
-        other = load_other(args.other).fused(s2mel.cfm.estimator)
+    for i, path in enumerate(args.other):
+        other = load_other(path, f"s2mel_other{i}").fused(s2mel.cfm.estimator)
         module = other.for_precision(args.precision)
         module.transformer.drop = True
-        variants["other"] = module if args.no_compile else other.compiled(args.precision)
+        name = "other" if len(args.other) == 1 else f"other{i}"
+        variants[name] = module if args.no_compile else other.compiled(args.precision)
     gen = torch.Generator().manual_seed(0)
     result = {"frames": args.frames, "precision": args.precision, "batches": []}
     for batch in (int(b) for b in args.batches.split(",")):
