@@ -560,13 +560,16 @@ def test_pass_timeline_charges_idle_time_to_the_host_stage():
 
     events = [
         mark(0, "begin"),
-        {"cat": "kernel", "ts": 10, "dur": 40},
+        {"cat": "cuda_runtime", "ts": 5, "dur": 1, "args": {"correlation": 1}},
+        {"cat": "kernel", "ts": 10, "dur": 40, "args": {"correlation": 1}},
         {"cat": "kernel", "ts": 30, "dur": 30},  # overlaps the first: busy 10-60
         {"cat": "gpu_memcpy", "ts": 100, "dur": 50},  # idle 60-100 (spk), busy 100-150
         mark(120, "spk"),
         {"cat": "cpu_op", "name": "outer", "ts": 140, "dur": 200},
         {"cat": "cpu_op", "name": "inner", "ts": 150, "dur": 50},
-        {"cat": "kernel", "ts": 400, "dur": 100},  # idle 150-400, begins in gpt, at "inner"
+        {"cat": "cuda_driver", "ts": 160, "dur": 1, "args": {"correlation": 2}},
+        # idle 150-400, begins in gpt, at "inner"; launched in gpt
+        {"cat": "kernel", "ts": 400, "dur": 100, "args": {"correlation": 2}},
         mark(500, "gpt"),
     ]
     rec = script.idle_report(events, min_gap_us=1.0)
@@ -574,6 +577,9 @@ def test_pass_timeline_charges_idle_time_to_the_host_stage():
     assert abs(rec["idle_ms"] - 0.3) < 1e-12
     assert rec["idle_ms_by_host_stage"] == {"spk": 0.05, "gpt": 0.25}
     assert rec["host_stage_ms"] == {"spk": 0.12, "gpt": 0.38}
+    assert rec["gpu_ms_by_launching_stage"] == pytest.approx(
+        {"spk": 0.04, "gpt": 0.1, "(unknown launch)": 0.08}
+    )
     first = rec["longest_gaps"][0]
     assert first["ms"] == 0.25 and first["stage"] == "gpt" and first["host"] == "inner"
 

@@ -9,7 +9,8 @@ after warm-up passes, then one pass under torch.profiler, and reports:
 * the pass's span (first to last stage mark, host clock), the GPU's busy time (the union of
   kernels, copies and memsets) and its idle time;
 * the idle time by the stage the host was in when each gap began (the stage marks are
-  ``tts.bench.StageClock.mark`` calls, recorded as profiler annotations);
+  ``tts.bench.StageClock.mark`` calls, recorded as profiler annotations), and the GPU time by
+  the stage that launched it (summed durations: kernels that overlap count twice);
 * the longest gaps, each with the host's innermost operator at the gap's start.
 
     python3 scripts/device/pass_timeline.py --checkpoints /tmp/bench_ckpt --json "$OUT/t.json" \\
@@ -110,6 +111,20 @@ def idle_report(events: list[dict], min_gap_us: float = 20.0, top: int = 15) -> 
     for a, b in gaps:
         by_stage[stage_at(a)] += (b - a) / 1e3
     longest = sorted(gaps, key=lambda g: g[0] - g[1])[:top]
+    # GPU time by the stage that launched it: a kernel's correlation id names its launch call
+    # (for a CUDA graph's kernels, the graph launch), whose host time gives the stage.
+    launched_at = {
+        e["args"]["correlation"]: float(e["ts"])
+        for e in events
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    gpu_by_stage: dict[str, float] = {name: 0.0 for _, name in marks}
+    for e in events:
+        if e.get("cat") not in GPU_CATEGORIES:
+            continue
+        launch = launched_at.get(e.get("args", {}).get("correlation"))
+        name = "(unknown launch)" if launch is None else stage_at(launch)
+        gpu_by_stage[name] = gpu_by_stage.get(name, 0.0) + float(e.get("dur", 0.0)) / 1e3
     stage_ms, prev = {}, begin
     for t, name in marks:
         stage_ms[name] = stage_ms.get(name, 0.0) + (t - prev) / 1e3
@@ -120,6 +135,7 @@ def idle_report(events: list[dict], min_gap_us: float = 20.0, top: int = 15) -> 
         "idle_ms": sum(b - a for a, b in gaps) / 1e3,
         "host_stage_ms": stage_ms,
         "idle_ms_by_host_stage": by_stage,
+        "gpu_ms_by_launching_stage": gpu_by_stage,
         "longest_gaps": [
             {
                 "ms": (b - a) / 1e3,
@@ -189,6 +205,8 @@ def main(argv: list[str]) -> int:
             f"pass {i}: span {rec['span_ms']:.1f} ms, GPU busy {rec['busy_ms']:.1f} ms, idle "
             f"{rec['idle_ms']:.1f} ms; idle by host stage: "
             + ", ".join(f"{k} {v:.1f}" for k, v in rec["idle_ms_by_host_stage"].items())
+            + "; GPU time by launching stage: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in rec["gpu_ms_by_launching_stage"].items())
             + "; host stages: "
             + ", ".join(f"{k} {v:.1f}" for k, v in rec["host_stage_ms"].items())
         )
