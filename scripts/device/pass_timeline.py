@@ -17,7 +17,7 @@ after warm-up passes, then one pass under torch.profiler, and reports:
         --precision bfloat16:bfloat16+compile:bfloat16 --batch 1 --gpt-decoder graphkk
 
 (or ``SECTIONS=timeline bash scripts/device/run_gpu.sh``). On the CPU there are no GPU events:
-the stage spans are still reported (a smoke test, tests/test_fast.py).
+the stage spans are still reported (a smoke test, tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -68,38 +68,10 @@ def stage_marks(events: list[dict]) -> list[tuple[float, str]]:
     )
 
 
-def idle_report(events: list[dict], min_gap_us: float = 20.0, top: int = 15) -> dict:
-    """GPU busy and idle time from the ``begin`` mark (the pass's start) to the last stage
-    mark, the idle time by the host's stage at each gap's start, and the ``top`` longest gaps
-    with the host's innermost operator then. Gaps shorter than ``min_gap_us`` count as idle
-    but are not listed."""
-    marks = stage_marks(events)
-    begins = [t for t, name in marks if name == "begin"]
-    marks = [(t, name) for t, name in marks if name != "begin"]
-    if len(begins) != 1 or not marks:
-        raise ValueError("the trace needs one begin mark and at least one stage mark")
-    begin = begins[0]
-    end = marks[-1][0]
-    busy = [
-        (max(a, begin), min(b, end)) for a, b in busy_intervals(events) if b > begin and a < end
-    ]
-    ends = [t for t, _ in marks]
-
-    def stage_at(t: float) -> str:
-        i = bisect.bisect_left(ends, t)
-        return marks[min(i, len(marks) - 1)][1]
-
-    ops = sorted(
-        (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), str(e.get("name", "?")))
-        for e in events
-        if e.get("cat") in ("cpu_op", "user_annotation", "python_function")
-        and not str(e.get("name", "")).startswith(MARK)
-    )
-
-    def host_op(t: float) -> str:
-        inner = [(b - a, name) for a, b, name in ops if a <= t < b]
-        return min(inner)[1][:80] if inner else "(no operator)"
-
+def idle_gaps(
+    busy: list[tuple[float, float]], begin: float, end: float
+) -> list[tuple[float, float]]:
+    """The [start, end) intervals between ``begin`` and ``end`` that no busy interval covers."""
     gaps, prev = [], begin
     for a, b in busy:
         if a > prev:
@@ -107,35 +79,82 @@ def idle_report(events: list[dict], min_gap_us: float = 20.0, top: int = 15) -> 
         prev = max(prev, b)
     if end > prev:
         gaps.append((prev, end))
-    by_stage: dict[str, float] = {name: 0.0 for _, name in marks}
-    for a, b in gaps:
-        by_stage[stage_at(a)] += (b - a) / 1e3
-    longest = sorted(gaps, key=lambda g: g[0] - g[1])[:top]
-    # GPU time by the stage that launched it: a kernel's correlation id names its launch call
-    # (for a CUDA graph's kernels, the graph launch), whose host time gives the stage.
+    return gaps
+
+
+def gpu_ms_by_launch(events: list[dict], stage_at) -> dict[str, float]:
+    """GPU milliseconds by the stage that launched them: a GPU event's correlation id names its
+    launch call (for a CUDA graph's kernels, the graph launch), whose host time ``stage_at``
+    turns into a stage. Summed durations: GPU events that overlap count twice."""
     launched_at = {
         e["args"]["correlation"]: float(e["ts"])
         for e in events
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
     }
-    gpu_by_stage: dict[str, float] = {name: 0.0 for _, name in marks}
+    out: dict[str, float] = {}
     for e in events:
-        if e.get("cat") not in GPU_CATEGORIES:
-            continue
-        launch = launched_at.get(e.get("args", {}).get("correlation"))
-        name = "(unknown launch)" if launch is None else stage_at(launch)
-        gpu_by_stage[name] = gpu_by_stage.get(name, 0.0) + float(e.get("dur", 0.0)) / 1e3
-    stage_ms, prev = {}, begin
+        if e.get("cat") in GPU_CATEGORIES:
+            launch = launched_at.get(e.get("args", {}).get("correlation"))
+            name = "(unknown launch)" if launch is None else stage_at(launch)
+            out[name] = out.get(name, 0.0) + float(e.get("dur", 0.0)) / 1e3
+    return out
+
+
+def innermost_op(events: list[dict]):
+    """A function of a host time: the name of the shortest host operator running then."""
+    ops = [
+        (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), str(e.get("name", "?")))
+        for e in events
+        if e.get("cat") in ("cpu_op", "user_annotation", "python_function")
+        and not str(e.get("name", "")).startswith(MARK)
+    ]
+
+    def at(t: float) -> str:
+        inner = [(b - a, name) for a, b, name in ops if a <= t < b]
+        return min(inner)[1][:80] if inner else "(no operator)"
+
+    return at
+
+
+def idle_report(events: list[dict], min_gap_us: float = 20.0, top: int = 15) -> dict:
+    """From the ``begin`` mark (the pass's start) to the last stage mark: the GPU's busy and
+    idle time, the host time of each stage, the idle time by the host's stage at each gap's
+    start, the GPU time by launching stage (:func:`gpu_ms_by_launch`), and the ``top`` longest
+    gaps with the host's innermost operator then. Gaps shorter than ``min_gap_us`` count as
+    idle but are not listed."""
+    marks = stage_marks(events)
+    begins = [t for t, name in marks if name == "begin"]
+    marks = [(t, name) for t, name in marks if name != "begin"]
+    if len(begins) != 1 or not marks:
+        raise ValueError("the trace needs one begin mark and at least one stage mark")
+    begin, end = begins[0], marks[-1][0]
+    busy = [
+        (max(a, begin), min(b, end)) for a, b in busy_intervals(events) if b > begin and a < end
+    ]
+    gaps = idle_gaps(busy, begin, end)
+    ends = [t for t, _ in marks]
+
+    def stage_at(t: float) -> str:
+        return marks[min(bisect.bisect_left(ends, t), len(marks) - 1)][1]
+
+    stage_ms, idle_by_stage, prev = {}, {}, begin
     for t, name in marks:
         stage_ms[name] = stage_ms.get(name, 0.0) + (t - prev) / 1e3
-        prev = t
+        idle_by_stage[name], prev = 0.0, t
+    for a, b in gaps:
+        idle_by_stage[stage_at(a)] += (b - a) / 1e3
+    host_op = innermost_op(events)
+    longest = sorted(gaps, key=lambda g: g[0] - g[1])[:top]
     return {
         "span_ms": (end - begin) / 1e3,
         "busy_ms": sum(b - a for a, b in busy) / 1e3,
         "idle_ms": sum(b - a for a, b in gaps) / 1e3,
         "host_stage_ms": stage_ms,
-        "idle_ms_by_host_stage": by_stage,
-        "gpu_ms_by_launching_stage": gpu_by_stage,
+        "idle_ms_by_host_stage": idle_by_stage,
+        "gpu_ms_by_launching_stage": {
+            **{name: 0.0 for _, name in marks},
+            **gpu_ms_by_launch(events, stage_at),
+        },
         "longest_gaps": [
             {
                 "ms": (b - a) / 1e3,
