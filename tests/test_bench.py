@@ -15,6 +15,18 @@ from tts.bench import Variant, randomize_
 from tts.cli import build_parser
 
 
+def _device_script(name: str):
+    """scripts/device/<name>.py imported as a module (its own name, not a package's)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scripts_device_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_variant_parse():
     assert Variant.parse("float32").name == "float32:float32:float32"
     assert Variant.parse("bfloat16:tf32").name == "bfloat16:tf32:tf32"
@@ -239,14 +251,8 @@ def test_bench_refuses_half_on_cpu(tmp_path):
 def test_cudnn_ab_script_runs_on_cpu(tmp_path, monkeypatch):
     """scripts/device/cudnn_ab.py (the GPU measurement of cuDNN's two modes) runs: tiny set,
     CPU, one round; both modes measured, every stage timed, cuDNN left deterministic."""
-    import importlib.util
-    from pathlib import Path
-
     torch.set_num_threads(1)
-    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "cudnn_ab.py"
-    spec = importlib.util.spec_from_file_location("cudnn_ab", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _device_script("cudnn_ab")
     for name in ("benchmark", "deterministic", "enabled", "allow_tf32"):
         monkeypatch.setattr(torch.backends.cudnn, name, getattr(torch.backends.cudnn, name))
     out = tmp_path / "cudnn.json"
@@ -291,17 +297,11 @@ def test_loop_trace_script_runs_on_cpu(tmp_path):
     """scripts/device/loop_trace.py (the GPU comparison of the benchmark's decode loop with
     decode_profile's stepping) runs: tiny set, CPU; every measurement but the CUDA trace is
     there, the driver saw the benchmark's prompt, and the decoder is unwrapped afterwards."""
-    import importlib.util
-    from pathlib import Path
-
     from tts.fast import decode as fast_decode
 
     torch.set_num_threads(1)
     plain = fast_decode.generate
-    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "loop_trace.py"
-    spec = importlib.util.spec_from_file_location("loop_trace", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _device_script("loop_trace")
     out = tmp_path / "trace.json"
     assert (
         script.main(
@@ -409,14 +409,7 @@ def _ncu_csv(kc, layers: int, drop: int | None = None) -> str:
 @pytest.fixture
 def kernel_counters():
     """scripts/device/kernel_counters.py imported as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "kernel_counters.py"
-    spec = importlib.util.spec_from_file_location("scripts_device_kernel_counters", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _device_script("kernel_counters")
 
 
 def test_kernel_counters_labels_and_summarizes_ncu_csv(kernel_counters):
@@ -538,22 +531,11 @@ def test_persistent_bench_script_runs_interpreted(tmp_path):
             assert not any(k.endswith("_failed") for k in rows[r])
 
 
-def _pass_timeline_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "device" / "pass_timeline.py"
-    spec = importlib.util.spec_from_file_location("pass_timeline", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_pass_timeline_charges_idle_time_to_the_host_stage():
     """pass_timeline.idle_report on a made-up trace: kernels overlapping in time count once,
     an idle gap is charged to the stage the host was in when it began, and the longest gap
     names the host's innermost operator then."""
-    script = _pass_timeline_script()
+    script = _device_script("pass_timeline")
 
     def mark(t, name):
         return {"name": script.MARK + name, "ph": "X", "ts": t, "dur": 0, "cat": "user_annotation"}
@@ -588,7 +570,7 @@ def test_pass_timeline_script_runs_on_cpu(tmp_path):
     """scripts/device/pass_timeline.py (the GPU's idle time in a whole benchmark pass) runs:
     tiny set, CPU; with no GPU events the whole pass is idle time, charged to the stages."""
     torch.set_num_threads(1)
-    script = _pass_timeline_script()
+    script = _device_script("pass_timeline")
     out = tmp_path / "timeline.json"
     argv = ["--tiny", "--device", "cpu", "--batch", "1", "--tokens", "3", "--text-tokens", "4"]
     argv += ["--prompt-seconds", "1", "--diffusion-steps", "2", "--precision", "float32"]

@@ -923,6 +923,22 @@ def fill_defaults(args: argparse.Namespace) -> None:
     args.text_tokens = args.text_tokens or 60
 
 
+def script_args(
+    argv: list[str], default_precision: str
+) -> tuple[argparse.Namespace, Variant, str, list[int]]:
+    """``tts bench``'s options in ``argv`` for a device script that runs its passes (the script
+    parses its own options first): the arguments with :func:`fill_defaults` applied, the first
+    ``--precision`` variant (``default_precision`` if none), the first decoder and the batch
+    sizes."""
+    from tts.cli import build_parser
+
+    args = build_parser().parse_args(["bench", *argv])
+    fill_defaults(args)
+    variant = Variant.parse((args.precision or [default_precision])[0])
+    batches = [int(b) for b in str(args.batch).split(",") if b]
+    return args, variant, args.gpt_decoder.split(",")[0], batches
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from tts.pipeline import resolve_device
 

@@ -28,8 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tts.bench import STAGES, Bench, Variant, _log, fill_defaults  # noqa: E402
-from tts.cli import build_parser  # noqa: E402
+from tts.bench import STAGES, Bench, _log, script_args  # noqa: E402
 from tts.pipeline import configure_cudnn  # noqa: E402
 
 MODES = {"deterministic": False, "benchmark": True}
@@ -41,11 +40,7 @@ def main(argv: list[str]) -> int:
     own.add_argument("--json")
     mine, rest = own.parse_known_args(argv)
     rounds, out = mine.rounds, mine.json
-    args = build_parser().parse_args(["bench", *rest])
-    fill_defaults(args)
-    variant = Variant.parse((args.precision or ["bfloat16:bfloat16+compile:bfloat16"])[0])
-    decoder = args.gpt_decoder.split(",")[0]
-    batches = [int(b) for b in str(args.batch).split(",") if b]
+    args, variant, decoder, batches = script_args(rest, "bfloat16:bfloat16+compile:bfloat16")
     bench = Bench(args)
     samples: dict[tuple[str, int], list[dict]] = {}
     for r in range(rounds):

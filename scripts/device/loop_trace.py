@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_profile import one_run, trace_events  # noqa: E402
 
-from tts.bench import Bench, Variant, _log, fill_defaults  # noqa: E402
-from tts.cli import build_parser  # noqa: E402
+from tts.bench import Bench, _log, script_args  # noqa: E402
 from tts.fast import decode as fast_decode  # noqa: E402
 
 PLAIN_GENERATE = fast_decode.generate
@@ -68,11 +67,8 @@ def main(argv: list[str]) -> int:
     own.add_argument("--buckets", default="128,256")
     own.add_argument("--json")
     mine, rest = own.parse_known_args(argv)
-    args = build_parser().parse_args(["bench", *rest])
-    fill_defaults(args)
-    variant = Variant.parse((args.precision or ["bfloat16:bfloat16+compile:bfloat16"])[0])
-    decoder = args.gpt_decoder.split(",")[0]
-    batch = int(str(args.batch).split(",")[0])
+    args, variant, decoder, batches = script_args(rest, "bfloat16:bfloat16+compile:bfloat16")
+    batch = batches[0]
     bench = Bench(args)
     seen: dict = {}
     mode: dict = {}

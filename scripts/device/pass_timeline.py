@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_profile import trace_events  # noqa: E402
 
 from tts import bench as tts_bench  # noqa: E402
-from tts.bench import Bench, Variant, _log, fill_defaults  # noqa: E402
-from tts.cli import build_parser  # noqa: E402
+from tts.bench import Bench, Variant, _log, script_args  # noqa: E402
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 MARK = "stage_mark:"  # profiler annotation names of the stage marks
@@ -201,11 +200,8 @@ def main(argv: list[str]) -> int:
     own.add_argument("--json")
     own.add_argument("--passes", type=int, default=2, help="profiled passes (the report: each)")
     mine, rest = own.parse_known_args(argv)
-    args = build_parser().parse_args(["bench", *rest])
-    fill_defaults(args)
-    variant = Variant.parse((args.precision or ["float32"])[0])
-    decoder = args.gpt_decoder.split(",")[0]
-    batch = int(str(args.batch).split(",")[0])
+    args, variant, decoder, batches = script_args(rest, "float32")
+    batch = batches[0]
     bench = Bench(args)
     _log(f">> warm-up: {variant.name} decoder={decoder} batch={batch}")
     res = bench.run(variant, batch, decoder, warmup=1, repeats=1)
