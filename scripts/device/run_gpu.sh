@@ -296,10 +296,10 @@ main() {
     scripts/device/cudnn_ab.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $CUDNN_ARGS \
     --json "$OUT/cudnn.json"
   # shellcheck disable=SC2086
-  # shellcheck disable=SC2086
   want timeline && section timeline "$T_TIMELINE" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/pass_timeline.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" \
     $TIMELINE_ARGS --json "$OUT/timeline.json"
+  # shellcheck disable=SC2086
   want trace && section trace "$T_TRACE" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/loop_trace.py --device "$DEVICE" $SIZE_ARG --checkpoints "$CK" $TRACE_ARGS \
     --json "$OUT/trace.json"
