@@ -926,6 +926,47 @@ def test_fused_conv_switches_between_its_1d_and_channels_last_forms():
     assert torch.equal(conv(x), want)
 
 
+def test_compiled_estimator_compiles_past_dynamos_default_limit(monkeypatch):
+    """Every batch size of a compiled estimator runs compiled, however small Dynamo's global
+    recompile limit: past it plain ``torch.compile`` would run the forward eagerly with only a
+    warning (run DL), as the control shows. Dynamo's cache and limit are exercised with its
+    ``eager`` backend (no Inductor), on the first DiT fixture case."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    from tts.fast import s2mel as fast_s2mel
+    from tts.fast.s2mel import fused
+    from tts.parity import s2mel_cases as sc
+
+    fs, case = DIT[0]
+    model = sc._model(fs, parity.RunOptions())
+    names = ("x", "prompt_x", "x_lens", "t", "style", "cond")
+    args = [sc._inp(fs, case, n, parity.RunOptions()) for n in names]
+    plain_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", functools.partial(plain_compile, backend="eager"))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+
+    def graphs_for_three_batch_sizes(module) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        for rows in (1, 2, 3):
+            batch = [a[:1].expand(rows, *a.shape[1:]).contiguous() for a in args]
+            with torch.no_grad():
+                module(*batch)
+        return counters["stats"]["unique_graphs"]
+
+    entry = fused(model.cfm.estimator)
+    entry.estimator.transformer.drop = True
+    assert graphs_for_three_batch_sizes(entry.compiled("float32")) == 3
+    control = torch.compile(entry.estimator, dynamic=False)
+    assert graphs_for_three_batch_sizes(control) == 1
+    # Past its own limit a compiled estimator raises (solve() records the fallback).
+    monkeypatch.setattr(fast_s2mel, "RECOMPILE_LIMIT", 2)
+    with pytest.raises(Exception, match="recompile"):
+        graphs_for_three_batch_sizes(fast_s2mel._Compiled(entry.estimator))
+
+
 def _counted(calls: dict, name: str, fn):
     """``fn``, counting its calls in ``calls[name]`` (which kernels a decoder really ran)."""
 

@@ -982,11 +982,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for d in (v.decoders or decoders)
         for b in (v.batches or batches)
     ]
-    # Each configuration with a compiled DiT compiles its forward again (one Dynamo cache entry
-    # per precision and batch size), and past Dynamo's limit (8) the later ones would run
-    # eagerly with only a warning.
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = max(limit, 2 * len(plan) + 8)
     if args.eager_baseline and "eager" not in decoders:
         plan.append((variants[0], "eager", (variants[0].batches or batches)[0], 1))  # slow
     official = None

@@ -60,6 +60,9 @@
 #             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
 #   s2mel     scripts/device/s2mel_profile.py $S2MEL_ARGS (one compiled DiT call of the solve at the
 #             benchmark's shapes: time, FLOP rate, kernel table; no checkpoints)
+#   repro     scripts/device/compile_repro.py $REPRO_ARGS (whether the compiled DiT gives the same bits
+#             called again, compiled again, in another process, and in Inductor's deterministic
+#             mode; no checkpoints)
 #   ab        scripts/device/capture_ab.py --old $AB_OLD $AB_ARGS (the decode loop of an earlier
 #             tts/fast/decode.py against the current one; AB_OLD default .bench/decode_old.py,
 #             made here with e.g. git show 32ce661:tts/fast/decode.py > .bench/decode_old.py)
@@ -98,6 +101,7 @@ RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
 S2MEL_ARGS="${S2MEL_ARGS:-}"
+REPRO_ARGS="${REPRO_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:-}"
 COUNTERS_ARGS="${COUNTERS_ARGS:-}"
 BARRIER_ARGS="${BARRIER_ARGS:-}"
@@ -107,10 +111,10 @@ TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: a
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_TIMELINE="${T_TIMELINE:-150}" T_SWEEP="${T_SWEEP:-180}"
-T_VOCODER="${T_VOCODER:-120}" T_S2MEL="${T_S2MEL:-150}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
+T_VOCODER="${T_VOCODER:-120}" T_S2MEL="${T_S2MEL:-150}" T_REPRO="${T_REPRO:-420}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
 T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_COUNTERS="${T_COUNTERS:-240}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json s2mel.json choice.json cond.json load.json render.json cudnn.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json s2mel.json choice.json cond.json load.json render.json cudnn.json repro.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -347,6 +351,10 @@ main() {
   want s2mel && section s2mel "$T_S2MEL" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/s2mel_profile.py --device "$DEVICE" $SIZE_ARG $S2MEL_ARGS \
     --json "$OUT/s2mel.json"
+  # shellcheck disable=SC2086
+  want repro && section repro "$T_REPRO" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/compile_repro.py --device "$DEVICE" $SIZE_ARG $REPRO_ARGS \
+    --work /tmp/compile_repro --json "$OUT/repro.json"
   if want ab; then
     # shellcheck disable=SC2086
     section ab "$T_AB" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" scripts/device/capture_ab.py \

@@ -106,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     configure_cudnn()  # as the Engine runs: cuDNN's deterministic kernels, TF32 off
-    # Each variant and batch size compiles the DiT's forward anew, one Dynamo cache entry each;
-    # past Dynamo's limit (8) the later ones would run eagerly, silently (run DL).
-    torch._dynamo.config.recompile_limit = 64
     cfg, _, _ = bench_config(args.tiny)
     with torch.no_grad():
         s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()

@@ -38,6 +38,10 @@ PLAIN_SOLVE = _cfm.CFM.solve
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # the autocast precisions
 MAX_GRAPHS = 8
+# Dynamo keeps one cache entry of the DiT's forward per compiled estimator and input shape, in
+# one cache for the whole process; past its limit (8 by default) it would run later ones
+# eagerly with only a warning (docs/benchmarks.md, run DL).
+RECOMPILE_LIMIT = 64
 
 
 class _FusedConv1d(nn.Module):
@@ -84,6 +88,21 @@ class _MaskSwitch(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.inner(x, c, None if self.drop else mask)
+
+
+class _Compiled(nn.Module):
+    """``torch.compile`` of an estimator whose calls never fall back to eager silently: they
+    run with room for :data:`RECOMPILE_LIMIT` entries in Dynamo's cache, and past it they
+    raise (which :func:`solve` records as a fallback) instead of running uncompiled."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = torch.compile(module, dynamic=False)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+            return self.module(*args)
 
 
 class FusedEstimator:
@@ -139,10 +158,11 @@ class FusedEstimator:
 
     def compiled(self, precision: str = "float32") -> nn.Module:
         """``torch.compile`` of :meth:`for_precision`'s estimator (Inductor fuses the norm /
-        RoPE / gating elementwise work between the matrix products); built on first use."""
+        RoPE / gating elementwise work between the matrix products); built on first use. Its
+        calls compile or raise, never run eagerly unnoticed (:class:`_Compiled`)."""
         key = precision if precision in HALF else "float32"
         if key not in self._compiled:
-            self._compiled[key] = torch.compile(self.for_precision(precision), dynamic=False)
+            self._compiled[key] = _Compiled(self.for_precision(precision))
         return self._compiled[key]
 
 

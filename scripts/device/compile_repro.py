@@ -1,0 +1,174 @@
+"""Does the compiled DiT give the same bits twice? (issue 8; the question run DL left open).
+
+Run DL found that a second ``torch.compile`` of the same half-precision DiT, in the same
+process, gave other bits at batch 16 than the first (max 4.7e-2), while one compiled module
+called again did not. A likely cause is Inductor's on-device benchmarking: where it may choose
+between several Triton configurations of a reduction, it times them and keeps the fastest, and
+configurations that split a reduction differently round differently. Inductor's
+``deterministic`` mode skips that choice. This script tells the cases apart, for the DiT at the
+benchmark's shapes (``tts.bench.randomize_`` weights, one estimator call on ``[2B, 80,
+frames]``):
+
+* the first compiled instance called twice (run to run);
+* a second instance, made from another import of ``tts/fast/s2mel.py`` (instance to instance);
+* one process per ``--modes`` entry, each with its own Inductor cache, the first instance's
+  outputs compared between the processes of a mode (process to process); mode 1 compiles in
+  Inductor's deterministic mode;
+* the call's time replayed from a CUDA graph, to price the deterministic mode.
+
+    python3 scripts/device/compile_repro.py --modes 0,0,1,1 --json "$OUT/repro.json"
+
+(or ``SECTIONS=repro bash scripts/device/run_gpu.sh``). CPU smoke test: ``--device cpu --tiny
+--no-compile`` (tests/test_fast.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from s2mel_profile import inputs, load_other, replay_ms  # noqa: E402
+
+from tts.bench import bench_config, randomize_  # noqa: E402
+from tts.fast import s2mel as fast_s2mel  # noqa: E402
+from tts.models.s2mel import S2Mel  # noqa: E402
+from tts.pipeline import configure_cudnn  # noqa: E402
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Whether two outputs are bit-identical, and their largest absolute difference."""
+    return {
+        "identical": bool(torch.equal(a, b)),
+        "max_abs": float((a.float() - b.float()).abs().max()),
+    }
+
+
+def compare(dirs: list[str]) -> dict:
+    """The saved outputs of the runs in ``dirs``, each against the first run's, by batch."""
+    first = Path(dirs[0])
+    result: dict = {}
+    for path in sorted(first.glob("b*.pt")):
+        ref = torch.load(path, weights_only=True)
+        for other in dirs[1:]:
+            out = torch.load(Path(other) / path.name, weights_only=True)
+            result[f"{path.stem} {first.name} vs {Path(other).name}"] = difference(ref, out)
+    return result
+
+
+def estimators(s2mel: S2Mel, precision: str, compiled: bool) -> tuple:
+    """Two independent inference copies of the DiT under ``precision``: this package's, and one
+    from a second import of ``tts/fast/s2mel.py`` (its own cache of fused copies, so its own
+    ``torch.compile``)."""
+    other_module = load_other(fast_s2mel.__file__, "s2mel_second")
+    pair = []
+    for module in (fast_s2mel, other_module):
+        entry = module.fused(s2mel.cfm.estimator)
+        est = entry.for_precision(precision)
+        est.transformer.drop = True  # no padded row: no key mask, as in the solve
+        pair.append(entry.compiled(precision) if compiled else est)
+    return tuple(pair)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--frames", type=int, default=1721, help="prompt 861 + generated 860 frames")
+    p.add_argument("--batches", default="16,1", help="rows B (the call runs 2B: both branches)")
+    p.add_argument("--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16"])
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--modes",
+        default="0,0,1,1",
+        help="one process per entry, each with its own Inductor cache: 1 = deterministic mode",
+    )
+    p.add_argument("--work", default="/tmp/compile_repro", help="the processes' outputs, caches")
+    p.add_argument("--child", choices=["0", "1"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--save", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    result = run(args) if args.child is not None else processes(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def processes(args: argparse.Namespace) -> dict:
+    """One child process per ``--modes`` entry, then each mode's runs compared to its first."""
+    work = Path(args.work)
+    own = ["--device", args.device, "--frames", str(args.frames), "--batches", args.batches]
+    own += ["--precision", args.precision, "--repeats", str(args.repeats)]
+    own += ["--tiny"] * args.tiny + ["--no-compile"] * args.no_compile
+    runs: dict[str, list[Path]] = {"0": [], "1": []}
+    result: dict = {"runs": {}, "compared": {}}
+    for i, mode in enumerate(args.modes.split(",")):
+        out = work / f"run{i}_det{mode}"
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor{i}")}
+        cmd = [sys.executable, __file__, *own, "--child", mode, "--save", str(out)]
+        cmd += ["--json", str(work / f"run{i}.json")]
+        subprocess.run(cmd, env=env, check=True)
+        result["runs"][out.name] = json.loads((work / f"run{i}.json").read_text())
+        runs[mode].append(out)
+    for dirs in runs.values():
+        if len(dirs) > 1:
+            result["compared"].update(compare([str(d) for d in dirs]))
+    if runs["0"] and runs["1"]:  # how far the deterministic mode's bits are from the default's
+        result["compared"].update(compare([str(runs["0"][0]), str(runs["1"][0])]))
+    for name, diff in result["compared"].items():
+        print(f"{name}: identical {diff['identical']}, max |diff| {diff['max_abs']:.3e}")
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Both instances on each batch size's inputs; see the module docstring."""
+    device = torch.device(args.device)
+    configure_cudnn()  # as the Engine runs: cuDNN's deterministic kernels, TF32 off
+    deterministic = args.child == "1"
+    torch._inductor.config.deterministic = deterministic
+    cfg, _, _ = bench_config(args.tiny)
+    with torch.no_grad():
+        s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()
+    first, second = estimators(s2mel, args.precision, not args.no_compile)
+    result: dict = {"deterministic": deterministic, "precision": args.precision}
+    save = Path(args.save) if args.save else None
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+    for batch in (int(b) for b in args.batches.split(",")):
+        # Inputs seeded by the batch size alone, so separate runs feed the same numbers.
+        gen = torch.Generator().manual_seed(batch)
+        args_in = inputs(s2mel.cfm.estimator, 2 * batch, args.frames, device, gen)
+
+        def call(m, a=args_in):
+            with torch.no_grad(), fast_s2mel.precision_context(args.precision, device):
+                return m(*a).clone()
+
+        out1, out2, out3 = call(first), call(first), call(second)
+        row = {
+            "run_to_run": difference(out1, out2),
+            "instance_to_instance": difference(out1, out3),
+        }
+        if device.type == "cuda":
+            row["replayed_ms"] = replay_ms(lambda: call(first), args.repeats)
+        if save:
+            torch.save(out1.cpu(), save / f"b{batch}.pt")
+        result[f"b{batch}"] = row
+        print(
+            f"B={batch:3d} deterministic={deterministic}: run to run "
+            f"{row['run_to_run']}, instance to instance {row['instance_to_instance']}"
+            + (f", {row['replayed_ms']:.3f} ms replayed" if "replayed_ms" in row else "")
+        )
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
