@@ -599,7 +599,7 @@ def test_compile_repro_script_runs_on_cpu(tmp_path):
         sys.executable,
         str(root / "scripts" / "device" / "compile_repro.py"),
         *("--tiny", "--device", "cpu", "--no-compile", "--frames", "30", "--batches", "2,1"),
-        *("--modes", "0,0,1", "--work", str(tmp_path / "work"), "--json", str(out)),
+        *("--modes", "0,0,1", "--work", str(tmp_path / "work"), "--json", str(out), "--locate"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -615,6 +615,7 @@ def test_compile_repro_script_runs_on_cpu(tmp_path):
     ]
     assert len(result["compared"]) == 4  # b1, b2: run0 vs run1, run0 vs run2
     for runs in result["runs"].values():
+        assert runs["b1_first_difference"] is None and runs["b2_first_difference"] is None
         for batch in ("b1", "b2"):
             assert runs[batch]["run_to_run"]["identical"]
             assert runs[batch]["instance_to_instance"]["identical"]
@@ -626,3 +627,9 @@ def test_compile_repro_script_runs_on_cpu(tmp_path):
     torch.save(torch.zeros(3), a / "b1.pt")
     torch.save(torch.tensor([0.0, 0.5, 0.0]), b / "b1.pt")
     assert repro.compare([str(a), str(b)]) == {"b1 a vs b": {"identical": False, "max_abs": 0.5}}
+    # The locator names the first submodule whose output changes from call to call.
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5), torch.nn.Linear(3, 3))
+    x = torch.randn(4, 3)
+    found = repro.locate(net.train(), lambda: net(x), 3)
+    assert found == {"call": 1, "module": "1", "type": "Dropout", "inputs_same": True}
+    assert repro.locate(net.eval(), lambda: net(x), 3) is None

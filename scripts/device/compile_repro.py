@@ -64,6 +64,51 @@ def compare(dirs: list[str]) -> dict:
     return result
 
 
+def fingerprint(t: torch.Tensor) -> tuple[int, int]:
+    """Two integer checksums of a tensor's bits (any one changed element changes them, barring
+    a coincidence): the sum of its raw words, and their sum weighted by position."""
+    words = t.detach().contiguous().view(-1)
+    words = words.view(
+        {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    )
+    words = words.to(torch.int64)
+    weights = torch.arange(words.numel(), device=words.device) % 65521 + 1
+    return int(words.sum()), int((words * weights).sum())
+
+
+def locate(module: torch.nn.Module, call, calls: int) -> dict | None:
+    """Where the uncompiled ``module``'s calls first stop repeating the first call: every
+    submodule's inputs and output fingerprinted through forward hooks, over ``calls`` calls.
+    Returns the first submodule (in the order their forwards finish) whose output differs in
+    the first call that differs, with whether its inputs were the same; None if all repeat."""
+    records: list[tuple[str, list, tuple | None]] = []
+
+    def hook(name):
+        def record(_mod, inputs, output):
+            ins = [fingerprint(x) for x in inputs if isinstance(x, torch.Tensor)]
+            out = fingerprint(output) if isinstance(output, torch.Tensor) else None
+            records.append((name, ins, out))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n or "<top>")) for n, m in module.named_modules()]
+    try:
+        runs = []
+        for _ in range(calls):
+            records.clear()
+            call()
+            runs.append(list(records))
+    finally:
+        for h in handles:
+            h.remove()
+    for k, run in enumerate(runs[1:], start=1):
+        for (name, ins0, out0), (_, ins, out) in zip(runs[0], run, strict=True):
+            if out != out0:
+                kind = type(module.get_submodule("" if name == "<top>" else name)).__name__
+                return {"call": k, "module": name, "type": kind, "inputs_same": ins == ins0}
+    return None
+
+
 def estimators(s2mel: S2Mel, precision: str, compiled: bool) -> tuple:
     """Two independent inference copies of the DiT under ``precision``: this package's, and one
     from a second import of ``tts/fast/s2mel.py`` (its own cache of fused copies, so its own
@@ -87,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16"])
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--calls", type=int, default=3, help="calls of the first instance compared")
+    p.add_argument(
+        "--locate", action="store_true", help="uncompiled: the first submodule that differs"
+    )
     p.add_argument(
         "--modes",
         default="0,0,1,1",
@@ -108,7 +157,8 @@ def processes(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     own = ["--device", args.device, "--frames", str(args.frames), "--batches", args.batches]
     own += ["--precision", args.precision, "--repeats", str(args.repeats)]
-    own += ["--tiny"] * args.tiny + ["--no-compile"] * args.no_compile
+    own += ["--calls", str(args.calls)]
+    own += ["--tiny"] * args.tiny + ["--no-compile"] * args.no_compile + ["--locate"] * args.locate
     runs: dict[str, list[Path]] = {"0": [], "1": []}
     result: dict = {"runs": {}, "compared": {}}
     for i, mode in enumerate(args.modes.split(",")):
@@ -152,10 +202,16 @@ def run(args: argparse.Namespace) -> dict:
             with torch.no_grad(), fast_s2mel.precision_context(args.precision, device):
                 return m(*a).clone()
 
-        out1, out2, out3 = call(first), call(first), call(second)
+        if args.locate:
+            result[f"b{batch}_first_difference"] = locate(first, lambda: call(first), args.calls)
+        outs = [call(first) for _ in range(args.calls)]
+        out1, out3 = outs[0], call(second)
         row = {
-            "run_to_run": difference(out1, out2),
+            "run_to_run": difference(out1, outs[1]),
             "instance_to_instance": difference(out1, out3),
+            # which calls of the first instance repeat its first call's bits, and its second's
+            "calls_equal_first": [torch.equal(out1, o) for o in outs],
+            "calls_equal_second": [torch.equal(outs[1], o) for o in outs],
         }
         if device.type == "cuda":
             row["replayed_ms"] = replay_ms(lambda: call(first), args.repeats)
@@ -166,7 +222,11 @@ def run(args: argparse.Namespace) -> dict:
             f"B={batch:3d} deterministic={deterministic}: run to run "
             f"{row['run_to_run']}, instance to instance {row['instance_to_instance']}"
             + (f", {row['replayed_ms']:.3f} ms replayed" if "replayed_ms" in row else "")
+            + f"; calls equal to the first {row['calls_equal_first']}, to the second "
+            f"{row['calls_equal_second']}"
         )
+        if args.locate:
+            print(f"B={batch:3d} first difference: {result[f'b{batch}_first_difference']}")
     return result
 
 
