@@ -25,6 +25,8 @@ frames]``):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -62,6 +64,16 @@ def compare(dirs: list[str]) -> dict:
             out = torch.load(Path(other) / path.name, weights_only=True)
             result[f"{path.stem} {first.name} vs {Path(other).name}"] = difference(ref, out)
     return result
+
+
+def sdpa_backends(name: str):
+    """A context allowing only the named attention backend of
+    ``F.scaled_dot_product_attention`` ("default": PyTorch's own choice)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if name == "default":
+        return contextlib.nullcontext()
+    return sdpa_kernel([getattr(SDPBackend, name.upper())])
 
 
 def fingerprint(t: torch.Tensor) -> tuple[int, int]:
@@ -132,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16"])
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
+    p.add_argument(
+        "--sdpa",
+        default="default",
+        choices=["default", "flash_attention", "efficient_attention", "cudnn_attention", "math"],
+    )
     p.add_argument("--calls", type=int, default=3, help="calls of the first instance compared")
     p.add_argument(
         "--locate", action="store_true", help="uncompiled: the first submodule that differs"
@@ -157,7 +175,7 @@ def processes(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     own = ["--device", args.device, "--frames", str(args.frames), "--batches", args.batches]
     own += ["--precision", args.precision, "--repeats", str(args.repeats)]
-    own += ["--calls", str(args.calls)]
+    own += ["--calls", str(args.calls), "--backend", args.backend, "--sdpa", args.sdpa]
     own += ["--tiny"] * args.tiny + ["--no-compile"] * args.no_compile + ["--locate"] * args.locate
     runs: dict[str, list[Path]] = {"0": [], "1": []}
     result: dict = {"runs": {}, "compared": {}}
@@ -188,8 +206,11 @@ def run(args: argparse.Namespace) -> dict:
     cfg, _, _ = bench_config(args.tiny)
     with torch.no_grad():
         s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()
+    if args.backend != "inductor":  # Dynamo alone, or with AOTAutograd: is Inductor the cause?
+        torch.compile = functools.partial(torch.compile, backend=args.backend)
     first, second = estimators(s2mel, args.precision, not args.no_compile)
     result: dict = {"deterministic": deterministic, "precision": args.precision}
+    result.update(backend=args.backend, sdpa=args.sdpa)
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
@@ -200,7 +221,8 @@ def run(args: argparse.Namespace) -> dict:
 
         def call(m, a=args_in):
             with torch.no_grad(), fast_s2mel.precision_context(args.precision, device):
-                return m(*a).clone()
+                with sdpa_backends(args.sdpa):
+                    return m(*a).clone()
 
         if args.locate:
             result[f"b{batch}_first_difference"] = locate(first, lambda: call(first), args.calls)
