@@ -967,6 +967,40 @@ def test_compiled_estimator_compiles_past_dynamos_default_limit(monkeypatch):
         graphs_for_three_batch_sizes(fast_s2mel._Compiled(entry.estimator))
 
 
+def test_solve_falls_back_to_the_plain_estimator_when_compiling_fails(monkeypatch):
+    """A compiled estimator that raises (e.g. past its recompile limit) costs the solve
+    nothing but speed: the solve returns the uncompiled estimator's result, records the
+    fallback (tts.fast.FALLBACKS, with a warning) and does not try compiling again."""
+    import tts.fast as fast
+    from tts.fast import s2mel as fast_s2mel
+    from tts.parity import s2mel_cases as sc
+
+    fs, case = CFM[0]
+    model = sc._model(fs, parity.RunOptions())
+    names = ("noise_z", "x_lens", "prompt", "mu", "style")
+    args = [sc._inp(fs, case, n, parity.RunOptions()) for n in names]
+    t_span = torch.linspace(0, 1, int(case["args"]["n_timesteps"]) + 1)
+    cfg = float(case["args"]["inference_cfg_rate"])
+    want = fast_s2mel.solve(model.cfm, *args, t_span, cfg, graphs=False)
+    calls = []
+
+    def failing(self, *a):
+        calls.append(1)
+        raise RuntimeError("recompile limit reached (simulated)")
+
+    monkeypatch.setattr(fast_s2mel._Compiled, "forward", failing)
+    monkeypatch.setattr(fast, "FALLBACKS", [])
+    with pytest.warns(RuntimeWarning, match="s2mel estimator torch.compile"):
+        got = fast_s2mel.solve(model.cfm, *args, t_span, cfg, graphs=False, compile=True)
+    assert torch.equal(got, want)
+    assert fast.FALLBACKS == [
+        ("s2mel estimator torch.compile", "RuntimeError: recompile limit reached (simulated)")
+    ]
+    assert fast_s2mel.fused(model.cfm.estimator).compile_failed and calls == [1]
+    again = fast_s2mel.solve(model.cfm, *args, t_span, cfg, graphs=False, compile=True)
+    assert torch.equal(again, want) and calls == [1]
+
+
 def _counted(calls: dict, name: str, fn):
     """``fn``, counting its calls in ``calls[name]`` (which kernels a decoder really ran)."""
 
