@@ -945,15 +945,14 @@ def test_compiled_estimator_compiles_past_dynamos_default_limit(monkeypatch):
     args = [sc._inp(fs, case, n, parity.RunOptions()) for n in names]
     plain_compile = torch.compile
     monkeypatch.setattr(torch, "compile", functools.partial(plain_compile, backend="eager"))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
 
     def graphs_for_three_batch_sizes(module) -> int:
         torch._dynamo.reset()
         counters.clear()
-        for rows in (1, 2, 3):
-            batch = [a[:1].expand(rows, *a.shape[1:]).contiguous() for a in args]
-            with torch.no_grad():
-                module(*batch)
+        # (Dynamo's config is patched through its own context: monkeypatch would delete it.)
+        with torch._dynamo.config.patch(recompile_limit=1), torch.no_grad():
+            for rows in (1, 2, 3):
+                module(*[a[:1].expand(rows, *a.shape[1:]).contiguous() for a in args])
         return counters["stats"]["unique_graphs"]
 
     entry = fused(model.cfm.estimator)
