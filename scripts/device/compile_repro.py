@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from s2mel_profile import inputs, load_other, replay_ms  # noqa: E402
+from s2mel_profile import dit_arguments, inputs, load_other, replay_ms  # noqa: E402
 
 from tts.bench import bench_config, randomize_  # noqa: E402
 from tts.fast import s2mel as fast_s2mel  # noqa: E402
@@ -137,13 +137,7 @@ def estimators(s2mel: S2Mel, precision: str, compiled: bool) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--frames", type=int, default=1721, help="prompt 861 + generated 860 frames")
-    p.add_argument("--batches", default="16,1", help="rows B (the call runs 2B: both branches)")
-    p.add_argument("--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16"])
-    p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--repeats", type=int, default=10)
+    dit_arguments(p, batches="16,1")
     p.add_argument("--backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
     p.add_argument(
         "--sdpa",

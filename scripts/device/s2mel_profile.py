@@ -86,15 +86,21 @@ def kernel_table(fn, top: int) -> tuple[list[dict], float]:
     return rows[:top], sum(r["us"] for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def dit_arguments(p: argparse.ArgumentParser, batches: str) -> None:
+    """The options of a DiT call at the benchmark's shapes (this script and compile_repro.py):
+    device, size, frames, batch sizes (default ``batches``), precision, compile, repeats."""
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--frames", type=int, default=1721, help="prompt 861 + generated 860 frames")
-    p.add_argument("--batches", default="1,16", help="rows B (the call runs 2B: both branches)")
+    p.add_argument("--batches", default=batches, help="rows B (the call runs 2B: both branches)")
     p.add_argument("--precision", default="bfloat16", choices=["float32", "tf32", "bfloat16"])
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--repeats", type=int, default=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    dit_arguments(p, batches="1,16")
     p.add_argument("--top", type=int, default=16)
     p.add_argument(
         "--other",
