@@ -1,25 +1,27 @@
 """Does the compiled DiT give the same bits twice? (issue 8; the question run DL left open).
 
 Run DL found that a second ``torch.compile`` of the same half-precision DiT, in the same
-process, gave other bits at batch 16 than the first (max 4.7e-2), while one compiled module
-called again did not. A likely cause is Inductor's on-device benchmarking: where it may choose
-between several Triton configurations of a reduction, it times them and keeps the fastest, and
-configurations that split a reduction differently round differently. Inductor's
-``deterministic`` mode skips that choice. This script tells the cases apart, for the DiT at the
-benchmark's shapes (``tts.bench.randomize_`` weights, one estimator call on ``[2B, 80,
+process, gave other bits at batch 16 than the first (max 4.7e-2). Runs DM-DN
+(docs/benchmarks.md) found the same difference between two calls of one compiled module, also
+in Inductor's ``deterministic`` mode (which skips its timing-based choice between reduction
+configurations), and none in the uncompiled DiT. This script tells the cases apart, for the DiT
+at the benchmark's shapes (``tts.bench.randomize_`` weights, one estimator call on ``[2B, 80,
 frames]``):
 
-* the first compiled instance called twice (run to run);
+* the first compiled instance called ``--calls`` times (run to run);
 * a second instance, made from another import of ``tts/fast/s2mel.py`` (instance to instance);
 * one process per ``--modes`` entry, each with its own Inductor cache, the first instance's
   outputs compared between the processes of a mode (process to process); mode 1 compiles in
   Inductor's deterministic mode;
+* ``--backend`` (Dynamo's ``eager`` / ``aot_eager`` instead of Inductor) and ``--sdpa`` (one
+  attention backend), to tell which part of the compiled call changes its rounding;
+* ``--locate`` (uncompiled): the first submodule whose output changes between calls;
 * the call's time replayed from a CUDA graph, to price the deterministic mode.
 
     python3 scripts/device/compile_repro.py --modes 0,0,1,1 --json "$OUT/repro.json"
 
 (or ``SECTIONS=repro bash scripts/device/run_gpu.sh``). CPU smoke test: ``--device cpu --tiny
---no-compile`` (tests/test_fast.py).
+--no-compile`` (tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -221,10 +223,10 @@ def run(args: argparse.Namespace) -> dict:
         if args.locate:
             result[f"b{batch}_first_difference"] = locate(first, lambda: call(first), args.calls)
         outs = [call(first) for _ in range(args.calls)]
-        out1, out3 = outs[0], call(second)
+        out1 = outs[0]
         row = {
             "run_to_run": difference(out1, outs[1]),
-            "instance_to_instance": difference(out1, out3),
+            "instance_to_instance": difference(out1, call(second)),
             # which calls of the first instance repeat its first call's bits, and its second's
             "calls_equal_first": [torch.equal(out1, o) for o in outs],
             "calls_equal_second": [torch.equal(outs[1], o) for o in outs],
