@@ -277,6 +277,78 @@ def test_static_decoder_stops_like_plain():
             model.mel_head.bias[model.stop_mel_token] -= 6.0
 
 
+class _LateEvent:
+    """A stand-in for a CUDA event that the GPU has not reached: never ready, until waited on."""
+
+    def query(self) -> bool:
+        return False
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_the_host_reads_finished_flags_late_and_stops_soon_after(beams):
+    """With graphs (stand-ins on the CPU), the host takes a snapshot of the "all finished?"
+    flags every ``check_every`` steps and, while the GPU has not got there, reads it only once
+    it is the queue's length old: QUEUE_CAPTURING steps while graphs of the coming steps are
+    still to be captured (a new decoder), else QUEUE (a later call of the same decoder). So a
+    call stops exactly that many steps after the first snapshot that saw every row finished,
+    and its result is tts.generation's."""
+    from tts.fast.decode import QUEUE, QUEUE_CAPTURING, StaticDecoder, _Flags
+    from tts.generation import GenerationConfig
+    from tts.generation import generate as plain_generate
+
+    model, prefix, valid, generators = _items_finishing_apart()
+    try:
+        cfg = GenerationConfig(
+            num_beams=beams, do_sample=True, max_mel_tokens=120, warn_on_limit=False
+        )
+        plain = plain_generate(model, prefix, valid, cfg, generator=generators())
+        dec = StaticDecoder(
+            model, prefix, valid, cfg, generator=generators(), bucket=16, reorder="table"
+        )
+        _stand_in_graphs(dec, [])
+        snapshot, queue = dec._snapshot, dec._queue
+        for call, expected_queue in enumerate((QUEUE_CAPTURING, QUEUE)):
+            if call:
+                dec.start(prefix, valid, generators())
+            reads, queues = [], {}
+
+            def late_snapshot(step, reads=reads):
+                now = snapshot(step)  # read at once on the CPU: hand out a copy "still owed"
+                late = _Flags(
+                    step, tuple(f.clone() for f in now.flags), _LateEvent(), now.unfinished
+                )
+                finished = late.finished
+                late.finished = lambda: reads.append((step, int(dec.step_t))) or finished()
+                return late
+
+            def logged_queue(step, queues=queues):
+                queues[step] = queue(step)
+                return queues[step]
+
+            dec._snapshot, dec._queue = late_snapshot, logged_queue
+            with torch.no_grad():
+                out = dec.run(check_every=4)
+            assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps, call
+            if beams > 1:
+                assert torch.equal(plain.beam_indices, out.beam_indices)
+            # bucket 16: a new decoder always has a window to capture within 32 steps; the
+            # second call's steps all replay graphs the first captured
+            assert set(queues.values()) == {expected_queue}, (call, queues)
+            # each snapshot read, in order, exactly when it was the queue's length old; the
+            # first one at or after the last row's finishing step stopped the call
+            assert [s for s, _ in reads] == list(range(4, 4 * len(reads) + 1, 4)), reads
+            assert all(now - s == expected_queue for s, now in reads), reads
+            last_read, stopped = reads[-1]
+            assert last_read == -(-plain.steps // 4) * 4
+            assert int(dec.step_t) == stopped == last_read + expected_queue < cfg.max_mel_tokens
+    finally:
+        with torch.no_grad():
+            model.mel_head.bias[model.stop_mel_token] -= 2.5
+
+
 def _padded_prefix(model, length: int = 20):
     """A batch of 2 prefixes, the second left-padded by 3 positions."""
     gen = torch.Generator().manual_seed(length)
@@ -1937,10 +2009,10 @@ def test_triton_choice_decoder_matches_plain_generation_interpreted():
         assert calls == {"process": 4 * 24, "draw": 2 * 24}, calls
         cfg = GenerationConfig(max_mel_tokens=4)
         dec = decode.StaticDecoder(model, prefix, valid, cfg, generator=None, choice="triton")
-        assert dec.choice_kernels and not dec._all_finished()
+        assert dec.choice_kernels and not dec._snapshot(0).finished()
         dec.invalid.fill_(1)
         try:
-            dec._all_finished()
+            dec._snapshot(0).finished()
             raise SystemExit("a raised flag was not reported")
         except RuntimeError as exc:
             assert "probability tensor contains" in str(exc)
