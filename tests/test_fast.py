@@ -334,7 +334,7 @@ def test_the_host_reads_finished_flags_late_and_stops_soon_after(beams):
             assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps, call
             if beams > 1:
                 assert torch.equal(plain.beam_indices, out.beam_indices)
-            # bucket 16: a new decoder always has a window to capture within 32 steps; the
+            # bucket 16: a new decoder always has a window to capture within 16 + 4 steps; the
             # second call's steps all replay graphs the first captured
             assert set(queues.values()) == {expected_queue}, (call, queues)
             # each snapshot read, in order, exactly when it was the queue's length old; the
