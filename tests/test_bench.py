@@ -619,6 +619,7 @@ def test_compile_repro_script_runs_on_cpu(tmp_path):
         for batch in ("b1", "b2"):
             assert runs[batch]["run_to_run"]["identical"]
             assert runs[batch]["instance_to_instance"]["identical"]
+            assert runs[batch]["calls_equal_uncompiled"] == [True] * 3
     assert all(diff["identical"] for diff in result["compared"].values())
 
     repro = _device_script("compile_repro")

@@ -8,7 +8,8 @@ configurations), and none in the uncompiled DiT. This script tells the cases apa
 at the benchmark's shapes (``tts.bench.randomize_`` weights, one estimator call on ``[2B, 80,
 frames]``):
 
-* the first compiled instance called ``--calls`` times (run to run);
+* the first compiled instance called ``--calls`` times (run to run), each call also against
+  the uncompiled module (is a call's rounding the eager one?);
 * a second instance, made from another import of ``tts/fast/s2mel.py`` (instance to instance);
 * one process per ``--modes`` entry, each with its own Inductor cache, the first instance's
   outputs compared between the processes of a mode (process to process); mode 1 compiles in
@@ -126,15 +127,16 @@ def locate(module: torch.nn.Module, call, calls: int) -> dict | None:
 def estimators(s2mel: S2Mel, precision: str, compiled: bool) -> tuple:
     """Two independent inference copies of the DiT under ``precision``: this package's, and one
     from a second import of ``tts/fast/s2mel.py`` (its own cache of fused copies, so its own
-    ``torch.compile``)."""
+    ``torch.compile``); then the first one uncompiled."""
     other_module = load_other(fast_s2mel.__file__, "s2mel_second")
-    pair = []
+    pair, plain = [], None
     for module in (fast_s2mel, other_module):
         entry = module.fused(s2mel.cfm.estimator)
         est = entry.for_precision(precision)
         est.transformer.drop = True  # no padded row: no key mask, as in the solve
+        plain = plain or est
         pair.append(entry.compiled(precision) if compiled else est)
-    return tuple(pair)
+    return (*pair, plain)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
         s2mel = randomize_(S2Mel.from_config(cfg["s2mel"]), seed=7).to(device).eval()
     if args.backend != "inductor":  # Dynamo alone, or with AOTAutograd: is Inductor the cause?
         torch.compile = functools.partial(torch.compile, backend=args.backend)
-    first, second = estimators(s2mel, args.precision, not args.no_compile)
+    first, second, plain = estimators(s2mel, args.precision, not args.no_compile)
     result: dict = {"deterministic": deterministic, "precision": args.precision}
     result.update(backend=args.backend, sdpa=args.sdpa)
     save = Path(args.save) if args.save else None
@@ -230,6 +232,8 @@ def run(args: argparse.Namespace) -> dict:
             # which calls of the first instance repeat its first call's bits, and its second's
             "calls_equal_first": [torch.equal(out1, o) for o in outs],
             "calls_equal_second": [torch.equal(outs[1], o) for o in outs],
+            # is one of the compiled calls the uncompiled module's bits (its first: run eagerly?)
+            "calls_equal_uncompiled": [torch.equal(call(plain), o) for o in outs],
         }
         if device.type == "cuda":
             row["replayed_ms"] = replay_ms(lambda: call(first), args.repeats)
@@ -241,7 +245,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{row['run_to_run']}, instance to instance {row['instance_to_instance']}"
             + (f", {row['replayed_ms']:.3f} ms replayed" if "replayed_ms" in row else "")
             + f"; calls equal to the first {row['calls_equal_first']}, to the second "
-            f"{row['calls_equal_second']}"
+            f"{row['calls_equal_second']}, to the uncompiled module {row['calls_equal_uncompiled']}"
         )
         if args.locate:
             print(f"B={batch:3d} first difference: {result[f'b{batch}_first_difference']}")
