@@ -2371,3 +2371,24 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
     for i, (got, want) in enumerate(zip(mels, alone, strict=True)):
         assert got.shape == want.shape, i
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"segment {i}")
+
+
+def test_a_call_stops_fewer_steps_past_the_stop_code_than_with_synchronous_checks():
+    """scripts/stop_overrun.py runs the decoder's own "all finished?" rule on a stand-in whose
+    GPU never runs ahead of the host: with its graphs captured a call stops at most
+    DEFAULT_CHECK_EVERY - 1 + QUEUE steps past its last row's finish, a new decoder at most
+    DEFAULT_CHECK_EVERY - 1 + QUEUE_CAPTURING, and both fewer on average than the
+    synchronous test every 32 steps that came before."""
+    import importlib.util
+
+    from tts.fast.decode import DEFAULT_CHECK_EVERY, QUEUE, QUEUE_CAPTURING
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "stop_overrun.py"
+    spec = importlib.util.spec_from_file_location("stop_overrun", path)
+    sim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim)
+    r = sim.overruns(prompt=96, bucket=64, steps=500, last=459)
+    assert r["kept"]["max"] == DEFAULT_CHECK_EVERY - 1 + QUEUE
+    assert r["new"]["max"] <= DEFAULT_CHECK_EVERY - 1 + QUEUE_CAPTURING
+    assert r["before"]["max"] == 31
+    assert r["kept"]["mean"] < r["new"]["mean"] < r["before"]["mean"]
