@@ -129,14 +129,14 @@ def estimators(s2mel: S2Mel, precision: str, compiled: bool) -> tuple:
     from a second import of ``tts/fast/s2mel.py`` (its own cache of fused copies, so its own
     ``torch.compile``); then the first one uncompiled."""
     other_module = load_other(fast_s2mel.__file__, "s2mel_second")
-    pair, plain = [], None
+    pair, plain = [], []
     for module in (fast_s2mel, other_module):
         entry = module.fused(s2mel.cfm.estimator)
         est = entry.for_precision(precision)
         est.transformer.drop = True  # no padded row: no key mask, as in the solve
-        plain = plain or est
+        plain.append(est)
         pair.append(entry.compiled(precision) if compiled else est)
-    return (*pair, plain)
+    return (*pair, plain[0])
 
 
 def main(argv: list[str] | None = None) -> int:

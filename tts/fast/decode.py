@@ -36,10 +36,12 @@ The host reads whether every row is finished from snapshots of the flags taken e
 ``check_every`` steps: on CUDA each is copied to pinned host memory behind the step, and the host
 reads it once the GPU got there, or waits for it when it is a few steps old (:data:`QUEUE`), so
 the GPU always has steps queued and a call runs only a few steps past its last row's stop code.
-The other host synchronisation assembles the result. On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the
-same generator it draws the same random numbers in the same order as tts.generation, so both give
-identical codes (tests/test_fast.py), and on CUDA the greedy / beam parity fixtures are checked
-through it (tests/test_gpu.py).
+The other host synchronisation assembles the result.
+
+On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the same generator
+it draws the same random numbers in the same order as tts.generation, so both give identical
+codes (tests/test_fast.py), and on CUDA the greedy / beam parity fixtures are checked through
+it (tests/test_gpu.py).
 
 Variants (keyword arguments of :func:`generate`, all off by default; :data:`VARIANTS` names the
 combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.py measure):
@@ -121,8 +123,9 @@ DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "64"))
 # host may queue past the oldest snapshot it has not read. QUEUE_CAPTURING while a window whose
 # graph is still to be captured starts within that many steps and a check interval: a capture
 # takes ~13 ms of host time, which then overlaps queued steps (~0.75 ms each at batch 1 on an
-# H100) instead of leaving the GPU idle. A call stops within DEFAULT_CHECK_EVERY + QUEUE steps
-# of its last row finishing (QUEUE_CAPTURING before an uncaptured window).
+# H100) instead of leaving the GPU idle. A call stops at most DEFAULT_CHECK_EVERY - 1 + QUEUE
+# steps after its last row finished (QUEUE_CAPTURING before an uncaptured window;
+# scripts/stop_overrun.py).
 DEFAULT_CHECK_EVERY = 8
 QUEUE = 4
 QUEUE_CAPTURING = 16
