@@ -277,78 +277,6 @@ def test_static_decoder_stops_like_plain():
             model.mel_head.bias[model.stop_mel_token] -= 6.0
 
 
-class _LateEvent:
-    """A stand-in for a CUDA event that the GPU has not reached: never ready, until waited on."""
-
-    def query(self) -> bool:
-        return False
-
-    def synchronize(self) -> None:
-        pass
-
-
-@pytest.mark.parametrize("beams", [1, 3])
-def test_the_host_reads_finished_flags_late_and_stops_soon_after(beams):
-    """With graphs (stand-ins on the CPU), the host takes a snapshot of the "all finished?"
-    flags every ``check_every`` steps and, while the GPU has not got there, reads it only once
-    it is the queue's length old: QUEUE_CAPTURING steps while graphs of the coming steps are
-    still to be captured (a new decoder), else QUEUE (a later call of the same decoder). So a
-    call stops exactly that many steps after the first snapshot that saw every row finished,
-    and its result is tts.generation's."""
-    from tts.fast.decode import QUEUE, QUEUE_CAPTURING, StaticDecoder, _Flags
-    from tts.generation import GenerationConfig
-    from tts.generation import generate as plain_generate
-
-    model, prefix, valid, generators = _items_finishing_apart()
-    try:
-        cfg = GenerationConfig(
-            num_beams=beams, do_sample=True, max_mel_tokens=120, warn_on_limit=False
-        )
-        plain = plain_generate(model, prefix, valid, cfg, generator=generators())
-        dec = StaticDecoder(
-            model, prefix, valid, cfg, generator=generators(), bucket=16, reorder="table"
-        )
-        _stand_in_graphs(dec, [])
-        snapshot, queue = dec._snapshot, dec._queue
-        for call, expected_queue in enumerate((QUEUE_CAPTURING, QUEUE)):
-            if call:
-                dec.start(prefix, valid, generators())
-            reads, queues = [], {}
-
-            def late_snapshot(step, reads=reads):
-                now = snapshot(step)  # read at once on the CPU: hand out a copy "still owed"
-                late = _Flags(
-                    step, tuple(f.clone() for f in now.flags), _LateEvent(), now.unfinished
-                )
-                finished = late.finished
-                late.finished = lambda: reads.append((step, int(dec.step_t))) or finished()
-                return late
-
-            def logged_queue(step, queues=queues):
-                queues[step] = queue(step)
-                return queues[step]
-
-            dec._snapshot, dec._queue = late_snapshot, logged_queue
-            with torch.no_grad():
-                out = dec.run(check_every=4)
-            assert torch.equal(plain.codes, out.codes) and plain.steps == out.steps, call
-            if beams > 1:
-                assert torch.equal(plain.beam_indices, out.beam_indices)
-            # bucket 16: a new decoder always has a window to capture within 16 + 4 steps; the
-            # second call's steps all replay graphs the first captured
-            assert set(queues.values()) == {expected_queue}, (call, queues)
-            # each snapshot read, in order, exactly when it was the queue's length old; the
-            # first one at or after the last row's finishing step stopped the call
-            assert [s for s, _ in reads] == list(range(4, 4 * len(reads) + 1, 4)), reads
-            assert all(now - s == expected_queue for s, now in reads), reads
-            last_read, stopped = reads[-1]
-            assert last_read == -(-plain.steps // 4) * 4
-            assert int(dec.step_t) == stopped == last_read + expected_queue < cfg.max_mel_tokens
-    finally:
-        with torch.no_grad():
-            model.mel_head.bias[model.stop_mel_token] -= 2.5
-
-
 def _padded_prefix(model, length: int = 20):
     """A batch of 2 prefixes, the second left-padded by 3 positions."""
     gen = torch.Generator().manual_seed(length)
@@ -2009,10 +1937,10 @@ def test_triton_choice_decoder_matches_plain_generation_interpreted():
         assert calls == {"process": 4 * 24, "draw": 2 * 24}, calls
         cfg = GenerationConfig(max_mel_tokens=4)
         dec = decode.StaticDecoder(model, prefix, valid, cfg, generator=None, choice="triton")
-        assert dec.choice_kernels and not dec._snapshot(0).finished()
+        assert dec.choice_kernels and not dec._all_finished()
         dec.invalid.fill_(1)
         try:
-            dec._snapshot(0).finished()
+            dec._all_finished()
             raise SystemExit("a raised flag was not reported")
         except RuntimeError as exc:
             assert "probability tensor contains" in str(exc)
@@ -2371,24 +2299,3 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
     for i, (got, want) in enumerate(zip(mels, alone, strict=True)):
         assert got.shape == want.shape, i
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"segment {i}")
-
-
-def test_a_call_stops_fewer_steps_past_the_stop_code_than_with_synchronous_checks():
-    """scripts/stop_overrun.py runs the decoder's own "all finished?" rule on a stand-in whose
-    GPU never runs ahead of the host: with its graphs captured a call stops at most
-    DEFAULT_CHECK_EVERY - 1 + QUEUE steps past its last row's finish, a new decoder at most
-    DEFAULT_CHECK_EVERY - 1 + QUEUE_CAPTURING, and both fewer on average than the
-    synchronous test every 32 steps that came before."""
-    import importlib.util
-
-    from tts.fast.decode import DEFAULT_CHECK_EVERY, QUEUE, QUEUE_CAPTURING
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "stop_overrun.py"
-    spec = importlib.util.spec_from_file_location("stop_overrun", path)
-    sim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sim)
-    r = sim.overruns(prompt=96, bucket=64, steps=500, last=459)
-    assert r["kept"]["max"] == DEFAULT_CHECK_EVERY - 1 + QUEUE
-    assert r["new"]["max"] <= DEFAULT_CHECK_EVERY - 1 + QUEUE_CAPTURING
-    assert r["before"]["max"] == 31
-    assert r["kept"]["mean"] < r["new"]["mean"] < r["before"]["mean"]

@@ -162,7 +162,6 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
     dec.check_every = DEFAULT_CHECK_EVERY  # as dec.run() does
     steps = cfg.max_mel_tokens
     marks: list = []
-    pending: list = []  # the loop's unread snapshots of the "all finished?" flags
     kernels = None
     if cuda:
         begin = torch.cuda.Event(enable_timing=True)
@@ -186,8 +185,8 @@ def one_run(model, prefix, cfg, options: dict, seed: int, profile_kernels: bool)
             marks.append(time.perf_counter() - start)
         else:
             dec._run_step(step)
-        if step + 1 < steps:  # the loop's check: captures ahead, snapshots, reads old ones
-            dec._checkpoint(step + 1, DEFAULT_CHECK_EVERY, pending)
+        if step + 1 < steps:  # the loop's check: captures ahead, then the host waits
+            dec._checkpoint(step + 1, DEFAULT_CHECK_EVERY)
     if cuda:
         end = torch.cuda.Event(enable_timing=True)
         end.record()

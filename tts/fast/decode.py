@@ -32,16 +32,11 @@
   and the ``scores`` / ``logits`` recorded for those rows (which nothing reads) differ from
   tts.generation's. Codes, beam indices and sequence scores never depend on them.
 
-The host reads whether every row is finished from snapshots of the flags taken every
-``check_every`` steps: on CUDA each is copied to pinned host memory behind the step, and the host
-reads it once the GPU got there, or waits for it when it is a few steps old (:data:`QUEUE`), so
-the GPU always has steps queued and a call runs only a few steps past its last row's stop code.
-The other host synchronisation assembles the result.
-
-On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the same generator
-it draws the same random numbers in the same order as tts.generation, so both give identical
-codes (tests/test_fast.py), and on CUDA the greedy / beam parity fixtures are checked through
-it (tests/test_gpu.py).
+The host synchronises only to test "is every row finished?" every ``check_every`` steps and to
+assemble the result. On the CPU (or with ``use_graph=False``) the same step runs eagerly; with the
+same generator it draws the same random numbers in the same order as tts.generation, so both give
+identical codes (tests/test_fast.py), and on CUDA the greedy / beam parity fixtures are checked
+through it (tests/test_gpu.py).
 
 Variants (keyword arguments of :func:`generate`, all off by default; :data:`VARIANTS` names the
 combinations that ``tts bench --gpt-decoder`` and scripts/device/decode_profile.py measure):
@@ -119,16 +114,7 @@ from tts.generation import (
 from tts.models.gpt import prefix_attention_mask
 
 DEFAULT_BUCKET = int(os.environ.get("TTS_DECODE_BUCKET", "64"))
-# With graphs: steps between snapshots of the "all finished?" flags, and how many steps the
-# host may queue past the oldest snapshot it has not read. QUEUE_CAPTURING while a window whose
-# graph is still to be captured starts within that many steps and a check interval: a capture
-# takes ~13 ms of host time, which then overlaps queued steps (~0.75 ms each at batch 1 on an
-# H100) instead of leaving the GPU idle. A call stops at most DEFAULT_CHECK_EVERY - 1 + QUEUE
-# steps after its last row finished (QUEUE_CAPTURING before an uncaptured window;
-# scripts/stop_overrun.py).
-DEFAULT_CHECK_EVERY = 8
-QUEUE = 4
-QUEUE_CAPTURING = 16
+DEFAULT_CHECK_EVERY = 32
 # Attention of a decode step: "sdpa" (F.scaled_dot_product_attention), "math" (two batched
 # products and a softmax) or "triton" (tts.fast.attention); the default of generate().
 ATTENTION = os.environ.get("TTS_DECODE_ATTN", "sdpa")
@@ -405,10 +391,8 @@ def generate(
     """Drop-in for :func:`tts.generation.generate` (same arguments, same output).
 
     ``use_graph`` (default: on CUDA) replays one CUDA graph per step; ``check_every`` (default
-    :data:`DEFAULT_CHECK_EVERY` with graphs, else 1) is the number of steps between snapshots
-    of the "all finished?" flags, which the host reads without stopping the GPU (with graphs,
-    up to :data:`QUEUE` steps later; more steps only run past the end, they never change the
-    result). ``stats``, if given, receives
+    32 with graphs, else 1) is the number of steps between "all finished?" host checks (more
+    steps only run past the end, they never change the result). ``stats``, if given, receives
     ``loop_s`` (time of the decode loop after the prefill), ``steps``, ``kept`` (whether an
     earlier call's decoder was reused), ``captured`` (graphs captured in this call), and the
     host seconds of the set-up (``setup_s``), of step 0 (``first_step_s``: its eager run,
@@ -568,31 +552,6 @@ def release() -> None:
     """Drop the decoder kept by ``generate(keep=True)``, with its KV cache and graphs (a
     call using it meanwhile does not keep it)."""
     _KEPT.release()
-
-
-class _Flags:
-    """A snapshot of a decoder's "all finished?" flags after ``step`` steps: its rows' (no
-    beams: unfinished rows) or items' (beams: done items) flags and, with the choice kernels,
-    their validity flag. On CUDA they are copies in pinned host memory that ``event`` marks
-    complete, so the host reads them when the GPU has got there and never waits for a step
-    that it has just queued."""
-
-    def __init__(self, step: int, flags: tuple, event, unfinished: bool):
-        self.step, self.flags, self.event, self.unfinished = step, flags, event, unfinished
-
-    def ready(self) -> bool:
-        """Whether the flags can be read without waiting."""
-        return self.event is None or self.event.query()
-
-    def finished(self) -> bool:
-        """Whether every row was finished (waits for the copy); raises if the choice kernels
-        found probabilities that torch.multinomial would refuse."""
-        if self.event is not None:
-            self.event.synchronize()
-        if len(self.flags) > 1 and int(self.flags[1][0]):
-            raise RuntimeError(INVALID_PROBABILITIES)
-        done = self.flags[0]
-        return bool(~done.any() if self.unfinished else done.all())
 
 
 class StaticDecoder:
@@ -1432,45 +1391,24 @@ class StaticDecoder:
         self.capture_s += time.perf_counter() - start
         return True
 
-    def _checkpoint(self, step: int, check_every: int, pending: list[_Flags]) -> bool:
+    def _checkpoint(self, step: int, check_every: int) -> bool:
         """After ``step`` steps: every ``check_every`` steps, capture the graphs the next steps
-        need (:meth:`_capture_ahead`) and take a snapshot of the "all finished?" flags; then
-        read the snapshots that are ready, or old enough to wait for (the loop's only host
-        synchronisation, with steps still queued on the GPU). True: stop."""
-        if step % check_every == 0:
-            self._capture_ahead(step, check_every)
-            pending.append(self._snapshot(step))
-        queue = self._queue(step)
-        while pending and (step - pending[0].step >= queue or pending[0].ready()):
-            if pending.pop(0).finished():
-                return True
-        return False
+        need (:meth:`_capture_ahead`), then test whether every row is finished (the one host
+        synchronisation of the loop). True: stop."""
+        if step % check_every:
+            return False
+        self._capture_ahead(step, check_every)
+        return self._all_finished()
 
-    def _queue(self, step: int) -> int:
-        """How many steps the host may queue past an unread snapshot: few, so a call stops soon
-        after its last row finishes, unless a window whose graph is still to be captured comes
-        soon (then more, so the GPU runs queued steps while the host captures it)."""
-        if not (self.use_graph and self.ahead):
-            return 0
-        last = min(step + QUEUE_CAPTURING + self.check_every, self.max_new) - 1
-        for w in range(self._window_index(step), self._window_index(last) + 1):
-            if (w, self.cur) not in self.graphs:
-                return QUEUE_CAPTURING
-        return QUEUE
-
-    def _snapshot(self, step: int) -> _Flags:
-        """The "all finished?" flags after ``step`` steps: on CUDA copied to pinned host memory
-        without waiting (read later, :class:`_Flags`), elsewhere read now."""
-        done = self.unfinished if self.beams == 1 else self.beam.done
-        flags = (done,) if self.invalid is None else (done, self.invalid)
-        if self.device.type != "cuda":
-            return _Flags(step, flags, None, self.beams == 1)
-        host = tuple(torch.empty(f.shape, dtype=f.dtype, pin_memory=True) for f in flags)
-        for h, f in zip(host, flags, strict=True):
-            h.copy_(f, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return _Flags(step, host, event, self.beams == 1)
+    def _all_finished(self) -> bool:
+        done = ~self.unfinished.any() if self.beams == 1 else self.beam.done.all()
+        if self.invalid is None:
+            return bool(done)
+        # One transfer for both: the finished test and the choice kernels' validity flag.
+        done, invalid = torch.stack((done.to(torch.int32), self.invalid[0])).tolist()
+        if invalid:
+            raise RuntimeError(INVALID_PROBABILITIES)
+        return bool(done)
 
     def run(self, check_every: int = 1, stats: dict | None = None) -> GenerationOutput:
         cuda = self.device.type == "cuda"
@@ -1483,14 +1421,13 @@ class StaticDecoder:
                 begin = time.perf_counter()
         step, started, first_step_s = 0, time.perf_counter(), 0.0
         graphs_before = len(self.graphs)
-        pending: list[_Flags] = []  # snapshots of the "all finished?" flags not read yet
         try:
             while True:
                 self._run_step(step)
                 if step == 0:  # host time: its eager run (compiles what the variant compiles),
                     first_step_s = time.perf_counter() - started  # captures
                 step += 1
-                if step >= self.max_new or self._checkpoint(step, check_every, pending):
+                if step >= self.max_new or self._checkpoint(step, check_every):
                     break
         finally:
             self.written_to = self.s_len + 2 + step  # at most one step more than counted

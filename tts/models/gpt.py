@@ -684,8 +684,8 @@ class UnifiedVoice(EmotionPath, nn.Module):
             overrides["max_mel_tokens"] = self.max_mel_tokens - 1
         cfg = base.replace(**overrides)
         # check_every None: the generator's own default (tts.generation: every step; the
-        # graph decoder of tts.fast.decode, which tts.bench swaps in: snapshots every few steps
-        # that the host reads without waiting for the GPU after each step).
+        # graph decoder of tts.fast.decode, which tts.bench swaps in: every 32 steps, so that
+        # the host neither waits for the GPU after each step nor captures graphs as it idles).
         every = {} if check_every is None else {"check_every": check_every}
         out = generate(
             self,
