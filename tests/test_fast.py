@@ -2299,3 +2299,40 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
     for i, (got, want) in enumerate(zip(mels, alone, strict=True)):
         assert got.shape == want.shape, i
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"segment {i}")
+
+
+@pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
+def test_activation_kernel_compiles_for_hopper(dtype):
+    """The fused BigVGAN activation compiles for sm_90 at the vocoder's settings (ratio 2, 12
+    taps, the default tile), with and without the convolution's bias, in bf16 and float32: the
+    two-phase upsampling and the one 16-column gather pass the GPU compiler, not only the
+    interpreter."""
+    from tts.fast import bigvgan
+
+    halo, offset, outputs = bigvgan.tile_layout(2, 12, 5, 256)
+    flags = ("R", "K", "PAD_UP", "CROP", "HALO", "OFF", "OUT", "HAS_BETA", "LOGSCALE")
+    for has_bias in (False, True):
+        _compile_for_hopper(
+            bigvgan._aa_activation_kernel,
+            {
+                **dict.fromkeys(("x_ptr", "y_ptr", "bias_ptr"), dtype),
+                **dict.fromkeys(("alpha_ptr", "beta_ptr", "fu_ptr", "fd_ptr"), "*fp32"),
+                **dict.fromkeys(("T", "C", "stride_xb", "stride_xc", "stride_yb"), "i32"),
+                "stride_yc": "i32",
+                **dict.fromkeys((*flags, "HAS_BIAS", "BLOCK"), "constexpr"),
+            },
+            {
+                "R": 2,
+                "K": 12,
+                "PAD_UP": 5,
+                "CROP": 15,
+                "HALO": halo,
+                "OFF": offset,
+                "OUT": outputs,
+                "HAS_BETA": True,
+                "LOGSCALE": True,
+                "HAS_BIAS": has_bias,
+                "BLOCK": 256,
+            },
+            4,
+        )

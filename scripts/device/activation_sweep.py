@@ -5,6 +5,8 @@ For each stage of the official vocoder (channels x length for 860 mel frames: 76
 ``[B, C, T]`` input is timed (CUDA events, median of 20 after 3 warm-ups); every setting's
 output must equal the default's bit for bit. Prints each stage's row and the settings with the
 smallest sum over the six stages (each stage runs 18 activations, so the sum ranks them).
+With ``--other FILE`` (an earlier ``tts/fast/bigvgan.py``), that file's kernel is timed at its
+own defaults on the same inputs in the same process, and its output must equal this one's.
 
     python3 scripts/device/activation_sweep.py --batches 16,1 --json $OUT/activation_sweep.json
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -39,12 +42,15 @@ SETTINGS = [
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batches", default="16,1")
+    p.add_argument("--other", default=None, help="an earlier tts/fast/bigvgan.py for an A/B")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    other = _load(args.other) if args.other else None
     torch.manual_seed(0)
-    result = {"device": torch.cuda.get_device_name(), "rows": [], "best": {}}
+    result = {"device": torch.cuda.get_device_name(), "rows": [], "best": {}, "other": []}
     for batch in (int(b) for b in args.batches.split(",")):
         totals: dict[tuple[int, int], float] = {}
+        other_total = 0.0
         for channels, length in STAGES:
             act = SnakeBeta(channels)
             with torch.no_grad():
@@ -54,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(batch, channels, length, device="cuda", dtype=torch.bfloat16)
             want = fused_activation(module, x)
             cells = []
+            if other is not None:
+                assert torch.equal(other.fused_activation(module, x), want), "other differs"
+                ms = median_cuda_ms(functools.partial(other.fused_activation, module, x))
+                other_total += ms
+                cells.append(f"other:{ms:.3f}")
+                result["other"].append(
+                    {"batch": batch, "channels": channels, "length": length, "ms": ms}
+                )
             for block, warps in SETTINGS:
                 assert torch.equal(
                     fused_activation(module, x, block=block, num_warps=warps), want
@@ -77,13 +91,22 @@ def main(argv: list[str] | None = None) -> int:
         best = sorted(totals.items(), key=lambda kv: kv[1])[:6]
         print(
             f"B {batch} sum over the 6 stage shapes (ms): "
-            f"{[(k, round(v, 3)) for k, v in best]}, default {totals[(256, 4)]:.3f}",
+            f"{[(k, round(v, 3)) for k, v in best]}, default {totals[(256, 4)]:.3f}"
+            + (f", other {other_total:.3f}" if other is not None else ""),
             flush=True,
         )
         result["best"][str(batch)] = [{"block": k[0], "warps": k[1], "ms": v} for k, v in best]
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _load(path: str):
+    """The module of an earlier ``tts/fast/bigvgan.py`` (its kernel under another name)."""
+    spec = importlib.util.spec_from_file_location("bigvgan_other", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

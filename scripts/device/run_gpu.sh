@@ -58,6 +58,9 @@
 #   vocoder   scripts/device/vocoder_profile.py $VOCODER_ARGS (BigVGAN's forward at the benchmark's
 #             shapes: fused / plain activations / convolutions alone, FLOP rate, kernel table;
 #             --other FILE: an A/B against an earlier tts/fast/bigvgan.py; no checkpoints)
+#   actsweep  scripts/device/activation_sweep.py $ACTSWEEP_ARGS (the fused activation's launch
+#             settings at the vocoder's six stage shapes; --other FILE: an earlier kernel's time
+#             and bits on the same inputs; no checkpoints)
 #   s2mel     scripts/device/s2mel_profile.py $S2MEL_ARGS (one compiled DiT call of the solve at the
 #             benchmark's shapes: time, FLOP rate, kernel table; no checkpoints)
 #   repro     scripts/device/compile_repro.py $REPRO_ARGS (whether the compiled DiT gives the same bits
@@ -100,6 +103,7 @@ LOAD_ARGS="${LOAD_ARGS:-}"
 RENDER_ARGS="${RENDER_ARGS:-}"
 WORKFLOW_ARGS="${WORKFLOW_ARGS:-}"
 VOCODER_ARGS="${VOCODER_ARGS:-}"
+ACTSWEEP_ARGS="${ACTSWEEP_ARGS:-}"
 S2MEL_ARGS="${S2MEL_ARGS:-}"
 REPRO_ARGS="${REPRO_ARGS:-}"
 LINEAR_ARGS="${LINEAR_ARGS:-}"
@@ -111,10 +115,10 @@ TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: a
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_TIMELINE="${T_TIMELINE:-150}" T_SWEEP="${T_SWEEP:-180}"
-T_VOCODER="${T_VOCODER:-120}" T_S2MEL="${T_S2MEL:-150}" T_REPRO="${T_REPRO:-420}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
+T_VOCODER="${T_VOCODER:-120}" T_ACTSWEEP="${T_ACTSWEEP:-120}" T_S2MEL="${T_S2MEL:-150}" T_REPRO="${T_REPRO:-420}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
 T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_COUNTERS="${T_COUNTERS:-240}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json s2mel.json choice.json cond.json load.json render.json cudnn.json repro.json ab.json"
+JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json actsweep.json s2mel.json choice.json cond.json load.json render.json cudnn.json repro.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -282,7 +286,7 @@ main() {
     --weights "$CK" --device "$DEVICE" $SIZE_ARG $OFFICIAL_ARGS --out "$OUT/official.json"
   want compare && section compare "$T_COMPARE" bash -c compare
   want tests && section tests "$T_TESTS" env PYTHONPATH="$SITE_OURS:$PWD" \
-    TTS_GPU_REPORT="$OUT/tests.json" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+    TTS_GPU_REPORT="$OUT/tests.json" TTS_TEST_FAILURES="$OUT/failures.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
     -rs ${TESTS_K:+-k "$TESTS_K"}
   if want profile; then
     if [ -f scripts/device/decode_profile.py ]; then
@@ -347,6 +351,8 @@ main() {
   want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \
     --json "$OUT/vocoder.json"
+  want actsweep && section actsweep "$T_ACTSWEEP" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/activation_sweep.py $ACTSWEEP_ARGS --json "$OUT/actsweep.json"
   # shellcheck disable=SC2086
   want s2mel && section s2mel "$T_S2MEL" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/s2mel_profile.py --device "$DEVICE" $SIZE_ARG $S2MEL_ARGS \
