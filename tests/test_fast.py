@@ -2304,9 +2304,8 @@ def test_padded_batch_of_segments_equals_each_segment_alone(demo_s2mel, prompts)
 @pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
 def test_activation_kernel_compiles_for_hopper(dtype):
     """The fused BigVGAN activation compiles for sm_90 at the vocoder's settings (ratio 2, 12
-    taps, the default tile), with and without the convolution's bias, in bf16 and float32: the
-    two-phase upsampling and the one 16-column gather pass the GPU compiler, not only the
-    interpreter."""
+    taps, the default tile), with and without the convolution's bias, in bf16 and float32: its
+    gathers pass the GPU compiler, not only the interpreter."""
     from tts.fast import bigvgan
 
     halo, offset, outputs = bigvgan.tile_layout(2, 12, 5, 256)
