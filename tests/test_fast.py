@@ -2335,3 +2335,20 @@ def test_activation_kernel_compiles_for_hopper(dtype):
             },
             4,
         )
+
+
+def test_activation_sass_script_counts_instructions():
+    """scripts/activation_sass.py compiles the activation kernel for sm_90 on the CPU machine
+    and counts its SASS instructions: a total that is the sum of the opcodes, with the
+    multiply-adds of the two filters among them."""
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import activation_sass
+    finally:
+        sys.path.pop(0)
+    mix = activation_sass.instruction_mix(
+        Path(activation_sass.ROOT, "tts", "fast", "bigvgan.py"), "bf16", True, 256, 4
+    )
+    assert mix["total"] == sum(v for k, v in mix.items() if k != "total") > 0
+    assert mix.get("FFMA", 0) >= 24  # 12 upsampling + 12 low-pass taps, at least
