@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from vocoder_profile import load_other  # noqa: E402  (this script's folder)
 
 from tts.bench import median_cuda_ms  # noqa: E402
 from tts.fast.bigvgan import fused_activation  # noqa: E402
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--other", default=None, help="an earlier tts/fast/bigvgan.py for an A/B")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    other = _load(args.other) if args.other else None
+    other = load_other(args.other) if args.other else None
     torch.manual_seed(0)
     result = {"device": torch.cuda.get_device_name(), "rows": [], "best": {}, "other": []}
     for batch in (int(b) for b in args.batches.split(",")):
@@ -99,14 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
-
-
-def _load(path: str):
-    """The module of an earlier ``tts/fast/bigvgan.py`` (its kernel under another name)."""
-    spec = importlib.util.spec_from_file_location("bigvgan_other", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 if __name__ == "__main__":
