@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -340,15 +342,62 @@ def test_loop_trace_script_runs_on_cpu(tmp_path):
     assert fast_decode.generate is plain
 
 
+def _read_back(file) -> str:
+    """All that was written to ``file``."""
+    file.seek(0)
+    return file.read()
+
+
 def _run_device_script(name: str, *args: str) -> subprocess.CompletedProcess:
     """``scripts/device/<name>`` with ``args`` in a new Python with Triton's CPU interpreter
-    (set before Triton is imported); it must exit 0."""
+    (:func:`_run_device_scripts`); it must exit 0."""
+    return _run_device_scripts(name, args)[0]
+
+
+def _run_device_scripts(name: str, *arg_lists) -> list[subprocess.CompletedProcess]:
+    """``scripts/device/<name>`` once per list of ``arg_lists``, all at the same time (the
+    interpreter keeps one core busy), each in a new Python with Triton's CPU interpreter (set
+    before Triton is imported), run as its ``__main__`` after tests/triton_interpreter.py's
+    install; each must exit 0."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "scripts" / "device" / name), *args]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    script = root / "scripts" / "device" / name
+    run = (
+        "import os, runpy, sys\n"
+        "sys.argv[0] = sys.argv.pop(1)\n"
+        "sys.path[0] = os.path.dirname(sys.argv[0])\n"  # as `python script`: its folder first
+        "import triton_interpreter\n"
+        "triton_interpreter.install()\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(root / "tests"), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+    cmds = [[sys.executable, "-c", run, str(script), *args] for args in arg_lists]
+    # Output goes to files: a process that filled a pipe nobody reads yet would stop.
+    with contextlib.ExitStack() as files:
+        logs = [[files.enter_context(tempfile.TemporaryFile("w+")) for _ in "oe"] for _ in cmds]
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+            for cmd, (out, err) in zip(cmds, logs, strict=True)
+        ]
+        done = []
+        try:
+            for cmd, proc, log in zip(cmds, procs, logs, strict=True):
+                proc.wait(timeout=600)
+                out, err = (_read_back(f) for f in log)
+                done.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+                assert proc.returncode == 0, err[-3000:]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     return done
 
 
@@ -515,11 +564,14 @@ def test_persistent_bench_script_runs_interpreted(tmp_path):
     own through Triton's interpreter (tiny width, 2 layers), equals the tts.fast.linear chain
     (float32 within 1e-4, bf16 within its rounding bound; the script raises otherwise), at 1
     and 3 rows and two program counts."""
-    for dtype in ("float32", "bfloat16"):
-        out = tmp_path / f"persistent_{dtype}.json"
-        args = ["--device", "cpu", "--rows", "1,3", "--configs", "1x4,2x2", "--dtype", dtype]
-        _run_device_script("persistent_bench.py", *args, "--json", str(out))
-        rows = json.loads(out.read_text())["rows"]
+    dtypes = ("float32", "bfloat16")
+    args = ["--device", "cpu", "--rows", "1,3", "--configs", "1x4,2x2"]
+    _run_device_scripts(
+        "persistent_bench.py",
+        *([*args, "--dtype", d, "--json", str(tmp_path / f"persistent_{d}.json")] for d in dtypes),
+    )
+    for dtype in dtypes:
+        rows = json.loads((tmp_path / f"persistent_{dtype}.json").read_text())["rows"]
         for r in ("1", "3"):
             assert sorted(k for k in rows[r] if k.endswith("_maxdiff")) == [
                 "persistent_3x4_maxdiff",

@@ -1,0 +1,67 @@
+"""Make Triton's CPU interpreter skip work it repeats, for the tests that run kernels through it.
+
+Triton 3.6's interpreter patches ``triton.language`` (every builtin of the language, its
+tensor class and its math module, found by ``inspect.getmembers``) at the start of each kernel
+launch and restores it at the end. It also patches the language modules that a ``@triton.jit``
+helper sees (``tl``, or ``triton.language.core`` for Triton's own helpers such as ``tl.zeros``)
+at every call of the helper from inside the launch, and never restores those: the launch's own
+restore undoes them. In the interpreted decoder tests that repeat was ~40% of the time (one
+helper call per program instance and helper, tens of thousands of calls). :func:`install`
+patches each language module once per launch and skips the repeats; every kernel and helper
+still runs through the interpreter's language, so the results are the same.
+"""
+
+from __future__ import annotations
+
+
+class _NothingToRestore:
+    """The scope of a skipped repeat: it changed nothing, so it restores nothing."""
+
+    def restore(self) -> None:
+        pass
+
+
+def install() -> bool:
+    """Skip the interpreter's repeated patching of ``triton.language`` inside a kernel launch.
+    Returns False (and changes nothing) where Triton has no such private hook to wrap."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return False
+    patch = getattr(interpreter, "_patch_lang", None)
+    if patch is None or getattr(patch, "skips_repeats", False):
+        return patch is not None
+    patched: list[set[int]] = []  # per launch in progress: ids of the modules it patched
+
+    seen: dict[object, set[int]] = {}
+
+    def languages(fn) -> set[int]:
+        """The language modules ``_patch_lang`` patches for ``fn`` (those in its globals)."""
+        if fn not in seen:
+            lang = (interpreter.tl, interpreter.tl.core)
+            seen[fn] = {id(v) for v in fn.__globals__.values() if any(v is m for m in lang)}
+        return seen[fn]
+
+    class _LaunchScope:
+        """A launch's patch: restoring it ends the launch."""
+
+        def __init__(self, scope) -> None:
+            self.scope = scope
+
+        def restore(self) -> None:
+            patched.pop()
+            self.scope.restore()
+
+    def patch_once(fn):
+        wanted = languages(fn)
+        if not patched:  # a kernel launch: restored when it ends
+            patched.append(wanted)
+            return _LaunchScope(patch(fn))
+        if not wanted <= patched[-1]:  # a helper that sees a module not patched yet
+            patched[-1] |= wanted
+            patch(fn)
+        return _NothingToRestore()
+
+    patch_once.skips_repeats = True
+    interpreter._patch_lang = patch_once
+    return True
