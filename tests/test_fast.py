@@ -1058,6 +1058,48 @@ def _run_interpreted(*codes: str, timeout: int = 300) -> None:
                 f.close()
 
 
+def test_quick_interpreter_patches_the_language_once_per_launch():
+    """tests/triton_interpreter.py (installed in every interpreted process): a kernel whose
+    helper calls Triton's own helper ``tl.zeros`` (which sees ``triton.language.core``) gives
+    the right values, and after a first launch (whose rewrite of the helpers adds to their
+    globals) a launch patches the language as often with 16 programs as with 2, where the
+    plain interpreter patches it again at every helper call."""
+    _run_interpreted(
+        """
+        import torch
+        import triton
+        import triton.language as tl
+        from triton.runtime import interpreter
+
+        @triton.jit
+        def plus_one(x):
+            return x + 1 + tl.zeros(x.shape, dtype=x.dtype)
+
+        @triton.jit
+        def kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(y_ptr + i, plus_one(tl.load(x_ptr + i)))
+
+        patches = [0]
+        patch_builtin = interpreter._patch_builtin
+        def counted(*args):
+            patches[0] += 1
+            return patch_builtin(*args)
+        interpreter._patch_builtin = counted
+        counts = []
+        for programs in (1, 2, 16):
+            x = torch.arange(4 * programs, dtype=torch.float32)
+            y = torch.empty_like(x)
+            patches[0] = 0
+            kernel[(programs,)](x, y, BLOCK=4)
+            assert torch.equal(y, x + 1), y
+            counts.append(patches[0])
+        assert counts[1] == counts[2] > 0, counts
+        print("ok")
+        """
+    )
+
+
 def test_fused_activation_interpreted():
     """The Triton kernel (run by Triton's CPU interpreter) equals Activation1d."""
     _run_interpreted(

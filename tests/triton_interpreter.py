@@ -33,14 +33,13 @@ def install() -> bool:
         return patch is not None
     patched: list[set[int]] = []  # per launch in progress: ids of the modules it patched
 
-    seen: dict[object, set[int]] = {}
+    lang_ids = (id(interpreter.tl), id(interpreter.tl.core))
 
     def languages(fn) -> set[int]:
-        """The language modules ``_patch_lang`` patches for ``fn`` (those in its globals)."""
-        if fn not in seen:
-            lang = (interpreter.tl, interpreter.tl.core)
-            seen[fn] = {id(v) for v in fn.__globals__.values() if any(v is m for m in lang)}
-        return seen[fn]
+        """The language modules ``_patch_lang`` patches for ``fn``: those in its globals now
+        (not cached: the interpreter's rewrite of a helper can add ``tl`` to them)."""
+        ids = set(map(id, fn.__globals__.values()))
+        return {i for i in lang_ids if i in ids}
 
     class _LaunchScope:
         """A launch's patch: restoring it ends the launch."""
@@ -55,7 +54,7 @@ def install() -> bool:
     def patch_once(fn):
         wanted = languages(fn)
         if not patched:  # a kernel launch: restored when it ends
-            patched.append(wanted)
+            patched.append(set(wanted))  # a copy: helpers add to it
             return _LaunchScope(patch(fn))
         if not wanted <= patched[-1]:  # a helper that sees a module not patched yet
             patched[-1] |= wanted
