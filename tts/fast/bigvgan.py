@@ -9,12 +9,14 @@ writes the output once; everything in between stays on chip:
     out[t] = sum_j fd[j] * snake(u[clamp(2t + j - 5, 0, 2T-1)])
     u[n]   = 2 * sum_{k = n+15 (mod 2)} fu[k] * x[clamp((n + 15 - k) / 2 - 5, 0, T-1)]
 
-(indices for ratio 2 and 12 taps; the kernel takes the ratio and tap count as constants). The
-clamps are the replicate paddings; the accumulation is in float32 whatever the input dtype.
-Each program computes ``snake(u)`` once for a tile of upsampled positions and gathers the
-low-pass's 12 taps from that tile (``tl.gather``), so each activated sample is computed once,
-not once for each of the 6 outputs that read it (the first version did; the sums are the same,
-in the same order, so both give identical outputs).
+(indices for ratio 2 and 12 taps, IndexTTS2's; the kernel takes the tap count and paddings as
+constants and needs ratio 2). The clamps are the replicate paddings; the accumulation is in
+float32 whatever the input dtype. Each program computes ``snake(u)`` once for a tile of
+upsampled positions and gathers the low-pass's 12 taps from that tile (``tl.gather``), so each
+activated sample is computed once, not once for each of the 6 outputs that read it (the first
+version did). The upsampling runs as two phases (even and odd samples) with scalar taps on
+shifted loads of ``x``, and the 12 taps come from one gather; every sum has the same terms in
+the same order as in the direct form, so all versions give identical outputs.
 
 Modes: ``triton`` (CUDA, or the Triton interpreter with TRITON_INTERPRET=1), ``compile``
 (torch.compile of the plain forward: fuses the elementwise work around the two convolutions),
@@ -86,30 +88,73 @@ if triton is not None:
         x_row = x_ptr + b * stride_xb + c * stride_xc
         if HAS_BIAS:
             bias = tl.load(bias_ptr + c).to(tl.float32)
-        # The tile: R * BLOCK upsampled positions from R * (t0 - HALO), clamped (the
-        # replicate padding of the low-pass), upsampled and activated once each.
-        n = R * (t0 - HALO) + tl.arange(0, R * BLOCK)
-        n = tl.minimum(tl.maximum(n, 0), T * R - 1)
-        m = n + CROP
-        r = m % R
-        u = tl.zeros([R * BLOCK], dtype=tl.float32)
-        for q in tl.static_range(K // R):
-            k = r + R * q
-            i = (m - k) // R - PAD_UP
-            i = tl.minimum(tl.maximum(i, 0), T - 1)
-            xi = tl.load(x_row + i)
+        # The tile: input positions p = t0 - HALO + s (s < BLOCK), each with its two upsampled
+        # samples 2p (even phase) and 2p + 1 (odd phase). Phase f uses the upsampling filter's
+        # taps F_f + 2q on x[p + D_f - q] (q < K // 2), so each shifted x vector is loaded once
+        # and the taps are scalars; the sums run in q's order, as the direct form's do.
+        p = t0 - HALO + tl.arange(0, BLOCK)
+        pc = tl.minimum(tl.maximum(p, 0), T - 1)
+        F0: tl.constexpr = CROP % 2
+        F1: tl.constexpr = (1 + CROP) % 2
+        D0: tl.constexpr = (CROP - F0) // 2 - PAD_UP
+        D1: tl.constexpr = (1 + CROP - F1) // 2 - PAD_UP
+        TOP: tl.constexpr = D0 if D0 > D1 else D1
+        LOW: tl.constexpr = (D0 if D0 < D1 else D1) - (K // 2 - 1)
+        ue = tl.zeros([BLOCK], dtype=tl.float32)
+        uo = tl.zeros([BLOCK], dtype=tl.float32)
+        for step in tl.static_range(TOP - LOW + 1):
+            d = TOP - step  # shifts in falling order = taps q in rising order
+            xi = tl.load(x_row + tl.minimum(tl.maximum(pc + d, 0), T - 1))
             if HAS_BIAS:  # the convolution's bias add, rounded to its dtype as torch does
                 xi = (xi.to(tl.float32) + bias).to(x_ptr.dtype.element_ty)
-            u += tl.load(fu_ptr + k) * xi.to(tl.float32)
-        u = u * R
-        s = tl.sin(u * alpha)
-        v = u + inv_beta * (s * s)
-        # Output t0 + o reads the tile at R * o + OFF + j (j < K): a gather inside the tile.
+            xf = xi.to(tl.float32)
+            if D0 - d >= 0 and D0 - d < K // 2:
+                ue += tl.load(fu_ptr + (F0 + 2 * (D0 - d))) * xf
+            if D1 - d >= 0 and D1 - d < K // 2:
+                uo += tl.load(fu_ptr + (F1 + 2 * (D1 - d))) * xf
+        # The low-pass's replicate padding: before the signal both samples are u[0] (the even
+        # one at p = 0), after it both are u[2T - 1] (the odd one at p = T - 1).
+        ue, uo = tl.where(p > T - 1, uo, ue), tl.where(p < 0, ue, uo)
+        ue = ue * R
+        uo = uo * R
+        se = tl.sin(ue * alpha)
+        so = tl.sin(uo * alpha)
+        v = tl.reshape(tl.join(ue + inv_beta * (se * se), uo + inv_beta * (so * so)), [R * BLOCK])
+        # Output t0 + o reads the tile at R * o + OFF + j (j < K <= 16): one gather of all 16
+        # columns (one pass through shared memory, where 12 gathers made 12), then column j
+        # taken apart by the bits of j and summed in j's order.
         o = tl.arange(0, BLOCK)
+        j = tl.arange(0, 16)
+        at = tl.minimum(R * o[:, None] + (OFF + j[None, :]), R * BLOCK - 1)
+        g = tl.reshape(tl.gather(v, tl.reshape(at, [BLOCK * 16]), 0), [BLOCK, 2, 2, 2, 2])
+        g0, g1 = tl.split(g)  # j even / odd
+        g00, g01 = tl.split(g0)  # j = 0 / 2 (mod 4)
+        g10, g11 = tl.split(g1)  # j = 1 / 3 (mod 4)
+        c0, c4 = tl.split(g00)
+        c2, c6 = tl.split(g01)
+        c1, c5 = tl.split(g10)
+        c3, c7 = tl.split(g11)
+        c0, c8 = tl.split(c0)
+        c1, c9 = tl.split(c1)
+        c2, c10 = tl.split(c2)
+        c3, c11 = tl.split(c3)
+        c4, _c12 = tl.split(c4)
+        c5, _c13 = tl.split(c5)
+        c6, _c14 = tl.split(c6)
+        c7, _c15 = tl.split(c7)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in tl.static_range(K):
-            at = tl.minimum(R * o + (OFF + j), R * BLOCK - 1)
-            acc += tl.load(fd_ptr + j) * tl.gather(v, at, 0)
+        acc += tl.load(fd_ptr + 0) * c0
+        acc += tl.load(fd_ptr + 1) * c1
+        acc += tl.load(fd_ptr + 2) * c2
+        acc += tl.load(fd_ptr + 3) * c3
+        acc += tl.load(fd_ptr + 4) * c4
+        acc += tl.load(fd_ptr + 5) * c5
+        acc += tl.load(fd_ptr + 6) * c6
+        acc += tl.load(fd_ptr + 7) * c7
+        acc += tl.load(fd_ptr + 8) * c8
+        acc += tl.load(fd_ptr + 9) * c9
+        acc += tl.load(fd_ptr + 10) * c10
+        acc += tl.load(fd_ptr + 11) * c11
         t = t0 + o
         tl.store(
             y_ptr + b * stride_yb + c * stride_yc + t,
@@ -158,6 +203,8 @@ def fused_activation(
     taps = up.filter.numel()
     if down.filter.numel() != taps or down.stride != ratio or taps % ratio:
         raise ValueError("fused activation: up/down filters must share tap count and ratio")
+    if ratio != 2 or taps > 16:  # the kernel's two phases and 16-column gather
+        raise ValueError(f"fused activation: ratio 2 and at most 16 taps (got {ratio}, {taps})")
     halo, offset, outputs = tile_layout(ratio, taps, down.pad_left, block)
     x = x.contiguous()
     b, c, t = x.shape
