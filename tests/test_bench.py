@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -342,12 +340,6 @@ def test_loop_trace_script_runs_on_cpu(tmp_path):
     assert fast_decode.generate is plain
 
 
-def _read_back(file) -> str:
-    """All that was written to ``file``."""
-    file.seek(0)
-    return file.read()
-
-
 def _run_device_script(name: str, *args: str) -> subprocess.CompletedProcess:
     """``scripts/device/<name>`` with ``args`` in a new Python with Triton's CPU interpreter
     (:func:`_run_device_scripts`); it must exit 0."""
@@ -360,6 +352,8 @@ def _run_device_scripts(name: str, *arg_lists) -> list[subprocess.CompletedProce
     before Triton is imported), run as its ``__main__`` after tests/triton_interpreter.py's
     install; each must exit 0."""
     pytest.importorskip("triton")
+    from triton_interpreter import run_all
+
     root = Path(__file__).resolve().parents[1]
     script = root / "scripts" / "device" / name
     run = (
@@ -379,25 +373,9 @@ def _run_device_scripts(name: str, *arg_lists) -> list[subprocess.CompletedProce
         ),
     }
     cmds = [[sys.executable, "-c", run, str(script), *args] for args in arg_lists]
-    # Output goes to files: a process that filled a pipe nobody reads yet would stop.
-    with contextlib.ExitStack() as files:
-        logs = [[files.enter_context(tempfile.TemporaryFile("w+")) for _ in "oe"] for _ in cmds]
-        procs = [
-            subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
-            for cmd, (out, err) in zip(cmds, logs, strict=True)
-        ]
-        done = []
-        try:
-            for cmd, proc, log in zip(cmds, procs, logs, strict=True):
-                proc.wait(timeout=600)
-                out, err = (_read_back(f) for f in log)
-                done.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
-                assert proc.returncode == 0, err[-3000:]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+    done = run_all(cmds, env, 600)
+    for d in done:
+        assert d.returncode == 0, d.stderr[-3000:]
     return done
 
 

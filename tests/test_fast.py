@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -1010,12 +1009,6 @@ def _counted(calls: dict, name: str, fn):
     return wrapper
 
 
-def _text(file) -> str:
-    """Everything written to an open temporary file."""
-    file.seek(0)
-    return file.read()
-
-
 # Run first in each interpreted process: the interpreter without its repeated patching of
 # triton.language (tests/triton_interpreter.py), the same results in ~30% less time.
 QUICK_INTERPRETER = "import triton_interpreter\ntriton_interpreter.install()\n"
@@ -1027,35 +1020,14 @@ def _run_interpreted(*codes: str, timeout: int = 300) -> None:
     time: the interpreter keeps one core busy, and the slowest of these tests took minutes
     each on CI's two cores."""
     pytest.importorskip("triton")
+    from triton_interpreter import run_all
+
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}:{root / 'tests'}"}
-    # Output goes to files, not pipes: a process that filled a pipe nobody reads yet would
-    # stop until its turn came.
-    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in codes]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", QUICK_INTERPRETER + textwrap.dedent(code)],
-            stdout=out,
-            stderr=err,
-            text=True,
-            env=env,
-            cwd=root,
-        )
-        for code, (out, err) in zip(codes, logs, strict=True)
-    ]
-    try:
-        for proc, files in zip(procs, logs, strict=True):
-            proc.wait(timeout=timeout)
-            out, err = (_text(f) for f in files)
-            assert proc.returncode == 0, out + err
-            assert out.strip().endswith("ok"), out + err
-    finally:
-        for proc, files in zip(procs, logs, strict=True):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for f in files:
-                f.close()
+    cmds = [[sys.executable, "-c", QUICK_INTERPRETER + textwrap.dedent(c)] for c in codes]
+    for done in run_all(cmds, env, timeout, cwd=root):
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.strip().endswith("ok"), done.stdout + done.stderr
 
 
 def test_quick_interpreter_patches_the_language_once_per_launch():

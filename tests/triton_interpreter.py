@@ -64,3 +64,36 @@ def install() -> bool:
     patch_once.skips_repeats = True
     interpreter._patch_lang = patch_once
     return True
+
+
+def run_all(cmds: list[list[str]], env: dict, timeout: int, cwd=None) -> list:
+    """Run ``cmds`` at the same time (the interpreter keeps one core busy each) and return
+    their ``subprocess.CompletedProcess`` results in order; any still running after
+    ``timeout`` seconds, or when one wait fails, is killed. Output goes to files, not pipes:
+    a process that filled a pipe nobody reads yet would stop until its turn came."""
+    import contextlib
+    import subprocess
+    import tempfile
+
+    def read_back(file) -> str:
+        file.seek(0)
+        return file.read()
+
+    with contextlib.ExitStack() as files:
+        logs = [[files.enter_context(tempfile.TemporaryFile("w+")) for _ in "oe"] for _ in cmds]
+        procs = [
+            subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
+            for cmd, (out, err) in zip(cmds, logs, strict=True)
+        ]
+        try:
+            for proc in procs:
+                proc.wait(timeout=timeout)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return [
+            subprocess.CompletedProcess(cmd, proc.returncode, *map(read_back, log))
+            for cmd, proc, log in zip(cmds, procs, logs, strict=True)
+        ]
