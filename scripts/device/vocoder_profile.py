@@ -14,6 +14,8 @@ these variants:
 * ``other``: the same with the kernel of ``--other FILE`` (an earlier ``tts/fast/bigvgan.py``,
   e.g. ``git show REV:tts/fast/bigvgan.py > .bench/bigvgan_v1.py``): an A/B in one process;
   every output is compared with ``fused``'s;
+* ``other-blocks``: ``blocks`` through that file's ``fused_vocoder_forward`` (when it has one),
+  compared with ``blocks``: the A/B of the forward the Engine runs;
 * ``eager``: the plain activations (``Activation1d.forward``);
 * ``convs``: every activation replaced by the identity: the convolutions' share;
 * ``fused+cudnn``: ``fused`` with cuDNN's benchmark mode;
@@ -167,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             "fused+cudnn": fused,
         }
         if args.other:
-            variants["other"] = load_other(args.other).fused_activation
+            other = load_other(args.other)
+            variants["other"] = other.fused_activation
+            if hasattr(other, "fused_vocoder_forward"):
+                variants["other-blocks"] = other.fused_activation
     result = {
         "frames": args.frames,
         "precision": args.precision,
@@ -186,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
             patch_forward(model, WNConv, conv_channels_last if name == "convs-nlc" else None)
             if name == "blocks":
                 model.forward = functools.partial(fast_bigvgan.fused_vocoder_forward, model)
+            elif name == "other-blocks":
+                model.forward = functools.partial(other.fused_vocoder_forward, model)
             else:
                 model.__dict__.pop("forward", None)
             saved = torch.backends.cudnn.benchmark
             torch.backends.cudnn.benchmark = name.endswith("+cudnn")
             try:
                 seconds = time_forward(model, mel, args.precision, args.repeats)
-                if name in ("blocks", "fused", "other"):
+                if name in ("blocks", "fused", "other", "other-blocks"):
                     with torch.no_grad(), precision_context(args.precision, device):
                         outputs[name] = model(mel).float()
             finally:
@@ -202,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             result["times"].append(
                 {"batch": batch, "variant": name, "seconds": seconds, "tflops": rate}
             )
-        for name in ("blocks", "other"):
+        pairs = [("fused", "blocks"), ("fused", "other"), ("blocks", "other-blocks")]
+        for ref, name in pairs:
             if name in outputs:
-                diff = float((outputs["fused"] - outputs[name]).abs().max())
-                print(f"B={batch:3d} fused vs {name}: max |diff| {diff:.3e}")
-                result["checks"][f"fused_vs_{name}_B{batch}"] = diff
+                diff = float((outputs[ref] - outputs[name]).abs().max())
+                print(f"B={batch:3d} {ref} vs {name}: max |diff| {diff:.3e}")
+                result["checks"][f"{ref}_vs_{name}_B{batch}"] = diff
     if device.type == "cuda":
         patch_forward(model, Activation1d, fused)
         patch_forward(model, WNConv, None)
