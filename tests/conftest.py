@@ -13,14 +13,16 @@ MANIFESTS = SHARED / "spec" / "manifests"
 OFFICIAL_CONFIG = SHARED / "spec" / "config.official.yaml"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """GPU tests are skipped (with the reason) where CUDA is not available."""
-    if torch.cuda.is_available():
-        return
+    """GPU tests are skipped (with the reason) where CUDA is not available; where it is, they
+    form one pytest-xdist group, so that under ``-n 2 --dist loadgroup`` one worker runs them
+    all, one at a time, instead of two processes sharing the GPU."""
+    cuda = torch.cuda.is_available()
     skip = pytest.mark.skip(reason="needs CUDA (run on the GPU device; see docs/gpu.md)")
     for item in items:
         if "gpu" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.xdist_group("gpu") if cuda else skip)
 
 
 def pytest_runtest_logreport(report):

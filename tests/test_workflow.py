@@ -41,7 +41,9 @@ ROWS = [
     ("broken", "", "voices/a.wav", ""),  # empty text: fails alone
 ]
 
-pytestmark = pytest.mark.slow
+# One pytest-xdist group: the module's workflow runs (module-scoped fixtures) are made by one
+# worker instead of once in each.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workflow")]
 
 
 def _env() -> dict:
