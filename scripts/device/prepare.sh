@@ -47,8 +47,9 @@ pinned() {
 # dependency); soxr resamples. Everything else that `tts bench` and the GPU tests import is in
 # the device image (torch, torchaudio, transformers, numpy, pyyaml, safetensors, sentencepiece,
 # triton, pytest); the text normaliser (WeTextProcessing + pynini, ~420 MB) is too big to travel,
-# so its three parity cases are skipped there.
-WHEELS=(soundfile cffi pycparser soxr)
+# so its three parity cases are skipped there. pytest-xdist (+ execnet) runs the GPU tests as
+# README's test command does (TESTS_ARGS="-n 2 --dist loadgroup" in run_gpu.sh).
+WHEELS=(soundfile cffi pycparser soxr pytest-xdist execnet)
 mkdir -p "$B/whl"
 specs=()
 for name in "${WHEELS[@]}"; do specs+=("$name==$(pinned "$name")"); done
@@ -57,7 +58,8 @@ for f in "$B"/whl/*.whl; do
   [ -e "$f" ] || continue
   base="$(basename "$f")"; keep=0
   for s in "${specs[@]}"; do
-    case "$base" in "${s%%==*}-${s##*==}-"*) keep=1 ;; esac
+    n="${s%%==*}"  # a wheel's file name spells the project's dashes as underscores
+    case "$base" in "${n//-/_}-${s##*==}-"*) keep=1 ;; esac
   done
   [ "$keep" = 1 ] || rm -f "$f"
 done

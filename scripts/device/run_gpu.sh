@@ -14,7 +14,8 @@
 #   official  the official harness on the same set and inputs (official_same_weights.py), with
 #             $OFFICIAL_ARGS (default: fp16, 3 beams, 500 tokens, warm-up 1, 2 timed passes)
 #   compare   speed-up of ours over the official at batch 1 (tts.bench.compare_files)
-#   tests     python3 -m pytest -q tests/test_gpu.py (fixtures unpacked from .bench/shared.tar.xz)
+#   tests     python3 -m pytest -q tests/test_gpu.py $TESTS_ARGS (fixtures unpacked from
+#             .bench/shared.tar.xz; TESTS_K selects by -k)
 #   profile   scripts/device/decode_profile.py $PROFILE_ARGS (GPT decode-step kernels and times of
 #             each decoder variant; no checkpoints), if that script exists
 #   cudnn     scripts/device/cudnn_ab.py --checkpoints $CK $CUDNN_ARGS (each stage's time with
@@ -112,6 +113,7 @@ BARRIER_ARGS="${BARRIER_ARGS:-}"
 PERSISTENT_ARGS="${PERSISTENT_ARGS:-}"
 CALLS_ARGS="${CALLS_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
+TESTS_ARGS="${TESTS_ARGS:-}"  # more pytest arguments, e.g. "-n 2 --dist loadgroup" (README's)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_TIMELINE="${T_TIMELINE:-150}" T_SWEEP="${T_SWEEP:-180}"
@@ -287,7 +289,7 @@ main() {
   want compare && section compare "$T_COMPARE" bash -c compare
   want tests && section tests "$T_TESTS" env PYTHONPATH="$SITE_OURS:$PWD" \
     TTS_GPU_REPORT="$OUT/tests.json" TTS_TEST_FAILURES="$OUT/failures.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
-    -rs ${TESTS_K:+-k "$TESTS_K"}
+    -rs ${TESTS_K:+-k "$TESTS_K"} $TESTS_ARGS
   if want profile; then
     if [ -f scripts/device/decode_profile.py ]; then
       # shellcheck disable=SC2086
