@@ -192,7 +192,8 @@ def fused_activation(
     position), then low-passes it into ``block - 6`` outputs (ratio 2, 12 taps): the tiles
     overlap by 6 positions instead of every output recomputing its 12 activated neighbours.
     The default tile (1024 positions, 4 warps) made BigVGAN's forward 10% faster than 256
-    positions at batch 16 on an H100, and no slower at batch 1 (docs/benchmarks.md, run DU).
+    positions at batch 16 on an H100; at batch 1 the two differed by less than the forward's
+    time moves from run to run (docs/benchmarks.md, runs DU-DV).
 
     ``bias`` [C]: compute ``module(x + bias[:, None])`` instead, the sum rounded to ``x``'s dtype
     as torch's separate bias add after a convolution rounds it, so that a convolution run
