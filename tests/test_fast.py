@@ -1238,9 +1238,8 @@ def test_tensor_core_linear_kernel_interpreted():
     """tts.fast.linear's tensor-core kernel (Triton's CPU interpreter; bf16 and fp16 at widths it
     takes: 384 = (2 + 1) x 128 and 256 = 2 x 128 slices, 80 outputs, so the last program's
     columns are masked) against the op-by-op computation within the error two roundings may
-    make, with each epilogue and the KV write, 1 to 8 rows; a LayerNorm folded into it
-    (``folded``) within the same bound, also with a large mean; the kernel really ran; float32
-    and a width it does not take go to the CUDA-core kernel, and ``folded`` is refused there."""
+    make, with each epilogue and the KV write, 1 to 8 rows; the kernel really ran; float32 and
+    a width it does not take go to the CUDA-core kernel."""
     _run_interpreted(
         """
         import torch
@@ -1270,10 +1269,6 @@ def test_tensor_core_linear_kernel_interpreted():
                     res = torch.randn(rows, N).to(dtype)
                     for kw in ({}, {"ln": ln, "gelu": True}, {"residual": res}):
                         close(linear.linear(x, w, b, **kw), *ref(x, w, b, **kw))
-                    # The LayerNorm folded into the projection: the same bound.
-                    wf, c1, bf = linear.fold_layer_norm(w, b, ln[0], ln[1])
-                    got = linear.linear(x, wf, bf, folded=(c1, ln[2]), gelu=True)
-                    close(got, *ref(x, w, b, ln=ln, gelu=True))
             rows, heads, hd, width = 3, 4, 96, 384
             x = torch.randn(rows, width).to(dtype)
             w = (torch.randn(3 * width, width) * width**-0.5).to(dtype)
@@ -1282,18 +1277,7 @@ def test_tensor_core_linear_kernel_interpreted():
             kv = torch.zeros(2, rows, heads, 10, hd).to(dtype)
             q = linear.linear(x, w, b, ln=ln, kv=(kv[0], kv[1], torch.tensor([5]), width))
             assert_qkv_written(q, kv, 5, *ref(x, w, b, ln=ln))
-            wf, c1, bf = linear.fold_layer_norm(w, b, ln[0], ln[1])
-            q = linear.linear(x + 4, wf, bf, folded=(c1, 1e-5),
-                              kv=(kv[0], kv[1], torch.tensor([5]), width))
-            assert_qkv_written(q, kv, 5, *ref(x + 4, w, b, ln=ln))
-        assert launches == {"mma": 2 * (2 * 3 * 4 + 2), "cuda_cores": 0}, launches
-        for bad in ({"ln": ln}, {}):  # folded: not with ln, and on tensor cores only
-            try:
-                xb = x if bad else x.float()
-                linear.linear(xb, w.to(xb.dtype), b, folded=(c1, 1e-5), **bad)
-                raise SystemExit(f"folded was accepted with {bad or 'float32'}")
-            except ValueError as exc:
-                assert "folded needs" in str(exc)
+        assert launches == {"mma": 2 * (2 * 3 * 3 + 1), "cuda_cores": 0}, launches
         for x in (torch.randn(3, 384), torch.randn(3, 48).bfloat16()):  # float32; 48 wide
             linear.linear(x, torch.randn(N, x.size(1)).to(x.dtype), torch.randn(N).to(x.dtype))
         assert launches["cuda_cores"] == 2, launches
@@ -1569,10 +1553,6 @@ def _projection_signature(kernel, dtype: str) -> dict:
     def kind(name: str) -> str:
         if name == "pos_ptr":
             return "*i64"
-        if name == "c1_ptr":  # the folded LayerNorm's row sums (float32)
-            return "*fp32"
-        if name == "eps":
-            return "fp32"
         if name.endswith("_ptr"):
             return f"*{dtype}"
         return "i32" if name in ints else "constexpr"
@@ -1603,23 +1583,19 @@ def test_linear_kernel_compiles_for_hopper():
 def test_tensor_core_linear_kernel_compiles_for_hopper():
     """The tensor-core projection kernel compiles for sm_90 with PDL at the GPT's 1280 inputs
     (8 + 2 slices) and at 256 (no second slice tile), 1, 3 and 8 rows, bf16 and fp16, with
-    each epilogue, with and without a folded LayerNorm."""
+    each epilogue."""
     from tts.fast import linear
 
     for dtype in ("bf16", "fp16"):
         signature = _projection_signature(linear._mma_kernel, dtype)
-        for k_in, gelu, res, kv, fold in (
-            (1280, False, False, True, False), (1280, True, False, False, False),
-            (256, False, True, False, False), (1280, False, False, True, True),
-            (1280, True, False, False, True), (256, True, False, False, True),
-        ):  # fmt: skip
+        for k_in, gelu, res, kv in ((1280, False, False, True), (1280, True, False, False),
+                                    (256, False, True, False)):  # fmt: skip
             sa, sb = linear.mma_slices(k_in)
             for rows in (1, 3, 8):
                 constexprs = {
                     "M": rows, "K": k_in, "KS": linear.MMA_SLICE, "SA": sa, "SB": sb,
                     "GELU": gelu, "RES": res, "KV": kv, "BLOCK_M": linear.mma_block_rows(rows),
                     "BLOCK_N": linear.MMA_ROWS_PER_PROGRAM, "WIDEN": False, "PDL": True,
-                    "FOLD": fold,
                 }  # fmt: skip
                 _compile_for_hopper(linear._mma_kernel, signature, constexprs, linear.MMA_WARPS)
 
@@ -1805,28 +1781,6 @@ def test_kept_graphkk_decoder_matches_plain_generation_interpreted():
             steps += stats["steps"]
         assert kept == [False, True, True], kept
         assert calls == {"step": steps}, (calls, steps)
-        print("ok")
-        """,
-        timeout=900,
-    )
-
-
-def test_folded_norm_decoder_interpreted():
-    """graphkf (graphkk with the layers' LayerNorms folded into the tensor-core qkv and fc
-    projections) against graphkk in bf16 through Triton's CPU interpreter, on a GPT of
-    tensor-core width, greedy, 4 codes (tests/test_gpu.py runs 40 with beams too): the fold
-    ran and the logits agree until the decoders part
-    (kernel_reference.folded_norm_decoder_check)."""
-    _run_interpreted(
-        """
-        import torch
-        from kernel_reference import folded_norm_decoder_check
-        from tts.checkpoints import CheckpointSet
-        from tts.parity import all_cases
-        torch.set_num_threads(1)
-        root = next(fs.root for fs, _ in all_cases() if fs.name == "gpt-small")
-        config = CheckpointSet.open(root).config["gpt"]
-        print(folded_norm_decoder_check(config, "cpu", torch.bfloat16, 4, beams=(1,)))
         print("ok")
         """,
         timeout=900,

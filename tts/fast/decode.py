@@ -355,25 +355,6 @@ class DecodeWeights:
                     )
                 )
 
-    def folded(self, model) -> list[tuple[tuple, tuple]]:
-        """Per layer, ln_1 folded into qkv and ln_2 into fc
-        (:func:`tts.fast.linear.fold_layer_norm`: weights, row sums, bias), for decoders with
-        ``fold_norm``. Made on first use and kept: a second copy of those weights (0.55 GB for
-        the full-size GPT in half precision)."""
-        if getattr(self, "_folded", None) is None:
-            from tts.fast.linear import fold_layer_norm
-
-            self._folded = [
-                (
-                    fold_layer_norm(w_qkv, b_qkv, block.ln_1.weight, block.ln_1.bias),
-                    fold_layer_norm(w_fc, b_fc, block.ln_2.weight, block.ln_2.bias),
-                )
-                for block, (w_qkv, b_qkv, _, _, w_fc, b_fc, _, _) in zip(
-                    model.gpt.h, self.layers, strict=True
-                )
-            ]
-        return self._folded
-
 
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -517,7 +498,6 @@ _OPTIONS = {
     "choice": "torch",
     "read_ahead": False,
     "compile_stack": True,
-    "fold_norm": False,
 }
 # A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
 KEEP_ROOM = 256
@@ -601,7 +581,6 @@ class StaticDecoder:
         choice: str = "torch",
         read_ahead: bool = False,
         compile_stack: bool = True,
-        fold_norm: bool = False,
         capacity: int = 0,
     ):
         """Allocate every buffer for calls shaped like ``prefix`` (its batch, dtype and
@@ -652,7 +631,7 @@ class StaticDecoder:
         self._use(0)
         self.written_to = 0  # cache positions [0, written_to) may hold an earlier call's values
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
-        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack, fold_norm)
+        self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack)
         self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
         self.valid_all = torch.ones(rows, cap, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(cap, device=device)
@@ -1192,13 +1171,7 @@ class StaticDecoder:
         self.cache = self.caches[index]
 
     def _fused_stack(
-        self,
-        fused: bool,
-        matmul: str,
-        cache_dtype: torch.dtype,
-        pdl: bool,
-        compile: bool,
-        fold_norm: bool = False,
+        self, fused: bool, matmul: str, cache_dtype: torch.dtype, pdl: bool, compile: bool
     ):
         """The :class:`tts.fast.fused.FusedStack` of this decoder, or None (not asked for,
         not applicable, or its compile or first run failed before in this process)."""
@@ -1220,13 +1193,7 @@ class StaticDecoder:
             if len(mixed) > 1:
                 raise TypeError(f"one dtype needed, got {sorted(map(str, mixed))}")
             stack = FusedStack(
-                model,
-                self.weights.layers,
-                self.rows,
-                matmul,
-                pdl=pdl,
-                compile=compile,
-                folded=self.weights.folded if fold_norm else None,
+                model, self.weights.layers, self.rows, matmul, pdl=pdl, compile=compile
             )
         except Exception as exc:  # noqa: BLE001 - not applicable: plain layers
             fallback("GPT fused decode layers", exc)
@@ -1483,7 +1450,6 @@ class StaticDecoder:
             stats["first_step_s"] = first_step_s
             stats["fused"] = self.fused is not None  # False: not asked for, or fell back
             stats["matmul"] = self.fused.matmul if self.fused is not None else None
-            stats["folded_norms"] = self.fused is not None and self.fused.folded
             stats["attention"] = self.attend.keywords["kind"]
             stats["reorder"] = "swap" if self.swap else "table" if self.table else "copy"
         return self._result(step)

@@ -203,10 +203,7 @@ class FusedStack:
     ``matrices``: per layer ``(w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj)`` with the
     matrices ``[out, in]`` (tts.fast.decode.DecodeWeights). Call :meth:`step` with the step's
     tokens and the layer caches; it writes the logits into ``out``. ``pdl``: the Triton
-    projections' programmatic dependent launch (``matmul="triton"``). ``folded``
-    (``matmul="triton"``, tensor-core widths): a function of the model giving each layer's
-    LayerNorms folded into qkv and fc (:meth:`tts.fast.decode.DecodeWeights.folded`), so that
-    the projections compute them (two kernels fewer per layer); ignored elsewhere.
+    projections' programmatic dependent launch (``matmul="triton"``).
     """
 
     def __init__(
@@ -217,7 +214,6 @@ class FusedStack:
         matmul: str = "mm",
         pdl: bool = False,
         compile: bool = True,
-        folded: Callable | None = None,
     ):
         if matmul not in MATMULS:
             raise ValueError(f"matmul {matmul!r} is not one of {MATMULS}")
@@ -290,29 +286,11 @@ class FusedStack:
             if chosen:
                 for name in ("pre", "post", "head"):
                     self.fns[name] = functools.partial(_FUNCTIONS[name], **chosen)
-        self.folded = False  # the LayerNorms computed inside the projections (``folded``)
         if matmul == "triton":
             if not linear.available(weight):
                 raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
-            fold = folded is not None and linear.on_tensor_cores(self.dtype, model.model_dim)
-            if fold:
-                self._fold(folded(model))
-                self.key += ("folded LayerNorms",)
-                self.folded = True
-            self.fns["pre"] = functools.partial(linear.decode_pre, pdl=pdl, folded=self.folded)
-            self.fns["post"] = functools.partial(linear.decode_post, pdl=pdl, folded=self.folded)
-
-    def _fold(self, folded: list[tuple[tuple, tuple]]) -> None:
-        """Each layer's LayerNorms into the projections after them: ``folded`` per layer
-        (qkv, fc) as :func:`tts.fast.linear.fold_layer_norm`'s (weights, row sums, bias); the
-        row sums take the LayerNorm weight's place and its bias is unused."""
-        for i, ((pre, post), (qkv, fc)) in enumerate(zip(self.layers, folded, strict=True)):
-            _, _, eps1, _, _ = pre
-            w_o, b_o, _, _, eps2, _, _, w_proj, b_proj = post
-            self.layers[i] = (
-                (qkv[1], None, eps1, qkv[0], qkv[2]),
-                (w_o, b_o, fc[1], None, eps2, fc[0], fc[2], w_proj, b_proj),
-            )
+            self.fns["pre"] = functools.partial(linear.decode_pre, pdl=pdl)
+            self.fns["post"] = functools.partial(linear.decode_post, pdl=pdl)
 
     def mark_cache(self, views: list[torch.Tensor]) -> None:
         """Let the cache length (dim 2 of ``[rows, heads, capacity, head_dim]``) vary in the

@@ -230,39 +230,16 @@ if triton is not None:
         )  # fmt: skip
 
     @triton.jit
-    def _row_stats(xa, xb, K: tl.constexpr, eps, SB: tl.constexpr):
-        """Mean and rstd (float32, two passes) of each input row of :func:`_mma_kernel`'s
-        slices ``xa`` [SA, KS, BLOCK_M] and ``xb`` [SB, KS, BLOCK_M] (unused if SB is 0)."""
-        fa = xa.to(tl.float32)
-        total = tl.sum(tl.sum(fa, axis=0), axis=0)
-        if SB > 0:
-            fb = xb.to(tl.float32)
-            total += tl.sum(tl.sum(fb, axis=0), axis=0)
-        mean = total / K
-        da = fa - mean[None, None, :]
-        squares = tl.sum(tl.sum(da * da, axis=0), axis=0)
-        if SB > 0:
-            db = fb - mean[None, None, :]
-            squares += tl.sum(tl.sum(db * db, axis=0), axis=0)
-        return mean, 1.0 / tl.sqrt(squares / K + eps)
-
-    @triton.jit
     def _mma_kernel(
         x_ptr, w_ptr, b_ptr, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
         N, stride_x, stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim,
         M: tl.constexpr, K: tl.constexpr, KS: tl.constexpr, SA: tl.constexpr,
         SB: tl.constexpr, GELU: tl.constexpr, RES: tl.constexpr, KV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WIDEN: tl.constexpr, PDL: tl.constexpr,
-        c1_ptr, eps, FOLD: tl.constexpr,
     ):  # fmt: skip
         """Program n: output columns ``[n * BLOCK_N, (n + 1) * BLOCK_N)`` of all ``M`` rows on
         tensor cores (half-precision inputs, float32 accumulation), with
         :func:`_epilogue` as the CUDA-core kernel.
-
-        ``FOLD``: a LayerNorm of the input rows is folded in (:func:`fold_layer_norm` made
-        the weights, the bias and ``c1``, the folded weight rows' sums). The program computes
-        each input row's mean and rstd from the rows it loads anyway (float32, two passes, as
-        :func:`_norm_kernel`) and finishes ``rstd * (W'x - mean * c1)``.
 
         The width is cut into ``SA + SB`` slices of ``KS`` inputs (1280 = (8 + 2) x 128), and
         each slice's weights ``[BLOCK_N, KS]`` times the input rows ``[KS, BLOCK_M]`` is one
@@ -283,8 +260,6 @@ if triton is not None:
             sb = (SA + tl.arange(0, SB))[:, None, None] * KS
             wb = tl.load(w_at + sb, mask=col_ok[None, :, None], other=0.0)  # [SB, BLOCK_N, KS]
         bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if FOLD:
-            c1 = tl.load(c1_ptr + cols, mask=col_ok, other=0.0)
         if PDL:
             gdc_launch_dependents()
             gdc_wait()
@@ -292,22 +267,15 @@ if triton is not None:
         row_ok = rows < M
         x_at = x_ptr + rows[None, None, :] * stride_x + k[None, :, None]
         xa = tl.load(x_at + sa, mask=row_ok[None, None, :], other=0.0)  # [SA, KS, BLOCK_M]
-        if SB > 0:
-            xb = tl.load(x_at + sb, mask=row_ok[None, None, :], other=0.0)
-        else:
-            xb = xa  # not read
-        if FOLD:
-            mean, rstd = _row_stats(xa, xb, K, eps, SB)
         if WIDEN:
             wa, xa = wa.to(tl.float32), xa.to(tl.float32)
         part = tl.sum(tl.dot(wa, xa), axis=0)
         if SB > 0:
+            xb = tl.load(x_at + sb, mask=row_ok[None, None, :], other=0.0)
             if WIDEN:
                 wb, xb = wb.to(tl.float32), xb.to(tl.float32)
             part += tl.sum(tl.dot(wb, xb), axis=0)
         y = tl.trans(part)  # [BLOCK_M, BLOCK_N]
-        if FOLD:
-            y = rstd[:, None] * (y - mean[:, None] * c1[None, :])
         _epilogue(
             y, bias, rows, row_ok, cols, col_ok, res_ptr, out_ptr, k_ptr, v_ptr, pos_ptr,
             stride_res, stride_out, kv_row, kv_head, kv_pos, width, head_dim, GELU, RES, KV,
@@ -432,7 +400,6 @@ def linear(
     gelu: bool = False,
     residual: torch.Tensor | None = None,
     kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None,
-    folded: tuple[torch.Tensor, float] | None = None,
     pdl: bool = False,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
@@ -443,9 +410,6 @@ def linear(
     ``kv``: (keys, values, pos, width) for a qkv projection: ``keys`` / ``values`` are the layer's
     cache ``[rows, heads, capacity, head_dim]`` (same strides), ``pos`` a 1-element int64
     device tensor; then only the queries (the first ``width`` columns) are returned.
-    ``folded``: (row sums, eps) of :func:`fold_layer_norm`, whose weights and bias ``w`` and
-    ``b`` are: the LayerNorm is computed inside the projection (tensor cores only; not with
-    ``ln``).
     ``pdl``: launch as a programmatic dependent launch (CUDA, Hopper or newer): the kernel
     starts while the previous kernel of the stream runs, loads its weights, and waits for
     that kernel before reading ``x`` (ignored under the interpreter). Inputs that
@@ -481,24 +445,18 @@ def linear(
         kc = vc = pos = dummy
         head_dim, kv_strides = 1, (0, 0, 0)
     pdl = pdl and pdl_available(x.device)
-    slices = on_tensor_cores(x.dtype, k_in)
-    if folded is not None and (slices is None or ln is not None):
-        raise ValueError("folded needs the tensor-core kernel (bf16 / fp16) and no ln")
-    if folded is not None and folded[0].shape != (n_out,):
-        raise ValueError(f"folded row sums must be [{n_out}], got {tuple(folded[0].shape)}")
     if ln is not None:
         x = layer_norm(x, *ln, pdl=pdl)
     res_stride = res.stride(0) if residual is not None else 0
+    slices = on_tensor_cores(x.dtype, k_in)
     if slices is not None:
         per_program = rows_per_program or MMA_ROWS_PER_PROGRAM
-        c1, eps = folded if folded is not None else (b, 0.0)
         _mma_kernel[(triton.cdiv(n_out, per_program),)](
             x, w, b, res, out, kc, vc, pos, n_out, x.stride(0), res_stride, out.stride(0),
             *kv_strides, width, head_dim,
             M=rows, K=k_in, KS=MMA_SLICE, SA=slices[0], SB=slices[1], GELU=gelu,
             RES=residual is not None, KV=kv is not None, BLOCK_M=mma_block_rows(rows),
             BLOCK_N=per_program, WIDEN=not x.is_cuda, PDL=pdl,
-            c1_ptr=c1, eps=float(eps), FOLD=folded is not None,
             num_warps=num_warps or MMA_WARPS, launch_pdl=pdl,
         )  # fmt: skip
         return out
@@ -516,25 +474,6 @@ def linear(
     return out
 
 
-@torch.no_grad()
-def fold_layer_norm(
-    w: torch.Tensor, b: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A LayerNorm (gain ``ln_w``, shift ``ln_b``) and the projection after it (``w`` [out,
-    in], ``b``) as one projection of the raw input rows, for :func:`linear`'s ``folded``:
-    ``(W', c1, b')`` with ``W' = W diag(ln_w)`` rounded to ``w``'s dtype, ``c1`` the float32
-    sums of W''s rows and ``b' = b + W ln_b`` in float32, so that
-
-        W LN(x) + b = rstd * (W'x - mean * c1) + b'.
-
-    ``c1`` sums the rounded ``W'``, so the mean cancels exactly as in ``W'(x - mean)``. The
-    reference rounds the normalised row to the weights' dtype before the projection; this
-    rounds ``W diag(ln_w)`` instead: a different rounding of the same size (tests/test_gpu.py
-    bounds both against float64)."""
-    scaled = (w.float() * ln_w.float()[None, :]).to(w.dtype).contiguous()
-    return scaled, scaled.float().sum(1), b.float() + w.float() @ ln_b.float()
-
-
 def decode_pre(
     x,
     ln_w,
@@ -548,15 +487,13 @@ def decode_pre(
     heads: int,
     reduce: bool,
     pdl: bool = False,
-    folded: bool = False,
 ):
     """:func:`tts.fast.fused._pre` as one kernel: queries ``[rows, heads, 1, head_dim]``; the
-    step's key and value written at cache position ``pos`` of ``kc`` / ``vc``. ``folded``:
-    ``w_qkv`` and ``b_qkv`` are :func:`fold_layer_norm`'s and ``ln_w`` its row sums (``ln_b``
-    unused): the LayerNorm is computed inside the projection, one kernel fewer."""
+    step's key and value written at cache position ``pos`` of ``kc`` / ``vc``."""
     rows, _, dim = x.shape
-    norm = {"folded": (ln_w, eps)} if folded else {"ln": (ln_w, ln_b, eps)}
-    q = linear(x.view(rows, dim), w_qkv, b_qkv, kv=(kc, vc, pos, dim), pdl=pdl, **norm)
+    q = linear(
+        x.view(rows, dim), w_qkv, b_qkv, ln=(ln_w, ln_b, eps), kv=(kc, vc, pos, dim), pdl=pdl
+    )
     return q.view(rows, 1, heads, dim // heads).transpose(1, 2)
 
 
@@ -574,14 +511,12 @@ def decode_post(
     b_proj,
     reduce: bool,
     pdl: bool = False,
-    folded: bool = False,
 ):
     """:func:`tts.fast.fused._post` as three kernels: out projection + residual, ln_2 + fc +
-    GELU, proj + residual. ``folded`` as :func:`decode_pre`'s, for ln_2 and fc."""
+    GELU, proj + residual."""
     rows, _, dim = x.shape
     x = x.reshape(rows, dim)
     att = att.transpose(1, 2).reshape(rows, dim)
     x = linear(att, w_o, b_o, residual=x, pdl=pdl)
-    norm = {"folded": (ln_w, eps)} if folded else {"ln": (ln_w, ln_b, eps)}
-    h = linear(x, w_fc, b_fc, gelu=True, pdl=pdl, **norm)
+    h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl)
     return linear(h, w_proj, b_proj, residual=x, pdl=pdl).view(rows, 1, dim)

@@ -102,7 +102,3 @@ VARIANTS["graphke"] = {
 }
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")
-# graphkk with each layer's two LayerNorms computed inside the tensor-core projections after
-# them (tts.fast.linear.fold_layer_norm; bf16 / fp16 only): 48 kernels fewer per step, rounded
-# differently from the reference (a bound, not the same bits; docs/benchmarks.md).
-VARIANTS["graphkf"] = {**VARIANTS["graphkk"], "fold_norm": True}
