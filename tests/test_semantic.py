@@ -315,3 +315,52 @@ def test_w2v_bert_module_loads_transformers_without_scikit_learn_or_scipy():
     assert out.stdout.split() == ["False", "False", "roc_curve", "linear_sum_assignment"], (
         out.stdout + out.stderr
     )
+
+
+@pytest.mark.parametrize("frames", [5, 100])
+def test_relative_key_bias_equals_transformers(frames):
+    """The attention's relative-key bias through one GEMM against the distance table and a
+    gather (:func:`tts.models.w2v_bert.relative_key_bias`) equals transformers' own (an
+    embedding per position pair, then an einsum) to float32 rounding, with distances clamped on
+    both sides at 100 frames (w2v-bert-2.0's window is 64 back, 8 ahead), and it is what
+    transformers' attention calls once tts.models.w2v_bert is imported: a whole encoder layer
+    gives what it gives with transformers' version put back."""
+    from unittest import mock
+
+    from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert as hf
+
+    from tts.models import w2v_bert
+
+    assert hf._apply_relative_key_position_encoding is w2v_bert.relative_key_bias
+    cfg = w2v_bert.hf_config(
+        {
+            "hidden_size": 128,
+            "num_attention_heads": 2,
+            "intermediate_size": 256,
+            "position_embeddings_type": "relative_key",
+            "left_max_position_embeddings": 64,
+            "right_max_position_embeddings": 8,
+        }
+    )
+    torch.manual_seed(0)
+    layer = hf.Wav2Vec2BertEncoderLayer(cfg).eval()
+    attention = layer.self_attn
+    q = torch.randn(2, 2, frames, 64)
+    _, want = w2v_bert.transformers_relative_key_bias(attention, q, q)
+    _, got = w2v_bert.relative_key_bias(attention, q, q)
+    assert got.shape == want.shape == (2, 2, frames, frames)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # a wrong clamp (the window one position narrower) would not pass
+    attention.right_max_position_embeddings -= 1
+    _, narrow = w2v_bert.relative_key_bias(attention, q, q)
+    attention.right_max_position_embeddings += 1
+    if frames > 8:
+        assert not torch.allclose(narrow, want)
+    x = torch.randn(1, frames, 128)
+    with torch.no_grad():
+        ours = layer(x)[0]
+        with mock.patch.object(
+            hf, "_apply_relative_key_position_encoding", w2v_bert.transformers_relative_key_bias
+        ):
+            theirs = layer(x)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -51,12 +51,41 @@ def _unused_packages_hidden() -> Iterator[None]:
 
 with _unused_packages_hidden():
     from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
+    from transformers.models.wav2vec2_bert import modeling_wav2vec2_bert as _hf_w2v_bert
 
 HIDDEN_STATE_INDEX = 17  # IndexTTS2.get_emb uses hidden_states[17]
 
 # Attention kernel for transformers: "sdpa" (default, fast) or "eager" (the reference's
 # formulation, kept selectable for debugging numerics).
 DEFAULT_ATTENTION = "sdpa"
+
+
+def relative_key_bias(module: nn.Module, query: torch.Tensor, key: torch.Tensor):
+    """``(query, bias)`` for a "relative_key" self-attention: ``bias[b, h, l, r] = scaling *
+    query[b, h, l] . E[clamp(r - l, -left, right) + left]``, transformers' formula, computed
+    as one small GEMM against the distance table ``E`` ([left + right + 1, head_size]: 73 x 64
+    in w2v-bert-2.0) followed by a gather of its columns.
+
+    transformers gathers an embedding per (l, r) pair first, a ``[T, T, head_size]`` tensor
+    (64 MB at T = 500, per layer) that an einsum then reads back; the dot products are the
+    same, each of ``head_size`` float32 products (tests/test_w2v_bert.py compares the two)."""
+    left = module.left_max_position_embeddings
+    right = module.right_max_position_embeddings
+    lq, lk = query.shape[2], key.shape[2]
+    distance = (
+        torch.arange(lk, device=query.device)[None, :]
+        - torch.arange(lq, device=query.device)[:, None]
+    )
+    column = distance.clamp(-left, right) + left
+    table = torch.matmul(query, module.distance_embedding.weight.to(query.dtype).t())
+    bias = table.gather(3, column.expand(*query.shape[:2], lq, lk))
+    return query, bias * module.scaling
+
+
+# transformers' own version, kept for the comparison in the tests; ours replaces it in its
+# module, the one place the attention calls it from (transformers is pinned in pyproject.toml).
+transformers_relative_key_bias = _hf_w2v_bert._apply_relative_key_position_encoding
+_hf_w2v_bert._apply_relative_key_position_encoding = relative_key_bias
 
 
 def hf_config(config: dict, attn_implementation: str = DEFAULT_ATTENTION) -> Wav2Vec2BertConfig:
