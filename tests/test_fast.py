@@ -1286,6 +1286,45 @@ def test_tensor_core_linear_kernel_interpreted():
     )
 
 
+def test_decode_head_kernels_interpreted():
+    """tts.fast.linear.decode_head (Triton's CPU interpreter; bf16 and fp16, a width the
+    tensor-core kernel takes, 300 outputs so the last program's columns are masked, 1 to 8
+    rows) against tts.fast.fused._head op by op: ln_f then final_norm in float32, rounded
+    once, the head in the weights' dtype, logits in float32. Within the error two roundings
+    may make; a head that skipped final_norm would not be."""
+    _run_interpreted(
+        """
+        import torch
+        from kernel_reference import CountedLaunches
+        from kernel_reference import assert_rounding_close as close
+        from kernel_reference import linear_reference as ref
+        from tts.fast import fused, linear
+        torch.manual_seed(2)
+        launches = {"mma": 0}
+        linear._mma_kernel = CountedLaunches(launches, "mma", linear._mma_kernel)
+        K, N = 256, 300
+        for dtype in (torch.bfloat16, torch.float16):
+            for rows in (1, 3, 8):
+                x = (torch.randn(rows, 1, K) * 2 + 0.7).to(dtype)
+                f = (torch.randn(K).to(dtype), torch.randn(K).to(dtype), 1e-5)
+                n = (torch.randn(K).to(dtype) + 1, torch.randn(K).to(dtype), 1e-6)
+                w = (torch.randn(N, K) * K**-0.5).to(dtype)
+                b = torch.randn(N).to(dtype)
+                out = torch.full((rows, N), float("nan"))
+                linear.decode_head(x, *f, *n, w, b, out, False)
+                h = fused._norm(fused._norm(x[:, -1].float(), *f), *n).to(dtype)
+                want, tol = ref(h, w, b)
+                close(out.to(dtype), want, tol)
+                assert torch.equal(out.to(dtype).float(), out)  # rounded as the head rounds
+                skipped = fused._norm(x[:, -1].float(), *f).to(dtype)
+                wrong, _ = ref(skipped, w, b)
+                assert float((wrong.double() - want.double()).abs().max()) > 10 * float(tol.max())
+        assert launches == {"mma": 6}, launches
+        print("ok")
+        """
+    )
+
+
 # Codes the interpreted decoder tests generate: 12, not the 24 of the others, as every step's
 # cache window is the same 64-position bucket (two attention chunks) either way, and each step
 # through the interpreter takes seconds.
@@ -1883,6 +1922,69 @@ def test_op_by_op_stack_uses_the_one_kernel_norm_in_half_precision_interpreted()
         rel = float((got - ref).norm() / ref.norm())
         assert 0 <= rel < 1e-2, rel
         print("rel", rel)
+        print("ok")
+        """,
+        timeout=600,
+    )
+
+
+def test_tensor_core_head_in_the_triton_stack_interpreted():
+    """The Triton stack (matmul="triton") of a GPT whose width the tensor-core kernel takes
+    (128 here) runs its head as tts.fast.linear.decode_head in bf16, and keeps the op-by-op
+    head in float32 and at widths it does not take (the 32-wide fixture GPT). A bf16 decode
+    step's logits equal those of the same stack with the op-by-op head within a few bf16
+    roundings (relative L2 < 1e-2; final_norm's parameters in ln_f's place, for one, are off
+    by O(1))."""
+    _run_interpreted(
+        """
+        import torch
+        import torch.nn.functional as F
+        import yaml
+        from test_fast import CASES, _gpt_small
+        from tts.bench import randomize_
+        from tts.fast import fused, linear
+        from tts.fast.decode import DecodeWeights
+        from tts.models.gpt import UnifiedVoice
+
+        def head_of(model, rows=3):
+            stack = fused.FusedStack(model, DecodeWeights(model).layers, rows, "triton",
+                                     compile=False)
+            return stack, getattr(stack.fns["head"], "func", stack.fns["head"])
+
+        small = _gpt_small().bfloat16()
+        assert head_of(small)[1] is not linear.decode_head  # 32 wide: not on tensor cores
+        root = next(fs.root for fs, _ in CASES if fs.name == "gpt-small")
+        cfg = yaml.safe_load((root / "config.yaml").read_text())["gpt"]
+        cfg.update(model_dim=128, heads=2, layers=1, number_mel_codes=300,
+                   start_mel_token=298, stop_mel_token=299)
+        model = randomize_(UnifiedVoice.from_config(cfg), seed=3).eval()
+        with torch.no_grad():  # norms and biases away from randomize_'s 1 and 0
+            for norm in (model.gpt.ln_f, model.final_norm):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.normal_(0, 0.3)
+            model.mel_head.bias.normal_(0, 0.3)
+        assert head_of(model)[1] is not linear.decode_head  # float32: CUDA cores, op by op
+        model = model.bfloat16()
+        stack, head = head_of(model)
+        assert head is linear.decode_head
+        rows, dim, heads = 3, 128, 2
+        tokens = torch.randint(0, 298, (rows,))
+        j, pos, end = torch.tensor(3), torch.tensor([7]), 8
+        mask = torch.zeros(rows, 1, 1, end, dtype=torch.bfloat16)
+        attend = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        logits = []
+        for fn in (stack.fns["head"], fused._FUNCTIONS["head"]):
+            stack.fns["head"] = fn
+            torch.manual_seed(1)
+            caches = [torch.randn(rows, heads, 16, dim // heads).bfloat16() for _ in range(2)]
+            out = torch.full((rows, 300), float("nan"))
+            with torch.no_grad():
+                stack.step(tokens, j, pos, mask, end, caches[0::2], caches[1::2], out, attend)
+            logits.append(out)
+        got, ref = logits
+        rel = float((got - ref).norm() / ref.norm())
+        print("rel", rel)
+        assert 0 <= rel < 1e-2, rel
         print("ok")
         """,
         timeout=600,

@@ -1152,6 +1152,35 @@ def test_few_row_linear_kernels_cuda(rows, dtype, monkeypatch):
         assert launches == {"mma": 3 * per + 1, "cuda_cores": per}, launches
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_decode_head_kernels_cuda(rows, dtype):
+    """tts.fast.linear.decode_head at the GPT's full size on CUDA (1280 -> 8194): within the
+    error two roundings may make of tts.fast.fused._head op by op (ln_f and final_norm in
+    float32, the head in the weights' dtype), and the same bits with PDL as without."""
+    from kernel_reference import assert_rounding_close as close
+    from kernel_reference import linear_reference as ref
+
+    from tts import fast
+    from tts.fast import fused, linear
+
+    torch.manual_seed(4)
+    dim, vocab = 1280, 8194
+    x = (torch.randn(rows, 1, dim, device="cuda") * 3 + 0.4).to(dtype)
+    f = (torch.randn(dim, device="cuda").to(dtype), torch.randn(dim, device="cuda").to(dtype), 1e-5)
+    n = (torch.rand(dim, device="cuda").to(dtype), torch.randn(dim, device="cuda").to(dtype), 1e-5)
+    w = (torch.randn(vocab, dim, device="cuda") * dim**-0.5).to(dtype)
+    b = torch.randn(vocab, device="cuda").to(dtype)
+    out = torch.empty(rows, vocab, device="cuda")
+    linear.decode_head(x, *f, *n, w, b, out, False)
+    h = fused._norm(fused._norm(x[:, -1].float(), *f), *n).to(dtype)
+    close(out.to(dtype), *ref(h, w, b))
+    if fast.pdl_available("cuda"):
+        again = torch.empty_like(out)
+        linear.decode_head(x, *f, *n, w, b, again, False, pdl=True)
+        assert torch.equal(again, out)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("rows,end", [(3, 200), (3, 1000), (48, 700)])
 def test_triton_decode_attention_equals_sdpa_cuda(rows, end, dtype):

@@ -291,6 +291,10 @@ class FusedStack:
                 raise RuntimeError("matmul='triton' needs CUDA (or TRITON_INTERPRET=1)")
             self.fns["pre"] = functools.partial(linear.decode_pre, pdl=pdl)
             self.fns["post"] = functools.partial(linear.decode_post, pdl=pdl)
+            if linear.on_tensor_cores(weight.dtype, weight.size(1)):
+                # the head on tensor cores too: 8194 x 1280 at full size, read while the last
+                # layer's proj runs (PDL), where the compiled head's GEMM cannot start early
+                self.fns["head"] = functools.partial(linear.decode_head, pdl=pdl)
 
     def mark_cache(self, views: list[torch.Tensor]) -> None:
         """Let the cache length (dim 2 of ``[rows, heads, capacity, head_dim]``) vary in the

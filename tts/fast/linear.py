@@ -102,13 +102,18 @@ if triton is not None:
         eps,
         stride_x,
         stride_out,
+        w2_ptr,
+        b2_ptr,
+        eps2,
         K: tl.constexpr,
         KA: tl.constexpr,
         KB: tl.constexpr,
         PDL: tl.constexpr,
+        SECOND: tl.constexpr,
     ):
         """Program m: LayerNorm of row ``m`` (float32 statistics, two passes), rounded to the
-        output dtype."""
+        output dtype. ``SECOND``: a second LayerNorm (``w2``, ``b2``, ``eps2``) of the float32
+        result before the rounding (the GPT's ln_f then final_norm)."""
         ka = tl.arange(0, KA)
         kb = KA + tl.arange(0, KB)
         kb_ok = kb < K
@@ -122,13 +127,25 @@ if triton is not None:
         row = x_ptr + tl.program_id(0) * stride_x
         xa = tl.load(row + ka).to(tl.float32)
         xb = tl.load(row + kb, mask=kb_ok, other=0.0).to(tl.float32)
-        mean = (tl.sum(xa, axis=0) + tl.sum(xb, axis=0)) / K
+        ya, yb = _normalized(xa, xb, kb_ok, ga, gb, sa, sb, eps, K)
+        if SECOND:
+            ga = tl.load(w2_ptr + ka).to(tl.float32)
+            gb = tl.load(w2_ptr + kb, mask=kb_ok, other=0.0).to(tl.float32)
+            sa = tl.load(b2_ptr + ka).to(tl.float32)
+            sb = tl.load(b2_ptr + kb, mask=kb_ok, other=0.0).to(tl.float32)
+            ya, yb = _normalized(ya, yb, kb_ok, ga, gb, sa, sb, eps2, K)
+        out = out_ptr + tl.program_id(0) * stride_out
+        tl.store(out + ka, ya.to(out_ptr.dtype.element_ty))
+        tl.store(out + kb, yb.to(out_ptr.dtype.element_ty), mask=kb_ok)
+
+    @triton.jit
+    def _normalized(xa, xb, kb_ok, ga, gb, sa, sb, eps, K: tl.constexpr):
+        """The float32 LayerNorm of a row held as two tiles (``xb`` masked by ``kb_ok``)."""
+        mean = (tl.sum(xa, axis=0) + tl.sum(xb, axis=0)) / K  # xb is 0 where masked
         da = xa - mean
         db = tl.where(kb_ok, xb - mean, 0.0)
         rstd = 1.0 / tl.sqrt((tl.sum(da * da, axis=0) + tl.sum(db * db, axis=0)) / K + eps)
-        out = out_ptr + tl.program_id(0) * stride_out
-        tl.store(out + ka, (da * rstd * ga + sa).to(out_ptr.dtype.element_ty))
-        tl.store(out + kb, (db * rstd * gb + sb).to(out_ptr.dtype.element_ty), mask=kb_ok)
+        return da * rstd * ga + sa, db * rstd * gb + sb
 
     @triton.jit
     def _pick(x, rows, m: tl.constexpr):
@@ -363,16 +380,26 @@ def warps_for(rows_per_program: int, k_in: int) -> int:
 
 
 def layer_norm(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, *, pdl: bool = False
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    *,
+    then: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """LayerNorm of the rows of ``x`` [rows, width] (float32 statistics, rounded to ``x``'s
-    dtype: :func:`tts.fast.fused._norm`), one program per row. ``pdl`` as in :func:`linear`."""
+    dtype: :func:`tts.fast.fused._norm`), one program per row. ``then``: (weight, bias, eps)
+    of a second LayerNorm of the float32 result, rounded once at the end (the decode step's
+    head: :func:`tts.fast.fused._head`). ``pdl`` as in :func:`linear`."""
     rows, k_in = x.shape
-    if x.stride(1) != 1 or w.shape != (k_in,) or b.shape != (k_in,):
+    params = [w, b] + ([] if then is None else list(then[:2]))
+    if x.stride(1) != 1 or any(p.shape != (k_in,) for p in params):
         raise ValueError(f"layer_norm needs contiguous rows and [{k_in}] parameters")
+    w2, b2, eps2 = then if then is not None else (w, b, eps)
     ka, kb = split_width(k_in)
     pdl = pdl and pdl_available(x.device)
-    out = torch.empty_like(x)
+    out = torch.empty((rows, k_in), dtype=x.dtype, device=x.device)
     _norm_kernel[(rows,)](
         x,
         w,
@@ -381,10 +408,14 @@ def layer_norm(
         float(eps),
         x.stride(0),
         out.stride(0),
+        w2,
+        b2,
+        float(eps2),
         K=k_in,
         KA=ka,
         KB=kb,
         PDL=pdl,
+        SECOND=then is not None,
         num_warps=warps_for(1, k_in),
         launch_pdl=pdl,
     )
@@ -520,3 +551,27 @@ def decode_post(
     x = linear(att, w_o, b_o, residual=x, pdl=pdl)
     h = linear(x, w_fc, b_fc, ln=(ln_w, ln_b, eps), gelu=True, pdl=pdl)
     return linear(h, w_proj, b_proj, residual=x, pdl=pdl).view(rows, 1, dim)
+
+
+def decode_head(
+    x,
+    f_w,
+    f_b,
+    f_eps: float,
+    n_w,
+    n_b,
+    n_eps: float,
+    w_head,
+    b_head,
+    out,
+    reduce: bool,
+    pdl: bool = False,
+) -> None:
+    """:func:`tts.fast.fused._head` as two kernels and a copy: ln_f and final_norm in one
+    :func:`layer_norm` (float32 between them, rounded once), the head projection on tensor
+    cores (the weights' dtype, as the compiled head's GEMM rounds it), then the logits into
+    ``out`` [rows, vocab] float32. For half-precision weights of a width :func:`linear` takes
+    on tensor cores (:func:`on_tensor_cores`); with ``pdl`` the head's 21 MB of weights (at
+    full size) load while the last layer's proj runs."""
+    h = layer_norm(x[:, -1], f_w, f_b, f_eps, then=(n_w, n_b, n_eps), pdl=pdl)
+    out.copy_(linear(h, w_head, b_head, pdl=pdl))
