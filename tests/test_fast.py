@@ -1530,30 +1530,25 @@ def _compile_for_hopper(fn, signature: dict, constexprs: dict, num_warps: int) -
 
 def test_attention_kernel_compiles_for_hopper():
     """The decode attention's first kernel compiles for sm_90 with PDL, with and without
-    reading its window ahead of the wait, with and without the source-row table, with three
-    rows per program, and combining the chunks itself (the counts' atomic, its branch and the
-    loads past L1)."""
+    reading its window ahead of the wait, with and without the source-row table, and with
+    three rows per program."""
     from tts.fast import attention
 
     strides = ("sq_row", "sq_head", "sk_row", "sk_head", "sk_pos", "sv_row", "sv_head")
-    strides += ("sv_pos", "sm_row", "ss_row", "splits", "so_row", "so_head")
+    strides += ("sv_pos", "sm_row", "ss_row", "splits")
     flags = ("HEAD_DIM", "CHUNK", "BLOCK_T", "NO_SCORE", "HAS_SRC", "READ_AHEAD", "PDL", "GROUP")
-    flags += ("COMBINE", "SPLITS")
     signature = {  # in the kernel's argument order
         **dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "mask_ptr"), "*bf16"),
         "src_ptr": "*i32",
         "written_ptr": "*i64",
         "work_ptr": "*fp32",
-        "count_ptr": "*i32",
-        "out_ptr": "*bf16",
         "heads": "i32",
         "end": "i32",
         "scale": "fp32",
         **dict.fromkeys(strides, "i32"),
         **dict.fromkeys(flags, "constexpr"),
     }
-    for ahead, group, combine in ((False, 1, False), (True, 1, False), (False, 3, False),
-                                  (False, 1, True), (False, 3, True)):  # fmt: skip
+    for ahead, group in ((False, 1), (True, 1), (False, 3)):
         for table in (False, True):
             constexprs = {
                 "HEAD_DIM": 64,
@@ -1564,8 +1559,6 @@ def test_attention_kernel_compiles_for_hopper():
                 "READ_AHEAD": ahead,
                 "PDL": True,
                 "GROUP": group,
-                "COMBINE": combine,
-                "SPLITS": 32 if combine else 1,
             }
             _compile_for_hopper(
                 attention._partial_kernel, signature, constexprs, attention.NUM_WARPS
@@ -2264,9 +2257,8 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
     positions at both ends (left padding longer than a chunk), float32 within 1e-6 and bf16
     within one ulp of the output (the float32 result rounded); and with a source-row table
     (``src``: each position read from another cache row) against SDPA over the rows it
-    names (attention.gather_rows). Reading the window ahead (``written``), taking the
-    rows together in one program (``group``) and combining the chunks in the first kernel
-    (``counts``) give the same output exactly."""
+    names (attention.gather_rows). Reading the window ahead (``written``) and taking the
+    rows together in one program (``group``) give the same output exactly."""
     _run_interpreted(
         """
         import torch
@@ -2308,16 +2300,6 @@ def test_triton_decode_attention_equals_sdpa_interpreted():
                     # rows taken together by one program: the same arithmetic
                     grouped = attention.attend(q, k, v, mask, src=table, group=rows)
                     assert torch.equal(grouped, base), (rows, end)
-                    # the chunks combined by the last program of each (row, head): the same
-                    # output to the bit, and the counts left at zero for the next call (a query
-                    # not attended before: no output of an earlier call can stand in for it)
-                    counts = attention.combine_counts(rows, heads, "cpu")
-                    for g in (1, rows):
-                        q2 = q * (1.5 + g)
-                        one = attention.attend(q2, k, v, mask, src=table, group=g, counts=counts)
-                        two = attention.attend(q2, k, v, mask, src=table, group=g)
-                        assert torch.equal(one, two), (rows, end, g)
-                        assert not counts.any()
                     for out in (base, other):
                         assert out.shape == q.shape and out.dtype == dtype
                         err = (out.double() - want).abs()

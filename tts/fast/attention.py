@@ -70,22 +70,16 @@ if triton is not None:
 
     @triton.jit
     def _partial_kernel(
-        q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, written_ptr, work_ptr, count_ptr, out_ptr,
+        q_ptr, k_ptr, v_ptr, mask_ptr, src_ptr, written_ptr, work_ptr,
         heads, end, scale,
         sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
-        splits, so_row, so_head,
+        splits,
         HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr,
         NO_SCORE: tl.constexpr, HAS_SRC: tl.constexpr, READ_AHEAD: tl.constexpr,
-        PDL: tl.constexpr, GROUP: tl.constexpr, COMBINE: tl.constexpr, SPLITS: tl.constexpr,
+        PDL: tl.constexpr, GROUP: tl.constexpr,
     ):  # fmt: skip
         """Program (group of ``GROUP`` rows x head, chunk): each row's (m, l, weighted value
         sum) of the chunk, one row after the other.
-
-        ``COMBINE``: each program then counts its chunk as done for its (row, head) in
-        ``count_ptr`` (int32 per row x head, 0 between calls); the program that finds the
-        other ``splits - 1`` chunks done combines the pieces into ``out_ptr`` as
-        :func:`_combine_kernel` would (:func:`_combine`) and sets the count back to 0. One
-        kernel then does what two did.
 
         ``READ_AHEAD`` (``CHUNK == BLOCK_T``, ``GROUP == 1``): the chunk's keys (and table
         entries) are read before the PDL wait; after it the values, and the program whose
@@ -119,16 +113,6 @@ if triton is not None:
                 sq_row, sq_head, sk_row, sk_head, sk_pos, sv_row, sv_head, sv_pos, sm_row, ss_row,
                 splits, HEAD_DIM, CHUNK, BLOCK_T, NO_SCORE, HAS_SRC, READ_AHEAD,
             )  # fmt: skip
-            if COMBINE:
-                rh = row * heads + head
-                # every thread's stores of the piece come before the count (the barrier), and
-                # the count's release / acquire orders them before the last program's loads
-                tl.debug_barrier()
-                done = tl.atomic_add(count_ptr + rh, 1, sem="acq_rel", scope="gpu")
-                if done == splits - 1:
-                    _combine(work_ptr, out_ptr, rh, row, head, splits, so_row, so_head,
-                             HEAD_DIM, SPLITS, ".cg")  # fmt: skip
-                    tl.store(count_ptr + rh, 0)
             row += 1
 
     @triton.jit
@@ -182,26 +166,15 @@ if triton is not None:
             gdc_launch_dependents()
             gdc_wait()
         rh = tl.program_id(0)
-        _combine(work_ptr, out_ptr, rh, rh // heads, rh % heads, splits, so_row, so_head,
-                 HEAD_DIM, SPLITS, "")  # fmt: skip
-
-    @triton.jit
-    def _combine(
-        work_ptr, out_ptr, rh, row, head, splits, so_row, so_head,
-        HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, CACHE: tl.constexpr,
-    ):  # fmt: skip
-        """Row ``row``, head ``head`` (``rh``: their index in the workspace): the ``splits``
-        chunks' pieces rescaled to one maximum and normalised, into the output. ``CACHE``: the
-        loads' cache modifier (".cg": past the L1 cache, for pieces other programs wrote)."""
+        row = rh // heads
+        head = rh % heads
         c = tl.arange(0, SPLITS)
         used = c < splits
         d = tl.arange(0, HEAD_DIM)
         base = work_ptr + (rh * splits + c) * (HEAD_DIM + 2)
-        m = tl.load(base, mask=used, other=float("-inf"), cache_modifier=CACHE)
-        l_sum = tl.load(base + 1, mask=used, other=0.0, cache_modifier=CACHE)
-        acc = tl.load(
-            base[:, None] + 2 + d[None, :], mask=used[:, None], other=0.0, cache_modifier=CACHE
-        )
+        m = tl.load(base, mask=used, other=float("-inf"))
+        l_sum = tl.load(base + 1, mask=used, other=0.0)
+        acc = tl.load(base[:, None] + 2 + d[None, :], mask=used[:, None], other=0.0)
         w = tl.exp(m - tl.max(m, axis=0))
         out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_sum * w, axis=0)
         tl.store(out_ptr + row * so_row + head * so_head + d, out.to(out_ptr.dtype.element_ty))
@@ -220,7 +193,6 @@ def attend(
     pdl: bool = False,
     written: torch.Tensor | None = None,
     group: int = 1,
-    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for one query per row.
 
@@ -254,12 +226,6 @@ def attend(
     bit. Beams that read the same cache rows (``src``) then load them in one program, and
     there are ``group`` times fewer programs. Not measured on a GPU yet
     (scripts/device/linear_bench.py times it).
-
-    ``counts`` (optional): an int32 device tensor of at least ``rows * heads`` zeros (left
-    zero after the call; :func:`combine_counts`). The first kernel then also combines the
-    chunks (the last program of each row and head to finish does it), with the same
-    arithmetic as the second kernel, which is not launched: the same output to the bit, one
-    launch fewer. Calls that may run at the same time need their own ``counts``.
     """
     if block_t & (block_t - 1) or chunk % block_t:
         raise ValueError(f"block_t {block_t} must be a power of two dividing chunk {chunk}")
@@ -284,40 +250,25 @@ def attend(
         raise ValueError(f"written needs chunk == block_t (got {chunk}, {block_t}) and 1 element")
     if group < 1 or rows % group or (group > 1 and written is not None):
         raise ValueError(f"group {group} must divide the {rows} rows (and be 1 with written)")
-    if counts is not None and (
-        counts.dtype != torch.int32 or counts.numel() < rows * heads or counts.device != q.device
-    ):
-        raise ValueError(f"counts must be int32 on {q.device} with {rows * heads} elements")
     pdl = pdl and pdl_available(q.device)
     splits = triton.cdiv(end, chunk)
     work = torch.empty((rows * heads, splits, head_dim + 2), dtype=torch.float32, device=q.device)
     out = torch.empty((rows, 1, heads, head_dim), dtype=q.dtype, device=q.device)
     _partial_kernel[(rows // group * heads, splits)](
         q, k, v, mask, q if src is None else src, q if written is None else written, work,
-        work if counts is None else counts, out,
         heads, end, head_dim**-0.5,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), mask.stride(0),
-        0 if src is None else src.stride(0), splits, out.stride(0), out.stride(2),
+        0 if src is None else src.stride(0), splits,
         HEAD_DIM=head_dim, CHUNK=chunk, BLOCK_T=block_t, NO_SCORE=NO_SCORE,
         HAS_SRC=src is not None, READ_AHEAD=written is not None, PDL=pdl, GROUP=group,
-        COMBINE=counts is not None,
-        SPLITS=triton.next_power_of_2(splits) if counts is not None else 1,
         num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
-    if counts is not None:
-        return out.transpose(1, 2)
     _combine_kernel[(rows * heads,)](
         work, out, heads, splits, out.stride(0), out.stride(2),
         HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits), PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
     return out.transpose(1, 2)
-
-
-def combine_counts(rows: int, heads: int, device) -> torch.Tensor:
-    """Zeroed ``counts`` for :func:`attend` (``rows * heads`` int32). Make them outside a CUDA
-    graph capture (the zeros are written once, not at every replay)."""
-    return torch.zeros(rows * heads, dtype=torch.int32, device=device)
 
 
 def gather_rows(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

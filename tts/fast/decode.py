@@ -268,18 +268,15 @@ def _attend(
     src: torch.Tensor | None = None,
     pdl: bool = False,
     written: torch.Tensor | None = None,
-    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of the step's queries over a cache window (additive ``mask``); ``src``: the
     cache row of each (row, position) (reorder="table"); ``pdl``: the Triton kernels'
     programmatic dependent launch; ``written``: the step's own cache position, for the Triton
-    kernel's read-ahead (``read_ahead`` of :func:`generate`); ``counts``: the Triton kernel
-    combines its chunks itself (``one_kernel_attention``). The other kinds ignore the last
-    two."""
+    kernel's read-ahead (``read_ahead`` of :func:`generate`; the other kinds ignore it)."""
     from tts.fast import attention
 
     if kind == "triton":
-        return attention.attend(q, k, v, mask, src=src, pdl=pdl, written=written, counts=counts)
+        return attention.attend(q, k, v, mask, src=src, pdl=pdl, written=written)
     if src is not None:
         k, v = attention.gather_rows(k, src), attention.gather_rows(v, src)
     if kind == "math":  # one query: two small batched products and a softmax
@@ -430,10 +427,7 @@ def generate(
     :mod:`tts.fast.beam_step`; where Triton runs); ``read_ahead`` (with
     ``attention="triton"``): the attention reads the window's keys before its PDL wait, and
     the step's own one again after it (``written`` of :func:`tts.fast.attention.attend`);
-    ``compile_stack`` (default True): the fused pieces through torch.compile (False: op by op);
-    ``one_kernel_attention`` (default True, with ``attention="triton"``): the attention's
-    first kernel also combines its chunks (``counts`` of :func:`tts.fast.attention.attend`:
-    the same output, one launch fewer per layer; False: a second kernel combines them).
+    ``compile_stack`` (default True): the fused pieces through torch.compile (False: op by op).
     """
     from tts.fast.fused import MATMULS
 
@@ -504,7 +498,6 @@ _OPTIONS = {
     "choice": "torch",
     "read_ahead": False,
     "compile_stack": True,
-    "one_kernel_attention": True,
 }
 # A kept decoder's cache capacity is a multiple of this many positions (prompt + codes).
 KEEP_ROOM = 256
@@ -588,7 +581,6 @@ class StaticDecoder:
         choice: str = "torch",
         read_ahead: bool = False,
         compile_stack: bool = True,
-        one_kernel_attention: bool = True,
         capacity: int = 0,
     ):
         """Allocate every buffer for calls shaped like ``prefix`` (its batch, dtype and
@@ -640,13 +632,7 @@ class StaticDecoder:
         self.written_to = 0  # cache positions [0, written_to) may hold an earlier call's values
         # pdl: tts.fast.linear / tts.fast.attention use it only where the GPU has it.
         self.fused = self._fused_stack(fused, matmul, cache_dtype, pdl, compile_stack)
-        kind = self._attention(attention, prefix)
-        counts = None
-        if kind == "triton" and one_kernel_attention:
-            from tts.fast.attention import combine_counts
-
-            counts = combine_counts(rows, model.gpt.h[0].attn.heads, device)
-        self.attend = functools.partial(_attend, kind=kind, pdl=pdl, counts=counts)
+        self.attend = functools.partial(_attend, kind=self._attention(attention, prefix), pdl=pdl)
         self.valid_all = torch.ones(rows, cap, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(cap, device=device)
         # The fused stack's additive attention mask, kept between steps: 0 where a row may

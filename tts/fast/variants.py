@@ -100,8 +100,5 @@ VARIANTS["graphke"] = {
     "compile_logic": False,
     "compile_processors": False,
 }
-# graphkk with the attention's chunks combined by a second kernel, as before
-# one_kernel_attention (kept for the A/B: docs/benchmarks.md).
-VARIANTS["graphkw"] = {**VARIANTS["graphkk"], "one_kernel_attention": False}
 REORDERS = ("copy", "swap", "table")
 CHOICES = ("torch", "triton")
