@@ -63,13 +63,22 @@ NUM_WARPS = 16
 if triton is not None:
 
     @triton.jit
+    def _pick_digit(counts, remaining):
+        """The digit of the ``remaining``-th largest key, from the 16-bin histogram ``counts``
+        of the digits of the keys still in the search; and its rank among the keys of that
+        digit. No digit (0, ``remaining`` unchanged) when fewer keys are left."""
+        above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0)  # keys with larger digits
+        hit = (above < remaining) & (above + counts >= remaining)
+        d = tl.sum(tl.where(hit, tl.arange(0, 16), 0), axis=0)
+        return d, remaining - tl.sum(tl.where(hit, above, 0), axis=0)
+
+    @triton.jit
     def _kth_key(key, ok, k):
         """The ``k``-th largest of the int32 ``key``s where ``ok``, four bits at a time: a
         16-bin histogram of the next digit of the keys that match the digits found so far
         tells which digit the ``k``-th largest has (8 histograms instead of 32 counts)."""
         prefix = tl.zeros([], dtype=tl.int32)
         remaining = k
-        bins = tl.arange(0, 16)
         for p in tl.static_range(8):
             shift = 28 - 4 * p
             digit = (key >> shift) & 15
@@ -78,11 +87,7 @@ if triton is not None:
                 match = ok
             else:
                 match = ok & ((key & -(1 << (shift + 4))) == prefix)
-            counts = tl.histogram(digit, 16, mask=match)
-            above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0)  # keys with larger digits
-            hit = (above < remaining) & (above + counts >= remaining)
-            d = tl.sum(tl.where(hit, bins, 0), axis=0)
-            remaining -= tl.sum(tl.where(hit, above, 0), axis=0)
+            d, remaining = _pick_digit(tl.histogram(digit, 16, mask=match), remaining)
             if p == 0:
                 d = d ^ 8
             prefix = prefix | (d << shift)
@@ -94,6 +99,52 @@ if triton is not None:
         compare equal."""
         bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
         return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+    @triton.jit
+    def _top_p(surv_v, surv_i, base, count, out, cut, keep, PAIRS: tl.constexpr):
+        """Top-p over the ``count`` survivors at ``base`` of the scratch rows (written before a
+        barrier): -inf into ``out`` (the row's scores) for each survivor whose cumulative
+        probability in ascending order (equal scores by index) is at most ``cut``, unless
+        fewer than ``keep`` survivors come after it."""
+        neg_inf = float("-inf")
+        c = tl.arange(0, PAIRS)
+        m = tl.full([], neg_inf, tl.float32)
+        a = 0
+        while a < count:
+            m = tl.maximum(
+                m,
+                tl.max(tl.load(surv_v + base + a + c, mask=a + c < count, other=neg_inf), axis=0),
+            )
+            a += PAIRS
+        z = tl.zeros([], dtype=tl.float32)
+        a = 0
+        while a < count:
+            va = tl.load(surv_v + base + a + c, mask=a + c < count, other=neg_inf)
+            z += tl.sum(tl.exp(va - m), axis=0)
+            a += PAIRS
+        a = 0
+        while a < count:  # blocks of PAIRS survivors, each against every block
+            a_ok = a + c < count
+            va = tl.load(surv_v + base + a + c, mask=a_ok, other=0.0)
+            ia = tl.load(surv_i + base + a + c, mask=a_ok, other=0)
+            cum = tl.zeros([PAIRS], dtype=tl.float32)
+            above = tl.zeros([PAIRS], dtype=tl.int32)
+            b = 0
+            while b < count:
+                b_ok = b + c < count
+                vb = tl.load(surv_v + base + b + c, mask=b_ok, other=0.0)
+                ib = tl.load(surv_i + base + b + c, mask=b_ok, other=0)
+                pb = tl.exp(vb - m) / z
+                # b comes at or before a in ascending order (equal scores by index)
+                before = (vb[None, :] < va[:, None]) | (
+                    (vb[None, :] == va[:, None]) & (ib[None, :] <= ia[:, None])
+                )
+                cum += tl.sum(tl.where(before & b_ok[None, :], pb[None, :], 0.0), axis=1)
+                above += tl.sum((~before & b_ok[None, :]).to(tl.int32), axis=1)
+                b += PAIRS
+            drop = a_ok & (cum <= cut) & (above >= keep)
+            tl.store(out + ia, tl.full([PAIRS], neg_inf, tl.float32), mask=drop)
+            a += PAIRS
 
     @triton.jit
     def _process_kernel(
@@ -176,47 +227,7 @@ if triton is not None:
             tl.store(out + i, tl.full([BLOCK], neg_inf, tl.float32), mask=ok & (key < kth))
         if TOP_P:
             tl.debug_barrier()  # the survivors are written
-            base = row * n
-            c = tl.arange(0, PAIRS)
-            m = tl.full([], neg_inf, tl.float32)
-            a = 0
-            while a < count:
-                m = tl.maximum(
-                    m,
-                    tl.max(
-                        tl.load(surv_v + base + a + c, mask=a + c < count, other=neg_inf), axis=0
-                    ),
-                )
-                a += PAIRS
-            z = tl.zeros([], dtype=tl.float32)
-            a = 0
-            while a < count:
-                va = tl.load(surv_v + base + a + c, mask=a + c < count, other=neg_inf)
-                z += tl.sum(tl.exp(va - m), axis=0)
-                a += PAIRS
-            a = 0
-            while a < count:  # blocks of PAIRS survivors, each against every block
-                a_ok = a + c < count
-                va = tl.load(surv_v + base + a + c, mask=a_ok, other=0.0)
-                ia = tl.load(surv_i + base + a + c, mask=a_ok, other=0)
-                cum = tl.zeros([PAIRS], dtype=tl.float32)
-                above = tl.zeros([PAIRS], dtype=tl.int32)
-                b = 0
-                while b < count:
-                    b_ok = b + c < count
-                    vb = tl.load(surv_v + base + b + c, mask=b_ok, other=0.0)
-                    ib = tl.load(surv_i + base + b + c, mask=b_ok, other=0)
-                    pb = tl.exp(vb - m) / z
-                    # b comes at or before a in ascending order (equal scores by index)
-                    before = (vb[None, :] < va[:, None]) | (
-                        (vb[None, :] == va[:, None]) & (ib[None, :] <= ia[:, None])
-                    )
-                    cum += tl.sum(tl.where(before & b_ok[None, :], pb[None, :], 0.0), axis=1)
-                    above += tl.sum((~before & b_ok[None, :]).to(tl.int32), axis=1)
-                    b += PAIRS
-                drop = a_ok & (cum <= cut) & (above >= keep)
-                tl.store(out + ia, tl.full([PAIRS], neg_inf, tl.float32), mask=drop)
-                a += PAIRS
+            _top_p(surv_v, surv_i, row * n, count, out, cut, keep, PAIRS)
 
 
 def supported(logits: torch.Tensor, cfg: GenerationConfig) -> bool:
