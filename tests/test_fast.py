@@ -1423,13 +1423,15 @@ def _split_rows(rows: int, vocab: int, device: str, seed: int = 0):
     ``r % 6``: 0 bf16-rounded logits; 1 logits in steps of 0.25 (ties at top-k's threshold in
     several chunks); 2 the seen logits the largest (the penalty drops them below the unseen
     ones: a chunk's largest logits are not its largest scores); 3 one logit of 40, 60 in one
-    chunk consecutive floats below -2 (log_softmax rounds each 16 of them to one value: ties at
-    the threshold where the logits are not) and the rest far below; 4 fewer finite logits than top-k; 5 the first half -inf and 97 zeros of
-    both signs tied at the top of the second half (more ties than top-k, in several chunks).
-    A random history (none among the ties of kind 5)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    logits = (torch.randn(rows, vocab, device=device, generator=gen) * 3).bfloat16().float()
-    seen = torch.rand(rows, vocab, device=device, generator=gen) < 0.05
+    chunk consecutive floats below -2 (log_softmax rounds each 16 of them to one value: ties
+    at the threshold where the logits are not) and the rest far below; 4 fewer finite logits
+    than top-k; 5 the first half -inf and 97 zeros of both signs tied at the top of the second
+    half (more ties than top-k, in several chunks). A random history (none among the ties of
+    kinds 3 and 5). Made on the CPU, then moved to ``device``: the same rows everywhere, so
+    each row takes the same path everywhere."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(rows, vocab, generator=gen) * 3).bfloat16().float()
+    seen = torch.rand(rows, vocab, generator=gen) < 0.05
     for r in range(rows):
         kind = r % 6
         if kind == 1:
@@ -1438,21 +1440,21 @@ def _split_rows(rows: int, vocab: int, device: str, seed: int = 0):
             logits[r] += 6 * seen[r]
         elif kind == 3:
             logits[r] -= 40
-            logits[r, 20:80] = -2 - torch.arange(60, device=device) * 2.0**-22
+            logits[r, 20:80] = -2 - torch.arange(60) * 2.0**-22
             logits[r, vocab // 2] = 40.0
             seen[r, 20:80] = False
         elif kind == 4:
-            gone = torch.randperm(vocab, device=device, generator=gen)[20:]
+            gone = torch.randperm(vocab, generator=gen)[20:]
             logits[r, gone] = float("-inf")
         elif kind == 5:
             half = vocab // 2
-            ties = half + torch.randperm(vocab - half, device=device, generator=gen)[:97]
+            ties = half + torch.randperm(vocab - half, generator=gen)[:97]
             logits[r, :half] = float("-inf")
             logits[r, half:] -= 50
             logits[r, ties] = 0.0
             logits[r, ties[48:]] = -0.0
             seen[r, ties] = False
-    return logits, seen
+    return logits.to(device), seen.to(device)
 
 
 def _split_whole(row: int, k: int, log_softmax: bool) -> bool:
@@ -1756,8 +1758,8 @@ def _compile_split_processors_for_hopper() -> None:
 
 def test_choice_kernels_compile_for_hopper():
     """The processors' (both designs), the beam draw's and the beam step's kernels compile for
-    sm_90 at the decoder's settings (the first version of the first passed the interpreter and failed on
-    the GPU)."""
+    sm_90 at the decoder's settings (the first version of the first passed the interpreter and
+    failed on the GPU)."""
     from tts.fast import beam_step, processors, sampling
 
     flags = ("LOG_SOFTMAX", "PENALTY", "TEMPERATURE", "TOP_K", "TOP_P")

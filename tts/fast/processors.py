@@ -1,12 +1,14 @@
-"""The logits processors of a decode step as one Triton kernel (issue 8).
+"""The logits processors of a decode step as Triton kernels (issue 8).
 
 :func:`tts.generation.process_scores` turns a step's logits into the scores the token choice
 draws from: log_softmax (beam search), the repetition penalty, then, when sampling, the
 temperature, top-k and top-p. On the GPU that is ~15 kernels per step even compiled (a top-k,
 top-p's sort, its softmax and cumulative sum, a scatter, and the fused pieces between them),
 and a decode step is bound by how many kernels it runs one after the other, not by their work
-(docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in one kernel, one program
-per row:
+(docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in two kernels (the split
+design, the default) or in one (the one-program design, ``split=False``).
+
+The one-program kernel (``_process_kernel``) gives each row one program:
 
 * top-k keeps the scores at least the row's k-th largest. That threshold is bounded from
   below by the k-th largest of the maxima of 512 groups of the row (found by a radix select
@@ -25,14 +27,50 @@ per row:
   dropped when that sum is at most ``1 - top_p``, unless it is among the
   ``min_tokens_to_keep`` largest.
 
+On an H100 it took 42.6 us of a 753 us batch-1 decode step (docs/benchmarks.md, run EA): 3
+rows are 3 programs, so 3 of 132 SMs work, each through a long chain of reductions over 16384
+lanes. The split design spreads a row over several programs:
+
+* ``_chunk_kernel``, a program per chunk of :data:`CHUNK` scores of each row, writes the
+  chunk's record: its max and sum of exp (the row's log-sum-exp is merged from them), and
+  its top-k candidates. Those must hold every score of the chunk that top-k could keep,
+  before the log-sum-exp ``L`` is known. The processed score of logit ``x`` is
+  ``f((x - m) - log z)`` with ``f`` multiplying (negative) or dividing (positive) by the
+  penalty where ``x`` was seen, then dividing by the temperature: within a class (seen or
+  not) it grows with ``x`` whatever ``L`` is, but a seen and an unseen logit can swap places
+  with ``L``. So each class of the chunk keeps its own candidates: the finite logits at least
+  the class's k-th largest (one radix select for both classes: 32-bin histograms of 16
+  digits x 2 classes). The record also holds, per class, the largest finite logit left out.
+  The scores outside the candidates are set to -inf in ``out`` at once; -inf logits are never
+  candidates (they stay -inf, kept or not).
+* ``_merge_kernel``, a program per row, merges the records into ``L``, processes the
+  candidates (at most ``chunks x`` :func:`_slots` of them), finds the k-th largest of them
+  by the same radix select, and checks it: for each chunk and class, the largest logit left
+  out must score below the threshold. Then every score left out does (the order within a
+  class), so the row's k largest are among the candidates and the threshold is exact, ties
+  included. The check fails only where rounding ties a score left out with the threshold
+  (``(x - m) - log z`` can round different logits to one value) or where a chunk's
+  candidates overflow their slots (many ties): that row gets top-k over the whole row,
+  chunk by chunk (``_whole_row``). It writes the survivors (in index order: chunk by chunk,
+  each chunk's in order), their count and their scores in ``out``, then top-p as above;
+  ``split_buffers``' last tensor says which rows were searched whole.
+* Without top-k (beam search without sampling), ``_write_kernel``, a program per chunk,
+  writes the chunk's processed scores from the merged records.
+
+The split design needs :func:`split_buffers` as scratch (the decoder keeps one set for its
+CUDA graphs), takes top-k up to :data:`SPLIT_MAX_K` (else the one-program kernel runs), and
+is the default through :data:`SPLIT`, the one switch back to the one-program kernel.
+
 What is computed is the same function, rounded differently: the log_softmax and top-p's
-probabilities are the same formulas summed in another order, and the divisions are true
-divisions (PyTorch's CUDA division by a number multiplies by its reciprocal). So a score may
-differ from the plain path's in its last bits (as the compiled processors' do), and a top-p
-decision can differ only for a score whose cumulative probability lies that close to
-``1 - top_p`` (tests/test_fast.py through Triton's interpreter, tests/test_gpu.py on CUDA).
-On an H200 it takes 25 us for 3 rows of 8194 (its first version, which searched the whole
-row, 44 us; the compiled processors 104 us; docs/benchmarks.md, runs AW and BC)."""
+probabilities are the same formulas summed in another order (in the two designs too: their
+scores may differ in the last bit), and the divisions are true divisions (PyTorch's CUDA
+division by a number multiplies by its reciprocal). So a score may differ from the plain
+path's in its last bits (as the compiled processors' do), and a top-p decision can differ
+only for a score whose cumulative probability lies that close to ``1 - top_p``
+(tests/test_fast.py through Triton's interpreter, tests/test_gpu.py on CUDA). On an H200
+the one-program kernel takes 25 us for 3 rows of 8194 (its first version, which searched the
+whole row, 44 us; the compiled processors 104 us; docs/benchmarks.md, runs AW and BC);
+scripts/device/choice_bench.py times both designs."""
 
 from __future__ import annotations
 
@@ -368,7 +406,8 @@ if triton is not None:
     @triton.jit
     def _whole_row(x_ptr, seen_ptr, out, surv_v, surv_i, row, n, stride_x, stride_seen, m,
                    logz, penalty, temperature, k, LOG_SOFTMAX: tl.constexpr,
-                   PENALTY: tl.constexpr, TEMPERATURE: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+                   PENALTY: tl.constexpr, TEMPERATURE: tl.constexpr,
+                   CHUNK: tl.constexpr):  # fmt: skip
         """Top-k over the whole row, ``CHUNK`` scores at a time (the radix select's histograms
         summed over the chunks): ``out``, the survivors; returns their count."""
         prefix = tl.zeros([], dtype=tl.int32)
