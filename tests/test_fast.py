@@ -1457,11 +1457,64 @@ PROCESSOR_CONFIGS = (
 )
 
 
-def _processors_agree(rows: int, vocab: int, device: str) -> None:
+def _split_rows(rows: int, vocab: int, device: str, seed: int = 0):
+    """Rows for the split processors' kernels (several chunks per row), row ``r`` of kind
+    ``r % 6``: 0 bf16-rounded logits; 1 logits in steps of 0.25 (ties at top-k's threshold in
+    several chunks); 2 the seen logits the largest (the penalty drops them below the unseen
+    ones: a chunk's largest logits are not its largest scores); 3 one logit of 40, 60 in one
+    chunk consecutive floats below -2 (log_softmax rounds each 16 of them to one value: ties
+    at the threshold where the logits are not) and the rest far below; 4 fewer finite logits
+    than top-k; 5 the first half -inf and 97 zeros of both signs tied at the top of the second
+    half (more ties than top-k, in several chunks). A random history (none among the ties of
+    kinds 3 and 5). Made on the CPU, then moved to ``device``: the same rows everywhere, so
+    each row takes the same path everywhere."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(rows, vocab, generator=gen) * 3).bfloat16().float()
+    seen = torch.rand(rows, vocab, generator=gen) < 0.05
+    for r in range(rows):
+        kind = r % 6
+        if kind == 1:
+            logits[r] = (logits[r] * 4).round() / 4
+        elif kind == 2:
+            logits[r] += 6 * seen[r]
+        elif kind == 3:
+            logits[r] -= 40
+            logits[r, 20:80] = -2 - torch.arange(60) * 2.0**-22
+            logits[r, vocab // 2] = 40.0
+            seen[r, 20:80] = False
+        elif kind == 4:
+            gone = torch.randperm(vocab, generator=gen)[20:]
+            logits[r, gone] = float("-inf")
+        elif kind == 5:
+            half = vocab // 2
+            ties = half + torch.randperm(vocab - half, generator=gen)[:97]
+            logits[r, :half] = float("-inf")
+            logits[r, half:] -= 50
+            logits[r, ties] = 0.0
+            logits[r, ties[48:]] = -0.0
+            seen[r, ties] = False
+    return logits.to(device), seen.to(device)
+
+
+def _split_whole(row: int, k: int, log_softmax: bool) -> bool:
+    """Whether the split kernels search row ``row`` of :func:`_split_rows` whole at top-k
+    ``k``: kind 3 after log_softmax (a logit left out scores at the threshold) and kind 5 at a
+    small top-k (its chunks' ties overflow their slots); the others from their candidates."""
+    kind = row % 6
+    return (kind == 3 and log_softmax) or (kind == 5 and k < 10)
+
+
+def _processors_agree(
+    rows: int, vocab: int, device: str, split: bool | None = None, make=None, whole=None
+) -> None:
     """tts.fast.processors.process against tts.generation.process_scores: the same scores kept
-    (exactly the same -inf mask) and the kept ones to float32 rounding. Top-p's sort orders
+    (exactly the same -inf mask) and the kept ones to float32 rounding, and the survivors of
+    top-k (what the beam draw reads): exactly the indices of process_scores' finite scores
+    without top-p, in index order, with their count, and their scores. Top-p's sort orders
     equal scores by index, as CUDA's torch.sort does; the CPU's keeps no such order, so on the
-    CPU the reference sorts with ``stable=True``."""
+    CPU the reference sorts with ``stable=True``. ``split``: process's (None: its default);
+    ``make``: the rows (:func:`_processed_rows` when None); ``whole(row, k, log_softmax)``:
+    whether the split kernels must search the row whole (checked where they run top-k)."""
     from unittest import mock
 
     import torch.nn.functional as F
@@ -1469,7 +1522,7 @@ def _processors_agree(rows: int, vocab: int, device: str) -> None:
     from tts.fast import processors
     from tts.generation import GenerationConfig, process_scores
 
-    logits, seen = _processed_rows(rows, vocab, device)
+    logits, seen = (make or _processed_rows)(rows, vocab, device)
     plain_sort = torch.sort
     stable = mock.patch.object(
         torch, "sort", lambda x, descending=False: plain_sort(x, descending=descending, stable=True)
@@ -1480,17 +1533,37 @@ def _processors_agree(rows: int, vocab: int, device: str) -> None:
         scores = F.log_softmax(logits, -1) if beams else logits
         with stable if device == "cpu" else contextlib.nullcontext():
             want = process_scores(scores, seen, cfg, keep)
-        got = processors.process(logits, seen, cfg, keep, log_softmax=beams)
+        survivors = processors.survivor_buffers(rows, vocab, device)
+        scratch = processors.split_buffers(rows, vocab, device)
+        scratch[-1].fill_(-1)
+        got = processors.process(
+            logits, seen, cfg, keep, log_softmax=beams, survivors=survivors, split=split,
+            scratch=scratch,
+        )  # fmt: skip
+        k = min(max(cfg.top_k, keep), vocab)
+        if whole is not None and cfg.do_sample and k <= processors.SPLIT_MAX_K:
+            want_whole = [int(whole(r, k, beams)) for r in range(rows)]
+            assert scratch[-1].tolist() == want_whole, (changes, beams)
         kept = torch.isfinite(want)
         assert torch.equal(kept, torch.isfinite(got)), (changes, beams)
         torch.testing.assert_close(got[kept], want[kept], rtol=1e-6, atol=1e-6)
+        if cfg.do_sample:
+            top_k = process_scores(scores, seen, cfg.replace(top_p=1.0), keep)
+            values, indices, counts = (s.cpu() for s in survivors)
+            for r, row in enumerate(top_k.cpu()):
+                left = torch.isfinite(row).nonzero().squeeze(1)
+                assert int(counts[r]) == len(left), (changes, beams, r)
+                at = slice(r * vocab, r * vocab + len(left))
+                assert torch.equal(indices[at].long(), left), (changes, beams, r)
+                torch.testing.assert_close(values[at], row[left], rtol=1e-6, atol=1e-6)
 
 
 def test_processors_kernel_interpreted():
-    """The logits processors' kernel (Triton's CPU interpreter) keeps exactly the scores
-    process_scores keeps, at 3 rows of the GPT's 8194 codes and 4 of 300, with ties (zeros of
-    both signs tied at the threshold, bf16-rounded logits), rows mostly -inf, and the settings
-    of PROCESSOR_CONFIGS; the kept scores agree to float32 rounding. Top-k's threshold is
+    """The one-program logits processors' kernel (``split=False``; Triton's CPU interpreter)
+    keeps exactly the scores process_scores keeps, at 3 rows of the GPT's 8194 codes and 4 of
+    300, with ties (zeros of both signs tied at the threshold, bf16-rounded logits), rows
+    mostly -inf, and the settings of PROCESSOR_CONFIGS; the kept scores agree to float32
+    rounding, and the survivors of top-k are exactly the right ones. Top-k's threshold is
     searched among few candidates where it can (rows 0 and 1) and in the whole row where it
     cannot (row 2, and every row with the candidates' room cut to 8). Sampling without a
     small top-k is left to torch."""
@@ -1500,16 +1573,58 @@ def test_processors_kernel_interpreted():
         from test_fast import _processors_agree
         from tts.fast import processors
         from tts.generation import GenerationConfig
-        _processors_agree(3, 8194, "cpu")
-        _processors_agree(4, 300, "cpu")
+        _processors_agree(3, 8194, "cpu", split=False)
+        _processors_agree(4, 300, "cpu", split=False)
         processors.CANDIDATES = 8  # every row through the whole-row search
-        _processors_agree(3, 8194, "cpu")
+        _processors_agree(3, 8194, "cpu", split=False)
         x = torch.zeros(2, 50)
         assert processors.supported(x, GenerationConfig())
         assert processors.supported(x, GenerationConfig(do_sample=False, top_k=None))
         for top_k in (None, 0, processors.MAX_TOP_K + 1):
             assert not processors.supported(x, GenerationConfig(top_k=top_k))
         assert not processors.supported(x.double(), GenerationConfig())
+        print("ok")
+        """,
+        timeout=600,
+    )
+
+
+def test_split_processors_kernel_interpreted():
+    """The split processors' kernels (the default; Triton's CPU interpreter): the same checks
+    as the one-program kernel's, at 1, 3, 6 and 48 rows of 8194 and 300 codes in chunks of
+    1024 and 128 (neither a multiple), on the rows of _split_rows too: ties at top-k's
+    threshold in several chunks, seen logits the largest under a high penalty, ties that
+    log_softmax makes where the logits have none, fewer finite scores than top-k, chunks all
+    -inf. Each row is checked to take the path it must (_split_whole): from its candidates, or
+    searched whole where a logit left out could be kept or the candidates overflow their
+    slots (every row with the slots cut to 2)."""
+    common = """
+        import torch
+        from test_fast import _processed_rows, _processors_agree, _split_rows, _split_whole
+        from tts.fast import processors
+        always = lambda row, k, log_softmax: True
+        """
+    _run_interpreted(
+        common
+        + """
+        assert processors.SPLIT
+        _processors_agree(3, 8194, "cpu")
+        _processors_agree(6, 8194, "cpu", make=_split_rows, whole=_split_whole)
+        _processors_agree(1, 8194, "cpu", make=_split_rows, whole=_split_whole)
+        processors.CHUNK_SLOTS = 2
+        _processors_agree(3, 8194, "cpu", whole=always)
+        print("ok")
+        """,
+        common
+        + """
+        processors.CHUNK = 128
+        _processors_agree(4, 300, "cpu")
+        _processors_agree(48, 300, "cpu", make=_split_rows, whole=_split_whole)
+        _processors_agree(1, 300, "cpu", make=_split_rows, whole=_split_whole)
+        processors.CHUNK = 1024  # one chunk of 512
+        _processors_agree(6, 300, "cpu", make=_split_rows, whole=_split_whole)
+        processors.CHUNK_SLOTS = 2
+        _processors_agree(6, 300, "cpu", make=_split_rows, whole=always)
         print("ok")
         """,
         timeout=600,
@@ -1639,10 +1754,51 @@ def test_tensor_core_linear_kernel_compiles_for_hopper():
                 _compile_for_hopper(linear._mma_kernel, signature, constexprs, linear.MMA_WARPS)
 
 
+def _compile_split_processors_for_hopper() -> None:
+    """The split processors' kernels for sm_90 at the decoder's settings (3 beams of 8194
+    codes in chunks of 1024, top-k 30: 128 slots per chunk, a tile of 2048 candidates), and
+    without sampling (no top-k: the chunk kernel's records, then the write kernel)."""
+    from tts.fast import processors
+
+    chunk, sp, slots = processors.CHUNK, 16, 128
+    flags = ("LOG_SOFTMAX", "PENALTY", "TEMPERATURE")
+    rows = ("x_ptr", "seen_ptr", "out_ptr")
+    scratch = {"stats": "*fp32", "cand_v": "*fp32", "cand_i": "*i32", "cand_n": "*i32"}
+    sizes = dict.fromkeys(("n", "stride_x", "stride_seen", "stride_out"), "i32")
+    pointers = {"x_ptr": "*fp32", "seen_ptr": "*u8", "out_ptr": "*fp32"}
+    assert tuple(pointers) == rows
+    for top_k in (True, False):
+        _compile_for_hopper(
+            processors._chunk_kernel,
+            {**pointers, **scratch, **sizes, "k": "i32", "S": "i32",
+             **dict.fromkeys(("LOG_SOFTMAX", "PENALTY", "TOP_K", "CHUNK", "SLOTS"), "constexpr")},
+            {"LOG_SOFTMAX": True, "PENALTY": True, "TOP_K": top_k, "CHUNK": chunk, "SLOTS": slots},
+            processors.CHUNK_WARPS,
+        )  # fmt: skip
+    _compile_for_hopper(
+        processors._merge_kernel,
+        {**pointers, "surv_v": "*fp32", "surv_i": "*i32", "surv_n": "*i32",
+         "invalid_ptr": "*i32", **scratch, "whole_ptr": "*i32", **sizes, "S": "i32",
+         "penalty": "fp32", "temperature": "fp32", "k": "i32", "cut": "fp32", "keep": "i32",
+         **dict.fromkeys((*flags, "TOP_P", "CHUNK", "SLOTS", "SP", "TILE", "PAIRS"), "constexpr")},
+        {**dict.fromkeys(flags, True), "TOP_P": True, "CHUNK": chunk, "SLOTS": slots, "SP": sp,
+         "TILE": 2048, "PAIRS": processors.PAIRS},
+        processors.MERGE_WARPS,
+    )  # fmt: skip
+    _compile_for_hopper(
+        processors._write_kernel,
+        {**pointers, "stats": "*fp32", "invalid_ptr": "*i32", **sizes, "S": "i32",
+         "penalty": "fp32", "temperature": "fp32",
+         **dict.fromkeys((*flags, "CHUNK", "SP"), "constexpr")},
+        {"LOG_SOFTMAX": True, "PENALTY": True, "TEMPERATURE": False, "CHUNK": chunk, "SP": sp},
+        processors.CHUNK_WARPS,
+    )  # fmt: skip
+
+
 def test_choice_kernels_compile_for_hopper():
-    """The processors', the beam draw's and the beam step's kernels compile for sm_90 at the
-    decoder's settings (the first version of the first passed the interpreter and failed on
-    the GPU)."""
+    """The processors' (both designs), the beam draw's and the beam step's kernels compile for
+    sm_90 at the decoder's settings (the first version of the first passed the interpreter and
+    failed on the GPU)."""
     from tts.fast import beam_step, processors, sampling
 
     flags = ("LOG_SOFTMAX", "PENALTY", "TEMPERATURE", "TOP_K", "TOP_P")
@@ -1665,6 +1821,7 @@ def test_choice_kernels_compile_for_hopper():
         },
         processors.NUM_WARPS,
     )
+    _compile_split_processors_for_hopper()
     _compile_for_hopper(
         sampling._candidates_kernel,
         {

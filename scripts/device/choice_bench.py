@@ -18,8 +18,15 @@ the rows of batch 1 and batch 16 with 3 beams and the GPT's 8194 codes:
 * ``processors``: the fast decoder's compiled logits processors (penalty, temperature, top-k,
   top-p) as a whole;
 * ``process_kernel_wW`` / ``draw_kernel_wW``: what the decoder's ``choice="triton"`` runs
-  instead (:mod:`tts.fast.processors`, :func:`tts.fast.sampling.beam_candidates` with its
-  exponential draws), at W warps per program.
+  instead (:mod:`tts.fast.processors`' one-program kernel, ``split=False``;
+  :func:`tts.fast.sampling.beam_candidates` with its exponential draws), at W warps per
+  program;
+* ``process_split_cC``: the processors' split kernels (the default, ``processors.SPLIT``) in
+  chunks of C scores (``process_split``: the module's chunk). Before timing, their outputs
+  are compared with the one-program kernel's (the -inf mask, the survivors' indices and
+  count: identical; the scores: to float32 rounding, the log-sum-exp being summed in another
+  order) and the rows they searched whole are counted; a difference ends the script with 1.
+  The last lines put the two designs side by side.
 
     python3 scripts/device/choice_bench.py --json "$OUT/choice.json"
 
@@ -100,7 +107,7 @@ def pieces(batch: int, device: torch.device) -> tuple[dict, list]:
             fast_processors.NUM_WARPS = warps
             fast_processors.process(
                 logits, seen, cfg, 2, log_softmax=True, out=out, survivors=survivors,
-                invalid=invalid,
+                invalid=invalid, split=False,
             )  # fmt: skip
 
         return call
@@ -113,7 +120,10 @@ def pieces(batch: int, device: torch.device) -> tuple[dict, list]:
         return call
 
     kernels = {f"process_kernel_w{w}": process(w) for w in (8, 16, 32)}
-    process(16)()  # the draw's input
+    process(16)()  # the draw's input (and the one-program kernel's output, compared below)
+    for chunk in (None, 512, 1024, 2048):
+        name = "process_split" if chunk is None else f"process_split_c{chunk}"
+        kernels[name] = split_process(logits, seen, cfg, chunk, (out, survivors), name)
     kernels |= {f"draw_kernel_w{w}": candidates(w) for w in (1, 2, 4)}
     return {
         **kernels,
@@ -126,6 +136,68 @@ def pieces(batch: int, device: torch.device) -> tuple[dict, list]:
         "processors": lambda: processors(logits, seen, cfg, True),
         **per_item,
     }, gens
+
+
+MISMATCHES: list[str] = []
+
+
+def split_process(logits, seen, cfg, chunk, want, name: str):
+    """The processors' split kernels in chunks of ``chunk`` (None: the module's), as a
+    callable with its own buffers; called once and compared with ``want`` (the one-program
+    kernel's output and survivors) first."""
+    rows, vocab = logits.shape
+    device = logits.device
+    default = fast_processors.CHUNK
+    chunk = chunk or default
+    fast_processors.CHUNK = chunk
+    scratch = fast_processors.split_buffers(rows, vocab, device)
+    fast_processors.CHUNK = default
+    out = torch.empty_like(logits)
+    survivors = fast_processors.survivor_buffers(rows, vocab, device)
+    invalid = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def call():
+        fast_processors.CHUNK = chunk
+        fast_processors.process(
+            logits, seen, cfg, 2, log_softmax=True, out=out, survivors=survivors,
+            invalid=invalid, scratch=scratch, split=True,
+        )  # fmt: skip
+        fast_processors.CHUNK = default
+
+    call()
+    whole = int(scratch[-1][:rows].sum())
+    same = compare(want, (out, survivors), vocab)
+    print(f"rows={rows:<3d} {name:18s} vs one-program: {same}; rows searched whole: {whole}")
+    if not same.startswith("identical") and not same.startswith("same"):
+        MISMATCHES.append(f"rows={rows} {name}: {same}")
+    return call
+
+
+def compare(want, got, vocab: int) -> str:
+    """How the processors' outputs ``got`` (out, survivors) compare with ``want``."""
+    (w_out, (w_v, w_i, w_n)), (g_out, (g_v, g_i, g_n)) = want, got
+    if not torch.equal(torch.isfinite(w_out), torch.isfinite(g_out)):
+        return "MASKS DIFFER"
+    if not torch.equal(w_n, g_n):
+        return f"COUNTS DIFFER {w_n.tolist()} {g_n.tolist()}"
+    first = torch.arange(vocab, device=w_n.device)[None, :] < w_n[:, None]
+    rows = w_n.numel()
+    w_i, g_i = w_i[: rows * vocab].view(rows, vocab), g_i[: rows * vocab].view(rows, vocab)
+    w_v, g_v = w_v[: rows * vocab].view(rows, vocab), g_v[: rows * vocab].view(rows, vocab)
+    if not torch.equal(w_i[first], g_i[first]):
+        return "SURVIVORS DIFFER"
+    kept = torch.isfinite(w_out)
+    diff = max(
+        (w_out[kept] - g_out[kept]).abs().max().item(), (w_v[first] - g_v[first]).abs().max().item()
+    )
+    if torch.equal(w_out, g_out) and torch.equal(w_v[first], g_v[first]):
+        return "identical (bit for bit)"
+    try:
+        torch.testing.assert_close(g_out[kept], w_out[kept], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g_v[first], w_v[first], rtol=1e-6, atol=1e-6)
+    except AssertionError:
+        return f"SCORES DIFFER (max {diff:.3g})"
+    return f"same mask, survivors and counts; scores within {diff:.3g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             ms = graph_ms(fn, args.inner, args.repeats, gens if draws else ())
             results.append({"batch": batch, "rows": batch * BEAMS, "piece": name, "us": 1e3 * ms})
             print(f"B={batch:<3d} {name:14s} {1e3 * ms:8.1f} us per call", flush=True)
+    us = {(r["batch"], r["piece"]): r["us"] for r in results}
+    for batch in sorted({r["batch"] for r in results}):
+        one, split = us[(batch, "process_kernel_w16")], us[(batch, "process_split")]
+        print(
+            f"B={batch:<3d} rows={batch * BEAMS:<3d} processors: one program per row {one:.1f} us,"
+            f" split {split:.1f} us ({one / split:.2f}x)"
+        )
+    for line in MISMATCHES:
+        print("MISMATCH", line)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -152,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__,
                     "args": vars(args),
                     "results": results,
+                    "mismatches": MISMATCHES,
                 },
                 indent=1,
             )
         )
-    return 0
+    return 1 if MISMATCHES else 0
 
 
 if __name__ == "__main__":

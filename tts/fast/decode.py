@@ -697,6 +697,7 @@ class StaticDecoder:
         if self.choice_kernels:
             self.processed = torch.empty_like(self.logits)
             self.survivors = processors.survivor_buffers(rows, vocab, device)
+            self.scratch = processors.split_buffers(rows, vocab, device)  # the split kernels'
             self.invalid = torch.zeros(1, dtype=torch.int32, device=device)
         # With beams and the table reorder, the beam step's bookkeeping is one kernel too.
         self.beam_kernel = self.choice_kernels and self.table and ("beam kernel",) not in _FAILED
@@ -930,6 +931,7 @@ class StaticDecoder:
                     out=self.processed,
                     survivors=self.survivors,
                     invalid=self.invalid,
+                    scratch=self.scratch,
                 )
             except Exception as exc:  # noqa: BLE001 - keep decoding with the torch ops
                 self._give_up("GPT logits processors Triton kernel", ("processors kernel",), exc)
