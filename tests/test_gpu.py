@@ -1443,23 +1443,20 @@ def test_batched_per_item_draws_equal_per_item_multinomial_cuda():
     )
 
 
-@pytest.mark.parametrize("split", [None, False])
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("rows", [3, 48])
 def test_processors_kernel_equals_process_scores_cuda(rows, split):
     """tts.fast.processors on CUDA keeps exactly the scores process_scores keeps (CUDA's
     torch.sort, which orders equal scores by index), at 3 and 48 rows of 8194: bf16-rounded
     logits (ties), zeros of both signs tied at the top, rows mostly -inf, the settings of
     test_fast.PROCESSOR_CONFIGS; the kept scores agree to float32 rounding and the survivors
-    of top-k are exactly the right ones. ``split``: the default design (None: the split
-    kernels unless processors.SPLIT is off), also on test_fast._split_rows, each row on its
-    path; or the one-program kernel (False)."""
+    of top-k are exactly the right ones. ``split``: the split kernels (True), also on
+    test_fast._split_rows, each row on its path; or the one-program kernel (False)."""
     from test_fast import _processors_agree, _split_rows, _split_whole
 
-    from tts.fast import processors
-
     _processors_agree(rows, 8194, "cuda", split=split)
-    if split is None and processors.SPLIT:
-        _processors_agree(rows, 8194, "cuda", make=_split_rows, whole=_split_whole)
+    if split:
+        _processors_agree(rows, 8194, "cuda", split=True, make=_split_rows, whole=_split_whole)
 
 
 @pytest.mark.parametrize("items", [1, 16])

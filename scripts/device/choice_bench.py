@@ -21,7 +21,7 @@ the rows of batch 1 and batch 16 with 3 beams and the GPT's 8194 codes:
   instead (:mod:`tts.fast.processors`' one-program kernel, ``split=False``;
   :func:`tts.fast.sampling.beam_candidates` with its exponential draws), at W warps per
   program;
-* ``process_split_cC``: the processors' split kernels (the default, ``processors.SPLIT``) in
+* ``process_split_cC``: the processors' split kernels (``processors.SPLIT`` makes them the default) in
   chunks of C scores (``process_split``: the module's chunk). Before timing, their outputs
   are compared with the one-program kernel's (the -inf mask, the survivors' indices and
   count: identical; the scores: to float32 rounding, the log-sum-exp being summed in another
@@ -206,18 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner", type=int, default=10, help="calls per captured graph")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json")
+    ap.add_argument(
+        "--only", help="comma-separated name prefixes of the pieces to time (default: all)"
+    )
     args = ap.parse_args(argv)
+    only = tuple(args.only.split(",")) if args.only else ()
     device = torch.device("cuda")
     results = []
     for batch in (int(b) for b in args.batches.split(",")):
         timed, gens = pieces(batch, device)
         for name, fn in timed.items():
+            if only and not name.startswith(only):
+                continue
             draws = name.startswith("draw")
             ms = graph_ms(fn, args.inner, args.repeats, gens if draws else ())
             results.append({"batch": batch, "rows": batch * BEAMS, "piece": name, "us": 1e3 * ms})
             print(f"B={batch:<3d} {name:14s} {1e3 * ms:8.1f} us per call", flush=True)
     us = {(r["batch"], r["piece"]): r["us"] for r in results}
     for batch in sorted({r["batch"] for r in results}):
+        if (batch, "process_kernel_w16") not in us or (batch, "process_split") not in us:
+            continue
         one, split = us[(batch, "process_kernel_w16")], us[(batch, "process_split")]
         print(
             f"B={batch:<3d} rows={batch * BEAMS:<3d} processors: one program per row {one:.1f} us,"

@@ -5,8 +5,8 @@ draws from: log_softmax (beam search), the repetition penalty, then, when sampli
 temperature, top-k and top-p. On the GPU that is ~15 kernels per step even compiled (a top-k,
 top-p's sort, its softmax and cumulative sum, a scatter, and the fused pieces between them),
 and a decode step is bound by how many kernels it runs one after the other, not by their work
-(docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in two kernels (the split
-design, the default) or in one (the one-program design, ``split=False``).
+(docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in one kernel (the
+one-program design, the default) or in two (the split design, ``split=True``).
 
 The one-program kernel (``_process_kernel``) gives each row one program:
 
@@ -59,7 +59,8 @@ lanes. The split design spreads a row over several programs:
 
 The split design needs :func:`split_buffers` as scratch (the decoder keeps one set for its
 CUDA graphs), takes top-k up to :data:`SPLIT_MAX_K` (else the one-program kernel runs), and
-is the default through :data:`SPLIT`, the one switch back to the one-program kernel.
+becomes the default through :data:`SPLIT`. It is not the default yet: it has not run on a
+GPU (docs/benchmarks.md says what was measured since).
 
 What is computed is the same function, rounded differently: the log_softmax and top-p's
 probabilities are the same formulas summed in another order (in the two designs too: their
@@ -97,9 +98,9 @@ CANDIDATES = 512
 # Warps per program (a row of 8194 scores is padded to 16384 lanes: 32 per thread at 16).
 NUM_WARPS = 16
 
-# THE SWITCH: process() runs the split kernels (several programs per row) by default; False
-# gives back the one-program kernel (process(..., split=False) picks either per call).
-SPLIT = True
+# THE SWITCH: True makes process() run the split kernels (several programs per row) by
+# default; False keeps the one-program kernel (process(..., split=...) picks either per call).
+SPLIT = False
 # The split kernels' chunk of a row (one program each; fewer for shorter rows).
 CHUNK = 1024
 # The largest top-k (after min_tokens_to_keep) the split kernels take; larger: one program.
