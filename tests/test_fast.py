@@ -1607,7 +1607,7 @@ def test_split_processors_kernel_interpreted():
     _run_interpreted(
         common
         + """
-        processors.SPLIT = True  # the split design through process's default switch
+        assert processors.SPLIT  # the split design is the default
         _processors_agree(3, 8194, "cpu")
         _processors_agree(6, 8194, "cpu", make=_split_rows, whole=_split_whole)
         _processors_agree(1, 8194, "cpu", make=_split_rows, whole=_split_whole)

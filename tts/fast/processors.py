@@ -5,8 +5,8 @@ draws from: log_softmax (beam search), the repetition penalty, then, when sampli
 temperature, top-k and top-p. On the GPU that is ~15 kernels per step even compiled (a top-k,
 top-p's sort, its softmax and cumulative sum, a scatter, and the fused pieces between them),
 and a decode step is bound by how many kernels it runs one after the other, not by their work
-(docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in one kernel (the
-one-program design, the default) or in two (the split design, ``split=True``).
+(docs/benchmarks.md, runs AA-AF). :func:`process` does all of it in two kernels (the split
+design, the default) or in one (the one-program design, ``split=False``).
 
 The one-program kernel (``_process_kernel``) gives each row one program:
 
@@ -59,8 +59,10 @@ lanes. The split design spreads a row over several programs:
 
 The split design needs :func:`split_buffers` as scratch (the decoder keeps one set for its
 CUDA graphs), takes top-k up to :data:`SPLIT_MAX_K` (else the one-program kernel runs), and
-becomes the default through :data:`SPLIT`. It is not the default yet: it has not run on a
-GPU (docs/benchmarks.md says what was measured since).
+is the default through :data:`SPLIT`, the one switch back to the one-program kernel. On an
+H100 it takes 17.9 us against the one-program kernel's 25.2 us at 3 rows, 23.6 against 26.2
+at 48 (CUDA-graph replays, scripts/device/choice_bench.py), and the batch-1 decode step 0.717
+ms against 0.730 (docs/benchmarks.md, runs EE-EF).
 
 What is computed is the same function, rounded differently: the log_softmax and top-p's
 probabilities are the same formulas summed in another order (in the two designs too: their
@@ -98,9 +100,9 @@ CANDIDATES = 512
 # Warps per program (a row of 8194 scores is padded to 16384 lanes: 32 per thread at 16).
 NUM_WARPS = 16
 
-# THE SWITCH: True makes process() run the split kernels (several programs per row) by
-# default; False keeps the one-program kernel (process(..., split=...) picks either per call).
-SPLIT = False
+# THE SWITCH: process() runs the split kernels (several programs per row) by default; False
+# gives back the one-program kernel (process(..., split=False) picks either per call).
+SPLIT = True
 # The split kernels' chunk of a row (one program each; fewer for shorter rows).
 CHUNK = 1024
 # The largest top-k (after min_tokens_to_keep) the split kernels take; larger: one program.
