@@ -68,7 +68,7 @@ def relative_key_bias(module: nn.Module, query: torch.Tensor, key: torch.Tensor)
 
     transformers gathers an embedding per (l, r) pair first, a ``[T, T, head_size]`` tensor
     (64 MB at T = 500, per layer) that an einsum then reads back; the dot products are the
-    same, each of ``head_size`` float32 products (tests/test_w2v_bert.py compares the two)."""
+    same, each of ``head_size`` float32 products (tests/test_semantic.py compares the two)."""
     left = module.left_max_position_embeddings
     right = module.right_max_position_embeddings
     lq, lk = query.shape[2], key.shape[2]
