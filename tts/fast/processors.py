@@ -310,16 +310,25 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _row_lse(stats, row, S, SP: tl.constexpr):
-        """The row's max and sum of exp (relative to it) from its ``S`` chunks' records."""
-        s = tl.arange(0, SP)
-        rec = stats + (row * S + s) * 4
-        mc = tl.load(rec, mask=s < S, other=float("-inf"))
-        zc = tl.load(rec + 1, mask=s < S, other=0.0)
-        m = tl.max(mc, axis=0)
-        # a chunk all -inf adds 0; a row all -inf gives NaN (exp(-inf + inf)), as it does in
-        # the one-program kernel
-        return m, tl.sum(zc * tl.exp(mc - m), axis=0)
+    def _row_shift(stats, row, S, invalid_ptr, SP: tl.constexpr, LOG_SOFTMAX: tl.constexpr):
+        """log_softmax's ``(m, log z)`` of the row (its max, and the log of its sum of exp
+        relative to it) from its ``S`` chunks' records; ``(0, 0)`` without log_softmax. NaN
+        or +inf logits make the sum NaN, which sets ``invalid`` (what torch.multinomial would
+        refuse)."""
+        m = 0.0
+        logz = 0.0
+        if LOG_SOFTMAX:
+            s = tl.arange(0, SP)
+            rec = stats + (row * S + s) * 4
+            mc = tl.load(rec, mask=s < S, other=float("-inf"))
+            zc = tl.load(rec + 1, mask=s < S, other=0.0)
+            m = tl.max(mc, axis=0)
+            # a chunk all -inf adds 0; a row all -inf gives NaN (exp(-inf + inf)), as it does
+            # in the one-program kernel
+            z = tl.sum(zc * tl.exp(mc - m), axis=0)
+            tl.store(invalid_ptr, 1, mask=z != z)
+            logz = tl.log(z)
+        return m, logz
 
     @triton.jit
     def _of_class(v, j):
@@ -458,13 +467,7 @@ if triton is not None:
         the survivors and their scores in ``out``, then top-p."""
         row = tl.program_id(0)
         neg_inf = float("-inf")
-        m = 0.0
-        logz = 0.0
-        if LOG_SOFTMAX:
-            m, z = _row_lse(stats, row, S, SP)
-            # NaN or +inf logits make the sum NaN: what torch.multinomial would refuse
-            tl.store(invalid_ptr, 1, mask=z != z)
-            logz = tl.log(z)
+        m, logz = _row_shift(stats, row, S, invalid_ptr, SP, LOG_SOFTMAX)
         j = tl.arange(0, TILE)
         code = tl.load(cand_i + row * S * SLOTS + j, mask=j < S * SLOTS, other=-1)
         valid = code >= 0
@@ -514,12 +517,7 @@ if triton is not None:
     ):  # fmt: skip
         """Program (``row``, ``c``) without top-k: the processed scores of chunk ``c``."""
         row = tl.program_id(0)
-        m = 0.0
-        logz = 0.0
-        if LOG_SOFTMAX:
-            m, z = _row_lse(stats, row, S, SP)
-            tl.store(invalid_ptr, 1, mask=z != z)
-            logz = tl.log(z)
+        m, logz = _row_shift(stats, row, S, invalid_ptr, SP, LOG_SOFTMAX)
         i, ok, y = _row_chunk(x_ptr, seen_ptr, row, tl.program_id(1) * CHUNK, n, stride_x,
                               stride_seen, m, logz, penalty, temperature, LOG_SOFTMAX, PENALTY,
                               TEMPERATURE, CHUNK)  # fmt: skip
