@@ -128,7 +128,7 @@ def _skip_if_env(exc: Exception) -> None:
 FAST = [
     (fs, c)
     for fs, c in CASES
-    if parity.case_id(c).startswith(("gen_", "cfm_", "s2mel_chain", "bigvgan"))
+    if parity.case_id(c).startswith(("gen_", "fwd_", "cfm_", "s2mel_chain", "bigvgan"))
 ]
 
 
@@ -136,10 +136,11 @@ FAST = [
 @pytest.mark.parametrize("item", FAST, ids=[_id(c) for c in FAST])
 def test_fast_paths_cuda(item, compiled):
     from tts import fast
-    from tts.fast import patched
+    from tts.fast import latent_pass, patched
 
     fs, case = item
     before = len(fast.FALLBACKS)
+    captures = len(latent_pass.CAPTURES)
     with patched(
         gpt=True,
         s2mel=True,
@@ -154,6 +155,8 @@ def test_fast_paths_cuda(item, compiled):
     failures = [f for c in comparisons if (f := c.failure())]
     assert comparisons and not failures, "\n".join(failures)
     assert len(fast.FALLBACKS) == before, f"fast path fell back: {fast.FALLBACKS[before:]}"
+    if parity.case_id(case).startswith("fwd_"):  # the latent pass really ran from a graph
+        assert len(latent_pass.CAPTURES) > captures
 
 
 CFM = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("cfm_inference")]
@@ -200,6 +203,39 @@ def _gpt_small_cuda(dtype: torch.dtype = torch.float32):
     if root is None:
         pytest.skip("gpt-small fixture set not found")
     return load_component("gpt", CheckpointSet.open(root))[0].cuda().to(dtype).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_latent_pass_graphs_replay_the_padded_stack_cuda(dtype):
+    """The latent pass's graphs (tts.fast.latent_pass), the way the Engine runs the GPT (cast,
+    under autocast in half precision): a key's first call (eager at the bucketed length) and
+    its replays give the same bits as the stack run eagerly at that length, for every length
+    of the bucket; a new bucket captures a new graph; replaced weights are seen. Against the
+    stack at the unpadded length: float32 within 1e-5, bf16 within the GPT's cast bound."""
+    from tts.fast import latent_pass
+
+    gpt = _gpt_small_cuda(dtype)
+    runner = latent_pass.StackGraphs(gpt.gpt, bucket=64)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    before = len(latent_pass.CAPTURES)
+    half = dtype != torch.float32
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=half):
+        for n in (37, 50, 64, 37, 70, 50):
+            x = torch.randn(2, n, gpt.model_dim, device="cuda", generator=gen).to(dtype)
+            got = runner(x)
+            padded = gpt.gpt(latent_pass._padded(x, -(-n // 64) * 64))[:, :n]
+            assert got.shape == (2, n, gpt.model_dim) and torch.isfinite(got).all()
+            assert torch.equal(got, padded), n
+            alone = gpt.gpt(x)
+            rel = float((got.float() - alone.float()).norm() / alone.float().norm())
+            assert rel <= (HALF_BOUNDS["cast"][dtype] if half else 1e-5), (n, rel)
+        assert len(latent_pass.CAPTURES) - before == 2  # buckets 64 and 128
+        assert runner.replays == 4
+        for p in gpt.gpt.parameters():  # new storage for every weight: the graphs must go
+            p.data = p.data.clone()
+        x = torch.randn(2, 50, gpt.model_dim, device="cuda", generator=gen).to(dtype)
+        assert torch.equal(runner(x), gpt.gpt(latent_pass._padded(x, 64))[:, :50])
+        assert len(latent_pass.CAPTURES) - before == 3
 
 
 def test_batched_conditioning_equals_one_by_one_cuda():

@@ -227,7 +227,8 @@ class Engine:
     The GPT runs in the chosen dtype (float32, bfloat16 or float16); everything else runs in
     float32, as the reference does (s2mel and BigVGAN never run in half precision there).
 
-    ``fast`` (used on CUDA only): GPT generation through :func:`tts.fast.decode.generate`, the
+    ``fast`` (used on CUDA only): GPT generation through :func:`tts.fast.decode.generate` and
+    its teacher-forced latent pass through CUDA graphs (:mod:`tts.fast.latent_pass`), the
     s2mel flow-matching solve through :func:`tts.fast.s2mel.generate_padded` (fused weight norm,
     the segments of a call's rows solved together, up to ``render_batch_items`` per batch;
     eager loop: a CUDA graph per shape would rarely be replayed, segments differ in length) and
@@ -381,7 +382,7 @@ class Engine:
             from tts.components import load_gpt_speech
 
             module, _ = load_gpt_speech(self.cs)
-            return module.to(device=self.device, dtype=self.dtype).eval()
+            return self._fast_gpt(module.to(device=self.device, dtype=self.dtype).eval())
         if name == "length_regulator":
             from tts.components import load_length_regulator
 
@@ -393,7 +394,7 @@ class Engine:
             module = module.to(device=self.device, dtype=dtype).eval()
             if name == "bigvgan":
                 module.remove_weight_norm()
-            return module
+            return self._fast_gpt(module) if name == "gpt" else module
         if name == "features":
             from tts.models.w2v_bert import SemanticFeatures
 
@@ -653,6 +654,15 @@ class Engine:
             return loaded
         lean = loaded is not None or self.emotion_gpt_alone or self.gpt_speech_alone
         return self.part("gpt_emotion" if lean else "gpt")
+
+    def _fast_gpt(self, gpt):
+        """With ``fast``: the GPT's teacher-forced latent pass through CUDA graphs
+        (:mod:`tts.fast.latent_pass`)."""
+        if self.fast:
+            from tts.fast import latent_pass
+
+            latent_pass.install(gpt)
+        return gpt
 
     def _gpt_autocast(self):
         enabled = self.dtype != torch.float32
@@ -971,12 +981,16 @@ class Engine:
 
     def release_decoder(self) -> None:
         """Drop the fast GPT decoder that ``graphkk`` keeps between calls (its KV cache and
-        CUDA graphs: +0.5 GiB at batch 1, +3.8 GiB at batch 16 in docs/benchmarks.md, run BU);
-        the next GPT call makes a new one. Nothing to do on the plain paths."""
+        CUDA graphs: +0.5 GiB at batch 1, +3.8 GiB at batch 16 in docs/benchmarks.md, run BU),
+        and the latent pass's graphs; the next GPT call makes them anew. Nothing to do on the
+        plain paths."""
         if self.fast:
             from tts.fast.decode import release
 
             release()
+            runner = getattr(self._parts.get("gpt"), "stack_runner", None)
+            if runner is not None:
+                runner.clear()  # the latent pass's graphs: captured again when next needed
 
     def close(self) -> None:
         """Free what this Engine holds on its device: the kept decoder, the prompt cache and

@@ -53,6 +53,9 @@
 #   persistent scripts/device/persistent_bench.py $PERSISTENT_ARGS (the 24-layer projection stack as
 #             one persistent Triton kernel with grid barriers against the tts.fast.linear chain;
 #             checked against it first; no checkpoints)
+#   latent    scripts/device/latent_profile.py $LATENT_ARGS (the GPT's teacher-forced latent pass op
+#             by op against tts.fast.latent_pass's CUDA graphs, alternating in one process; no
+#             checkpoints)
 #   calls     scripts/device/call_profile.py $CALLS_ARGS (one GPT generate call's host time outside
 #             its replayed steps: the decoder's stats over several calls, then cProfile of one;
 #             no checkpoints)
@@ -112,15 +115,16 @@ COUNTERS_ARGS="${COUNTERS_ARGS:-}"
 BARRIER_ARGS="${BARRIER_ARGS:-}"
 PERSISTENT_ARGS="${PERSISTENT_ARGS:-}"
 CALLS_ARGS="${CALLS_ARGS:-}"
+LATENT_ARGS="${LATENT_ARGS:-}"
 TESTS_K="${TESTS_K:-}"  # a pytest -k expression selecting GPU tests (default: all of them)
 TESTS_ARGS="${TESTS_ARGS:-}"  # more pytest arguments, e.g. "-n 2 --dist loadgroup" (README's)
 T_SET="${T_SET:-150}" T_BENCH="${T_BENCH:-300}" T_OFFICIAL="${T_OFFICIAL:-200}"
 T_COMPARE="${T_COMPARE:-30}" T_TESTS="${T_TESTS:-240}" T_PROFILE="${T_PROFILE:-120}"
 T_AB="${T_AB:-240}" T_CUDNN="${T_CUDNN:-300}" T_TRACE="${T_TRACE:-240}" T_TIMELINE="${T_TIMELINE:-150}" T_SWEEP="${T_SWEEP:-180}"
 T_VOCODER="${T_VOCODER:-120}" T_ACTSWEEP="${T_ACTSWEEP:-120}" T_S2MEL="${T_S2MEL:-150}" T_REPRO="${T_REPRO:-420}" T_CHOICE="${T_CHOICE:-120}" T_COND="${T_COND:-120}" T_LOAD="${T_LOAD:-120}" T_RENDER="${T_RENDER:-240}"
-T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_COUNTERS="${T_COUNTERS:-240}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}"
+T_WORKFLOW="${T_WORKFLOW:-420}" T_LINEAR="${T_LINEAR:-180}" T_COUNTERS="${T_COUNTERS:-240}" T_BARRIER="${T_BARRIER:-120}" T_PERSISTENT="${T_PERSISTENT:-240}" T_CALLS="${T_CALLS:-180}" T_LATENT="${T_LATENT:-120}"
 PY="${PY:-python3}" PY_OFFICIAL="${PY_OFFICIAL:-python3}" DEVICE="${DEVICE:-cuda}" TINY="${TINY:-0}"
-JSONS="bench.json official.json compare.json tests.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json actsweep.json s2mel.json choice.json cond.json load.json render.json cudnn.json repro.json ab.json"
+JSONS="bench.json official.json compare.json tests.json latent.json calls.json linear.json counters.json barrier.json persistent.json workflow.json profile.json timeline.json trace.json sweep.json vocoder.json actsweep.json s2mel.json choice.json cond.json load.json render.json cudnn.json repro.json ab.json"
 SITE_OURS=/tmp/site_ours
 SITE_OFFICIAL=/tmp/site_official
 SIZE_ARG=""
@@ -349,6 +353,9 @@ main() {
   # shellcheck disable=SC2086
   want calls && section calls "$T_CALLS" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/call_profile.py $CALLS_ARGS --json "$OUT/calls.json"
+  # shellcheck disable=SC2086
+  want latent && section latent "$T_LATENT" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
+    scripts/device/latent_profile.py $LATENT_ARGS --json "$OUT/latent.json"
   # shellcheck disable=SC2086
   want vocoder && section vocoder "$T_VOCODER" env PYTHONPATH="$SITE_OURS:$PWD" "$PY" \
     scripts/device/vocoder_profile.py --device "$DEVICE" $SIZE_ARG $VOCODER_ARGS \

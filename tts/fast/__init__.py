@@ -86,19 +86,23 @@ def patched(
 
     * ``gpt``: :func:`tts.generation.generate` -> :func:`tts.fast.decode.generate`
       (``gpt_compile``: with the per-step decision logic compiled; ``gpt_options``: keyword
-      arguments for it, e.g. ``tts.fast.decode.VARIANTS["graphf"]``);
+      arguments for it, e.g. ``tts.fast.decode.VARIANTS["graphf"]``), and the teacher-forced
+      passes' layer stack (``UnifiedVoice.run_stack``) through :mod:`tts.fast.latent_pass`;
     * ``s2mel``: :meth:`tts.models.cfm.CFM.solve` -> :func:`tts.fast.s2mel.solve`;
     * ``bigvgan``: :class:`tts.models.bigvgan.Activation1d` forward -> the fused activation.
     """
     import tts.generation
     from tts.fast import bigvgan as fast_bigvgan
     from tts.fast import decode as fast_decode
+    from tts.fast import latent_pass
     from tts.fast import s2mel as fast_s2mel
     from tts.models import bigvgan as plain_bigvgan
     from tts.models import cfm as plain_cfm
+    from tts.models.gpt import UnifiedVoice
 
     saved = (
         tts.generation.generate,
+        UnifiedVoice.run_stack,
         plain_cfm.CFM.solve,
         plain_bigvgan.Activation1d.forward,
     )
@@ -112,6 +116,7 @@ def patched(
                 if options
                 else fast_decode.generate
             )
+            UnifiedVoice.run_stack = latent_pass.graphed_run_stack
         if s2mel:
             plain_cfm.CFM.solve = fast_s2mel.patched_solve(
                 graphs=s2mel_graphs, compile=s2mel_compile
@@ -122,6 +127,7 @@ def patched(
     finally:
         (
             tts.generation.generate,
+            UnifiedVoice.run_stack,
             plain_cfm.CFM.solve,
             plain_bigvgan.Activation1d.forward,
         ) = saved

@@ -34,6 +34,8 @@ from tts.models.conformer import ConformerEncoder
 from tts.models.perceiver import PerceiverResampler
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tts.generation import GenerationConfig, GenerationOutput
 
 # Width of the semantic (w2v-bert) features feeding both conformers; hard-coded in the reference.
@@ -383,6 +385,10 @@ class UnifiedVoice(EmotionPath, nn.Module):
         self.final_norm = nn.LayerNorm(model_dim)
         self.text_head = nn.Linear(model_dim, number_text_tokens + 1)
         self.mel_head = nn.Linear(model_dim, number_mel_codes)
+        # What runs the layer stack in the teacher-forced passes (forward, forward_packed):
+        # None = ``self.gpt`` itself; tts.fast.latent_pass installs CUDA graphs here. Not a
+        # module, so the state dict stays the checkpoint's.
+        self.stack_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> UnifiedVoice:
@@ -440,6 +446,12 @@ class UnifiedVoice(EmotionPath, nn.Module):
 
     # -- teacher-forced pass ---------------------------------------------------------------
 
+    def run_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer stack (through ``ln_f``) over ``x`` [B, n, d], causal, no cache: by
+        :attr:`stack_runner` if one is installed, else ``self.gpt``."""
+        runner = self.stack_runner
+        return self.gpt(x) if runner is None else runner(x)
+
     def forward(
         self,
         speech_conditioning_latent: torch.Tensor,
@@ -485,7 +497,7 @@ class UnifiedVoice(EmotionPath, nn.Module):
         conds = self.conditioning_prefix(speech_conditioning_latent, emo_vec, batch)
         text_emb = self.text_embedding(text) + self.text_pos_embedding(text.size(1))
         mel_emb = self.mel_embedding(mel) + self.mel_pos_embedding(mel.size(1))
-        hidden = self.gpt(torch.cat((conds, text_emb, mel_emb), dim=1))
+        hidden = self.run_stack(torch.cat((conds, text_emb, mel_emb), dim=1))
         latent = self.final_norm(hidden[:, -mel.size(1) :])
         return latent[:, :-2]
 
@@ -527,7 +539,7 @@ class UnifiedVoice(EmotionPath, nn.Module):
             spans.append((start, start + mel.size(0) - 2))  # the last two mel positions dropped
         total = max(r.size(0) for r in rows)
         x = torch.stack([F.pad(r, (0, 0, 0, total - r.size(0))) for r in rows])
-        hidden = self.gpt(x)
+        hidden = self.run_stack(x)
         return [self.final_norm(hidden[i, lo:hi]) for i, (lo, hi) in enumerate(spans)]
 
     # -- generation ------------------------------------------------------------------------
