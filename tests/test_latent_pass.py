@@ -116,13 +116,13 @@ def test_teacher_forced_passes_run_the_installed_runner(gpt):
 def test_stack_graphs_off_cuda_run_the_plain_stack(gpt):
     """On the CPU (and with autograd on) the runner is the stack itself: same bits, nothing
     captured."""
-    before = len(latent_pass.CAPTURES)
+    before = dict(latent_pass.COUNTS)
     runner = latent_pass.StackGraphs(gpt.gpt)
     x = torch.randn(1, 21, gpt.model_dim, generator=torch.Generator().manual_seed(2))
     assert torch.equal(runner(x), gpt.gpt(x))
     with torch.enable_grad():
         assert torch.equal(runner(x), gpt.gpt(x))
-    assert not runner.graphs and len(latent_pass.CAPTURES) == before
+    assert not runner.graphs and latent_pass.COUNTS == before
 
 
 def test_runner_per_model_and_state_dict_unchanged(gpt):
@@ -171,5 +171,6 @@ def test_patched_routes_the_stack_through_the_runner_and_restores_it(gpt, monkey
 
 
 def test_bucket_and_limit_must_be_positive(gpt):
-    with pytest.raises(ValueError, match="bucket and max_graphs"):
-        latent_pass.StackGraphs(gpt.gpt, bucket=0)
+    for bad in ({"bucket": 0}, {"max_graphs": 0}, {"max_positions": 0}):
+        with pytest.raises(ValueError, match="bucket, max_graphs and max_positions"):
+            latent_pass.StackGraphs(gpt.gpt, **bad)

@@ -8,7 +8,8 @@ It builds the GPT as ``decode_profile.py`` does (official size, random weights, 
 bfloat16 under autocast, as the Engine runs it) and times ``UnifiedVoice.forward`` at the
 benchmark's shapes (``--text`` ids, ``--codes`` codes, ``--batches``) the two ways, in one
 process and alternating: the plain stack, and :mod:`tts.fast.latent_pass` (its graph captured
-by a warm-up call). Each timed call is measured by the host's clock around it (what a pass
+by a warm-up call; ``--bucket``, and no limit on rows x positions unless
+``--max-positions``). Each timed call is measured by the host's clock around it (what a pass
 pays, host and GPU; the GPU is idle when a call starts) and by CUDA events (the GPU's span).
 It prints the medians, and the largest difference of the two outputs against the plain
 pass's norm (the graphs run at the bucketed length, so half precision may round differently).
@@ -72,7 +73,15 @@ def one_pass(model, args: tuple) -> tuple[torch.Tensor, float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
-    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--batches", default="1,2,4,8,16")
+    ap.add_argument("--bucket", type=int, default=latent_pass.BUCKET)
+    ap.add_argument(
+        "--max-positions",
+        type=int,
+        default=1 << 30,
+        help="the graphs' limit (default: none, to time them at every batch; the Engine's is "
+        "latent_pass.MAX_POSITIONS)",
+    )
     ap.add_argument("--text", type=int, default=60, help="text ids (the benchmark's: ~60)")
     ap.add_argument("--codes", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=15)
@@ -82,6 +91,9 @@ def main() -> int:
     dtype = DTYPES[args.dtype]
     model = build_gpt(False, torch.device("cuda"), dtype, args.seed)
     half = dtype != torch.float32
+    runner = latent_pass.StackGraphs(
+        model.gpt, bucket=args.bucket, max_positions=args.max_positions
+    )
     results = []
     for batch in (int(b) for b in args.batches.split(",")):
         data = inputs(model, batch, args.text, args.codes, args.seed)
@@ -89,11 +101,11 @@ def main() -> int:
         outs = {}
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=half):
             for way in ("plain", "graphs", "plain", "graphs"):  # warm-up, capture
-                model.stack_runner = latent_pass.runner_for(model) if way == "graphs" else None
+                model.stack_runner = runner if way == "graphs" else None
                 outs[way] = one_pass(model, data)[0]
             for _ in range(args.repeats):
                 for way in ("plain", "graphs"):
-                    model.stack_runner = latent_pass.runner_for(model) if way == "graphs" else None
+                    model.stack_runner = runner if way == "graphs" else None
                     _, host_ms, gpu_ms = one_pass(model, data)
                     times[way].append((host_ms, gpu_ms))
         model.stack_runner = None
@@ -118,6 +130,8 @@ def main() -> int:
     summary = {
         "device": torch.cuda.get_device_name(),
         "dtype": args.dtype,
+        "bucket": args.bucket,
+        "max_positions": args.max_positions,
         "repeats": args.repeats,
         "results": results,
     }

@@ -2,8 +2,10 @@
 
 After generation the GPT runs once more over ``[conditioning; text; codes]`` to give s2mel
 its latents (:meth:`UnifiedVoice.forward`, :meth:`UnifiedVoice.forward_packed`). Run op by op
-that pass is ~290 kernel launches from Python for ~2.4 ms of GPU work at batch 1, so its time
-is the host's: 8.6 to 26 ms on the H100 machines of docs/benchmarks.md (runs DR, EG).
+that pass is ~290 kernel launches from Python for a few ms of GPU work at batch 1, so its
+time is the host's: 8.6 to 26 ms of ``tts bench``'s stage on the H100 machines of
+docs/benchmarks.md (runs DR, EG); 7.3 ms op by op against 3.6 ms from a graph in
+scripts/device/latent_profile.py (run EH).
 
 :class:`StackGraphs` runs the 24-layer stack instead as one CUDA graph per (rows, length,
 dtype, autocast) key. The length is the sequence's rounded up to :data:`BUCKET` positions,
@@ -15,7 +17,9 @@ shapes, so a first call and a replay give the same bits; against the stack run a
 unpadded length the matrix products differ in their row count, so half precision may round
 differently (tests/test_gpu.py measures it).
 
-Off CUDA, with autograd on, or while another graph is being captured, the stack runs as is.
+Off CUDA, with autograd on, while another graph is being captured, or above
+:data:`MAX_POSITIONS` rows x positions (where the GPU's work outlasts the launches), the stack
+runs as is.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ from torch import nn
 
 from tts.fast.graphs import capture
 
-BUCKET = 64  # positions per length bucket (the pass is ~600 positions for 10 s of audio)
+BUCKET = 32  # positions per length bucket (the pass is ~600 positions for 10 s of audio)
+# Graphs only up to this many rows x bucketed positions. Above it the pass's GPU work outlasts
+# the host's launches, and the padding would only add work: at 16 rows of 598 positions the
+# H100 took 23.8 ms op by op against 25.7 ms from a graph at 640 (run EH).
+MAX_POSITIONS = 4096
 MAX_GRAPHS = 4  # graphs kept per stack, least recently used dropped first
-# Every capture made (tests check that a pass really replays graphs).
-CAPTURES: list[tuple] = []
+# Captures and replays by every runner (tests check that a pass really ran from a graph).
+COUNTS = {"captures": 0, "replays": 0}
 # Each model's runner (runner_for); weak, so a dropped model takes its graphs with it.
 _RUNNERS: weakref.WeakKeyDictionary[nn.Module, StackGraphs] = weakref.WeakKeyDictionary()
 
@@ -40,16 +48,27 @@ class StackGraphs:
     """A callable that runs ``stack(x)`` (a :class:`~tts.models.gpt.GPT2Model`, causal, no
     cache) for ``x`` [B, n, d] through CUDA graphs on CUDA (see the module docstring)."""
 
-    def __init__(self, stack: nn.Module, bucket: int = BUCKET, max_graphs: int = MAX_GRAPHS):
-        if bucket < 1 or max_graphs < 1:
-            raise ValueError(f"bucket and max_graphs must be >= 1, got {bucket}, {max_graphs}")
+    def __init__(
+        self,
+        stack: nn.Module,
+        bucket: int = BUCKET,
+        max_graphs: int = MAX_GRAPHS,
+        max_positions: int = MAX_POSITIONS,
+    ):
+        if min(bucket, max_graphs, max_positions) < 1:
+            raise ValueError(
+                "bucket, max_graphs and max_positions must be >= 1, got "
+                f"{bucket}, {max_graphs}, {max_positions}"
+            )
         self.stack = stack
         self.bucket = int(bucket)
         self.max_graphs = int(max_graphs)
+        self.max_positions = int(max_positions)
         # key -> (graph, input buffer, output buffer), or None where a capture failed
         self.graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
         self.pool = None  # one memory pool for all of them: they never run at the same time
         self.weights = _weights(stack)
+        self.captures = 0  # graphs captured
         self.replays = 0  # calls served by a replay
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +84,8 @@ class StackGraphs:
             self.weights = weights
         b, n, d = x.shape
         length = -(-n // self.bucket) * self.bucket
+        if b * length > self.max_positions:
+            return self.stack(x)
         key = (b, length, d, x.dtype, x.device, _autocast_state(x.device))
         if key in self.graphs:
             self.graphs.move_to_end(key)
@@ -76,6 +97,7 @@ class StackGraphs:
             static_in[:, n:].zero_()
             graph.replay()
             self.replays += 1
+            COUNTS["replays"] += 1
             return static_out[:, :n].clone()
         return self._first_call(key, x, length)
 
@@ -112,7 +134,8 @@ class StackGraphs:
         if self.pool is None:
             self.pool = graph.pool()
         self.graphs[key] = (graph, static_in, captured[0])
-        CAPTURES.append(key)
+        self.captures += 1
+        COUNTS["captures"] += 1
         while len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
         return result
