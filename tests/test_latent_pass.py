@@ -125,6 +125,65 @@ def test_stack_graphs_off_cuda_run_the_plain_stack(gpt):
     assert not runner.graphs and latent_pass.COUNTS == before
 
 
+class _FakeGraph:
+    """Stands in for a captured graph on the CPU: a replay recomputes its output buffer from
+    its input buffer, as the real one does on the GPU."""
+
+    def __init__(self, stack, static_in, static_out):
+        self.stack, self.static_in, self.static_out = stack, static_in, static_out
+
+    def replay(self):
+        self.static_out.copy_(self.stack(self.static_in))
+
+
+def _fake_capture(self, key, x, length):
+    static_in = latent_pass._padded(x, length)
+    static_out = self.stack(static_in)
+    self.graphs[key] = (_FakeGraph(self.stack, static_in, static_out), static_in, static_out)
+    self.captures += 1
+    return static_out[:, : x.size(1)].clone()
+
+
+@torch.no_grad()
+def test_a_key_captures_on_its_second_call_and_replays_after(gpt, monkeypatch):
+    """The runner's bookkeeping, with a stand-in for the CUDA graph: a key's first call runs
+    eagerly, its second captures, later ones replay (the input copied into the graph's buffer,
+    the rest of it zeroed: a shorter sequence after a longer one leaves nothing behind); every
+    result is the padded stack's. Above the position limit the stack runs as is; new weights
+    drop the graphs and their keys start over."""
+    monkeypatch.setattr(latent_pass.StackGraphs, "_graphable", staticmethod(lambda x: True))
+    monkeypatch.setattr(latent_pass.StackGraphs, "_capture", _fake_capture)
+    runner = latent_pass.StackGraphs(gpt.gpt, bucket=16, max_positions=96)
+    gen = torch.Generator().manual_seed(4)
+    seen = []
+    for n in (20, 30, 32, 20, 40, 30, 40, 12):
+        x = torch.randn(2, n, gpt.model_dim, generator=gen)
+        got = runner(x)
+        length = -(-n // 16) * 16
+        want = gpt.gpt(latent_pass._padded(x, length))[:, :n]
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        seen.append((runner.captures, runner.replays))
+    # 20, 30, 32 -> bucket 32 (eager, capture, replay); 20 replays; 40 -> 48: eager, 30
+    # replays, 40 captures; 12 -> 16: eager
+    assert seen == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2), (1, 3), (2, 3), (2, 3)]
+    # The bucket-32 graph's input buffer after its last replay (30 positions, after 32 and 20):
+    # its tail is zeros, not what the 32-position call left there.
+    (static_in,) = [e[1] for k, e in runner.graphs.items() if k[1] == 32]
+    assert static_in[:, 30:].eq(0).all() and static_in[:, :30].ne(0).any()
+    x = torch.randn(3, 40, gpt.model_dim, generator=gen)  # 3 x 48 > 96 positions: plain stack
+    assert torch.equal(runner(x), gpt.gpt(x)) and (runner.captures, runner.replays) == (2, 3)
+    saved = gpt.gpt.h[0].ln_1.weight.data
+    gpt.gpt.h[0].ln_1.weight.data = saved.clone()  # new storage: the graphs read the old
+    try:
+        x = torch.randn(2, 20, gpt.model_dim, generator=gen)
+        runner(x)
+        assert not runner.graphs and runner.captures == 2  # dropped; the key starts over
+        runner(x)
+        assert runner.captures == 3
+    finally:
+        gpt.gpt.h[0].ln_1.weight.data = saved
+
+
 def test_runner_per_model_and_state_dict_unchanged(gpt):
     """One runner per model (its graphs serve every later pass), a new one once the stack is
     replaced; installing it adds nothing to the state dict (the checkpoint's keys stay)."""

@@ -8,7 +8,7 @@ It builds the GPT as ``decode_profile.py`` does (official size, random weights, 
 bfloat16 under autocast, as the Engine runs it) and times ``UnifiedVoice.forward`` at the
 benchmark's shapes (``--text`` ids, ``--codes`` codes, ``--batches``) the two ways, in one
 process and alternating: the plain stack, and :mod:`tts.fast.latent_pass` (its graph captured
-by a warm-up call; ``--bucket``, and no limit on rows x positions unless
+by the second of two warm-up calls; ``--bucket``, and no limit on rows x positions unless
 ``--max-positions``). Each timed call is measured by the host's clock around it (what a pass
 pays, host and GPU; the GPU is idle when a call starts) and by CUDA events (the GPU's span).
 It prints the medians, and the largest difference of the two outputs against the plain

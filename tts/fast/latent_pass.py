@@ -11,9 +11,10 @@ scripts/device/latent_profile.py (run EH).
 dtype, autocast) key. The length is the sequence's rounded up to :data:`BUCKET` positions,
 zeros after the real ones: attention is causal, so no real position sees a padded one, and
 one graph serves every sequence of its bucket. A key's first call runs eagerly at the padded
-length (that is its result, and the graph's warm-up) and captures the graph; later calls copy
-their input into the graph's buffer and replay it. Both run the same kernels on the same
-shapes, so a first call and a replay give the same bits; against the stack run at the
+length; its second does too (its result, and the graph's warm-up) and captures the graph;
+later calls copy their input into the graph's buffer and replay it. So a length met once (a
+process's one GPT call) costs no capture. All run the same kernels on the same shapes, so an
+eager call and a replay give the same bits; against the stack run at the
 unpadded length the matrix products differ in their row count, so half precision may round
 differently (tests/test_gpu.py measures it).
 
@@ -37,7 +38,10 @@ BUCKET = 32  # positions per length bucket (the pass is ~600 positions for 10 s 
 # the host's launches, and the padding would only add work: at 16 rows of 598 positions the
 # H100 took 23.8 ms op by op against 25.7 ms from a graph at 640 (run EH).
 MAX_POSITIONS = 4096
-MAX_GRAPHS = 4  # graphs kept per stack, least recently used dropped first
+MAX_GRAPHS = 8  # graphs kept per stack, least recently used dropped first
+# The call of a key that captures its graph (1: its first; see the module docstring). Read at
+# each call, so tests can set it.
+CAPTURE_ON_CALL = 2
 # Captures and replays by every runner (tests check that a pass really ran from a graph).
 COUNTS = {"captures": 0, "replays": 0}
 # Each model's runner (runner_for); weak, so a dropped model takes its graphs with it.
@@ -66,17 +70,14 @@ class StackGraphs:
         self.max_positions = int(max_positions)
         # key -> (graph, input buffer, output buffer), or None where a capture failed
         self.graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
+        self.eager_calls: dict[tuple, int] = {}  # keys without a graph yet: calls so far
         self.pool = None  # one memory pool for all of them: they never run at the same time
         self.weights = _weights(stack)
         self.captures = 0  # graphs captured
         self.replays = 0  # calls served by a replay
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type != "cuda"
-            or torch.is_grad_enabled()
-            or torch.cuda.is_current_stream_capturing()
-        ):
+        if not self._graphable(x):
             return self.stack(x)
         weights = _weights(self.stack)
         if weights != self.weights:  # weights moved or replaced: the graphs read the old ones
@@ -99,9 +100,25 @@ class StackGraphs:
             self.replays += 1
             COUNTS["replays"] += 1
             return static_out[:, :n].clone()
-        return self._first_call(key, x, length)
+        calls = self.eager_calls.get(key, 0) + 1
+        if calls < CAPTURE_ON_CALL:
+            if len(self.eager_calls) >= 64:  # many one-off lengths: forget them
+                self.eager_calls.clear()
+            self.eager_calls[key] = calls
+            return self.stack(_padded(x, length))[:, :n]
+        self.eager_calls.pop(key, None)
+        return self._capture(key, x, length)
 
-    def _first_call(self, key: tuple, x: torch.Tensor, length: int) -> torch.Tensor:
+    @staticmethod
+    def _graphable(x: torch.Tensor) -> bool:
+        """On CUDA, without autograd, and not inside another graph's capture."""
+        return (
+            x.device.type == "cuda"
+            and not torch.is_grad_enabled()
+            and not torch.cuda.is_current_stream_capturing()
+        )
+
+    def _capture(self, key: tuple, x: torch.Tensor, length: int) -> torch.Tensor:
         """Run ``x`` eagerly at the padded length on a side stream (this call's result and the
         graph's warm-up), then capture the graph there."""
         n = x.size(1)
@@ -141,8 +158,9 @@ class StackGraphs:
         return result
 
     def clear(self) -> None:
-        """Drop every graph and its buffers (the next call of each key captures again)."""
+        """Drop every graph and its buffers (keys start again from their first call)."""
         self.graphs.clear()
+        self.eager_calls.clear()
         self.pool = None
 
 
