@@ -80,6 +80,22 @@ def test_long_prompt_is_cut_to_15_seconds(tmp_path):
     assert short.shape == (1, len(data))
 
 
+def test_prompt_rates_from_one_decode_equal_separate_loads(tmp_path):
+    """``load_prompt_rates`` (one decode, resampled per rate) gives exactly what a
+    ``load_prompt`` per rate gives, the 15 s cut included; a silent file fails at any rate."""
+    data = _tone(24000, 16.0, amp=0.3)
+    path = tmp_path / "long24k.wav"
+    sf.write(path, data, 24000, subtype="PCM_16")
+    both = audio.load_prompt_rates(path, (22050, 16000))
+    assert [w.shape for w in both] == [(1, 15 * 22050), (1, 15 * 16000)]
+    for wave, sr in zip(both, (22050, 16000), strict=True):
+        assert torch.equal(wave, audio.load_prompt(path, sr)[0])
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(8000, dtype=np.float32), 16000)
+    with pytest.raises(audio.AudioError, match="silent"):
+        audio.load_prompt_rates(silent, (22050, 16000))
+
+
 def test_clipped_prompt_loads(tmp_path):
     data = np.clip(_tone(22050, 0.5, amp=3.0), -1.0, 1.0)
     path = tmp_path / "clipped.wav"

@@ -340,6 +340,37 @@ def test_prompt_conditioning_is_computed_once_per_file(demo, speaker_wav, tmp_pa
         engine.speaker_conditioning(missing)
 
 
+def test_speaker_features_carry_their_identity_instead_of_a_hash(demo, speaker_wav, monkeypatch):
+    """The emotion merge and the GPT latent are kept per speaker features' content. The
+    features an Engine hands out carry the number of the computation they copy, so the merge
+    finds them without hashing them; a copy modified in place, or features from elsewhere
+    (a file the workflow saved), are hashed, once per tensor."""
+    from tts import pipeline
+
+    hashed = []
+    real = pipeline._fingerprint
+    monkeypatch.setattr(pipeline, "_fingerprint", lambda t: hashed.append(1) or real(t))
+    engine = Engine.open(demo, device="cpu")
+    spk = engine.speaker_conditioning(speaker_wav)
+    again = engine.speaker_conditioning(speaker_wav)
+    key = pipeline._content_key(spk["spk_cond_emb"])
+    assert key[0] == "computed" and pipeline._content_key(again["spk_cond_emb"]) == key
+    engine.emotion_conditioning(_request(speaker_wav), spk)
+    engine.emotion_conditioning(_request(speaker_wav, id="r2"), again)
+    assert not hashed
+    # Computed anew (the cache cleared): a new identity, so nothing kept is reused for it.
+    engine.clear_prompt_cache()
+    assert pipeline._content_key(engine.speaker_conditioning(speaker_wav)["spk_cond_emb"]) != key
+
+    loaded = {k: v.clone() for k, v in spk.items()}  # as read back from a file: no identity
+    first = pipeline._content_key(loaded["spk_cond_emb"])
+    assert first[0] == "bytes" and len(hashed) == 1
+    assert pipeline._content_key(loaded["spk_cond_emb"]) == first and len(hashed) == 1
+    spk["spk_cond_emb"].mul_(2.0)  # modified in place: its identity no longer holds
+    changed = pipeline._content_key(spk["spk_cond_emb"])
+    assert changed[0] == "bytes" and changed != first and len(hashed) == 2
+
+
 def test_cuda_requested_without_cuda_is_a_clear_error(demo):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

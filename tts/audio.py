@@ -6,7 +6,7 @@ Everything here reproduces what the reference inference does to a prompt file (s
   channels are averaged, and the signal is resampled with soxr's "HQ" quality, then padded or
   trimmed to ``ceil(n * target / native)`` samples.
 * :func:`load_prompt` adds the 15 s cut (``_load_and_cut_audio``); the speaker path loads at
-  22050 Hz, the emotion path at 16000 Hz.
+  22050 Hz, the emotion path at 16000 Hz (:func:`load_prompt_rates`: both from one decode).
 * :func:`resample` is torchaudio's ``Resample`` transform with its defaults (the speaker prompt's
   22.05 kHz -> 16 kHz step).
 * :func:`mel_spectrogram` is the s2mel reference mel (Slaney filters, log with floor 1e-5).
@@ -97,14 +97,25 @@ def load_audio(
     undecodable, sample-less, non-finite or silent audio.
     """
     path = Path(path)
+    y, native_sr = _decode(path)
+    return _at_rate(path, y, native_sr, native_sr if sr is None else int(sr))
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """The file's samples, mono float32, and its rate; :class:`AudioError` for files without
+    usable samples."""
     data, native_sr = _read_file(path)
     if data.size == 0 or data.shape[-1] == 0:
         raise AudioError(f"{path}: contains no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite sample values")
-    y = _to_mono(data)
-    target = native_sr if sr is None else int(sr)
-    y = _soxr_resample(np.ascontiguousarray(y), native_sr, target)
+    return np.ascontiguousarray(_to_mono(data)), native_sr
+
+
+def _at_rate(path: Path, y: np.ndarray, native_sr: int, target: int) -> tuple[torch.Tensor, int]:
+    """Decoded samples ``y`` resampled to ``target`` Hz as ``librosa.load`` does; raises
+    :class:`AudioError` when the result is silent."""
+    y = _soxr_resample(y, native_sr, target)
     peak = float(np.abs(y).max()) if y.size else 0.0
     if peak < SILENCE_PEAK:
         raise AudioError(
@@ -128,6 +139,23 @@ def load_prompt(
     """
     wave, rate = load_audio(path, sr)
     return cut_audio(wave.unsqueeze(0), rate, max_seconds), rate
+
+
+def load_prompt_rates(
+    path: str | os.PathLike, rates: tuple[int, ...], max_seconds: float = PROMPT_MAX_SECONDS
+) -> list[torch.Tensor]:
+    """:func:`load_prompt` at each of ``rates`` (``[1, N]`` float32 each), the file decoded once.
+
+    The reference loads a prompt that is also the emotion prompt twice (22.05 and 16 kHz);
+    decoding is deterministic, so one decode resampled twice gives the same samples.
+    """
+    path = Path(path)
+    y, native_sr = _decode(path)
+    out = []
+    for sr in rates:
+        wave, rate = _at_rate(path, y, native_sr, int(sr))
+        out.append(cut_audio(wave.unsqueeze(0), rate, max_seconds))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

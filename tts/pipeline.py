@@ -20,6 +20,7 @@ Intermediate results are plain ``dict[str, torch.Tensor]`` saved with safetensor
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import platform
@@ -174,6 +175,21 @@ def _check_finite(stage: str, t: torch.Tensor) -> None:
         )
 
 
+def _finite_on_host(stage: str, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``out``'s tensors as float32 on the CPU, after checking that all are finite (a
+    :class:`FloatingPointError` names the first that is not). The checks are queued on the
+    tensors' device together and read after the copies, so the host waits for the device
+    once, not once per check and copy."""
+    flags = torch.stack([torch.isfinite(t).all() for t in out.values()])
+    host = {name: t.float().cpu() for name, t in out.items()}
+    for name, ok in zip(out, flags.tolist(), strict=True):
+        if not ok:
+            raise FloatingPointError(
+                f"NaN or inf in the {stage} output ({name}); nothing was written for this row"
+            )
+    return host
+
+
 def configure_cudnn(benchmark: bool = False) -> None:
     """cuDNN on, TF32 off (float32 parity), and deterministic kernels unless ``benchmark``.
 
@@ -213,12 +229,35 @@ def _file_key(path: str | Path) -> tuple | None:
 
 
 def _fingerprint(t: torch.Tensor) -> str:
-    """A digest of a tensor's shape, dtype and bytes (a few ms for a prompt's features)."""
+    """A digest of a tensor's shape, dtype and bytes (~1.5 ms for a 10 s prompt's features;
+    sha256, which CPUs with SHA extensions run ~2.5x as fast as blake2b)."""
     data = t.detach().contiguous().cpu()
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.sha256()
     digest.update(f"{tuple(data.shape)} {data.dtype}".encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    digest.update(memoryview(data.view(torch.uint8).numpy()))
+    return digest.hexdigest()[:32]
+
+
+# The attribute through which a tensor carries its memo identity: (its ``_version`` then, key).
+_IDENTITY = "_tts_identity"
+_COMPUTED = itertools.count()  # numbers what Engines compute, for those identities
+
+
+def _content_key(t: torch.Tensor) -> tuple:
+    """A key for ``t``'s content in :meth:`Engine._memo`: the identity it carries
+    (:func:`_tag`: an Engine numbers what it computes, and its copies carry the number) as
+    long as it was not modified in place since, else its :func:`_fingerprint` (then kept on
+    the tensor the same way, so each tensor is hashed once)."""
+    tagged = getattr(t, _IDENTITY, None)
+    if tagged is not None and tagged[0] == t._version:
+        return tagged[1]
+    key = ("bytes", _fingerprint(t))
+    _tag(t, key)
+    return key
+
+
+def _tag(t: torch.Tensor, key: tuple) -> None:
+    setattr(t, _IDENTITY, (t._version, key))
 
 
 class Engine:
@@ -460,7 +499,7 @@ class Engine:
         """``compute()``, or what it returned before under ``(kind, *key)``; ``key`` None: not
         kept. Rows of a batch mostly share their prompts, and a prompt's conditioning is a
         pure function of the file (:func:`_file_key`) or of the features computed from it
-        (:func:`_fingerprint`), so it is computed once per Engine. At most
+        (:func:`_content_key`), so it is computed once per Engine. At most
         :data:`PROMPT_CACHE_FILES` entries per kind, the least recently used dropped; failures
         are not kept."""
         if key is None:
@@ -505,29 +544,47 @@ class Engine:
             _file_key(audio_path),
             lambda: self._speaker_conditioning(audio_path, emotion_too),
         )
-        return {k: v.clone() for k, v in out.items()}  # callers own what they get
+        mine = {k: v.clone() for k, v in out.items()}  # callers own what they get
+        # Later stages key their memos by these features' content: the copy carries the
+        # identity its original got when computed, instead of being hashed (~2 MB) there.
+        _tag(mine["spk_cond_emb"], _content_key(out["spk_cond_emb"]))
+        return mine
 
     @torch.no_grad()
     def _speaker_conditioning(
         self, audio_path: str | Path, emotion_too: bool = False
     ) -> dict[str, torch.Tensor]:
-        from tts.audio import campplus_features, load_prompt, mel_kwargs, mel_spectrogram, resample
+        from tts.audio import (
+            campplus_features,
+            load_prompt,
+            load_prompt_rates,
+            mel_kwargs,
+            mel_spectrogram,
+            resample,
+        )
 
-        wav22, sr = load_prompt(audio_path, SAMPLE_RATE)
-        wav16 = resample(wav22, sr, 16000)
         dev = self.device
+        key = _file_key(audio_path)
+        emotion_now = emotion_too and key is not None and not self._is_kept("emotion", key)
+        # The file decoded once where it is the emotion prompt too (read at 16 kHz there).
+        if emotion_now:
+            wav22, emo16 = load_prompt_rates(audio_path, (SAMPLE_RATE, 16000))
+            emo16 = emo16.to(dev)
+        else:
+            wav22 = load_prompt(audio_path, SAMPLE_RATE)[0]
         # Every copy from the host first (the mel's tables too, on a first call): such a copy
         # waits for the GPU's queue to drain, so one made after w2v-bert's kernels were queued
         # would hold the host until they ran, instead of letting it queue CAMPPlus's ~900
         # small kernels meanwhile (tests/test_gpu.py checks that nothing there waits).
-        # CAMPPlus's Kaldi filterbanks run on the device, where the reference computes them:
-        # on the host they kept the GPU idle (~17 ms for 10 s of audio on a 2-core CPU).
-        ref_mel = mel_spectrogram(wav22.to(dev), **mel_kwargs(self.cs.config["s2mel"]))
-        fbank = campplus_features(wav16.to(dev)).unsqueeze(0)
+        # The 22.05 -> 16 kHz resampling and CAMPPlus's Kaldi filterbanks run on the device
+        # (the reference runs them on the host and the device): on the host the GPU sat idle.
+        wav22 = wav22.to(dev)
+        wav16 = resample(wav22, SAMPLE_RATE, 16000)
+        ref_mel = mel_spectrogram(wav22, **mel_kwargs(self.cs.config["s2mel"]))
+        fbank = campplus_features(wav16).unsqueeze(0)
         features = self.part("features")
-        key = _file_key(audio_path)
-        if emotion_too and key is not None and not self._is_kept("emotion", key):
-            spk_cond_emb, emo_cond = features.batch([wav16, load_prompt(audio_path, 16000)[0]])
+        if emotion_now:
+            spk_cond_emb, emo_cond = features.batch([wav16, emo16])
             self._memo("emotion", key, lambda: emo_cond)
         else:
             spk_cond_emb = features(wav16)
@@ -547,9 +604,9 @@ class Engine:
             "ref_mel": ref_mel,
             "prompt_condition": prompt_condition,
         }
-        for name, t in out.items():
-            _check_finite(f"speaker conditioning ({name})", t)
-        return {k: v.float().cpu() for k, v in out.items()}
+        host = _finite_on_host("speaker conditioning", out)
+        _tag(host["spk_cond_emb"], ("computed", next(_COMPUTED)))  # see speaker_conditioning
+        return host
 
     # -- stage 2: emotion -----------------------------------------------------------------------
 
@@ -625,7 +682,7 @@ class Engine:
             merge_key = (
                 None
                 if emo_key is None
-                else (_fingerprint(spk_cond), *emo_key, float(plan.merge_alpha))
+                else (_content_key(spk_cond), *emo_key, float(plan.merge_alpha))
             )
             merged = self._memo("merged", merge_key, merge)
             result = resolve_emotion(
@@ -799,7 +856,7 @@ class Engine:
                 lengths = torch.tensor([spk_cond.shape[-1]], device=dev)
                 return gpt.get_conditioning(spk_cond.transpose(1, 2), lengths)
 
-        key = (_fingerprint(spk["spk_cond_emb"]),)
+        key = (_content_key(spk["spk_cond_emb"]),)
         return self._memo("latent", key, latent), emo["emovec"].to(dev, self.dtype)
 
     def _run_chunk(self, chunk: list[_Item], conds: dict) -> list[_Outcome]:
