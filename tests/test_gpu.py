@@ -136,9 +136,9 @@ FAST = [
 @pytest.mark.parametrize("item", FAST, ids=[_id(c) for c in FAST])
 def test_fast_paths_cuda(item, compiled, monkeypatch):
     from tts import fast
-    from tts.fast import latent_pass, patched
+    from tts.fast import latent_pass, padded_graphs, patched
 
-    monkeypatch.setattr(latent_pass, "CAPTURE_ON_CALL", 1)  # each fwd_ case through a graph
+    monkeypatch.setattr(padded_graphs, "CAPTURE_ON_CALL", 1)  # each fwd_ case through a graph
     fs, case = item
     before = len(fast.FALLBACKS)
     used = sum(latent_pass.COUNTS.values())

@@ -127,21 +127,21 @@ def test_stack_graphs_off_cuda_run_the_plain_stack(gpt):
 
 class _FakeGraph:
     """Stands in for a captured graph on the CPU: a replay recomputes its output buffer from
-    its input buffer, as the real one does on the GPU."""
+    its input buffers, as the real one does on the GPU."""
 
-    def __init__(self, stack, static_in, static_out):
-        self.stack, self.static_in, self.static_out = stack, static_in, static_out
+    def __init__(self, fn, static_in, static_out):
+        self.fn, self.static_in, self.static_out = fn, static_in, static_out
 
     def replay(self):
-        self.static_out.copy_(self.stack(self.static_in))
+        self.static_out.copy_(self.fn(*self.static_in))
 
 
-def _fake_capture(self, key, x, length):
-    static_in = latent_pass._padded(x, length)
-    static_out = self.stack(static_in)
-    self.graphs[key] = (_FakeGraph(self.stack, static_in, static_out), static_in, static_out)
+def _fake_capture(self, key, inputs, n):
+    static_in = tuple(t.clone() for t in inputs)
+    static_out = self.fn(*static_in)
+    self.graphs[key] = (_FakeGraph(self.fn, static_in, static_out), static_in, static_out)
     self.captures += 1
-    return static_out[:, : x.size(1)].clone()
+    return static_out[:, :n].clone()
 
 
 @torch.no_grad()
@@ -168,7 +168,7 @@ def test_a_key_captures_on_its_second_call_and_replays_after(gpt, monkeypatch):
     assert seen == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2), (1, 3), (2, 3), (2, 3)]
     # The bucket-32 graph's input buffer after its last replay (30 positions, after 32 and 20):
     # its tail is zeros, not what the 32-position call left there.
-    (static_in,) = [e[1] for k, e in runner.graphs.items() if k[1] == 32]
+    (static_in,) = [e[1][0] for k, e in runner.graphs.items() if k[0][1] == 32]
     assert static_in[:, 30:].eq(0).all() and static_in[:, :30].ne(0).any()
     x = torch.randn(3, 40, gpt.model_dim, generator=gen)  # 3 x 48 > 96 positions: plain stack
     assert torch.equal(runner(x), gpt.gpt(x)) and (runner.captures, runner.replays) == (2, 3)

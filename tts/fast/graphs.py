@@ -114,3 +114,41 @@ def _release_generators(stream: torch.cuda.Stream, generators: list[torch.Genera
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def warm_then_capture(
+    run: Callable[[], torch.Tensor],
+    record: Callable[[], torch.Tensor],
+    *,
+    device: torch.device,
+    pool=None,
+    what: str,
+) -> tuple[torch.Tensor, torch.cuda.CUDAGraph | None, torch.Tensor | None]:
+    """Run ``run()`` eagerly on a side stream, then capture ``record()`` on that stream.
+
+    ``run()``'s result is the calling call's own (so a call that captures still returns a
+    result computed eagerly), and its run is the warm-up a capture needs (lazy
+    initialisations, cuBLAS workspaces) on the stream that captures. ``record()`` should
+    compute what ``run()`` does from the graph's static input buffers; its result is the
+    graph's output buffer. Returns ``(result, graph, output buffer)``; where the capture
+    fails, ``(result, None, None)``, after :func:`tts.fast.fallback` recorded it as ``what``.
+    """
+    current = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        result = run()
+    current.wait_stream(stream)
+    # Made on the side stream, read on this one: the allocator must not hand its memory to
+    # the side stream's next allocation before this stream is done with it.
+    result.record_stream(current)
+    graph = torch.cuda.CUDAGraph()
+    captured: list[torch.Tensor] = []
+    try:
+        capture(graph, lambda: captured.append(record()), stream=stream, pool=pool)
+    except Exception as exc:  # noqa: BLE001 - the result is computed; replays just won't come
+        from tts.fast import fallback
+
+        fallback(what, exc)
+        return result, None, None
+    return result, graph, captured[0]

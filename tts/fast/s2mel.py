@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tts.fast.graphs import capture
+from tts.fast.graphs import warm_then_capture
 from tts.models import cfm as _cfm
 from tts.models import dit as _dit
 
@@ -309,25 +309,20 @@ def _graph_solve(
         graph.replay()
         return static_out.clone()
     static_in = tuple(t.clone() for t in inputs)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream), precision_context(precision, device):
-        result = PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)  # warm-up, and this call's result
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    captured: list[torch.Tensor] = []
 
-    def record() -> None:
+    def solve_static() -> torch.Tensor:
         with precision_context(precision, device):
-            captured.append(PLAIN_SOLVE(proxy, *static_in, cfg_rate, None))
+            return PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)
 
-    try:
-        capture(graph, record, stream=stream, pool=entry.pool)
-        static_out = captured[0]
-    except Exception as exc:  # noqa: BLE001 - this call's result is already computed
-        from tts.fast import fallback
-
-        fallback("CFM solve CUDA graph capture", exc)
+    # The eager run is this call's result and the capture's warm-up.
+    result, graph, static_out = warm_then_capture(
+        solve_static,
+        solve_static,
+        device=device,
+        pool=entry.pool,
+        what="CFM solve CUDA graph capture",
+    )
+    if graph is None:
         entry.graphs[key] = None
         return result
     if entry.pool is None:
