@@ -128,7 +128,9 @@ def _skip_if_env(exc: Exception) -> None:
 FAST = [
     (fs, c)
     for fs, c in CASES
-    if parity.case_id(c).startswith(("gen_", "fwd_", "cfm_", "s2mel_chain", "bigvgan"))
+    if parity.case_id(c).startswith(
+        ("gen_", "fwd_", "cond_", "merge_", "cfm_", "s2mel_chain", "bigvgan")
+    )
 ]
 
 
@@ -136,12 +138,14 @@ FAST = [
 @pytest.mark.parametrize("item", FAST, ids=[_id(c) for c in FAST])
 def test_fast_paths_cuda(item, compiled, monkeypatch):
     from tts import fast
-    from tts.fast import latent_pass, padded_graphs, patched
+    from tts.fast import conditioning, latent_pass, padded_graphs, patched
 
-    monkeypatch.setattr(padded_graphs, "CAPTURE_ON_CALL", 1)  # each fwd_ case through a graph
+    # Each fwd_, cond_ and merge_ case through a graph.
+    monkeypatch.setattr(padded_graphs, "CAPTURE_ON_CALL", 1)
     fs, case = item
     before = len(fast.FALLBACKS)
     used = sum(latent_pass.COUNTS.values())
+    encoded = sum(conditioning.COUNTS.values())
     with patched(
         gpt=True,
         s2mel=True,
@@ -156,8 +160,11 @@ def test_fast_paths_cuda(item, compiled, monkeypatch):
     failures = [f for c in comparisons if (f := c.failure())]
     assert comparisons and not failures, "\n".join(failures)
     assert len(fast.FALLBACKS) == before, f"fast path fell back: {fast.FALLBACKS[before:]}"
-    if parity.case_id(case).startswith("fwd_"):  # the latent pass ran from a graph (captured
-        assert sum(latent_pass.COUNTS.values()) > used  # now or by an earlier case)
+    # The latent pass, the prompt encoders ran from a graph (captured now or by an earlier case).
+    if parity.case_id(case).startswith("fwd_"):
+        assert sum(latent_pass.COUNTS.values()) > used
+    if parity.case_id(case).startswith(("cond_", "merge_", "gen_")):
+        assert sum(conditioning.COUNTS.values()) > encoded
 
 
 CFM = [(fs, c) for fs, c in CASES if parity.case_id(c).startswith("cfm_inference")]
@@ -243,6 +250,44 @@ def test_latent_pass_graphs_replay_the_padded_stack_cuda(dtype):
         x = torch.randn(40, 100, gpt.model_dim, device="cuda", generator=gen).to(dtype)
         assert torch.equal(runner(x), gpt.gpt(x))  # 40 x 128 positions: above the limit, eager
         assert runner.captures == 3 and runner.replays == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_conditioning_graphs_replay_the_padded_encoders_cuda(dtype):
+    """The prompt encoders' graphs (tts.fast.conditioning), as the Engine runs the GPT: for
+    each encoder, a key's eager first call, its capturing second call and its replays give
+    the same bits as the encoder run eagerly on the features padded to the bucket, for every
+    length of the bucket (the real length is a graph input) and for the merge's two rows;
+    against the unpadded encoder: float32 within 1e-5, bf16 within the GPT's cast bound."""
+    from tts.fast import conditioning, padded_graphs
+
+    gpt = _gpt_small_cuda(dtype)
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    half = dtype != torch.float32
+    runners = {
+        "speaker": (conditioning.speaker_runner(gpt), gpt.encode_speaker),
+        "emotion": (conditioning.emotion_runner(gpt), gpt.encode_emotion),
+    }
+    worst = {}
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=half):
+        for name, (runner, encode) in runners.items():
+            counts = []
+            for rows, n in ((1, 40), (1, 45), (1, 64), (1, 35), (2, 50), (2, 50), (2, 61)):
+                x = torch.randn(rows, n, 1024, device="cuda", generator=gen).to(dtype)
+                lengths = torch.full((rows,), 1024, device="cuda")  # what infer_v2 passes
+                got = runner(x, lengths)
+                frames = torch.full((rows,), n, device="cuda")
+                want = encode(padded_graphs.padded(x, 64), frames, lengths)
+                assert torch.equal(got, want), (name, rows, n)
+                alone = encode(x, None, lengths).float()
+                rel = float((got.float() - alone).norm() / alone.norm())
+                assert rel <= (HALF_BOUNDS["cast"][dtype] if half else 1e-5), (name, n, rel)
+                worst[name] = max(worst.get(name, 0.0), rel)
+                counts.append((runner.captures, runner.replays))
+            # 1 x 64: eager, capture, replay, replay; 2 x 64: eager, capture, replay
+            assert counts == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2), (2, 2), (2, 3)], name
+    REPORT.append({"case": f"conditioning_graphs_{dtype}", "worst_rel_vs_unpadded": worst})
+    _write_report()
 
 
 def test_batched_conditioning_equals_one_by_one_cuda():

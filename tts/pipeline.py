@@ -416,7 +416,7 @@ class Engine:
             from tts.components import load_gpt_emotion
 
             module, _ = load_gpt_emotion(self.cs)
-            return module.to(device=self.device, dtype=self.dtype).eval()
+            return self._fast_gpt(module.to(device=self.device, dtype=self.dtype).eval())
         if name == "gpt" and self.gpt_speech_alone:
             from tts.components import load_gpt_speech
 
@@ -715,12 +715,15 @@ class Engine:
         return self.part("gpt_emotion" if lean else "gpt")
 
     def _fast_gpt(self, gpt):
-        """With ``fast``: the GPT's teacher-forced latent pass through CUDA graphs
-        (:mod:`tts.fast.latent_pass`)."""
+        """With ``fast``: the GPT's teacher-forced latent pass (where it has one) and its
+        prompt encoders through CUDA graphs (:mod:`tts.fast.latent_pass`,
+        :mod:`tts.fast.conditioning`)."""
         if self.fast:
-            from tts.fast import latent_pass
+            from tts.fast import conditioning, latent_pass
 
-            latent_pass.install(gpt)
+            if hasattr(gpt, "gpt"):
+                latent_pass.install(gpt)
+            conditioning.install(gpt)
         return gpt
 
     def _gpt_autocast(self):
@@ -1041,15 +1044,17 @@ class Engine:
     def release_decoder(self) -> None:
         """Drop the fast GPT decoder that ``graphkk`` keeps between calls (its KV cache and
         CUDA graphs: +0.5 GiB at batch 1, +3.8 GiB at batch 16 in docs/benchmarks.md, run BU),
-        and the latent pass's graphs; the next GPT call makes them anew. Nothing to do on the
+        and the latent pass's and prompt encoders' graphs; the next GPT call makes them anew. Nothing to do on the
         plain paths."""
         if self.fast:
             from tts.fast.decode import release
 
             release()
-            runner = getattr(self._parts.get("gpt"), "stack_runner", None)
-            if runner is not None:
-                runner.clear()  # the latent pass's graphs: captured again when next needed
+            gpt = self._parts.get("gpt")
+            for attr in ("stack_runner", "speaker_encoder_runner", "emotion_encoder_runner"):
+                runner = getattr(gpt, attr, None)
+                if runner is not None:
+                    runner.clear()  # their graphs: captured again when next needed
 
     def close(self) -> None:
         """Free what this Engine holds on its device: the kept decoder, the prompt cache and

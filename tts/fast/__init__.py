@@ -86,23 +86,27 @@ def patched(
 
     * ``gpt``: :func:`tts.generation.generate` -> :func:`tts.fast.decode.generate`
       (``gpt_compile``: with the per-step decision logic compiled; ``gpt_options``: keyword
-      arguments for it, e.g. ``tts.fast.decode.VARIANTS["graphf"]``), and the teacher-forced
-      passes' layer stack (``UnifiedVoice.run_stack``) through :mod:`tts.fast.latent_pass`;
+      arguments for it, e.g. ``tts.fast.decode.VARIANTS["graphf"]``), the teacher-forced
+      passes' layer stack (``UnifiedVoice.run_stack``) through :mod:`tts.fast.latent_pass`,
+      and the prompt encoders (``get_conditioning``, ``get_emo_conditioning``) through
+      :mod:`tts.fast.conditioning`;
     * ``s2mel``: :meth:`tts.models.cfm.CFM.solve` -> :func:`tts.fast.s2mel.solve`;
     * ``bigvgan``: :class:`tts.models.bigvgan.Activation1d` forward -> the fused activation.
     """
     import tts.generation
     from tts.fast import bigvgan as fast_bigvgan
+    from tts.fast import conditioning, latent_pass
     from tts.fast import decode as fast_decode
-    from tts.fast import latent_pass
     from tts.fast import s2mel as fast_s2mel
     from tts.models import bigvgan as plain_bigvgan
     from tts.models import cfm as plain_cfm
-    from tts.models.gpt import UnifiedVoice
+    from tts.models.gpt import EmotionPath, UnifiedVoice
 
     saved = (
         tts.generation.generate,
         UnifiedVoice.run_stack,
+        UnifiedVoice.get_conditioning,
+        EmotionPath.get_emo_conditioning,
         plain_cfm.CFM.solve,
         plain_bigvgan.Activation1d.forward,
     )
@@ -117,6 +121,8 @@ def patched(
                 else fast_decode.generate
             )
             UnifiedVoice.run_stack = latent_pass.graphed_run_stack
+            UnifiedVoice.get_conditioning = conditioning.graphed_get_conditioning
+            EmotionPath.get_emo_conditioning = conditioning.graphed_get_emo_conditioning
         if s2mel:
             plain_cfm.CFM.solve = fast_s2mel.patched_solve(
                 graphs=s2mel_graphs, compile=s2mel_compile
@@ -128,6 +134,8 @@ def patched(
         (
             tts.generation.generate,
             UnifiedVoice.run_stack,
+            UnifiedVoice.get_conditioning,
+            EmotionPath.get_emo_conditioning,
             plain_cfm.CFM.solve,
             plain_bigvgan.Activation1d.forward,
         ) = saved

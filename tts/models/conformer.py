@@ -157,10 +157,15 @@ class ConvolutionModule(nn.Module):
         self.norm = nn.LayerNorm(channels)
         self.pointwise_conv2 = nn.Conv1d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, T, C]; mask [B, 1, T] (True = valid frame)."""
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, present: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [B, T, C]; mask [B, 1, T] (True = valid frame); ``present`` [B, 1, T] or None:
+        False at frames past the input's real end (see :meth:`ConformerEncoder.forward`)."""
         x = x.transpose(1, 2).masked_fill(~mask, 0.0)
         x = F.glu(self.pointwise_conv1(x), dim=1)
+        if present is not None:  # what the depthwise convolution's zero padding would read
+            x = x.masked_fill(~present, 0.0)
         x = self.depthwise_conv(x)
         x = F.silu(self.norm(x.transpose(1, 2))).transpose(1, 2)
         x = self.pointwise_conv2(x).masked_fill(~mask, 0.0)
@@ -180,9 +185,15 @@ class ConformerEncoderLayer(nn.Module):
         self.norm_conv = nn.LayerNorm(dim, eps=1e-5)
         self.norm_final = nn.LayerNorm(dim, eps=1e-5)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        pos_emb: torch.Tensor,
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.norm_mha(x), mask, pos_emb)
-        x = x + self.conv_module(self.norm_conv(x), mask)
+        x = x + self.conv_module(self.norm_conv(x), mask, present)
         x = x + self.feed_forward(self.norm_ff(x))
         return self.norm_final(x)
 
@@ -213,9 +224,23 @@ class ConformerEncoder(nn.Module):
             for _ in range(num_blocks)
         )
 
-    def forward(self, xs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = non_pad_mask(lengths.to(xs.device), xs.size(1)).unsqueeze(1)  # [B, 1, T]
+    def forward(
+        self, xs: torch.Tensor, lengths: torch.Tensor, frames: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``lengths`` [B]: the frames each row shows (the reference's mask; masked frames
+        still reach their neighbours through the convolution module, as upstream).
+        ``frames`` [B] or None: where ``xs`` is zero-padded past its real end (to reuse a
+        CUDA graph, :mod:`tts.fast.conditioning`), its real length. Frames past it then act
+        as absent: hidden from attention and read as the convolutions' zero padding, so
+        the kept frames get the values of the unpadded input (up to float rounding)."""
+        lengths = lengths.to(xs.device)
+        if frames is not None:
+            lengths = torch.minimum(lengths, frames)
+        mask = non_pad_mask(lengths, xs.size(1)).unsqueeze(1)  # [B, 1, T]
         x, pos_emb, mask = self.embed(xs, mask)
+        present = None
+        if frames is not None:  # subsampled as the mask is
+            present = non_pad_mask(frames, xs.size(1)).unsqueeze(1)[:, :, 2::2]
         for layer in self.encoders:
-            x = layer(x, mask, pos_emb)
+            x = layer(x, mask, pos_emb, present)
         return self.after_norm(x), mask

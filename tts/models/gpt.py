@@ -266,13 +266,27 @@ class EmotionPath:
     ``emo_conditioning_encoder``, ``emo_perceiver_encoder``, ``emovec_layer`` and ``emo_layer``
     (:class:`UnifiedVoice`, or :class:`EmotionEncoder` alone)."""
 
+    # What runs :meth:`encode_emotion` for get_emo_conditioning: None = the method itself;
+    # tts.fast.conditioning installs CUDA graphs per length bucket here (not a module: the
+    # state dict stays the checkpoint's).
+    emotion_encoder_runner: Callable[..., torch.Tensor] | None = None
+
     def get_emo_conditioning(
         self, speech_conditioning_input: torch.Tensor, cond_mel_lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Emotion perceiver output ``[B, 1024]`` from features laid out ``[B, 1024, T]``."""
         x = speech_conditioning_input.transpose(1, 2)
         lengths = _default_lengths(cond_mel_lengths, x)
-        enc, mask = self.emo_conditioning_encoder(x, lengths)
+        runner = self.emotion_encoder_runner
+        return self.encode_emotion(x, None, lengths) if runner is None else runner(x, lengths)
+
+    def encode_emotion(
+        self, x: torch.Tensor, frames: torch.Tensor | None, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """The emotion conformer and perceiver over ``x`` [B, T, 1024]: ``[B, 1024]``.
+        ``frames``: x's real length where it is zero-padded past it (see
+        :meth:`ConformerEncoder.forward`), else None."""
+        enc, mask = self.emo_conditioning_encoder(x, lengths, frames)
         keys = F.pad(mask.squeeze(1), (1, 0), value=True)
         return self.emo_perceiver_encoder(enc, keys).squeeze(1)
 
@@ -389,6 +403,8 @@ class UnifiedVoice(EmotionPath, nn.Module):
         # None = ``self.gpt`` itself; tts.fast.latent_pass installs CUDA graphs here. Not a
         # module, so the state dict stays the checkpoint's.
         self.stack_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # Likewise for get_conditioning's encode_speaker (tts.fast.conditioning).
+        self.speaker_encoder_runner: Callable[..., torch.Tensor] | None = None
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> UnifiedVoice:
@@ -431,7 +447,15 @@ class UnifiedVoice(EmotionPath, nn.Module):
         """
         x = speech_conditioning_input.transpose(1, 2)
         lengths = _default_lengths(cond_mel_lengths, x)
-        enc, mask = self.conditioning_encoder(x, lengths)
+        runner = self.speaker_encoder_runner
+        return self.encode_speaker(x, None, lengths) if runner is None else runner(x, lengths)
+
+    def encode_speaker(
+        self, x: torch.Tensor, frames: torch.Tensor | None, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """The speaker conformer and perceiver over ``x`` [B, T, 1024]: ``[B, 32, d]``.
+        ``frames``: x's real length where it is zero-padded past it, else None."""
+        enc, mask = self.conditioning_encoder(x, lengths, frames)
         keys = F.pad(mask.squeeze(1), (self.cond_num, 0), value=True)
         return self.perceiver_encoder(enc, keys)
 

@@ -1,0 +1,101 @@
+"""The GPT's prompt encoders through CUDA graphs, one per length bucket.
+
+A prompt's w2v-bert features become the GPT's speaker latent (:meth:`UnifiedVoice.
+get_conditioning`: a 6-block conformer and a perceiver) and, with the emotion prompt's, its
+emotion vector (:meth:`EmotionPath.get_emo_conditioning`: another conformer and perceiver).
+Each is ~300 small kernels for ~1.5 ms of GPU work at batch 1, so on a GPU its time is the
+host's launching them: ``tts bench``'s emotion conditioning took 12.4 ms (run EI of
+docs/benchmarks.md) for 3.4 ms of kernels.
+
+Here each runs through :class:`~tts.fast.padded_graphs.PaddedGraphs`: the features are
+zero-padded to a multiple of :data:`BUCKET` frames and the encoder is told their real length
+(:meth:`ConformerEncoder.forward`'s ``frames``), so one graph serves every prompt of its
+bucket and the kept frames get the unpadded input's values up to float rounding; a key's
+graph is captured at its second call (a process that conditions one prompt of a length
+captures nothing). The outputs (32 latents, one emotion vector) do not depend on the length.
+The Engine installs the runners on CUDA; :func:`tts.fast.patched` routes the model methods
+through them, so the parity fixtures check them on CUDA.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from tts.fast.padded_graphs import PaddedGraphs
+
+BUCKET = 32  # w2v-bert frames (50 a second) per length bucket: 0.64 s of prompt
+MAX_POSITIONS = 4096  # rows x bucketed frames; a prompt is at most 15 s (750 frames)
+MAX_GRAPHS = 8  # graphs kept per encoder, least recently used dropped first
+# Captures and replays by every runner (tests check that a pass really ran from a graph).
+COUNTS = {"captures": 0, "replays": 0}
+# Each model's runners by encoder name; weak, so a dropped model takes its graphs with it.
+_RUNNERS: weakref.WeakKeyDictionary[nn.Module, dict[str, PaddedGraphs]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def speaker_runner(model: nn.Module) -> PaddedGraphs:
+    """The runner of ``model.encode_speaker`` (a :class:`~tts.models.gpt.UnifiedVoice`)."""
+    return _runner(model, "speaker", "encode_speaker", ("conditioning", "perceiver"))
+
+
+def emotion_runner(model: nn.Module) -> PaddedGraphs:
+    """The runner of ``model.encode_emotion`` (a model with the GPT's emotion path)."""
+    return _runner(model, "emotion", "encode_emotion", ("emo_conditioning", "emo_perceiver"))
+
+
+def _runner(model: nn.Module, name: str, method: str, prefixes: tuple[str, ...]) -> PaddedGraphs:
+    """One runner per (model, encoder), made on first use, so its graphs serve every later
+    prompt; anew if the encoder modules were replaced."""
+    modules = [getattr(model, f"{prefix}_encoder") for prefix in prefixes]
+    runners = _RUNNERS.setdefault(model, {})
+    runner = runners.get(name)
+    if runner is None or list(runner.module) != modules:
+        ref = weakref.ref(model)  # the runner is kept per model: it must not keep the model
+
+        def encode(*args: torch.Tensor) -> torch.Tensor:
+            return getattr(ref(), method)(*args)
+
+        runner = runners[name] = PaddedGraphs(
+            encode,
+            nn.ModuleList(modules),  # held by the runner only: the model's state dict is as is
+            name=f"GPT {name} conditioning CUDA graph capture",
+            bucket=BUCKET,
+            max_graphs=MAX_GRAPHS,
+            max_positions=MAX_POSITIONS,
+            trim=False,
+            counts=COUNTS,
+        )
+    return runner
+
+
+def install(model: nn.Module) -> None:
+    """Make ``model``'s get_conditioning and get_emo_conditioning (those it has) run through
+    their runners (what the Engine does on CUDA)."""
+    if hasattr(model, "conditioning_encoder"):
+        model.speaker_encoder_runner = speaker_runner(model)
+    if hasattr(model, "emo_conditioning_encoder"):
+        model.emotion_encoder_runner = emotion_runner(model)
+
+
+def graphed_get_conditioning(
+    model: nn.Module, speech_conditioning_input: torch.Tensor, cond_mel_lengths=None
+) -> torch.Tensor:
+    """A replacement for ``UnifiedVoice.get_conditioning`` (:func:`tts.fast.patched`)."""
+    from tts.models.gpt import _default_lengths
+
+    x = speech_conditioning_input.transpose(1, 2)
+    return speaker_runner(model)(x, _default_lengths(cond_mel_lengths, x))
+
+
+def graphed_get_emo_conditioning(
+    model: nn.Module, speech_conditioning_input: torch.Tensor, cond_mel_lengths=None
+) -> torch.Tensor:
+    """A replacement for ``EmotionPath.get_emo_conditioning`` (:func:`tts.fast.patched`)."""
+    from tts.models.gpt import _default_lengths
+
+    x = speech_conditioning_input.transpose(1, 2)
+    return emotion_runner(model)(x, _default_lengths(cond_mel_lengths, x))
