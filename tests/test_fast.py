@@ -900,9 +900,20 @@ def test_half_precision_estimator_gives_the_autocast_bits(item):
             assert module.weight.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
     drop = bool((args[2] >= args[0].size(-1)).all())
     half.transformer.drop = entry.estimator.transformer.drop = drop
-    with torch.no_grad(), precision_context("bfloat16", torch.device("cpu")):
-        got = half(*args)
-        want = entry.estimator(*args)
+    # On the CPU the convolutions run in their 1-d form, as autocast's: oneDNN picks its
+    # algorithm by layout and instruction set, so the channels-last form's bits depend on the
+    # CPU (AVX2 machines differ). CUDA, where the solve runs it, checks that form
+    # (tests/test_gpu.py, the same test).
+    convs = [m for m in half.modules() if isinstance(m, _FusedConv1d)]
+    for conv in convs:
+        conv.set_channels_last(False)
+    try:
+        with torch.no_grad(), precision_context("bfloat16", torch.device("cpu")):
+            got = half(*args)
+            want = entry.estimator(*args)
+    finally:
+        for conv in convs:
+            conv.set_channels_last(True)
     assert got.dtype == want.dtype and torch.equal(got, want)
 
 
@@ -1110,7 +1121,8 @@ def test_vocoder_bias_and_residual_folding_interpreted():
     activations, for one and four blocks per stage
     (a mean over 3, IndexTTS2's, is checked on CUDA: on the CPU torch divides where on CUDA it
     multiplies by the reciprocal, as the kernel does). Not bf16 here: the interpreter truncates
-    float32 to bf16 where GPUs round; tests/test_gpu.py has it."""
+    float32 to bf16 where GPUs round; tests/test_gpu.py has it. The whole vocoder to float32
+    rounding only: see the comment there."""
     _run_interpreted(
         """
         import torch
@@ -1155,7 +1167,10 @@ def test_vocoder_bias_and_residual_folding_interpreted():
                 got = voc(mel)
                 want = BigVGAN.forward(voc, mel)  # the class's forward: activations fused only
             assert not FALLBACKS, FALLBACKS
-            assert torch.equal(got, want), (kernels, float((got - want).abs().max()))
+            # oneDNN adds a convolution's bias inside its accumulation on some CPUs (AVX2
+            # builds), so moving it into the activation kernel changes float32 rounding there:
+            # within 1e-5 here, bit for bit on CUDA (tests/test_gpu.py).
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         print("ok")
         """
     )
@@ -1546,7 +1561,13 @@ def _processors_agree(
             assert scratch[-1].tolist() == want_whole, (changes, beams)
         kept = torch.isfinite(want)
         assert torch.equal(kept, torch.isfinite(got)), (changes, beams)
-        torch.testing.assert_close(got[kept], want[kept], rtol=1e-6, atol=1e-6)
+        # The interpreter's exp and log are numpy's, torch's CPU ones SLEEF's (per instruction
+        # set): each rounds within a few ulps, and log_softmax subtracts a log-sum-exp of the
+        # scores' size, so on the CPU the bound is 4 ulps of the largest score.
+        bound = 1e-6
+        if device == "cpu" and kept.any():
+            bound = max(bound, 4 * torch.finfo(torch.float32).eps * float(want[kept].abs().max()))
+        torch.testing.assert_close(got[kept], want[kept], rtol=1e-6, atol=bound)
         if cfg.do_sample:
             top_k = process_scores(scores, seen, cfg.replace(top_p=1.0), keep)
             values, indices, counts = (s.cpu() for s in survivors)
@@ -1555,7 +1576,7 @@ def _processors_agree(
                 assert int(counts[r]) == len(left), (changes, beams, r)
                 at = slice(r * vocab, r * vocab + len(left))
                 assert torch.equal(indices[at].long(), left), (changes, beams, r)
-                torch.testing.assert_close(values[at], row[left], rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(values[at], row[left], rtol=1e-6, atol=bound)
 
 
 def test_processors_kernel_interpreted():
