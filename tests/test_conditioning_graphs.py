@@ -153,10 +153,10 @@ class _FakeGraph:
 def _fake_capture(self, key, inputs, n):
     if getattr(self, "fail", False):
         self.graphs[key] = None  # what a failed capture leaves
-        return self._cut(self.fn(*inputs), n).clone()
+        return self._cut(self._run(*inputs), n).clone()
     static_in = tuple(t.clone() for t in inputs)
-    static_out = self.fn(*static_in)
-    self.graphs[key] = (_FakeGraph(self.fn, static_in, static_out), static_in, static_out)
+    static_out = self._run(*static_in)
+    self.graphs[key] = (_FakeGraph(self._run, static_in, static_out), static_in, static_out)
     self.captures += 1
     return self._cut(static_out, n).clone()
 
@@ -185,7 +185,7 @@ def test_untrimmed_runner_copies_every_input_into_its_graph(monkeypatch):
     monkeypatch.setattr(padded_graphs.PaddedGraphs, "_capture", _fake_capture)
     module = _Weighted()
     runner = padded_graphs.PaddedGraphs(
-        module, module, name="t", bucket=8, max_graphs=4, max_positions=40, trim=False
+        lambda m, *a: m(*a), module, name="t", bucket=8, max_graphs=4, max_positions=40, trim=False
     )
     gen = torch.Generator().manual_seed(5)
     seen = []
@@ -208,3 +208,39 @@ def test_untrimmed_runner_copies_every_input_into_its_graph(monkeypatch):
     x = torch.randn(2, 6, 3, generator=gen)
     torch.testing.assert_close(runner(x, torch.zeros(2, 3)), x.sum(1) * 3.0)
     assert not runner.graphs and list(runner.eager_calls.values()) == [1]
+
+
+@torch.no_grad()
+def test_a_deep_copy_of_a_model_runs_its_own_modules():
+    """``tts bench`` deep-copies the Engine's GPT (runners installed) for each GPT dtype: the
+    copy's runners must hold and run the copy's modules, not the original's."""
+    import copy
+
+    from tts.fast import latent_pass
+
+    fs, _ = CASES[0]
+    gpt = gpt_cases._gpt(fs, parity.RunOptions())
+    conditioning.install(gpt)
+    latent_pass.install(gpt)
+    try:
+        twin = copy.deepcopy(gpt)
+    finally:
+        gpt.speaker_encoder_runner = gpt.emotion_encoder_runner = gpt.stack_runner = None
+    assert list(twin.speaker_encoder_runner.module) == [
+        twin.conditioning_encoder,
+        twin.perceiver_encoder,
+    ]
+    assert list(twin.emotion_encoder_runner.module) == [
+        twin.emo_conditioning_encoder,
+        twin.emo_perceiver_encoder,
+    ]
+    assert twin.stack_runner.module is twin.gpt and twin.stack_runner.stack is twin.gpt
+    twin.perceiver_encoder.latents.mul_(2.0)
+    twin.emo_perceiver_encoder.latents.mul_(2.0)
+    x = torch.randn(1, 1024, 37, generator=torch.Generator().manual_seed(7))
+    for method in ("get_conditioning", "get_emo_conditioning"):
+        got = getattr(twin, method)(x)
+        assert not torch.equal(got, getattr(gpt, method)(x)), method
+        twin_plain = copy.deepcopy(twin)
+        twin_plain.speaker_encoder_runner = twin_plain.emotion_encoder_runner = None
+        assert torch.equal(got, getattr(twin_plain, method)(x)), method

@@ -265,12 +265,16 @@ def test_conditioning_graphs_replay_the_padded_encoders_cuda(dtype):
     gen = torch.Generator(device="cuda").manual_seed(6)
     half = dtype != torch.float32
     runners = {
-        "speaker": (conditioning.speaker_runner(gpt), gpt.encode_speaker),
-        "emotion": (conditioning.emotion_runner(gpt), gpt.encode_emotion),
+        "speaker": conditioning.speaker_runner(gpt),
+        "emotion": conditioning.emotion_runner(gpt),
     }
     worst = {}
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=half):
-        for name, (runner, encode) in runners.items():
+        for name, runner in runners.items():
+
+            def encode(x, frames, lengths, runner=runner):
+                return runner.fn(runner.module, x, frames, lengths)
+
             counts = []
             for rows, n in ((1, 40), (1, 45), (1, 64), (1, 35), (2, 50), (2, 50), (2, 61)):
                 x = torch.randn(rows, n, 1024, device="cuda", generator=gen).to(dtype)

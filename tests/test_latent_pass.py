@@ -138,8 +138,8 @@ class _FakeGraph:
 
 def _fake_capture(self, key, inputs, n):
     static_in = tuple(t.clone() for t in inputs)
-    static_out = self.fn(*static_in)
-    self.graphs[key] = (_FakeGraph(self.fn, static_in, static_out), static_in, static_out)
+    static_out = self._run(*static_in)
+    self.graphs[key] = (_FakeGraph(self._run, static_in, static_out), static_in, static_out)
     self.captures += 1
     return static_out[:, :n].clone()
 

@@ -38,29 +38,27 @@ _RUNNERS: weakref.WeakKeyDictionary[nn.Module, dict[str, PaddedGraphs]] = (
 
 
 def speaker_runner(model: nn.Module) -> PaddedGraphs:
-    """The runner of ``model.encode_speaker`` (a :class:`~tts.models.gpt.UnifiedVoice`)."""
-    return _runner(model, "speaker", "encode_speaker", ("conditioning", "perceiver"))
+    """The runner of ``model``'s speaker encoders (a :class:`~tts.models.gpt.UnifiedVoice`)."""
+    return _runner(model, "speaker", ("conditioning", "perceiver"))
 
 
 def emotion_runner(model: nn.Module) -> PaddedGraphs:
-    """The runner of ``model.encode_emotion`` (a model with the GPT's emotion path)."""
-    return _runner(model, "emotion", "encode_emotion", ("emo_conditioning", "emo_perceiver"))
+    """The runner of ``model``'s emotion encoders (a model with the GPT's emotion path)."""
+    return _runner(model, "emotion", ("emo_conditioning", "emo_perceiver"))
 
 
-def _runner(model: nn.Module, name: str, method: str, prefixes: tuple[str, ...]) -> PaddedGraphs:
+def _runner(model: nn.Module, name: str, prefixes: tuple[str, ...]) -> PaddedGraphs:
     """One runner per (model, encoder), made on first use, so its graphs serve every later
-    prompt; anew if the encoder modules were replaced."""
+    prompt; anew if the encoder modules were replaced. It holds the two modules (not the
+    model: the registry is weak), so a deep copy of a model with it installed runs the copy's."""
+    from tts.models.gpt import encode_prompt
+
     modules = [getattr(model, f"{prefix}_encoder") for prefix in prefixes]
     runners = _RUNNERS.setdefault(model, {})
     runner = runners.get(name)
     if runner is None or list(runner.module) != modules:
-        ref = weakref.ref(model)  # the runner is kept per model: it must not keep the model
-
-        def encode(*args: torch.Tensor) -> torch.Tensor:
-            return getattr(ref(), method)(*args)
-
         runner = runners[name] = PaddedGraphs(
-            encode,
+            encode_prompt,
             nn.ModuleList(modules),  # held by the runner only: the model's state dict is as is
             name=f"GPT {name} conditioning CUDA graph capture",
             bucket=BUCKET,
@@ -98,4 +96,4 @@ def graphed_get_emo_conditioning(
     from tts.models.gpt import _default_lengths
 
     x = speech_conditioning_input.transpose(1, 2)
-    return emotion_runner(model)(x, _default_lengths(cond_mel_lengths, x))
+    return emotion_runner(model)(x, _default_lengths(cond_mel_lengths, x)).squeeze(1)

@@ -54,7 +54,7 @@ class StackGraphs(PaddedGraphs):
         max_positions: int = MAX_POSITIONS,
     ):
         super().__init__(
-            lambda x, _n: stack(x),  # causal: the zeros after position n change nothing before
+            _run_stack,
             stack,
             name="GPT latent pass CUDA graph capture",
             bucket=bucket,
@@ -64,6 +64,12 @@ class StackGraphs(PaddedGraphs):
             counts=COUNTS,
         )
         self.stack = stack
+
+
+def _run_stack(stack: nn.Module, x: torch.Tensor, _n: torch.Tensor) -> torch.Tensor:
+    """The stack over padded ``x``: causal, so the zeros after position n change nothing
+    before it."""
+    return stack(x)
 
 
 def runner_for(model: nn.Module) -> StackGraphs:

@@ -43,12 +43,14 @@ class PaddedGraphs:
     """``fn(x, *extras)`` for ``x`` [B, n, ...] through a CUDA graph per length bucket (see the
     module docstring).
 
-    ``fn(padded, n, *extras)`` gets ``x`` padded to the bucket, the real length ``n`` as a
-    [B] int64 tensor on ``x``'s device (a graph input, so one graph serves every ``n`` of its
-    bucket) and the ``extras`` (tensors copied into the graph's buffers on each replay). It
-    must return one tensor: with ``trim``, shaped [B, padded length, ...] and cut back to
-    ``n`` positions here; without, independent of the padding. ``module``: whose weights
-    ``fn`` reads (a graph reads them by address: moved or replaced weights drop the graphs).
+    ``fn(module, padded, n, *extras)`` gets ``module`` (whose weights it reads), ``x`` padded
+    to the bucket, the real length ``n`` as a [B] int64 tensor on ``x``'s device (a graph
+    input, so one graph serves every ``n`` of its bucket) and the ``extras`` (tensors copied
+    into the graph's buffers on each replay). It must return one tensor: with ``trim``, shaped
+    [B, padded length, ...] and cut back to ``n`` positions here; without, independent of the
+    padding. ``fn`` should hold no module itself: a deep copy of the runner (made with a
+    model's) then runs the copied module. A graph reads the weights by address: moved or
+    replaced weights drop the graphs.
     ``name`` is what :func:`tts.fast.fallback` records if a capture fails; ``counts`` a dict
     whose ``captures`` and ``replays`` grow with this runner's (tests check that a pass ran
     from a graph).
@@ -105,7 +107,7 @@ class PaddedGraphs:
             self.graphs.move_to_end(key)
             hit = self.graphs[key]
             if hit is None:  # its capture failed: eager at the padded length
-                return self._cut(self.fn(*inputs), n)
+                return self._cut(self._run(*inputs), n)
             graph, static_in, static_out = hit
             for dst, src in zip(static_in, inputs, strict=True):
                 dst.copy_(src)
@@ -118,13 +120,17 @@ class PaddedGraphs:
             if len(self.eager_calls) >= ONE_OFF_KEYS:  # many one-off lengths: forget them
                 self.eager_calls.clear()
             self.eager_calls[key] = calls
-            return self._cut(self.fn(*inputs), n)
+            return self._cut(self._run(*inputs), n)
         self.eager_calls.pop(key, None)
         return self._capture(key, inputs, n)
 
+    def _run(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``fn`` on ``inputs`` (padded input, real length, extras), eagerly."""
+        return self.fn(self.module, *inputs)
+
     def _eager(self, x: torch.Tensor, n: int, extras: tuple) -> torch.Tensor:
         """``fn`` at the unpadded length (no graph)."""
-        return self.fn(x, _lengths(x.size(0), n, x.device), *extras)
+        return self._run(x, _lengths(x.size(0), n, x.device), *extras)
 
     def _cut(self, out: torch.Tensor, n: int) -> torch.Tensor:
         return out[:, :n] if self.trim else out
@@ -145,14 +151,14 @@ class PaddedGraphs:
         enabled, dtype = key[-1]
 
         def run() -> torch.Tensor:
-            return self._cut(self.fn(*static_in), n).clone()
+            return self._cut(self._run(*static_in), n).clone()
 
         def record() -> torch.Tensor:
             # Autocast's cache of cast weights must not outlive the capture (torch's rule for
             # graphs): every replay casts anew, inside the graph.
             device_type = static_in[0].device.type
             with torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False):
-                return self.fn(*static_in)
+                return self._run(*static_in)
 
         result, graph, static_out = warm_then_capture(
             run, record, device=static_in[0].device, pool=self.pool, what=self.name

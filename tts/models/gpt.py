@@ -278,7 +278,9 @@ class EmotionPath:
         x = speech_conditioning_input.transpose(1, 2)
         lengths = _default_lengths(cond_mel_lengths, x)
         runner = self.emotion_encoder_runner
-        return self.encode_emotion(x, None, lengths) if runner is None else runner(x, lengths)
+        if runner is None:
+            return self.encode_emotion(x, None, lengths)
+        return runner(x, lengths).squeeze(1)  # [B, 1, 1024]: the perceiver's one latent
 
     def encode_emotion(
         self, x: torch.Tensor, frames: torch.Tensor | None, lengths: torch.Tensor
@@ -286,9 +288,8 @@ class EmotionPath:
         """The emotion conformer and perceiver over ``x`` [B, T, 1024]: ``[B, 1024]``.
         ``frames``: x's real length where it is zero-padded past it (see
         :meth:`ConformerEncoder.forward`), else None."""
-        enc, mask = self.emo_conditioning_encoder(x, lengths, frames)
-        keys = F.pad(mask.squeeze(1), (1, 0), value=True)
-        return self.emo_perceiver_encoder(enc, keys).squeeze(1)
+        encoders = (self.emo_conditioning_encoder, self.emo_perceiver_encoder)
+        return encode_prompt(encoders, x, frames, lengths).squeeze(1)
 
     def get_emovec(
         self, emo_speech_conditioning_latent: torch.Tensor, emo_cond_lengths: torch.Tensor | None
@@ -455,9 +456,9 @@ class UnifiedVoice(EmotionPath, nn.Module):
     ) -> torch.Tensor:
         """The speaker conformer and perceiver over ``x`` [B, T, 1024]: ``[B, 32, d]``.
         ``frames``: x's real length where it is zero-padded past it, else None."""
-        enc, mask = self.conditioning_encoder(x, lengths, frames)
-        keys = F.pad(mask.squeeze(1), (self.cond_num, 0), value=True)
-        return self.perceiver_encoder(enc, keys)
+        return encode_prompt(
+            (self.conditioning_encoder, self.perceiver_encoder), x, frames, lengths
+        )
 
     def conditioning_prefix(
         self, speaker_latent: torch.Tensor, emo_vec: torch.Tensor, batch: int
@@ -805,6 +806,20 @@ def _conformer(cm: dict) -> ConformerEncoder:
         num_blocks=int(cm["num_blocks"]),
         input_layer=str(cm.get("input_layer", "conv2d2")),
     )
+
+
+def encode_prompt(
+    encoders, x: torch.Tensor, frames: torch.Tensor | None, lengths: torch.Tensor
+) -> torch.Tensor:
+    """A conformer and the perceiver after it (``encoders``, in that order) over prompt
+    features ``x`` [B, T, 1024]: ``[B, num_latents, d]``. The perceiver's keys are its own
+    latents, always shown, then the conformer's kept frames. ``frames``: see
+    :meth:`ConformerEncoder.forward`. A function of the modules alone (not a model method), so
+    that a CUDA graph runner holding the modules follows them when a model is deep-copied."""
+    conformer, perceiver = encoders
+    enc, mask = conformer(x, lengths, frames)
+    keys = F.pad(mask.squeeze(1), (perceiver.latents.size(0), 0), value=True)
+    return perceiver(enc, keys)
 
 
 def _default_lengths(lengths: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
