@@ -371,6 +371,21 @@ def test_speaker_features_carry_their_identity_instead_of_a_hash(demo, speaker_w
     assert changed[0] == "bytes" and changed != first and len(hashed) == 2
 
 
+def test_conditioning_outputs_are_checked_and_copied_together():
+    """The speaker conditioning's outputs come back as float32 CPU tensors after one check of
+    all of them; a NaN or inf in any fails with the output's name."""
+    from tts import pipeline
+
+    out = {"a": torch.ones(2, 3, dtype=torch.float64), "b": torch.zeros(4)}
+    host = pipeline._finite_on_host("stage", out)
+    assert list(host) == ["a", "b"] and all(t.dtype == torch.float32 for t in host.values())
+    assert torch.equal(host["a"], torch.ones(2, 3))
+    for bad in (float("nan"), float("inf")):
+        out["b"][2] = bad
+        with pytest.raises(FloatingPointError, match=r"NaN or inf in the stage output \(b\)"):
+            pipeline._finite_on_host("stage", out)
+
+
 def test_cuda_requested_without_cuda_is_a_clear_error(demo):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
