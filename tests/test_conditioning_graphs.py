@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graph_stand_in import fake_capture
 from torch import nn
 
 from tts import parity
@@ -139,28 +140,6 @@ def test_model_methods_run_the_installed_runners_and_patched_restores_them(monke
     assert conditioning.COUNTS == before
 
 
-class _FakeGraph:
-    """Stands in for a captured graph on the CPU: a replay recomputes its output buffer from
-    its input buffers, as the real one does on the GPU."""
-
-    def __init__(self, fn, static_in, static_out):
-        self.fn, self.static_in, self.static_out = fn, static_in, static_out
-
-    def replay(self):
-        self.static_out.copy_(self.fn(*self.static_in))
-
-
-def _fake_capture(self, key, inputs, n):
-    if getattr(self, "fail", False):
-        self.graphs[key] = None  # what a failed capture leaves
-        return self._cut(self._run(*inputs), n).clone()
-    static_in = tuple(t.clone() for t in inputs)
-    static_out = self._run(*static_in)
-    self.graphs[key] = (_FakeGraph(self._run, static_in, static_out), static_in, static_out)
-    self.captures += 1
-    return self._cut(static_out, n).clone()
-
-
 class _Weighted(nn.Module):
     """A stand-in encoder: a length-independent summary of the real frames, times a weight,
     plus the extra input."""
@@ -182,7 +161,7 @@ def test_untrimmed_runner_copies_every_input_into_its_graph(monkeypatch):
     padded length; new weights drop the graphs; above the position limit the function runs
     unpadded."""
     monkeypatch.setattr(padded_graphs.PaddedGraphs, "_graphable", staticmethod(lambda x: True))
-    monkeypatch.setattr(padded_graphs.PaddedGraphs, "_capture", _fake_capture)
+    monkeypatch.setattr(padded_graphs.PaddedGraphs, "_capture", fake_capture)
     module = _Weighted()
     runner = padded_graphs.PaddedGraphs(
         lambda m, *a: m(*a), module, name="t", bucket=8, max_graphs=4, max_positions=40, trim=False

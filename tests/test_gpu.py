@@ -221,7 +221,7 @@ def test_latent_pass_graphs_replay_the_padded_stack_cuda(dtype):
     every length of the bucket; a new bucket captures a graph of its own; replaced weights
     drop the graphs. Against the stack at the unpadded length: float32 within 1e-5, bf16
     within the GPT's cast bound."""
-    from tts.fast import latent_pass
+    from tts.fast import latent_pass, padded_graphs
 
     gpt = _gpt_small_cuda(dtype)
     runner = latent_pass.StackGraphs(gpt.gpt, bucket=64)
@@ -232,7 +232,7 @@ def test_latent_pass_graphs_replay_the_padded_stack_cuda(dtype):
         for n in (37, 50, 64, 37, 70, 50, 70):
             x = torch.randn(2, n, gpt.model_dim, device="cuda", generator=gen).to(dtype)
             got = runner(x)
-            padded = gpt.gpt(latent_pass._padded(x, -(-n // 64) * 64))[:, :n]
+            padded = gpt.gpt(padded_graphs.padded(x, -(-n // 64) * 64))[:, :n]
             assert got.shape == (2, n, gpt.model_dim) and torch.isfinite(got).all()
             assert torch.equal(got, padded), n
             alone = gpt.gpt(x)
@@ -245,7 +245,7 @@ def test_latent_pass_graphs_replay_the_padded_stack_cuda(dtype):
             p.data = p.data.clone()
         x = torch.randn(2, 50, gpt.model_dim, device="cuda", generator=gen).to(dtype)
         for captures in (2, 3):  # the key starts over: eager, then a new capture
-            assert torch.equal(runner(x), gpt.gpt(latent_pass._padded(x, 64))[:, :50])
+            assert torch.equal(runner(x), gpt.gpt(padded_graphs.padded(x, 64))[:, :50])
             assert runner.captures == captures
         x = torch.randn(40, 100, gpt.model_dim, device="cuda", generator=gen).to(dtype)
         assert torch.equal(runner(x), gpt.gpt(x))  # 40 x 128 positions: above the limit, eager

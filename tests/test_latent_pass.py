@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from graph_stand_in import fake_capture
 
 from tts.checkpoints import CheckpointSet
 from tts.components import load_component
 from tts.fast import latent_pass, patched
+from tts.fast.padded_graphs import padded
 
 SMALL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "gpt-small"
 pytestmark = pytest.mark.skipif(
@@ -76,7 +78,7 @@ class _PaddingRunner:
         n = x.size(1)
         length = -(-n // self.bucket) * self.bucket
         self.lengths.append((n, length))
-        return self.stack(latent_pass._padded(x, length))[:, :n]
+        return self.stack(padded(x, length))[:, :n]
 
 
 @torch.no_grad()
@@ -85,10 +87,10 @@ def test_zeros_after_the_real_positions_change_nothing_before_them(gpt):
     same whether zeros follow or not (float32, up to the products' rounding)."""
     x = torch.randn(2, 37, gpt.model_dim, generator=torch.Generator().manual_seed(1))
     alone = gpt.gpt(x)
-    padded = gpt.gpt(latent_pass._padded(x, 64))
-    assert padded.shape == (2, 64, gpt.model_dim)
-    assert torch.isfinite(padded).all()
-    torch.testing.assert_close(padded[:, :37], alone, rtol=1e-5, atol=1e-5)
+    out = gpt.gpt(padded(x, 64))
+    assert out.shape == (2, 64, gpt.model_dim)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, :37], alone, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
@@ -125,25 +127,6 @@ def test_stack_graphs_off_cuda_run_the_plain_stack(gpt):
     assert not runner.graphs and latent_pass.COUNTS == before
 
 
-class _FakeGraph:
-    """Stands in for a captured graph on the CPU: a replay recomputes its output buffer from
-    its input buffers, as the real one does on the GPU."""
-
-    def __init__(self, fn, static_in, static_out):
-        self.fn, self.static_in, self.static_out = fn, static_in, static_out
-
-    def replay(self):
-        self.static_out.copy_(self.fn(*self.static_in))
-
-
-def _fake_capture(self, key, inputs, n):
-    static_in = tuple(t.clone() for t in inputs)
-    static_out = self._run(*static_in)
-    self.graphs[key] = (_FakeGraph(self._run, static_in, static_out), static_in, static_out)
-    self.captures += 1
-    return static_out[:, :n].clone()
-
-
 @torch.no_grad()
 def test_a_key_captures_on_its_second_call_and_replays_after(gpt, monkeypatch):
     """The runner's bookkeeping, with a stand-in for the CUDA graph: a key's first call runs
@@ -152,7 +135,7 @@ def test_a_key_captures_on_its_second_call_and_replays_after(gpt, monkeypatch):
     result is the padded stack's. Above the position limit the stack runs as is; new weights
     drop the graphs and their keys start over."""
     monkeypatch.setattr(latent_pass.StackGraphs, "_graphable", staticmethod(lambda x: True))
-    monkeypatch.setattr(latent_pass.StackGraphs, "_capture", _fake_capture)
+    monkeypatch.setattr(latent_pass.StackGraphs, "_capture", fake_capture)
     runner = latent_pass.StackGraphs(gpt.gpt, bucket=16, max_positions=96)
     gen = torch.Generator().manual_seed(4)
     seen = []
@@ -160,7 +143,7 @@ def test_a_key_captures_on_its_second_call_and_replays_after(gpt, monkeypatch):
         x = torch.randn(2, n, gpt.model_dim, generator=gen)
         got = runner(x)
         length = -(-n // 16) * 16
-        want = gpt.gpt(latent_pass._padded(x, length))[:, :n]
+        want = gpt.gpt(padded(x, length))[:, :n]
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
         seen.append((runner.captures, runner.replays))
     # 20, 30, 32 -> bucket 32 (eager, capture, replay); 20 replays; 40 -> 48: eager, 30

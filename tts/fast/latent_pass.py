@@ -28,7 +28,7 @@ import weakref
 import torch
 from torch import nn
 
-from tts.fast.padded_graphs import PaddedGraphs, padded
+from tts.fast.padded_graphs import PaddedGraphs
 
 BUCKET = 32  # positions per length bucket (the pass is ~600 positions for 10 s of audio)
 # Graphs only up to this many rows x bucketed positions. Above it the pass's GPU work outlasts
@@ -92,6 +92,3 @@ def install(model: nn.Module) -> StackGraphs:
 def graphed_run_stack(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A replacement for ``UnifiedVoice.run_stack`` (:func:`tts.fast.patched`)."""
     return runner_for(model)(x)
-
-
-_padded = padded  # the padding the graphs apply (tests build the same input)

@@ -102,19 +102,23 @@ class PaddedGraphs:
             x.device,
             _autocast_state(x.device),
         )
-        inputs = (padded(x, length), _lengths(b, n, x.device), *extras)
-        if key in self.graphs:
+        hit = self.graphs.get(key)
+        if hit is not None:
             self.graphs.move_to_end(key)
-            hit = self.graphs[key]
-            if hit is None:  # its capture failed: eager at the padded length
-                return self._cut(self._run(*inputs), n)
-            graph, static_in, static_out = hit
-            for dst, src in zip(static_in, inputs, strict=True):
+            graph, (static_x, static_n, *static_extras), static_out = hit
+            static_x[:, :n].copy_(x)
+            static_x[:, n:].zero_()  # what a longer input left there
+            static_n.fill_(n)
+            for dst, src in zip(static_extras, extras, strict=True):
                 dst.copy_(src)
             graph.replay()
             self.replays += 1
             self.counts["replays"] = self.counts.get("replays", 0) + 1
             return self._cut(static_out, n).clone()
+        inputs = (padded(x, length), _lengths(b, n, x.device), *extras)
+        if key in self.graphs:  # its capture failed: eager at the padded length
+            self.graphs.move_to_end(key)
+            return self._cut(self._run(*inputs), n)
         calls = self.eager_calls.get(key, 0) + 1
         if calls < CAPTURE_ON_CALL:
             if len(self.eager_calls) >= ONE_OFF_KEYS:  # many one-off lengths: forget them
