@@ -1,28 +1,35 @@
-"""A stand-in for a captured CUDA graph, so the CPU tests can check the bookkeeping of
-:class:`tts.fast.padded_graphs.PaddedGraphs` (capture, replays, failures) without a GPU."""
+"""A stand-in for CUDA graph capture, so the CPU tests can check the bookkeeping of
+:class:`tts.fast.graphs.GraphCache` and its users (capture, replays, failures, least recently
+used graphs dropped) without a GPU: :func:`fake_warm_then_capture` replaces
+:func:`tts.fast.graphs.warm_then_capture` (``monkeypatch.setattr(graphs,
+"warm_then_capture", fake_warm_then_capture)``)."""
 
 from __future__ import annotations
+
+# Captures named here (their ``what``) fail; tests monkeypatch it.
+FAILING: set[str] = set()
 
 
 class FakeGraph:
     """A replay recomputes the output buffer from the input buffers, as a real graph does on
     the GPU."""
 
-    def __init__(self, run, static_in, static_out):
-        self.run, self.static_in, self.static_out = run, static_in, static_out
+    def __init__(self, record, static_out):
+        self.record, self.static_out = record, static_out
 
     def replay(self):
-        self.static_out.copy_(self.run(*self.static_in))
+        self.static_out.copy_(self.record())
+
+    def pool(self):
+        return ("stand-in pool", id(self))
 
 
-def fake_capture(self, key, inputs, n):
-    """``PaddedGraphs._capture`` with :class:`FakeGraph` (monkeypatch it in); a runner whose
-    ``fail`` attribute is true records a failed capture instead."""
-    if getattr(self, "fail", False):
-        self.graphs[key] = None  # what a failed capture leaves
-        return self._cut(self._run(*inputs), n).clone()
-    static_in = tuple(t.clone() for t in inputs)
-    static_out = self._run(*static_in)
-    self.graphs[key] = (FakeGraph(self._run, static_in, static_out), static_in, static_out)
-    self.captures += 1
-    return self._cut(static_out, n).clone()
+def fake_warm_then_capture(run, record, *, device, pool=None, what):
+    """:func:`tts.fast.graphs.warm_then_capture` on the CPU: ``run()`` is the call's result;
+    the "graph" is ``record()``'s output buffer, refilled by each replay. A capture whose
+    ``what`` is in :data:`FAILING` fails (returns no graph), as a failed capture does."""
+    result = run()
+    if what in FAILING:
+        return result, None, None
+    static_out = record()
+    return result, FakeGraph(record, static_out), static_out

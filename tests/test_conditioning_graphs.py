@@ -11,13 +11,14 @@ off CUDA the runners are the plain encoders.
 
 from __future__ import annotations
 
+import graph_stand_in
 import pytest
 import torch
-from graph_stand_in import fake_capture
+from graph_stand_in import fake_warm_then_capture
 from torch import nn
 
 from tts import parity
-from tts.fast import conditioning, padded_graphs, patched
+from tts.fast import conditioning, graphs, padded_graphs, patched
 from tts.parity import gpt_cases
 
 CASES = [
@@ -161,7 +162,7 @@ def test_untrimmed_runner_copies_every_input_into_its_graph(monkeypatch):
     padded length; new weights drop the graphs; above the position limit the function runs
     unpadded."""
     monkeypatch.setattr(padded_graphs.PaddedGraphs, "_graphable", staticmethod(lambda x: True))
-    monkeypatch.setattr(padded_graphs.PaddedGraphs, "_capture", fake_capture)
+    monkeypatch.setattr(graphs, "warm_then_capture", fake_warm_then_capture)
     module = _Weighted()
     runner = padded_graphs.PaddedGraphs(
         lambda m, *a: m(*a), module, name="t", bucket=8, max_graphs=4, max_positions=40, trim=False
@@ -178,7 +179,7 @@ def test_untrimmed_runner_copies_every_input_into_its_graph(monkeypatch):
     assert seen == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2)]
     x = torch.randn(3, 14, 3, generator=gen)  # 3 x 16 > 40 positions: unpadded
     assert runner(x, torch.zeros(3, 3)).shape == (3, 3) and runner.replays == 2
-    runner.fail = True
+    monkeypatch.setattr(graph_stand_in, "FAILING", {"t"})
     x = torch.randn(1, 20, 3, generator=gen)  # bucket 24: eager, then a failed capture
     for _ in range(3):
         torch.testing.assert_close(runner(x, torch.zeros(1, 3)), x.sum(1) * 2.0)

@@ -1010,6 +1010,50 @@ def test_solve_falls_back_to_the_plain_estimator_when_compiling_fails(monkeypatc
     assert torch.equal(again, want) and calls == [1]
 
 
+@torch.no_grad()
+def test_solve_graphs_capture_once_per_shape_then_replay(monkeypatch):
+    """The CFM solve's graphs (with the stand-in capture, on the CPU): a shape's first call
+    captures and returns the eager solve, its later calls replay with their own inputs, and a
+    shape whose capture failed runs eagerly without trying again. Every result equals the
+    solve without graphs."""
+    import graph_stand_in
+    from graph_stand_in import fake_warm_then_capture
+
+    from tts.fast import graphs as fast_graphs
+    from tts.fast import s2mel as fast_s2mel
+    from tts.parity import s2mel_cases as sc
+
+    monkeypatch.setattr(fast_graphs, "warm_then_capture", fake_warm_then_capture)
+    fs, case = CFM[0]
+    model = sc._model(fs, parity.RunOptions())
+    names = ("noise_z", "x_lens", "prompt", "mu", "style")
+    z, x_lens, prompt, mu, style = (sc._inp(fs, case, n, parity.RunOptions()) for n in names)
+    t_span = torch.linspace(0, 1, int(case["args"]["n_timesteps"]) + 1)
+    cfg = float(case["args"]["inference_cfg_rate"])
+    cache = fast_s2mel.fused(model.cfm.estimator).graphs
+    cache.clear()
+    gen = torch.Generator().manual_seed(11)
+    for i in range(3):  # capture, then two replays with other noise
+        noise = z if i == 0 else torch.randn(z.shape, generator=gen)
+        args = (noise, x_lens, prompt, mu, style, t_span, cfg)
+        want = fast_s2mel.solve(model.cfm, *args, graphs=False)
+        got = fast_s2mel.solve(model.cfm, *args, graphs=True)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert len(cache) == 1
+    ((graph, static_in, _),) = cache.values()
+    assert torch.equal(static_in[0], noise)  # the last replay's noise is in the graph's buffer
+    monkeypatch.setattr(graph_stand_in, "FAILING", {"CFM solve CUDA graph capture"})
+    z2, mu2 = z[..., :-1], mu[:, :-1]  # one frame shorter: a new shape, whose capture fails
+    args = (z2, torch.full_like(x_lens, z2.size(-1)), prompt, mu2, style, t_span, cfg)
+    want = fast_s2mel.solve(model.cfm, *args, graphs=False)
+    for _ in range(2):
+        torch.testing.assert_close(
+            fast_s2mel.solve(model.cfm, *args, graphs=True), want, rtol=1e-6, atol=1e-6
+        )
+    assert len(cache) == 2 and sum(v is None for v in cache.values()) == 1
+    cache.clear()
+
+
 def _counted(calls: dict, name: str, fn):
     """``fn``, counting its calls in ``calls[name]`` (which kernels a decoder really ran)."""
 

@@ -109,3 +109,38 @@ def test_failed_release_warns_and_keeps_the_captures_error(fake_cuda):
     with pytest.warns(RuntimeWarning, match="could not be taken out of capture mode"):
         with pytest.raises(ValueError, match="the first error"):
             graphs.capture(graph, fn, stream=fake_cuda.side, generators=[_gen()])
+
+
+def test_graph_cache_keeps_the_newest_graphs_one_pool_and_failures(monkeypatch):
+    """GraphCache (with the stand-in capture): each capture returns the eager result and keeps
+    (graph, inputs, output) under its key in the first graph's pool; a failed capture is kept
+    as a failure; past the limit the least recently *used* entry goes; clear() drops the
+    pool too."""
+    import graph_stand_in
+    from graph_stand_in import fake_warm_then_capture
+
+    monkeypatch.setattr(graphs, "warm_then_capture", fake_warm_then_capture)
+    monkeypatch.setattr(graph_stand_in, "FAILING", {"bad"})
+    cache = graphs.GraphCache(limit=2)
+
+    def add(key, what="ok"):
+        x = torch.full((2,), float(key))
+        return cache.capture(key, lambda: x * 2, lambda: x * 3, (x,), device=x.device, what=what)
+
+    assert torch.equal(add(1), torch.full((2,), 2.0))  # the eager run's result
+    pool = cache.pool
+    assert pool is not None and cache.use(1)[1][0].eq(1).all()
+    add(2)
+    assert cache.pool == pool  # the first graph's pool serves the later ones
+    assert cache.use(1) is not None  # 1 is now the most recently used: 2 goes next
+    add(3, what="bad")
+    assert list(cache) == [1, 3] and cache.failed(3) and not cache.failed(1)
+    assert cache.use(3) is None and cache.use(4) is None and not cache.failed(4)
+    graph, (x,), out = cache.use(1)
+    x.fill_(5.0)
+    graph.replay()
+    assert torch.equal(out, torch.full((2,), 15.0))  # a replay reads the input buffers
+    cache.clear()
+    assert not cache and cache.pool is None
+    with pytest.raises(ValueError, match="at least 1"):
+        graphs.GraphCache(limit=0)

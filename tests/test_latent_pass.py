@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from graph_stand_in import fake_capture
+from graph_stand_in import fake_warm_then_capture
 
 from tts.checkpoints import CheckpointSet
 from tts.components import load_component
-from tts.fast import latent_pass, patched
+from tts.fast import graphs, latent_pass, patched
 from tts.fast.padded_graphs import padded
 
 SMALL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "gpt-small"
@@ -135,7 +135,7 @@ def test_a_key_captures_on_its_second_call_and_replays_after(gpt, monkeypatch):
     result is the padded stack's. Above the position limit the stack runs as is; new weights
     drop the graphs and their keys start over."""
     monkeypatch.setattr(latent_pass.StackGraphs, "_graphable", staticmethod(lambda x: True))
-    monkeypatch.setattr(latent_pass.StackGraphs, "_capture", fake_capture)
+    monkeypatch.setattr(graphs, "warm_then_capture", fake_warm_then_capture)
     runner = latent_pass.StackGraphs(gpt.gpt, bucket=16, max_positions=96)
     gen = torch.Generator().manual_seed(4)
     seen = []

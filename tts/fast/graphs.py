@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 import torch
@@ -152,3 +153,63 @@ def warm_then_capture(
         fallback(what, exc)
         return result, None, None
     return result, graph, captured[0]
+
+
+class GraphCache(OrderedDict):
+    """Captured graphs by key: ``key -> (graph, static inputs, static output)``, or ``None``
+    where the key's capture failed (its calls then run eagerly, without trying again).
+
+    At most ``limit`` entries, the least recently used dropped first; every graph shares one
+    memory pool (``pool``), as their replays never overlap. What :class:`PaddedGraphs
+    <tts.fast.padded_graphs.PaddedGraphs>` and the CFM solve (:mod:`tts.fast.s2mel`) keep.
+    """
+
+    def __init__(self, limit: int = 8):
+        super().__init__()
+        if limit < 1:
+            raise ValueError(f"a graph cache holds at least 1 graph, got limit={limit}")
+        self.limit = int(limit)
+        self.pool = None
+
+    def failed(self, key) -> bool:
+        """Whether ``key``'s capture was tried and failed."""
+        return key in self and self[key] is None
+
+    def use(self, key) -> tuple | None:
+        """``key``'s entry, marked as the most recently used; None if there is none (or its
+        capture failed)."""
+        entry = self.get(key)
+        if key in self:
+            self.move_to_end(key)
+        return entry
+
+    def capture(
+        self,
+        key,
+        run: Callable[[], torch.Tensor],
+        record: Callable[[], torch.Tensor],
+        static_in: tuple[torch.Tensor, ...],
+        *,
+        device: torch.device,
+        what: str,
+    ) -> torch.Tensor:
+        """:func:`warm_then_capture` ``run`` / ``record`` (which read ``static_in``) into this
+        cache's pool and keep the graph under ``key`` (or the failure); returns ``run()``'s
+        result."""
+        result, graph, static_out = warm_then_capture(
+            run, record, device=device, pool=self.pool, what=what
+        )
+        if graph is None:
+            self[key] = None
+        else:
+            if self.pool is None:
+                self.pool = graph.pool()
+            self[key] = (graph, static_in, static_out)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+        return result
+
+    def clear(self) -> None:
+        """Drop every graph, their buffers and the pool."""
+        super().clear()
+        self.pool = None

@@ -25,13 +25,12 @@ rows x positions (where the GPU's work outlasts the launches), the function runs
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from tts.fast.graphs import warm_then_capture
+from tts.fast.graphs import GraphCache
 
 # The call of a key that captures its graph (1: its first). Read at each call, so tests can
 # set it.
@@ -77,10 +76,9 @@ class PaddedGraphs:
         self.bucket = int(bucket)
         self.max_graphs = int(max_graphs)
         self.max_positions = int(max_positions)
-        # key -> (graph, input buffers, output buffer), or None where a capture failed
-        self.graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
+        # key -> (graph, (padded x, n, *extras) buffers, output buffer), or None: failed
+        self.graphs = GraphCache(self.max_graphs)
         self.eager_calls: dict[tuple, int] = {}  # keys without a graph yet: calls so far
-        self.pool = None  # one memory pool for all of them: they never run at the same time
         self.weights = _weights(module)
         self.counts = counts if counts is not None else {"captures": 0, "replays": 0}
         self.captures = 0  # graphs captured
@@ -102,9 +100,8 @@ class PaddedGraphs:
             x.device,
             _autocast_state(x.device),
         )
-        hit = self.graphs.get(key)
+        hit = self.graphs.use(key)
         if hit is not None:
-            self.graphs.move_to_end(key)
             graph, (static_x, static_n, *static_extras), static_out = hit
             static_x[:, :n].copy_(x)
             static_x[:, n:].zero_()  # what a longer input left there
@@ -116,8 +113,7 @@ class PaddedGraphs:
             self.counts["replays"] = self.counts.get("replays", 0) + 1
             return self._cut(static_out, n).clone()
         inputs = (padded(x, length), _lengths(b, n, x.device), *extras)
-        if key in self.graphs:  # its capture failed: eager at the padded length
-            self.graphs.move_to_end(key)
+        if self.graphs.failed(key):  # eager at the padded length
             return self._cut(self._run(*inputs), n)
         calls = self.eager_calls.get(key, 0) + 1
         if calls < CAPTURE_ON_CALL:
@@ -164,26 +160,18 @@ class PaddedGraphs:
             with torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False):
                 return self._run(*static_in)
 
-        result, graph, static_out = warm_then_capture(
-            run, record, device=static_in[0].device, pool=self.pool, what=self.name
+        result = self.graphs.capture(
+            key, run, record, static_in, device=static_in[0].device, what=self.name
         )
-        if graph is None:
-            self.graphs[key] = None
-            return result
-        if self.pool is None:
-            self.pool = graph.pool()
-        self.graphs[key] = (graph, static_in, static_out)
-        self.captures += 1
-        self.counts["captures"] = self.counts.get("captures", 0) + 1
-        while len(self.graphs) > self.max_graphs:
-            self.graphs.popitem(last=False)
+        if not self.graphs.failed(key):
+            self.captures += 1
+            self.counts["captures"] = self.counts.get("captures", 0) + 1
         return result
 
     def clear(self) -> None:
         """Drop every graph and its buffers (keys start again from their first call)."""
         self.graphs.clear()
         self.eager_calls.clear()
-        self.pool = None
 
 
 def padded(x: torch.Tensor, length: int) -> torch.Tensor:

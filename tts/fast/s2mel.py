@@ -23,13 +23,12 @@ import contextlib
 import copy
 import types
 import weakref
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tts.fast.graphs import warm_then_capture
+from tts.fast.graphs import GraphCache
 from tts.models import cfm as _cfm
 from tts.models import dit as _dit
 
@@ -131,8 +130,7 @@ class FusedEstimator:
                 p.requires_grad_(False)
         self.estimator = est
         self.versions = _versions(dit)
-        self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
-        self.pool = None
+        self.graphs = GraphCache(MAX_GRAPHS)  # the solve's, per input shape and settings
         self._half: dict[str, nn.Module] = {}
         self._compiled: dict[str, nn.Module] = {}
         self.compile_failed = False
@@ -286,6 +284,9 @@ def _graph_solve(
     compiled: bool = False,
     drop: bool = False,
 ) -> torch.Tensor:
+    """The plain Euler solve of ``inputs`` through a CUDA graph kept per input shape and
+    settings in ``entry.graphs``: a key's first call runs eagerly and captures the graph,
+    later calls copy their inputs into its buffers and replay it."""
     device = inputs[0].device
     # cuDNN's mode is in the key: a graph keeps the kernels chosen when it was captured.
     key = (
@@ -297,12 +298,11 @@ def _graph_solve(
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
-    if key in entry.graphs and entry.graphs[key] is None:  # capture failed before: eager
+    if entry.graphs.failed(key):  # eager
         with precision_context(precision, device):
             return PLAIN_SOLVE(proxy, *inputs, cfg_rate, None)
-    hit = entry.graphs.get(key)
+    hit = entry.graphs.use(key)
     if hit is not None:
-        entry.graphs.move_to_end(key)
         graph, static_in, static_out = hit
         for dst, src in zip(static_in, inputs, strict=True):
             dst.copy_(src)
@@ -315,22 +315,14 @@ def _graph_solve(
             return PLAIN_SOLVE(proxy, *static_in, cfg_rate, None)
 
     # The eager run is this call's result and the capture's warm-up.
-    result, graph, static_out = warm_then_capture(
+    return entry.graphs.capture(
+        key,
         solve_static,
         solve_static,
+        static_in,
         device=device,
-        pool=entry.pool,
         what="CFM solve CUDA graph capture",
     )
-    if graph is None:
-        entry.graphs[key] = None
-        return result
-    if entry.pool is None:
-        entry.pool = graph.pool()
-    entry.graphs[key] = (graph, static_in, static_out)
-    while len(entry.graphs) > MAX_GRAPHS:
-        entry.graphs.popitem(last=False)
-    return result
 
 
 def patched_solve(graphs: bool | None = None, precision: str = "float32", compile: bool = False):
