@@ -129,7 +129,7 @@ FAST = [
     (fs, c)
     for fs, c in CASES
     if parity.case_id(c).startswith(
-        ("gen_", "fwd_", "cond_", "merge_", "cfm_", "s2mel_chain", "bigvgan")
+        ("gen_", "fwd_", "cond_", "merge_", "cfm_", "s2mel_chain", "bigvgan", "campplus")
     )
 ]
 
@@ -160,10 +160,11 @@ def test_fast_paths_cuda(item, compiled, monkeypatch):
     failures = [f for c in comparisons if (f := c.failure())]
     assert comparisons and not failures, "\n".join(failures)
     assert len(fast.FALLBACKS) == before, f"fast path fell back: {fast.FALLBACKS[before:]}"
-    # The latent pass, the prompt encoders ran from a graph (captured now or by an earlier case).
+    # The latent pass, the prompt encoders and CAMPPlus ran from a graph (captured now or by an
+    # earlier case).
     if parity.case_id(case).startswith("fwd_"):
         assert sum(latent_pass.COUNTS.values()) > used
-    if parity.case_id(case).startswith(("cond_", "merge_", "gen_")):
+    if parity.case_id(case).startswith(("cond_", "merge_", "gen_", "campplus", "s2mel_chain")):
         assert sum(conditioning.COUNTS.values()) > encoded
 
 
@@ -291,6 +292,51 @@ def test_conditioning_graphs_replay_the_padded_encoders_cuda(dtype):
             # 1 x 64: eager, capture, replay, replay; 2 x 64: eager, capture, replay
             assert counts == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2), (2, 2), (2, 3)], name
     REPORT.append({"case": f"conditioning_graphs_{dtype}", "worst_rel_vs_unpadded": worst})
+    _write_report()
+
+
+def test_campplus_graphs_replay_the_padded_model_cuda():
+    """CAMPPlus's graphs (tts.fast.conditioning.campplus_runner), as the Engine runs it
+    (float32): a bucket's eager first call, its capturing second call and its replays give
+    the same bits as CAMPPlus run eagerly on the filterbanks padded to the bucket, for every
+    length of the bucket; against the unpadded model within 1e-5 (relative); nothing waits
+    for the host meanwhile (CUDA's sync debug mode raises on a synchronisation)."""
+    from tts.fast import conditioning, padded_graphs
+    from tts.models.campplus import PLAIN_FORWARD
+    from tts.parity import audio_cases
+
+    root = next((fs.root for fs, _ in CASES if fs.name == "s2mel-small"), None)
+    if root is None:
+        pytest.skip("s2mel-small fixture set not found")
+    model = audio_cases._campplus(root, "cuda", torch.float32)
+    runner = conditioning.campplus_runner(model)
+    bucket = conditioning.CAMPPLUS_BUCKET
+    gen = torch.Generator(device="cuda").manual_seed(10)
+    counts, worst = [], 0.0
+    with torch.no_grad():
+        inputs = [
+            torch.randn(1, n, 80, device="cuda", generator=gen) for n in (300, 301, 320, 263, 330)
+        ]
+        got = []
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for x in inputs:
+                got.append(runner(x))
+                counts.append((runner.captures, runner.replays))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        for x, out in zip(inputs, got, strict=True):
+            n = x.size(1)
+            frames = torch.tensor([n], device="cuda")
+            want = PLAIN_FORWARD(model, padded_graphs.padded(x, -(-n // bucket) * bucket), frames)
+            assert torch.equal(out, want), n
+            alone = model(x)
+            rel = float((out - alone).norm() / alone.norm())
+            assert rel <= 1e-5, (n, rel)
+            worst = max(worst, rel)
+    # bucket 320: eager, capture, replay, replay; 384: eager
+    assert counts == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2)]
+    REPORT.append({"case": "campplus_graphs_float32", "worst_rel_vs_unpadded": worst})
     _write_report()
 
 

@@ -589,7 +589,7 @@ class Engine:
         else:
             spk_cond_emb = features(wav16)
         _, s_ref = self.part("semantic_codec").quantize(spk_cond_emb)
-        style = self.part("campplus")(fbank)
+        style = self._campplus()(fbank)
         ylens = torch.full((1,), ref_mel.size(2), device=dev)
         # s2mel's length regulator; loaded alone unless s2mel is (a speaker job needs no DiT).
         regulator = (
@@ -607,6 +607,16 @@ class Engine:
         host = _finite_on_host("speaker conditioning", out)
         _tag(host["spk_cond_emb"], ("computed", next(_COMPUTED)))  # see speaker_conditioning
         return host
+
+    def _campplus(self):
+        """CAMPPlus, with ``fast`` through its CUDA graphs (:func:`tts.fast.conditioning.
+        campplus_runner`: ~950 small kernels become one replay per prompt-length bucket)."""
+        model = self.part("campplus")
+        if not self.fast:
+            return model
+        from tts.fast.conditioning import campplus_runner
+
+        return campplus_runner(model)
 
     # -- stage 2: emotion -----------------------------------------------------------------------
 

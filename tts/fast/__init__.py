@@ -81,6 +81,7 @@ def patched(
     s2mel_compile: bool = False,
     gpt_compile: bool = False,
     gpt_options: dict | None = None,
+    campplus: bool = True,
 ) -> Iterator[None]:
     """Route the plain entry points through the fast paths while the block runs.
 
@@ -90,6 +91,8 @@ def patched(
       passes' layer stack (``UnifiedVoice.run_stack``) through :mod:`tts.fast.latent_pass`,
       and the prompt encoders (``get_conditioning``, ``get_emo_conditioning``) through
       :mod:`tts.fast.conditioning`;
+    * ``campplus``: ``CAMPPlus.forward`` through its CUDA graphs
+      (:func:`tts.fast.conditioning.campplus_runner`; off CUDA the plain forward);
     * ``s2mel``: :meth:`tts.models.cfm.CFM.solve` -> :func:`tts.fast.s2mel.solve`;
     * ``bigvgan``: :class:`tts.models.bigvgan.Activation1d` forward -> the fused activation.
     """
@@ -100,6 +103,7 @@ def patched(
     from tts.fast import s2mel as fast_s2mel
     from tts.models import bigvgan as plain_bigvgan
     from tts.models import cfm as plain_cfm
+    from tts.models.campplus import CAMPPlus
     from tts.models.gpt import EmotionPath, UnifiedVoice
 
     saved = (
@@ -109,6 +113,7 @@ def patched(
         EmotionPath.get_emo_conditioning,
         plain_cfm.CFM.solve,
         plain_bigvgan.Activation1d.forward,
+        CAMPPlus.forward,
     )
     try:
         if gpt:
@@ -129,6 +134,8 @@ def patched(
             )
         if bigvgan:
             plain_bigvgan.Activation1d.forward = fast_bigvgan.patched_forward(bigvgan_mode)
+        if campplus:
+            CAMPPlus.forward = conditioning.graphed_campplus_forward
         yield
     finally:
         (
@@ -138,4 +145,5 @@ def patched(
             EmotionPath.get_emo_conditioning,
             plain_cfm.CFM.solve,
             plain_bigvgan.Activation1d.forward,
+            CAMPPlus.forward,
         ) = saved

@@ -15,6 +15,12 @@ graph is captured at its second call (a process that conditions one prompt of a 
 captures nothing). The outputs (32 latents, one emotion vector) do not depend on the length.
 The Engine installs the runners on CUDA; :func:`tts.fast.patched` routes the model methods
 through them, so the parity fixtures check them on CUDA.
+
+The speaker conditioning's CAMPPlus (the style vector from the prompt's Kaldi filterbanks) is
+the same case, larger: ~950 small kernels (a 2-D ResNet head, 52 densely connected
+context-aware layers). :func:`campplus_runner` runs it the same way, :data:`CAMPPLUS_BUCKET`
+filterbank frames per bucket, with its ``frames`` argument (zeros past the real frames for
+every convolution, the means over the real frames only); off CUDA it is the plain module.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from tts.fast.padded_graphs import PaddedGraphs
 BUCKET = 32  # w2v-bert frames (50 a second) per length bucket: 0.64 s of prompt
 MAX_POSITIONS = 4096  # rows x bucketed frames; a prompt is at most 15 s (750 frames)
 MAX_GRAPHS = 8  # graphs kept per encoder, least recently used dropped first
+CAMPPLUS_BUCKET = 64  # filterbank frames (100 a second) per bucket: 0.64 s of prompt
+CAMPPLUS_MAX_POSITIONS = 4096  # rows x bucketed frames; a prompt is at most 15 s (1500)
 # Captures and replays by every runner (tests check that a pass really ran from a graph).
 COUNTS = {"captures": 0, "replays": 0}
 # Each model's runners by encoder name; weak, so a dropped model takes its graphs with it.
@@ -68,6 +76,51 @@ def _runner(model: nn.Module, name: str, prefixes: tuple[str, ...]) -> PaddedGra
             counts=COUNTS,
         )
     return runner
+
+
+def campplus_runner(model: nn.Module) -> PaddedGraphs:
+    """The runner of a :class:`~tts.models.campplus.CAMPPlus`: ``runner(fbank)`` for
+    ``fbank`` [B, T, 80] gives ``model(fbank)``. One per model, made on first use and kept as
+    its ``graph_runner`` attribute (not in its state dict; a registry keyed by the model would
+    keep the model alive through the runner, which holds it)."""
+    runner = getattr(model, "graph_runner", None)
+    if runner is None:
+        runner = model.graph_runner = PaddedGraphs(
+            _campplus_padded,
+            model,
+            name="CAMPPlus CUDA graph capture",
+            bucket=CAMPPLUS_BUCKET,
+            max_graphs=MAX_GRAPHS,
+            max_positions=CAMPPLUS_MAX_POSITIONS,
+            trim=False,
+            counts=COUNTS,
+            unpadded=_campplus_plain,
+        )
+    return runner
+
+
+def _campplus_padded(model: nn.Module, fbank: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """CAMPPlus on filterbanks zero-padded past ``frames`` [B] (its plain forward, which
+    :func:`tts.fast.patched` may have replaced)."""
+    from tts.models.campplus import PLAIN_FORWARD
+
+    return PLAIN_FORWARD(model, fbank, frames)
+
+
+def _campplus_plain(model: nn.Module, fbank: torch.Tensor) -> torch.Tensor:
+    from tts.models.campplus import PLAIN_FORWARD
+
+    return PLAIN_FORWARD(model, fbank)
+
+
+def graphed_campplus_forward(
+    model: nn.Module, x: torch.Tensor, frames: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A replacement for ``CAMPPlus.forward`` (:func:`tts.fast.patched`): already padded
+    input (``frames`` given) runs as it is."""
+    if frames is not None:
+        return _campplus_padded(model, x, frames)
+    return campplus_runner(model)(x)
 
 
 def install(model: nn.Module) -> None:

@@ -52,7 +52,9 @@ class PaddedGraphs:
     replaced weights drop the graphs.
     ``name`` is what :func:`tts.fast.fallback` records if a capture fails; ``counts`` a dict
     whose ``captures`` and ``replays`` grow with this runner's (tests check that a pass ran
-    from a graph).
+    from a graph). ``unpadded(module, x, *extras)``, if given, is what runs ``x`` as it is
+    (off CUDA, above ``max_positions``) instead of ``fn`` with the real length: e.g. the
+    plain module, whose bits a masked form on an unpadded input need not repeat.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class PaddedGraphs:
         max_positions: int,
         trim: bool,
         counts: dict[str, int] | None = None,
+        unpadded: Callable[..., torch.Tensor] | None = None,
     ):
         if min(bucket, max_graphs, max_positions) < 1:
             raise ValueError(
@@ -73,6 +76,7 @@ class PaddedGraphs:
                 f"{bucket}, {max_graphs}, {max_positions}"
             )
         self.fn, self.module, self.name, self.trim = fn, module, name, trim
+        self.unpadded = unpadded
         self.bucket = int(bucket)
         self.max_graphs = int(max_graphs)
         self.max_positions = int(max_positions)
@@ -129,7 +133,10 @@ class PaddedGraphs:
         return self.fn(self.module, *inputs)
 
     def _eager(self, x: torch.Tensor, n: int, extras: tuple) -> torch.Tensor:
-        """``fn`` at the unpadded length (no graph)."""
+        """``x`` as it is, without a graph: ``unpadded`` if given, else ``fn`` with the real
+        length."""
+        if self.unpadded is not None:
+            return self.unpadded(self.module, x, *extras)
         return self._run(x, _lengths(x.size(0), n, x.device), *extras)
 
     def _cut(self, out: torch.Tensor, n: int) -> torch.Tensor:

@@ -10,6 +10,12 @@ rows. Layout (attribute names equal the checkpoint keys of ``campplus_cn_common.
   and a 1x1 dense layer with a non-affine BatchNorm.
 
 Every BatchNorm runs on its stored running statistics (the module is used in eval mode).
+
+``forward(x, frames)`` also takes a batch zero-padded past each row's ``frames`` real frames
+(what :mod:`tts.fast.conditioning` runs through a CUDA graph per length bucket): every
+convolution that mixes frames then sees zeros there, as the reference's own zero padding, and
+the means over time (the CAM layers' context, the statistics pooling) count the real frames
+only, so the result is the unpadded input's up to float rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +30,25 @@ BLOCK_LAYERS = (12, 24, 16)
 BLOCK_KERNELS = (3, 3, 3)
 BLOCK_DILATIONS = (1, 2, 2)
 CAM_SEGMENT = 100  # frames per segment of the context-aware mask's segment pooling
+
+
+def _keep(frames: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """``[B, 1, length]``: True at each row's first ``frames`` positions (None: all real)."""
+    if frames is None:
+        return None
+    return (torch.arange(length, device=frames.device) < frames.unsqueeze(1)).unsqueeze(1)
+
+
+def _zero_padding(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """``x`` with the padded frames (last axis) set to zero, as a convolution's own padding."""
+    return x if keep is None else x.masked_fill(~keep, 0.0)
+
+
+def _time_mean(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the real frames of ``x`` [B, C, T] (padded frames zero), keeping the axis."""
+    if keep is None:
+        return x.mean(-1, keepdim=True)
+    return x.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
 
 
 class BNReLU(nn.Module):
@@ -64,10 +89,11 @@ class BasicResBlock(nn.Module):
                 nn.BatchNorm2d(planes),
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep`` [B, 1, 1, T]: the real frames (see the module docstring)."""
+        out = _zero_padding(F.relu(self.bn1(self.conv1(x))), keep)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return _zero_padding(F.relu(out + self.shortcut(x)), keep)
 
 
 class FCM(nn.Module):
@@ -89,10 +115,13 @@ class FCM(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.out_channels = channels * (feat_dim // 8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x.unsqueeze(1))))
-        out = self.layer2(self.layer1(out))
-        out = F.relu(self.bn2(self.conv2(out)))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [B, F, T]; ``keep`` [B, 1, T]: the real frames (see the module docstring)."""
+        keep = None if keep is None else keep.unsqueeze(1)
+        out = _zero_padding(F.relu(self.bn1(self.conv1(x.unsqueeze(1)))), keep)
+        for block in (*self.layer1, *self.layer2):
+            out = block(out, keep)
+        out = _zero_padding(F.relu(self.bn2(self.conv2(out))), keep)
         b, c, f, t = out.shape
         return out.reshape(b, c * f, t)
 
@@ -142,14 +171,26 @@ class CAMLayer(nn.Module):
         self.linear2 = nn.Conv1d(bn_channels // reduction, out_channels, 1)
 
     @staticmethod
-    def segment_mean(x: torch.Tensor, seg_len: int = CAM_SEGMENT) -> torch.Tensor:
-        """Mean of each ``seg_len``-frame segment (last one partial), broadcast to its frames."""
-        seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
-        return seg.repeat_interleave(seg_len, dim=-1)[..., : x.shape[-1]]
+    def segment_mean(
+        x: torch.Tensor, seg_len: int = CAM_SEGMENT, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean of each ``seg_len``-frame segment (last one partial), broadcast to its frames;
+        with ``keep``, of its real frames (padded frames zero)."""
+        length = x.shape[-1]
+        if keep is None:
+            seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
+        else:
+            tail = -length % seg_len
+            sums = F.pad(x, (0, tail)).unflatten(-1, (-1, seg_len)).sum(-1)
+            counts = F.pad(keep, (0, tail)).unflatten(-1, (-1, seg_len)).sum(-1)
+            seg = sums / counts.clamp_min(1)  # segments past the end: 0, not NaN
+        return seg.repeat_interleave(seg_len, dim=-1)[..., :length]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep`` [B, 1, T]: the real frames (see the module docstring)."""
+        x = _zero_padding(x, keep)
         local = self.linear_local(x)
-        context = x.mean(-1, keepdim=True) + self.segment_mean(x)
+        context = _time_mean(x, keep) + self.segment_mean(x, keep=keep)
         mask = torch.sigmoid(self.linear2(F.relu(self.linear1(context))))
         return local * mask
 
@@ -166,8 +207,8 @@ class CAMDenseTDNNLayer(nn.Module):
         self.nonlinear2 = BNReLU(bn_channels)
         self.cam_layer = CAMLayer(bn_channels, growth, kernel_size, dilation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))), keep)
 
 
 class CAMDenseTDNNBlock(nn.Module):
@@ -190,9 +231,9 @@ class CAMDenseTDNNBlock(nn.Module):
             )
             self.add_module(f"tdnnd{i + 1}", layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         for i in range(self.num_layers):
-            x = torch.cat([x, getattr(self, f"tdnnd{i + 1}")(x)], dim=1)
+            x = torch.cat([x, getattr(self, f"tdnnd{i + 1}")(x, keep)], dim=1)
         return x
 
 
@@ -220,9 +261,16 @@ class DenseLayer(nn.Module):
         return self.nonlinear(self.linear(x.unsqueeze(-1)).squeeze(-1))
 
 
-def statistics_pooling(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, T] -> [B, 2C]``: mean and unbiased standard deviation over time."""
-    return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=True)], dim=-1)
+def statistics_pooling(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, C, T] -> [B, 2C]``: mean and unbiased standard deviation over time (with
+    ``keep`` [B, 1, T], over the real frames)."""
+    if keep is None:
+        return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=True)], dim=-1)
+    x = _zero_padding(x, keep)
+    mean = _time_mean(x, keep)
+    deviation = _zero_padding(x - mean, keep)
+    var = deviation.square().sum(-1) / (keep.sum(-1) - 1)
+    return torch.cat([mean.squeeze(-1), var.sqrt()], dim=-1)
 
 
 class XVector(nn.Module):
@@ -252,12 +300,15 @@ class XVector(nn.Module):
         self.out_nonlinear = BNReLU(channels)
         self.dense = DenseLayer(channels * 2, embedding_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [B, C, T] (the head's output, zero past ``frames`` [B] real frames if given)."""
         x = self.tdnn(x)
+        # The TDNN's stride 2 (kernel 5, padding 2) keeps ceil(frames / 2) real frames.
+        keep = None if frames is None else _keep((frames + 1) // 2, x.size(-1))
         for i in range(len(BLOCK_LAYERS)):
-            x = getattr(self, f"transit{i + 1}")(getattr(self, f"block{i + 1}")(x))
+            x = getattr(self, f"transit{i + 1}")(getattr(self, f"block{i + 1}")(x, keep))
         x = self.out_nonlinear(x)
-        return self.dense(statistics_pooling(x))
+        return self.dense(statistics_pooling(x, keep))
 
 
 class CAMPPlus(nn.Module):
@@ -299,5 +350,13 @@ class CAMPPlus(nn.Module):
             )
         return cls(**{**cls.DEFAULTS, **{k: int(v) for k, v in cfg.items()}})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.xvector(self.head(x.transpose(1, 2)))
+    def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [B, T, feat_dim] -> [B, embedding_size]. ``frames`` [B] int: each row's real
+        frames, the rest of ``x`` being padding (see the module docstring); None: all real."""
+        x = x.transpose(1, 2)
+        keep = _keep(frames, x.size(-1))
+        return self.xvector(self.head(_zero_padding(x, keep), keep), frames)
+
+
+# The forward above, kept before tts.fast.patched() can replace CAMPPlus.forward.
+PLAIN_FORWARD = CAMPPlus.forward
