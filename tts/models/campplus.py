@@ -354,6 +354,8 @@ class CAMPPlus(nn.Module):
         """``x`` [B, T, feat_dim] -> [B, embedding_size]. ``frames`` [B] int: each row's real
         frames, the rest of ``x`` being padding (see the module docstring); None: all real."""
         x = x.transpose(1, 2)
+        if frames is not None:
+            frames = frames.to(x.device)
         keep = _keep(frames, x.size(-1))
         return self.xvector(self.head(_zero_padding(x, keep), keep), frames)
 
