@@ -295,6 +295,43 @@ def test_conditioning_graphs_replay_the_padded_encoders_cuda(dtype):
     _write_report()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_prefill_graphs_replay_the_padded_prompt_cuda(dtype):
+    """The GPT prefill's graphs (tts.fast.prefill), as the decoder runs them (the GPT cast,
+    under autocast in half precision): a bucket's eager first call, its capturing second call
+    and its replays give the same bits as the prefill run eagerly on the prompt padded to the
+    bucket, for every length of the bucket; against the prompt at its own length, step 0's
+    logits and the real positions' keys within 1e-5 (float32) or the GPT's cast bound (bf16,
+    relative)."""
+    from tts.fast import padded_graphs, prefill
+
+    gpt = _gpt_small_cuda(dtype)
+    runner = prefill.runner_for(gpt)
+    runner.clear()
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    half = dtype != torch.float32
+    bound = HALF_BOUNDS["cast"][dtype] if half else 1e-5
+    counts, worst = [], 0.0
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=half):
+        for rows, n in ((1, 40), (1, 45), (1, 64), (1, 33), (2, 50), (1, 70)):
+            emb = torch.randn(rows, n, gpt.model_dim, device="cuda", generator=gen) * 0.5
+            got = runner(emb)
+            length = -(-n // prefill.BUCKET) * prefill.BUCKET
+            frames = torch.full((rows,), n, device="cuda")
+            want = prefill._prefill_padded(runner.module, padded_graphs.padded(emb, length), frames)
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), (rows, n)
+            alone = prefill._prefill(runner.module, emb)
+            for g, a in ((got[0], alone[0]), (got[1][:, :, :, :n], alone[1])):
+                rel = float((g.float() - a.float()).norm() / a.float().norm())
+                assert rel <= bound, (rows, n, rel)
+                worst = max(worst, rel)
+            counts.append((runner.captures, runner.replays))
+    # 1 x 64: eager, capture, replay, replay; 2 x 64: eager; 1 x 96: eager
+    assert counts == [(0, 0), (1, 0), (1, 1), (1, 2), (1, 2), (1, 2)]
+    REPORT.append({"case": f"prefill_graphs_{dtype}", "worst_rel_vs_unpadded": worst})
+    _write_report()
+
+
 def test_campplus_graphs_replay_the_padded_model_cuda():
     """CAMPPlus's graphs (tts.fast.conditioning.campplus_runner), as the Engine runs it
     (float32): a bucket's eager first call, its capturing second call and its replays give

@@ -1054,9 +1054,10 @@ class Engine:
     def release_decoder(self) -> None:
         """Drop the fast GPT decoder that ``graphkk`` keeps between calls (its KV cache and
         CUDA graphs: +0.5 GiB at batch 1, +3.8 GiB at batch 16 in docs/benchmarks.md, run BU),
-        and the latent pass's and prompt encoders' graphs; the next GPT call makes them anew. Nothing to do on the
-        plain paths."""
+        and the prefill's, latent pass's and prompt encoders' graphs; the next GPT call makes
+        them anew. Nothing to do on the plain paths."""
         if self.fast:
+            from tts.fast import prefill
             from tts.fast.decode import release
 
             release()
@@ -1065,6 +1066,8 @@ class Engine:
                 runner = getattr(gpt, attr, None)
                 if runner is not None:
                     runner.clear()  # their graphs: captured again when next needed
+            if gpt is not None:
+                prefill.release(gpt)
 
     def close(self) -> None:
         """Free what this Engine holds on its device: the kept decoder, the prompt cache and

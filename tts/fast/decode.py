@@ -95,7 +95,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from tts.fast import beam_step, processors
+from tts.fast import beam_step, prefill, processors
 from tts.fast.sampling import INVALID_PROBABILITIES
 from tts.fast.variants import CHOICES, REORDERS, VARIANTS  # noqa: F401 - VARIANTS: re-exported
 from tts.generation import (
@@ -613,10 +613,7 @@ class StaticDecoder:
         # A half-precision GPT run under autocast gets a float32 prefix (autocast's LayerNorms
         # return float32), but every key / value is the output of a half-precision product:
         # a cache in the weights' dtype holds exactly the same values, in half the memory.
-        weight_dtype = model.mel_head.weight.dtype
-        cache_dtype = (
-            weight_dtype if weight_dtype in (torch.bfloat16, torch.float16) else prefix.dtype
-        )
+        cache_dtype = prefill.cache_dtype(model.mel_head, prefix.dtype)
         # reorder="swap": two caches (one tensor each, keys and values together), the one in
         # use is self.cache = self.caches[self.cur]; "copy": one cache, reordered in place.
         self.swap = reorder == "swap" and beams > 1
@@ -712,6 +709,8 @@ class StaticDecoder:
         self.own_generators: list[torch.Generator] | None = None
         self.gen_shape = _generator_shape(generator)
         self.calls = 0  # calls started
+        # Where steps replay graphs, the prefill does too (tts.fast.prefill), unless padded.
+        self.prefill_graphs = use_graph
         self.start(prefix, valid, generator)
 
     def start(
@@ -754,15 +753,9 @@ class StaticDecoder:
         start_tokens = torch.full((batch,), model.start_mel_token, dtype=torch.int64, device=device)
         emb = torch.cat((prefix, model.mel_input_embedding(start_tokens, 0)), dim=1)
         mask = prefix_attention_mask(valid_all, s_len + 1) if has_padding else None
-        if beams == 1:
-            self.cache.length = 0
-            logits = model.decode(emb, self.cache, mask)
-        else:
-            first = model.new_cache(batch, s_len + 1, device=device, dtype=prefix.dtype)
-            logits = model.decode(emb, first, mask).repeat_interleave(beams, dim=0)
-            self.cache.fill_repeated(first, beams)
+        logits = self._prefill(emb, mask)
+        if beams > 1:
             valid_all = valid_all.repeat_interleave(beams, dim=0)
-            del first
         if self.swap:  # the second cache starts with the same prompt (+ start code) part
             self.kv[1][..., : s_len + 1, :].copy_(self.kv[0][..., : s_len + 1, :])
         self.valid_all.copy_(valid_all)  # [rows, cap] real (non left-pad) key positions
@@ -774,6 +767,28 @@ class StaticDecoder:
         self.generator = self._generators(generator)
         self.eager_steps = 0
         self.capture_s = 0.0  # host seconds spent capturing graphs (the GPU may idle meanwhile)
+
+    def _prefill(self, emb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Step 0 of a call, eagerly or (``prefill_graphs``, no padded row) from a graph
+        (:mod:`tts.fast.prefill`): the keys and values of ``emb`` [items, n, d] (the prompt and
+        the start code) into the cache, each item's in its beams' rows; returns the logits
+        [rows, vocab]."""
+        model, beams = self.model, self.beams
+        n = emb.size(1)
+        if self.prefill_graphs and mask is None:
+            logits, k, v = prefill.runner_for(model)(emb)
+            for src, dst in ((k, self.cache.k), (v, self.cache.v)):
+                src = src[:, :, :, :n]
+                dst[:, :, :, :n] = src.repeat_interleave(beams, dim=1) if beams > 1 else src
+            self.cache.length = n
+        elif beams == 1:
+            self.cache.length = 0
+            logits = model.decode(emb, self.cache, mask)
+        else:
+            first = model.new_cache(emb.size(0), n, device=emb.device, dtype=emb.dtype)
+            logits = model.decode(emb, first, mask)
+            self.cache.fill_repeated(first, beams)
+        return logits.repeat_interleave(beams, dim=0) if beams > 1 else logits
 
     def fits(self, prefix: torch.Tensor, generator: Generators = None) -> bool:
         """Whether :meth:`start` can take ``prefix`` [items, s_len, width] and ``generator``

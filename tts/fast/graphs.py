@@ -127,7 +127,7 @@ def warm_then_capture(
 ) -> tuple[torch.Tensor, torch.cuda.CUDAGraph | None, torch.Tensor | None]:
     """Run ``run()`` eagerly on a side stream, then capture ``record()`` on that stream.
 
-    ``run()``'s result is the calling call's own (so a call that captures still returns a
+    ``run()``'s result (a tensor or a tuple of tensors) is the calling call's own (so a call that captures still returns a
     result computed eagerly), and its run is the warm-up a capture needs (lazy
     initialisations, cuBLAS workspaces) on the stream that captures. ``record()`` should
     compute what ``run()`` does from the graph's static input buffers; its result is the
@@ -142,7 +142,8 @@ def warm_then_capture(
     current.wait_stream(stream)
     # Made on the side stream, read on this one: the allocator must not hand its memory to
     # the side stream's next allocation before this stream is done with it.
-    result.record_stream(current)
+    for t in result if isinstance(result, tuple) else (result,):
+        t.record_stream(current)
     graph = torch.cuda.CUDAGraph()
     captured: list[torch.Tensor] = []
     try:

@@ -45,9 +45,9 @@ class PaddedGraphs:
     ``fn(module, padded, n, *extras)`` gets ``module`` (whose weights it reads), ``x`` padded
     to the bucket, the real length ``n`` as a [B] int64 tensor on ``x``'s device (a graph
     input, so one graph serves every ``n`` of its bucket) and the ``extras`` (tensors copied
-    into the graph's buffers on each replay). It must return one tensor: with ``trim``, shaped
-    [B, padded length, ...] and cut back to ``n`` positions here; without, independent of the
-    padding. ``fn`` should hold no module itself: a deep copy of the runner (made with a
+    into the graph's buffers on each replay). It must return one tensor, shaped [B, padded
+    length, ...] with ``trim`` (cut back to ``n`` positions here), or without ``trim`` a
+    tensor or a tuple of tensors the caller reads knowing the padding. ``fn`` should hold no module itself: a deep copy of the runner (made with a
     model's) then runs the copied module. A graph reads the weights by address: moved or
     replaced weights drop the graphs.
     ``name`` is what :func:`tts.fast.fallback` records if a capture fails; ``counts`` a dict
@@ -115,7 +115,7 @@ class PaddedGraphs:
             graph.replay()
             self.replays += 1
             self.counts["replays"] = self.counts.get("replays", 0) + 1
-            return self._cut(static_out, n).clone()
+            return _cloned(self._cut(static_out, n))
         inputs = (padded(x, length), _lengths(b, n, x.device), *extras)
         if self.graphs.failed(key):  # eager at the padded length
             return self._cut(self._run(*inputs), n)
@@ -158,7 +158,7 @@ class PaddedGraphs:
         enabled, dtype = key[-1]
 
         def run() -> torch.Tensor:
-            return self._cut(self._run(*static_in), n).clone()
+            return _cloned(self._cut(self._run(*static_in), n))
 
         def record() -> torch.Tensor:
             # Autocast's cache of cast weights must not outlive the capture (torch's rule for
@@ -179,6 +179,12 @@ class PaddedGraphs:
         """Drop every graph and its buffers (keys start again from their first call)."""
         self.graphs.clear()
         self.eager_calls.clear()
+
+
+def _cloned(out: torch.Tensor | tuple[torch.Tensor, ...]):
+    """A copy of ``out`` (a tensor or a tuple of them): the graph's buffers are overwritten by
+    its next replay."""
+    return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
 
 
 def padded(x: torch.Tensor, length: int) -> torch.Tensor:
