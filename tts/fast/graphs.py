@@ -127,12 +127,13 @@ def warm_then_capture(
 ) -> tuple[torch.Tensor, torch.cuda.CUDAGraph | None, torch.Tensor | None]:
     """Run ``run()`` eagerly on a side stream, then capture ``record()`` on that stream.
 
-    ``run()``'s result (a tensor or a tuple of tensors) is the calling call's own (so a call that captures still returns a
-    result computed eagerly), and its run is the warm-up a capture needs (lazy
-    initialisations, cuBLAS workspaces) on the stream that captures. ``record()`` should
-    compute what ``run()`` does from the graph's static input buffers; its result is the
-    graph's output buffer. Returns ``(result, graph, output buffer)``; where the capture
-    fails, ``(result, None, None)``, after :func:`tts.fast.fallback` recorded it as ``what``.
+    ``run()``'s result (a tensor or a tuple of tensors) is the calling call's own (so a call
+    that captures still returns a result computed eagerly), and its run is the warm-up a
+    capture needs (lazy initialisations, cuBLAS workspaces) on the stream that captures.
+    ``record()`` should compute what ``run()`` does from the graph's static input buffers;
+    its result is the graph's output buffer(s). Returns ``(result, graph, output buffer)``;
+    where the capture fails, ``(result, None, None)``, after :func:`tts.fast.fallback`
+    recorded it as ``what``.
     """
     current = torch.cuda.current_stream(device)
     stream = torch.cuda.Stream(device)

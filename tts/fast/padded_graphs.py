@@ -47,8 +47,9 @@ class PaddedGraphs:
     input, so one graph serves every ``n`` of its bucket) and the ``extras`` (tensors copied
     into the graph's buffers on each replay). It must return one tensor, shaped [B, padded
     length, ...] with ``trim`` (cut back to ``n`` positions here), or without ``trim`` a
-    tensor or a tuple of tensors the caller reads knowing the padding. ``fn`` should hold no module itself: a deep copy of the runner (made with a
-    model's) then runs the copied module. A graph reads the weights by address: moved or
+    tensor or a tuple of tensors the caller reads knowing the padding. ``fn`` should hold no
+    module itself: a deep copy of the runner (made with a model's) then runs the copied
+    module. A graph reads the weights by address: moved or
     replaced weights drop the graphs.
     ``name`` is what :func:`tts.fast.fallback` records if a capture fails; ``counts`` a dict
     whose ``captures`` and ``replays`` grow with this runner's (tests check that a pass ran
