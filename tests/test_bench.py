@@ -115,6 +115,9 @@ def test_bench_tiny_cpu(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "ours (medians" in text and "RTF" in text
     data = json.loads(out.read_text())
+    # The graph counters are reported (what other tests of this process counted included).
+    assert "length-bucketed CUDA graphs (captures / replays): prefill " in text
+    assert set(data["graphs"]) == {"prefill", "latent_pass", "conditioning"}
     results = data["results"]
     assert {(r["batch"], r["decoder"]) for r in results} == {
         (1, "graph"),

@@ -841,6 +841,19 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def graph_counts() -> dict[str, dict[str, int]]:
+    """Captures and replays so far of each family of length-bucketed CUDA graphs (the GPT's
+    prefill and latent pass, the prompt encoders with CAMPPlus): whether a run's passes really
+    replayed them."""
+    from tts.fast import conditioning, latent_pass, prefill
+
+    return {
+        "prefill": dict(prefill.COUNTS),
+        "latent_pass": dict(latent_pass.COUNTS),
+        "conditioning": dict(conditioning.COUNTS),
+    }
+
+
 def print_table(
     results: list[BenchResult], floors: dict[str, float], official: dict | None
 ) -> None:
@@ -1016,6 +1029,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
         payload["results"] = [r.__dict__ for r in results]
         payload["fallbacks"] = list(fast.FALLBACKS)
+        payload["graphs"] = graph_counts()
         if args.json:  # rewritten after every configuration: a cut run keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
@@ -1026,6 +1040,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "floor = weight bytes / bandwidth: "
             + ", ".join(f"{k} {f:.3f} ms/token" for k, f in floors.items())
         )
+    print(
+        "length-bucketed CUDA graphs (captures / replays): "
+        + ", ".join(f"{k} {c['captures']} / {c['replays']}" for k, c in graph_counts().items())
+    )
     if fast.FALLBACKS:
         print(
             "fast paths that fell back to the plain path: "
