@@ -89,7 +89,9 @@ def test_decoder_with_graphed_prefill_generates_what_plain_generation_does(
                 reorder="table",
                 capacity=256,
             )
-            dec.prefill_graphs = True  # what use_graph sets on CUDA
+            # What use_graph sets on CUDA (the constructor's own start() ran without it); the
+            # start() below is then the runner's first call.
+            dec.prefill_graphs = True
         dec.start(prefix, None, generator)
         out = dec.run()
         seen.append((runner.captures, runner.replays))
