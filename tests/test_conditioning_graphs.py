@@ -224,3 +224,35 @@ def test_a_deep_copy_of_a_model_runs_its_own_modules():
         twin_plain = copy.deepcopy(twin)
         twin_plain.speaker_encoder_runner = twin_plain.emotion_encoder_runner = None
         assert torch.equal(got, getattr(twin_plain, method)(x)), method
+
+
+def test_registered_runners_are_one_per_model_and_name_and_let_the_model_go():
+    """``padded_graphs.registered``: the same runner for the same model and name while its
+    modules stay, a new one once they are replaced, none for another name until made; a
+    dropped model leaves the registry (the runner holds its parts, not the model)."""
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+
+    def make(modules):
+        return padded_graphs.PaddedGraphs(
+            lambda m, x, n: x,
+            modules,
+            name="t",
+            bucket=4,
+            max_graphs=1,
+            max_positions=16,
+            trim=False,
+        )
+
+    first = padded_graphs.registered(model, "a", [model[0]], make)
+    assert padded_graphs.registered(model, "a", [model[0]], make) is first
+    assert padded_graphs.registered_if_any(model, "b") is None
+    model[0] = nn.Linear(2, 2)
+    again = padded_graphs.registered(model, "a", [model[0]], make)
+    assert again is not first and padded_graphs.registered_if_any(model, "a") is again
+    gone = weakref.ref(model)
+    del model, first, again
+    gc.collect()
+    assert gone() is None

@@ -25,12 +25,10 @@ every convolution, the means over the real frames only); off CUDA it is the plai
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
 
-from tts.fast.padded_graphs import PaddedGraphs
+from tts.fast.padded_graphs import PaddedGraphs, registered
 
 BUCKET = 32  # w2v-bert frames (50 a second) per length bucket: 0.64 s of prompt
 MAX_POSITIONS = 4096  # rows x bucketed frames; a prompt is at most 15 s (750 frames)
@@ -41,10 +39,6 @@ CAMPPLUS_BUCKET = 128
 CAMPPLUS_MAX_POSITIONS = 4096  # rows x bucketed frames; a prompt is at most 15 s (1500)
 # Captures and replays by every runner (tests check that a pass really ran from a graph).
 COUNTS = {"captures": 0, "replays": 0}
-# Each model's runners by encoder name; weak, so a dropped model takes its graphs with it.
-_RUNNERS: weakref.WeakKeyDictionary[nn.Module, dict[str, PaddedGraphs]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def speaker_runner(model: nn.Module) -> PaddedGraphs:
@@ -58,26 +52,25 @@ def emotion_runner(model: nn.Module) -> PaddedGraphs:
 
 
 def _runner(model: nn.Module, name: str, prefixes: tuple[str, ...]) -> PaddedGraphs:
-    """One runner per (model, encoder), made on first use, so its graphs serve every later
-    prompt; anew if the encoder modules were replaced. It holds the two modules (not the
-    model: the registry is weak), so a deep copy of a model with it installed runs the copy's."""
+    """One runner per (model, encoder) (:func:`~tts.fast.padded_graphs.registered`). It holds
+    the two modules, so a deep copy of a model with it installed runs the copy's."""
     from tts.models.gpt import encode_prompt
 
-    modules = [getattr(model, f"{prefix}_encoder") for prefix in prefixes]
-    runners = _RUNNERS.setdefault(model, {})
-    runner = runners.get(name)
-    if runner is None or list(runner.module) != modules:
-        runner = runners[name] = PaddedGraphs(
+    return registered(
+        model,
+        name,
+        [getattr(model, f"{prefix}_encoder") for prefix in prefixes],
+        lambda modules: PaddedGraphs(
             encode_prompt,
-            nn.ModuleList(modules),  # held by the runner only: the model's state dict is as is
+            modules,
             name=f"GPT {name} conditioning CUDA graph capture",
             bucket=BUCKET,
             max_graphs=MAX_GRAPHS,
             max_positions=MAX_POSITIONS,
             trim=False,
             counts=COUNTS,
-        )
-    return runner
+        ),
+    )
 
 
 def campplus_runner(model: nn.Module) -> PaddedGraphs:

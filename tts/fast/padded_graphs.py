@@ -25,6 +25,7 @@ rows x positions (where the GPU's work outlasts the launches), the function runs
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -180,6 +181,34 @@ class PaddedGraphs:
         """Drop every graph and its buffers (keys start again from their first call)."""
         self.graphs.clear()
         self.eager_calls.clear()
+
+
+# Each model's runners by name (registered()); weak, so a dropped model takes its graphs with it.
+_REGISTERED: weakref.WeakKeyDictionary[nn.Module, dict[str, PaddedGraphs]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def registered(
+    model: nn.Module,
+    name: str,
+    modules: list[nn.Module],
+    make: Callable[[nn.ModuleList], PaddedGraphs],
+) -> PaddedGraphs:
+    """``model``'s runner ``name`` over ``modules`` (parts of ``model``), made by
+    ``make(nn.ModuleList(modules))`` on first use, so its graphs serve every later call, and
+    anew where those modules were replaced. The runner holds the modules, not the model: the
+    registry's key stays weak (and the model's state dict is as it is)."""
+    runners = _REGISTERED.setdefault(model, {})
+    runner = runners.get(name)
+    if runner is None or list(runner.module) != list(modules):
+        runner = runners[name] = make(nn.ModuleList(modules))
+    return runner
+
+
+def registered_if_any(model: nn.Module, name: str) -> PaddedGraphs | None:
+    """``model``'s runner ``name`` if one was made (:func:`registered`), else None."""
+    return _REGISTERED.get(model, {}).get(name)
 
 
 def _cloned(out: torch.Tensor | tuple[torch.Tensor, ...]):

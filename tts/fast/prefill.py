@@ -24,21 +24,16 @@ prompt is padded.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
 
-from tts.fast.padded_graphs import PaddedGraphs
+from tts.fast.padded_graphs import PaddedGraphs, registered, registered_if_any
 
 BUCKET = 32  # positions per length bucket (a prompt is ~34 conditioning positions + its text)
 MAX_POSITIONS = 4096  # rows x bucketed positions (batch 16 of a 10 s row's prompt: ~2600)
 MAX_GRAPHS = 8  # graphs kept per model, least recently used dropped first
 # Captures and replays by every runner (tests check that a prefill really ran from a graph).
 COUNTS = {"captures": 0, "replays": 0}
-# Each model's runner; weak, so a dropped model takes its graphs with it (the runner holds the
-# model's stack, norm and head, not the model).
-_RUNNERS: weakref.WeakKeyDictionary[nn.Module, PaddedGraphs] = weakref.WeakKeyDictionary()
 
 
 def runner_for(model: nn.Module) -> PaddedGraphs:
@@ -46,12 +41,13 @@ def runner_for(model: nn.Module) -> PaddedGraphs:
     first use and anew if its stack, final norm or head was replaced. ``runner(emb)`` for the
     prompt ``emb`` [B, n, d] returns (step 0's logits [B, vocab] in float32, keys, values
     [layers, B, heads, L, head_dim] with L >= n, of which positions [0, n) are the prompt's)."""
-    parts = [model.gpt, model.final_norm, model.mel_head]
-    runner = _RUNNERS.get(model)
-    if runner is None or list(runner.module) != parts:
-        runner = _RUNNERS[model] = PaddedGraphs(
+    return registered(
+        model,
+        "prefill",
+        [model.gpt, model.final_norm, model.mel_head],
+        lambda parts: PaddedGraphs(
             _prefill_padded,
-            nn.ModuleList(parts),
+            parts,
             name="GPT prefill CUDA graph capture",
             bucket=BUCKET,
             max_graphs=MAX_GRAPHS,
@@ -59,13 +55,13 @@ def runner_for(model: nn.Module) -> PaddedGraphs:
             trim=False,
             counts=COUNTS,
             unpadded=_prefill,
-        )
-    return runner
+        ),
+    )
 
 
 def release(model: nn.Module) -> None:
     """Drop ``model``'s prefill graphs and their memory (captured again when next needed)."""
-    runner = _RUNNERS.get(model)
+    runner = registered_if_any(model, "prefill")
     if runner is not None:
         runner.clear()
 
