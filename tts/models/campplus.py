@@ -20,6 +20,8 @@ only, so the result is the unpadded input's up to float rounding.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,11 +46,31 @@ def _zero_padding(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return x if keep is None else x.masked_fill(~keep, 0.0)
 
 
-def _time_mean(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the real frames of ``x`` [B, C, T] (padded frames zero), keeping the axis."""
+class RealFrames(NamedTuple):
+    """The real frames of a zero-padded batch at the x-vector's time resolution, with the
+    counts its means divide by: made once a forward, not in each of its 52 layers."""
+
+    keep: torch.Tensor  # [B, 1, T] bool
+    count: torch.Tensor  # [B, 1, 1]: real frames
+    per_segment: torch.Tensor  # [B, 1, S]: real frames of each CAM segment, at least 1
+
+
+def _real_frames(frames: torch.Tensor | None, length: int) -> RealFrames | None:
+    """:class:`RealFrames` of rows with ``frames`` [B] real frames out of ``length``."""
+    keep = _keep(frames, length)
     if keep is None:
+        return None
+    tail = -length % CAM_SEGMENT
+    per_segment = F.pad(keep, (0, tail)).unflatten(-1, (-1, CAM_SEGMENT)).sum(-1)
+    # A segment past a row's end holds no real frame: 1, so its (unused) mean is 0, not NaN.
+    return RealFrames(keep, keep.sum(-1, keepdim=True), per_segment.clamp_min(1))
+
+
+def _time_mean(x: torch.Tensor, real: RealFrames | None) -> torch.Tensor:
+    """Mean over the real frames of ``x`` [B, C, T] (padded frames zero), keeping the axis."""
+    if real is None:
         return x.mean(-1, keepdim=True)
-    return x.sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)
+    return x.sum(-1, keepdim=True) / real.count
 
 
 class BNReLU(nn.Module):
@@ -172,25 +194,26 @@ class CAMLayer(nn.Module):
 
     @staticmethod
     def segment_mean(
-        x: torch.Tensor, seg_len: int = CAM_SEGMENT, keep: torch.Tensor | None = None
+        x: torch.Tensor, seg_len: int = CAM_SEGMENT, real: RealFrames | None = None
     ) -> torch.Tensor:
         """Mean of each ``seg_len``-frame segment (last one partial), broadcast to its frames;
-        with ``keep``, of its real frames (padded frames zero)."""
+        with ``real`` (segments of :data:`CAM_SEGMENT` frames), of its real frames (padded
+        frames zero)."""
         length = x.shape[-1]
-        if keep is None:
+        if real is None:
             seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
+        elif seg_len != CAM_SEGMENT:
+            raise ValueError(f"real frames are counted per {CAM_SEGMENT} frames, not {seg_len}")
         else:
-            tail = -length % seg_len
-            sums = F.pad(x, (0, tail)).unflatten(-1, (-1, seg_len)).sum(-1)
-            counts = F.pad(keep, (0, tail)).unflatten(-1, (-1, seg_len)).sum(-1)
-            seg = sums / counts.clamp_min(1)  # segments past the end: 0, not NaN
+            sums = F.pad(x, (0, -length % seg_len)).unflatten(-1, (-1, seg_len)).sum(-1)
+            seg = sums / real.per_segment
         return seg.repeat_interleave(seg_len, dim=-1)[..., :length]
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """``keep`` [B, 1, T]: the real frames (see the module docstring)."""
-        x = _zero_padding(x, keep)
+    def forward(self, x: torch.Tensor, real: RealFrames | None = None) -> torch.Tensor:
+        """``real``: the real frames (see the module docstring)."""
+        x = _zero_padding(x, None if real is None else real.keep)
         local = self.linear_local(x)
-        context = _time_mean(x, keep) + self.segment_mean(x, keep=keep)
+        context = _time_mean(x, real) + self.segment_mean(x, real=real)
         mask = torch.sigmoid(self.linear2(F.relu(self.linear1(context))))
         return local * mask
 
@@ -207,8 +230,8 @@ class CAMDenseTDNNLayer(nn.Module):
         self.nonlinear2 = BNReLU(bn_channels)
         self.cam_layer = CAMLayer(bn_channels, growth, kernel_size, dilation)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))), keep)
+    def forward(self, x: torch.Tensor, real: RealFrames | None = None) -> torch.Tensor:
+        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))), real)
 
 
 class CAMDenseTDNNBlock(nn.Module):
@@ -231,9 +254,9 @@ class CAMDenseTDNNBlock(nn.Module):
             )
             self.add_module(f"tdnnd{i + 1}", layer)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: RealFrames | None = None) -> torch.Tensor:
         for i in range(self.num_layers):
-            x = torch.cat([x, getattr(self, f"tdnnd{i + 1}")(x, keep)], dim=1)
+            x = torch.cat([x, getattr(self, f"tdnnd{i + 1}")(x, real)], dim=1)
         return x
 
 
@@ -261,15 +284,15 @@ class DenseLayer(nn.Module):
         return self.nonlinear(self.linear(x.unsqueeze(-1)).squeeze(-1))
 
 
-def statistics_pooling(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+def statistics_pooling(x: torch.Tensor, real: RealFrames | None = None) -> torch.Tensor:
     """``[B, C, T] -> [B, 2C]``: mean and unbiased standard deviation over time (with
-    ``keep`` [B, 1, T], over the real frames)."""
-    if keep is None:
+    ``real``, over the real frames)."""
+    if real is None:
         return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=True)], dim=-1)
-    x = _zero_padding(x, keep)
-    mean = _time_mean(x, keep)
-    deviation = _zero_padding(x - mean, keep)
-    var = deviation.square().sum(-1) / (keep.sum(-1) - 1)
+    x = _zero_padding(x, real.keep)
+    mean = _time_mean(x, real)
+    deviation = _zero_padding(x - mean, real.keep)
+    var = deviation.square().sum(-1) / (real.count.squeeze(-1) - 1)
     return torch.cat([mean.squeeze(-1), var.sqrt()], dim=-1)
 
 
@@ -304,11 +327,11 @@ class XVector(nn.Module):
         """``x`` [B, C, T] (the head's output, zero past ``frames`` [B] real frames if given)."""
         x = self.tdnn(x)
         # The TDNN's stride 2 (kernel 5, padding 2) keeps ceil(frames / 2) real frames.
-        keep = None if frames is None else _keep((frames + 1) // 2, x.size(-1))
+        real = None if frames is None else _real_frames((frames + 1) // 2, x.size(-1))
         for i in range(len(BLOCK_LAYERS)):
-            x = getattr(self, f"transit{i + 1}")(getattr(self, f"block{i + 1}")(x, keep))
+            x = getattr(self, f"transit{i + 1}")(getattr(self, f"block{i + 1}")(x, real))
         x = self.out_nonlinear(x)
-        return self.dense(statistics_pooling(x, keep))
+        return self.dense(statistics_pooling(x, real))
 
 
 class CAMPPlus(nn.Module):
