@@ -77,20 +77,9 @@ def cache_dtype(head: nn.Module, prompt_dtype: torch.dtype) -> torch.dtype:
 def _prefill(parts: nn.ModuleList, emb: torch.Tensor, last: torch.Tensor | None = None):
     """The stack over ``emb`` [B, L, d] into a new cache; step 0's logits at position ``last``
     [B] of each row (None: the last one)."""
-    from tts.models.gpt import KVCache
-
     stack, final_norm, head = parts
     b, length, _ = emb.shape
-    attn = stack.h[0].attn
-    cache = KVCache(
-        len(stack.h),
-        b,
-        attn.heads,
-        length,
-        attn.head_dim,
-        emb.device,
-        cache_dtype(head, emb.dtype),
-    )
+    cache = stack.new_cache(b, length, emb.device, cache_dtype(head, emb.dtype))
     hidden = stack(emb, cache=cache, start=0)
     at = hidden[:, -1] if last is None else hidden[torch.arange(b, device=emb.device), last]
     return head(final_norm(at)).float(), cache.k, cache.v

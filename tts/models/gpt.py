@@ -236,6 +236,13 @@ class GPT2Model(nn.Module):
             cache.length = start + x.size(1)
         return self.ln_f(x)
 
+    def new_cache(
+        self, batch: int, capacity: int, device: torch.device | str, dtype: torch.dtype
+    ) -> KVCache:
+        """An empty KV cache for this stack: ``batch`` rows, ``capacity`` positions."""
+        attn = self.h[0].attn
+        return KVCache(len(self.h), batch, attn.heads, capacity, attn.head_dim, device, dtype)
+
 
 class LearnedPositionEmbeddings(nn.Module):
     """A learned position table (``emb.weight``)."""
@@ -608,15 +615,7 @@ class UnifiedVoice(EmotionPath, nn.Module):
     ) -> KVCache:
         """An empty KV cache for ``batch`` rows and ``capacity`` positions."""
         ref = self.mel_head.weight
-        return KVCache(
-            self.layers,
-            batch,
-            self.heads,
-            capacity,
-            self.model_dim // self.heads,
-            device or ref.device,
-            dtype or ref.dtype,
-        )
+        return self.gpt.new_cache(batch, capacity, device or ref.device, dtype or ref.dtype)
 
     def mel_input_embedding(
         self, tokens: torch.Tensor, position: int | torch.Tensor
