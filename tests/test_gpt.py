@@ -258,6 +258,33 @@ def test_kv_cached_decoding_equals_full_recomputation(gpt, golden, batch2):
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-5)
 
 
+@needs_small
+@pytest.mark.parametrize("shared_conds", [False, True])
+def test_prefix_rows_are_the_framed_texts_left_padded(gpt, shared_conds):
+    """prepare_gpt_inputs lays every row out as the reference does, row by row: start/stop ids
+    dropped wherever they stand, the text framed and embedded with positions from 0 after the
+    conditioning rows, the whole row left-padded with zeros."""
+    torch.manual_seed(3)
+    start, stop = gpt.start_text_token, gpt.stop_text_token
+    text = torch.tensor(
+        [[5, start, 9, 12, stop, stop], [7, 8, 9, 10, 11, 12], [stop, 4, stop, stop, start, stop]]
+    )
+    b = text.size(0)
+    conds = torch.randn(1 if shared_conds else b, 34, gpt.model_dim)
+    with torch.no_grad():
+        prefix, valid = gpt.prepare_gpt_inputs(conds, text)
+        assert prefix.shape == (b, 34 + 6 + 2, gpt.model_dim)
+        for i in range(b):
+            ids = [start] + [t for t in text[i].tolist() if t not in (start, stop)] + [stop]
+            emb = gpt.text_embedding(torch.tensor(ids))
+            emb = emb + gpt.text_pos_embedding.emb.weight[: len(ids)]
+            row = torch.cat((conds[0 if shared_conds else i], emb))
+            pad = prefix.size(1) - row.size(0)
+            assert torch.equal(prefix[i, pad:], row), i
+            assert not bool(prefix[i, :pad].any()), i
+            assert valid[i].tolist() == [False] * pad + [True] * row.size(0), i
+
+
 @pytest.mark.parametrize(
     "rows",
     [[0, 1, 2], [0, 0, 1], [1, 2, 0], [2, 2, 2], [2, 0, 1, 5, 3, 3], [1, 0, 3, 2, 4, 4]],

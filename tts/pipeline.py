@@ -944,11 +944,11 @@ class Engine:
         latent = torch.cat([conds[it.row][0] for it in chunk])
         emovec = torch.cat([conds[it.row][1] for it in chunk])
         width = max(len(it.ids) for it in chunk)
-        # Padding ids are the stop text id, which prepare_gpt_inputs drops (then left-pads).
+        # Padding ids are the stop text id, which prepare_gpt_inputs drops (then left-pads). The
+        # ids stay on the CPU, where prepare_gpt_inputs lays the prefix out.
         text = torch.full((b, width), gpt.stop_text_token, dtype=torch.int64)
         for j, it in enumerate(chunk):
             text[j, : len(it.ids)] = torch.tensor(it.ids, dtype=torch.int64)
-        text = text.to(dev)
         with self._gpt_autocast():
             prefix, valid = gpt.prepare_gpt_inputs(gpt.conditioning_prefix(latent, emovec, b), text)
             out = self._generate(gpt, prefix, valid, config, [it.generator for it in chunk])

@@ -589,22 +589,47 @@ class UnifiedVoice(EmotionPath, nn.Module):
         b, length = text_inputs.shape
         if conds.size(0) not in (1, b):
             raise ValueError(f"batch size mismatch: conds {conds.size(0)} vs text {b}")
-        target = conds.size(1) + length + 2
-        rows, valid = [], torch.ones(b, target, dtype=torch.bool, device=conds.device)
+        width, target = length + 2, conds.size(1) + length + 2
+        # One host-to-device copy of the layout, not a host sync per row (the per-row filter).
+        layout = self._prefix_layout(text_inputs, conds.size(1))
+        layout = layout.to(conds.device, non_blocking=True)
+        ids, positions, source, valid = layout.split((width, width, target, target), dim=1)
+        valid = valid.bool()
+        text_emb = self.text_embedding(ids) + self.text_pos_embedding.emb.weight[positions]
+        # Each row [cond ; start text stop ; unused] is moved right by its padding.
+        rows = torch.cat((conds.expand(b, -1, -1), text_emb), dim=1)
+        prefix = rows.gather(1, source.unsqueeze(-1).expand(-1, -1, rows.size(-1)))
+        return prefix.masked_fill(~valid.unsqueeze(-1), 0), valid
+
+    def _prefix_layout(self, text_inputs: torch.Tensor, head: int) -> torch.Tensor:
+        """The index layout of :meth:`prepare_gpt_inputs`, made on the CPU: ``[B, 2W + 2T]``
+        int64 holding, per row, the framed text ids and their positions (left-aligned, width
+        ``W = L + 2``; unused slots id and position 0), then for each prefix slot (``T = head +
+        W``) the slot of ``[cond ; framed text]`` it takes, then 1 where it is not padding."""
+        text = text_inputs.detach().to("cpu", torch.int64)
+        b, length = text.shape
+        width, target = length + 2, head + length + 2
+        ids = torch.zeros(b, width, dtype=torch.int64)
+        positions = torch.zeros(b, width, dtype=torch.int64)
+        slots = torch.arange(target)
+        source = torch.empty(b, target, dtype=torch.int64)
+        valid = torch.empty(b, target, dtype=torch.int64)
+        special = (text == self.stop_text_token) | (text == self.start_text_token)
         for i in range(b):
-            ids = text_inputs[i].long()
-            ids = ids[(ids != self.stop_text_token) & (ids != self.start_text_token)]
-            ids = F.pad(ids, (1, 0), value=self.start_text_token)
-            ids = F.pad(ids, (0, 1), value=self.stop_text_token)
-            text_emb = self.text_embedding(ids) + self.text_pos_embedding(ids.size(0))
-            cond = conds[0] if conds.size(0) == 1 else conds[i]
-            pad = length + 2 - ids.size(0)
-            parts = [cond, text_emb]
-            if pad > 0:
-                parts.insert(0, text_emb.new_zeros(pad, text_emb.size(-1)))
-                valid[i, :pad] = False
-            rows.append(torch.cat(parts))
-        return torch.stack(rows), valid
+            framed = torch.cat(
+                (
+                    torch.tensor([self.start_text_token]),
+                    text[i][~special[i]],
+                    torch.tensor([self.stop_text_token]),
+                )
+            )
+            n = framed.numel()
+            ids[i, :n] = framed
+            positions[i, :n] = torch.arange(n)
+            pad = width - n
+            source[i] = (slots - pad).clamp(min=0)
+            valid[i] = slots >= pad
+        return torch.cat((ids, positions, source, valid), dim=1)
 
     def new_cache(
         self,
@@ -711,7 +736,7 @@ class UnifiedVoice(EmotionPath, nn.Module):
         if emo_vec is None:
             emo_vec = self.get_emovec(emo_speech_condition, emo_cond_lengths)
         conds = self.conditioning_prefix(speech_latent, emo_vec, text_inputs.size(0))
-        prefix, valid = self.prepare_gpt_inputs(conds, text_inputs.to(device))
+        prefix, valid = self.prepare_gpt_inputs(conds, text_inputs)
 
         base = config if config is not None else GenerationConfig()
         if max_generate_length is not None:
