@@ -558,9 +558,11 @@ class UnifiedVoice(EmotionPath, nn.Module):
         if len(codes) != b or speech_conditioning_latent.size(0) != b or emo_vec.size(0) != b:
             raise ValueError("forward_packed: one latent, emotion vector, text and code per item")
         conds = self.conditioning_prefix(speech_conditioning_latent, emo_vec, b)
+        device = conds.device
         rows, spans = [], []
         for i in range(b):
-            text = F.pad(texts[i].long().flatten(), (1, 0), value=self.start_text_token)
+            text = texts[i].to(device, torch.int64).flatten()  # the ids may be on the CPU
+            text = F.pad(text, (1, 0), value=self.start_text_token)
             text = F.pad(text, (0, 1), value=self.stop_text_token)
             mel = F.pad(codes[i].long().flatten(), (1, 0), value=self.start_mel_token)
             mel = F.pad(mel, (0, 1), value=self.stop_mel_token)
