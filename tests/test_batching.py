@@ -431,7 +431,7 @@ def test_bad_text_fails_only_its_row(engine, rows):
     _assert_same_row(alone[1].value, out[2].value, "row after the bad one")
 
 
-def test_a_failing_batched_call_is_retried_item_by_item(engine, rows, monkeypatch):
+def test_a_failing_batched_call_is_retried_item_by_item(engine, rows, monkeypatch, caplog):
     reqs, spks, emos = rows
     reqs = _with(reqs, **MODES["greedy"])
     expected = engine.semantic_tokens(reqs, spks, emos)
@@ -445,8 +445,12 @@ def test_a_failing_batched_call_is_retried_item_by_item(engine, rows, monkeypatc
         return real(self, chunk, conds)
 
     monkeypatch.setattr(Engine, "_generate_items", flaky)
-    out = engine.semantic_tokens(reqs, spks, emos)
+    with caplog.at_level("WARNING", logger="tts.pipeline"):
+        out = engine.semantic_tokens(reqs, spks, emos)
     assert max(calls) > 1 and 1 in calls, calls
+    assert "failed (RuntimeError: kernel failed for this item); running them one by one" in (
+        caplog.text
+    )
     assert [r.ok for r in out] == [True, False, True]
     assert out[1].error == "RuntimeError: segment 2: kernel failed for this item"
     for i in (0, 2):
@@ -600,7 +604,9 @@ def test_nan_tokens_fail_only_their_row_in_a_batched_render(engine, render_rows,
     )
 
 
-def test_a_failing_solve_batch_is_retried_segment_by_segment(engine, render_rows, monkeypatch):
+def test_a_failing_solve_batch_is_retried_segment_by_segment(
+    engine, render_rows, monkeypatch, caplog
+):
     """A batched s2mel solve that raises (anything but out-of-memory) is redone one segment
     at a time, so rows whose segments solve alone still succeed."""
     from tts.fast import s2mel as fast_s2mel
@@ -617,7 +623,9 @@ def test_a_failing_solve_batch_is_retried_segment_by_segment(engine, render_rows
 
     monkeypatch.setattr(fast_s2mel, "generate_padded", flaky)
     monkeypatch.setattr(engine, "fast", True)
-    out = engine.render(reqs, spks, toks)
+    with caplog.at_level("WARNING", logger="tts.pipeline"):
+        out = engine.render(reqs, spks, toks)
     assert all(r.ok for r in out), [r.error for r in out]
+    assert "(RuntimeError: a batched solve failed); solving them one by one" in caplog.text
     assert sizes[0] > 1 and set(sizes[1:]) == {1}, sizes
     assert len(sizes) == 1 + sum(_segments(t) for t in toks), sizes

@@ -884,6 +884,12 @@ class Engine:
                 if isinstance(exc, _row_errors()):
                     return [_Outcome(error=exc)]
                 raise
+            # Said aloud: a batched call that always fails would otherwise only show as speed.
+            log.warning(
+                "a batched GPT call of %d items failed (%s); running them one by one",
+                len(chunk),
+                _error_text(exc),
+            )
         outcomes = []
         for it in chunk:
             try:
@@ -1225,7 +1231,12 @@ class Engine:
                 results = list(zip(chunk, solve(chunk), strict=True))
             except torch.OutOfMemoryError:
                 raise
-            except Exception:  # noqa: BLE001 - retried alone below, each error on its row
+            except Exception as exc:  # noqa: BLE001 - retried alone below, each error on its row
+                log.warning(
+                    "a batched s2mel solve of %d segments failed (%s); solving them one by one",
+                    len(chunk),
+                    _error_text(exc),
+                )
                 results = None
         if results is None:
             results = []
