@@ -618,7 +618,10 @@ class Bench:
 
         spk_cond = spk["spk_cond_emb"].to(dev, eng.dtype).expand(batch, -1, -1).contiguous()
         emovec = emo["emovec"].to(dev, eng.dtype).expand(batch, -1).contiguous()
-        text = self.text_ids.to(dev).unsqueeze(0).expand(batch, -1).contiguous()
+        # The ids stay on the host for generation, where its prefix is laid out (a copy to the
+        # device would wait for the conditioning's kernels); the latent pass reads a device copy.
+        text_host = self.text_ids.unsqueeze(0).expand(batch, -1).contiguous()
+        text = text_host.to(dev, non_blocking=True)
         import tts.generation as generation_module
 
         stats: dict = {}
@@ -633,7 +636,7 @@ class Bench:
         try:
             with eng._gpt_autocast():
                 out, speech_latent = gpt.inference_speech(
-                    spk_cond, text, emo_vec=emovec, config=cfg, generator=row_gens
+                    spk_cond, text_host, emo_vec=emovec, config=cfg, generator=row_gens
                 )
         finally:
             generation_module.generate = saved

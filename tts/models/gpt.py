@@ -729,10 +729,11 @@ class UnifiedVoice(EmotionPath, nn.Module):
         if emo_speech_condition is None:
             emo_speech_condition = speech_condition
         device = speech_condition.device
+        # Filled on the device: a copy from the host would wait for the GPU's queue to drain.
         if cond_lengths is None:
-            cond_lengths = torch.tensor([speech_condition.shape[-1]], device=device)
+            cond_lengths = torch.full((1,), speech_condition.shape[-1], device=device)
         if emo_cond_lengths is None:
-            emo_cond_lengths = torch.tensor([emo_speech_condition.shape[-1]], device=device)
+            emo_cond_lengths = torch.full((1,), emo_speech_condition.shape[-1], device=device)
 
         speech_latent = self.get_conditioning(speech_condition.transpose(1, 2), cond_lengths)
         if emo_vec is None:
