@@ -202,10 +202,15 @@ def test_a_deep_copy_of_a_model_runs_its_own_modules():
     gpt = gpt_cases._gpt(fs, parity.RunOptions())
     conditioning.install(gpt)
     latent_pass.install(gpt)
+    gpt.stack_runner.graphs["a captured key"] = ("graph", (), None)  # as a capture leaves it
     try:
         twin = copy.deepcopy(gpt)
     finally:
         gpt.speaker_encoder_runner = gpt.emotion_encoder_runner = gpt.stack_runner = None
+    # The copy captures its own graphs and adds to the same tallies (tts bench reports them).
+    assert not twin.stack_runner.graphs and twin.stack_runner.counts is latent_pass.COUNTS
+    for runner in (twin.speaker_encoder_runner, twin.emotion_encoder_runner):
+        assert runner.counts is conditioning.COUNTS and not runner.graphs
     assert list(twin.speaker_encoder_runner.module) == [
         twin.conditioning_encoder,
         twin.perceiver_encoder,

@@ -25,6 +25,7 @@ rows x positions (where the GPU's work outlasts the launches), the function runs
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Callable
 
@@ -89,6 +90,19 @@ class PaddedGraphs:
         self.counts = counts if counts is not None else {"captures": 0, "replays": 0}
         self.captures = 0  # graphs captured
         self.replays = 0  # calls served by a replay
+
+    def __deepcopy__(self, memo: dict) -> PaddedGraphs:
+        """A runner of the copied module(s) (``tts bench`` deep-copies the Engine's GPT with its
+        runners) with no graphs yet, as the captured ones read the original's weights and
+        buffers, and adding to the same ``counts`` (a module's tally of every runner)."""
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        fresh = {"counts": self.counts, "graphs": GraphCache(self.max_graphs), "eager_calls": {}}
+        fresh.update(captures=0, replays=0)
+        for name, value in vars(self).items():
+            setattr(twin, name, fresh[name] if name in fresh else copy.deepcopy(value, memo))
+        twin.weights = _weights(twin.module)
+        return twin
 
     def __call__(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[:2]
