@@ -561,7 +561,9 @@ class UnifiedVoice(EmotionPath, nn.Module):
         device = conds.device
         rows, spans = [], []
         for i in range(b):
-            text = texts[i].to(device, torch.int64).flatten()  # the ids may be on the CPU
+            # The ids may be on the host: an asynchronous copy, as a blocking one waits for the
+            # GPU's queue to drain.
+            text = texts[i].to(device, torch.int64, non_blocking=True).flatten()
             text = F.pad(text, (1, 0), value=self.start_text_token)
             text = F.pad(text, (0, 1), value=self.stop_text_token)
             mel = F.pad(codes[i].long().flatten(), (1, 0), value=self.start_mel_token)
