@@ -97,8 +97,13 @@ class PaddedGraphs:
         buffers, and adding to the same ``counts`` (a module's tally of every runner)."""
         twin = type(self).__new__(type(self))
         memo[id(self)] = twin
-        fresh = {"counts": self.counts, "graphs": GraphCache(self.max_graphs), "eager_calls": {}}
-        fresh.update(captures=0, replays=0)
+        fresh = {
+            "counts": self.counts,
+            "graphs": GraphCache(self.max_graphs),
+            "eager_calls": {},
+            "captures": 0,
+            "replays": 0,
+        }
         for name, value in vars(self).items():
             setattr(twin, name, fresh[name] if name in fresh else copy.deepcopy(value, memo))
         twin.weights = _weights(twin.module)
