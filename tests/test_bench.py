@@ -35,9 +35,22 @@ def test_variant_parse():
     assert v.s2mel_compile and v.s2mel == "bfloat16" and v.batches == (1, 16)
     assert v.name == "bfloat16:bfloat16+compile:tf32"
     assert Variant.parse("float32@1#graph,graphc").decoders == ("graph", "graphc")
+    assert Variant.parse("bfloat16:bfloat16").features == "float32"
+    v = Variant.parse("bfloat16:bfloat16+compile:bfloat16:tf32@1#graphkk")
+    assert (v.features, v.vocoder, v.batches, v.decoders) == (
+        "tf32",
+        "bfloat16",
+        (1,),
+        ("graphkk",),
+    )
+    assert v.name == "bfloat16:bfloat16+compile:bfloat16:tf32"
+    assert Variant.parse("float32:float32:float32:float32").name == "float32:float32:float32"
     with pytest.raises(ValueError):
         Variant.parse("float32#fast")
-    for bad in ("int8", "float32:half", "a:b:c:d", "", "float32@x"):
+    for bad in ("int8", "float32:half", "a:b:c:d", "", "float32@x", "float32:float32:float32:x"):
+        with pytest.raises(ValueError):
+            Variant.parse(bad)
+    for bad in ("float32:float32:float32:float32:float32",):
         with pytest.raises(ValueError):
             Variant.parse(bad)
 
@@ -105,6 +118,11 @@ def test_bench_tiny_cpu(tmp_path, capsys):
             "1",
             "--gpt-decoder",
             "graph,eager",
+            "--precision",
+            "float32",
+            # The w2v-bert features at tf32: on the CPU, which has no TF32, float32's bits.
+            "--precision",
+            "float32:float32:float32:tf32@1#graph",
             "--write-checkpoints",
             str(tmp_path / "ckpt"),
             "--json",
@@ -119,12 +137,21 @@ def test_bench_tiny_cpu(tmp_path, capsys):
     assert "length-bucketed CUDA graphs (captures / replays): prefill " in text
     assert set(data["graphs"]) == {"prefill", "latent_pass", "conditioning"}
     results = data["results"]
-    assert {(r["batch"], r["decoder"]) for r in results} == {
-        (1, "graph"),
-        (2, "graph"),
-        (1, "eager"),
-        (2, "eager"),
+    assert {(r["variant"], r["batch"], r["decoder"]) for r in results} == {
+        ("float32:float32:float32", 1, "graph"),
+        ("float32:float32:float32", 2, "graph"),
+        ("float32:float32:float32", 1, "eager"),
+        ("float32:float32:float32", 2, "eager"),
+        ("float32:float32:float32:tf32", 1, "graph"),
     }
+    for r in results:
+        deviation = r["summary"].get("features_vs_float32")
+        if r["variant"].endswith("tf32"):
+            assert deviation == {"max_abs_diff": 0.0, "rel_l2": 0.0, "codes_equal": 1.0}
+        else:
+            assert deviation is None
+    assert "w2v-bert features against float32" in text
+    results = [r for r in results if not r["variant"].endswith("tf32")]
     for r in results:
         s = r["summary"]
         assert s["generated_tokens"] == 3  # the stop code is disabled: exactly --tokens
@@ -144,7 +171,7 @@ def test_bench_tiny_cpu(tmp_path, capsys):
                 assert run["decode_setup_s"] > 0 and run["decode_first_step_s"] > 0
             else:
                 assert "decode_setup_s" not in run
-    assert text.count("; decode loop ") == 2
+    assert text.count("; decode loop ") == 3  # one line per pass of the graph decoder
     assert (tmp_path / "ckpt" / "gpt.pth").is_file()
     assert "(TINY)" in data["what"]
 
@@ -667,3 +694,46 @@ def test_compile_repro_script_runs_on_cpu(tmp_path):
     found = repro.locate(net.train(), lambda: net(x), 3)
     assert found == {"call": 1, "module": "1", "type": "Dropout", "inputs_same": True}
     assert repro.locate(net.eval(), lambda: net(x), 3) is None
+
+
+def test_cond_profile_script_runs_on_cpu(tmp_path):
+    """scripts/device/cond_profile.py (where the prompt conditioning's time goes, and the
+    w2v-bert precisions against each other) runs: tiny set, CPU, one repeat. The CPU has no
+    TF32, so its tf32 features are float32's."""
+    from tts.bench import write_random_set
+
+    torch.set_num_threads(1)
+    write_random_set(tmp_path / "ckpt", tiny=True, seed=0, device="cpu")
+    script = _device_script("cond_profile")
+    out = tmp_path / "cond.json"
+    argv = ["--checkpoints", str(tmp_path / "ckpt"), "--device", "cpu", "--dtype", "float32"]
+    argv += ["--seconds", "1", "--repeats", "1", "--rows", "3", "--json", str(out)]
+    assert script.main(argv) == 0
+    result = json.loads(out.read_text())
+    found = result["features_precisions"]
+    assert set(found) == {
+        f"{kind}.{p}"
+        for kind in ("w2v_bert.batch", "conditioning", "rel_l2")
+        for p in ("float32", "tf32")
+    }
+    assert found["rel_l2.float32"] == found["rel_l2.tf32"] == 0.0
+    assert found["conditioning.tf32"] > 0 and result["spk_cond_ms"] > 0
+
+
+def test_features_precision_estimate_script_runs(tmp_path):
+    """scripts/features_precision_estimate.py (the CPU's estimate of each features
+    precision's effect, behind tests/test_gpu.py's bounds) runs on one layer and 20 frames,
+    and each emulated precision moves the features, by less than bf16 for TF32 and fp16."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "features_precision_estimate.py"
+    spec = importlib.util.spec_from_file_location("features_precision_estimate", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.set_num_threads(1)
+    out = tmp_path / "est.json"
+    assert script.main(["--layers", "1", "--frames", "20", "--json", str(out)]) == 0
+    found = json.loads(out.read_text())
+    assert len(found) == 4 and all(r["rel_l2"] > 0 for r in found.values())
+    worst = found["bfloat16"]["rel_l2"]
+    assert all(r["rel_l2"] < worst for name, r in found.items() if name != "bfloat16")

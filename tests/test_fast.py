@@ -877,8 +877,9 @@ def test_half_precision_estimator_gives_the_autocast_bits(item):
     """The solve's bf16 estimator (its Linear / Conv1d weights and biases stored in bf16)
     gives the same bits as the float32 estimator under the same bf16 autocast, which casts
     those weights in every call; everything else in it stays float32."""
-    from tts.fast.s2mel import _FusedConv1d, fused, precision_context
+    from tts.fast.s2mel import _FusedConv1d, fused
     from tts.parity import s2mel_cases as sc
+    from tts.precision import precision_context
 
     fs, case = item
     model = sc._model(fs, parity.RunOptions())

@@ -1023,8 +1023,8 @@ def test_speaker_conditioning_queues_campplus_while_w2v_bert_runs_cuda(demo_engi
     batch, regulate = features.batch, regulator.forward
     entered = []
 
-    def batch_then_strict(waves):
-        out = batch(waves)
+    def batch_then_strict(waves, *args):
+        out = batch(waves, *args)
         torch.cuda.set_sync_debug_mode("error")
         entered.append("features")
         return out
@@ -1044,6 +1044,80 @@ def test_speaker_conditioning_queues_campplus_while_w2v_bert_runs_cuda(demo_engi
     assert entered == ["features", "regulator"], entered
     for name, value in want.items():
         assert torch.equal(got[name], value), name
+
+
+# Relative L2 allowed between the w2v-bert features at each precision and float32's, at full
+# width (1024 wide, 17 layers, HF's random initialisation, 500 frames). Estimated before any
+# GPU ran them (2026-12-08, scripts/features_precision_estimate.py on the CPU): TF32 emulated
+# by truncating every matrix product's inputs to 10 mantissa bits 0.0050-0.0054, CPU autocast
+# fp16 0.0040 and bf16 0.032; each bound is about twice its estimate.
+FEATURES_BOUNDS = {"tf32": 0.01, "float16": 0.01, "bfloat16": 0.06}
+
+
+def test_features_precision_stays_within_its_bound_cuda():
+    """The w2v-bert encoder at full width under each ``features_precision``: the features
+    differ from float32's (the precision took effect) by at most its bound, come back float32,
+    and leave TF32 off afterwards (tts.pipeline.configure_cudnn's setting for the rest)."""
+    import json as _json
+    from importlib import resources
+
+    from tts.models.w2v_bert import SemanticFeatures, build_w2v_bert
+
+    cfg = _json.loads(resources.files("tts.data").joinpath("w2v-bert-2.0.config.json").read_text())
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = build_w2v_bert(cfg)
+    hidden_size = int(cfg["hidden_size"])
+    ones = torch.ones(hidden_size, device="cuda")
+    sem = SemanticFeatures(model, None, ones * 0, ones)
+    feats = torch.randn(2, 500, 160, device="cuda")
+    mask = torch.ones(2, 500, dtype=torch.long, device="cuda")
+    mask[1, 380:] = 0  # a shorter second row, as a speaker and an emotion prompt batched
+    with torch.no_grad():
+        exact, _ = sem.hidden(feats, mask)
+        for precision, bound in FEATURES_BOUNDS.items():
+            got, _ = sem.hidden(feats, mask, precision=precision)
+            assert got.dtype == torch.float32 and torch.isfinite(got).all()
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+            for row, frames in ((0, 500), (1, 380)):
+                want, have = exact[row, :frames], got[row, :frames]
+                rel = float((have - want).norm() / want.norm())
+                worst = float((have - want).abs().max())
+                REPORT.append(
+                    {
+                        "case": f"features_{precision}_row{row}",
+                        "rel_l2": rel,
+                        "max_abs": worst,
+                        "bound": bound,
+                    }
+                )
+                _write_report()
+                assert 0 < rel <= bound, (precision, row, rel)
+
+
+def test_engine_features_precision_cuda(demo_engines):
+    """An Engine opened with ``features_precision: tf32`` conditions a speaker with TF32
+    features (not float32's bits; within the TF32 bound) and the rest of the conditioning
+    from them, and leaves TF32 off for every later stage."""
+    from pathlib import Path
+
+    from tts.pipeline import Engine
+
+    fast, _ = demo_engines
+    speaker = sorted((Path(__file__).resolve().parents[1] / "config" / "speakers").glob("*.wav"))[0]
+    tf32 = Engine.open(fast.cs.root, device="cuda", features_precision="tf32")
+    assert tf32.provenance()["features_precision"] == "tf32"
+    fast.clear_prompt_cache()
+    want = fast.speaker_conditioning(speaker, emotion_too=True)
+    got = tf32.speaker_conditioning(speaker, emotion_too=True)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    a, b = got["spk_cond_emb"], want["spk_cond_emb"]
+    rel = float((a - b).norm() / b.norm())
+    REPORT.append({"case": "engine_features_tf32", "rel_l2": rel})
+    _write_report()
+    assert 0 < rel <= FEATURES_BOUNDS["tf32"]
+    assert torch.equal(got["style"], want["style"]) and torch.equal(got["ref_mel"], want["ref_mel"])
 
 
 def test_filterbanks_equal_the_transformers_extractor_cuda(tmp_path):
@@ -1132,8 +1206,8 @@ def test_vocoder_bias_and_residual_folding_cuda(precision):
     from tts.bench import randomize_
     from tts.fast import FALLBACKS
     from tts.fast.bigvgan import fuse_activations
-    from tts.fast.s2mel import precision_context
     from tts.models.bigvgan import BigVGAN
+    from tts.precision import precision_context
 
     cfg = json.loads(
         resources.files("tts.data").joinpath("bigvgan_v2_22khz_80band_256x.json").read_text()
@@ -1165,8 +1239,9 @@ def test_half_precision_estimator_gives_the_autocast_bits_cuda(precision):
     rounding) it is within the half-precision bound of the DiT's parity cases of the float32
     estimator without autocast, as the plain autocast is."""
     from tts.bench import bench_config, randomize_
-    from tts.fast.s2mel import _FusedConv1d, fused, precision_context
+    from tts.fast.s2mel import _FusedConv1d, fused
     from tts.models.s2mel import S2Mel
+    from tts.precision import precision_context
 
     cfg, _, _ = bench_config(False)
     with torch.no_grad():

@@ -488,20 +488,48 @@ def test_text_stage_plans_each_row_and_fails_a_bad_one_alone(tmp_path):
     assert len(rows["c"]["plan"]["segment_ids"]) > 1  # the row's own segment length was used
 
 
-def test_render_precision_is_checked_and_needs_cuda():
+@pytest.mark.parametrize("setting", ["render_precision", "features_precision"])
+def test_precisions_are_checked_and_need_cuda(setting):
     import torch
 
-    from tts.fast.s2mel import PRECISIONS
+    from tts.cli import PRECISIONS as CLI_PRECISIONS
     from tts.pipeline import Engine
+    from tts.precision import PRECISIONS
 
     schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
-    assert set(schema["properties"]["render_precision"]["enum"]) == set(PRECISIONS)
+    assert set(schema["properties"][setting]["enum"]) == set(PRECISIONS)
+    assert CLI_PRECISIONS == PRECISIONS
     cpu = torch.device("cpu")
-    with pytest.raises(ValueError, match="needs CUDA and fast: true"):
-        Engine(None, cpu, torch.float32, render_precision="bfloat16")
+    with pytest.raises(ValueError, match=f"{setting} bfloat16 needs CUDA and fast: true"):
+        Engine(None, cpu, torch.float32, **{setting: "bfloat16"})
     with pytest.raises(ValueError, match="is not one of"):
-        Engine(None, cpu, torch.float32, render_precision="int8")
-    assert Engine(None, cpu, torch.float32).render_precision == "float32"
+        Engine(None, cpu, torch.float32, **{setting: "int8"})
+    assert getattr(Engine(None, cpu, torch.float32), setting) == "float32"
+
+
+def test_settings_name_the_features_precision_only_when_it_is_not_the_default(
+    tmp_path, monkeypatch
+):
+    """settings.json (an input of the prompt conditioning's rules) names the features
+    precision when one is set, so that changing it reruns them; at its default it is left out,
+    so results made before the setting existed stay current."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    cfg = _base_config()
+    cfg["checkpoints"] = str(tmp_path / "no-checkpoints")
+    settings = tmp_path / "results/settings.json"
+    for value, want in (
+        (None, {"dtype": "float32"}),
+        ("float32", {"dtype": "float32"}),
+        ("tf32", {"dtype": "float32", "features_precision": "tf32"}),
+    ):
+        if value is not None:
+            cfg["features_precision"] = value
+        _validate_config(cfg)
+        jobs.prepare(cfg)
+        assert json.loads(settings.read_text()) == want
 
 
 def test_cudnn_benchmark_is_opt_in():

@@ -61,6 +61,7 @@ def test_engine_reports_demo_and_provenance(engine):
     prov = engine.provenance()
     assert prov["demo_checkpoints"] is True and prov["device"] == "cpu"
     assert prov["gpt_dtype"] == "float32" and "cudnn_enabled" in prov
+    assert prov["features_precision"] == prov["render_precision"] == "float32"
     assert {"cudnn_benchmark", "cudnn_deterministic"} <= set(prov)
 
 
@@ -182,6 +183,39 @@ def test_speaker_and_emotion_features_in_one_forward(demo, engine, speaker_wav):
         _request(speaker_wav, emo_audio=other, emo_vector=[0.5] + [0] * 7)
     )
     assert speaker_is_emotion_prompt(_request(speaker_wav, emo_audio=other, emo_text=""))
+
+
+def test_features_precision_reaches_every_w2v_bert_forward(demo, engine, speaker_wav):
+    """The Engine runs w2v-bert at its ``features_precision`` for the speaker's features, the
+    same file's emotion features computed with them, and an emotion prompt's alone; nothing
+    else in the conditioning changes. Only CUDA with the fast paths may ask for anything but
+    float32, so the CPU's bf16 autocast stands in for it here, set after opening."""
+    half = Engine.open(demo, device="cpu")
+    half.features_precision = "bfloat16"
+    features = half.part("features")
+    asked = []
+    hidden = features.hidden
+    features.hidden = lambda *a, **k: asked.append(k.get("precision")) or hidden(*a, **k)
+    spk = half.speaker_conditioning(speaker_wav, emotion_too=True)
+    emo = half.emotion_features(speaker_wav)
+    other = sorted(SPEAKERS.glob("*.wav"))[-1]
+    emo_other = half.emotion_features(other)
+    assert asked == ["bfloat16", "bfloat16"]  # the first forward gave the speaker's emotion too
+    want = engine.speaker_conditioning(speaker_wav)
+    got, exact = spk["spk_cond_emb"], want["spk_cond_emb"]
+    assert not torch.equal(got, exact)
+    assert float((got - exact).norm() / exact.norm()) < 0.1  # test_semantic.py's bf16 bound
+    assert torch.equal(spk["style"], want["style"]) and torch.equal(spk["ref_mel"], want["ref_mel"])
+    for got, exact in (
+        (emo, engine.emotion_features(speaker_wav)),
+        (emo_other, engine.emotion_features(other)),
+    ):
+        assert not torch.equal(got, exact)
+        assert float((got - exact).norm() / exact.norm()) < 0.1
+    with pytest.raises(ValueError, match="features_precision bfloat16 needs CUDA"):
+        Engine.open(demo, device="cpu", features_precision="bfloat16")
+    with pytest.raises(ValueError, match="features_precision 'int8' is not one of"):
+        Engine.open(demo, device="cpu", features_precision="int8")
 
 
 def test_emotion_with_given_features_does_not_import_transformers(
@@ -473,8 +507,9 @@ def test_synth_command_writes_a_22050_hz_wav(demo, speaker_wav, tmp_path, capsys
     assert not list(tmp_path.glob(".*.tmp")), "temporary file left behind"
 
 
-def test_synth_command_refuses_half_render_precision_on_the_cpu(
-    demo, speaker_wav, tmp_path, capsys
+@pytest.mark.parametrize("setting", ["render_precision", "features_precision"])
+def test_synth_command_refuses_half_precisions_on_the_cpu(
+    setting, demo, speaker_wav, tmp_path, capsys
 ):
     out = tmp_path / "o.wav"
     rc = cli.main(
@@ -490,12 +525,12 @@ def test_synth_command_refuses_half_render_precision_on_the_cpu(
             str(out),
             "--device",
             "cpu",
-            "--render-precision",
+            "--" + setting.replace("_", "-"),
             "bfloat16",
         ]
     )
     assert rc == 2
-    assert "render_precision bfloat16 needs CUDA" in capsys.readouterr().err
+    assert f"{setting} bfloat16 needs CUDA" in capsys.readouterr().err
     assert not out.exists()
 
 

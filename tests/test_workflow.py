@@ -247,7 +247,7 @@ def test_nothing_reruns_after_a_finished_run(finished):
 def test_settings_rerun_only_the_stages_they_affect(finished):
     """A finished run: nothing to do; another render precision: render, score and report only
     (per batch); another GPT dtype: every row stage (dtype is part of each row's spec), not the
-    checkpoint checks."""
+    checkpoint checks; another features precision: every row stage but the text front-end."""
     wd, _ = finished
     assert job_counts(wd) == {}
     assert job_counts(wd, render_precision="bfloat16") == {
@@ -264,6 +264,15 @@ def test_settings_rerun_only_the_stages_they_affect(finished):
         "report": 1,
         "all": 1,
     }, counts
+    # The w2v-bert features' precision: the prompt conditioning and every GPU stage after it,
+    # not the text front-end; its default, written out, changes nothing.
+    assert job_counts(wd, features_precision="float32") == {}
+    assert job_counts(wd, features_precision="tf32") == {
+        **dict.fromkeys(BATCH_RULES, 1),
+        "speaker_conditioning": 1,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_only_new_and_edited_rows_rerun(finished):

@@ -54,12 +54,12 @@ from tts.checkpoints import merge_config
 from tts.fast import decode as fast_decode
 from tts.fast.decode import VARIANTS
 from tts.models.gpt import SPEAKER_LATENTS
+from tts.precision import PRECISIONS, precision_context
 
 SAMPLE_RATE = 22050
 HOP = 256  # BigVGAN samples per mel frame
 STAGES = ("spk_cond", "emo_cond", "gpt_generate", "gpt_latent", "s2mel", "vocoder", "post")
 COND_STAGES = ("spk_cond", "emo_cond")
-PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 GPT_DTYPES = ("float32", "bfloat16", "float16")
 # Every named variant of tts.fast.decode.VARIANTS (static cache + CUDA graphs; graph = op by op,
 # graphf = fused compiled layers + swap reorder + compiled token choice, graphfi = the same with
@@ -461,8 +461,9 @@ def render_flops(
 
 @dataclass
 class Variant:
-    """One benchmark variant: the GPT dtype, s2mel and vocoder precisions (``+compile`` after
-    the s2mel precision: torch.compile the DiT), and optionally its own batch sizes."""
+    """One benchmark variant: the GPT dtype, s2mel, vocoder and w2v-bert features precisions
+    (``+compile`` after the s2mel precision: torch.compile the DiT), and optionally its own
+    batch sizes."""
 
     gpt: str = "float32"
     s2mel: str = "float32"
@@ -470,10 +471,12 @@ class Variant:
     s2mel_compile: bool = False
     batches: tuple[int, ...] | None = None
     decoders: tuple[str, ...] | None = None
+    features: str = "float32"
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """``GPT[:S2MEL[+compile][:VOCODER]][@B1,B2,...][#DECODER,...]``."""
+        """``GPT[:S2MEL[+compile][:VOCODER[:FEATURES]]][@B1,B2,...][#DECODER,...]`` (the
+        vocoder's precision defaults to the s2mel's, the features' to float32)."""
         spec, _, decoder_text = spec.partition("#")
         decoders = tuple(d for d in decoder_text.split(",") if d) or None
         for d in decoders or ():
@@ -481,16 +484,19 @@ class Variant:
                 raise ValueError(f"decoder {d!r} is not one of {DECODERS}")
         spec, _, batch_text = spec.partition("@")
         parts = spec.split(":")
-        if len(parts) > 3 or not parts[0]:
-            raise ValueError(f"precision spec {spec!r}: use GPT[:S2MEL[+compile][:VOCODER]][@B,..]")
+        if len(parts) > 4 or not parts[0]:
+            raise ValueError(
+                f"precision spec {spec!r}: use GPT[:S2MEL[+compile][:VOCODER[:FEATURES]]][@B,..]"
+            )
         gpt = parts[0]
         s2mel = parts[1] if len(parts) > 1 else "float32"
         compile_ = s2mel.endswith("+compile")
         s2mel = s2mel.removesuffix("+compile")
         vocoder = parts[2] if len(parts) > 2 else s2mel
+        features = parts[3] if len(parts) > 3 else "float32"
         if gpt not in GPT_DTYPES:
             raise ValueError(f"GPT dtype {gpt!r} is not one of {GPT_DTYPES}")
-        for p in (s2mel, vocoder):
+        for p in (s2mel, vocoder, features):
             if p not in PRECISIONS:
                 raise ValueError(f"precision {p!r} is not one of {PRECISIONS}")
         batches = None
@@ -501,11 +507,14 @@ class Variant:
                 raise ValueError(
                     f"precision spec {spec!r}: bad batch list {batch_text!r}"
                 ) from None
-        return cls(gpt, s2mel, vocoder, compile_, batches, decoders)
+        return cls(gpt, s2mel, vocoder, compile_, batches, decoders, features)
 
     @property
     def name(self) -> str:
-        return f"{self.gpt}:{self.s2mel}{'+compile' if self.s2mel_compile else ''}:{self.vocoder}"
+        """The spec without batches and decoders; the features' precision only if not
+        float32 (so names of earlier runs stay what they were)."""
+        name = f"{self.gpt}:{self.s2mel}{'+compile' if self.s2mel_compile else ''}:{self.vocoder}"
+        return name if self.features == "float32" else f"{name}:{self.features}"
 
 
 @dataclass
@@ -609,6 +618,7 @@ class Bench:
         ]
         extra: dict = {}
 
+        eng.features_precision = variant.features  # Engines are shared by GPT dtype
         eng.clear_prompt_cache()  # every pass conditions the prompt anew, as a new prompt is
         clock = StageClock(dev)
         spk = eng.speaker_conditioning(self.prompt, speaker_is_emotion_prompt(self.request))
@@ -671,7 +681,7 @@ class Bench:
             compile=variant.s2mel_compile,
         )
         clock.mark("s2mel")
-        with fast_s2mel.precision_context(variant.vocoder, dev):
+        with precision_context(variant.vocoder, dev):
             wav = vocoder(mel.float())
         clock.mark("vocoder")
         wav = wav.float().clamp(-1.0, 1.0).cpu()
@@ -794,8 +804,32 @@ class Bench:
             summary["decode_loop_ms_per_step"] = 1e3 * statistics.median(loops) / max(steps, 1)
         if cuda:
             summary["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if variant.features != "float32":
+            summary["features_vs_float32"] = self.features_deviation(variant.features)
         res.summary = summary
         return res
+
+    @torch.no_grad()
+    def features_deviation(self, precision: str) -> dict:
+        """The cost of running the prompt's w2v-bert encoder at ``precision``, on this run's
+        weights and prompt: how far its normalised features are from float32's (largest
+        difference, relative L2), and the share of the prompt's semantic codes (what s2mel's
+        prompt condition is made of) that stay the same."""
+        from tts.audio import load_prompt, resample
+
+        features = self.engine.part("features")
+        codec = self.engine.part("semantic_codec")
+        wav16 = resample(load_prompt(self.prompt, SAMPLE_RATE)[0], SAMPLE_RATE, 16000)
+        exact = features(wav16.to(self.device))
+        other = features(wav16.to(self.device), precision)
+        diff = other - exact
+        codes_exact, _ = codec.quantize(exact)
+        codes_other, _ = codec.quantize(other)
+        return {
+            "max_abs_diff": float(diff.abs().max()),
+            "rel_l2": float(diff.norm() / exact.norm()),
+            "codes_equal": float((codes_exact == codes_other).float().mean()),
+        }
 
 
 def _decode_host_times(rec: dict) -> str:
@@ -896,6 +930,16 @@ def print_table(
             f" {floor + kv:.3f} ms; measured {s['gpt_ms_per_token']:.3f} ms ="
             f" {s['gpt_ms_per_token'] / (floor + kv):.2f}x"
         )
+    deviations = [r for r in results if "features_vs_float32" in r.summary]
+    if deviations:
+        print("w2v-bert features against float32 (the prompt's normalised features; codes kept):")
+    for r in deviations:
+        d = r.summary["features_vs_float32"]
+        print(
+            f"   {r.variant:26s} {r.decoder:6s} B={r.batch:<3d} largest difference"
+            f" {d['max_abs_diff']:.3g}, relative L2 {d['rel_l2']:.3g}, semantic codes kept"
+            f" {d['codes_equal']:.4f}"
+        )
     print("s2mel / vocoder FLOPs per row (torch.utils.flop_counter) and the rate reached:")
     for r in results:
         s = r.summary
@@ -962,7 +1006,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     variants = [Variant.parse(s) for s in (args.precision or ["float32"])]
     if device.type == "cpu" and any(
-        v.gpt != "float32" or v.s2mel in ("bfloat16", "float16") for v in variants
+        v.gpt != "float32" or {v.s2mel, v.vocoder, v.features} & {"bfloat16", "float16"}
+        for v in variants
     ):
         raise ValueError("half-precision variants need CUDA; use --precision float32 on the CPU")
     batches = [int(b) for b in str(args.batch).split(",") if b]
@@ -1105,7 +1150,7 @@ def add_bench_parser(subparsers) -> None:
     s.add_argument(
         "--precision",
         action="append",
-        help="GPT[:S2MEL[+compile][:VOCODER]][@B,..][#DEC,..] precisions, repeatable, "
+        help="GPT[:S2MEL[+compile][:VOCODER[:FEATURES]]][@B,..][#DEC,..] precisions, repeatable, "
         "e.g. float32, bfloat16:tf32:tf32@1,16 or bfloat16:bfloat16+compile:"
         "bfloat16#graphc (default float32; @ and # give the variant its own "
         "batch sizes and decoders)",

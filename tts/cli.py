@@ -12,6 +12,9 @@ from pathlib import Path
 
 from tts import __version__
 
+# tts.precision.PRECISIONS, written out so that the parser needs no torch import.
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+
 # The official IndexTeam/IndexTTS-2 config.yaml, shipped with the package.
 OFFICIAL_CONFIG = Path(__file__).resolve().parent / "data" / "config.official.yaml"
 
@@ -171,6 +174,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         fast=not args.no_fast,
         gpt_decoder=args.gpt_decoder,
         render_precision=args.render_precision,
+        features_precision=args.features_precision,
         cudnn_benchmark=args.cudnn_benchmark,
     )
     vector = [float(v) for v in args.emo_vector.split(",")] if args.emo_vector else None
@@ -298,8 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--render-precision",
         default="float32",
-        choices=["float32", "tf32", "bfloat16", "float16"],
+        choices=PRECISIONS,
         help="DiT solve and vocoder precision (CUDA with the fast paths)",
+    )
+    s.add_argument(
+        "--features-precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="the prompts' w2v-bert encoder precision (CUDA with the fast paths)",
     )
     s.add_argument(
         "--gpt-decoder",

@@ -798,7 +798,13 @@ def prepare(config: dict) -> Plan:
             ],
         },
     )
-    write_if_changed(f"{results}/settings.json", {"dtype": dtype})
+    # The prompt conditioning and every stage after it depend on these. A setting at its
+    # default is left out, so that results made before it existed stay current.
+    settings = {"dtype": dtype}
+    features_precision = str(config.get("features_precision", "float32"))
+    if features_precision != "float32":
+        settings["features_precision"] = features_precision
+    write_if_changed(f"{results}/settings.json", settings)
     # Only the render stage (and what follows it) depends on its precision.
     write_if_changed(
         f"{results}/render_settings.json",
@@ -967,6 +973,7 @@ def open_engine(config: dict):
             render_batch_items=int(config.get("render_batch_items", 16)),
             gpt_decoder=str(config.get("gpt_decoder", ONE_CALL_DECODER)),
             render_precision=str(config.get("render_precision", "float32")),
+            features_precision=str(config.get("features_precision", "float32")),
             cudnn_benchmark=bool(config.get("cudnn_benchmark", False)),
         )
         log.info(

@@ -282,7 +282,9 @@ class Engine:
     :meth:`semantic_tokens`). ``render_precision`` (CUDA with ``fast`` only): the precision of
     the flow-matching solve and of BigVGAN, as ``tts bench``'s s2mel/vocoder precisions
     (float32 = the reference; tf32, bfloat16, float16 trade exactness for speed: docs/gpu.md
-    lists the measured bounds of the half-precision cases).
+    lists the measured bounds of the half-precision cases). ``features_precision`` (CUDA with
+    ``fast`` only): the precision of the w2v-bert encoder of the speaker and emotion prompts
+    (same choices; float32 = the reference, the only one whose features equal its own).
     """
 
     sample_rate = SAMPLE_RATE
@@ -297,6 +299,7 @@ class Engine:
         gpt_decoder: str = DEFAULT_DECODER,
         render_precision: str = "float32",
         render_batch_items: int = 16,
+        features_precision: str = "float32",
     ):
         self.cs = cs
         self.device = device
@@ -313,17 +316,8 @@ class Engine:
         if gpt_decoder not in VARIANTS:
             raise ValueError(f"gpt_decoder {gpt_decoder!r} is not one of {', '.join(VARIANTS)}")
         self.gpt_decoder = gpt_decoder
-        from tts.fast.s2mel import PRECISIONS
-
-        if render_precision not in PRECISIONS:
-            raise ValueError(
-                f"render_precision {render_precision!r} is not one of {', '.join(PRECISIONS)}"
-            )
-        if render_precision != "float32" and not self.fast:
-            raise ValueError(
-                f"render_precision {render_precision} needs CUDA and fast: true; use float32"
-            )
-        self.render_precision = render_precision
+        self.render_precision = self._precision("render_precision", render_precision)
+        self.features_precision = self._precision("features_precision", features_precision)
         self._parts: dict[str, object] = {}
         self._prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self._vocoder_fused = False
@@ -338,6 +332,18 @@ class Engine:
         # all the same, loads the emotion path alone.
         self.gpt_speech_alone = False
 
+    def _precision(self, setting: str, value: str) -> str:
+        """``value`` if it is one of :data:`tts.precision.PRECISIONS` that this engine can run
+        (anything but float32 needs CUDA and the fast paths), else a ValueError naming
+        ``setting``."""
+        from tts.precision import PRECISIONS
+
+        if value not in PRECISIONS:
+            raise ValueError(f"{setting} {value!r} is not one of {', '.join(PRECISIONS)}")
+        if value != "float32" and not self.fast:
+            raise ValueError(f"{setting} {value} needs CUDA and fast: true; use float32")
+        return value
+
     @classmethod
     def open(
         cls,
@@ -350,6 +356,7 @@ class Engine:
         render_precision: str = "float32",
         cudnn_benchmark: bool = False,
         render_batch_items: int = 16,
+        features_precision: str = "float32",
     ) -> Engine:
         """Open a checkpoint set for inference; fails early on a missing file or device.
 
@@ -357,6 +364,7 @@ class Engine:
         ``gpt_batch_items``: most generation items per GPT call; ``gpt_decoder``: the fast
         decoder's variant; ``render_precision``: s2mel solve and vocoder precision;
         ``render_batch_items``: most segments per s2mel solve (CUDA with ``fast``);
+        ``features_precision``: the prompts' w2v-bert encoder precision;
         ``cudnn_benchmark``: let cuDNN time its kernels per shape (see :func:`configure_cudnn`).
 
         Also fails early, naming the file, on anything :func:`tts.preflight.check_set` finds
@@ -390,6 +398,7 @@ class Engine:
             gpt_decoder=gpt_decoder,
             render_precision=render_precision,
             render_batch_items=render_batch_items,
+            features_precision=features_precision,
         )
 
     @property
@@ -474,6 +483,7 @@ class Engine:
             else platform.processor() or platform.machine(),
             "gpt_dtype": str(self.dtype).removeprefix("torch."),
             "render_precision": self.render_precision,
+            "features_precision": self.features_precision,
             "fast": self.fast,
             "gpt_decoder": self.gpt_decoder if self.fast else "tts.generation (plain)",
             "gpt_batch_items": self.gpt_batch_items,
@@ -584,10 +594,10 @@ class Engine:
         fbank = campplus_features(wav16).unsqueeze(0)
         features = self.part("features")
         if emotion_now:
-            spk_cond_emb, emo_cond = features.batch([wav16, emo16])
+            spk_cond_emb, emo_cond = features.batch([wav16, emo16], self.features_precision)
             self._memo("emotion", key, lambda: emo_cond)
         else:
-            spk_cond_emb = features(wav16)
+            spk_cond_emb = features(wav16, self.features_precision)
         _, s_ref = self.part("semantic_codec").quantize(spk_cond_emb)
         style = self._campplus()(fbank)
         ylens = torch.full((1,), ref_mel.size(2), device=dev)
@@ -631,7 +641,9 @@ class Engine:
         return self._memo(
             "emotion",
             _file_key(audio_path),
-            lambda: self.part("features")(load_prompt(audio_path, 16000)[0]),
+            lambda: self.part("features")(
+                load_prompt(audio_path, 16000)[0], self.features_precision
+            ),
         )
 
     @torch.no_grad()
@@ -1310,7 +1322,7 @@ class Engine:
 
         if self.render_precision == "float32":
             return nullcontext()
-        from tts.fast.s2mel import precision_context
+        from tts.precision import precision_context
 
         return precision_context(self.render_precision, self.device)
 

@@ -47,6 +47,7 @@ from tts.bench import bench_config, randomize_  # noqa: E402
 from tts.fast import s2mel as fast_s2mel  # noqa: E402
 from tts.models.s2mel import S2Mel  # noqa: E402
 from tts.pipeline import configure_cudnn  # noqa: E402
+from tts.precision import precision_context  # noqa: E402
 
 
 def difference(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         args_in = inputs(s2mel.cfm.estimator, 2 * batch, args.frames, device, gen)
 
         def call(m, a=args_in):
-            with torch.no_grad(), fast_s2mel.precision_context(args.precision, device):
+            with torch.no_grad(), precision_context(args.precision, device):
                 with sdpa_backends(args.sdpa):
                     return m(*a).clone()
 

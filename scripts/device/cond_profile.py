@@ -148,7 +148,7 @@ def pair(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> 
             e, b = gpt.get_emovec(emo, n), gpt.get_emovec(spk, n)
             return b + 1.0 * (e - b)
 
-        with eng._gpt_autocast():
+        with torch.no_grad(), eng._gpt_autocast():
             one_ms, one = timed(lambda: gpt.merge_emovec(spk, emo, n, n, alpha=1.0), repeats, dev)
             out["merge.one_pass"] = one_ms
             out["merge.two_passes"], sep = timed(two, repeats, dev)
@@ -156,6 +156,51 @@ def pair(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> 
         out["max_abs.merge"] = float(sep.abs().max())
     print(
         "speaker + emotion conditioning (ms, and differences): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in out.items())
+    )
+    return out
+
+
+def precisions(
+    eng: Engine, prompt: Path, request: SynthesisRequest, names: list[str], repeats: int
+) -> dict:
+    """The w2v-bert encoder at each ``features_precision`` in ``names``: the batched forward
+    of a row's speaker and emotion waveforms (``SemanticFeatures.batch``) and the row's whole
+    prompt conditioning (speaker with ``emotion_too``, then emotion), the precisions
+    alternating within each repeat so that a drifting host slows all alike. Medians, ms; and
+    each precision's features against float32's (relative L2)."""
+    dev = eng.device
+    feats = eng.part("features")
+    wav22, sr = load_prompt(prompt, SPEAKER_SAMPLE_RATE)
+    wav16, w16 = resample(wav22, sr, 16000), load_prompt(prompt, 16000)[0]
+    forward = {p: [] for p in names}
+    whole = {p: [] for p in names}
+
+    def conditioning(precision: str):
+        eng.features_precision = precision
+        eng.clear_prompt_cache()
+        spk = eng.speaker_conditioning(prompt, emotion_too=True)
+        return eng.emotion_conditioning(request, spk)
+
+    saved = eng.features_precision
+    try:
+        for _ in range(repeats):
+            for p in names:
+                timed(lambda p=p: feats.batch([wav16, w16], p), 1, dev, forward[p])
+                timed(lambda p=p: conditioning(p), 1, dev, whole[p])
+    finally:
+        eng.features_precision = saved
+    exact = feats.batch([wav16, w16])
+    out: dict = {}
+    for p in names:
+        out[f"w2v_bert.batch.{p}"] = statistics.median(forward[p])
+        out[f"conditioning.{p}"] = statistics.median(whole[p])
+        got = feats.batch([wav16, w16], p)
+        out[f"rel_l2.{p}"] = max(
+            float((g - e).norm() / e.norm()) for g, e in zip(got, exact, strict=True)
+        )
+    print(
+        "features precisions (ms, and relative L2 against float32): "
         + ", ".join(f"{k} {v:.4g}" for k, v in out.items())
     )
     return out
@@ -187,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="prompt length")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rows", type=int, default=25, help="profiler table rows")
+    ap.add_argument(
+        "--features-precisions",
+        default="float32,tf32",
+        help="comma-separated w2v-bert precisions to time against each other (CUDA: any of "
+        "float32, tf32, bfloat16, float16; the CPU runs float32 and tf32 alike)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -241,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     result["gpt_latent_cached_ms"], _ = timed(lambda: latent(False), args.repeats, dev)
     result["pieces_ms"] = pieces(eng, prompt, request, args.repeats)
     result["pair_ms"] = pair(eng, prompt, request, args.repeats)
+    names = [p for p in args.features_precisions.split(",") if p]
+    result["features_precisions"] = precisions(eng, prompt, request, names, args.repeats)
     print(
         f"speaker_conditioning {result['spk_cond_ms']:.2f} ms, "
         f"emotion_conditioning {result['emo_cond_ms']:.2f} ms (medians)"

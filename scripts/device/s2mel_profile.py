@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tts.bench import bench_config, kernel_rows, median_cuda_ms, randomize_  # noqa: E402
-from tts.fast.s2mel import fused, precision_context  # noqa: E402
+from tts.fast.s2mel import fused  # noqa: E402
 from tts.models.s2mel import S2Mel  # noqa: E402
 from tts.pipeline import configure_cudnn  # noqa: E402
+from tts.precision import precision_context  # noqa: E402
 
 
 def inputs(dit, rows: int, frames: int, device: torch.device, gen: torch.Generator) -> tuple:

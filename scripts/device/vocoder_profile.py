@@ -57,8 +57,8 @@ from tts.bench import (  # noqa: E402
     vocoder_flops,
 )
 from tts.fast import bigvgan as fast_bigvgan  # noqa: E402
-from tts.fast.s2mel import precision_context  # noqa: E402
 from tts.models.bigvgan import Activation1d, BigVGAN, WNConv  # noqa: E402
+from tts.precision import precision_context  # noqa: E402
 
 
 def config(tiny: bool) -> dict:

@@ -19,7 +19,6 @@ how the loop is launched:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import types
 import weakref
@@ -31,11 +30,10 @@ from torch import nn
 from tts.fast.graphs import GraphCache
 from tts.models import cfm as _cfm
 from tts.models import dit as _dit
+from tts.precision import HALF, precision_context
 
 # The plain solver, kept before tts.fast.patched() can replace CFM.solve.
 PLAIN_SOLVE = _cfm.CFM.solve
-PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
-HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # the autocast precisions
 MAX_GRAPHS = 8
 # Dynamo keeps one cache entry of the DiT's forward per compiled estimator and input shape, in
 # one cache for the whole process; past its limit (8 by default) it would run later ones
@@ -177,29 +175,6 @@ def fused(dit: nn.Module) -> FusedEstimator:
     if entry is None or entry.versions != _versions(dit):
         entry = _FUSED[dit] = FusedEstimator(dit)
     return entry
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device):
-    """Autocast / TF32 settings for one solve (restored afterwards)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"s2mel precision {precision!r} is not one of {PRECISIONS}")
-    if precision in HALF:
-        dtype = HALF[precision]
-        # No autocast weight cache: a CUDA graph must not keep pointers to cached casts.
-        with torch.autocast(device.type, dtype=dtype, cache_enabled=False):
-            yield
-        return
-    if precision == "tf32" and device.type == "cuda":
-        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-        return
-    yield
 
 
 @torch.no_grad()

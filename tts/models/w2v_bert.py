@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tts.checkpoints import CheckpointSet
+from tts.precision import precision_context
 
 # Packages transformers imports at load time only for code this project never runs: the
 # generation utilities' assisted decoding (scikit-learn) and the object-detection losses'
@@ -286,27 +287,39 @@ class SemanticFeatures:
         input_features: torch.Tensor,
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
+        precision: str = "float32",
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """(``hidden_states[layer]`` ``[B, T, hidden]``, all hidden states 0..layer or None)."""
+        """(``hidden_states[layer]`` ``[B, T, hidden]``, all hidden states 0..layer or None).
+
+        ``precision`` (:data:`tts.precision.PRECISIONS`): the encoder's arithmetic; float32 is
+        the reference's. Under ``bfloat16`` / ``float16`` autocast the states come back in the
+        model's dtype all the same."""
         feats = input_features.to(self.device, self.dtype)
         mask = None if attention_mask is None else attention_mask.to(self.device)
-        out = self.model(
-            input_features=feats, attention_mask=mask, output_hidden_states=output_hidden_states
-        )
-        return out.last_hidden_state, (out.hidden_states if output_hidden_states else None)
+        with precision_context(precision, self.device):
+            out = self.model(
+                input_features=feats,
+                attention_mask=mask,
+                output_hidden_states=output_hidden_states,
+            )
+        states = out.hidden_states if output_hidden_states else None
+        if states is not None:
+            states = tuple(h.to(self.dtype) for h in states)
+        return out.last_hidden_state.to(self.dtype), states
 
     def normalize(self, hidden: torch.Tensor) -> torch.Tensor:
         return (hidden - self.mean) / self.std
 
     @torch.no_grad()
-    def __call__(self, wave_16k: torch.Tensor) -> torch.Tensor:
-        """Waveform -> ``(hidden_states[17] - mean) / std``, ``[1, T, hidden]``."""
-        return self.batch([wave_16k])[0]
+    def __call__(self, wave_16k: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        """Waveform -> ``(hidden_states[17] - mean) / std``, ``[1, T, hidden]``; the encoder
+        at ``precision`` (see :meth:`hidden`)."""
+        return self.batch([wave_16k], precision)[0]
 
     @torch.no_grad()
-    def batch(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+    def batch(self, waves: list[torch.Tensor], precision: str = "float32") -> list[torch.Tensor]:
         """What :meth:`__call__` gives for each waveform, ``[1, T_i, hidden]``, from one
-        forward pass of the encoder over all of them.
+        forward pass of the encoder over all of them (at ``precision``, see :meth:`hidden`).
 
         Why: on a GPU one forward of this model at batch 1 is bound by the host issuing its
         ~900 small kernels, not by the GPU (docs/benchmarks.md, run CD), so two waveforms in one
@@ -323,7 +336,7 @@ class SemanticFeatures:
             [nn.functional.pad(f, (0, 0, 0, longest - f.size(1))) for f, _ in extracted]
         )
         mask = torch.cat([nn.functional.pad(m, (0, longest - m.size(1))) for _, m in extracted])
-        hidden, _ = self.hidden(feats, mask)
+        hidden, _ = self.hidden(feats, mask, precision=precision)
         return [
             self.normalize(hidden[i : i + 1, : f.size(1)]) for i, (f, _) in enumerate(extracted)
         ]
