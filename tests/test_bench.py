@@ -713,7 +713,7 @@ def test_cond_profile_script_runs_on_cpu(tmp_path):
     found = result["features_precisions"]
     assert set(found) == {
         f"{kind}.{p}"
-        for kind in ("w2v_bert.batch", "conditioning", "rel_l2")
+        for kind in ("w2v_bert.batch", "conditioning", "rel_l2", "kernels", "kernel_busy_ms")
         for p in ("float32", "tf32")
     }
     assert found["rel_l2.float32"] == found["rel_l2.tf32"] == 0.0

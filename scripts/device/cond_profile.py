@@ -162,13 +162,20 @@ def pair(eng: Engine, prompt: Path, request: SynthesisRequest, repeats: int) -> 
 
 
 def precisions(
-    eng: Engine, prompt: Path, request: SynthesisRequest, names: list[str], repeats: int
+    eng: Engine,
+    prompt: Path,
+    request: SynthesisRequest,
+    names: list[str],
+    repeats: int,
+    rows: int,
 ) -> dict:
     """The w2v-bert encoder at each ``features_precision`` in ``names``: the batched forward
     of a row's speaker and emotion waveforms (``SemanticFeatures.batch``) and the row's whole
     prompt conditioning (speaker with ``emotion_too``, then emotion), the precisions
-    alternating within each repeat so that a drifting host slows all alike. Medians, ms; and
-    each precision's features against float32's (relative L2)."""
+    alternating within each repeat so that a drifting host slows all alike. Medians, ms; each
+    precision's features against float32's (relative L2); and a profile of one batched
+    forward at each (its kernels' busy time against the forward's wall time tells whether
+    the GPU or the host issuing ~900 kernels bounds it)."""
     dev = eng.device
     feats = eng.part("features")
     wav22, sr = load_prompt(prompt, SPEAKER_SAMPLE_RATE)
@@ -199,6 +206,11 @@ def precisions(
         out[f"rel_l2.{p}"] = max(
             float((g - e).norm() / e.norm()) for g, e in zip(got, exact, strict=True)
         )
+    for p in names:
+        print(f"\n== profile: SemanticFeatures.batch at {p}")
+        found = profile(lambda p=p: feats.batch([wav16, w16], p), dev, rows)
+        out[f"kernels.{p}"] = found["kernels"]
+        out[f"kernel_busy_ms.{p}"] = found["kernel_busy_ms"]
     print(
         "features precisions (ms, and relative L2 against float32): "
         + ", ".join(f"{k} {v:.4g}" for k, v in out.items())
@@ -293,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     result["pieces_ms"] = pieces(eng, prompt, request, args.repeats)
     result["pair_ms"] = pair(eng, prompt, request, args.repeats)
     names = [p for p in args.features_precisions.split(",") if p]
-    result["features_precisions"] = precisions(eng, prompt, request, names, args.repeats)
+    result["features_precisions"] = precisions(eng, prompt, request, names, args.repeats, args.rows)
     print(
         f"speaker_conditioning {result['spk_cond_ms']:.2f} ms, "
         f"emotion_conditioning {result['emo_cond_ms']:.2f} ms (medians)"
