@@ -206,6 +206,7 @@ def precisions(
         out[f"rel_l2.{p}"] = max(
             float((g - e).norm() / e.norm()) for g, e in zip(got, exact, strict=True)
         )
+    out.update(graph_ab(feats, [wav16, w16], names, repeats))
     for p in names:
         print(f"\n== profile: SemanticFeatures.batch at {p}")
         found = profile(lambda p=p: feats.batch([wav16, w16], p), dev, rows)
@@ -216,6 +217,58 @@ def precisions(
         + ", ".join(f"{k} {v:.4g}" for k, v in out.items())
     )
     return out
+
+
+def graph_ab(feats, waves: list[torch.Tensor], names: list[str], repeats: int) -> dict:
+    """Would the encoder's forward gain from a CUDA graph at each precision? (It did not in
+    float32, run DA, where its GEMMs bound it.) The batched forward of ``waves`` at its fixed
+    shape, eagerly against one graph of it captured here at that precision (the script's
+    own; the Engine has none), alternating; medians, ms, and the replay's largest difference
+    from the eager forward. CUDA only: {} elsewhere."""
+    dev = feats.device
+    if dev.type != "cuda":
+        return {}
+    extracted = [feats.extract(w) for w in waves]
+    longest = max(f.size(1) for f, _ in extracted)
+    inp = torch.cat(
+        [torch.nn.functional.pad(f, (0, 0, 0, longest - f.size(1))) for f, _ in extracted]
+    )
+    mask = torch.cat([torch.nn.functional.pad(m, (0, longest - m.size(1))) for _, m in extracted])
+    out: dict = {}
+    for p in names:
+
+        def eager(p=p):
+            return feats.hidden(inp, mask, precision=p)[0]
+
+        with torch.no_grad():
+            want = eager()
+            try:
+                graph, held = _graphed(eager, dev)
+            except Exception as exc:  # noqa: BLE001 - reported; the other precisions go on
+                out[f"graph_ab.error.{p}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            replay_ms, eager_ms = [], []
+            for _ in range(repeats):
+                timed(graph.replay, 1, dev, replay_ms)
+                timed(eager, 1, dev, eager_ms)
+        out[f"graph_ab.eager.{p}"] = statistics.median(eager_ms)
+        out[f"graph_ab.replay.{p}"] = statistics.median(replay_ms)
+        out[f"graph_ab.max_abs_diff.{p}"] = float((held - want).abs().max())
+    return out
+
+
+def _graphed(fn, dev: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """A CUDA graph of ``fn()`` (warmed up on a side stream first) and its output buffer."""
+    from tts.fast.graphs import capture
+
+    stream = torch.cuda.Stream(dev)
+    stream.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream(dev).wait_stream(stream)
+    graph, held = torch.cuda.CUDAGraph(), []
+    capture(graph, lambda: held.append(fn()), stream=stream)
+    return graph, held[0]
 
 
 def profile(fn, device: torch.device, rows: int) -> dict:
