@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tts import jobs
+from tts import jobs, table
 from tts.checkpoints import merge_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,13 +48,13 @@ def test_corpus_is_big_enough():
 def test_bad_input(case):
     path = CORPUS / case["file"]
     if case["kind"] == "table":
-        with pytest.raises(jobs.TableError) as err:
-            jobs.read_table(path)
+        with pytest.raises(table.TableError) as err:
+            table.read_table(path)
         assert case["error"] in str(err.value)
         assert str(path) in str(err.value)  # the message names the file
     elif case["kind"] == "row":
-        table = jobs.read_table(path)
-        by_id = {r.id: r for r in table.rows}
+        parsed = table.read_table(path)
+        by_id = {r.id: r for r in parsed.rows}
         bad = by_id.pop(case["row"])
         assert bad.error is not None and case["error"] in bad.error, bad.error
         assert all(r.ok for r in by_id.values()), [(r.id, r.error) for r in by_id.values()]
@@ -73,10 +73,10 @@ def test_bad_input(case):
 
 
 def test_example_table_is_valid():
-    table = jobs.read_table(REPO / "config" / "texts.tsv")
-    assert len(table.rows) >= 3
-    assert all(r.ok for r in table.rows), [(r.id, r.error) for r in table.rows]
-    happy = {r.id: r for r in table.rows}["happy_news"]
+    parsed = table.read_table(REPO / "config" / "texts.tsv")
+    assert len(parsed.rows) >= 3
+    assert all(r.ok for r in parsed.rows), [(r.id, r.error) for r in parsed.rows]
+    happy = {r.id: r for r in parsed.rows}["happy_news"]
     assert happy.spec["emo_vector"] == [0.8, 0, 0, 0, 0, 0, 0, 0.2]
     assert happy.spec["emo_alpha"] == 0.9
 
@@ -91,7 +91,7 @@ def test_texts_schema_accepts_example_and_rejects_unknown_column():
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    frame, _ = jobs.read_frame(REPO / "config" / "texts.tsv")
+    frame, _ = table.read_frame(REPO / "config" / "texts.tsv")
     validate(frame, str(TEXTS_SCHEMA), set_default=False)
     frame["voice"] = "x"
     with pytest.raises(WorkflowError):
@@ -104,7 +104,7 @@ def test_relative_speaker_is_resolved_against_the_table_folder(tmp_path, monkeyp
     tsv = tmp_path / "sub" / "t.tsv"
     tsv.write_text("id\ttext\tspeaker\na\tHello.\tvoices/v.wav\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    row = jobs.read_table(tsv).rows[0]
+    row = table.read_table(tsv).rows[0]
     assert row.ok, row.error
     assert row.spec["speaker"] == os.path.join("sub", "voices", "v.wav")  # relative to the cwd
 
@@ -118,7 +118,7 @@ def test_quotes_bom_blank_lines_and_short_rows(tmp_path):
         f"s\t  Spaces around.  \t{speaker}\t7\n",
         encoding="utf-8",
     )
-    rows = jobs.read_table(tsv).rows
+    rows = table.read_table(tsv).rows
     assert [r.id for r in rows] == ["q", "s"]
     assert [r.line for r in rows] == [3, 4]
     assert rows[0].spec["text"] == 'He said "hi" -- twice.'
@@ -127,11 +127,11 @@ def test_quotes_bom_blank_lines_and_short_rows(tmp_path):
 
 
 def test_sampling_defaults_and_row_overrides():
-    table = jobs.read_table(CORPUS / "tables" / "row_top_p_zero.tsv", {"top_p": 0.8, "top_k": 30})
-    good = {r.id: r for r in table.rows}["good"]
+    parsed = table.read_table(CORPUS / "tables" / "row_top_p_zero.tsv", {"top_p": 0.8, "top_k": 30})
+    good = {r.id: r for r in parsed.rows}["good"]
     assert good.spec["sampling"] == {"top_k": 30, "top_p": 0.8}
-    assert jobs.parse_sampling_value("num_beams", "3") == 3
-    assert jobs.parse_sampling_value("do_sample", "False") is False
+    assert table.parse_sampling_value("num_beams", "3") == 3
+    assert table.parse_sampling_value("do_sample", "False") is False
 
 
 def test_emotion_text_modes(tmp_path):
@@ -144,26 +144,26 @@ def test_emotion_text_modes(tmp_path):
         f"c\tHello.\t{speaker}\tfalse\t\n",
         encoding="utf-8",
     )
-    specs = {r.id: r.spec for r in jobs.read_table(tsv).rows}
+    specs = {r.id: r.spec for r in table.read_table(tsv).rows}
     assert specs["a"]["emo_text"] == ""  # use the row's own text
     assert specs["b"]["emo_text"] == "I am so angry!"
     assert specs["c"]["emo_text"] is None
 
 
-def test_schema_sampling_limits_match_jobs():
+def test_schema_sampling_limits_match_the_table_reader():
     schema = yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
     props = schema["properties"]["sampling"]["properties"]
-    assert set(props) == set(jobs.SAMPLING_COLUMNS)
-    for name, (kind, lo, hi, _) in jobs.SAMPLING_COLUMNS.items():
+    assert set(props) == set(table.SAMPLING_COLUMNS)
+    for name, (kind, lo, hi, _) in table.SAMPLING_COLUMNS.items():
         if kind is bool:
             assert props[name]["type"] == "boolean"
             continue
         low = props[name].get("minimum", props[name].get("exclusiveMinimum"))
         assert (low, props[name]["maximum"]) == (lo, hi), name
-        assert ("exclusiveMinimum" in props[name]) == (name in jobs._EXCLUSIVE_LOW), name
-    texts = yaml.safe_load(TEXTS_SCHEMA.read_text(encoding="utf-8"))
-    assert set(texts["properties"]) == set(jobs.COLUMNS)
-    assert texts["properties"]["id"]["pattern"] == jobs.ID_PATTERN.pattern
+        assert ("exclusiveMinimum" in props[name]) == (name in table._EXCLUSIVE_LOW), name
+    table_schema = yaml.safe_load(TEXTS_SCHEMA.read_text(encoding="utf-8"))
+    assert set(table_schema["properties"]) == set(table.COLUMNS)
+    assert table_schema["properties"]["id"]["pattern"] == table.ID_PATTERN.pattern
 
 
 def test_schema_decoder_names_match_the_decoder_variants():
@@ -201,8 +201,8 @@ def test_workflow_engine_defaults_to_the_workflow_decoder(tmp_path):
 
 
 def test_request_from_spec_round_trip():
-    row = jobs.read_table(REPO / "config" / "texts.tsv", {"top_k": 5}).rows[2]
-    req = jobs.request_from_spec(row.spec)
+    row = table.read_table(REPO / "config" / "texts.tsv", {"top_k": 5}).rows[2]
+    req = table.request_from_spec(row.spec)
     assert req.id == row.id and req.emo_vector == row.spec["emo_vector"]
     assert req.sampling_options()["top_k"] == 5
 
@@ -345,15 +345,15 @@ def test_emotion_audio_files_join_the_speaker_groups_of_new_batches_only(tmp_pat
     tsv = tmp_path / "config/texts.tsv"
     lines = tsv.read_text(encoding="utf-8").splitlines()
     rows = [line.split("\t") + [""] * (6 - len(line.split("\t"))) for line in lines]
-    table = ["\t".join([*rows[0], "emo_audio"])]
+    edited = ["\t".join([*rows[0], "emo_audio"])]
     shutil.copy(tmp_path / "config/speakers/flite_slt_female.wav", tmp_path / "config/mood.wav")
-    table += ["\t".join([*r, "mood.wav" if i == 1 else ""]) for i, r in enumerate(rows[1:], 1)]
-    tsv.write_text("\n".join(table) + "\n", encoding="utf-8")
+    edited += ["\t".join([*r, "mood.wav" if i == 1 else ""]) for i, r in enumerate(rows[1:], 1)]
+    tsv.write_text("\n".join(edited) + "\n", encoding="utf-8")
     cfg = {**_base_config(), "checkpoints": str(tmp_path / "no-checkpoints")}
     plan = jobs.prepare(cfg)
     (batch,) = plan.batches
     emo = plan.specs["welcome"]["emo_audio"]
-    key = jobs.file_key(emo)
+    key = table.file_key(emo)
     assert batch in plan.emotion_prompt_batches
     groups = {g for g, members in plan.speaker_groups.items() if key in members}
     assert len(groups) == 1 and plan.batch_emotion_prompt_dirs(batch) == [
@@ -402,7 +402,7 @@ def test_engine_call_splits_batches_on_out_of_memory():
         ]
 
     reqs = [
-        jobs.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"})
+        table.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"})
         for i in ("a", "b", "huge", "c")
     ]
     out = jobs._engine_call(stage, reqs, [1, 2, 3, 4])
@@ -413,7 +413,7 @@ def test_engine_call_splits_batches_on_out_of_memory():
 
 
 def test_engine_call_turns_a_crash_into_row_errors():
-    reqs = [jobs.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"}) for i in "ab"]
+    reqs = [table.request_from_spec({"id": i, "text": "t", "speaker": "s.wav"}) for i in "ab"]
 
     def stage(requests):
         raise RuntimeError("kernel exploded\nsecond line")

@@ -1,19 +1,20 @@
 """Parse-time preparation: validate the texts table, write changed row specs, plan batches."""
 
 from tts import jobs
+from tts.table import TableError, read_frame
 
 # A run killed on this machine (SIGKILL, power cut) left its locks: remove them so the same
 # command resumes. Locks of a live run are kept (see tts.jobs.clear_stale_locks).
 jobs.clear_stale_locks()
 
 try:
-    _frame, _ = jobs.read_frame(config["texts"])
-except jobs.TableError as exc:
+    _frame, _ = read_frame(config["texts"])
+except TableError as exc:
     raise WorkflowError(f"texts table rejected, nothing was run:\n{exc}") from None
 validate(_frame, "../schemas/texts.schema.yaml", set_default=False)
 try:
     PLAN = jobs.prepare(config)
-except (jobs.TableError, ValueError) as exc:
+except (TableError, ValueError) as exc:
     raise WorkflowError(f"cannot plan the run, nothing was run:\n{exc}") from None
 
 R = PLAN.results
