@@ -228,12 +228,7 @@ def graph_ab(feats, waves: list[torch.Tensor], names: list[str], repeats: int) -
     dev = feats.device
     if dev.type != "cuda":
         return {}
-    extracted = [feats.extract(w) for w in waves]
-    longest = max(f.size(1) for f, _ in extracted)
-    inp = torch.cat(
-        [torch.nn.functional.pad(f, (0, 0, 0, longest - f.size(1))) for f, _ in extracted]
-    )
-    mask = torch.cat([torch.nn.functional.pad(m, (0, longest - m.size(1))) for _, m in extracted])
+    inp, mask, _ = feats.batch_inputs(waves)
     out: dict = {}
     for p in names:
 

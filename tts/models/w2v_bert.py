@@ -330,13 +330,20 @@ class SemanticFeatures:
         (padded on the left). The results equal the calls one by one up to float rounding of
         the batched matrix products (tests/test_semantic.py).
         """
+        feats, mask, frames = self.batch_inputs(waves)
+        hidden, _ = self.hidden(feats, mask, precision=precision)
+        return [self.normalize(hidden[i : i + 1, :n]) for i, n in enumerate(frames)]
+
+    def batch_inputs(
+        self, waves: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The encoder's inputs for :meth:`batch`: each waveform's filterbanks padded at the end
+        to the longest (``[B, T, 160]``), the attention mask (``[B, T]``, 0 on the padding) and
+        each waveform's own frame count."""
         extracted = [self.extract(w) for w in waves]
         longest = max(f.size(1) for f, _ in extracted)
         feats = torch.cat(
             [nn.functional.pad(f, (0, 0, 0, longest - f.size(1))) for f, _ in extracted]
         )
         mask = torch.cat([nn.functional.pad(m, (0, longest - m.size(1))) for _, m in extracted])
-        hidden, _ = self.hidden(feats, mask, precision=precision)
-        return [
-            self.normalize(hidden[i : i + 1, : f.size(1)]) for i, (f, _) in enumerate(extracted)
-        ]
+        return feats, mask, [f.size(1) for f, _ in extracted]
