@@ -225,6 +225,9 @@ def graph_ab(feats, waves: list[torch.Tensor], names: list[str], repeats: int) -
     shape, eagerly against one graph of it captured here at that precision (the script's
     own; the Engine has none), alternating; medians, ms, and the replay's largest difference
     from the eager forward. CUDA only: {} elsewhere."""
+    from tts.fast import FALLBACKS
+    from tts.fast.graphs import warm_then_capture
+
     dev = feats.device
     if dev.type != "cuda":
         return {}
@@ -236,11 +239,11 @@ def graph_ab(feats, waves: list[torch.Tensor], names: list[str], repeats: int) -
             return feats.hidden(inp, mask, precision=p)[0]
 
         with torch.no_grad():
-            want = eager()
-            try:
-                graph, held = _graphed(eager, dev)
-            except Exception as exc:  # noqa: BLE001 - reported; the other precisions go on
-                out[f"graph_ab.error.{p}"] = f"{type(exc).__name__}: {exc}"
+            want, graph, held = warm_then_capture(
+                eager, eager, device=dev, what=f"cond_profile w2v-bert graph ({p})"
+            )
+            if graph is None:  # reported; the other precisions go on
+                out[f"graph_ab.error.{p}"] = FALLBACKS[-1][1]
                 continue
             replay_ms, eager_ms = [], []
             for _ in range(repeats):
@@ -250,20 +253,6 @@ def graph_ab(feats, waves: list[torch.Tensor], names: list[str], repeats: int) -
         out[f"graph_ab.replay.{p}"] = statistics.median(replay_ms)
         out[f"graph_ab.max_abs_diff.{p}"] = float((held - want).abs().max())
     return out
-
-
-def _graphed(fn, dev: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """A CUDA graph of ``fn()`` (warmed up on a side stream first) and its output buffer."""
-    from tts.fast.graphs import capture
-
-    stream = torch.cuda.Stream(dev)
-    stream.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream(dev).wait_stream(stream)
-    graph, held = torch.cuda.CUDAGraph(), []
-    capture(graph, lambda: held.append(fn()), stream=stream)
-    return graph, held[0]
 
 
 def profile(fn, device: torch.device, rows: int) -> dict:
