@@ -1058,12 +1058,11 @@ def test_features_precision_stays_within_its_bound_cuda():
     """The w2v-bert encoder at full width under each ``features_precision``: the features
     differ from float32's (the precision took effect) by at most its bound, come back float32,
     and leave TF32 off afterwards (tts.pipeline.configure_cudnn's setting for the rest)."""
-    import json as _json
     from importlib import resources
 
     from tts.models.w2v_bert import SemanticFeatures, build_w2v_bert
 
-    cfg = _json.loads(resources.files("tts.data").joinpath("w2v-bert-2.0.config.json").read_text())
+    cfg = json.loads(resources.files("tts.data").joinpath("w2v-bert-2.0.config.json").read_text())
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = build_w2v_bert(cfg)
